@@ -1,0 +1,152 @@
+// SPDX-License-Identifier: MIT
+// The validated fleet configuration of SPEC §1: plain structs, no toml++ type leaks out of this module.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/net.h"
+
+namespace portslice::config {
+
+// Where a key or table stands in its file; line and column count from 1.
+struct Location {
+	std::string file;
+	uint32_t line = 0;
+	uint32_t column = 0;
+};
+
+struct Diagnostic {
+	enum class Severity { Error, Warning };
+	Severity severity = Severity::Error;
+	Location where;
+	std::string message;
+
+	// "FILE:LINE:COL: error: message", as compilers print it.
+	std::string str() const;
+};
+
+bool hasErrors(const std::vector<Diagnostic> &diagnostics);
+
+struct PortRange {
+	uint16_t lo = 1024;
+	uint16_t hi = 65535; // inclusive
+	uint32_t size() const { return uint32_t{hi} - lo + 1; }
+	auto operator<=>(const PortRange &) const = default;
+};
+
+struct Datacenter {
+	std::string name;
+	std::optional<Ipv4> gateway;
+	Location where;
+};
+
+struct Server {
+	std::string name;
+	Ipv4 address;
+	std::string datacenter;
+	std::optional<Mac> mac;
+	Location where;
+};
+
+using Tags = std::map<std::string, std::string>;
+
+struct Address {
+	Ipv4 address;
+	std::string datacenter;
+	Tags tags;
+	PortRange portRange;
+	uint32_t sliceSize = 2048;
+	// slice index -> server name. Kept per slice so that a SetSliceOwner
+	// overlay is a single assignment.
+	std::map<uint32_t, std::string> owners;
+	// slice index -> server that owned it before a handover still draining
+	// (key `previous`, same shape as `slices`).
+	std::map<uint32_t, std::string> previous;
+	Location where;
+	Location slicesWhere;
+
+	uint32_t sliceCount() const { return portRange.size() / sliceSize; }
+	PortRange slice(uint32_t index) const
+	{
+		uint16_t lo = static_cast<uint16_t>(portRange.lo + index * sliceSize);
+		return PortRange{lo, static_cast<uint16_t>(lo + sliceSize - 1)};
+	}
+};
+
+enum class NatMode { Conntrack, Stateless };
+
+struct Match {
+	std::optional<Prefix> saddr;
+	std::optional<std::string> iifname;
+	std::optional<uint32_t> mark;
+	std::optional<uint32_t> cgroup; // net_cls classid (meta cgroup)
+	std::optional<uint32_t> uid;
+	auto operator<=>(const Match &) const = default;
+};
+
+struct Source {
+	std::string name;
+	Match match;
+	Tags want;
+	NatMode nat = NatMode::Conntrack;
+	std::optional<uint32_t> block; // stateless: ports per inside address
+	uint32_t weight = 1;
+	std::optional<uint16_t> zone;
+	Location where;
+	Location blockWhere;
+};
+
+// [conntrack]: optional sysctl tuning; absent keys leave the kernel's value.
+struct ConntrackTuning {
+	std::optional<uint32_t> max;             // net.netfilter.nf_conntrack_max
+	std::optional<uint32_t> buckets;         // net.netfilter.nf_conntrack_buckets
+	std::optional<uint32_t> tcpEstablished;  // seconds
+	std::optional<uint32_t> tcpTimeWait;     // seconds
+	std::optional<uint32_t> udp;             // seconds
+	std::optional<uint32_t> udpStream;       // seconds
+	bool empty() const
+	{
+		return !max && !buckets && !tcpEstablished && !tcpTimeWait && !udp && !udpStream;
+	}
+};
+
+struct Config {
+	std::string file;
+	std::string serverName;
+	std::string uplink;
+	Location serverWhere;
+	PortRange defaultPortRange;
+	uint32_t defaultSliceSize = 2048;
+	std::vector<Datacenter> datacenters;
+	std::vector<Server> servers;
+	std::vector<Address> addresses;
+	std::vector<Source> sources;
+	ConntrackTuning conntrack;
+
+	const Server *findServer(std::string_view name) const;
+	const Datacenter *findDatacenter(std::string_view name) const;
+	Address *findAddress(Ipv4 address);
+	const Address *findAddress(Ipv4 address) const;
+};
+
+struct LoadResult {
+	std::optional<Config> config; // set only when there is no error
+	std::vector<Diagnostic> diagnostics;
+	bool ok() const { return config.has_value(); }
+};
+
+// Parse and validate a file. Every error of the file is reported, not just the
+// first. The fleet-wide rules are checked here; the rules that depend on which
+// server plans (stateless blocks fitting its share) are checked by the planner.
+LoadResult loadFile(const std::string &path);
+LoadResult loadString(std::string_view text, const std::string &name);
+
+// The fleet-wide rules on an already built Config (after an orchestration
+// overlay such as SetSliceOwner): owners known, no slice beyond the range.
+std::vector<Diagnostic> validate(const Config &config);
+
+} // namespace portslice::config

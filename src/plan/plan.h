@@ -1,0 +1,133 @@
+// SPDX-License-Identifier: MIT
+// The plan: what one server of the fleet does, computed purely from the config (no kernel, no I/O).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/net.h"
+#include "config/config.h"
+
+namespace portslice::plan {
+
+using config::NatMode;
+using config::PortRange;
+
+inline constexpr int32_t kNoServer = -1;
+
+struct PlannedServer {
+	std::string name;
+	Ipv4 address;
+	std::string datacenter;
+	std::optional<Mac> mac;
+};
+
+struct PlannedDatacenter {
+	std::string name;
+	std::optional<Ipv4> gateway;
+};
+
+struct PlannedAddress {
+	Ipv4 address;
+	std::string datacenter;
+	bool local = false; // lives in this server's data centre
+	config::Tags tags;
+	PortRange portRange;
+	uint32_t sliceSize = 0;
+	uint32_t sliceCount = 0;
+	std::vector<int32_t> owner;    // per slice: index into Plan::servers, or kNoServer
+	std::vector<int32_t> previous; // per slice: draining previous owner, or kNoServer
+	std::vector<uint32_t> mySlices; // slices this server owns, ascending
+	std::vector<PortRange> myRuns;  // the same, adjacent slices merged
+
+	PortRange slice(uint32_t index) const
+	{
+		uint16_t lo = static_cast<uint16_t>(portRange.lo + index * sliceSize);
+		return PortRange{lo, static_cast<uint16_t>(lo + sliceSize - 1)};
+	}
+	// The slice a port falls in, or nullopt outside the usable slices.
+	std::optional<uint32_t> sliceOf(uint16_t port) const;
+};
+
+// A run of inside addresses [first, last] translated to ports [ports.lo,
+// ports.hi] of one shared address. For a stateless source first == last (one
+// block per inside address); a conntrack source's inside addresses are split
+// into contiguous runs, one per share.
+struct Assignment {
+	Ipv4 first;
+	Ipv4 last;
+	uint32_t address = 0; // index into Plan::addresses
+	PortRange ports;
+	auto operator<=>(const Assignment &) const = default;
+};
+
+struct PlannedSource {
+	std::string name;
+	config::Match match;
+	config::Tags want;
+	NatMode mode = NatMode::Conntrack;
+	uint32_t block = 0;  // stateless: ports per inside address
+	uint32_t weight = 1;
+	uint16_t zone = 0;   // conntrack zone, both directions
+	std::vector<uint32_t> candidates; // indices into Plan::addresses
+	std::vector<Assignment> assignments;
+	// A source matched by iifname gets its answers routed back out of that
+	// interface: fwmark routeMark selects routing table routeTable.
+	std::optional<uint32_t> routeMark;
+	std::optional<uint32_t> routeTable;
+	config::Location where;
+
+	bool dropped() const { return assignments.empty(); } // no candidate here
+};
+
+struct Plan {
+	std::string server;
+	uint32_t serverIndex = 0;
+	std::string datacenter;
+	std::string uplink;
+	std::vector<PlannedServer> servers;
+	std::vector<PlannedDatacenter> datacenters;
+	std::vector<PlannedAddress> addresses;
+	std::vector<PlannedSource> sources;
+	config::ConntrackTuning conntrack;
+	std::vector<config::Diagnostic> warnings;
+
+	// FNV-1a of the canonical JSON: equal plans, equal hash, on every machine.
+	uint64_t hash() const;
+	const PlannedServer &self() const { return servers[serverIndex]; }
+};
+
+struct PlanResult {
+	std::optional<Plan> plan;
+	std::vector<config::Diagnostic> diagnostics; // errors and warnings
+	bool ok() const { return plan.has_value(); }
+};
+
+// Plan as `server` (the file's [server].name when empty).
+PlanResult makePlan(const config::Config &config, std::string_view server = {});
+
+// Fwmark and routing table of iifname sources: kRouteMarkBase + zone, and
+// kRouteTableBase + zone. Documented in docs/config.md.
+inline constexpr uint32_t kRouteMarkBase = 0x50530000;
+inline constexpr uint32_t kRouteTableBase = 0x5053;
+
+// The abuse-desk query: who had ADDRESS:PORT.
+struct OwnerAnswer {
+	std::string server;            // empty: no server owns that port
+	std::optional<uint32_t> slice; // nullopt: port outside the usable slices
+	std::string source;            // the source whose share holds the port, if any
+	std::optional<Ipv4> inside;    // stateless: the inside address of that block
+	std::optional<Ipv4> insideLast; // conntrack: inside range [inside, insideLast]
+};
+
+std::optional<OwnerAnswer> findOwner(const config::Config &config, Ipv4 address, uint16_t port,
+				     std::vector<config::Diagnostic> *diagnostics = nullptr);
+
+// `portslicectl plan --json`: stable, sorted, byte-for-byte deterministic.
+std::string toJson(const Plan &plan);
+// `portslicectl plan`: the same, for a person.
+std::string toText(const Plan &plan);
+
+} // namespace portslice::plan
