@@ -1,0 +1,298 @@
+// SPDX-License-Identifier: MIT
+// GoogleTest fixture for lab tests: builds the namespace lab of DESIGN.md with tests/lab/lib/lab.sh in SetUp and always removes it.
+//
+// Use (link `lab_fixture_dep` from tests/lab/meson.build; suite 'lab', is_parallel false):
+//
+//	class XdpLab : public portslice::lab::LabFixture {
+//	protected:
+//		portslice::lab::LabOptions labOptions() const override
+//		{
+//			portslice::lab::LabOptions o;
+//			o.prefix = "xdp";          // your namespace prefix
+//			o.steer = "s1";            // all return traffic to s1
+//			return o;
+//		}
+//	};
+//	TEST_F(XdpLab, ServerTwoGetsItsAnswers)
+//	{
+//		auto r = inNode("w2", "ping -c1 -W1 203.0.113.10");
+//		EXPECT_TRUE(r.ok()) << r.output;
+//	}
+//
+// Nodes: inet, rtr, dc, s1..sN and the workloads (default w1..wN behind s1..sN,
+// 100.64.N.0/24, inside address 100.64.N.2). Addresses, interface names and
+// MACs are listed at the top of lib/lab.sh. Not root: the test is skipped with
+// the reason printed. Everything started with inNode()/startInNode() runs
+// inside the lab's namespaces and is killed when the lab goes down.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <fcntl.h>
+#include <spawn.h>
+#include <string>
+#include <string_view>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+#include "common/handle.h"
+
+#ifndef PORTSLICE_LAB_SCRIPT
+#error "link lab_fixture_dep: it defines PORTSLICE_LAB_SCRIPT, PORTSLICE_BUILD_ROOT and PORTSLICE_SOURCE_ROOT"
+#endif
+
+extern char **environ;
+
+namespace portslice::lab {
+
+struct CommandResult {
+	int status = -1;    // exit code; 128+N when killed by signal N; 124 on timeout
+	std::string output; // stdout and stderr, interleaved
+	bool ok() const { return status == 0; }
+};
+
+// Runs argv (no shell), capturing stdout+stderr, killed after timeoutSeconds.
+inline CommandResult runArgv(const std::vector<std::string> &argv, int timeoutSeconds = 60)
+{
+	CommandResult result;
+	std::vector<std::string> full = {"timeout", "--kill-after=2", std::to_string(timeoutSeconds)};
+	full.insert(full.end(), argv.begin(), argv.end());
+	std::vector<char *> args;
+	for (auto &a : full)
+		args.push_back(a.data());
+	args.push_back(nullptr);
+
+	int fds[2];
+	if (pipe2(fds, O_CLOEXEC) != 0) {
+		result.output = "pipe failed";
+		return result;
+	}
+	UniqueFd readEnd(fds[0]);
+	UniqueFd writeEnd(fds[1]);
+	posix_spawn_file_actions_t actions;
+	posix_spawn_file_actions_init(&actions);
+	posix_spawn_file_actions_adddup2(&actions, writeEnd.get(), STDOUT_FILENO);
+	posix_spawn_file_actions_adddup2(&actions, writeEnd.get(), STDERR_FILENO);
+	posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+	pid_t pid = -1;
+	int rc = posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ);
+	posix_spawn_file_actions_destroy(&actions);
+	writeEnd.reset();
+	if (rc != 0) {
+		result.output = "cannot run timeout(1): " + std::string(strerror(rc));
+		return result;
+	}
+	char buf[4096];
+	for (;;) {
+		ssize_t n = read(readEnd.get(), buf, sizeof(buf));
+		if (n > 0)
+			result.output.append(buf, static_cast<size_t>(n));
+		else if (n == 0 || errno != EINTR)
+			break;
+	}
+	int status = 0;
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+	}
+	result.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+	return result;
+}
+
+// Runs `sh -c command` in the caller's namespace.
+inline CommandResult runShell(const std::string &command, int timeoutSeconds = 60)
+{
+	return runArgv({"sh", "-c", command}, timeoutSeconds);
+}
+
+// 'it'\''s' style quoting, for building shell commands from values.
+inline std::string shellQuote(std::string_view s)
+{
+	std::string q = "'";
+	for (char c : s) {
+		if (c == '\'')
+			q += "'\\''";
+		else
+			q += c;
+	}
+	return q + "'";
+}
+
+// A path in the build tree, e.g. buildPath("src/daemon/portsliced").
+inline std::string buildPath(std::string_view relative)
+{
+	return std::string(PORTSLICE_BUILD_ROOT) + "/" + std::string(relative);
+}
+
+inline std::string sourcePath(std::string_view relative)
+{
+	return std::string(PORTSLICE_SOURCE_ROOT) + "/" + std::string(relative);
+}
+
+struct LabOptions {
+	std::string prefix = "lab";  // namespace prefix: lower-case, unique to your tests
+	int servers = 3;             // s1..sN
+	// "S:NAME:PREFIX[:HOSTS[:LO-HI]]"; empty: wN behind sN with 100.64.N.0/24.
+	std::vector<std::string> workloads;
+	std::string steer = "s1";    // sN | hash | hash:s1,s2
+	int inetAddrs = 4;           // inet answers on 203.0.113.10 .. 10+N-1
+	std::string busPolicy;       // empty: the repository's dbus/org.portslice.Egress1.conf if present
+	bool bus = true;             // a private system-like bus per server
+};
+
+class LabFixture : public ::testing::Test {
+protected:
+	// Override to shape the lab of every test of the fixture.
+	virtual LabOptions labOptions() const { return {}; }
+
+	void SetUp() override
+	{
+		if (geteuid() != 0)
+			GTEST_SKIP() << "lab tests need root: they build network namespaces (run meson test as root)";
+		options_ = labOptions();
+		static int counter = 0;
+		id_ = std::to_string(getpid()) + "n" + std::to_string(++counter);
+		// Labs of this prefix left by a killed test run.
+		(void)lab({"gc"}, 60);
+		std::vector<std::string> args = {"up", "--owner", std::to_string(getpid()),
+						 "--servers", std::to_string(options_.servers),
+						 "--steer", options_.steer,
+						 "--inet-addrs", std::to_string(options_.inetAddrs)};
+		for (const auto &w : options_.workloads) {
+			args.push_back("--workload");
+			args.push_back(w);
+		}
+		if (!options_.busPolicy.empty()) {
+			args.push_back("--bus-policy");
+			args.push_back(options_.busPolicy);
+		}
+		if (!options_.bus)
+			args.push_back("--no-bus");
+		up_ = true; // even a failed up may have made something: always tear down
+		auto r = lab(args, 60);
+		ASSERT_TRUE(r.ok()) << "lab up failed:\n" << r.output;
+	}
+
+	void TearDown() override { down(); }
+	~LabFixture() override { down(); }
+
+	// Removes the lab now (idempotent); the test fails if anything is left.
+	void down()
+	{
+		if (!up_)
+			return;
+		up_ = false;
+		auto r = lab({"down"}, 60);
+		for (pid_t pid : background_)
+			while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+			}
+		background_.clear();
+		EXPECT_TRUE(r.ok()) << "lab down failed:\n" << r.output;
+	}
+
+	// The network namespace of a node: "PREFIX-ID-NODE".
+	std::string ns(std::string_view node) const { return labName() + "-" + std::string(node); }
+	std::string labName() const { return options_.prefix + "-" + id_; }
+	std::string labDir() const
+	{
+		const char *tmp = std::getenv("TMPDIR");
+		return std::string(tmp && *tmp ? tmp : "/tmp") + "/" + labName();
+	}
+	// Per-server directories (for --state-dir and bpffs pins) and bus address.
+	std::string stateDir(std::string_view server) const { return labDir() + "/" + std::string(server) + "/state"; }
+	std::string bpfDir(std::string_view server) const { return labDir() + "/" + std::string(server) + "/bpf"; }
+	std::string busAddress(std::string_view server) const
+	{
+		return "unix:path=" + labDir() + "/" + std::string(server) + "/bus/system_bus_socket";
+	}
+
+	// Runs `sh -c command` inside a node and waits for it. On a server,
+	// DBUS_SYSTEM_BUS_ADDRESS is its private bus, LAB_STATE_DIR and
+	// LAB_BPF_DIR its directories.
+	CommandResult inNode(std::string_view node, const std::string &command, int timeoutSeconds = 60)
+	{
+		return lab({"exec", std::string(node), "sh", "-c", command}, timeoutSeconds);
+	}
+
+	// Starts `sh -c command` inside a node in the background, output to
+	// logFile; it is killed when the lab goes down (or by stopInNode).
+	pid_t startInNode(std::string_view node, const std::string &command, const std::string &logFile)
+	{
+		std::vector<std::string> argv = {PORTSLICE_LAB_SCRIPT, "exec", "--prefix", options_.prefix, "--id", id_,
+						 std::string(node), "sh", "-c", "exec " + command};
+		std::vector<char *> args;
+		for (auto &a : argv)
+			args.push_back(a.data());
+		args.push_back(nullptr);
+		posix_spawn_file_actions_t actions;
+		posix_spawn_file_actions_init(&actions);
+		posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+		posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, logFile.c_str(),
+						 O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+		pid_t pid = -1;
+		int rc = posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ);
+		posix_spawn_file_actions_destroy(&actions);
+		if (rc != 0) {
+			ADD_FAILURE() << "cannot start " << command << ": " << strerror(rc);
+			return -1;
+		}
+		background_.push_back(pid);
+		return pid;
+	}
+
+	// Sends SIGTERM (then SIGKILL after the grace period) and reaps; returns the exit status.
+	int stopInNode(pid_t pid, std::chrono::milliseconds grace = std::chrono::seconds(3))
+	{
+		kill(pid, SIGTERM);
+		int status = 0;
+		auto deadline = std::chrono::steady_clock::now() + grace;
+		for (;;) {
+			pid_t r = waitpid(pid, &status, WNOHANG);
+			if (r == pid)
+				break;
+			if (r < 0 && errno != EINTR)
+				return -1;
+			if (std::chrono::steady_clock::now() > deadline) {
+				kill(pid, SIGKILL);
+				waitpid(pid, &status, 0);
+				break;
+			}
+			std::this_thread::sleep_for(std::chrono::milliseconds(20));
+		}
+		std::erase(background_, pid);
+		return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+	}
+
+	// Re-steers the router: "s2", "hash", "hash:s1,s2".
+	CommandResult steer(const std::string &mode) { return lab({"steer", mode}, 30); }
+
+	// Runs a command in the root namespace (e.g. building, reading files); never
+	// use it to change the host's network configuration.
+	static CommandResult run(const std::string &command, int timeoutSeconds = 60)
+	{
+		return runShell(command, timeoutSeconds);
+	}
+
+	const LabOptions &options() const { return options_; }
+
+private:
+	CommandResult lab(std::vector<std::string> args, int timeoutSeconds)
+	{
+		std::vector<std::string> argv = {PORTSLICE_LAB_SCRIPT, args.front(), "--prefix", options_.prefix, "--id", id_};
+		argv.insert(argv.end(), args.begin() + 1, args.end());
+		return runArgv(argv, timeoutSeconds);
+	}
+
+	LabOptions options_;
+	std::string id_;
+	bool up_ = false;
+	std::vector<pid_t> background_;
+};
+
+} // namespace portslice::lab
