@@ -1,0 +1,657 @@
+// SPDX-License-Identifier: MIT
+// The TOML loader: toml++ document -> Config, every error with its file, line and column.
+#include "config/config.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <toml++/toml.h>
+
+namespace portslice::config {
+
+std::string Diagnostic::str() const
+{
+	std::string out = where.file;
+	if (where.line > 0)
+		out += ":" + std::to_string(where.line) + ":" + std::to_string(where.column);
+	out += severity == Severity::Error ? ": error: " : ": warning: ";
+	out += message;
+	return out;
+}
+
+bool hasErrors(const std::vector<Diagnostic> &diagnostics)
+{
+	return std::any_of(diagnostics.begin(), diagnostics.end(), [](const Diagnostic &d) {
+		return d.severity == Diagnostic::Severity::Error;
+	});
+}
+
+const Server *Config::findServer(std::string_view name) const
+{
+	for (const Server &s : servers)
+		if (s.name == name)
+			return &s;
+	return nullptr;
+}
+
+const Datacenter *Config::findDatacenter(std::string_view name) const
+{
+	for (const Datacenter &d : datacenters)
+		if (d.name == name)
+			return &d;
+	return nullptr;
+}
+
+Address *Config::findAddress(Ipv4 address)
+{
+	for (Address &a : addresses)
+		if (a.address == address)
+			return &a;
+	return nullptr;
+}
+
+const Address *Config::findAddress(Ipv4 address) const
+{
+	return const_cast<Config *>(this)->findAddress(address);
+}
+
+namespace {
+
+size_t editDistance(std::string_view a, std::string_view b)
+{
+	std::vector<size_t> row(b.size() + 1);
+	for (size_t j = 0; j <= b.size(); j++)
+		row[j] = j;
+	for (size_t i = 1; i <= a.size(); i++) {
+		size_t diagonal = row[0];
+		row[0] = i;
+		for (size_t j = 1; j <= b.size(); j++) {
+			size_t above = row[j];
+			size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
+			row[j] = std::min({ row[j] + 1, row[j - 1] + 1, diagonal + cost });
+			diagonal = above;
+		}
+	}
+	return row[b.size()];
+}
+
+using Keys = std::initializer_list<std::string_view>;
+
+// Builds a Config from a parsed document, collecting every error on the way.
+class Loader {
+public:
+	explicit Loader(std::string file) : file_(std::move(file)) {}
+
+	Location at(const toml::source_region &region) const
+	{
+		return Location{ file_, region.begin.line, region.begin.column };
+	}
+
+	void error(const Location &where, std::string message)
+	{
+		diagnostics_.push_back({ Diagnostic::Severity::Error, where, std::move(message) });
+	}
+
+	void error(const toml::source_region &region, std::string message)
+	{
+		error(at(region), std::move(message));
+	}
+
+	std::vector<Diagnostic> take() { return std::move(diagnostics_); }
+
+	// Unknown keys are errors: a typo must never be ignored.
+	void checkKeys(const toml::table &table, Keys known, const std::string &context)
+	{
+		for (const auto &[key, node] : table) {
+			std::string_view name = key.str();
+			if (std::find(known.begin(), known.end(), name) != known.end())
+				continue;
+			std::string message = "unknown key '" + std::string(name) + "' in " + context;
+			std::string_view best;
+			size_t bestDistance = 3;
+			for (std::string_view candidate : known) {
+				size_t d = editDistance(name, candidate);
+				if (d < bestDistance) {
+					bestDistance = d;
+					best = candidate;
+				}
+			}
+			if (!best.empty())
+				message += "; did you mean '" + std::string(best) + "'?";
+			else
+				message += " (known keys: " + joinKeys(known) + ")";
+			error(key.source(), message);
+		}
+	}
+
+	static std::string joinKeys(Keys known)
+	{
+		std::string out;
+		for (std::string_view k : known)
+			out += (out.empty() ? "" : ", ") + std::string(k);
+		return out;
+	}
+
+	const toml::node *require(const toml::table &table, std::string_view key,
+				  const std::string &context)
+	{
+		const toml::node *node = table.get(key);
+		if (!node)
+			error(table.source(), context + " lacks required key '" + std::string(key) + "'");
+		return node;
+	}
+
+	std::optional<std::string> string(const toml::node *node, std::string_view key)
+	{
+		if (!node)
+			return std::nullopt;
+		if (auto v = node->value<std::string>())
+			return *v;
+		error(node->source(), "'" + std::string(key) + "' must be a string");
+		return std::nullopt;
+	}
+
+	std::optional<int64_t> integer(const toml::node *node, std::string_view key, int64_t lo,
+				       int64_t hi)
+	{
+		if (!node)
+			return std::nullopt;
+		const auto *v = node->as_integer();
+		if (!v) {
+			error(node->source(), "'" + std::string(key) + "' must be an integer");
+			return std::nullopt;
+		}
+		int64_t value = v->get();
+		if (value < lo || value > hi) {
+			error(node->source(), "'" + std::string(key) + "' must be between " +
+						      std::to_string(lo) + " and " + std::to_string(hi) +
+						      ", not " + std::to_string(value));
+			return std::nullopt;
+		}
+		return value;
+	}
+
+	const toml::table *table(const toml::node *node, std::string_view key)
+	{
+		if (!node)
+			return nullptr;
+		if (const auto *t = node->as_table())
+			return t;
+		error(node->source(), "'" + std::string(key) + "' must be a table");
+		return nullptr;
+	}
+
+	std::optional<Ipv4> ipv4(const toml::node *node, std::string_view key)
+	{
+		auto text = string(node, key);
+		if (!text)
+			return std::nullopt;
+		auto a = Ipv4::parse(*text);
+		if (!a)
+			error(node->source(), "'" + std::string(key) + "': invalid IPv4 address '" +
+						      *text + "' (expected dotted quad, e.g. 192.0.2.1)");
+		return a;
+	}
+
+	std::optional<PortRange> portRange(const toml::node *node)
+	{
+		auto text = string(node, "port_range");
+		if (!text)
+			return std::nullopt;
+		size_t dash = text->find('-');
+		auto num = [](std::string_view s) -> std::optional<uint32_t> {
+			if (s.empty() || s.size() > 5 ||
+			    !std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; }))
+				return std::nullopt;
+			return static_cast<uint32_t>(std::stoul(std::string(s)));
+		};
+		auto lo = dash == std::string::npos ? std::nullopt : num(std::string_view(*text).substr(0, dash));
+		auto hi = dash == std::string::npos ? std::nullopt : num(std::string_view(*text).substr(dash + 1));
+		if (!lo || !hi) {
+			error(node->source(), "'port_range': expected \"LOW-HIGH\", e.g. \"1024-65535\", not '" + *text + "'");
+			return std::nullopt;
+		}
+		if (*lo == 0 || *hi > 65535) {
+			error(node->source(), "'port_range' " + *text + ": ports must be between 1 and 65535");
+			return std::nullopt;
+		}
+		if (*lo > *hi) {
+			error(node->source(), "'port_range' " + *text + " is inverted: the low port comes first");
+			return std::nullopt;
+		}
+		return PortRange{ static_cast<uint16_t>(*lo), static_cast<uint16_t>(*hi) };
+	}
+
+	std::optional<std::string> ifname(const toml::node *node, std::string_view key)
+	{
+		auto text = string(node, key);
+		if (!text)
+			return std::nullopt;
+		bool valid = !text->empty() && text->size() < 16 && *text != "." && *text != ".." &&
+			     std::none_of(text->begin(), text->end(), [](char c) {
+				     return c == '/' || c == ':' || c == '"' || c <= ' ' || c > '~';
+			     });
+		if (!valid) {
+			error(node->source(), "'" + std::string(key) + "': invalid interface name '" + *text +
+						      "' (1-15 characters, no '/', ':', quote or space)");
+			return std::nullopt;
+		}
+		return text;
+	}
+
+	Tags tags(const toml::table &t, std::string_view key)
+	{
+		Tags out;
+		for (const auto &[k, v] : t) {
+			if (auto s = v.value<std::string>())
+				out[std::string(k.str())] = *s;
+			else
+				error(v.source(), "'" + std::string(key) + "." + std::string(k.str()) +
+							  "' must be a string");
+		}
+		return out;
+	}
+
+	// `slices` and `previous`: server -> index or [indices].
+	std::map<uint32_t, std::string> sliceMap(const toml::table &t, std::string_view key,
+						 std::map<uint32_t, Location> &where)
+	{
+		std::map<uint32_t, std::string> out;
+		for (const auto &[k, v] : t) {
+			std::string server(k.str());
+			auto add = [&](const toml::node &n) {
+				auto index = integer(&n, key, 0, 65535);
+				if (!index)
+					return;
+				auto [it, inserted] = out.emplace(static_cast<uint32_t>(*index), server);
+				if (!inserted) {
+					error(n.source(), "slice " + std::to_string(*index) + " is given to both '" +
+								  it->second + "' and '" + server +
+								  "': a slice has one owner at a time");
+					return;
+				}
+				where[static_cast<uint32_t>(*index)] = at(n.source());
+			};
+			if (const auto *arr = v.as_array()) {
+				for (const toml::node &n : *arr)
+					add(n);
+			} else {
+				add(v);
+			}
+		}
+		return out;
+	}
+
+	Config load(const toml::table &root)
+	{
+		Config c;
+		c.file = file_;
+		checkKeys(root, { "server", "defaults", "conntrack", "datacenters", "servers", "addresses", "sources" },
+			  "the top level");
+
+		if (const auto *server = table(require(root, "server", "the file"), "server")) {
+			checkKeys(*server, { "name", "uplink" }, "[server]");
+			c.serverWhere = at(server->source());
+			if (auto n = string(require(*server, "name", "[server]"), "name")) {
+				c.serverName = *n;
+				serverNameWhere_ = at(server->get("name")->source());
+			}
+			if (auto u = ifname(require(*server, "uplink", "[server]"), "uplink"))
+				c.uplink = *u;
+		}
+
+		if (const auto *defaults = table(root.get("defaults"), "defaults")) {
+			checkKeys(*defaults, { "port_range", "slice_size" }, "[defaults]");
+			if (const auto *n = defaults->get("port_range"))
+				if (auto r = portRange(n))
+					c.defaultPortRange = *r;
+			if (auto s = integer(defaults->get("slice_size"), "slice_size", 1, 65535))
+				c.defaultSliceSize = static_cast<uint32_t>(*s);
+			if (c.defaultSliceSize > c.defaultPortRange.size() && defaults->get("slice_size"))
+				error(defaults->get("slice_size")->source(),
+				      "'slice_size' " + std::to_string(c.defaultSliceSize) +
+					      " is larger than the port range (" +
+					      std::to_string(c.defaultPortRange.size()) + " ports)");
+		}
+
+		if (const auto *ct = table(root.get("conntrack"), "conntrack")) {
+			checkKeys(*ct, { "max", "buckets", "tcp_timeout_established", "tcp_timeout_time_wait",
+					 "udp_timeout", "udp_timeout_stream" },
+				  "[conntrack]");
+			auto u32 = [&](const char *key) -> std::optional<uint32_t> {
+				if (auto v = integer(ct->get(key), key, 1, 0x7fffffff))
+					return static_cast<uint32_t>(*v);
+				return std::nullopt;
+			};
+			c.conntrack.max = u32("max");
+			c.conntrack.buckets = u32("buckets");
+			c.conntrack.tcpEstablished = u32("tcp_timeout_established");
+			c.conntrack.tcpTimeWait = u32("tcp_timeout_time_wait");
+			c.conntrack.udp = u32("udp_timeout");
+			c.conntrack.udpStream = u32("udp_timeout_stream");
+		}
+
+		forEachTable(root, "datacenters", [&](const toml::table &t) { loadDatacenter(c, t); });
+		forEachTable(root, "servers", [&](const toml::table &t) { loadServer(c, t); });
+		forEachTable(root, "addresses", [&](const toml::table &t) { loadAddress(c, t); });
+		forEachTable(root, "sources", [&](const toml::table &t) { loadSource(c, t); });
+
+		if (!c.serverName.empty() && !c.findServer(c.serverName) && !c.servers.empty())
+			error(serverNameWhere_, "[server] name '" + c.serverName +
+							"' is not one of [[servers]]" + knownNames(c.servers));
+		return c;
+	}
+
+	template<class T>
+	static std::string knownNames(const std::vector<T> &items)
+	{
+		std::string out;
+		for (const T &i : items)
+			out += (out.empty() ? " (known: " : ", ") + i.name;
+		return out.empty() ? out : out + ")";
+	}
+
+	template<class F>
+	void forEachTable(const toml::table &root, std::string_view key, F &&f)
+	{
+		const toml::node *node = root.get(key);
+		if (!node)
+			return;
+		const auto *arr = node->as_array();
+		if (!arr) {
+			error(node->source(), "'" + std::string(key) + "' must be an array of tables: write [[" +
+						      std::string(key) + "]]");
+			return;
+		}
+		for (const toml::node &n : *arr) {
+			if (const auto *t = n.as_table())
+				f(*t);
+			else
+				error(n.source(), "each entry of '" + std::string(key) + "' must be a table");
+		}
+	}
+
+	void loadDatacenter(Config &c, const toml::table &t)
+	{
+		checkKeys(t, { "name", "gateway" }, "[[datacenters]]");
+		Datacenter d;
+		d.where = at(t.source());
+		auto name = string(require(t, "name", "[[datacenters]]"), "name");
+		if (const auto *g = t.get("gateway"))
+			d.gateway = ipv4(g, "gateway");
+		if (!name)
+			return;
+		d.name = *name;
+		if (c.findDatacenter(d.name)) {
+			error(t.get("name")->source(), "duplicate data centre name '" + d.name + "'");
+			return;
+		}
+		c.datacenters.push_back(d);
+	}
+
+	void loadServer(Config &c, const toml::table &t)
+	{
+		checkKeys(t, { "name", "address", "datacenter", "mac" }, "[[servers]]");
+		Server s;
+		s.where = at(t.source());
+		auto name = string(require(t, "name", "[[servers]]"), "name");
+		auto address = ipv4(require(t, "address", "[[servers]]"), "address");
+		auto dc = string(require(t, "datacenter", "[[servers]]"), "datacenter");
+		if (const auto *m = t.get("mac")) {
+			if (auto text = string(m, "mac")) {
+				s.mac = Mac::parse(*text);
+				if (!s.mac)
+					error(m->source(), "'mac': invalid MAC address '" + *text +
+								   "' (expected six hex bytes, e.g. 02:00:00:00:00:11)");
+			}
+		}
+		if (dc && !c.findDatacenter(*dc)) {
+			error(t.get("datacenter")->source(), "server '" + name.value_or("?") +
+								     "' names unknown data centre '" + *dc + "'" +
+								     knownNames(c.datacenters));
+		}
+		if (!name || !address || !dc)
+			return;
+		s.name = *name;
+		s.address = *address;
+		s.datacenter = *dc;
+		for (const Server &other : c.servers) {
+			if (other.name == s.name)
+				error(t.get("name")->source(), "duplicate server name '" + s.name + "'");
+			else if (other.address == s.address)
+				error(t.get("address")->source(), "servers '" + other.name + "' and '" + s.name +
+									  "' have the same address " + s.address.str());
+		}
+		c.servers.push_back(s);
+	}
+
+	void loadAddress(Config &c, const toml::table &t)
+	{
+		checkKeys(t, { "address", "datacenter", "tags", "port_range", "slice_size", "slices", "previous" },
+			  "[[addresses]]");
+		Address a;
+		a.where = at(t.source());
+		auto address = ipv4(require(t, "address", "[[addresses]]"), "address");
+		auto dc = string(require(t, "datacenter", "[[addresses]]"), "datacenter");
+		const toml::table *tagTable = table(require(t, "tags", "[[addresses]]"), "tags");
+		const toml::table *sliceTable = table(require(t, "slices", "[[addresses]]"), "slices");
+		a.portRange = c.defaultPortRange;
+		a.sliceSize = c.defaultSliceSize;
+		if (const auto *n = t.get("port_range")) {
+			if (auto r = portRange(n))
+				a.portRange = *r;
+		}
+		const toml::node *sizeNode = t.get("slice_size");
+		if (auto s = integer(sizeNode, "slice_size", 1, 65535))
+			a.sliceSize = static_cast<uint32_t>(*s);
+		if (a.sliceSize > a.portRange.size()) {
+			error(sizeNode ? sizeNode->source() : t.source(),
+			      "slice size " + std::to_string(a.sliceSize) + " is larger than the port range " +
+				      std::to_string(a.portRange.lo) + "-" + std::to_string(a.portRange.hi) +
+				      " (" + std::to_string(a.portRange.size()) + " ports)");
+			return;
+		}
+		if (dc && !c.findDatacenter(*dc))
+			error(t.get("datacenter")->source(), "address names unknown data centre '" + *dc + "'" +
+								     knownNames(c.datacenters));
+		if (tagTable)
+			a.tags = tags(*tagTable, "tags");
+		std::map<uint32_t, Location> sliceWhere;
+		if (sliceTable) {
+			a.slicesWhere = at(sliceTable->source());
+			a.owners = sliceMap(*sliceTable, "slices", sliceWhere);
+		}
+		std::map<uint32_t, Location> previousWhere;
+		if (const auto *prev = table(t.get("previous"), "previous"))
+			a.previous = sliceMap(*prev, "previous", previousWhere);
+		if (!address || !dc)
+			return;
+		a.address = *address;
+		a.datacenter = *dc;
+		for (const auto &[index, server] : a.owners) {
+			const Location &w = sliceWhere[index];
+			if (index >= a.sliceCount())
+				error(w, "slice " + std::to_string(index) + " is beyond the port range of " +
+						 a.address.str() + ": it has " + std::to_string(a.sliceCount()) +
+						 " slices of " + std::to_string(a.sliceSize) + " ports (0-" +
+						 std::to_string(a.sliceCount() - 1) + ")");
+			if (!c.findServer(server))
+				error(w, "slices of " + a.address.str() + " name unknown server '" + server + "'" +
+						 knownNames(c.servers));
+		}
+		for (const auto &[index, server] : a.previous) {
+			const Location &w = previousWhere[index];
+			if (index >= a.sliceCount())
+				error(w, "previous owner of slice " + std::to_string(index) + ": no such slice on " +
+						 a.address.str());
+			if (!c.findServer(server))
+				error(w, "'previous' names unknown server '" + server + "'" + knownNames(c.servers));
+		}
+		if (c.findAddress(a.address)) {
+			error(t.get("address")->source(), "duplicate shared address " + a.address.str());
+			return;
+		}
+		for (const Server &s : c.servers)
+			if (s.address == a.address)
+				error(t.get("address")->source(), "shared address " + a.address.str() +
+									  " is also the unicast address of server '" + s.name + "'");
+		c.addresses.push_back(std::move(a));
+	}
+
+	void loadSource(Config &c, const toml::table &t)
+	{
+		checkKeys(t, { "name", "match", "want", "nat", "block", "weight", "zone" }, "[[sources]]");
+		Source s;
+		s.where = at(t.source());
+		auto name = string(require(t, "name", "[[sources]]"), "name");
+		const toml::table *match = table(require(t, "match", "[[sources]]"), "match");
+		const toml::table *want = table(require(t, "want", "[[sources]]"), "want");
+		if (match) {
+			checkKeys(*match, { "saddr", "iifname", "mark", "cgroup", "uid" }, "match");
+			if (match->empty())
+				error(match->source(), "'match' needs one or more of: saddr, iifname, mark, cgroup, uid");
+			if (const auto *n = match->get("saddr")) {
+				if (auto text = string(n, "saddr")) {
+					s.match.saddr = Prefix::parse(*text);
+					if (!s.match.saddr)
+						error(n->source(), "'saddr': invalid prefix '" + *text +
+									   "' (expected ADDRESS/LENGTH with no host bits set, e.g. 100.64.1.0/24)");
+				}
+			}
+			if (const auto *n = match->get("iifname"))
+				s.match.iifname = ifname(n, "iifname");
+			if (auto v = integer(match->get("mark"), "mark", 0, 0xffffffff))
+				s.match.mark = static_cast<uint32_t>(*v);
+			if (auto v = integer(match->get("cgroup"), "cgroup", 0, 0xffffffff))
+				s.match.cgroup = static_cast<uint32_t>(*v);
+			if (auto v = integer(match->get("uid"), "uid", 0, 0xffffffff))
+				s.match.uid = static_cast<uint32_t>(*v);
+		}
+		if (want)
+			s.want = tags(*want, "want");
+		if (const auto *n = t.get("nat")) {
+			if (auto mode = string(n, "nat")) {
+				if (*mode == "stateless")
+					s.nat = NatMode::Stateless;
+				else if (*mode != "conntrack")
+					error(n->source(), "'nat' must be \"conntrack\" or \"stateless\", not \"" + *mode + "\"");
+			}
+		}
+		if (const auto *n = t.get("block")) {
+			s.blockWhere = at(n->source());
+			if (auto v = integer(n, "block", 1, 65535))
+				s.block = static_cast<uint32_t>(*v);
+			if (s.nat == NatMode::Conntrack)
+				error(n->source(), "'block' applies only to nat = \"stateless\"; a conntrack source shares its ports by 'weight'");
+		}
+		if (s.nat == NatMode::Stateless) {
+			if (!t.get("block"))
+				error(t.source(), "stateless source '" + name.value_or("?") + "' needs 'block' (ports per inside address)");
+			if (match && !match->get("saddr"))
+				error(match->source(), "stateless source '" + name.value_or("?") + "' needs 'saddr' in 'match': its blocks are per inside address");
+		}
+		if (auto v = integer(t.get("weight"), "weight", 1, 1000000))
+			s.weight = static_cast<uint32_t>(*v);
+		if (auto v = integer(t.get("zone"), "zone", 1, 65535))
+			s.zone = static_cast<uint16_t>(*v);
+		if (!name)
+			return;
+		s.name = *name;
+		bool validName = !s.name.empty() && s.name.size() <= 64 &&
+				 std::all_of(s.name.begin(), s.name.end(), [](char ch) {
+					 return std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' || ch == '.';
+				 });
+		if (!validName) {
+			error(t.get("name")->source(), "source name '" + s.name +
+							       "' must be 1-64 letters, digits, '-', '_' or '.' (it names nftables counters)");
+			return;
+		}
+		for (const Source &other : c.sources) {
+			if (other.name == s.name) {
+				error(t.get("name")->source(), "duplicate source name '" + s.name + "'");
+				return;
+			}
+			if (s.zone && other.zone == s.zone)
+				error(t.get("zone")->source(), "zone " + std::to_string(*s.zone) + " is already used by source '" +
+								       other.name + "': each source needs its own zone");
+			if (match && other.match == s.match)
+				error(match->source(), "source '" + s.name + "' matches exactly what source '" +
+							       other.name + "' matches: packets could not tell them apart");
+			if (s.nat == NatMode::Stateless && other.nat == NatMode::Stateless && s.match.saddr &&
+			    other.match.saddr &&
+			    (s.match.saddr->contains(other.match.saddr->first()) ||
+			     other.match.saddr->contains(s.match.saddr->first())))
+				error(match->get("saddr")->source(), "stateless sources '" + other.name + "' and '" +
+									     s.name + "' overlap (" + other.match.saddr->str() + ", " +
+									     s.match.saddr->str() + "): stateless inside addresses must be unique");
+		}
+		c.sources.push_back(std::move(s));
+	}
+
+private:
+	std::string file_;
+	Location serverNameWhere_;
+	std::vector<Diagnostic> diagnostics_;
+};
+
+} // namespace
+
+std::vector<Diagnostic> validate(const Config &config)
+{
+	std::vector<Diagnostic> out;
+	auto err = [&](const Location &w, std::string m) {
+		out.push_back({ Diagnostic::Severity::Error, w, std::move(m) });
+	};
+	for (const Address &a : config.addresses) {
+		for (const auto &[index, server] : a.owners) {
+			if (index >= a.sliceCount())
+				err(a.slicesWhere, "slice " + std::to_string(index) + " is beyond the port range of " + a.address.str());
+			if (!config.findServer(server))
+				err(a.slicesWhere, "slice " + std::to_string(index) + " of " + a.address.str() +
+							   " names unknown server '" + server + "'");
+		}
+	}
+	if (!config.findServer(config.serverName))
+		err(config.serverWhere, "[server] name '" + config.serverName + "' is not one of [[servers]]");
+	return out;
+}
+
+LoadResult loadString(std::string_view text, const std::string &name)
+{
+	LoadResult result;
+	Loader loader(name);
+	toml::table root;
+	try {
+		root = toml::parse(text, name);
+	} catch (const toml::parse_error &e) {
+		loader.error(e.source(), std::string(e.description()));
+		result.diagnostics = loader.take();
+		return result;
+	}
+	Config config = loader.load(root);
+	result.diagnostics = loader.take();
+	if (!hasErrors(result.diagnostics))
+		result.config = std::move(config);
+	return result;
+}
+
+LoadResult loadFile(const std::string &path)
+{
+	std::ifstream in(path, std::ios::binary);
+	if (!in) {
+		LoadResult result;
+		result.diagnostics.push_back({ Diagnostic::Severity::Error, Location{ path, 0, 0 },
+					       "cannot open config file: " + std::string(std::strerror(errno)) });
+		return result;
+	}
+	std::stringstream buffer;
+	buffer << in.rdbuf();
+	return loadString(buffer.str(), path);
+}
+
+} // namespace portslice::config

@@ -1,0 +1,252 @@
+// SPDX-License-Identifier: MIT
+// Plan -> TableModel: every element of the table is decided here, once, for both the text and the netlink paths.
+#include "nft/model.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <set>
+
+namespace portslice::nft {
+
+using plan::NatMode;
+using plan::Plan;
+using plan::PlannedSource;
+
+Shape Shape::of(const config::Match &match)
+{
+	Shape s;
+	s.iifname = match.iifname.has_value();
+	s.saddr = match.saddr.has_value();
+	s.mark = match.mark.has_value();
+	s.cgroup = match.cgroup.has_value();
+	s.uid = match.uid.has_value();
+	return s;
+}
+
+std::string Shape::name() const
+{
+	std::string out;
+	auto add = [&](bool on, const char *n) {
+		if (on)
+			out += (out.empty() ? "" : "_") + std::string(n);
+	};
+	add(iifname, "iif");
+	add(saddr, "saddr");
+	add(mark, "mark");
+	add(cgroup, "cgroup");
+	add(uid, "uid");
+	return out;
+}
+
+std::string Shape::keyExpr() const
+{
+	std::string out;
+	auto add = [&](bool on, const char *n) {
+		if (on)
+			out += (out.empty() ? "" : " . ") + std::string(n);
+	};
+	add(iifname, "iifname");
+	add(saddr, "ip saddr");
+	add(mark, "meta mark");
+	add(cgroup, "meta cgroup");
+	add(uid, "meta skuid");
+	return out;
+}
+
+std::vector<FieldType> Shape::types() const
+{
+	std::vector<FieldType> out;
+	if (iifname)
+		out.push_back(FieldType::IfName);
+	if (saddr)
+		out.push_back(FieldType::Ipv4);
+	if (mark)
+		out.push_back(FieldType::Mark);
+	if (cgroup)
+		out.push_back(FieldType::Cgroup);
+	if (uid)
+		out.push_back(FieldType::Uid);
+	return out;
+}
+
+uint32_t sourceMark(const PlannedSource &source)
+{
+	return plan::kRouteMarkBase + source.zone;
+}
+
+const Set *TableModel::find(const std::string &name) const
+{
+	for (const Set &s : sets)
+		if (s.name == name)
+			return &s;
+	return nullptr;
+}
+
+std::string tableComment(const Plan &plan, uint64_t generation)
+{
+	char hash[17];
+	std::snprintf(hash, sizeof(hash), "%016llx", static_cast<unsigned long long>(plan.hash()));
+	return "portslice generation " + std::to_string(generation) + " plan " + hash + " server " + plan.server;
+}
+
+namespace {
+
+Field ip(Ipv4 a) { return { FieldType::Ipv4, a.value, a.value, {} }; }
+Field ipRange(Ipv4 lo, Ipv4 hi) { return { FieldType::Ipv4, lo.value, hi.value, {} }; }
+Field port(config::PortRange r) { return { FieldType::Port, r.lo, r.hi, {} }; }
+Field mark(uint32_t m) { return { FieldType::Mark, m, m, {} }; }
+Field zone(uint16_t z) { return { FieldType::Zone, z, z, {} }; }
+
+std::vector<Field> matchKey(const config::Match &m)
+{
+	std::vector<Field> key;
+	if (m.iifname)
+		key.push_back({ FieldType::IfName, 0, 0, *m.iifname });
+	if (m.saddr)
+		key.push_back(ipRange(m.saddr->first(), m.saddr->last()));
+	if (m.mark)
+		key.push_back({ FieldType::Mark, *m.mark, *m.mark, {} });
+	if (m.cgroup)
+		key.push_back({ FieldType::Cgroup, *m.cgroup, *m.cgroup, {} });
+	if (m.uid)
+		key.push_back({ FieldType::Uid, *m.uid, *m.uid, {} });
+	return key;
+}
+
+bool keyLess(const Element &a, const Element &b)
+{
+	for (size_t i = 0; i < a.key.size() && i < b.key.size(); i++) {
+		const Field &x = a.key[i], &y = b.key[i];
+		if (x.name != y.name)
+			return x.name < y.name;
+		if (x.lo != y.lo)
+			return x.lo < y.lo;
+		if (x.hi != y.hi)
+			return x.hi < y.hi;
+	}
+	return a.key.size() < b.key.size();
+}
+
+Set makeSet(std::string name, SetKind kind, std::vector<FieldType> key, std::vector<FieldType> data,
+	    bool interval, std::string declaration)
+{
+	Set s;
+	s.name = std::move(name);
+	s.kind = kind;
+	s.keyTypes = std::move(key);
+	s.dataTypes = std::move(data);
+	s.interval = interval;
+	s.declaration = std::move(declaration);
+	return s;
+}
+
+} // namespace
+
+TableModel buildModel(const Plan &plan, uint64_t generation)
+{
+	TableModel m;
+	m.comment = tableComment(plan, generation);
+	m.uplink = plan.uplink;
+
+	std::set<Shape> shapes;
+	for (const PlannedSource &s : plan.sources)
+		shapes.insert(Shape::of(s.match));
+	m.shapes.assign(shapes.begin(), shapes.end());
+	// More keys last: when two sources match a packet, the later `ct zone
+	// set` wins, so the more specific source decides.
+	std::stable_sort(m.shapes.begin(), m.shapes.end(), [](const Shape &a, const Shape &b) {
+		return a.types().size() < b.types().size();
+	});
+
+	for (const PlannedSource &s : plan.sources) {
+		m.counters.push_back("src_" + s.name);
+		m.counters.push_back("guard_" + s.name);
+	}
+	for (const plan::PlannedAddress &a : plan.addresses)
+		m.counters.push_back("addr_" + a.address.str());
+	m.counters.push_back("guard_other");
+
+	using F = FieldType;
+	Set shared = makeSet("shared", SetKind::Set, { F::Ipv4 }, {}, false, "type ipv4_addr");
+	Set myPorts = makeSet("my_ports", SetKind::Set, { F::Ipv4, F::Port }, {}, true, "typeof ip saddr . th sport");
+	Set countAddr = makeSet("count_addr", SetKind::CounterMap, { F::Ipv4 }, {}, false, "type ipv4_addr : counter");
+	for (const plan::PlannedAddress &a : plan.addresses) {
+		shared.elements.push_back({ { ip(a.address) }, {}, {} });
+		countAddr.elements.push_back({ { ip(a.address) }, {}, "addr_" + a.address.str() });
+		for (const config::PortRange &run : a.myRuns)
+			myPorts.elements.push_back({ { ip(a.address), port(run) }, {}, {} });
+	}
+	m.sets.push_back(std::move(shared));
+	m.sets.push_back(std::move(myPorts));
+
+	for (const Shape &shape : m.shapes) {
+		Set zones = makeSet("zone_" + shape.name(), SetKind::Map, shape.types(), { F::Zone }, shape.saddr,
+				    "typeof " + shape.keyExpr() + " : ct zone");
+		Set stateless = makeSet("stateless_" + shape.name(), SetKind::Set, shape.types(), {}, shape.saddr,
+					"typeof " + shape.keyExpr());
+		for (const PlannedSource &s : plan.sources) {
+			if (!(Shape::of(s.match) == shape))
+				continue;
+			if (s.mode == NatMode::Conntrack)
+				zones.elements.push_back({ matchKey(s.match), { zone(s.zone) }, {} });
+			else
+				stateless.elements.push_back({ matchKey(s.match), {}, {} });
+		}
+		m.sets.push_back(std::move(zones));
+		m.sets.push_back(std::move(stateless));
+	}
+
+	Set ctMarks = makeSet("ct_marks", SetKind::Map, { F::Zone }, { F::Mark }, false, "typeof ct zone : ct mark");
+	Set routeMarks = makeSet("route_marks", SetKind::Set, { F::Mark }, {}, false, "type mark");
+	Set natPort = makeSet("nat_port", SetKind::Map, { F::Mark, F::Ipv4 }, { F::Ipv4, F::Port }, true,
+			      "type mark . ipv4_addr : interval ipv4_addr . inet_service");
+	natPort.dataInterval = true;
+	Set natAddr = makeSet("nat_addr", SetKind::Map, { F::Mark, F::Ipv4 }, { F::Ipv4 }, true,
+			      "typeof ct mark . ip saddr : ip saddr");
+	Set retZone = makeSet("ret_zone", SetKind::Map, { F::Ipv4, F::Port }, { F::Zone }, true,
+			      "typeof ip daddr . th dport : ct zone");
+	Set slEgress = makeSet("sl_egress", SetKind::Map, { F::Ipv4, F::Port }, { F::Ipv4 }, true,
+			       "typeof ip saddr . th sport : ip saddr");
+	Set slReturn = makeSet("sl_return", SetKind::Map, { F::Ipv4, F::Port }, { F::Ipv4 }, true,
+			       "typeof ip daddr . th dport : ip daddr");
+	Set countMark = makeSet("count_mark", SetKind::CounterMap, { F::Mark }, {}, false, "type mark : counter");
+	Set countSl = makeSet("count_sl", SetKind::CounterMap, { F::Ipv4 }, {}, true, "type ipv4_addr : counter");
+	Set guardMark = makeSet("guard_mark", SetKind::CounterMap, { F::Mark }, {}, false, "type mark : counter");
+	Set guardSl = makeSet("guard_sl", SetKind::CounterMap, { F::Ipv4 }, {}, true, "type ipv4_addr : counter");
+
+	for (const PlannedSource &s : plan.sources) {
+		if (s.mode == NatMode::Conntrack) {
+			uint32_t mk = sourceMark(s);
+			ctMarks.elements.push_back({ { zone(s.zone) }, { mark(mk) }, {} });
+			if (s.routeMark)
+				routeMarks.elements.push_back({ { mark(mk) }, {}, {} });
+			countMark.elements.push_back({ { mark(mk) }, {}, "src_" + s.name });
+			guardMark.elements.push_back({ { mark(mk) }, {}, "guard_" + s.name });
+			for (const plan::Assignment &as : s.assignments) {
+				Ipv4 sharedAddr = plan.addresses[as.address].address;
+				natPort.elements.push_back({ { mark(mk), ipRange(as.first, as.last) }, { ip(sharedAddr), port(as.ports) }, {} });
+				natAddr.elements.push_back({ { mark(mk), ipRange(as.first, as.last) }, { ip(sharedAddr) }, {} });
+				retZone.elements.push_back({ { ip(sharedAddr), port(as.ports) }, { zone(s.zone) }, {} });
+			}
+		} else {
+			Field prefix = ipRange(s.match.saddr->first(), s.match.saddr->last());
+			countSl.elements.push_back({ { prefix }, {}, "src_" + s.name });
+			guardSl.elements.push_back({ { prefix }, {}, "guard_" + s.name });
+			for (const plan::Assignment &as : s.assignments) {
+				Ipv4 sharedAddr = plan.addresses[as.address].address;
+				slEgress.elements.push_back({ { ip(as.first), port(as.ports) }, { ip(sharedAddr) }, {} });
+				slReturn.elements.push_back({ { ip(sharedAddr), port(as.ports) }, { ip(as.first) }, {} });
+			}
+		}
+	}
+	for (Set *s : { &ctMarks, &routeMarks, &natPort, &natAddr, &retZone, &slEgress, &slReturn, &countMark,
+			&countSl, &guardMark, &guardSl })
+		m.sets.push_back(std::move(*s));
+	m.sets.push_back(std::move(countAddr));
+
+	for (Set &s : m.sets)
+		std::sort(s.elements.begin(), s.elements.end(), keyLess);
+	return m;
+}
+
+} // namespace portslice::nft

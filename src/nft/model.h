@@ -1,0 +1,88 @@
+// SPDX-License-Identifier: MIT
+// The table of a Plan as data: sets, maps and their typed elements, shared by the text renderer and the netlink applier.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "plan/plan.h"
+
+namespace portslice::nft {
+
+inline constexpr const char *kTableName = "portslice";
+
+// One field of a key or of map data. Ranges (lo < hi) only in interval sets.
+enum class FieldType : uint8_t {
+	IfName, // iifname: string, NUL padded to 16 bytes
+	Ipv4,   // ip saddr / ip daddr: network byte order
+	Port,   // th sport / th dport: network byte order
+	Mark,   // meta mark / ct mark: host byte order, 32 bits
+	Cgroup, // meta cgroup: host byte order, 32 bits
+	Uid,    // meta skuid: host byte order, 32 bits
+	Zone,   // ct zone: host byte order, 16 bits
+};
+
+struct Field {
+	FieldType type;
+	uint32_t lo = 0; // host byte order for every type
+	uint32_t hi = 0;
+	std::string name; // IfName only
+};
+
+struct Element {
+	std::vector<Field> key;
+	std::vector<Field> data; // map data (empty for sets and objref maps)
+	std::string counter;     // objref maps: the counter's name
+};
+
+enum class SetKind : uint8_t { Set, Map, CounterMap };
+
+// A named set or map. `keyExpr`/`dataExpr` are the nft expressions whose
+// types the set carries ("iifname . ip saddr"); `declaration` is the
+// type/typeof line exactly as `nft list` prints it.
+struct Set {
+	std::string name;
+	SetKind kind = SetKind::Set;
+	std::vector<FieldType> keyTypes;
+	std::vector<FieldType> dataTypes;
+	bool interval = false;     // flags interval
+	bool dataInterval = false; // map data holds a range (nat port ranges)
+	std::string declaration;
+	std::vector<Element> elements; // sorted by key
+};
+
+// Which classification keys a source uses, in the fixed order of FieldType.
+struct Shape {
+	bool iifname = false, saddr = false, mark = false, cgroup = false, uid = false;
+
+	static Shape of(const config::Match &match);
+	std::string name() const;    // "iif_saddr"
+	std::string keyExpr() const; // "iifname . ip saddr"
+	std::vector<FieldType> types() const;
+	bool inPrerouting() const { return !cgroup && !uid; } // no socket on forwarded packets
+	bool inOutput() const { return !iifname; }            // no input interface on local packets
+	auto operator<=>(const Shape &) const = default;
+};
+
+// The mark of a conntrack source: ct mark of its connections and fwmark of
+// its answers. Equal to plan::kRouteMarkBase + zone.
+uint32_t sourceMark(const plan::PlannedSource &source);
+
+struct TableModel {
+	std::string comment; // "portslice generation G plan HASH server NAME"
+	std::string uplink;
+	std::vector<Shape> shapes; // in use, ordered
+	std::vector<std::string> counters; // named counters, creation order
+	std::vector<Set> sets;             // creation order
+
+	const Set *find(const std::string &name) const;
+};
+
+// Plan -> table. The structure (sets, chains, rules) depends only on the
+// uplink and the shapes in use; everything else is elements.
+TableModel buildModel(const plan::Plan &plan, uint64_t generation);
+
+std::string tableComment(const plan::Plan &plan, uint64_t generation);
+
+} // namespace portslice::nft

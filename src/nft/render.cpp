@@ -1,0 +1,182 @@
+// SPDX-License-Identifier: MIT
+// Text rendering of the table, byte for byte in the layout `nft -s list table` prints.
+#include "nft/render.h"
+
+#include <bit>
+#include <cstdio>
+
+namespace portslice::nft {
+
+namespace {
+
+std::string ipv4Field(const Field &f)
+{
+	Ipv4 lo{ f.lo }, hi{ f.hi };
+	if (f.lo == f.hi)
+		return lo.str();
+	uint32_t span = f.hi - f.lo + 1;
+	// An aligned power-of-two run prints as a prefix, as nft does.
+	if (f.hi - f.lo == 0xffffffffu)
+		return lo.str() + "/0";
+	if (std::has_single_bit(span) && (f.lo & (span - 1)) == 0)
+		return lo.str() + "/" + std::to_string(32 - std::countr_zero(span));
+	return lo.str() + "-" + hi.str();
+}
+
+std::string fieldText(const Field &f)
+{
+	char buf[16];
+	switch (f.type) {
+	case FieldType::IfName:
+		return "\"" + f.name + "\"";
+	case FieldType::Ipv4:
+		return ipv4Field(f);
+	case FieldType::Port:
+		return f.lo == f.hi ? std::to_string(f.lo) : std::to_string(f.lo) + "-" + std::to_string(f.hi);
+	case FieldType::Mark:
+		std::snprintf(buf, sizeof(buf), "0x%08x", f.lo);
+		return buf;
+	case FieldType::Cgroup:
+	case FieldType::Uid:
+	case FieldType::Zone:
+		return std::to_string(f.lo);
+	}
+	return {};
+}
+
+std::string fieldsText(const std::vector<Field> &fields)
+{
+	std::string out;
+	for (const Field &f : fields)
+		out += (out.empty() ? "" : " . ") + fieldText(f);
+	return out;
+}
+
+// nft breaks element lists by the key's type: two addresses, five integers,
+// or one concatenation or string per line.
+int elementsPerLine(const Set &set)
+{
+	if (set.keyTypes.size() != 1)
+		return 1;
+	switch (set.keyTypes[0]) {
+	case FieldType::Ipv4:
+		return 2;
+	case FieldType::IfName:
+		return 1;
+	default:
+		return 5;
+	}
+}
+
+} // namespace
+
+std::string formatElement(const Set &set, const Element &e)
+{
+	std::string out = fieldsText(e.key);
+	if (set.kind == SetKind::Map)
+		out += " : " + fieldsText(e.data);
+	else if (set.kind == SetKind::CounterMap)
+		out += " : \"" + e.counter + "\"";
+	return out;
+}
+
+std::vector<Chain> chains(const TableModel &m)
+{
+	const std::string up = "\"" + m.uplink + "\"";
+	std::vector<Chain> out;
+
+	Chain pre{ "prerouting", "prerouting", "filter", "raw", -300, {} };
+	pre.rules.push_back("iifname " + up + " jump from_uplink");
+	Chain output{ "output", "output", "filter", "raw", -300, {} };
+	for (const Shape &s : m.shapes) {
+		std::vector<std::string> rules = {
+			s.keyExpr() + " @stateless_" + s.name() + " notrack",
+			"ct zone set " + s.keyExpr() + " map @zone_" + s.name(),
+		};
+		if (s.inPrerouting())
+			pre.rules.insert(pre.rules.end(), rules.begin(), rules.end());
+		if (s.inOutput())
+			output.rules.insert(output.rules.end(), rules.begin(), rules.end());
+	}
+	out.push_back(std::move(pre));
+	out.push_back(std::move(output));
+
+	out.push_back({ "from_uplink", "", "", "", 0,
+			{ "meta l4proto { tcp, udp } ip daddr set ip daddr . th dport map @sl_return notrack",
+			  "meta l4proto { tcp, udp } ct zone set ip daddr . th dport map @ret_zone" } });
+	out.push_back({ "mark_prerouting", "prerouting", "filter", "mangle", -150,
+			{ "ct state new ct mark set ct zone map @ct_marks",
+			  "ct direction reply ct mark @route_marks meta mark set ct mark" } });
+	out.push_back({ "mark_output", "output", "filter", "mangle", -150,
+			{ "ct state new ct mark set ct zone map @ct_marks" } });
+	out.push_back({ "postrouting", "postrouting", "nat", "srcnat", 100,
+			{ "oifname " + up + " meta l4proto { tcp, udp } snat ip to ct mark . ip saddr map @nat_port",
+			  "oifname " + up + " snat ip to ct mark . ip saddr map @nat_addr" } });
+	out.push_back({ "egress", "postrouting", "filter", "srcnat + 10", 110,
+			{ "oifname != " + up + " accept",
+			  "counter name ct mark map @count_mark",
+			  "counter name ip saddr map @count_sl",
+			  "meta l4proto { tcp, udp } ip saddr set ip saddr . th sport map @sl_egress",
+			  "meta l4proto { tcp, udp } ip saddr . th sport != @my_ports ip saddr @shared counter name ct mark map @guard_mark drop",
+			  "meta l4proto { tcp, udp } ip saddr . th sport != @my_ports ip saddr @shared counter name \"guard_other\" drop",
+			  "ip saddr != @shared counter name ct mark map @guard_mark drop",
+			  "counter name ip saddr map @guard_sl drop",
+			  "counter name ip saddr map @count_addr" } });
+	return out;
+}
+
+std::string render(const TableModel &m)
+{
+	std::string out;
+	out.reserve(4096);
+	out += "table inet " + std::string(kTableName) + " {\n";
+	out += "\tcomment \"" + m.comment + "\"\n";
+	bool first = true;
+	auto separate = [&] {
+		if (!first)
+			out += "\n";
+		first = false;
+	};
+	for (const std::string &c : m.counters) {
+		separate();
+		out += "\tcounter " + c + " {\n\t}\n";
+	}
+	for (const Set &s : m.sets) {
+		separate();
+		out += s.kind == SetKind::Set ? "\tset " : "\tmap ";
+		out += s.name + " {\n\t\t" + s.declaration + "\n";
+		if (s.interval)
+			out += "\t\tflags interval\n";
+		if (!s.elements.empty()) {
+			out += "\t\telements = { ";
+			int perLine = elementsPerLine(s), onLine = 0;
+			for (size_t i = 0; i < s.elements.size(); i++) {
+				if (i > 0) {
+					if (onLine >= perLine) {
+						out += ",\n\t\t\t     ";
+						onLine = 0;
+					} else {
+						out += ", ";
+					}
+				}
+				out += formatElement(s, s.elements[i]);
+				onLine++;
+			}
+			out += " }\n";
+		}
+		out += "\t}\n";
+	}
+	for (const Chain &c : chains(m)) {
+		separate();
+		out += "\tchain " + c.name + " {\n";
+		if (!c.hook.empty())
+			out += "\t\ttype " + c.type + " hook " + c.hook + " priority " + c.priority + "; policy accept;\n";
+		for (const std::string &r : c.rules)
+			out += "\t\t" + r + "\n";
+		out += "\t}\n";
+	}
+	out += "}\n";
+	return out;
+}
+
+} // namespace portslice::nft

@@ -1,0 +1,201 @@
+// SPDX-License-Identifier: MIT
+// The plan for machines (`plan --json`, hashed for the table comment) and for people (`plan`).
+#include "common/json.h"
+#include "plan/plan.h"
+
+#include <sstream>
+
+namespace portslice::plan {
+
+namespace {
+
+std::string rangeStr(PortRange r)
+{
+	return std::to_string(r.lo) + "-" + std::to_string(r.hi);
+}
+
+std::string matchStr(const config::Match &m)
+{
+	std::string out;
+	auto add = [&](const std::string &k, const std::string &v) {
+		out += (out.empty() ? "" : " ") + k + "=" + v;
+	};
+	if (m.iifname)
+		add("iifname", *m.iifname);
+	if (m.saddr)
+		add("saddr", m.saddr->str());
+	if (m.mark)
+		add("mark", std::to_string(*m.mark));
+	if (m.cgroup)
+		add("cgroup", std::to_string(*m.cgroup));
+	if (m.uid)
+		add("uid", std::to_string(*m.uid));
+	return out;
+}
+
+std::string tagsStr(const config::Tags &tags)
+{
+	std::string out;
+	for (const auto &[k, v] : tags)
+		out += (out.empty() ? "" : " ") + k + "=" + v;
+	return out.empty() ? "(any)" : out;
+}
+
+void writeTags(JsonWriter &w, const config::Tags &tags)
+{
+	w.beginObject();
+	for (const auto &[k, v] : tags)
+		w.key(k).value(v);
+	w.endObject();
+}
+
+} // namespace
+
+std::string toJson(const Plan &plan)
+{
+	JsonWriter w;
+	w.beginObject();
+	w.key("server").value(plan.server);
+	w.key("datacenter").value(plan.datacenter);
+	w.key("uplink").value(plan.uplink);
+	w.key("addresses").beginArray();
+	for (const PlannedAddress &a : plan.addresses) {
+		w.beginObject();
+		w.key("address").value(a.address.str());
+		w.key("datacenter").value(a.datacenter);
+		w.key("local").value(a.local);
+		w.key("tags");
+		writeTags(w, a.tags);
+		w.key("port_range").value(rangeStr(a.portRange));
+		w.key("slice_size").value(a.sliceSize);
+		w.key("slice_count").value(a.sliceCount);
+		w.key("my_slices").beginArray();
+		for (uint32_t s : a.mySlices)
+			w.value(s);
+		w.endArray();
+		w.key("my_ports").beginArray();
+		for (const PortRange &r : a.myRuns)
+			w.value(rangeStr(r));
+		w.endArray();
+		// Owners as runs of equal owner: compact for fleets of many slices.
+		w.key("owners").beginArray();
+		for (uint32_t i = 0; i < a.sliceCount;) {
+			uint32_t j = i;
+			while (j + 1 < a.sliceCount && a.owner[j + 1] == a.owner[i] && a.previous[j + 1] == a.previous[i])
+				j++;
+			w.beginObject();
+			w.key("slices").value(i == j ? std::to_string(i) : std::to_string(i) + "-" + std::to_string(j));
+			if (a.owner[i] == kNoServer)
+				w.key("server").null();
+			else
+				w.key("server").value(plan.servers[a.owner[i]].name);
+			if (a.previous[i] != kNoServer)
+				w.key("previous").value(plan.servers[a.previous[i]].name);
+			w.endObject();
+			i = j + 1;
+		}
+		w.endArray();
+		w.endObject();
+	}
+	w.endArray();
+	w.key("sources").beginArray();
+	for (const PlannedSource &s : plan.sources) {
+		w.beginObject();
+		w.key("name").value(s.name);
+		w.key("nat").value(s.mode == NatMode::Stateless ? "stateless" : "conntrack");
+		w.key("match").beginObject();
+		if (s.match.iifname)
+			w.key("iifname").value(*s.match.iifname);
+		if (s.match.saddr)
+			w.key("saddr").value(s.match.saddr->str());
+		if (s.match.mark)
+			w.key("mark").value(*s.match.mark);
+		if (s.match.cgroup)
+			w.key("cgroup").value(*s.match.cgroup);
+		if (s.match.uid)
+			w.key("uid").value(*s.match.uid);
+		w.endObject();
+		w.key("want");
+		writeTags(w, s.want);
+		if (s.mode == NatMode::Conntrack) {
+			w.key("zone").value(s.zone);
+			w.key("weight").value(s.weight);
+		} else {
+			w.key("block").value(s.block);
+		}
+		if (s.routeMark) {
+			w.key("route_mark").value(*s.routeMark);
+			w.key("route_table").value(*s.routeTable);
+		}
+		w.key("dropped").value(s.dropped());
+		w.key("candidates").beginArray();
+		for (uint32_t c : s.candidates)
+			w.value(plan.addresses[c].address.str());
+		w.endArray();
+		w.key("assignments").beginArray();
+		for (const Assignment &as : s.assignments) {
+			w.beginObject();
+			w.key("inside").value(as.first == as.last ? as.first.str()
+								  : as.first.str() + "-" + as.last.str());
+			w.key("address").value(plan.addresses[as.address].address.str());
+			w.key("ports").value(rangeStr(as.ports));
+			w.endObject();
+		}
+		w.endArray();
+		w.endObject();
+	}
+	w.endArray();
+	w.key("warnings").beginArray();
+	for (const config::Diagnostic &d : plan.warnings)
+		w.value(d.str());
+	w.endArray();
+	w.endObject();
+	return w.str();
+}
+
+std::string toText(const Plan &plan)
+{
+	std::ostringstream out;
+	const PlannedServer &self = plan.self();
+	out << "server " << self.name << " (" << self.address.str() << ", data centre " << self.datacenter
+	    << "), uplink " << plan.uplink << "\n\n";
+	out << "addresses:\n";
+	for (const PlannedAddress &a : plan.addresses) {
+		out << "  " << a.address.str() << "  " << a.datacenter << (a.local ? "" : " (remote)") << "  "
+		    << tagsStr(a.tags) << "\n";
+		out << "    " << a.sliceCount << " slices of " << a.sliceSize << " ports in " << rangeStr(a.portRange)
+		    << "; mine: ";
+		if (a.mySlices.empty())
+			out << "none";
+		for (size_t i = 0; i < a.mySlices.size(); i++)
+			out << (i ? ", " : "") << a.mySlices[i] << " (" << rangeStr(a.slice(a.mySlices[i])) << ")";
+		out << "\n";
+	}
+	out << "\nsources:\n";
+	for (const PlannedSource &s : plan.sources) {
+		out << "  " << s.name << "  " << (s.mode == NatMode::Stateless ? "stateless" : "conntrack");
+		if (s.mode == NatMode::Conntrack)
+			out << "  zone " << s.zone << "  weight " << s.weight;
+		else
+			out << "  block " << s.block;
+		out << "\n    match " << matchStr(s.match) << "; want " << tagsStr(s.want) << "\n";
+		if (s.dropped())
+			out << "    NO ADDRESS on this server: traffic dropped and counted\n";
+		for (const Assignment &as : s.assignments) {
+			std::string inside = as.first == as.last ? as.first.str() : as.first.str() + "-" + as.last.str();
+			out << "    " << inside << " -> " << plan.addresses[as.address].address.str() << " ports "
+			    << rangeStr(as.ports) << "\n";
+		}
+		if (s.routeMark)
+			out << "    answers routed by fwmark 0x" << std::hex << *s.routeMark << std::dec << " to table "
+			    << *s.routeTable << "\n";
+	}
+	if (!plan.warnings.empty()) {
+		out << "\nwarnings:\n";
+		for (const config::Diagnostic &d : plan.warnings)
+			out << "  " << d.str() << "\n";
+	}
+	return out.str();
+}
+
+} // namespace portslice::plan

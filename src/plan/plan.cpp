@@ -1,0 +1,335 @@
+// SPDX-License-Identifier: MIT
+// The planner: slices, candidate addresses, disjoint port shares and zones of one server, purely.
+#include "plan/plan.h"
+
+#include <algorithm>
+#include <map>
+#include <set>
+
+namespace portslice::plan {
+
+using config::Diagnostic;
+
+std::optional<uint32_t> PlannedAddress::sliceOf(uint16_t port) const
+{
+	if (port < portRange.lo || port > portRange.hi || sliceSize == 0)
+		return std::nullopt;
+	uint32_t index = (port - portRange.lo) / sliceSize;
+	if (index >= sliceCount)
+		return std::nullopt; // the unused partial slice at the end
+	return index;
+}
+
+namespace {
+
+bool wants(const config::Tags &want, const config::Tags &tags)
+{
+	return std::all_of(want.begin(), want.end(), [&](const auto &kv) {
+		auto it = tags.find(kv.first);
+		return it != tags.end() && it->second == kv.second;
+	});
+}
+
+// Hands out ports of one address's runs (this server's slices, merged) in
+// order: stateless blocks first, then the conntrack shares.
+class PortCursor {
+public:
+	explicit PortCursor(const std::vector<PortRange> &runs) : runs_(runs)
+	{
+		if (!runs_.empty())
+			next_ = runs_[0].lo;
+	}
+
+	// A contiguous block of `size` ports, skipping to the next run when the
+	// current one has too little left (a block never straddles two runs).
+	std::optional<PortRange> block(uint32_t size)
+	{
+		while (run_ < runs_.size()) {
+			uint32_t left = uint32_t{ runs_[run_].hi } + 1 - next_;
+			if (left >= size) {
+				PortRange r{ static_cast<uint16_t>(next_), static_cast<uint16_t>(next_ + size - 1) };
+				advance(size);
+				return r;
+			}
+			nextRun();
+		}
+		return std::nullopt;
+	}
+
+	uint32_t remaining() const
+	{
+		if (run_ >= runs_.size())
+			return 0;
+		uint32_t total = uint32_t{ runs_[run_].hi } + 1 - next_;
+		for (size_t i = run_ + 1; i < runs_.size(); i++)
+			total += runs_[i].size();
+		return total;
+	}
+
+	// `count` ports in order, split where runs end.
+	std::vector<PortRange> take(uint32_t count)
+	{
+		std::vector<PortRange> out;
+		while (count > 0 && run_ < runs_.size()) {
+			uint32_t left = uint32_t{ runs_[run_].hi } + 1 - next_;
+			uint32_t n = std::min(left, count);
+			out.push_back({ static_cast<uint16_t>(next_), static_cast<uint16_t>(next_ + n - 1) });
+			advance(n);
+			count -= n;
+		}
+		return out;
+	}
+
+private:
+	void advance(uint32_t n)
+	{
+		next_ += n;
+		if (next_ > runs_[run_].hi)
+			nextRun();
+	}
+	void nextRun()
+	{
+		run_++;
+		if (run_ < runs_.size())
+			next_ = runs_[run_].lo;
+	}
+
+	const std::vector<PortRange> &runs_;
+	size_t run_ = 0;
+	uint32_t next_ = 0;
+};
+
+struct Share {
+	uint32_t address;
+	PortRange ports;
+};
+
+// Assigns zones: explicit ones first, then the free zone nearest above a hash
+// of the name, so that adding a source does not renumber the others.
+void assignZones(const config::Config &config, std::vector<PlannedSource> &sources,
+		 std::vector<Diagnostic> &diagnostics)
+{
+	std::set<uint16_t> used;
+	for (const config::Source &s : config.sources)
+		if (s.zone)
+			used.insert(*s.zone);
+	size_t needed = 0;
+	for (size_t i = 0; i < sources.size(); i++)
+		if (!config.sources[i].zone && sources[i].mode == NatMode::Conntrack)
+			needed++;
+	if (used.size() + needed > 65535) {
+		diagnostics.push_back({ Diagnostic::Severity::Error, config.sources.back().where,
+					"more than 65535 conntrack sources: there are not enough conntrack zones" });
+		return;
+	}
+	for (size_t i = 0; i < sources.size(); i++) {
+		const config::Source &s = config.sources[i];
+		if (s.zone) {
+			sources[i].zone = *s.zone;
+			continue;
+		}
+		if (sources[i].mode != NatMode::Conntrack)
+			continue;
+		uint32_t h = 2166136261u;
+		for (char c : s.name)
+			h = (h ^ static_cast<uint8_t>(c)) * 16777619u;
+		// Zones 1-999 are left to operators who pick zones by hand.
+		uint32_t zone = 1000 + h % 64000;
+		while (used.count(static_cast<uint16_t>(zone)))
+			zone = zone >= 65535 ? 1000 : zone + 1;
+		used.insert(static_cast<uint16_t>(zone));
+		sources[i].zone = static_cast<uint16_t>(zone);
+	}
+}
+
+} // namespace
+
+PlanResult makePlan(const config::Config &config, std::string_view server)
+{
+	PlanResult result;
+	auto &diagnostics = result.diagnostics;
+	auto error = [&](const config::Location &w, std::string m) {
+		diagnostics.push_back({ Diagnostic::Severity::Error, w, std::move(m) });
+	};
+
+	Plan plan;
+	plan.server = server.empty() ? config.serverName : std::string(server);
+	plan.uplink = config.uplink;
+	plan.conntrack = config.conntrack;
+
+	std::map<std::string, int32_t, std::less<>> serverIndex;
+	for (const config::Server &s : config.servers) {
+		serverIndex[s.name] = static_cast<int32_t>(plan.servers.size());
+		plan.servers.push_back({ s.name, s.address, s.datacenter, s.mac });
+	}
+	auto self = serverIndex.find(plan.server);
+	if (self == serverIndex.end()) {
+		error(config.serverWhere, "server '" + plan.server + "' is not one of [[servers]]");
+		return result;
+	}
+	plan.serverIndex = static_cast<uint32_t>(self->second);
+	plan.datacenter = plan.servers[plan.serverIndex].datacenter;
+	for (const config::Datacenter &d : config.datacenters)
+		plan.datacenters.push_back({ d.name, d.gateway });
+
+	for (const config::Address &a : config.addresses) {
+		PlannedAddress p;
+		p.address = a.address;
+		p.datacenter = a.datacenter;
+		p.local = a.datacenter == plan.datacenter;
+		p.tags = a.tags;
+		p.portRange = a.portRange;
+		p.sliceSize = a.sliceSize;
+		p.sliceCount = a.sliceCount();
+		p.owner.assign(p.sliceCount, kNoServer);
+		p.previous.assign(p.sliceCount, kNoServer);
+		for (const auto &[index, name] : a.owners) {
+			auto it = serverIndex.find(name);
+			if (index < p.sliceCount && it != serverIndex.end())
+				p.owner[index] = it->second;
+		}
+		for (const auto &[index, name] : a.previous) {
+			auto it = serverIndex.find(name);
+			if (index < p.sliceCount && it != serverIndex.end() && p.owner[index] != it->second)
+				p.previous[index] = it->second;
+		}
+		for (uint32_t i = 0; i < p.sliceCount; i++) {
+			if (p.owner[i] != static_cast<int32_t>(plan.serverIndex))
+				continue;
+			p.mySlices.push_back(i);
+			PortRange r = p.slice(i);
+			if (!p.myRuns.empty() && uint32_t{ p.myRuns.back().hi } + 1 == r.lo)
+				p.myRuns.back().hi = r.hi;
+			else
+				p.myRuns.push_back(r);
+		}
+		plan.addresses.push_back(std::move(p));
+	}
+
+	for (const config::Source &s : config.sources) {
+		PlannedSource p;
+		p.name = s.name;
+		p.match = s.match;
+		p.want = s.want;
+		p.mode = s.nat;
+		p.block = s.block.value_or(0);
+		p.weight = s.weight;
+		p.where = s.where;
+		for (uint32_t i = 0; i < plan.addresses.size(); i++) {
+			const PlannedAddress &a = plan.addresses[i];
+			// Only addresses living in this data centre: answers to the
+			// others arrive elsewhere.
+			if (a.local && !a.mySlices.empty() && wants(s.want, a.tags))
+				p.candidates.push_back(i);
+		}
+		plan.sources.push_back(std::move(p));
+	}
+	assignZones(config, plan.sources, diagnostics);
+
+	// Per address: stateless blocks first (in file order), then the rest
+	// shared by weight between the conntrack sources that use it.
+	std::vector<std::vector<Share>> shares(plan.sources.size());
+	for (uint32_t ai = 0; ai < plan.addresses.size(); ai++) {
+		const PlannedAddress &a = plan.addresses[ai];
+		PortCursor cursor(a.myRuns);
+		std::vector<size_t> conntrackUsers;
+		for (size_t si = 0; si < plan.sources.size(); si++) {
+			PlannedSource &s = plan.sources[si];
+			auto pos = std::find(s.candidates.begin(), s.candidates.end(), ai);
+			if (pos == s.candidates.end())
+				continue;
+			if (s.mode == NatMode::Conntrack) {
+				conntrackUsers.push_back(si);
+				continue;
+			}
+			// Candidate j takes inside addresses [j*n/c, (j+1)*n/c).
+			const Prefix &prefix = *s.match.saddr;
+			uint64_t n = prefix.size();
+			uint64_t c = s.candidates.size();
+			uint64_t j = static_cast<uint64_t>(pos - s.candidates.begin());
+			uint64_t first = j * n / c;
+			uint64_t last = (j + 1) * n / c; // exclusive
+			for (uint64_t k = first; k < last; k++) {
+				auto block = cursor.block(s.block);
+				if (!block) {
+					error(config.sources[si].blockWhere,
+					      "stateless blocks of source '" + s.name + "' do not fit in the share of server '" +
+						      plan.server + "' on " + a.address.str() + ": " +
+						      std::to_string(last - first) + " inside addresses need " +
+						      std::to_string((last - first) * s.block) + " ports of " +
+						      std::to_string(a.mySlices.size() * a.sliceSize) +
+						      " (use a smaller block, a longer prefix or more slices)");
+					break;
+				}
+				Ipv4 inside{ prefix.address.value + static_cast<uint32_t>(k) };
+				s.assignments.push_back({ inside, inside, ai, *block });
+			}
+		}
+		if (conntrackUsers.empty())
+			continue;
+		uint64_t total = cursor.remaining();
+		uint64_t weights = 0;
+		for (size_t si : conntrackUsers)
+			weights += plan.sources[si].weight;
+		uint64_t handed = 0, weightSoFar = 0;
+		for (size_t si : conntrackUsers) {
+			// Cumulative rounding: the shares add up to exactly `total`.
+			weightSoFar += plan.sources[si].weight;
+			uint64_t upto = total * weightSoFar / weights;
+			uint32_t count = static_cast<uint32_t>(upto - handed);
+			handed = upto;
+			if (count == 0) {
+				error(plan.sources[si].where, "conntrack source '" + plan.sources[si].name +
+								      "' gets no port of " + a.address.str() +
+								      " on server '" + plan.server +
+								      "': the stateless blocks use the whole share");
+				continue;
+			}
+			for (const PortRange &r : cursor.take(count))
+				shares[si].push_back({ ai, r });
+		}
+	}
+
+	for (size_t si = 0; si < plan.sources.size(); si++) {
+		PlannedSource &s = plan.sources[si];
+		if (s.mode == NatMode::Conntrack && !shares[si].empty()) {
+			// Inside addresses spread evenly and deterministically over
+			// the shares; a source without saddr spreads the whole IPv4
+			// space, which is how its key is written in the table.
+			uint64_t base = s.match.saddr ? s.match.saddr->address.value : 0;
+			uint64_t n = s.match.saddr ? s.match.saddr->size() : (uint64_t{ 1 } << 32);
+			uint64_t c = shares[si].size();
+			for (uint64_t j = 0; j < c; j++) {
+				uint64_t first = j * n / c, last = (j + 1) * n / c;
+				if (first == last)
+					continue;
+				s.assignments.push_back({ Ipv4{ static_cast<uint32_t>(base + first) },
+							  Ipv4{ static_cast<uint32_t>(base + last - 1) },
+							  shares[si][j].address, shares[si][j].ports });
+			}
+			if (s.match.iifname) {
+				s.routeMark = kRouteMarkBase + s.zone;
+				s.routeTable = kRouteTableBase + s.zone;
+			}
+		}
+		if (s.dropped())
+			plan.warnings.push_back({ Diagnostic::Severity::Warning, s.where,
+						  "source '" + s.name + "' has no candidate address on server '" +
+							  plan.server + "': its traffic is dropped and counted" });
+	}
+	for (const Diagnostic &w : plan.warnings)
+		diagnostics.push_back(w);
+	if (!config::hasErrors(diagnostics))
+		result.plan = std::move(plan);
+	return result;
+}
+
+uint64_t Plan::hash() const
+{
+	uint64_t h = 14695981039346656037ull;
+	for (char c : toJson(*this))
+		h = (h ^ static_cast<uint8_t>(c)) * 1099511628211ull;
+	return h;
+}
+
+} // namespace portslice::plan
