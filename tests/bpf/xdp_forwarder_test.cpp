@@ -1,0 +1,337 @@
+// SPDX-License-Identifier: MIT
+// Frames through the real XDP forwarder (bpf_prog_test_run_opts): fixture table of input, verdict and exact output.
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+#include <sched.h>
+#include <string>
+#include <unistd.h>
+
+#include <bpf/bpf.h>
+#include <gtest/gtest.h>
+#include <linux/bpf.h>
+
+#include "xdp/forwarder.h"
+#include "xdp_frames.h"
+
+namespace portslice::xdptest {
+namespace {
+
+using xdp::ForwarderObject;
+
+// The fleet: three servers of lab1 (s1 is us), s4 with an unknown MAC, and
+// lab2 reached through its gateway.
+const Mac kS1Mac = mac("02:00:00:00:00:11");
+const Mac kS2Mac = mac("02:00:00:00:00:12");
+const Mac kS3Mac = mac("02:00:00:00:00:13"); // not in the config: from the neighbour table
+const Mac kGw2Mac = mac("02:00:00:00:02:01");
+const Mac kRouterMac = mac("02:00:00:00:00:01");
+const Ipv4 kS1 = ip("192.0.2.11"), kS2 = ip("192.0.2.12"), kS3 = ip("192.0.2.13"), kS4 = ip("192.0.2.14");
+const Ipv4 kGw2 = ip("203.0.113.2");
+const Ipv4 kShared = ip("198.51.100.1"), kRemote = ip("198.51.100.2");
+const Ipv4 kInet = ip("203.0.113.10");
+
+// Slices of kShared (1024-65535, 2048 per slice): 0 s1, 1 s2, 2 s3, 3 s1
+// taking over from s2, 4 s2 taking over from s1, 5 nobody, 6 s4.
+uint16_t port(uint32_t slice, uint16_t offset = 100)
+{
+	return static_cast<uint16_t>(1024 + slice * 2048 + offset);
+}
+
+plan::Plan makeFleet()
+{
+	plan::Plan p;
+	p.server = "s1";
+	p.serverIndex = 0;
+	p.datacenter = "lab1";
+	p.uplink = "eth0";
+	p.servers = {{"s1", kS1, "lab1", kS1Mac}, {"s2", kS2, "lab1", kS2Mac}, {"s3", kS3, "lab1", std::nullopt},
+		     {"s4", kS4, "lab1", std::nullopt}};
+	p.datacenters = {{"lab1", ip("192.0.2.1")}, {"lab2", kGw2}};
+	plan::PlannedAddress a;
+	a.address = kShared;
+	a.datacenter = "lab1";
+	a.local = true;
+	a.portRange = {1024, 65535};
+	a.sliceSize = 2048;
+	a.sliceCount = 31;
+	a.owner.assign(31, plan::kNoServer);
+	a.previous.assign(31, plan::kNoServer);
+	a.owner[0] = 0;
+	a.owner[1] = 1;
+	a.owner[2] = 2;
+	a.owner[3] = 0;
+	a.previous[3] = 1;
+	a.owner[4] = 1;
+	a.previous[4] = 0;
+	a.owner[6] = 3;
+	a.mySlices = {0, 3};
+	p.addresses.push_back(a);
+	plan::PlannedAddress r;
+	r.address = kRemote;
+	r.datacenter = "lab2";
+	r.local = false;
+	r.portRange = {1024, 65535};
+	r.sliceSize = 2048;
+	r.sliceCount = 31;
+	r.owner.assign(31, plan::kNoServer);
+	r.previous.assign(31, plan::kNoServer);
+	p.addresses.push_back(r);
+	// Slice 3 is shared by a conntrack source (zone 10, first half) and a
+	// stateless one (second half).
+	plan::PlannedSource ct;
+	ct.name = "ct";
+	ct.zone = 10;
+	ct.assignments.push_back({ip("100.64.1.0"), ip("100.64.1.255"), 0, {port(3, 0), port(3, 1023)}});
+	plan::PlannedSource sl;
+	sl.name = "stateless";
+	sl.mode = config::NatMode::Stateless;
+	sl.zone = 11;
+	sl.assignments.push_back({ip("100.64.2.0"), ip("100.64.2.0"), 0, {port(3, 1024), port(3, 2047)}});
+	p.sources = {ct, sl};
+	return p;
+}
+
+Bytes toUs(const Bytes &ipPacket)
+{
+	return ethernet(kS1Mac, kRouterMac, kEthIpv4, ipPacket);
+}
+
+Bytes tunnelled(Ipv4 from, const Bytes &innerIp)
+{
+	return ethernet(kS1Mac, kS2Mac, kEthIpv4, ipv4(from, kS1, kProtoIpip, innerIp, {.ttl = 64}));
+}
+
+struct Case {
+	const char *description;
+	Bytes input;
+	int action; // XDP_PASS, XDP_TX
+	Bytes output;
+	uint32_t verdict;
+};
+
+class XdpForwarder : public ::testing::Test {
+protected:
+	static void SetUpTestSuite()
+	{
+		if (geteuid() != 0)
+			return;
+		// A network namespace of our own: the conntrack entry below and the
+		// FIB lookups stay in it, whatever the test does.
+		if (unshare(CLONE_NEWNET) != 0) {
+			std::perror("unshare(CLONE_NEWNET)");
+			return;
+		}
+		unshared_ = true;
+		// A flow of the conntrack source on slice 3, NATed to kShared:7300, zone 10.
+		std::string cmd = "conntrack -I -p tcp -s 100.64.1.5 -d 203.0.113.10 --sport 40000 --dport 443 "
+				  "-r 203.0.113.10 -q 198.51.100.1 --reply-port-src 443 --reply-port-dst " +
+				  std::to_string(port(3, 76)) +
+				  " --state ESTABLISHED -u SEEN_REPLY -t 600 -w 10 >/dev/null 2>&1";
+		conntrackOk_ = std::system(cmd.c_str()) == 0;
+	}
+
+	void SetUp() override
+	{
+		if (geteuid() != 0)
+			GTEST_SKIP() << "needs root (loads a BPF program)";
+		ASSERT_TRUE(unshared_) << "could not make a network namespace";
+		auto obj = ForwarderObject::load("");
+		ASSERT_TRUE(obj.ok()) << obj.error().message();
+		obj_.emplace(std::move(*obj));
+		xdp::NeighbourTable neighbours{{kS3.value, kS3Mac}, {kGw2.value, kGw2Mac}};
+		tables_ = xdp::buildTables(makeFleet(), kS1Mac, 1, neighbours);
+		auto s = xdp::syncMaps(obj_->maps(), tables_);
+		ASSERT_TRUE(s.ok()) << s.error().message();
+	}
+
+	void run(const Case &c)
+	{
+		SCOPED_TRACE(c.description);
+		auto before = xdp::readCounters(obj_->maps().counters);
+		ASSERT_TRUE(before.ok());
+		Bytes out(c.input.size() + 256);
+		bpf_test_run_opts opts{};
+		opts.sz = sizeof(opts);
+		opts.data_in = c.input.data();
+		opts.data_size_in = static_cast<uint32_t>(c.input.size());
+		opts.data_out = out.data();
+		opts.data_size_out = static_cast<uint32_t>(out.size());
+		opts.repeat = 1;
+		ASSERT_EQ(bpf_prog_test_run_opts(obj_->programFd(), &opts), 0) << std::strerror(errno);
+		out.resize(opts.data_size_out);
+		EXPECT_EQ(static_cast<int>(opts.retval), c.action);
+		EXPECT_EQ(out, c.output);
+		auto after = xdp::readCounters(obj_->maps().counters);
+		ASSERT_TRUE(after.ok());
+		for (uint32_t v = 0; v < xdp::kVerdictCount; v++)
+			EXPECT_EQ(after->packets[v] - before->packets[v], v == c.verdict ? 1u : 0u)
+				<< "counter " << xdp::verdictName(v);
+	}
+
+	static inline bool unshared_ = false;
+	static inline bool conntrackOk_ = false;
+	std::optional<ForwarderObject> obj_;
+	xdp::ForwarderTables tables_;
+};
+
+TEST_F(XdpForwarder, RoutesEachVerdictAsTheFixtureTableSays)
+{
+	const Bytes ownTcp = toUs(ipv4(kInet, kShared, kProtoTcp, tcp(443, port(0))));
+	const Bytes s2Tcp = toUs(ipv4(kInet, kShared, kProtoTcp, tcp(443, port(1)), {.tos = 0x28, .id = 77}));
+	const Bytes s3Udp = toUs(ipv4(kInet, kShared, kProtoUdp, udp(53, port(2), 100), {.fragOff = 0}));
+	const Bytes remoteTcp = toUs(ipv4(kInet, kRemote, kProtoTcp, tcp(80, 5000)));
+	const Bytes innerOwn = ipv4(kInet, kShared, kProtoTcp, tcp(443, port(0)));
+	const Bytes withOptions = toUs(ipv4(kInet, kShared, kProtoTcp, tcp(443, port(1)),
+					    {.options = {0x94, 0x04, 0x00, 0x00, 0x01, 0x01, 0x01, 0x00}}));
+	const Bytes ownWithOptions = toUs(ipv4(kInet, kShared, kProtoTcp, tcp(443, port(0)), {.options = {1, 1, 1, 0}}));
+
+	// ICMP errors quote what we sent: kShared:port -> kInet.
+	const Bytes sentByS3 = ipv4(kShared, kInet, kProtoUdp, udp(port(2), 53, 1400));
+	const Bytes fragNeeded = toUs(ipv4(ip("192.0.2.1"), kShared, kProtoIcmp, icmp(3, 4, 1400, quote(sentByS3))));
+	const Bytes sentByS2 = ipv4(kShared, kInet, kProtoTcp, tcp(port(1), 443, 0x02));
+	const Bytes portUnreach = toUs(ipv4(kInet, kShared, kProtoIcmp, icmp(3, 3, 0, quote(sentByS2))));
+	const Bytes sentByUs = ipv4(kShared, kInet, kProtoUdp, udp(port(0), 53));
+	const Bytes ownUnreach = toUs(ipv4(kInet, kShared, kProtoIcmp, icmp(3, 3, 0, quote(sentByUs))));
+	const Bytes sentByOther = ipv4(ip("198.51.100.9"), kInet, kProtoUdp, udp(port(1), 53));
+	const Bytes foreignQuote = toUs(ipv4(kInet, kShared, kProtoIcmp, icmp(3, 3, 0, quote(sentByOther))));
+	const Bytes timeExceeded = toUs(ipv4(ip("192.0.2.1"), kShared, kProtoIcmp, icmp(11, 0, 0, quote(sentByS2))));
+	const Bytes echoReply = toUs(ipv4(kInet, kShared, kProtoIcmp, icmp(0, 0, uint32_t{port(1)} << 16 | 1, {})));
+
+	Bytes truncatedIp = toUs(ipv4(kInet, kShared, kProtoTcp, tcp(443, port(1))));
+	truncatedIp.resize(14 + 12);
+	Bytes truncatedTcp = toUs(ipv4(kInet, kShared, kProtoTcp, tcp(443, port(1))));
+	truncatedTcp.resize(14 + 20 + 3);
+	Bytes badIhl = toUs(ipv4(kInet, kShared, kProtoTcp, tcp(443, port(1))));
+	badIhl[14] = 0x44;
+	Bytes truncatedQuote = portUnreach;
+	truncatedQuote.resize(14 + 20 + 8 + 12);
+	Bytes ipv6(60, 0);
+	ipv6[0] = 0x60;
+
+	const Bytes laterFragment = toUs(ipv4(kInet, kShared, kProtoUdp, Bytes(64, 1), {.fragOff = 185}));
+	const Bytes firstFragment = toUs(ipv4(kInet, kShared, kProtoUdp, udp(53, port(1), 100), {.fragOff = kMf}));
+	const Bytes remoteFragment = toUs(ipv4(kInet, kRemote, kProtoUdp, Bytes(64, 1), {.fragOff = 185}));
+
+	// Handover: slice 3 is ours now, s2 still drains it.
+	const Bytes handoverNoState = toUs(ipv4(kInet, kShared, kProtoTcp, tcp(443, port(3, 10), 0x10)));
+	const Bytes handoverStateless = toUs(ipv4(kInet, kShared, kProtoUdp, udp(53, port(3, 1500))));
+	const Bytes handoverInner = ipv4(kInet, kShared, kProtoTcp, tcp(443, port(3, 10), 0x10));
+	const Bytes drainingInner = ipv4(kInet, kShared, kProtoTcp, tcp(443, port(4)));
+	const Bytes draining = toUs(drainingInner);
+
+	const Bytes s2Inner = ipv4(kInet, kShared, kProtoTcp, tcp(443, port(1)));
+
+	const std::vector<Case> cases = {
+		{"TCP to our own slice passes untouched", ownTcp, XDP_PASS, ownTcp, FWD_V_PASS_OWN},
+		{"TCP to s2's slice goes to s2 in IPIP", s2Tcp, XDP_TX, encapsulated(s2Tcp, kS2Mac, kS1Mac, kS1, kS2),
+		 FWD_V_FORWARD},
+		{"UDP to s3's slice goes to s3, MAC from the neighbour table, DF clear", s3Udp, XDP_TX,
+		 encapsulated(s3Udp, kS3Mac, kS1Mac, kS1, kS3), FWD_V_FORWARD},
+		{"an address of lab2 goes to lab2's gateway", remoteTcp, XDP_TX,
+		 encapsulated(remoteTcp, kGw2Mac, kS1Mac, kS1, kGw2), FWD_V_REMOTE_DC},
+		{"IPIP from s2 is stripped and passed", tunnelled(kS2, innerOwn), XDP_PASS,
+		 ethernet(kS1Mac, kS2Mac, kEthIpv4, innerOwn), FWD_V_DECAP},
+		{"IPIP from s2 for a slice we drain is taken, not bounced", tunnelled(kS2, drainingInner), XDP_PASS,
+		 ethernet(kS1Mac, kS2Mac, kEthIpv4, drainingInner), FWD_V_DECAP},
+		{"IPIP from a stranger is not ours to strip", tunnelled(kInet, s2Inner), XDP_PASS,
+		 tunnelled(kInet, s2Inner), FWD_V_PASS_OTHER},
+		{"ICMP frag-needed goes to the server of the quoted source port (s3)", fragNeeded, XDP_TX,
+		 encapsulated(fragNeeded, kS3Mac, kS1Mac, kS1, kS3), FWD_V_ICMP_FORWARD},
+		{"ICMP port-unreachable goes to the server of the quoted source port (s2)", portUnreach, XDP_TX,
+		 encapsulated(portUnreach, kS2Mac, kS1Mac, kS1, kS2), FWD_V_ICMP_FORWARD},
+		{"ICMP time-exceeded goes to s2 too", timeExceeded, XDP_TX,
+		 encapsulated(timeExceeded, kS2Mac, kS1Mac, kS1, kS2), FWD_V_ICMP_FORWARD},
+		{"ICMP error about our own slice passes", ownUnreach, XDP_PASS, ownUnreach, FWD_V_ICMP_PASS},
+		{"ICMP error quoting another source address is malformed", foreignQuote, XDP_PASS, foreignQuote,
+		 FWD_V_MALFORMED},
+		{"ICMP echo reply goes by its identifier", echoReply, XDP_TX,
+		 encapsulated(echoReply, kS2Mac, kS1Mac, kS1, kS2), FWD_V_FORWARD},
+		{"IP options: forwarded whole, options kept inside", withOptions, XDP_TX,
+		 encapsulated(withOptions, kS2Mac, kS1Mac, kS1, kS2), FWD_V_FORWARD},
+		{"IP options: own slice found past the options", ownWithOptions, XDP_PASS, ownWithOptions,
+		 FWD_V_PASS_OWN},
+		{"truncated IPv4 header", truncatedIp, XDP_PASS, truncatedIp, FWD_V_MALFORMED},
+		{"truncated TCP header", truncatedTcp, XDP_PASS, truncatedTcp, FWD_V_MALFORMED},
+		{"IHL below 5", badIhl, XDP_PASS, badIhl, FWD_V_MALFORMED},
+		{"ICMP quote cut short", truncatedQuote, XDP_PASS, truncatedQuote, FWD_V_MALFORMED},
+		{"Ethernet header only", Bytes(14, 0), XDP_PASS, Bytes(14, 0), FWD_V_PASS_OTHER},
+		{"a later fragment has no port: passed, counted", laterFragment, XDP_PASS, laterFragment,
+		 FWD_V_FRAGMENT},
+		{"a first fragment is passed too (same policy for the whole datagram)", firstFragment, XDP_PASS,
+		 firstFragment, FWD_V_FRAGMENT},
+		{"a fragment for lab2 needs no port: to the gateway", remoteFragment, XDP_TX,
+		 encapsulated(remoteFragment, kGw2Mac, kS1Mac, kS1, kGw2), FWD_V_REMOTE_DC},
+		{"ARP passes", ethernet(kS1Mac, kRouterMac, kEthArp, Bytes(28, 0)), XDP_PASS,
+		 ethernet(kS1Mac, kRouterMac, kEthArp, Bytes(28, 0)), FWD_V_PASS_OTHER},
+		{"IPv6 passes", ethernet(kS1Mac, kRouterMac, kEthIpv6, ipv6), XDP_PASS,
+		 ethernet(kS1Mac, kRouterMac, kEthIpv6, ipv6), FWD_V_PASS_OTHER},
+		{"not a shared address", toUs(ipv4(kInet, kS1, kProtoTcp, tcp(443, 22))), XDP_PASS,
+		 toUs(ipv4(kInet, kS1, kProtoTcp, tcp(443, 22))), FWD_V_PASS_OTHER},
+		{"a port below the range", toUs(ipv4(kInet, kShared, kProtoTcp, tcp(443, 80))), XDP_PASS,
+		 toUs(ipv4(kInet, kShared, kProtoTcp, tcp(443, 80))), FWD_V_UNOWNED},
+		{"a slice nobody owns", toUs(ipv4(kInet, kShared, kProtoTcp, tcp(443, port(5)))), XDP_PASS,
+		 toUs(ipv4(kInet, kShared, kProtoTcp, tcp(443, port(5)))), FWD_V_UNOWNED},
+		{"GRE to a shared address has no port", toUs(ipv4(kInet, kShared, 47, Bytes(8, 0))), XDP_PASS,
+		 toUs(ipv4(kInet, kShared, 47, Bytes(8, 0))), FWD_V_UNOWNED},
+		{"s4's MAC is unknown and the FIB has no neighbour", toUs(ipv4(kInet, kShared, kProtoTcp, tcp(1, port(6)))),
+		 XDP_PASS, toUs(ipv4(kInet, kShared, kProtoTcp, tcp(1, port(6)))), FWD_V_NO_NEIGH},
+		{"handover: no conntrack state, second hop to the previous owner s2", handoverNoState, XDP_TX,
+		 encapsulated(handoverNoState, kS2Mac, kS1Mac, kS1, kS2), FWD_V_SECOND_HOP},
+		{"handover: tunnelled from s3 without state, on to s2", tunnelled(kS3, handoverInner), XDP_TX,
+		 encapsulated(ethernet(kS1Mac, kS2Mac, kEthIpv4, handoverInner), kS2Mac, kS1Mac, kS1, kS2),
+		 FWD_V_SECOND_HOP},
+		{"handover: a stateless share keeps its packets", handoverStateless, XDP_PASS, handoverStateless,
+		 FWD_V_PASS_OWN},
+		{"a slice we drain for s2 goes to s2", draining, XDP_TX, encapsulated(draining, kS2Mac, kS1Mac, kS1, kS2),
+		 FWD_V_FORWARD},
+	};
+	for (const auto &c : cases)
+		run(c);
+}
+
+TEST_F(XdpForwarder, KeepsFlowsWithConntrackStateDuringHandover)
+{
+	ASSERT_TRUE(conntrackOk_) << "conntrack -I failed";
+	// The flow inserted in SetUpTestSuite, zone 10: stays here.
+	const Bytes known = toUs(ipv4(kInet, kShared, kProtoTcp, tcp(443, port(3, 76), 0x10)));
+	run({"handover: the flow is in conntrack zone 10, it stays", known, XDP_PASS, known, FWD_V_PASS_OWN});
+	// Same ports, another peer: no state, so it belongs to the previous owner.
+	const Bytes unknown = toUs(ipv4(ip("203.0.113.11"), kShared, kProtoTcp, tcp(443, port(3, 76), 0x10)));
+	run({"handover: another peer, no state: second hop", unknown, XDP_TX,
+	     encapsulated(unknown, kS2Mac, kS1Mac, kS1, kS2), FWD_V_SECOND_HOP});
+}
+
+TEST_F(XdpForwarder, MovesASliceWithOneMapUpdate)
+{
+	const Bytes toSlice1 = toUs(ipv4(kInet, kShared, kProtoTcp, tcp(443, port(1))));
+	run({"before the move: s2", toSlice1, XDP_TX, encapsulated(toSlice1, kS2Mac, kS1Mac, kS1, kS2), FWD_V_FORWARD});
+	auto fleet = makeFleet();
+	fleet.addresses[0].owner[1] = 2;
+	auto moved = xdp::buildTables(fleet, kS1Mac, 1, {{kS3.value, kS3Mac}, {kGw2.value, kGw2Mac}});
+	size_t changed = 0;
+	for (size_t i = 0; i < moved.slices.size(); i++)
+		changed += std::memcmp(&moved.slices[i], &tables_.slices[i], sizeof(moved.slices[i])) != 0;
+	EXPECT_EQ(changed, 1u) << "a move must change exactly one slice entry";
+	ASSERT_TRUE(xdp::syncMaps(obj_->maps(), moved).ok());
+	run({"after the move: s3", toSlice1, XDP_TX, encapsulated(toSlice1, kS3Mac, kS1Mac, kS1, kS3), FWD_V_FORWARD});
+	// Removing the address from the plan removes its entries: packets pass.
+	fleet.addresses.erase(fleet.addresses.begin());
+	fleet.sources.clear();
+	ASSERT_TRUE(xdp::syncMaps(obj_->maps(), xdp::buildTables(fleet, kS1Mac, 1, {})).ok());
+	run({"after removing the address", toSlice1, XDP_PASS, toSlice1, FWD_V_PASS_OTHER});
+}
+
+} // namespace
+} // namespace portslice::xdptest
+
+int main(int argc, char **argv)
+{
+	::testing::InitGoogleTest(&argc, argv);
+	if (geteuid() != 0) {
+		std::printf("SKIP: the XDP packet tests load a BPF program and need root\n");
+		return 77;
+	}
+	return RUN_ALL_TESTS();
+}
