@@ -1,0 +1,155 @@
+// SPDX-License-Identifier: MIT
+// Every error class of SPEC §1, each reported at its file, line and column.
+#include <gtest/gtest.h>
+
+#include "config/config.h"
+
+using portslice::config::Diagnostic;
+using portslice::config::loadString;
+
+namespace {
+
+// A valid fleet; each case appends or replaces lines to break one thing.
+const std::string kHead = R"([server]
+name = "s1"
+uplink = "eth0"
+
+[[datacenters]]
+name = "lab1"
+
+[[servers]]
+name = "s1"
+address = "192.0.2.11"
+datacenter = "lab1"
+
+[[servers]]
+name = "s2"
+address = "192.0.2.12"
+datacenter = "lab1"
+)";
+
+const std::string kAddress = R"(
+[[addresses]]
+address = "198.51.100.1"
+datacenter = "lab1"
+tags = { country = "GB" }
+slices = { s1 = 0, s2 = 1 }
+)";
+
+struct ErrorCase {
+	const char *description;
+	std::string text;
+	uint32_t line;
+	uint32_t column;
+	const char *message; // a part of the message
+};
+
+class ConfigErrors : public testing::TestWithParam<ErrorCase> {};
+
+TEST_P(ConfigErrors, AreReportedAtTheirLineAndColumn)
+{
+	const ErrorCase &c = GetParam();
+	auto result = loadString(c.text, "fleet.toml");
+	ASSERT_FALSE(result.ok()) << c.description;
+	bool found = false;
+	std::string all;
+	for (const Diagnostic &d : result.diagnostics) {
+		all += d.str() + "\n";
+		if (d.where.line == c.line && d.where.column == c.column &&
+		    d.message.find(c.message) != std::string::npos)
+			found = true;
+	}
+	EXPECT_TRUE(found) << c.description << ": wanted " << c.line << ":" << c.column << " '" << c.message
+			   << "', got:\n"
+			   << all;
+}
+
+const ErrorCase kCases[] = {
+	{ "TOML syntax", kHead + "[[addresses]\n", 17, 13, "" },
+	{ "unknown top-level key", "serverz = 1\n" + kHead, 1, 1, "did you mean 'server'?" },
+	{ "unknown key in a table", kHead + kAddress + "slise_size = 4\n", 23, 1, "did you mean 'slice_size'?" },
+	{ "mistyped value", kHead + "\n[[sources]]\nname = 5\nmatch = { saddr = \"100.64.1.0/24\" }\nwant = {}\n", 19, 8,
+	  "'name' must be a string" },
+	{ "missing required key", kHead + "\n[[sources]]\nname = \"a\"\nwant = {}\n", 18, 1,
+	  "lacks required key 'match'" },
+	{ "missing [server]", "[[datacenters]]\nname = \"x\"\n", 1, 1, "lacks required key 'server'" },
+	{ "invalid address", kHead + "\n[[addresses]]\naddress = \"198.51.100.256\"\ndatacenter = \"lab1\"\ntags = {}\nslices = {}\n",
+	  19, 11, "invalid IPv4 address" },
+	{ "invalid prefix (host bits)", kHead + kAddress +
+	  "\n[[sources]]\nname = \"a\"\nmatch = { saddr = \"100.64.1.1/24\" }\nwant = {}\n",
+	  26, 19, "invalid prefix" },
+	{ "invalid MAC", kHead + "mac = \"02:00:00:00:00\"\n", 17, 7, "invalid MAC address" },
+	{ "inverted port range", kHead + "\n[defaults]\nport_range = \"2000-1000\"\n", 19, 14, "inverted" },
+	{ "port 0", kHead + "\n[defaults]\nport_range = \"0-1000\"\n", 19, 14, "between 1 and 65535" },
+	{ "port above 65535", kHead + "\n[defaults]\nport_range = \"1024-65536\"\n", 19, 14, "between 1 and 65535" },
+	{ "slice size 0", kHead + "\n[defaults]\nslice_size = 0\n", 19, 14, "between 1 and 65535" },
+	{ "slice size over the range", kHead + kAddress + "port_range = \"1024-2047\"\nslice_size = 2048\n", 24, 14,
+	  "larger than the port range" },
+	{ "slice index beyond the range", kHead +
+	  "\n[[addresses]]\naddress = \"198.51.100.1\"\ndatacenter = \"lab1\"\ntags = {}\nslices = { s1 = [0, 31] }\n",
+	  22, 21, "beyond the port range" },
+	{ "two servers own one slice", kHead +
+	  "\n[[addresses]]\naddress = \"198.51.100.1\"\ndatacenter = \"lab1\"\ntags = {}\nslices = { s1 = 3, s2 = 3 }\n",
+	  22, 25, "given to both 's1' and 's2'" },
+	{ "duplicate server name", kHead + "\n[[servers]]\nname = \"s1\"\naddress = \"192.0.2.13\"\ndatacenter = \"lab1\"\n",
+	  19, 8, "duplicate server name" },
+	{ "duplicate shared address", kHead + kAddress + kAddress, 25, 11, "duplicate shared address" },
+	{ "unknown server in slices", kHead +
+	  "\n[[addresses]]\naddress = \"198.51.100.1\"\ndatacenter = \"lab1\"\ntags = {}\nslices = { s9 = 0 }\n",
+	  22, 17, "unknown server 's9'" },
+	{ "unknown data centre", kHead + "\n[[servers]]\nname = \"s3\"\naddress = \"192.0.2.13\"\ndatacenter = \"lab9\"\n",
+	  21, 14, "unknown data centre 'lab9'" },
+	{ "[server].name not in [[servers]]",
+	  "[server]\nname = \"s7\"\nuplink = \"eth0\"\n[[datacenters]]\nname = \"x\"\n[[servers]]\nname = \"s1\"\naddress = \"192.0.2.1\"\ndatacenter = \"x\"\n",
+	  2, 8, "not one of [[servers]]" },
+	{ "block on a conntrack source", kHead + kAddress +
+	  "\n[[sources]]\nname = \"a\"\nmatch = { saddr = \"100.64.1.0/24\" }\nwant = {}\nblock = 64\n",
+	  28, 9, "applies only to nat = \"stateless\"" },
+	{ "stateless source without saddr", kHead + kAddress +
+	  "\n[[sources]]\nname = \"a\"\nmatch = { uid = 5 }\nwant = {}\nnat = \"stateless\"\nblock = 64\n",
+	  26, 9, "needs 'saddr'" },
+	{ "zone out of range", kHead + kAddress +
+	  "\n[[sources]]\nname = \"a\"\nmatch = { uid = 5 }\nwant = {}\nzone = 70000\n",
+	  28, 8, "between 1 and 65535" },
+	{ "zone shared by two sources", kHead + kAddress +
+	  "\n[[sources]]\nname = \"a\"\nmatch = { uid = 5 }\nwant = {}\nzone = 7\n"
+	  "\n[[sources]]\nname = \"b\"\nmatch = { uid = 6 }\nwant = {}\nzone = 7\n",
+	  34, 8, "zone 7 is already used by source 'a'" },
+	{ "overlapping stateless sources", kHead + kAddress +
+	  "\n[[sources]]\nname = \"a\"\nmatch = { saddr = \"100.64.1.0/28\" }\nwant = {}\nnat = \"stateless\"\nblock = 64\n"
+	  "\n[[sources]]\nname = \"b\"\nmatch = { saddr = \"100.64.1.8/29\" }\nwant = {}\nnat = \"stateless\"\nblock = 64\n",
+	  33, 19, "overlap" },
+	{ "invalid nat mode", kHead + kAddress + "\n[[sources]]\nname = \"a\"\nmatch = { uid = 5 }\nwant = {}\nnat = \"masquerade\"\n",
+	  28, 7, "must be \"conntrack\" or \"stateless\"" },
+	{ "empty match", kHead + kAddress + "\n[[sources]]\nname = \"a\"\nmatch = {}\nwant = {}\n", 26, 9,
+	  "needs one or more of" },
+};
+
+INSTANTIATE_TEST_SUITE_P(Spec, ConfigErrors, testing::ValuesIn(kCases));
+
+TEST(Config, ReportsEveryErrorOfAFileNotJustTheFirst)
+{
+	auto result = loadString(kHead + "\n[defaults]\nport_range = \"9-1\"\nslice_size = 0\nbogus = 1\n", "f.toml");
+	ASSERT_FALSE(result.ok());
+	EXPECT_GE(result.diagnostics.size(), 3u);
+}
+
+TEST(Config, FormatsDiagnosticsLikeACompiler)
+{
+	auto result = loadString("[server]\nname = \"s1\"\n", "fleet.toml");
+	ASSERT_FALSE(result.ok());
+	EXPECT_EQ(result.diagnostics[0].str(), "fleet.toml:1:1: error: [server] lacks required key 'uplink'");
+}
+
+TEST(Config, LoadsAValidFleetWithDefaultsAndOverrides)
+{
+	auto result = loadString(kHead + kAddress + "port_range = \"10000-19999\"\nslice_size = 1000\n", "f.toml");
+	ASSERT_TRUE(result.ok()) << (result.diagnostics.empty() ? "" : result.diagnostics[0].str());
+	const auto &a = result.config->addresses.at(0);
+	EXPECT_EQ(a.portRange.lo, 10000);
+	EXPECT_EQ(a.portRange.hi, 19999);
+	EXPECT_EQ(a.sliceCount(), 10u);
+	EXPECT_EQ(a.owners.at(1), "s2");
+}
+
+} // namespace
