@@ -4,7 +4,7 @@
 #
 # As a command:  lab.sh up   --prefix P --id ID [options]   (removes what it made if it fails)
 #                lab.sh down --prefix P --id ID
-#                lab.sh exec --prefix P --id ID NODE CMD...  (a server's bus address is in DBUS_SYSTEM_BUS_ADDRESS)
+#                lab.sh exec --prefix P --id ID NODE CMD...  (on a server: its own bus and bpffs, see lab_exec)
 #                lab.sh steer --prefix P --id ID MODE        (s2 | hash | hash:s1,s2)
 #                lab.sh env  --prefix P --id ID               (the lab's facts, KEY=VALUE)
 #                lab.sh gc   --prefix P                       (remove labs of P whose owner process is gone)
@@ -304,23 +304,30 @@ _lab_load() {
 	. "$LAB_DIR/lab.env"
 }
 
-# lab_exec NODE CMD...: run a command inside a node; on a server, its private
-# bus is the system bus and LAB_STATE_DIR / LAB_BPF_DIR name its directories.
+# lab_exec NODE CMD...: run a command inside a node. On a server: its private
+# bus is the system bus; LAB_STATE_DIR names its state directory; and its own
+# bpffs (LAB_BPF_DIR, mounted by lab_up) is bind-mounted on /sys/fs/bpf of the
+# command's mount namespace (ip netns exec makes a private one with a fresh
+# /sys), so pins made there outlive the command and never meet another
+# server's or the host's.
 lab_exec() {
 	_lab_load || return 1
 	local node=$1
 	shift
-	local env=()
+	local env=() pre=()
 	if [[ $node =~ ^s[1-9]$ ]]; then
 		env+=("LAB_STATE_DIR=$LAB_DIR/$node/state" "LAB_BPF_DIR=$LAB_DIR/$node/bpf")
 		[[ -f $LAB_DIR/$node/bus/address ]] && env+=("DBUS_SYSTEM_BUS_ADDRESS=$(<"$LAB_DIR/$node/bus/address")")
+		if mountpoint -q "$LAB_DIR/$node/bpf"; then
+			pre=(sh -c 'mount --bind "$0" /sys/fs/bpf && exec "$@"' "$LAB_DIR/$node/bpf")
+		fi
 	fi
 	[[ -e /run/netns/$(lab_ns "$node") ]] || { _lab_err "no node $node in lab $LAB_NAME"; return 1; }
 	if [[ ${LAB_EXEC_REPLACE:-0} == 1 ]]; then
 		# The caller's pid becomes the command's: it can signal and reap it.
-		exec ip netns exec "$(lab_ns "$node")" env "${env[@]}" "$@"
+		exec ip netns exec "$(lab_ns "$node")" "${pre[@]}" env "${env[@]}" "$@"
 	fi
-	ip netns exec "$(lab_ns "$node")" env "${env[@]}" "$@"
+	ip netns exec "$(lab_ns "$node")" "${pre[@]}" env "${env[@]}" "$@"
 }
 
 # lab_steer MODE: change how the router picks servers (failover, drain).
