@@ -1,0 +1,209 @@
+// SPDX-License-Identifier: MIT
+// libnetfilter_conntrack dump + delete of moved-away NAT entries, and /proc/sys tuning with a saved copy of the old values.
+#include "conntrack/conntrack.h"
+
+#include <arpa/inet.h>
+#include <cerrno>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <netinet/in.h>
+#include <sstream>
+#include <unistd.h>
+
+#include <libnetfilter_conntrack/libnetfilter_conntrack.h>
+
+#include "common/handle.h"
+
+namespace portslice::conntrack {
+
+namespace {
+
+using NfctHandle = Handle<nfct_handle, nfct_close>;
+using NfConntrack = Handle<nf_conntrack, nfct_destroy>;
+
+const char *const kSavedFile = "conntrack-sysctl.saved";
+
+std::string procPath(const std::string &name)
+{
+	std::string p = "/proc/sys/" + name;
+	for (size_t i = 10; i < p.size(); i++)
+		if (p[i] == '.')
+			p[i] = '/';
+	return p;
+}
+
+Result<std::string> readSysctl(const std::string &name)
+{
+	std::ifstream in(procPath(name));
+	std::string v;
+	if (!in || !std::getline(in, v))
+		return Error(errno ? errno : EIO, "reading " + name);
+	return v;
+}
+
+Status writeSysctl(const std::string &name, const std::string &value)
+{
+	std::ofstream out(procPath(name));
+	if (!out)
+		return Error(errno ? errno : EACCES, "writing " + name);
+	out << value << "\n";
+	out.flush();
+	if (!out)
+		return Error(errno ? errno : EIO, "writing " + value + " to " + name);
+	return {};
+}
+
+std::map<std::string, std::string> loadSaved(const std::string &stateDir)
+{
+	std::map<std::string, std::string> saved;
+	std::ifstream in(stateDir + "/" + kSavedFile);
+	std::string name, value;
+	while (in >> name >> value)
+		saved[name] = value;
+	return saved;
+}
+
+Status storeSaved(const std::string &stateDir, const std::map<std::string, std::string> &saved)
+{
+	std::error_code ec;
+	std::filesystem::create_directories(stateDir, ec);
+	if (ec)
+		return Error(ec, "creating " + stateDir);
+	std::string path = stateDir + "/" + kSavedFile;
+	if (saved.empty()) {
+		std::filesystem::remove(path, ec);
+		return {};
+	}
+	std::string tmp = path + ".tmp";
+	{
+		std::ofstream out(tmp, std::ios::trunc);
+		for (const auto &[n, v] : saved)
+			out << n << " " << v << "\n";
+		out.flush();
+		if (!out)
+			return Error(EIO, "writing " + tmp);
+	}
+	if (std::rename(tmp.c_str(), path.c_str()) != 0)
+		return Error(errno, "renaming " + tmp);
+	return {};
+}
+
+} // namespace
+
+std::vector<std::pair<std::string, uint32_t>> sysctlsOf(const config::ConntrackTuning &t)
+{
+	std::vector<std::pair<std::string, uint32_t>> out;
+	if (t.max)
+		out.emplace_back("net.netfilter.nf_conntrack_max", *t.max);
+	if (t.buckets)
+		out.emplace_back("net.netfilter.nf_conntrack_buckets", *t.buckets);
+	if (t.tcpEstablished)
+		out.emplace_back("net.netfilter.nf_conntrack_tcp_timeout_established", *t.tcpEstablished);
+	if (t.tcpTimeWait)
+		out.emplace_back("net.netfilter.nf_conntrack_tcp_timeout_time_wait", *t.tcpTimeWait);
+	if (t.udp)
+		out.emplace_back("net.netfilter.nf_conntrack_udp_timeout", *t.udp);
+	if (t.udpStream)
+		out.emplace_back("net.netfilter.nf_conntrack_udp_timeout_stream", *t.udpStream);
+	return out;
+}
+
+Result<TuneReport> tune(const config::ConntrackTuning &tuning, const std::string &stateDir)
+{
+	TuneReport report;
+	std::map<std::string, std::string> saved = loadSaved(stateDir);
+	for (const auto &[name, value] : sysctlsOf(tuning)) {
+		auto now = readSysctl(name);
+		if (!now) {
+			report.skipped.push_back(name + ": " + now.error().message());
+			continue;
+		}
+		std::string v = std::to_string(value);
+		if (*now == v)
+			continue;
+		if (access(procPath(name).c_str(), W_OK) != 0) {
+			report.skipped.push_back(name + ": read-only in this network namespace");
+			continue;
+		}
+		if (!saved.count(name)) {
+			saved[name] = *now;
+			// Saved before the write: a crash between the two still restores.
+			Status st = storeSaved(stateDir, saved);
+			if (!st)
+				return st.error().wrap("tuning conntrack");
+		}
+		Status st = writeSysctl(name, v);
+		if (!st)
+			return st.error().wrap("tuning conntrack");
+		report.changed.push_back(SysctlChange{name, saved[name], v});
+	}
+	return report;
+}
+
+Status restore(const std::string &stateDir)
+{
+	std::map<std::string, std::string> saved = loadSaved(stateDir);
+	for (const auto &[name, value] : saved) {
+		Status st = writeSysctl(name, value);
+		if (!st)
+			return st.error().wrap("restoring conntrack sysctls");
+	}
+	return storeSaved(stateDir, {});
+}
+
+Result<size_t> deleteMovedAway(const plan::Plan &plan)
+{
+	// address (network order) -> the port runs of this server on it.
+	std::map<uint32_t, const plan::PlannedAddress *> shared;
+	for (const plan::PlannedAddress &a : plan.addresses)
+		shared[a.address.networkOrder()] = &a;
+
+	NfctHandle dump(nfct_open(CONNTRACK, 0));
+	if (!dump)
+		return Error(errno, "opening conntrack");
+	struct Ctx {
+		const std::map<uint32_t, const plan::PlannedAddress *> *shared;
+		std::vector<NfConntrack> doomed;
+	} ctx{&shared, {}};
+
+	auto cb = [](enum nf_conntrack_msg_type, struct nf_conntrack *ct, void *data) -> int {
+		auto *c = static_cast<Ctx *>(data);
+		if (nfct_get_attr_u8(ct, ATTR_ORIG_L3PROTO) != AF_INET)
+			return NFCT_CB_CONTINUE;
+		uint8_t proto = nfct_get_attr_u8(ct, ATTR_ORIG_L4PROTO);
+		if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+			return NFCT_CB_CONTINUE;
+		if (!(nfct_get_attr_u32(ct, ATTR_STATUS) & IPS_SRC_NAT))
+			return NFCT_CB_CONTINUE;
+		// The answer comes back to the NAT source: reply destination.
+		uint32_t addr = nfct_get_attr_u32(ct, ATTR_REPL_IPV4_DST);
+		auto it = c->shared->find(addr);
+		if (it == c->shared->end())
+			return NFCT_CB_CONTINUE;
+		uint16_t port = ntohs(nfct_get_attr_u16(ct, ATTR_REPL_PORT_DST));
+		for (const config::PortRange &run : it->second->myRuns)
+			if (port >= run.lo && port <= run.hi)
+				return NFCT_CB_CONTINUE;
+		c->doomed.emplace_back(nfct_clone(ct));
+		return NFCT_CB_CONTINUE;
+	};
+	nfct_callback_register(dump.get(), NFCT_T_ALL, cb, &ctx);
+	uint32_t family = AF_INET;
+	if (nfct_query(dump.get(), NFCT_Q_DUMP, &family) < 0)
+		return Error(errno, "dumping conntrack");
+
+	size_t deleted = 0;
+	NfctHandle del(nfct_open(CONNTRACK, 0));
+	if (!del)
+		return Error(errno, "opening conntrack");
+	for (const NfConntrack &ct : ctx.doomed) {
+		if (nfct_query(del.get(), NFCT_Q_DESTROY, ct.get()) == 0)
+			deleted++;
+		else if (errno != ENOENT) // gone by itself meanwhile
+			return Error(errno, "deleting a conntrack entry");
+	}
+	return deleted;
+}
+
+} // namespace portslice::conntrack

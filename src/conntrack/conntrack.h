@@ -1,0 +1,44 @@
+// SPDX-License-Identifier: MIT
+// Conntrack side of the plan: sysctl tuning with restore, and deleting the entries of slices this server no longer owns.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "config/config.h"
+#include "plan/plan.h"
+
+namespace portslice::conntrack {
+
+struct SysctlChange {
+	std::string name;     // "net.netfilter.nf_conntrack_max"
+	std::string previous; // value before the first change portslice made
+	std::string value;    // value now
+};
+
+struct TuneReport {
+	std::vector<SysctlChange> changed;
+	// Keys the kernel does not let this network namespace set (nf_conntrack_max
+	// and _buckets are read-only outside the host namespace): "name: reason".
+	std::vector<std::string> skipped;
+};
+
+// The sysctl each [conntrack] key sets; absent keys are left alone.
+std::vector<std::pair<std::string, uint32_t>> sysctlsOf(const config::ConntrackTuning &tuning);
+
+// Set the sysctls of `tuning`. The value found before portslice first changed
+// a key is kept in stateDir/conntrack-sysctl.saved, so that restore() puts it
+// back even after several applies or from another process.
+Result<TuneReport> tune(const config::ConntrackTuning &tuning, const std::string &stateDir);
+
+// Put back every value tune() changed, and forget them.
+Status restore(const std::string &stateDir);
+
+// Delete the conntrack entries (all zones) whose NAT source is a shared
+// address of the plan with a port outside this server's slices of it: a slice
+// moved away, its flows now belong to another server. Returns how many.
+Result<size_t> deleteMovedAway(const plan::Plan &plan);
+
+} // namespace portslice::conntrack

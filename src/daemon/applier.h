@@ -1,0 +1,50 @@
+// SPDX-License-Identifier: MIT
+// Applier: puts a Plan into the kernel (nftables table, conntrack tuning and clean-up, routes of iifname sources, XDP hook) and takes it out again.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "common/result.h"
+#include "conntrack/conntrack.h"
+#include "nft/apply.h"
+#include "plan/plan.h"
+
+namespace portslice::daemon {
+
+struct ApplierOptions {
+	// Where the values that apply() changed are kept, so that remove()
+	// restores them even from another process (`portsliced --remove`).
+	std::string stateDir = "/var/lib/portslice";
+};
+
+struct ApplyResult {
+	nft::ApplyReport nft;
+	conntrack::TuneReport tuning;
+	size_t conntrackDeleted = 0; // entries whose NAT port this server no longer owns
+	size_t routes = 0;           // routing tables of iifname sources
+};
+
+class Applier {
+public:
+	static Result<Applier> open(ApplierOptions options = {});
+
+	// Apply `next` as `generation`. `current` is what the kernel holds now
+	// (nullptr: unknown, replace everything). The nftables part is one
+	// transaction; it goes first, so a failure there changes nothing else.
+	Result<ApplyResult> apply(const plan::Plan &next, const plan::Plan *current, uint64_t generation);
+
+	// Undo everything apply() did: table, routes and rules, sysctls.
+	Status remove();
+
+	nft::NftApplier &nft() { return nft_; }
+
+private:
+	Applier(ApplierOptions options, nft::NftApplier nft) : options_(std::move(options)), nft_(std::move(nft)) {}
+
+	ApplierOptions options_;
+	nft::NftApplier nft_;
+};
+
+} // namespace portslice::daemon

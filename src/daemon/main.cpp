@@ -1,0 +1,100 @@
+// SPDX-License-Identifier: MIT
+// portsliced: `--apply-once` applies the config and exits, `--remove` takes everything out (SPEC §2).
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <string>
+
+#include "config/config.h"
+#include "daemon/applier.h"
+#include "plan/plan.h"
+
+using namespace portslice;
+
+namespace {
+
+int usage()
+{
+	std::cerr << "usage: portsliced --config FILE [--state-dir DIR] (--apply-once | --remove)\n";
+	return 2;
+}
+
+// Parse, validate and plan; on any error print them all and return nullopt.
+std::optional<plan::Plan> load(const std::string &file)
+{
+	config::LoadResult loaded = config::loadFile(file);
+	for (const config::Diagnostic &d : loaded.diagnostics)
+		std::cerr << d.str() << "\n";
+	if (!loaded.ok())
+		return std::nullopt;
+	plan::PlanResult planned = plan::makePlan(*loaded.config);
+	for (const config::Diagnostic &d : planned.diagnostics)
+		std::cerr << d.str() << "\n";
+	if (!planned.ok())
+		return std::nullopt;
+	return std::move(*planned.plan);
+}
+
+} // namespace
+
+int main(int argc, char **argv)
+{
+	std::string configFile = "/etc/portslice/portslice.toml";
+	daemon::ApplierOptions options;
+	bool applyOnce = false, remove = false;
+	for (int i = 1; i < argc; i++) {
+		std::string a = argv[i];
+		if (a == "--config" && i + 1 < argc)
+			configFile = argv[++i];
+		else if (a == "--state-dir" && i + 1 < argc)
+			options.stateDir = argv[++i];
+		else if (a == "--apply-once")
+			applyOnce = true;
+		else if (a == "--remove")
+			remove = true;
+		else
+			return usage();
+	}
+	if (applyOnce == remove)
+		return usage(); // the long-running daemon comes with the D-Bus service
+
+	auto applier = daemon::Applier::open(options);
+	if (!applier) {
+		std::cerr << "portsliced: " << applier.error().message() << "\n";
+		return 1;
+	}
+	if (remove) {
+		Status s = applier->remove();
+		if (!s) {
+			std::cerr << "portsliced: " << s.error().message() << "\n";
+			return 1;
+		}
+		return 0;
+	}
+
+	std::optional<plan::Plan> plan = load(configFile);
+	if (!plan)
+		return 1;
+	// The next generation follows the one the kernel holds.
+	auto state = applier->nft().readState();
+	if (!state) {
+		std::cerr << "portsliced: " << state.error().message() << "\n";
+		return 1;
+	}
+	uint64_t generation = state->has_value() ? (*state)->generation + 1 : 1;
+	auto result = applier->apply(*plan, nullptr, generation);
+	if (!result) {
+		std::cerr << "portsliced: " << result.error().message() << "\n";
+		return 1;
+	}
+	const daemon::ApplyResult &r = *result;
+	std::printf("portsliced: applied generation %llu: %zu elements in %zu messages (%zu bytes); "
+		    "%zu conntrack entries of moved slices deleted\n",
+		    static_cast<unsigned long long>(generation), r.nft.elementsAdded, r.nft.messages, r.nft.bytes,
+		    r.conntrackDeleted);
+	for (const conntrack::SysctlChange &c : r.tuning.changed)
+		std::printf("portsliced: %s = %s (was %s)\n", c.name.c_str(), c.value.c_str(), c.previous.c_str());
+	for (const std::string &s : r.tuning.skipped)
+		std::printf("portsliced: not set: %s\n", s.c_str());
+	return 0;
+}

@@ -1,0 +1,70 @@
+// SPDX-License-Identifier: MIT
+// NftApplier: puts the portslice table of a Plan into the kernel in one netlink transaction (full replace or element delta).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "nft/model.h"
+#include "nft/netlink.h"
+#include "plan/plan.h"
+
+namespace portslice::nft {
+
+struct ApplyReport {
+	bool fullReplace = false;   // false: element delta on the existing table
+	size_t messages = 0;        // netlink messages in the transaction
+	size_t bytes = 0;           // bytes of the transaction
+	size_t elementsAdded = 0;
+	size_t elementsDeleted = 0;
+};
+
+struct CounterValue {
+	std::string name; // "src_warp-gb", "guard_other", "addr_198.51.100.1"
+	uint64_t packets = 0;
+	uint64_t bytes = 0;
+};
+
+// What the table's comment says about the applied state.
+struct TableState {
+	std::string comment;
+	uint64_t generation = 0;
+	uint64_t planHash = 0;
+	std::string server;
+};
+
+// Parse "portslice generation G plan HASH16 server NAME".
+std::optional<TableState> parseComment(const std::string &comment);
+
+class NftApplier {
+public:
+	static Result<NftApplier> open();
+
+	// Apply `next` as generation `generation`. With `current` (the plan the
+	// kernel holds now) and the same structure, only differing elements and
+	// counters change; otherwise the table is replaced. Either way it is one
+	// transaction: on error the kernel keeps the old table untouched.
+	Result<ApplyReport> apply(const plan::Plan &next, const plan::Plan *current, uint64_t generation);
+	Result<ApplyReport> applyModel(const TableModel &next, const TableModel *current);
+
+	// Delete the table (nothing to do when absent).
+	Status remove();
+
+	// The applied generation and plan hash, or nullopt when no table exists.
+	Result<std::optional<TableState>> readState();
+
+	// Every named counter of the table.
+	Result<std::vector<CounterValue>> readCounters();
+
+private:
+	explicit NftApplier(Socket sock) : sock_(std::move(sock)) {}
+
+	Socket sock_;
+	uint32_t seq_ = 0;
+	bool lastTableSeen_ = false; // the last readState() found a table
+};
+
+} // namespace portslice::nft

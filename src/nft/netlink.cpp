@@ -1,0 +1,193 @@
+// SPDX-License-Identifier: MIT
+// One nftables transaction over libmnl: built page by page, sent in one sendmsg, every acknowledgement read back.
+#include "nft/netlink.h"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netlink.h>
+#include <sys/socket.h>
+#include <vector>
+
+namespace portslice::nft {
+
+namespace {
+
+// Pages of 1 MiB; a message may run 256 KiB past the end of a page. Element
+// messages are kept well under 64 KiB (a netlink attribute length is 16 bits).
+constexpr uint32_t kPageSize = 1u << 20;
+constexpr uint32_t kPageOverrun = 1u << 18;
+constexpr int kRcvBuf = 16 << 20;
+
+int setBuffer(int fd, int forceOpt, int opt, int size)
+{
+	// FORCE overrides net.core.[rw]mem_max (needs CAP_NET_ADMIN); fall back
+	// to the capped size when unprivileged.
+	if (setsockopt(fd, SOL_SOCKET, forceOpt, &size, sizeof(size)) == 0)
+		return 0;
+	return setsockopt(fd, SOL_SOCKET, opt, &size, sizeof(size));
+}
+
+} // namespace
+
+bool debugMnl()
+{
+	static const bool on = std::getenv("PORTSLICE_NFT_DEBUG") != nullptr;
+	return on;
+}
+
+Batch::Batch() : batch_(nftnl_batch_alloc(kPageSize, kPageOverrun))
+{
+	if (!batch_)
+		throw std::bad_alloc();
+	seq_ = firstSeq_ = 1;
+	nftnl_batch_begin(static_cast<char *>(nftnl_batch_buffer(batch_.get())), seq_);
+	nftnl_batch_update(batch_.get());
+}
+
+nlmsghdr *Batch::message(uint16_t type, uint16_t family, uint16_t flags, std::string label)
+{
+	labels_.push_back(std::move(label));
+	return nftnl_nlmsg_build_hdr(static_cast<char *>(nftnl_batch_buffer(batch_.get())), type, family,
+				     flags | NLM_F_ACK, ++seq_);
+}
+
+void Batch::commit()
+{
+	nftnl_batch_update(batch_.get());
+}
+
+void Batch::finish()
+{
+	nftnl_batch_end(static_cast<char *>(nftnl_batch_buffer(batch_.get())), ++seq_);
+	nftnl_batch_update(batch_.get());
+}
+
+const std::string &Batch::labelOf(uint32_t seq) const
+{
+	static const std::string kUnknown = "batch";
+	if (seq <= firstSeq_ || seq - firstSeq_ - 1 >= labels_.size())
+		return kUnknown;
+	return labels_[seq - firstSeq_ - 1];
+}
+
+Result<Socket> Socket::open()
+{
+	Socket s;
+	s.sock_.reset(mnl_socket_open(NETLINK_NETFILTER));
+	if (!s.sock_)
+		return Error(errno, "opening netfilter netlink socket");
+	if (mnl_socket_bind(s.sock_.get(), 0, MNL_SOCKET_AUTOPID) < 0)
+		return Error(errno, "binding netfilter netlink socket");
+	int fd = mnl_socket_get_fd(s.sock_.get());
+	int one = 1;
+	// Errors carry only the header of the failed message, not all of it.
+	setsockopt(fd, SOL_NETLINK, NETLINK_CAP_ACK, &one, sizeof(one));
+	setsockopt(fd, SOL_NETLINK, NETLINK_EXT_ACK, &one, sizeof(one));
+	if (setBuffer(fd, SO_RCVBUFFORCE, SO_RCVBUF, kRcvBuf) < 0)
+		return Error(errno, "sizing the netlink receive buffer");
+	return s;
+}
+
+Status Socket::send(Batch &batch)
+{
+	nftnl_batch *b = batch.raw();
+	int fd = mnl_socket_get_fd(sock_.get());
+	size_t total = nftnl_batch_buffer_len(b);
+	int iovlen = nftnl_batch_iovec_len(b);
+	std::vector<iovec> iov(iovlen);
+	nftnl_batch_iovec(b, iov.data(), iovlen);
+	total = 0;
+	for (const iovec &v : iov)
+		total += v.iov_len;
+
+	if (debugMnl())
+		for (const iovec &v : iov)
+			mnl_nlmsg_fprintf(stderr, v.iov_base, v.iov_len, sizeof(struct nfgenmsg));
+
+	// The kernel refuses a message larger than the send buffer: the whole
+	// transaction is one message to the socket layer.
+	if (total + 4096 > sndbuf_) {
+		size_t want = total + (1u << 16);
+		if (want > static_cast<size_t>(1) << 31)
+			return Error(EMSGSIZE, "transaction of " + std::to_string(total) + " bytes");
+		if (setBuffer(fd, SO_SNDBUFFORCE, SO_SNDBUF, static_cast<int>(want)) < 0)
+			return Error(errno, "sizing the netlink send buffer to " + std::to_string(want));
+		sndbuf_ = want;
+	}
+
+	sockaddr_nl snl{};
+	snl.nl_family = AF_NETLINK;
+	msghdr msg{};
+	msg.msg_name = &snl;
+	msg.msg_namelen = sizeof(snl);
+	msg.msg_iov = iov.data();
+	msg.msg_iovlen = iov.size();
+	if (sendmsg(fd, &msg, 0) < 0)
+		return Error(errno, "sending a transaction of " + std::to_string(total) + " bytes");
+
+	// nfnetlink handles the batch inside sendmsg: every answer is queued by
+	// now, so read without blocking until all are in.
+	size_t expected = batch.messages();
+	size_t acked = 0;
+	Error first;
+	bool failed = false;
+	std::vector<char> buf(1 << 20);
+	while (acked < expected) {
+		ssize_t n = recv(fd, buf.data(), buf.size(), MSG_DONTWAIT);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				break;
+			return Error(errno, "reading acknowledgements");
+		}
+		int len = static_cast<int>(n);
+		for (auto *nlh = reinterpret_cast<const nlmsghdr *>(buf.data()); mnl_nlmsg_ok(nlh, len);
+		     nlh = mnl_nlmsg_next(nlh, &len)) {
+			if (nlh->nlmsg_type != NLMSG_ERROR)
+				continue;
+			acked++;
+			auto *err = static_cast<const nlmsgerr *>(mnl_nlmsg_get_payload(nlh));
+			if (err->error != 0 && !failed) {
+				failed = true;
+				first = Error(-err->error, batch.labelOf(nlh->nlmsg_seq));
+			}
+		}
+	}
+	if (failed)
+		return first;
+	if (acked < expected)
+		return Error(EPROTO, "transaction: " + std::to_string(expected - acked) + " of " +
+					     std::to_string(expected) + " messages unacknowledged");
+	return {};
+}
+
+Status Socket::request(nlmsghdr *nlh, const std::function<int(const nlmsghdr *)> &cb)
+{
+	uint32_t seq = nlh->nlmsg_seq;
+	if (mnl_socket_sendto(sock_.get(), nlh, nlh->nlmsg_len) < 0)
+		return Error(errno, "sending request");
+	std::vector<char> buf(1 << 16);
+	struct Ctx {
+		const std::function<int(const nlmsghdr *)> *cb;
+	} ctx{&cb};
+	auto trampoline = [](const nlmsghdr *m, void *data) -> int {
+		return (*static_cast<Ctx *>(data)->cb)(m);
+	};
+	for (;;) {
+		ssize_t n = mnl_socket_recvfrom(sock_.get(), buf.data(), buf.size());
+		if (n < 0)
+			return Error(errno, "reading answer");
+		int ret = mnl_cb_run(buf.data(), n, seq, portId(), trampoline, &ctx);
+		if (ret < 0)
+			return Error(errno, "request");
+		if (ret == MNL_CB_STOP)
+			return {};
+	}
+}
+
+} // namespace portslice::nft

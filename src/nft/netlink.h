@@ -1,0 +1,85 @@
+// SPDX-License-Identifier: MIT
+// RAII handles for libmnl/libnftnl objects and one nftables transaction (batch) sent and acknowledged as a whole.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <libmnl/libmnl.h>
+#include <libnftnl/batch.h>
+#include <libnftnl/chain.h>
+#include <libnftnl/expr.h>
+#include <libnftnl/object.h>
+#include <libnftnl/rule.h>
+#include <libnftnl/set.h>
+#include <libnftnl/table.h>
+
+#include "common/handle.h"
+#include "common/result.h"
+
+struct nlmsghdr;
+
+namespace portslice::nft {
+
+using MnlSocket = Handle<mnl_socket, mnl_socket_close>;
+using NftnlTable = Handle<nftnl_table, nftnl_table_free>;
+using NftnlChain = Handle<nftnl_chain, nftnl_chain_free>;
+using NftnlSet = Handle<nftnl_set, nftnl_set_free>;
+using NftnlSetElem = Handle<nftnl_set_elem, nftnl_set_elem_free>;
+using NftnlRule = Handle<nftnl_rule, nftnl_rule_free>;
+using NftnlExpr = Handle<nftnl_expr, nftnl_expr_free>;
+using NftnlObj = Handle<nftnl_obj, nftnl_obj_free>;
+using NftnlBatch = Handle<nftnl_batch, nftnl_batch_free>;
+
+// One nftables transaction: BEGIN, messages, END. Every message asks for an
+// acknowledgement and carries a label, so that an error names its object.
+class Batch {
+public:
+	Batch();
+
+	// Start a message; the caller fills its payload, then calls commit().
+	nlmsghdr *message(uint16_t type, uint16_t family, uint16_t flags, std::string label);
+	void commit();
+	void finish(); // appends END; no message after it
+
+	size_t messages() const { return labels_.size(); }
+	size_t bytes() const { return nftnl_batch_buffer_len(batch_.get()) + sentBytes_; }
+	nftnl_batch *raw() { return batch_.get(); }
+	uint32_t firstSeq() const { return firstSeq_; }
+	const std::string &labelOf(uint32_t seq) const;
+
+private:
+	NftnlBatch batch_;
+	uint32_t firstSeq_ = 0;
+	uint32_t seq_ = 0;
+	std::vector<std::string> labels_; // per content message, from firstSeq_ + 1
+	size_t sentBytes_ = 0;
+};
+
+// A netfilter netlink socket with buffers sized for large transactions.
+class Socket {
+public:
+	static Result<Socket> open();
+
+	// Send the whole transaction in one sendmsg (the kernel applies a batch
+	// only as one unit) and read back one acknowledgement per message. The
+	// first error is returned with the label of the message it belongs to.
+	Status send(Batch &batch);
+
+	// A request with NLM_F_ACK (or a dump); cb sees every answer message.
+	Status request(nlmsghdr *nlh, const std::function<int(const nlmsghdr *)> &cb);
+
+	uint32_t portId() const { return mnl_socket_get_portid(sock_.get()); }
+
+private:
+	MnlSocket sock_;
+	size_t sndbuf_ = 0;
+};
+
+// When PORTSLICE_NFT_DEBUG is set, every batch is printed to stderr the way
+// `nft --debug=mnl` prints its own (to compare the two byte for byte).
+bool debugMnl();
+
+} // namespace portslice::nft
