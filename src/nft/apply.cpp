@@ -846,13 +846,6 @@ public:
 			putElements(batch_, NFT_MSG_NEWSETELEM, n.name, 0, add, "adding");
 	}
 
-	void setComment(const std::string &comment)
-	{
-		// Changing a table's user data needs NLM_F_CREATE without EXCL on an
-		// existing table (an update).
-		table(comment);
-	}
-
 private:
 	Batch &batch_;
 	uint32_t setId_ = 0;
@@ -1112,7 +1105,9 @@ Result<ApplyReport> NftApplier::applyModel(const TableModel &next, const TableMo
 	if (current && present && sameStructure(next, *current)) {
 		// Element delta: counters first (elements refer to them), deleted
 		// elements before added ones, stale counters last.
-		w.setComment(next.comment);
+		// The kernel ignores new user data on an existing table (checked on
+		// 6.18), so the comment keeps the generation of the last full
+		// replace; the daemon holds the current one.
 		std::set<std::string> oldCounters(current->counters.begin(), current->counters.end());
 		std::set<std::string> newCounters(next.counters.begin(), next.counters.end());
 		for (const std::string &c : next.counters)
