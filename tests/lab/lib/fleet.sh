@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: MIT
 # Prints the lab fleet's portslice.toml as one server sees it (the same fleet table on every server, only [server] differs).
 #
-# fleet.sh --server sN [--uplink IF] [--servers N]
+# fleet.sh --server sN [--uplink IF] [--servers N] [--move ADDRESS:SLICE:SERVER]...
 #
 # Two shared addresses of data centre lab1, six 1000-port slices each in
 # 10000-15999, dealt round robin: sK owns slices K-1 and K-1+N (N = servers).
@@ -15,22 +15,36 @@ set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
 server='' uplink=eth0 servers=3
+moves=()
 while (($#)); do
 	case $1 in
 	--server) server=$2; shift 2 ;;
 	--uplink) uplink=$2; shift 2 ;;
 	--servers) servers=$2; shift 2 ;;
+	--move) moves+=("$2"); shift 2 ;;
 	*) lab_die "unknown argument $1" ;;
 	esac
 done
 [[ $servers =~ ^[1-6]$ ]] || lab_die "--servers wants 1..6 (six slices per address)"
 [[ $server =~ ^s([1-9])$ ]] && ((BASH_REMATCH[1] <= servers)) || lab_die "--server wants s1..s$servers"
 
+# owner ADDRESS SLICE: the server of a slice, round robin unless moved.
+owner() {
+	local m
+	for m in "${moves[@]}"; do
+		[[ $m == "$1:$2:"* ]] && { echo "${m##*:}"; return; }
+	done
+	echo "s$(($2 % servers + 1))"
+}
+
+# slices ADDRESS sK: "[i, j]", the slices sK owns.
 slices() {
-	local k=$1 list=() i
-	for ((i = k - 1; i < 6; i += servers)); do list+=("$i"); done
+	local list=() i
+	for ((i = 0; i < 6; i++)); do
+		[[ $(owner "$1" "$i") == "$2" ]] && list+=("$i")
+	done
 	local IFS=,
-	echo "[${list[*]// /}]"
+	echo "[${list[*]}]"
 }
 
 cat <<TOML
@@ -60,7 +74,10 @@ done
 for a in 1 2; do
 	if ((a == 1)); then tags='{ country = "GB", trust = "untrusted", product = "warp" }'; else tags='{ country = "US", trust = "trusted", product = "corp" }'; fi
 	owners=()
-	for ((k = 1; k <= servers; k++)); do owners+=("s$k = $(slices "$k")"); done
+	for ((k = 1; k <= servers; k++)); do
+		sl=$(slices "198.51.100.$a" "s$k")
+		[[ $sl == "[]" ]] || owners+=("s$k = $sl")
+	done
 	cat <<TOML
 
 [[addresses]]

@@ -1,0 +1,282 @@
+#!/bin/bash
+# SPDX-License-Identifier: MIT
+# The README's demo: three portslice servers in network namespaces, real TCP and UDP from every workload, a slice moved under traffic, a report.
+#
+# sudo tests/lab/demo.sh [--build-dir DIR] [--flows N] [--no-move] [--report FILE]
+#
+# Installs missing Debian packages (.ci/install-deps), builds what it runs,
+# builds the lab of DESIGN.md (tests/lab/lib/lab.sh) with a router that
+# hashes return traffic over the three servers by address (as anycast/ECMP
+# does: it never looks at ports), runs portsliced on every server, sends N TCP
+# and N UDP flows from every workload to the internet host, then moves slice 0
+# of 198.51.100.1 from s1 to s2 with `portslicectl set-owner` while more flows
+# run, and prints: what each workload left with as seen by the internet host,
+# how many flows succeeded, which server's XDP forwarder passed or forwarded
+# the return traffic, leak-guard drops, and s1's `nft list table inet
+# portslice`. Everything is removed at the end, also on error or Ctrl-C.
+# Exit 0 when every check of the report holds ("RESULT: PASS").
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+BUILD=$REPO/build
+FLOWS=40
+MOVE=1
+REPORT=''
+while (($#)); do
+	case $1 in
+	--build-dir) BUILD=$(realpath -m "$2"); shift 2 ;;
+	--flows) FLOWS=$2; shift 2 ;;
+	--no-move) MOVE=0; shift ;;
+	--report) REPORT=$(realpath -m "$2"); shift 2 ;;
+	*) sed -n '3,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+	esac
+done
+[[ $FLOWS =~ ^[0-9]+$ ]] && ((FLOWS >= 1 && FLOWS <= 1000)) || { echo "demo: --flows wants 1..1000" >&2; exit 2; }
+[[ $(id -u) == 0 ]] || { echo "demo: run as root (it builds network namespaces; nothing outside them is touched)" >&2; exit 1; }
+
+step() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
+started=$SECONDS
+
+# --- dependencies and build ---------------------------------------------------
+for tool in ip nft ethtool dbus-daemon jq bpftool meson ninja ping conntrack; do
+	if ! command -v "$tool" >/dev/null; then
+		step "installing Debian packages (.ci/install-deps)"
+		"$REPO/.ci/install-deps"
+		break
+	fi
+done
+if [[ ! -f $BUILD/build.ninja ]]; then
+	step "configuring $BUILD"
+	meson setup "$BUILD" "$REPO" >/dev/null
+fi
+step "building portsliced, portslicectl, labtraffic"
+ninja -C "$BUILD" -j2 src/daemon/portsliced src/ctl/portslicectl tests/lab/labtraffic >/dev/null
+PORTSLICED=$BUILD/src/daemon/portsliced
+CTL=$BUILD/src/ctl/portslicectl
+TRAFFIC=$BUILD/tests/lab/labtraffic
+
+# --- the lab ------------------------------------------------------------------
+. "$HERE/lib/lab.sh"
+LAB_PREFIX=demo
+LAB_ID=$$
+_lab_names
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/portslice-demo.XXXXXX")
+trap 'exit 130' INT TERM
+trap 'step "removing the lab"; lab_down || true; rm -rf "$WORK"' EXIT
+SERVERS=(s1 s2 s3)
+MOVED_ADDR=198.51.100.1 MOVED_SLICE=0 MOVED_FROM=s1 MOVED_TO=s2
+
+for s in "${SERVERS[@]}"; do
+	"$HERE/lib/fleet.sh" --server "$s" >"$WORK/$s.toml"
+	"$HERE/lib/fleet.sh" --server "$s" --move "$MOVED_ADDR:$MOVED_SLICE:$MOVED_TO" >"$WORK/$s.moved.toml"
+	"$CTL" check --config "$WORK/$s.toml" >/dev/null
+done
+
+# owners FILE-SUFFIX: "ADDRESS LO-HI SERVER" for every server's ports.
+owners() {
+	for s in "${SERVERS[@]}"; do
+		"$CTL" plan --json --config "$WORK/$s$1.toml" |
+			jq -r --arg s "$s" '.addresses[] | .address as $a | .my_ports[] | "\($a) \(.) \($s)"'
+	done
+}
+owners '' >"$WORK/owners.before"
+owners .moved >"$WORK/owners.after"
+
+# Workloads: wK (conntrack, 100.64.K.2) and vK (stateless, 100.64.(10+K).2,
+# whose namespace keeps to the block the plan gives that inside address).
+workloads=()
+declare -A SERVER_OF SOURCE_OF
+for k in 1 2 3; do
+	block=$("$CTL" plan --json --config "$WORK/s$k.toml" |
+		jq -r --arg i "100.64.$((10 + k)).2" '.sources[] | .assignments[] | select(.inside == $i) | .ports')
+	workloads+=(--workload "s$k:w$k:100.64.$k.0/24" --workload "s$k:v$k:100.64.$((10 + k)).0/28:1:$block")
+	SERVER_OF[w$k]=s$k SOURCE_OF[w$k]=warp-gb$k
+	SERVER_OF[v$k]=s$k SOURCE_OF[v$k]=corp-us$k
+done
+WORKLOADS=(w1 v1 w2 v2 w3 v3)
+export DEMO_WORKLOADS="${WORKLOADS[*]}"
+for w in "${WORKLOADS[@]}"; do export "SERVER_$w=${SERVER_OF[$w]}" "SOURCE_$w=${SOURCE_OF[$w]}"; done
+
+step "building the lab: inet, rtr (ECMP by address over s1 s2 s3), dc bridge, 3 servers, 6 workloads"
+lab_up --steer hash --inet-addrs 4 "${workloads[@]}"
+
+# --- portsliced on every server ---------------------------------------------------
+ONLINE=1
+for s in "${SERVERS[@]}"; do
+	cp "$WORK/$s.toml" "$LAB_DIR/$s/portslice.toml"
+	lab_exec "$s" "$PORTSLICED" --config "$LAB_DIR/$s/portslice.toml" --state-dir "$LAB_DIR/$s/state" \
+		>"$WORK/$s.portsliced.log" 2>&1 &
+	echo $! >"$WORK/$s.pid"
+done
+step "starting portsliced on s1 s2 s3"
+for s in "${SERVERS[@]}"; do
+	ready=0
+	for _ in $(seq 1 100); do
+		if lab_exec "$s" "$CTL" status >"$WORK/$s.status" 2>&1; then
+			ready=1
+			break
+		fi
+		kill -0 "$(<"$WORK/$s.pid")" 2>/dev/null || break
+		sleep 0.1
+	done
+	if ((!ready)); then
+		# A portsliced without the D-Bus service: apply once instead (no slice move then).
+		ONLINE=0
+		lab_exec "$s" "$PORTSLICED" --config "$LAB_DIR/$s/portslice.toml" --apply-once \
+			>>"$WORK/$s.portsliced.log" 2>&1 ||
+			{ cat "$WORK/$s.portsliced.log" >&2; echo "demo: portsliced failed on $s" >&2; exit 1; }
+	fi
+done
+((ONLINE)) || { MOVE=0; echo "demo: portsliced has no D-Bus service in this build: applied once, no slice move" >&2; }
+
+# --- traffic ----------------------------------------------------------------------
+lab_exec inet "$TRAFFIC" serve --port 7000 --seconds 110 >"$WORK/inet.log" 2>&1 &
+for _ in $(seq 1 50); do grep -q listening "$WORK/inet.log" 2>/dev/null && break; sleep 0.05; done
+TARGETS=203.0.113.10:7000,203.0.113.11:7000,203.0.113.12:7000,203.0.113.13:7000
+
+step "phase 1: $FLOWS TCP + $FLOWS UDP flows from each of ${WORKLOADS[*]} to 203.0.113.10-13"
+pids=()
+for w in "${WORKLOADS[@]}"; do
+	lab_exec "$w" "$TRAFFIC" send --to "$TARGETS" --tcp "$FLOWS" --udp "$FLOWS" --parallel 4 --timeout-ms 2000 \
+		>"$WORK/$w.phase1" 2>&1 &
+	pids+=($!)
+done
+wait "${pids[@]}" || true
+
+if ((MOVE)); then
+	step "phase 2: moving slice $MOVED_SLICE of $MOVED_ADDR from $MOVED_FROM to $MOVED_TO while flows run"
+	pids=()
+	for w in "${WORKLOADS[@]}"; do
+		lab_exec "$w" "$TRAFFIC" send --to "$TARGETS" --tcp 40 --udp 40 --parallel 2 --gap-ms 25 --timeout-ms 2000 \
+			>"$WORK/$w.phase2" 2>&1 &
+		pids+=($!)
+	done
+	sleep 0.4
+	# The server that loses the slice first, so no two servers ever translate into one port.
+	for s in "$MOVED_FROM" "$MOVED_TO" s3; do
+		lab_exec "$s" "$CTL" set-owner "$MOVED_ADDR" "$MOVED_SLICE" "$MOVED_TO" >"$WORK/$s.setowner" 2>&1 ||
+			{ cat "$WORK/$s.setowner" >&2; echo "demo: set-owner failed on $s" >&2; exit 1; }
+	done
+	wait "${pids[@]}" || true
+fi
+
+# --- counters -------------------------------------------------------------------------
+# guard_drops SERVER: packets dropped by the leak guard (all guard_* counters).
+guard_drops() {
+	lab_exec "$1" nft -j list counters table inet portslice |
+		jq '[.nftables[] | .counter? | select(. != null) | select(.name | startswith("guard_")) | .packets] | add // 0'
+}
+
+# xdp_verdicts SERVER: "pass_own forward decap" packets, summed over CPUs, from the
+# forwarder's pinned per-verdict counters (enum fwd_verdict: 1 pass own, 2 forward, 5 decap).
+xdp_verdicts() {
+	local map
+	map=$(lab_exec "$1" sh -c 'ls -d /sys/fs/bpf/portslice/*counters* 2>/dev/null | head -1')
+	[[ -n $map ]] || { echo "- - -"; return; }
+	lab_exec "$1" bpftool -j map dump pinned "$map" | jq -r '
+		[.[] | (.formatted // .) | {key: (.key | tostring | tonumber? // 0),
+			packets: ([.values[] | .value.packets // 0] | add)}] as $v
+		| def n(k): ([$v[] | select(.key == k) | .packets] | add // 0);
+		"\(n(1)) \(n(2)) \(n(5))"'
+}
+
+# --- report ---------------------------------------------------------------------------
+step "collecting"
+: >"$WORK/flows"
+for w in "${WORKLOADS[@]}"; do
+	for phase in 1 2; do
+		[[ -f $WORK/$w.phase$phase ]] || continue
+		grep -v '^summary' "$WORK/$w.phase$phase" | sed "s/^/$w ${SERVER_OF[$w]} $phase /" >>"$WORK/flows"
+	done
+done
+declare -A GUARD XDP
+for s in "${SERVERS[@]}"; do
+	GUARD[$s]=$(guard_drops "$s")
+	XDP[$s]=$(xdp_verdicts "$s")
+done
+lab_exec s1 nft list table inet portslice >"$WORK/s1.nft"
+
+{
+	echo "portslice lab demo: 3 servers, router hashing 198.51.100.0/24 over them by address (ports unseen)"
+	echo
+	echo "phase 1: each workload to 203.0.113.10-13:7000, as seen by the internet host"
+	printf '%-8s %-6s %-9s %-9s %-13s %-12s %-13s %-7s %-7s\n' workload server source NAT "shared addr" "ports seen" "in own slices" "TCP ok" "UDP ok"
+	# awk: owners tables (before, after the move), then the flow lines
+	# "WORKLOAD SERVER PHASE PROTO OUTCOME [ADDR:PORT]".
+	awk -v want_flows="$FLOWS" '
+		FILENAME == ARGV[1] || FILENAME == ARGV[2] {
+			split($2, r, "-"); n++; oa[n] = $1; lo[n] = r[1]; hi[n] = r[2]; os[n] = $3
+			ow[n] = (FILENAME == ARGV[1]) ? "before" : "after"; next
+		}
+		function owned(addr, port, server, phase,   i) {
+			for (i = 1; i <= n; i++)
+				if (oa[i] == addr && os[i] == server && port >= lo[i] && port <= hi[i] &&
+				    (ow[i] == "before" || phase == 2))
+					return 1
+			return 0
+		}
+		$3 == 1 {
+			w = $1; srv[w] = $2; tot[w, $4]++
+			if ($5 == "ok") {
+				ok[w, $4]++; split($6, ap, ":"); port = ap[2] + 0
+				addrs[w] = (index(addrs[w], ap[1]) ? addrs[w] : addrs[w] (addrs[w] ? "," : "") ap[1])
+				if (!(w in minp) || port < minp[w]) minp[w] = port
+				if (!(w in maxp) || port > maxp[w]) maxp[w] = port
+				if (owned(ap[1], port, $2, 1)) inside[w]++; else outside[w]++
+			}
+		}
+		$3 == 2 {
+			t2++
+			if ($5 == "ok") { split($6, ap, ":"); if (owned(ap[1], ap[2] + 0, $2, 2)) ok2++; else wrong2++ }
+			else if ($5 == "refused") ref2++; else if ($5 == "timeout") to2++; else err2++
+		}
+		END {
+			nw = split(ENVIRON["DEMO_WORKLOADS"], order, " ")
+			for (i = 1; i <= nw; i++) {
+				w = order[i]
+				printf "%-8s %-6s %-9s %-9s %-13s %-12s %-13s %-7s %-7s\n", w, ENVIRON["SERVER_" w], ENVIRON["SOURCE_" w],
+					(substr(w, 1, 1) == "v" ? "stateless" : "conntrack"), addrs[w] ? addrs[w] : "-",
+					(w in minp) ? minp[w] "-" maxp[w] : "-", (outside[w] ? "NO (" outside[w] " outside)" : "yes"),
+					ok[w, "tcp"] + 0 "/" tot[w, "tcp"] + 0, ok[w, "udp"] + 0 "/" tot[w, "udp"] + 0
+				all += tot[w, "tcp"] + tot[w, "udp"]; good += ok[w, "tcp"] + ok[w, "udp"]; bad += outside[w]
+			}
+			printf "\ncheck: phase 1 flows completed: %d/%d\n", good, all
+			printf "check: phase 1 ports outside their server'"'"'s slices: %d\n", bad
+			if (t2) printf "check: flows during the slice move: %d: completed %d, cleanly refused %d, timed out %d, errors %d, answered outside their server'"'"'s slices %d\n", t2, ok2, ref2 + 0, to2 + 0, err2 + 0, wrong2 + 0
+			ok_all = (all == 6 * 2 * want_flows && good == all && bad == 0 && to2 + err2 + wrong2 == 0 && (!t2 || ok2 > 0))
+			print (ok_all ? "flows: PASS" : "flows: FAIL")
+		}' "$WORK/owners.before" "$WORK/owners.after" "$WORK/flows"
+	if ((MOVE)); then
+		echo
+		echo "slice move: $MOVED_ADDR slice $MOVED_SLICE (ports $((10000 + MOVED_SLICE * 1000))-$((10999 + MOVED_SLICE * 1000))) $MOVED_FROM -> $MOVED_TO with portslicectl set-owner on $MOVED_FROM, $MOVED_TO, s3 during phase 2"
+		for s in "${SERVERS[@]}"; do printf '  %s: %s\n' "$s" "$(tr '\n' ' ' <"$WORK/$s.setowner")"; done
+	fi
+	echo
+	echo "return traffic at each server's XDP forwarder (packets): passed (own slice) / forwarded to the owner / received from a peer"
+	fwd_total=0
+	for s in "${SERVERS[@]}"; do
+		read -r own fwd decap <<<"${XDP[$s]}"
+		printf '  %s: passed %s, forwarded %s, received %s\n' "$s" "$own" "$fwd" "$decap"
+		[[ $fwd =~ ^[0-9]+$ ]] && fwd_total=$((fwd_total + fwd))
+	done
+	echo "check: return packets forwarded between servers: $fwd_total"
+	echo
+	guard_total=0
+	for s in "${SERVERS[@]}"; do guard_total=$((guard_total + ${GUARD[$s]:-0})); done
+	echo "check: leak-guard drops: $guard_total (s1 ${GUARD[s1]}, s2 ${GUARD[s2]}, s3 ${GUARD[s3]})"
+	echo
+	echo "nft list table inet portslice on s1:"
+	sed 's/^/  /' "$WORK/s1.nft"
+	echo
+	echo "elapsed: $((SECONDS - started)) s"
+} >"$WORK/report"
+
+pass=1
+grep -q '^flows: PASS$' "$WORK/report" || pass=0
+grep -q '^check: leak-guard drops: 0 ' "$WORK/report" || pass=0
+grep -q '^check: return packets forwarded between servers: [1-9]' "$WORK/report" || pass=0
+if ((pass)); then echo "RESULT: PASS" >>"$WORK/report"; else echo "RESULT: FAIL" >>"$WORK/report"; fi
+cat "$WORK/report"
+[[ -n $REPORT ]] && cp "$WORK/report" "$REPORT"
+((pass))
