@@ -6,9 +6,9 @@
 //	"SEEN ADDR:PORT" naming the peer as seen here. Exits after S seconds
 //	(default 60); one line per flow on stdout: "tcp|udp ADDR:PORT".
 //   labtraffic send --to ADDR:PORT[,ADDR:PORT...] [--tcp N] [--udp N]
-//		[--timeout-ms T] [--parallel K] [--gap-ms G]
+//		[--timeout-ms T] [--parallel K] [--gap-ms G] [--from ADDR[,ADDR...]]
 //	N flows of each protocol, new socket (so new source port) each, targets
-//	round robin, K at a time, G ms between starts. One line per flow:
+//	and source addresses (--from; default: the route's) round robin, K at a time, G ms between starts. One line per flow:
 //	"tcp|udp ok SEEN_ADDR:PORT", "tcp|udp refused" (RST or ICMP
 //	unreachable: cleanly refused), "tcp|udp timeout", "tcp|udp error TEXT";
 //	then "summary tcp OK/N udp OK/N refused R timeout T". Exit 0 when all
@@ -178,12 +178,14 @@ FlowResult failure(int err)
 }
 
 // One request, one "SEEN ADDR:PORT" answer, on a fresh socket.
-FlowResult flow(bool tcp, const sockaddr_in &to, int timeoutMs)
+FlowResult flow(bool tcp, const sockaddr_in &to, const sockaddr_in *from, int timeoutMs)
 {
 	auto deadline = Clock::now() + std::chrono::milliseconds(timeoutMs);
 	UniqueFd fd(socket(AF_INET, (tcp ? SOCK_STREAM : SOCK_DGRAM) | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
 	if (!fd.isValid())
 		return {Outcome::Error, std::strerror(errno)};
+	if (from && bind(fd.get(), reinterpret_cast<const sockaddr *>(from), sizeof(*from)) != 0)
+		return {Outcome::Error, std::string("bind: ") + std::strerror(errno)};
 	if (connect(fd.get(), reinterpret_cast<const sockaddr *>(&to), sizeof(to)) != 0) {
 		if (errno != EINPROGRESS)
 			return failure(errno);
@@ -218,18 +220,21 @@ FlowResult flow(bool tcp, const sockaddr_in &to, int timeoutMs)
 	return {Outcome::Ok, reply.substr(5, reply.find('\n') - 5)};
 }
 
-int send(const std::vector<sockaddr_in> &targets, int tcpFlows, int udpFlows, int timeoutMs, int parallel, int gapMs)
+int send(const std::vector<sockaddr_in> &targets, const std::vector<sockaddr_in> &sources, int tcpFlows, int udpFlows, int timeoutMs, int parallel, int gapMs)
 {
 	struct Job {
 		bool tcp;
 		size_t target;
+		size_t source;
 	};
 	std::vector<Job> jobs;
-	for (int i = 0; i < std::max(tcpFlows, udpFlows); ++i) {
-		if (i < tcpFlows)
-			jobs.push_back({true, i % targets.size()});
-		if (i < udpFlows)
-			jobs.push_back({false, i % targets.size()});
+	for (size_t i = 0; i < static_cast<size_t>(std::max(tcpFlows, udpFlows)); ++i) {
+		// Targets change every flow, sources every round of targets: all pairs get used.
+		size_t source = sources.empty() ? 0 : (i / targets.size()) % sources.size();
+		if (i < static_cast<size_t>(tcpFlows))
+			jobs.push_back({true, i % targets.size(), source});
+		if (i < static_cast<size_t>(udpFlows))
+			jobs.push_back({false, i % targets.size(), source});
 	}
 	std::atomic<size_t> next{0};
 	std::mutex outMutex;
@@ -241,7 +246,8 @@ int send(const std::vector<sockaddr_in> &targets, int tcpFlows, int udpFlows, in
 				return;
 			if (gapMs > 0)
 				std::this_thread::sleep_for(std::chrono::milliseconds(gapMs));
-			FlowResult r = flow(jobs[i].tcp, targets[jobs[i].target], timeoutMs);
+			FlowResult r = flow(jobs[i].tcp, targets[jobs[i].target],
+					    sources.empty() ? nullptr : &sources[jobs[i].source], timeoutMs);
 			std::lock_guard lock(outMutex);
 			const char *proto = jobs[i].tcp ? "tcp" : "udp";
 			switch (r.outcome) {
@@ -278,7 +284,7 @@ int usage()
 {
 	std::fprintf(stderr, "usage: labtraffic serve --port P [--seconds S]\n"
 			     "       labtraffic send --to ADDR:PORT[,...] [--tcp N] [--udp N] [--timeout-ms T]"
-			     " [--parallel K] [--gap-ms G]\n");
+			     " [--parallel K] [--gap-ms G] [--from ADDR[,...]]\n");
 	return 2;
 }
 
@@ -290,7 +296,7 @@ int main(int argc, char **argv)
 		return usage();
 	std::string mode = argv[1];
 	int port = 0, seconds = 60, tcpFlows = 0, udpFlows = 0, timeoutMs = 2000, parallel = 4, gapMs = 0;
-	std::vector<sockaddr_in> targets;
+	std::vector<sockaddr_in> targets, sources;
 	for (int i = 2; i < argc; ++i) {
 		std::string a = argv[i];
 		if (i + 1 >= argc)
@@ -310,17 +316,24 @@ int main(int argc, char **argv)
 			parallel = std::atoi(v.c_str());
 		else if (a == "--gap-ms")
 			gapMs = std::atoi(v.c_str());
-		else if (a == "--to") {
+		else if (a == "--to" || a == "--from") {
 			size_t start = 0;
 			while (start <= v.size()) {
 				size_t comma = v.find(',', start);
 				std::string one = v.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
 				sockaddr_in s{};
+				if (a == "--from")
+					one += ":1"; // parsed as an endpoint; the port is then cleared (any)
 				if (!parseEndpoint(one, s)) {
-					std::fprintf(stderr, "labtraffic: bad endpoint '%s'\n", one.c_str());
+					std::fprintf(stderr, "labtraffic: bad address '%s'\n", one.c_str());
 					return 2;
 				}
-				targets.push_back(s);
+				if (a == "--from") {
+					s.sin_port = 0;
+					sources.push_back(s);
+				} else {
+					targets.push_back(s);
+				}
 				if (comma == std::string::npos)
 					break;
 				start = comma + 1;
@@ -335,6 +348,6 @@ int main(int argc, char **argv)
 	if (mode == "serve" && port > 0 && port < 65536)
 		return serve(static_cast<uint16_t>(port), seconds);
 	if (mode == "send" && !targets.empty())
-		return send(targets, tcpFlows, udpFlows, timeoutMs, parallel, gapMs);
+		return send(targets, sources, tcpFlows, udpFlows, timeoutMs, parallel, gapMs);
 	return usage();
 }
