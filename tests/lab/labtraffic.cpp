@@ -1,17 +1,17 @@
 // SPDX-License-Identifier: MIT
 // labtraffic: bounded TCP and UDP test traffic for the lab; the server tells each client the source address and port it saw.
 //
-//   labtraffic serve --port P [--seconds S]
-//	Answers TCP and UDP on every address, port P: each request gets one line
+//   labtraffic serve --port P [--ports N] [--seconds S] [--quiet]
+//	Answers TCP and UDP on every address, ports P..P+N-1: each request gets one line
 //	"SEEN ADDR:PORT" naming the peer as seen here. Exits after S seconds
 //	(default 60); one line per flow on stdout: "tcp|udp ADDR:PORT".
 //   labtraffic send --to ADDR:PORT[,ADDR:PORT...] [--tcp N] [--udp N]
-//		[--timeout-ms T] [--parallel K] [--gap-ms G] [--from ADDR[,ADDR...]]
+//		[--timeout-ms T] [--parallel K] [--gap-ms G] [--from ADDR[,ADDR...]] [--quiet]
 //	N flows of each protocol, new socket (so new source port) each, targets
 //	and source addresses (--from; default: the route's) round robin, K at a time, G ms between starts. One line per flow:
 //	"tcp|udp ok SEEN_ADDR:PORT", "tcp|udp refused" (RST or ICMP
 //	unreachable: cleanly refused), "tcp|udp timeout", "tcp|udp error TEXT";
-//	then "summary tcp OK/N udp OK/N refused R timeout T". Exit 0 when all
+//	(--quiet: only the flows that failed); then "summary tcp OK/N udp OK/N refused R timeout T". Exit 0 when all
 //	flows succeeded, 1 otherwise.
 #include <arpa/inet.h>
 #include <atomic>
@@ -59,79 +59,56 @@ bool parseEndpoint(const std::string &text, sockaddr_in &out)
 	return true;
 }
 
-int serve(uint16_t port, int seconds)
-{
-	sockaddr_in any{};
-	any.sin_family = AF_INET;
-	any.sin_port = htons(port);
-	any.sin_addr.s_addr = htonl(INADDR_ANY);
-	int one = 1;
+// Answers one UDP request from the address it was sent to.
+void answerUdp(int fd, bool quiet);
 
-	UniqueFd tcp(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-	UniqueFd udp(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-	if (!tcp.isValid() || !udp.isValid()) {
-		std::perror("labtraffic: socket");
-		return 1;
+int serve(uint16_t port, int ports, int seconds, bool quiet)
+{
+	int one = 1;
+	std::vector<UniqueFd> tcp, udp;
+	for (int i = 0; i < ports; ++i) {
+		sockaddr_in any{};
+		any.sin_family = AF_INET;
+		any.sin_port = htons(static_cast<uint16_t>(port + i));
+		any.sin_addr.s_addr = htonl(INADDR_ANY);
+		UniqueFd t(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+		UniqueFd u(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+		if (!t.isValid() || !u.isValid()) {
+			std::perror("labtraffic: socket");
+			return 1;
+		}
+		setsockopt(t.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		setsockopt(u.get(), IPPROTO_IP, IP_PKTINFO, &one, sizeof(one));
+		if (bind(t.get(), reinterpret_cast<sockaddr *>(&any), sizeof(any)) != 0 || listen(t.get(), 1024) != 0 ||
+		    bind(u.get(), reinterpret_cast<sockaddr *>(&any), sizeof(any)) != 0) {
+			std::perror("labtraffic: bind");
+			return 1;
+		}
+		tcp.push_back(std::move(t));
+		udp.push_back(std::move(u));
 	}
-	setsockopt(tcp.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	setsockopt(udp.get(), IPPROTO_IP, IP_PKTINFO, &one, sizeof(one));
-	if (bind(tcp.get(), reinterpret_cast<sockaddr *>(&any), sizeof(any)) != 0 || listen(tcp.get(), 512) != 0 ||
-	    bind(udp.get(), reinterpret_cast<sockaddr *>(&any), sizeof(any)) != 0) {
-		std::perror("labtraffic: bind");
-		return 1;
-	}
-	std::printf("listening %u\n", port);
+	std::printf("listening %u-%u\n", port, port + ports - 1);
 	std::fflush(stdout);
 
+	std::vector<pollfd> fds;
+	for (auto &t : tcp)
+		fds.push_back({t.get(), POLLIN, 0});
+	for (auto &u : udp)
+		fds.push_back({u.get(), POLLIN, 0});
 	auto deadline = Clock::now() + std::chrono::seconds(seconds);
 	while (Clock::now() < deadline) {
-		pollfd fds[2] = {{tcp.get(), POLLIN, 0}, {udp.get(), POLLIN, 0}};
-		if (poll(fds, 2, 200) <= 0)
+		if (poll(fds.data(), fds.size(), 200) <= 0)
 			continue;
-		if (fds[1].revents & POLLIN) {
-			// Answer from the address the request was sent to (the host has
-			// several), or a connected client would not accept the answer.
-			char buf[512];
-			alignas(cmsghdr) char control[CMSG_SPACE(sizeof(in_pktinfo))] = {};
-			sockaddr_in peer{};
-			iovec iov{buf, sizeof(buf)};
-			msghdr msg{};
-			msg.msg_name = &peer;
-			msg.msg_namelen = sizeof(peer);
-			msg.msg_iov = &iov;
-			msg.msg_iovlen = 1;
-			msg.msg_control = control;
-			msg.msg_controllen = sizeof(control);
-			if (recvmsg(udp.get(), &msg, 0) >= 0) {
-				in_addr local{};
-				for (cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
-					if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO)
-						local = reinterpret_cast<in_pktinfo *>(CMSG_DATA(c))->ipi_addr;
-				std::string reply = "SEEN " + peerText(peer) + "\n";
-				alignas(cmsghdr) char outControl[CMSG_SPACE(sizeof(in_pktinfo))] = {};
-				iovec outIov{reply.data(), reply.size()};
-				msghdr out{};
-				out.msg_name = &peer;
-				out.msg_namelen = sizeof(peer);
-				out.msg_iov = &outIov;
-				out.msg_iovlen = 1;
-				out.msg_control = outControl;
-				out.msg_controllen = sizeof(outControl);
-				cmsghdr *c = CMSG_FIRSTHDR(&out);
-				c->cmsg_level = IPPROTO_IP;
-				c->cmsg_type = IP_PKTINFO;
-				c->cmsg_len = CMSG_LEN(sizeof(in_pktinfo));
-				in_pktinfo info{};
-				info.ipi_spec_dst = local;
-				std::memcpy(CMSG_DATA(c), &info, sizeof(info));
-				sendmsg(udp.get(), &out, 0);
-				std::printf("udp %s\n", peerText(peer).c_str());
+		for (size_t i = 0; i < fds.size(); ++i) {
+			if (!(fds[i].revents & POLLIN))
+				continue;
+			if (i >= tcp.size()) {
+				answerUdp(fds[i].fd, quiet);
+				continue;
 			}
-		}
-		if (fds[0].revents & POLLIN) {
 			sockaddr_in peer{};
 			socklen_t len = sizeof(peer);
-			UniqueFd conn(accept4(tcp.get(), reinterpret_cast<sockaddr *>(&peer), &len, SOCK_CLOEXEC));
+			UniqueFd conn(accept4(fds[i].fd, reinterpret_cast<sockaddr *>(&peer), &len, SOCK_CLOEXEC));
 			if (!conn.isValid())
 				continue;
 			// The client writes first; a silent one gets a short wait, never a stall.
@@ -140,12 +117,56 @@ int serve(uint16_t port, int seconds)
 			if (poll(&p, 1, 1000) > 0 && read(conn.get(), buf, sizeof(buf)) > 0) {
 				std::string reply = "SEEN " + peerText(peer) + "\n";
 				(void)!write(conn.get(), reply.data(), reply.size());
-				std::printf("tcp %s\n", peerText(peer).c_str());
+				if (!quiet)
+					std::printf("tcp %s\n", peerText(peer).c_str());
 			}
 		}
 		std::fflush(stdout);
 	}
 	return 0;
+}
+
+void answerUdp(int fd, bool quiet)
+{
+	// Answer from the address the request was sent to (the host has
+	// several), or a connected client would not accept the answer.
+	char buf[512];
+	alignas(cmsghdr) char control[CMSG_SPACE(sizeof(in_pktinfo))] = {};
+	sockaddr_in peer{};
+	iovec iov{buf, sizeof(buf)};
+	msghdr msg{};
+	msg.msg_name = &peer;
+	msg.msg_namelen = sizeof(peer);
+	msg.msg_iov = &iov;
+	msg.msg_iovlen = 1;
+	msg.msg_control = control;
+	msg.msg_controllen = sizeof(control);
+	if (recvmsg(fd, &msg, 0) >= 0) {
+		in_addr local{};
+		for (cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
+			if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO)
+				local = reinterpret_cast<in_pktinfo *>(CMSG_DATA(c))->ipi_addr;
+		std::string reply = "SEEN " + peerText(peer) + "\n";
+		alignas(cmsghdr) char outControl[CMSG_SPACE(sizeof(in_pktinfo))] = {};
+		iovec outIov{reply.data(), reply.size()};
+		msghdr out{};
+		out.msg_name = &peer;
+		out.msg_namelen = sizeof(peer);
+		out.msg_iov = &outIov;
+		out.msg_iovlen = 1;
+		out.msg_control = outControl;
+		out.msg_controllen = sizeof(outControl);
+		cmsghdr *c = CMSG_FIRSTHDR(&out);
+		c->cmsg_level = IPPROTO_IP;
+		c->cmsg_type = IP_PKTINFO;
+		c->cmsg_len = CMSG_LEN(sizeof(in_pktinfo));
+		in_pktinfo info{};
+		info.ipi_spec_dst = local;
+		std::memcpy(CMSG_DATA(c), &info, sizeof(info));
+		sendmsg(fd, &out, 0);
+		if (!quiet)
+			std::printf("udp %s\n", peerText(peer).c_str());
+	}
 }
 
 enum class Outcome { Ok, Refused, Timeout, Error };
@@ -220,7 +241,8 @@ FlowResult flow(bool tcp, const sockaddr_in &to, const sockaddr_in *from, int ti
 	return {Outcome::Ok, reply.substr(5, reply.find('\n') - 5)};
 }
 
-int send(const std::vector<sockaddr_in> &targets, const std::vector<sockaddr_in> &sources, int tcpFlows, int udpFlows, int timeoutMs, int parallel, int gapMs)
+int send(const std::vector<sockaddr_in> &targets, const std::vector<sockaddr_in> &sources, int tcpFlows, int udpFlows,
+	 int timeoutMs, int parallel, int gapMs, bool quiet)
 {
 	struct Job {
 		bool tcp;
@@ -253,7 +275,8 @@ int send(const std::vector<sockaddr_in> &targets, const std::vector<sockaddr_in>
 			switch (r.outcome) {
 			case Outcome::Ok:
 				(jobs[i].tcp ? okTcp : okUdp)++;
-				std::printf("%s ok %s\n", proto, r.detail.c_str());
+				if (!quiet)
+					std::printf("%s ok %s\n", proto, r.detail.c_str());
 				break;
 			case Outcome::Refused:
 				refused++;
@@ -282,9 +305,9 @@ int send(const std::vector<sockaddr_in> &targets, const std::vector<sockaddr_in>
 
 int usage()
 {
-	std::fprintf(stderr, "usage: labtraffic serve --port P [--seconds S]\n"
+	std::fprintf(stderr, "usage: labtraffic serve --port P [--ports N] [--seconds S] [--quiet]\n"
 			     "       labtraffic send --to ADDR:PORT[,...] [--tcp N] [--udp N] [--timeout-ms T]"
-			     " [--parallel K] [--gap-ms G] [--from ADDR[,...]]\n");
+			     " [--parallel K] [--gap-ms G] [--from ADDR[,...]] [--quiet]\n");
 	return 2;
 }
 
@@ -295,15 +318,22 @@ int main(int argc, char **argv)
 	if (argc < 2)
 		return usage();
 	std::string mode = argv[1];
-	int port = 0, seconds = 60, tcpFlows = 0, udpFlows = 0, timeoutMs = 2000, parallel = 4, gapMs = 0;
+	bool quiet = false;
+	int port = 0, ports = 1, seconds = 60, tcpFlows = 0, udpFlows = 0, timeoutMs = 2000, parallel = 4, gapMs = 0;
 	std::vector<sockaddr_in> targets, sources;
 	for (int i = 2; i < argc; ++i) {
 		std::string a = argv[i];
+		if (a == "--quiet") {
+			quiet = true;
+			continue;
+		}
 		if (i + 1 >= argc)
 			return usage();
 		std::string v = argv[++i];
 		if (a == "--port")
 			port = std::atoi(v.c_str());
+		else if (a == "--ports")
+			ports = std::atoi(v.c_str());
 		else if (a == "--seconds")
 			seconds = std::atoi(v.c_str());
 		else if (a == "--tcp")
@@ -345,9 +375,9 @@ int main(int argc, char **argv)
 	if (seconds < 1 || seconds > 600 || tcpFlows < 0 || udpFlows < 0 || tcpFlows + udpFlows > 200000 ||
 	    timeoutMs < 1 || timeoutMs > 30000 || parallel < 1 || parallel > 64 || gapMs < 0 || gapMs > 10000)
 		return usage();
-	if (mode == "serve" && port > 0 && port < 65536)
-		return serve(static_cast<uint16_t>(port), seconds);
+	if (mode == "serve" && port > 0 && ports >= 1 && ports <= 256 && port + ports <= 65536)
+		return serve(static_cast<uint16_t>(port), ports, seconds, quiet);
 	if (mode == "send" && !targets.empty())
-		return send(targets, sources, tcpFlows, udpFlows, timeoutMs, parallel, gapMs);
+		return send(targets, sources, tcpFlows, udpFlows, timeoutMs, parallel, gapMs, quiet);
 	return usage();
 }

@@ -1,0 +1,78 @@
+// SPDX-License-Identifier: MIT
+// Runs the README's demo end to end and checks its report: flows succeed within each server's slices, nothing leaks, the move is clean.
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+#include "lab_fixture.h"
+
+namespace {
+
+std::string readFile(const std::string &path)
+{
+	std::ifstream in(path);
+	std::stringstream s;
+	s << in.rdbuf();
+	return s.str();
+}
+
+// The integers captured by the first match of pattern in text, or empty.
+std::vector<long> numbers(const std::string &text, const std::string &pattern)
+{
+	std::smatch m;
+	std::vector<long> out;
+	if (std::regex_search(text, m, std::regex(pattern)))
+		for (size_t i = 1; i < m.size(); ++i)
+			out.push_back(std::stol(m[i].str()));
+	return out;
+}
+
+TEST(Demo, EveryWorkloadLeavesInsideItsServersSlicesAndTheMoveIsClean)
+{
+	if (geteuid() != 0)
+		GTEST_SKIP() << "the demo needs root: it builds network namespaces";
+	std::string report = "/tmp/portslice-demo-report-" + std::to_string(getpid());
+	auto r = portslice::lab::runArgv({portslice::lab::sourcePath("tests/lab/demo.sh"), "--build-dir",
+					  PORTSLICE_BUILD_ROOT, "--report", report},
+					 170);
+	std::string text = readFile(report);
+	std::remove(report.c_str());
+	ASSERT_FALSE(text.empty()) << "no report; demo output:\n" << r.output;
+	SCOPED_TRACE(text);
+
+	// Six workloads (conntrack and stateless behind each server), 40 TCP + 40 UDP each.
+	auto phase1 = numbers(text, R"(check: phase 1 flows completed: (\d+)/(\d+))");
+	ASSERT_EQ(phase1.size(), 2u);
+	EXPECT_EQ(phase1[1], 6 * 80);
+	EXPECT_EQ(phase1[0], phase1[1]);
+	// Every workload's line says "yes": all ports seen at inet lie in its server's slices.
+	EXPECT_EQ(numbers(text, R"(check: phase 1 ports outside their server's slices: (\d+))"), std::vector<long>{0});
+	for (const char *w : {"w1", "v1", "w2", "v2", "w3", "v3"})
+		EXPECT_TRUE(std::regex_search(text, std::regex(std::string("\n") + w + R"( +s\d .* yes +\d+/\d+)")))
+			<< w;
+	EXPECT_EQ(numbers(text, R"(check: leak-guard drops: (\d+))"), std::vector<long>{0});
+	// The router hashes by address only, so some answers land on a server that
+	// does not own their slice and only the XDP forwarder gets them home.
+	auto forwarded = numbers(text, R"(check: return packets forwarded between servers: (\d+))");
+	ASSERT_EQ(forwarded.size(), 1u);
+	EXPECT_GT(forwarded[0], 0);
+
+	auto move = numbers(text, R"(check: flows during the slice move: (\d+): completed (\d+), cleanly refused (\d+), )"
+				  R"(timed out (\d+), errors (\d+), answered outside their server's slices (\d+))");
+	ASSERT_EQ(move.size(), 6u) << "no slice move in the report";
+	EXPECT_EQ(move[0], 6 * 80);
+	EXPECT_EQ(move[1] + move[2], move[0]) << "flows during the move neither completed nor cleanly refused";
+	EXPECT_GT(move[1], 0);
+	EXPECT_EQ(move[3], 0) << "timed out";
+	EXPECT_EQ(move[4], 0) << "errors";
+	EXPECT_EQ(move[5], 0) << "answered with a port of another server's slice";
+
+	EXPECT_NE(text.find("table inet portslice {"), std::string::npos) << "no nft table in the report";
+	auto elapsed = numbers(text, R"(elapsed: (\d+) s)");
+	ASSERT_EQ(elapsed.size(), 1u);
+	EXPECT_LT(elapsed[0], 120) << "the demo must run in under two minutes";
+	EXPECT_NE(text.find("RESULT: PASS"), std::string::npos);
+	EXPECT_EQ(r.status, 0) << r.output;
+}
+
+} // namespace
