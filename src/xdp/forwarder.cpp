@@ -468,13 +468,20 @@ Result<uint32_t> linkIfindex(int linkFd)
 
 Status unpinAll(const std::string &pinDir)
 {
-	std::error_code ec;
+	std::vector<std::string> paths;
 	for (const char *name : kMapNames)
-		std::filesystem::remove(pinPath(pinDir, name), ec);
-	std::filesystem::remove(pinPath(pinDir, FWD_PIN_LINK), ec);
-	std::filesystem::remove(pinDir, ec);
-	if (ec)
-		return Error(ec, "removing " + pinDir);
+		paths.push_back(pinPath(pinDir, name));
+	paths.push_back(pinPath(pinDir, FWD_PIN_LINK));
+	for (const auto &p : paths) {
+		std::error_code ec;
+		std::filesystem::remove(p, ec);
+		if (ec)
+			return Error(ec, "unpinning " + p);
+	}
+	// The directory goes if it is empty and ours; a bpffs mount point or a
+	// directory holding other pins stays.
+	std::error_code ignored;
+	std::filesystem::remove(pinDir, ignored);
 	return {};
 }
 
