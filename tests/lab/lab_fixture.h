@@ -198,6 +198,14 @@ protected:
 	// The network namespace of a node: "PREFIX-ID-NODE".
 	std::string ns(std::string_view node) const { return labName() + "-" + std::string(node); }
 	std::string labName() const { return options_.prefix + "-" + id_; }
+	const std::string &labId() const { return id_; }
+	// The shell words that run a command in a node, for composing background
+	// jobs in one shell: run(execWords("w1") + " ping ... & " + ... + "wait").
+	std::string execWords(std::string_view node) const
+	{
+		return shellQuote(PORTSLICE_LAB_SCRIPT) + " exec --prefix " + options_.prefix + " --id " + id_ + " " +
+		       std::string(node);
+	}
 	std::string labDir() const
 	{
 		const char *tmp = std::getenv("TMPDIR");
