@@ -69,7 +69,7 @@ router)
 	esac
 	rename_by_mac 02:00:00:00:01:01 inet0
 	rename_by_mac 02:00:00:00:00:01 dc0
-	"$LIB/router.sh" --inet-if inet0 --inet-addr 203.0.113.1/24 --dc-if dc0 --dc-addr 192.0.2.1/24 \
+	"$LIB/router.sh" --inet-if inet0 --inet-addr 203.0.113.1/24 --dc-if dc0 --dc-addr 192.0.2.1/24 --dc-mtu 1600 \
 		--shared 198.51.100.0/24 --servers "$hops"
 	;;
 server)
@@ -77,7 +77,7 @@ server)
 	rename_by_mac "02:00:00:00:00:$((10 + n))" dc0
 	workload "w$n" "100.64.$n.0/24"
 	workload "v$n" "100.64.$((10 + n)).0/28" 4
-	"$LIB/server.sh" --uplink dc0 --addr "192.0.2.$((10 + n))/24" --gw 192.0.2.1 --shared 198.51.100.0/24 \
+	"$LIB/server.sh" --uplink dc0 --mtu 1600 --addr "192.0.2.$((10 + n))/24" --gw 192.0.2.1 --shared 198.51.100.0/24 \
 		--workload "w$n=100.64.$n.0/24" --workload "v$n=100.64.$((10 + n)).0/28"
 	install "${build_packages[@]}"
 	# Build out of the synced tree, so `meson test -C /var/tmp/portslice-build --suite lab` runs here.

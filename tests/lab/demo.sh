@@ -52,6 +52,9 @@ if [[ ! -f $BUILD/build.ninja ]]; then
 fi
 step "building portsliced, portslicectl, labtraffic"
 ninja -C "$BUILD" -j2 src/daemon/portsliced src/ctl/portslicectl tests/lab/labtraffic >/dev/null
+ninja -C "$BUILD" -j2 tests/lab/xdp_pass.bpf.o >/dev/null 2>&1 || true # built only with XDP support
+XDP_PASS=()
+[[ -f $BUILD/tests/lab/xdp_pass.bpf.o ]] && XDP_PASS=(--xdp-pass "$BUILD/tests/lab/xdp_pass.bpf.o")
 PORTSLICED=$BUILD/src/daemon/portsliced
 CTL=$BUILD/src/ctl/portslicectl
 TRAFFIC=$BUILD/tests/lab/labtraffic
@@ -99,7 +102,7 @@ export DEMO_WORKLOADS="${WORKLOADS[*]}"
 for w in "${WORKLOADS[@]}"; do export "SERVER_$w=${SERVER_OF[$w]}" "SOURCE_$w=${SOURCE_OF[$w]}"; done
 
 step "building the lab: inet, rtr (ECMP by address over s1 s2 s3), dc bridge, 3 servers, 6 workloads"
-lab_up --steer hash --inet-addrs 4 "${workloads[@]}"
+lab_up --steer hash --inet-addrs 4 "${XDP_PASS[@]}" "${workloads[@]}"
 
 # --- portsliced on every server ---------------------------------------------------
 ONLINE=1

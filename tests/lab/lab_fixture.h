@@ -143,6 +143,10 @@ struct LabOptions {
 	int inetAddrs = 4;           // inet answers on 203.0.113.10 .. 10+N-1
 	std::string busPolicy;       // empty: the repository's dbus/org.portslice.Egress1.conf if present
 	bool bus = true;             // a private system-like bus per server
+	int dcMtu = 1600;            // DC fabric MTU: the forwarder's IPIP adds 20 bytes
+	// Attach the build's tests/lab/xdp_pass.bpf.o (when built) to the bridge's
+	// server ports, so XDP_TX frames of a server's forwarder are flushed at once.
+	bool xdpPass = true;
 };
 
 class LabFixture : public ::testing::Test {
@@ -173,6 +177,12 @@ protected:
 		}
 		if (!options_.bus)
 			args.push_back("--no-bus");
+		args.push_back("--dc-mtu");
+		args.push_back(std::to_string(options_.dcMtu));
+		if (options_.xdpPass && access(buildPath("tests/lab/xdp_pass.bpf.o").c_str(), R_OK) == 0) {
+			args.push_back("--xdp-pass");
+			args.push_back(buildPath("tests/lab/xdp_pass.bpf.o"));
+		}
 		up_ = true; // even a failed up may have made something: always tear down
 		auto r = lab(args, 60);
 		ASSERT_TRUE(r.ok()) << "lab up failed:\n" << r.output;

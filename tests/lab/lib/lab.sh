@@ -25,14 +25,19 @@
 #   --bus-policy FILE      bus policy included in every server's private bus (default: the repository's
 #                          dbus/org.portslice.Egress1.conf when it exists)
 #   --no-bus               no private buses
+#   --dc-mtu N             MTU of the DC fabric (default 1600: the forwarder's IPIP adds 20 bytes)
+#   --xdp-pass OBJ         attach this XDP program (section "xdp", e.g. the build's
+#                          tests/lab/xdp_pass.bpf.o) to the bridge's server ports: veth flushes
+#                          XDP_TX frames to a peer at once only when the peer runs XDP
 #   --owner PID            the process that owns the lab, for gc (default: the caller)
 #
 # Nodes and names: namespace "P-ID-NODE" for NODE in inet, rtr, dc, s1..sN and every workload.
 # Interfaces: inet eth0 203.0.113.10/24 | rtr eth0 203.0.113.1/24, rtr eth1 192.0.2.1/24 (MAC
 # 02:00:00:00:00:01) | dc br0 with ports rtr, s1..sN | sN eth0 192.0.2.(10+N)/24, NAME per workload
 # | workload eth0. Files: $TMPDIR/P-ID/ (lab.env, netns, pids, and per server bus/, state/, bpf/).
-# Lab-only settings: GRO on the DC ports so XDP_TX on a server's veth reaches the bridge, and TX
-# checksum offload off on every veth so packets carry full checksums when XDP rewrites them.
+# Lab-only settings: GRO (and with --xdp-pass a pass program) on the DC ports so XDP_TX on a
+# server's veth reaches the bridge, MTU 1600 on the DC fabric, and TX checksum offload off on every
+# veth so packets carry full checksums when XDP rewrites them.
 
 LAB_LIB=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 LAB_REPO=$(cd "$LAB_LIB/../../.." && pwd)
@@ -143,6 +148,7 @@ lab_up() {
 	_lab_names || return 1
 	LAB_SERVERS=3
 	local steer=s1 inet_addrs=4 bus=1 owner=$PPID
+	LAB_DC_MTU=1600 LAB_XDP_PASS=''
 	local workloads=()
 	LAB_BUS_POLICY=''
 	[[ -f $LAB_REPO/dbus/org.portslice.Egress1.conf ]] && LAB_BUS_POLICY=$LAB_REPO/dbus/org.portslice.Egress1.conf
@@ -154,6 +160,8 @@ lab_up() {
 		--inet-addrs) inet_addrs=$2; shift 2 ;;
 		--bus-policy) LAB_BUS_POLICY=$(realpath "$2"); shift 2 ;;
 		--no-bus) bus=0; shift ;;
+		--dc-mtu) LAB_DC_MTU=$2; shift 2 ;;
+		--xdp-pass) LAB_XDP_PASS=$(realpath "$2"); shift 2 ;;
 		--owner) owner=$2; shift 2 ;;
 		*) _lab_err "up: unknown option $1"; return 1 ;;
 		esac
@@ -161,6 +169,8 @@ lab_up() {
 	[[ $LAB_SERVERS =~ ^[1-9]$ ]] || { _lab_err "--servers wants 1..9"; return 1; }
 	[[ $inet_addrs =~ ^[0-9]+$ ]] && ((inet_addrs >= 1 && inet_addrs <= 100)) || { _lab_err "--inet-addrs wants 1..100"; return 1; }
 	[[ -z $LAB_BUS_POLICY || -f $LAB_BUS_POLICY ]] || { _lab_err "bus policy $LAB_BUS_POLICY not found"; return 1; }
+	[[ -z $LAB_XDP_PASS || -f $LAB_XDP_PASS ]] || { _lab_err "XDP object $LAB_XDP_PASS not found"; return 1; }
+	[[ $LAB_DC_MTU =~ ^[0-9]+$ ]] && ((LAB_DC_MTU >= 1280 && LAB_DC_MTU <= 9000)) || { _lab_err "--dc-mtu wants 1280..9000"; return 1; }
 	if ((!${#workloads[@]})); then
 		for ((s = 1; s <= LAB_SERVERS; s++)); do workloads+=("s$s:w$s:100.64.$s.0/24"); done
 	fi
@@ -170,7 +180,7 @@ lab_up() {
 	fi
 	mkdir -p "$LAB_DIR" && chmod 755 "$LAB_DIR" && : >"$LAB_DIR/netns" && : >"$LAB_DIR/pids" && : >"$LAB_DIR/mounts" || return 1
 	# A process of its own, so that errexit holds even when our caller tests our status.
-	if ! LAB_SERVERS=$LAB_SERVERS LAB_BUS_POLICY=$LAB_BUS_POLICY bash -eu -o pipefail "$LAB_LIB/lab.sh" _build \
+	if ! LAB_SERVERS=$LAB_SERVERS LAB_BUS_POLICY=$LAB_BUS_POLICY LAB_DC_MTU=$LAB_DC_MTU LAB_XDP_PASS=$LAB_XDP_PASS bash -eu -o pipefail "$LAB_LIB/lab.sh" _build \
 		--prefix "$LAB_PREFIX" --id "$LAB_ID" "$steer" "$inet_addrs" "$bus" "$owner" "${workloads[@]}"; then
 		_lab_err "building lab $LAB_NAME failed; removing it"
 		lab_down
@@ -210,16 +220,19 @@ _lab_build() {
 	for name in "${wl_names[@]}"; do _lab_netns_add "$name"; done
 
 	ip -n "$(lab_ns dc)" link set lo up
-	ip -n "$(lab_ns dc)" link add br0 type bridge forward_delay 0 stp_state 0
+	ip -n "$(lab_ns dc)" link add br0 mtu "$LAB_DC_MTU" type bridge forward_delay 0 stp_state 0
 	ip -n "$(lab_ns dc)" link set br0 up
 
 	_lab_link rtr eth0 inet eth0
 	_lab_link rtr eth1 dc rtr 02:00:00:00:00:01
-	ip -n "$(lab_ns dc)" link set rtr master br0 up
+	ip -n "$(lab_ns dc)" link set rtr mtu "$LAB_DC_MTU" master br0 up
 	for ((s = 1; s <= LAB_SERVERS; s++)); do
 		_lab_link "s$s" eth0 dc "s$s" "02:00:00:00:00:$((10 + s))"
-		ip -n "$(lab_ns dc)" link set "s$s" master br0 up
+		ip -n "$(lab_ns dc)" link set "s$s" mtu "$LAB_DC_MTU" master br0 up
 		ip netns exec "$(lab_ns dc)" ethtool -K "s$s" gro on >/dev/null
+		if [[ -n $LAB_XDP_PASS ]]; then
+			ip -n "$(lab_ns dc)" link set dev "s$s" xdpdrv obj "$LAB_XDP_PASS" sec xdp
+		fi
 	done
 	for i in "${!wl_names[@]}"; do
 		_lab_link "${wl_servers[i]}" "${wl_names[i]}" "${wl_names[i]}" eth0
@@ -228,10 +241,10 @@ _lab_build() {
 	local inet_args=(--if eth0 --gw 203.0.113.1)
 	for ((i = 0; i < inet_addrs; i++)); do inet_args+=(--addr "203.0.113.$((10 + i))/24"); done
 	_lab_role inet inet "${inet_args[@]}"
-	_lab_role rtr router --inet-if eth0 --inet-addr 203.0.113.1/24 --dc-if eth1 --dc-addr 192.0.2.1/24 \
+	_lab_role rtr router --inet-if eth0 --inet-addr 203.0.113.1/24 --dc-if eth1 --dc-addr 192.0.2.1/24 --dc-mtu "$LAB_DC_MTU" \
 		--shared "$LAB_SHARED" --servers "$hops"
 	for ((s = 1; s <= LAB_SERVERS; s++)); do
-		local args=(--uplink eth0 --addr "192.0.2.$((10 + s))/24" --gw 192.0.2.1 --shared "$LAB_SHARED")
+		local args=(--uplink eth0 --mtu "$LAB_DC_MTU" --addr "192.0.2.$((10 + s))/24" --gw 192.0.2.1 --shared "$LAB_SHARED")
 		for i in "${!wl_names[@]}"; do
 			[[ ${wl_servers[i]} == "s$s" ]] && args+=(--workload "${wl_names[i]}=${wl_prefixes[i]}")
 		done
@@ -357,6 +370,7 @@ _lab_main() {
 	shift || true
 	LAB_PREFIX='' LAB_ID=''
 	LAB_SERVERS=${LAB_SERVERS:-3} LAB_BUS_POLICY=${LAB_BUS_POLICY:-}
+	LAB_DC_MTU=${LAB_DC_MTU:-1600} LAB_XDP_PASS=${LAB_XDP_PASS:-}
 	local rest=()
 	while (($#)); do
 		case $1 in

@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: MIT
 # Role "rtr": the data centre's router; sends return traffic for the shared range to a server without looking at ports, as anycast does.
 #
-# router.sh --inet-if IF --inet-addr A/LEN --dc-if IF --dc-addr A/LEN --shared PREFIX --servers ADDR[,ADDR...]
+# router.sh --inet-if IF --inet-addr A/LEN --dc-if IF --dc-addr A/LEN [--dc-mtu N] --shared PREFIX --servers ADDR[,ADDR...]
 # router.sh --steer-only --dc-if IF --shared PREFIX --servers ADDR[,ADDR...]
 #
 # One server address: all traffic for the shared range goes to it. Several:
@@ -12,13 +12,14 @@
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
-inet_if='' inet_addr='' dc_if='' dc_addr='' shared='' servers='' steer_only=0
+inet_if='' inet_addr='' dc_if='' dc_addr='' dc_mtu='' shared='' servers='' steer_only=0
 while (($#)); do
 	case $1 in
 	--inet-if) inet_if=$2; shift 2 ;;
 	--inet-addr) inet_addr=$2; shift 2 ;;
 	--dc-if) dc_if=$2; shift 2 ;;
 	--dc-addr) dc_addr=$2; shift 2 ;;
+	--dc-mtu) dc_mtu=$2; shift 2 ;;
 	--shared) shared=$2; shift 2 ;;
 	--servers) servers=$2; shift 2 ;;
 	--steer-only) steer_only=1; shift ;;
@@ -36,6 +37,7 @@ if ((!steer_only)); then
 	lab_check_addr "$dc_addr"
 	ip link set lo up
 	ip link set "$inet_if" up
+	[[ -n $dc_mtu ]] && ip link set "$dc_if" mtu "$dc_mtu"
 	ip link set "$dc_if" up
 	ip addr replace "$inet_addr" dev "$inet_if"
 	ip addr replace "$dc_addr" dev "$dc_if"
