@@ -82,11 +82,22 @@ server)
 	install "${build_packages[@]}"
 	# Build out of the synced tree, so `meson test -C /var/tmp/portslice-build --suite lab` runs here.
 	if [[ ! -d /var/tmp/portslice-build ]]; then
-		meson setup /var/tmp/portslice-build "$REPO"
+		meson setup /var/tmp/portslice-build "$REPO" --prefix=/usr --sysconfdir=/etc
 	fi
 	ninja -C /var/tmp/portslice-build -j2
 	mkdir -p /etc/portslice
 	"$LIB/fleet.sh" --server "s$n" --uplink dc0 >/etc/portslice/portslice.toml
+	# Installed as an operator would (docs/operations.md): binaries, unit, bus policy, man pages.
+	meson install -C /var/tmp/portslice-build --quiet
+	getent group portslice >/dev/null || groupadd --system portslice
+	if systemctl cat portsliced.service >/dev/null 2>&1; then
+		systemctl daemon-reload
+		systemctl reload dbus
+		systemctl enable portsliced
+		systemctl restart portsliced
+	else
+		portsliced --config /etc/portslice/portslice.toml --apply-once
+	fi
 	;;
 *)
 	echo "provision: unknown role $role (inet, router, server)" >&2

@@ -240,7 +240,7 @@ lab_exec s1 nft list table inet portslice >"$WORK/s1.nft"
 				w = order[i]
 				printf "%-8s %-6s %-9s %-9s %-13s %-12s %-13s %-7s %-7s\n", w, ENVIRON["SERVER_" w], ENVIRON["SOURCE_" w],
 					(substr(w, 1, 1) == "v" ? "stateless" : "conntrack"), addrs[w] ? addrs[w] : "-",
-					(w in minp) ? minp[w] "-" maxp[w] : "-", (outside[w] ? "NO (" outside[w] " outside)" : "yes"),
+					(w in minp) ? minp[w] "-" maxp[w] : "-", (outside[w] ? "NO (" outside[w] " outside)" : (inside[w] ? "yes" : "-")),
 					ok[w, "tcp"] + 0 "/" tot[w, "tcp"] + 0, ok[w, "udp"] + 0 "/" tot[w, "udp"] + 0
 				all += tot[w, "tcp"] + tot[w, "udp"]; good += ok[w, "tcp"] + ok[w, "udp"]; bad += outside[w]
 			}
