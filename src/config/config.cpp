@@ -9,6 +9,9 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <tuple>
+#include <unordered_map>
+#include <unordered_set>
 
 #include <toml++/toml.h>
 
@@ -492,7 +495,7 @@ public:
 			if (!c.findServer(server))
 				error(w, "'previous' names unknown server '" + server + "'" + knownNames(c.servers));
 		}
-		if (c.findAddress(a.address)) {
+		if (!addressesSeen_.insert(a.address.value).second) {
 			error(t.get("address")->source(), "duplicate shared address " + a.address.str());
 			return;
 		}
@@ -571,25 +574,77 @@ public:
 							       "' must be 1-64 letters, digits, '-', '_' or '.' (it names nftables counters)");
 			return;
 		}
-		for (const Source &other : c.sources) {
-			if (other.name == s.name) {
-				error(t.get("name")->source(), "duplicate source name '" + s.name + "'");
-				return;
-			}
-			if (s.zone && other.zone == s.zone)
-				error(t.get("zone")->source(), "zone " + std::to_string(*s.zone) + " is already used by source '" +
-								       other.name + "': each source needs its own zone");
-			if (match && other.match == s.match)
-				error(match->source(), "source '" + s.name + "' matches exactly what source '" +
-							       other.name + "' matches: packets could not tell them apart");
-			if (s.nat == NatMode::Stateless && other.nat == NatMode::Stateless && s.match.saddr &&
-			    other.match.saddr &&
-			    (s.match.saddr->contains(other.match.saddr->first()) ||
-			     other.match.saddr->contains(s.match.saddr->first())))
-				error(match->get("saddr")->source(), "stateless sources '" + other.name + "' and '" +
-									     s.name + "' overlap (" + other.match.saddr->str() + ", " +
-									     s.match.saddr->str() + "): stateless inside addresses must be unique");
+		// Compared with the earlier sources through indexes, not a scan of
+		// all of them (fleets have 100k sources), with the diagnostics of
+		// the scan: per earlier source in file order, its zone, match and
+		// overlap errors, up to the first one of the same name.
+		const size_t index = c.sources.size();
+		auto named = sourceNames_.find(s.name);
+		const size_t limit = named == sourceNames_.end() ? index : named->second;
+		struct Finding {
+			size_t other;
+			int kind; // the order of the checks against one source
+			Location where;
+			std::string message;
+		};
+		std::vector<Finding> findings;
+		if (s.zone) {
+			for (size_t o : zones_[*s.zone])
+				if (o < limit)
+					findings.push_back({ o, 0, at(t.get("zone")->source()),
+							     "zone " + std::to_string(*s.zone) + " is already used by source '" +
+								     c.sources[o].name + "': each source needs its own zone" });
 		}
+		if (match) {
+			for (size_t o : matches_[s.match])
+				if (o < limit)
+					findings.push_back({ o, 1, at(match->source()),
+							     "source '" + s.name + "' matches exactly what source '" +
+								     c.sources[o].name + "' matches: packets could not tell them apart" });
+		}
+		if (s.nat == NatMode::Stateless && s.match.saddr) {
+			// Prefixes are nested or disjoint: an earlier one overlaps this
+			// one if it starts inside it, or if it is one of its (at most
+			// 32) enclosing prefixes.
+			const Prefix &mine = *s.match.saddr;
+			std::vector<size_t> overlapping;
+			for (auto it = statelessPrefixes_.lower_bound(mine.first().value);
+			     it != statelessPrefixes_.end() && it->first <= mine.last().value; ++it)
+				overlapping.push_back(it->second);
+			for (uint8_t length = 0; length < mine.length; length++) {
+				uint32_t first = length == 0 ? 0 : mine.first().value & ~((uint32_t{ 1 } << (32 - length)) - 1);
+				if (first == mine.first().value)
+					continue; // found above
+				auto [lo, hi] = statelessPrefixes_.equal_range(first);
+				for (auto it = lo; it != hi; ++it)
+					if (c.sources[it->second].match.saddr->length == length)
+						overlapping.push_back(it->second);
+			}
+			for (size_t o : overlapping) {
+				if (o >= limit)
+					continue;
+				const Source &other = c.sources[o];
+				findings.push_back({ o, 2, at(match->get("saddr")->source()),
+						     "stateless sources '" + other.name + "' and '" + s.name + "' overlap (" +
+							     other.match.saddr->str() + ", " + s.match.saddr->str() +
+							     "): stateless inside addresses must be unique" });
+			}
+		}
+		std::sort(findings.begin(), findings.end(), [](const Finding &a, const Finding &b) {
+			return std::tie(a.other, a.kind) < std::tie(b.other, b.kind);
+		});
+		for (Finding &f : findings)
+			error(f.where, std::move(f.message));
+		if (named != sourceNames_.end()) {
+			error(t.get("name")->source(), "duplicate source name '" + s.name + "'");
+			return;
+		}
+		sourceNames_.emplace(s.name, index);
+		if (s.zone)
+			zones_[*s.zone].push_back(index);
+		matches_[s.match].push_back(index);
+		if (s.nat == NatMode::Stateless && s.match.saddr)
+			statelessPrefixes_.emplace(s.match.saddr->first().value, index);
 		c.sources.push_back(std::move(s));
 	}
 
@@ -597,6 +652,14 @@ private:
 	std::string file_;
 	Location serverNameWhere_;
 	std::vector<Diagnostic> diagnostics_;
+	// What the duplicate checks look up, so that loading stays linear.
+	std::unordered_set<uint32_t> addressesSeen_;
+	// Name, zone, match, first inside address of a stateless prefix -> the
+	// sources that have it (indices into Config::sources).
+	std::unordered_map<std::string, size_t> sourceNames_;
+	std::unordered_map<uint16_t, std::vector<size_t>> zones_;
+	std::map<Match, std::vector<size_t>> matches_;
+	std::multimap<uint32_t, size_t> statelessPrefixes_;
 };
 
 } // namespace

@@ -206,6 +206,21 @@ PlanResult makePlan(const config::Config &config, std::string_view server)
 		plan.addresses.push_back(std::move(p));
 	}
 
+	// Only addresses living in this data centre can be candidates (answers
+	// to the others arrive elsewhere), and only those where this server owns
+	// a slice. They are indexed by tag so that a source looks at the
+	// addresses that carry one of its wanted tags, not at the whole fleet.
+	std::vector<uint32_t> eligible;
+	std::map<std::pair<std::string_view, std::string_view>, std::vector<uint32_t>> byTag;
+	for (uint32_t i = 0; i < plan.addresses.size(); i++) {
+		const PlannedAddress &a = plan.addresses[i];
+		if (!a.local || a.mySlices.empty())
+			continue;
+		eligible.push_back(i);
+		for (const auto &[k, v] : a.tags)
+			byTag[{ k, v }].push_back(i);
+	}
+	static const std::vector<uint32_t> kNone;
 	for (const config::Source &s : config.sources) {
 		PlannedSource p;
 		p.name = s.name;
@@ -215,13 +230,17 @@ PlanResult makePlan(const config::Config &config, std::string_view server)
 		p.block = s.block.value_or(0);
 		p.weight = s.weight;
 		p.where = s.where;
-		for (uint32_t i = 0; i < plan.addresses.size(); i++) {
-			const PlannedAddress &a = plan.addresses[i];
-			// Only addresses living in this data centre: answers to the
-			// others arrive elsewhere.
-			if (a.local && !a.mySlices.empty() && wants(s.want, a.tags))
-				p.candidates.push_back(i);
+		// The shortest list of one wanted tag, then every wanted tag checked.
+		const std::vector<uint32_t> *pool = &eligible;
+		for (const auto &[k, v] : s.want) {
+			auto it = byTag.find({ k, v });
+			const std::vector<uint32_t> *list = it == byTag.end() ? &kNone : &it->second;
+			if (list->size() < pool->size())
+				pool = list;
 		}
+		for (uint32_t i : *pool)
+			if (wants(s.want, plan.addresses[i].tags))
+				p.candidates.push_back(i);
 		plan.sources.push_back(std::move(p));
 	}
 	assignZones(config, plan.sources, diagnostics);
@@ -229,15 +248,25 @@ PlanResult makePlan(const config::Config &config, std::string_view server)
 	// Per address: stateless blocks first (in file order), then the rest
 	// shared by weight between the conntrack sources that use it.
 	std::vector<std::vector<Share>> shares(plan.sources.size());
+	// Per address, the sources that use it (in file order) and where the
+	// address stands in each one's candidates.
+	struct User {
+		size_t source;
+		uint64_t position;
+	};
+	std::vector<std::vector<User>> users(plan.addresses.size());
+	for (size_t si = 0; si < plan.sources.size(); si++) {
+		const std::vector<uint32_t> &candidates = plan.sources[si].candidates;
+		for (size_t j = 0; j < candidates.size(); j++)
+			users[candidates[j]].push_back({ si, j });
+	}
 	for (uint32_t ai = 0; ai < plan.addresses.size(); ai++) {
 		const PlannedAddress &a = plan.addresses[ai];
 		PortCursor cursor(a.myRuns);
 		std::vector<size_t> conntrackUsers;
-		for (size_t si = 0; si < plan.sources.size(); si++) {
+		for (const User &user : users[ai]) {
+			const size_t si = user.source;
 			PlannedSource &s = plan.sources[si];
-			auto pos = std::find(s.candidates.begin(), s.candidates.end(), ai);
-			if (pos == s.candidates.end())
-				continue;
 			if (s.mode == NatMode::Conntrack) {
 				conntrackUsers.push_back(si);
 				continue;
@@ -246,7 +275,7 @@ PlanResult makePlan(const config::Config &config, std::string_view server)
 			const Prefix &prefix = *s.match.saddr;
 			uint64_t n = prefix.size();
 			uint64_t c = s.candidates.size();
-			uint64_t j = static_cast<uint64_t>(pos - s.candidates.begin());
+			uint64_t j = user.position;
 			uint64_t first = j * n / c;
 			uint64_t last = (j + 1) * n / c; // exclusive
 			for (uint64_t k = first; k < last; k++) {
