@@ -32,8 +32,12 @@ Result<ApplyResult> Applier::apply(const plan::Plan &next, const plan::Plan *cur
 		return deleted.error();
 	result.conntrackDeleted = *deleted;
 
-	// Routing of iifname sources (fwmark -> table with a route out of the
-	// interface): not applied yet; see docs/nat.md "Not done yet".
+	// Answers of iifname sources leave by their interface (fwmark routing).
+	auto routes = applyRoutes(next);
+	if (!routes)
+		return routes.error();
+	result.routes = *routes;
+
 	// XDP forwarder: call xdp::applyForwarder(next) here once src/xdp provides it.
 	return result;
 }
@@ -41,6 +45,9 @@ Result<ApplyResult> Applier::apply(const plan::Plan &next, const plan::Plan *cur
 Status Applier::remove()
 {
 	Status s = nft_.remove();
+	if (!s)
+		return s;
+	s = removeRoutes();
 	if (!s)
 		return s;
 	return conntrack::restore(options_.stateDir);

@@ -8,6 +8,7 @@
 
 #include "common/result.h"
 #include "conntrack/conntrack.h"
+#include "daemon/routes.h"
 #include "nft/apply.h"
 #include "plan/plan.h"
 
@@ -23,7 +24,7 @@ struct ApplyResult {
 	nft::ApplyReport nft;
 	conntrack::TuneReport tuning;
 	size_t conntrackDeleted = 0; // entries whose NAT port this server no longer owns
-	size_t routes = 0;           // routing tables of iifname sources
+	RoutesReport routes;         // return routing of iifname sources
 };
 
 class Applier {

@@ -96,5 +96,7 @@ int main(int argc, char **argv)
 		std::printf("portsliced: %s = %s (was %s)\n", c.name.c_str(), c.value.c_str(), c.previous.c_str());
 	for (const std::string &s : r.tuning.skipped)
 		std::printf("portsliced: not set: %s\n", s.c_str());
+	for (const std::string &s : r.routes.skipped)
+		std::printf("portsliced: no return route: %s\n", s.c_str());
 	return 0;
 }

@@ -437,6 +437,55 @@ void putElements(Batch &batch, uint16_t msgType, const std::string &setName, uin
 	}
 }
 
+// ---- element comparison (the model sorts elements by key) ----
+
+bool fieldLess(const Field &x, const Field &y)
+{
+	if (x.name != y.name)
+		return x.name < y.name;
+	if (x.lo != y.lo)
+		return x.lo < y.lo;
+	return x.hi < y.hi;
+}
+
+bool sameField(const Field &x, const Field &y)
+{
+	return x.type == y.type && x.lo == y.lo && x.hi == y.hi && x.name == y.name;
+}
+
+bool elementKeyLess(const Element &a, const Element &b)
+{
+	for (size_t i = 0; i < a.key.size() && i < b.key.size(); i++) {
+		if (fieldLess(a.key[i], b.key[i]))
+			return true;
+		if (fieldLess(b.key[i], a.key[i]))
+			return false;
+	}
+	return a.key.size() < b.key.size();
+}
+
+bool sameFields(const std::vector<Field> &a, const std::vector<Field> &b)
+{
+	if (a.size() != b.size())
+		return false;
+	for (size_t i = 0; i < a.size(); i++)
+		if (!sameField(a[i], b[i]))
+			return false;
+	return true;
+}
+
+bool sameValue(const Element &a, const Element &b) { return sameFields(a.data, b.data) && a.counter == b.counter; }
+
+bool sameElements(const std::vector<Element> &a, const std::vector<Element> &b)
+{
+	if (a.size() != b.size())
+		return false;
+	for (size_t i = 0; i < a.size(); i++)
+		if (!sameFields(a[i].key, b[i].key) || !sameValue(a[i], b[i]))
+			return false;
+	return true;
+}
+
 // ---- rules ----
 
 constexpr uint32_t kReg1 = NFT_REG_1;
@@ -827,13 +876,41 @@ public:
 	void delta(const Set &o, const Set &n, ApplyReport &report)
 	{
 		SetDecl d = declOf(n);
-		std::vector<WireElem> before = wireElements(d, o.elements, false);
-		std::vector<WireElem> after = wireElements(d, n.elements, false);
-		std::sort(before.begin(), before.end());
-		std::sort(after.begin(), after.end());
 		std::vector<WireElem> del, add;
-		std::set_difference(before.begin(), before.end(), after.begin(), after.end(), std::back_inserter(del));
-		std::set_difference(after.begin(), after.end(), before.begin(), before.end(), std::back_inserter(add));
+		if (d.interval && d.key.size() == 1) {
+			// rbtree: ranges share end elements with their neighbours,
+			// so compare what goes on the wire.
+			std::vector<WireElem> before = wireElements(d, o.elements, false);
+			std::vector<WireElem> after = wireElements(d, n.elements, false);
+			std::sort(before.begin(), before.end());
+			std::sort(after.begin(), after.end());
+			std::set_difference(before.begin(), before.end(), after.begin(), after.end(),
+					    std::back_inserter(del));
+			std::set_difference(after.begin(), after.end(), before.begin(), before.end(),
+					    std::back_inserter(add));
+		} else {
+			// One kernel element per model element: walk both lists
+			// (sorted by key) once, and encode only what differs.
+			std::vector<Element> gone, come;
+			size_t i = 0, j = 0;
+			while (i < o.elements.size() || j < n.elements.size()) {
+				if (j == n.elements.size() ||
+				    (i < o.elements.size() && elementKeyLess(o.elements[i], n.elements[j]))) {
+					gone.push_back(o.elements[i++]);
+				} else if (i == o.elements.size() || elementKeyLess(n.elements[j], o.elements[i])) {
+					come.push_back(n.elements[j++]);
+				} else {
+					if (!sameValue(o.elements[i], n.elements[j])) {
+						gone.push_back(o.elements[i]);
+						come.push_back(n.elements[j]);
+					}
+					i++;
+					j++;
+				}
+			}
+			del = wireElements(d, gone, false);
+			add = wireElements(d, come, false);
+		}
 		for (WireElem &e : del) {
 			e.data.clear();
 			e.objref.clear();
@@ -1116,6 +1193,8 @@ Result<ApplyReport> NftApplier::applyModel(const TableModel &next, const TableMo
 		for (size_t i = 0; i < next.sets.size(); i++) {
 			const Set &n = next.sets[i];
 			const Set &o = current->sets[i];
+			if (sameElements(o.elements, n.elements))
+				continue;
 						w.delta(o, n, report);
 		}
 		for (const std::string &c : current->counters)
@@ -1144,10 +1223,10 @@ Result<ApplyReport> NftApplier::applyModel(const TableModel &next, const TableMo
 	}
 	batch.finish();
 	report.messages = batch.messages();
-	report.bytes = batch.bytes();
 	Status s = sock_.send(batch);
 	if (!s)
 		return s.error().wrap("applying table portslice");
+	report.bytes = batch.bytes();
 	return report;
 }
 

@@ -45,9 +45,11 @@ public:
 	void finish(); // appends END; no message after it
 
 	size_t messages() const { return labels_.size(); }
-	size_t bytes() const { return nftnl_batch_buffer_len(batch_.get()) + sentBytes_; }
+	size_t bytes() const { return sentBytes_; } // known once sent
+	void setBytes(size_t n) { sentBytes_ = n; }
 	nftnl_batch *raw() { return batch_.get(); }
 	uint32_t firstSeq() const { return firstSeq_; }
+	uint32_t lastSeq() const { return firstSeq_ + static_cast<uint32_t>(labels_.size()); }
 	const std::string &labelOf(uint32_t seq) const;
 
 private:
@@ -64,8 +66,9 @@ public:
 	static Result<Socket> open();
 
 	// Send the whole transaction in one sendmsg (the kernel applies a batch
-	// only as one unit) and read back one acknowledgement per message. The
-	// first error is returned with the label of the message it belongs to.
+	// only as one unit) and read back every answer: an error for each failed
+	// message, an acknowledgement of the last. The first error is returned
+	// with the label of the message it belongs to (by sequence number).
 	Status send(Batch &batch);
 
 	// A request with NLM_F_ACK (or a dump); cb sees every answer message.

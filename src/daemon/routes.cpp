@@ -1,0 +1,205 @@
+// SPDX-License-Identifier: MIT
+// rtnetlink with libmnl: dump, delete and add the routing rules and routes portslice owns.
+#include "daemon/routes.h"
+
+#include <arpa/inet.h>
+#include <cerrno>
+#include <functional>
+#include <linux/fib_rules.h>
+#include <linux/rtnetlink.h>
+#include <net/if.h>
+#include <vector>
+
+#include <libmnl/libmnl.h>
+
+#include "common/handle.h"
+
+namespace portslice::daemon {
+
+namespace {
+
+using MnlSocket = Handle<mnl_socket, mnl_socket_close>;
+
+bool ours(uint32_t table) { return table >= plan::kRouteTableBase && table <= plan::kRouteTableBase + 0xffff; }
+
+class Rtnl {
+public:
+	Status open()
+	{
+		sock_.reset(mnl_socket_open(NETLINK_ROUTE));
+		if (!sock_)
+			return Error(errno, "opening rtnetlink");
+		if (mnl_socket_bind(sock_.get(), 0, MNL_SOCKET_AUTOPID) < 0)
+			return Error(errno, "binding rtnetlink");
+		return {};
+	}
+
+	// Send one request; cb (if any) sees every answer of a dump.
+	Status talk(nlmsghdr *nlh, const std::function<void(const nlmsghdr *)> &cb = {})
+	{
+		nlh->nlmsg_seq = ++seq_;
+		if (mnl_socket_sendto(sock_.get(), nlh, nlh->nlmsg_len) < 0)
+			return Error(errno, "sending to rtnetlink");
+		std::vector<char> buf(1 << 16);
+		struct Ctx {
+			const std::function<void(const nlmsghdr *)> *cb;
+		} ctx{&cb};
+		for (;;) {
+			ssize_t n = mnl_socket_recvfrom(sock_.get(), buf.data(), buf.size());
+			if (n < 0)
+				return Error(errno, "reading rtnetlink");
+			int rc = mnl_cb_run(buf.data(), n, seq_, mnl_socket_get_portid(sock_.get()),
+					    [](const nlmsghdr *m, void *d) -> int {
+						    auto *c = static_cast<Ctx *>(d);
+						    if (*c->cb)
+							    (*c->cb)(m);
+						    return MNL_CB_OK;
+					    },
+					    &ctx);
+			if (rc < 0)
+				return Error(errno, "rtnetlink");
+			if (rc == MNL_CB_STOP)
+				return {};
+		}
+	}
+
+private:
+	MnlSocket sock_;
+	uint32_t seq_ = 0;
+};
+
+struct Attrs {
+	const nlattr *tb[64] = {};
+};
+
+Attrs parse(const nlmsghdr *nlh, size_t hdrlen)
+{
+	Attrs a;
+	mnl_attr_parse(nlh, hdrlen,
+		       [](const nlattr *attr, void *data) -> int {
+			       auto *tb = static_cast<const nlattr **>(data);
+			       uint16_t type = mnl_attr_get_type(attr);
+			       if (type < 64)
+				       tb[type] = attr;
+			       return MNL_CB_OK;
+		       },
+		       a.tb);
+	return a;
+}
+
+// Our rules and routes, as messages to send back as deletions.
+Status deleteOurs(Rtnl &rtnl)
+{
+	std::vector<std::vector<char>> doomed;
+	auto keep = [&](const nlmsghdr *m, uint16_t delType) {
+		std::vector<char> copy(reinterpret_cast<const char *>(m), reinterpret_cast<const char *>(m) + m->nlmsg_len);
+		auto *nlh = reinterpret_cast<nlmsghdr *>(copy.data());
+		nlh->nlmsg_type = delType;
+		nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+		doomed.push_back(std::move(copy));
+	};
+
+	std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
+	nlmsghdr *nlh = mnl_nlmsg_put_header(buf.data());
+	nlh->nlmsg_type = RTM_GETRULE;
+	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+	auto *frh = static_cast<fib_rule_hdr *>(mnl_nlmsg_put_extra_header(nlh, sizeof(fib_rule_hdr)));
+	frh->family = AF_INET;
+	Status s = rtnl.talk(nlh, [&](const nlmsghdr *m) {
+		Attrs a = parse(m, sizeof(fib_rule_hdr));
+		if (a.tb[FRA_TABLE] && ours(mnl_attr_get_u32(a.tb[FRA_TABLE])) && a.tb[FRA_FWMARK])
+			keep(m, RTM_DELRULE);
+	});
+	if (!s)
+		return s.error().wrap("listing routing rules");
+
+	nlh = mnl_nlmsg_put_header(buf.data());
+	nlh->nlmsg_type = RTM_GETROUTE;
+	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+	auto *rtm = static_cast<rtmsg *>(mnl_nlmsg_put_extra_header(nlh, sizeof(rtmsg)));
+	rtm->rtm_family = AF_INET;
+	s = rtnl.talk(nlh, [&](const nlmsghdr *m) {
+		Attrs a = parse(m, sizeof(rtmsg));
+		if (a.tb[RTA_TABLE] && ours(mnl_attr_get_u32(a.tb[RTA_TABLE])))
+			keep(m, RTM_DELROUTE);
+	});
+	if (!s)
+		return s.error().wrap("listing routes");
+
+	for (std::vector<char> &m : doomed) {
+		Status d = rtnl.talk(reinterpret_cast<nlmsghdr *>(m.data()));
+		if (!d && d.error().code() != std::errc::no_such_file_or_directory &&
+		    d.error().code() != std::errc::no_such_process)
+			return d.error().wrap("deleting a portslice route");
+	}
+	return {};
+}
+
+} // namespace
+
+Result<RoutesReport> applyRoutes(const plan::Plan &plan)
+{
+	Rtnl rtnl;
+	Status s = rtnl.open();
+	if (!s)
+		return s.error();
+	s = deleteOurs(rtnl);
+	if (!s)
+		return s.error();
+
+	RoutesReport report;
+	std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
+	for (const plan::PlannedSource &src : plan.sources) {
+		if (!src.routeMark || !src.routeTable || !src.match.iifname || src.dropped())
+			continue;
+		unsigned ifindex = if_nametoindex(src.match.iifname->c_str());
+		if (ifindex == 0) {
+			report.skipped.push_back(src.name + ": interface " + *src.match.iifname + " does not exist");
+			continue;
+		}
+		nlmsghdr *nlh = mnl_nlmsg_put_header(buf.data());
+		nlh->nlmsg_type = RTM_NEWROUTE;
+		nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+		auto *rtm = static_cast<rtmsg *>(mnl_nlmsg_put_extra_header(nlh, sizeof(rtmsg)));
+		rtm->rtm_family = AF_INET;
+		rtm->rtm_dst_len = src.match.saddr ? src.match.saddr->length : 0;
+		rtm->rtm_table = RT_TABLE_UNSPEC;
+		rtm->rtm_protocol = RTPROT_STATIC;
+		rtm->rtm_scope = RT_SCOPE_LINK;
+		rtm->rtm_type = RTN_UNICAST;
+		if (src.match.saddr)
+			mnl_attr_put_u32(nlh, RTA_DST, src.match.saddr->address.networkOrder());
+		mnl_attr_put_u32(nlh, RTA_OIF, ifindex);
+		mnl_attr_put_u32(nlh, RTA_TABLE, *src.routeTable);
+		s = rtnl.talk(nlh);
+		if (!s)
+			return s.error().wrap("adding the return route of source " + src.name);
+
+		nlh = mnl_nlmsg_put_header(buf.data());
+		nlh->nlmsg_type = RTM_NEWRULE;
+		nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+		auto *frh = static_cast<fib_rule_hdr *>(mnl_nlmsg_put_extra_header(nlh, sizeof(fib_rule_hdr)));
+		frh->family = AF_INET;
+		frh->action = FR_ACT_TO_TBL;
+		mnl_attr_put_u32(nlh, FRA_PRIORITY, kRulePriority);
+		mnl_attr_put_u32(nlh, FRA_FWMARK, *src.routeMark);
+		mnl_attr_put_u32(nlh, FRA_FWMASK, 0xffffffffu);
+		mnl_attr_put_u32(nlh, FRA_TABLE, *src.routeTable);
+		s = rtnl.talk(nlh);
+		if (!s && s.error().code() != std::errc::file_exists)
+			return s.error().wrap("adding the routing rule of source " + src.name);
+		report.installed++;
+	}
+	return report;
+}
+
+Status removeRoutes()
+{
+	Rtnl rtnl;
+	Status s = rtnl.open();
+	if (!s)
+		return s;
+	return deleteOurs(rtnl);
+}
+
+} // namespace portslice::daemon

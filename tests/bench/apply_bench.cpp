@@ -1,0 +1,257 @@
+// SPDX-License-Identifier: MIT
+// Benchmark: portsliced --apply-once vs `nft -f` of the same dump on generated fleets, and one slice move vs `nft add element`.
+//
+// apply_bench [--sizes 1000,10000] [--pairs 3] [--move-sources 2600]
+// Needs root: every run gets a fresh network namespace (psn-bench-PID-K),
+// deleted right after. Prints the figures; it asserts nothing.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fcntl.h>
+#include <filesystem>
+#include <fstream>
+#include <sched.h>
+#include <spawn.h>
+#include <string>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <vector>
+
+#include "config/config.h"
+#include "nft/apply.h"
+#include "nft/model.h"
+#include "plan/plan.h"
+
+extern char **environ;
+
+using namespace portslice;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::string gBuild = PORTSLICE_BUILD_ROOT;
+
+// BENCHMARKS.md "Generated fleets": 31 servers, N shared addresses of
+// 198.18.0.0/15 (one 2048-port slice each per server), N stateless sources of
+// a /28 with block 128 (one whole slice each), inside addresses in 100.64.0.0/10.
+std::string fleet(uint32_t n)
+{
+	std::string t;
+	t.reserve(n * 400);
+	t += "[server]\nname = \"s1\"\nuplink = \"eth0\"\n\n[defaults]\nport_range = \"1024-65535\"\nslice_size = 2048\n\n";
+	t += "[[datacenters]]\nname = \"dc1\"\n\n";
+	for (int s = 1; s <= 31; s++)
+		t += "[[servers]]\nname = \"s" + std::to_string(s) + "\"\naddress = \"192.0.2." + std::to_string(10 + s) +
+		     "\"\ndatacenter = \"dc1\"\n\n";
+	std::string slices = "{ ";
+	for (int s = 1; s <= 31; s++)
+		slices += (s > 1 ? ", s" : "s") + std::to_string(s) + " = " + std::to_string(s - 1);
+	slices += " }";
+	for (uint32_t i = 0; i < n; i++) {
+		Ipv4 a{(198u << 24 | 18u << 16) + i};
+		t += "[[addresses]]\naddress = \"" + a.str() + "\"\ndatacenter = \"dc1\"\ntags = { id = \"a" +
+		     std::to_string(i) + "\" }\nslices = " + slices + "\n\n";
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		Ipv4 p{(100u << 24 | 64u << 16) + i * 16};
+		t += "[[sources]]\nname = \"src" + std::to_string(i) + "\"\nmatch = { saddr = \"" + p.str() +
+		     "/28\" }\nwant = { id = \"a" + std::to_string(i) + "\" }\nnat = \"stateless\"\nblock = 128\n\n";
+	}
+	return t;
+}
+
+int run(const std::vector<std::string> &argv, bool quiet = true)
+{
+	std::vector<char *> args;
+	std::vector<std::string> copy = argv;
+	for (auto &a : copy)
+		args.push_back(a.data());
+	args.push_back(nullptr);
+	posix_spawn_file_actions_t fa;
+	posix_spawn_file_actions_init(&fa);
+	if (quiet)
+		posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+	pid_t pid;
+	int rc = posix_spawnp(&pid, args[0], &fa, nullptr, args.data(), environ);
+	posix_spawn_file_actions_destroy(&fa);
+	if (rc != 0)
+		return -1;
+	int status = 0;
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+	}
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+double gChildCpu = 0; // user + system seconds of the last timed() command
+
+double timed(const std::vector<std::string> &argv)
+{
+	rusage before{}, after{};
+	getrusage(RUSAGE_CHILDREN, &before);
+	auto t0 = Clock::now();
+	int rc = run(argv);
+	double s = std::chrono::duration<double>(Clock::now() - t0).count();
+	getrusage(RUSAGE_CHILDREN, &after);
+	auto secs = [](const timeval &t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; };
+	gChildCpu = secs(after.ru_utime) - secs(before.ru_utime) + secs(after.ru_stime) - secs(before.ru_stime);
+	if (rc != 0) {
+		std::fprintf(stderr, "command failed (%d): %s ...\n", rc, argv.back().c_str());
+		std::exit(1);
+	}
+	return s;
+}
+
+double median(std::vector<double> v)
+{
+	std::sort(v.begin(), v.end());
+	size_t n = v.size();
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+int gNs = 0;
+std::string freshNs()
+{
+	std::string ns = "psn-bench-" + std::to_string(getpid()) + "-" + std::to_string(++gNs);
+	run({"ip", "netns", "add", ns});
+	return ns;
+}
+void dropNs(const std::string &ns) { run({"ip", "netns", "del", ns}); }
+
+void fullApply(uint32_t n, int pairs, const std::string &dir)
+{
+	std::string toml = dir + "/fleet-" + std::to_string(n) + ".toml";
+	std::string dump = dir + "/fleet-" + std::to_string(n) + ".nft";
+	std::ofstream(toml) << fleet(n);
+	if (run({"sh", "-c", gBuild + "/src/ctl/portslicectl dump --config " + toml + " > " + dump + " 2>/dev/null"}) != 0) {
+		std::fprintf(stderr, "dump of %u sources failed\n", n);
+		std::exit(1);
+	}
+	size_t lines = 0;
+	{
+		std::ifstream in(dump);
+		std::string l;
+		while (std::getline(in, l))
+			lines++;
+	}
+	std::vector<double> a, b, ca, cb;
+	for (int i = 0; i < pairs; i++) {
+		std::string ns = freshNs();
+		a.push_back(timed({"ip", "netns", "exec", ns, gBuild + "/src/daemon/portsliced", "--state-dir",
+				   dir + "/state", "--config", toml, "--apply-once"}));
+		ca.push_back(gChildCpu);
+		dropNs(ns);
+		ns = freshNs();
+		b.push_back(timed({"ip", "netns", "exec", ns, "nft", "-f", dump}));
+		cb.push_back(gChildCpu);
+		dropNs(ns);
+	}
+	double ma = median(a), mb = median(b);
+	std::printf("full apply  %6u sources (%zu dump lines): wall portsliced %.3f s, nft -f %.3f s, ratio %.2f; "
+		    "cpu (user+sys) %.3f s vs %.3f s, ratio %.2f (median of %d pairs)\n",
+		    n, lines, ma, mb, ma / mb, median(ca), median(cb), median(ca) / median(cb), pairs);
+	std::fflush(stdout);
+}
+
+void sliceMove(uint32_t n, int pairs, const std::string &dir)
+{
+	config::LoadResult loaded = config::loadString(fleet(n), "fleet.toml");
+	if (!loaded.ok()) {
+		std::fprintf(stderr, "generated fleet does not load\n");
+		std::exit(1);
+	}
+	config::Config before = *loaded.config;
+	config::Config after = before;
+	// s1 takes over slice 1 (s2's) of the first address.
+	after.addresses[0].owners[1] = "s1";
+	plan::Plan p1 = *plan::makePlan(before).plan;
+	plan::Plan p2 = *plan::makePlan(after).plan;
+
+	if (unshare(CLONE_NEWNET) != 0) {
+		std::perror("unshare");
+		std::exit(1);
+	}
+	auto nft = nft::NftApplier::open();
+	auto full = nft->apply(p1, nullptr, 1);
+	if (!full) {
+		std::fprintf(stderr, "%s\n", full.error().message().c_str());
+		std::exit(1);
+	}
+	Ipv4 a0 = p1.addresses[0].address;
+	std::string elem = "{ " + a0.str() + " . 3072-5119 }";
+	nft::TableModel m1 = nft::buildModel(p1, 1), m2 = nft::buildModel(p2, 1);
+	std::vector<double> a, whole, b;
+	size_t msgs = 0, added = 0, deleted = 0;
+	for (int i = 0; i < pairs; i++) {
+		// A: the transaction the daemon sends for the move, models in hand.
+		auto t0 = Clock::now();
+		auto r = nft->applyModel(m2, &m1);
+		a.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+		if (!r || r->fullReplace) {
+			std::fprintf(stderr, "slice move was not a delta\n");
+			std::exit(1);
+		}
+		msgs = r->messages;
+		added = r->elementsAdded;
+		deleted = r->elementsDeleted;
+		// The same from plans: both models built inside apply().
+		t0 = Clock::now();
+		if (!nft->apply(p1, &p2, 3))
+			std::exit(1);
+		whole.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+		// B: the nft CLI making one my_ports change of the same move.
+		b.push_back(timed({"nft", "add", "element", "inet", "portslice", "my_ports", elem}));
+		run({"nft", "delete", "element", "inet", "portslice", "my_ports", elem});
+	}
+	(void)dir;
+	double ma = median(a), mb = median(b);
+	std::printf("slice move  %6u sources (%zu elements): delta transaction %.2f ms (%zu messages, +%zu -%zu elements), "
+		    "nft add element %.1f ms, ratio %.4f; apply(plan, plan) incl. both models %.1f ms (median of %d pairs)\n",
+		    n, full->elementsAdded, ma * 1e3, msgs, added, deleted, mb * 1e3, ma / mb, median(whole) * 1e3, pairs);
+}
+
+} // namespace
+
+int main(int argc, char **argv)
+{
+	std::vector<uint32_t> sizes = {1000, 10000};
+	int pairs = 3;
+	uint32_t moveSources = 2600;
+	for (int i = 1; i < argc; i++) {
+		std::string arg = argv[i];
+		if (arg == "--sizes" && i + 1 < argc) {
+			sizes.clear();
+			std::string list = argv[++i];
+			size_t p = 0;
+			while (p <= list.size()) {
+				size_t c = list.find(',', p);
+				sizes.push_back(static_cast<uint32_t>(std::stoul(list.substr(p, c - p))));
+				if (c == std::string::npos)
+					break;
+				p = c + 1;
+			}
+		} else if (arg == "--pairs" && i + 1 < argc) {
+			pairs = std::stoi(argv[++i]);
+		} else if (arg == "--move-sources" && i + 1 < argc) {
+			moveSources = static_cast<uint32_t>(std::stoul(argv[++i]));
+		} else {
+			std::fprintf(stderr, "usage: apply_bench [--sizes N,N] [--pairs K] [--move-sources N]\n");
+			return 2;
+		}
+	}
+	if (geteuid() != 0) {
+		std::printf("apply_bench: needs root (fresh network namespaces)\n");
+		return 77;
+	}
+	std::string dir = std::filesystem::temp_directory_path() / ("psn-bench-" + std::to_string(getpid()));
+	std::filesystem::create_directories(dir);
+	for (uint32_t n : sizes)
+		if (n)
+			fullApply(n, pairs, dir);
+	if (moveSources)
+		sliceMove(moveSources, pairs, dir);
+	std::filesystem::remove_all(dir);
+	return 0;
+}
