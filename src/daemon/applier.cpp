@@ -2,6 +2,10 @@
 // Applier: nftables first (one transaction), then conntrack tuning and clean-up; remove() undoes all of it.
 #include "daemon/applier.h"
 
+#ifdef PORTSLICE_HAVE_XDP
+#include "xdp/forwarder.h"
+#endif
+
 namespace portslice::daemon {
 
 Result<Applier> Applier::open(ApplierOptions options)
@@ -38,12 +42,30 @@ Result<ApplyResult> Applier::apply(const plan::Plan &next, const plan::Plan *cur
 		return routes.error();
 	result.routes = *routes;
 
-	// XDP forwarder: call xdp::applyForwarder(next) here once src/xdp provides it.
+#ifdef PORTSLICE_HAVE_XDP
+	if (options_.xdp) {
+		Status x = options_.xdpPinDir.empty() ? xdp::applyForwarder(next)
+						      : xdp::applyForwarder(next, options_.xdpPinDir);
+		if (!x)
+			return x.error().wrap("XDP forwarder on " + next.uplink);
+		result.xdp = true;
+	}
+#endif
 	return result;
 }
 
-Status Applier::remove()
+Status Applier::remove(const std::string &uplink)
 {
+#ifdef PORTSLICE_HAVE_XDP
+	if (options_.xdp) {
+		Status x = options_.xdpPinDir.empty() ? xdp::removeForwarder(uplink)
+						      : xdp::removeForwarder(uplink, options_.xdpPinDir);
+		if (!x)
+			return x.error().wrap("removing the XDP forwarder");
+	}
+#else
+	(void)uplink;
+#endif
 	Status s = nft_.remove();
 	if (!s)
 		return s;

@@ -18,6 +18,9 @@ struct ApplierOptions {
 	// Where the values that apply() changed are kept, so that remove()
 	// restores them even from another process (`portsliced --remove`).
 	std::string stateDir = "/var/lib/portslice";
+	// Attach and sync the XDP forwarder on the uplink (when built with XDP).
+	bool xdp = true;
+	std::string xdpPinDir; // empty: the forwarder's default under /sys/fs/bpf
 };
 
 struct ApplyResult {
@@ -25,6 +28,7 @@ struct ApplyResult {
 	conntrack::TuneReport tuning;
 	size_t conntrackDeleted = 0; // entries whose NAT port this server no longer owns
 	RoutesReport routes;         // return routing of iifname sources
+	bool xdp = false;            // the forwarder was attached and synced
 };
 
 class Applier {
@@ -36,8 +40,9 @@ public:
 	// transaction; it goes first, so a failure there changes nothing else.
 	Result<ApplyResult> apply(const plan::Plan &next, const plan::Plan *current, uint64_t generation);
 
-	// Undo everything apply() did: table, routes and rules, sysctls.
-	Status remove();
+	// Undo everything apply() did: table, routes and rules, sysctls, XDP.
+	// `uplink` (if known) is checked against the forwarder's interface.
+	Status remove(const std::string &uplink = {});
 
 	nft::NftApplier &nft() { return nft_; }
 

@@ -15,7 +15,7 @@ namespace {
 
 int usage()
 {
-	std::cerr << "usage: portsliced --config FILE [--state-dir DIR] (--apply-once | --remove)\n";
+	std::cerr << "usage: portsliced --config FILE [--state-dir DIR] [--no-xdp] (--apply-once | --remove)\n";
 	return 2;
 }
 
@@ -48,6 +48,8 @@ int main(int argc, char **argv)
 			configFile = argv[++i];
 		else if (a == "--state-dir" && i + 1 < argc)
 			options.stateDir = argv[++i];
+		else if (a == "--no-xdp")
+			options.xdp = false; // NAT only: no forwarder on the uplink
 		else if (a == "--apply-once")
 			applyOnce = true;
 		else if (a == "--remove")

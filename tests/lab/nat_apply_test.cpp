@@ -49,7 +49,7 @@ protected:
 	lab::CommandResult daemon(const std::string &args)
 	{
 		return runShell(shellQuote(buildPath("src/daemon/portsliced")) + " --state-dir " +
-				shellQuote(dir_.string() + "/state") + " " + args + " 2>&1");
+				shellQuote(dir_.string() + "/state") + " --no-xdp " + args + " 2>&1");
 	}
 	std::string list()
 	{
