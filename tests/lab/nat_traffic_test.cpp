@@ -1,0 +1,201 @@
+// SPDX-License-Identifier: MIT
+// Lab: real TCP and UDP through the table portsliced applies: both NAT modes, overlapping tenants, and the leak guard.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "lab_fixture.h"
+
+namespace portslice {
+namespace {
+
+using lab::buildPath;
+using lab::sourcePath;
+
+// Every address and port an internet host saw in `labtraffic send` output
+// ("tcp ok 198.51.100.1:10023").
+struct Seen {
+	int ok = 0;
+	std::vector<std::pair<std::string, int>> sources;
+};
+
+Seen parseSeen(const std::string &output)
+{
+	Seen s;
+	std::regex line(R"((tcp|udp) ok ([0-9.]+):([0-9]+))");
+	for (auto it = std::sregex_iterator(output.begin(), output.end(), line); it != std::sregex_iterator(); ++it) {
+		s.ok++;
+		s.sources.emplace_back((*it)[2], std::stoi((*it)[3]));
+	}
+	return s;
+}
+
+class NatTraffic : public lab::LabFixture {
+protected:
+	// s1 has the lab fleet's two sources: warp-gb1 (conntrack, w1,
+	// 100.64.1.0/24) and corp-us1 (stateless, v1, 100.64.11.0/28, block 100).
+	// The stateless workload's host 100.64.11.2 keeps to its block through
+	// its namespace's ip_local_port_range.
+	lab::LabOptions labOptions() const override
+	{
+		lab::LabOptions o;
+		o.prefix = "psn";
+		o.servers = 3;
+		o.bus = false;
+		o.workloads = {"s1:w1:100.64.1.0/24", "s1:v1:100.64.11.0/28:1:10200-10299"};
+		return o;
+	}
+
+	std::string config(const std::string &server = "s1")
+	{
+		std::string path = labDir() + "/" + server + "/portslice.toml";
+		auto r = run(sourcePath("tests/lab/lib/fleet.sh") + " --server " + server + " > " + path);
+		EXPECT_TRUE(r.ok()) << r.output;
+		return path;
+	}
+	lab::CommandResult applyOnce(const std::string &cfg, const std::string &server = "s1")
+	{
+		return inNode(server, buildPath("src/daemon/portsliced") + " --no-xdp --config " + cfg +
+					      " --state-dir \"$LAB_STATE_DIR\" --apply-once 2>&1");
+	}
+	void serve(int seconds = 40)
+	{
+		startInNode("inet", buildPath("tests/lab/labtraffic") + " serve --port 7000 --ports 2 --seconds " +
+					    std::to_string(seconds),
+			    labDir() + "/inet.log");
+		std::this_thread::sleep_for(std::chrono::milliseconds(300));
+	}
+	lab::CommandResult send(const std::string &node, int tcp, int udp, const std::string &extra = "")
+	{
+		return inNode(node, buildPath("tests/lab/labtraffic") + " send --to 203.0.113.10:7000 --tcp " +
+					    std::to_string(tcp) + " --udp " + std::to_string(udp) + " --timeout-ms 2000 " +
+					    extra + " 2>&1");
+	}
+	int conntrackCount(const std::string &node, const std::string &filter)
+	{
+		auto r = inNode(node, "conntrack -L " + filter + " 2>/dev/null | wc -l");
+		return std::stoi(r.output);
+	}
+};
+
+// s1's slices in the lab fleet (fleet.sh, three servers): 0 and 3 of each address.
+bool inS1Slices(int port) { return (port >= 10000 && port <= 10999) || (port >= 13000 && port <= 13999); }
+
+TEST_F(NatTraffic, ConntrackAndStatelessSourcesReachTheInternetWithTheSharedAddressAndTheirPorts)
+{
+	std::string cfg = config();
+	auto applied = applyOnce(cfg);
+	ASSERT_TRUE(applied.ok()) << applied.output;
+	// The abuse desk's view of the stateless block the workload uses.
+	auto owner = run(buildPath("src/ctl/portslicectl") + " owner 198.51.100.2:10250 --config " + cfg);
+	ASSERT_TRUE(owner.ok()) << owner.output;
+	ASSERT_NE(owner.output.find("100.64.11.2"), std::string::npos) << owner.output;
+	serve();
+
+	auto ct = send("w1", 10, 10);
+	EXPECT_TRUE(ct.ok()) << ct.output;
+	Seen seenCt = parseSeen(ct.output);
+	EXPECT_EQ(seenCt.ok, 20) << ct.output;
+	for (const auto &[addr, port] : seenCt.sources) {
+		EXPECT_EQ(addr, "198.51.100.1");
+		EXPECT_TRUE(inS1Slices(port)) << port;
+	}
+
+	auto sl = send("v1", 10, 10);
+	EXPECT_TRUE(sl.ok()) << sl.output;
+	Seen seenSl = parseSeen(sl.output);
+	EXPECT_EQ(seenSl.ok, 20) << sl.output;
+	for (const auto &[addr, port] : seenSl.sources) {
+		EXPECT_EQ(addr, "198.51.100.2");
+		EXPECT_GE(port, 10200);
+		EXPECT_LE(port, 10299);
+	}
+
+	// Conntrack flows are tracked (in their zone), stateless ones never.
+	EXPECT_GT(conntrackCount("s1", "-s 100.64.1.0/24"), 0);
+	EXPECT_EQ(conntrackCount("s1", "-s 100.64.11.0/28"), 0);
+	EXPECT_EQ(conntrackCount("s1", "-d 198.51.100.2"), 0);
+
+	// Counted per source and per address.
+	auto counters = inNode("s1", "nft list counter inet portslice src_warp-gb1; nft list counter inet portslice addr_198.51.100.2");
+	EXPECT_EQ(counters.output.find("packets 0 "), std::string::npos) << counters.output;
+}
+
+TEST_F(NatTraffic, AStatelessHostOutsideItsBlockIsDroppedAndCountedNotLeaked)
+{
+	ASSERT_TRUE(applyOnce(config()).ok());
+	serve();
+	// Ports outside 100.64.11.2's block: the guard drops them on s1.
+	auto r = inNode("v1", "sysctl -qw net.ipv4.ip_local_port_range='20000 20099' && " +
+				      buildPath("tests/lab/labtraffic") +
+				      " send --to 203.0.113.10:7000 --tcp 3 --udp 3 --timeout-ms 800 2>&1");
+	EXPECT_FALSE(r.ok()) << r.output;
+	EXPECT_EQ(parseSeen(r.output).ok, 0) << r.output;
+	auto guard = inNode("s1", "nft list counter inet portslice guard_corp-us1");
+	std::smatch m;
+	ASSERT_TRUE(std::regex_search(guard.output, m, std::regex("packets ([0-9]+)"))) << guard.output;
+	EXPECT_GE(std::stoi(m[1]), 6);
+}
+
+TEST_F(NatTraffic, RemoveLeavesNoTableRouteOrRule)
+{
+	ASSERT_TRUE(applyOnce(config()).ok());
+	auto removed = inNode("s1", buildPath("src/daemon/portsliced") + " --no-xdp --state-dir \"$LAB_STATE_DIR\" --remove 2>&1");
+	ASSERT_TRUE(removed.ok()) << removed.output;
+	EXPECT_EQ(inNode("s1", "nft list ruleset").output, "");
+	EXPECT_EQ(inNode("s1", "ip rule | grep -c 0x5053 || true").output, "0\n");
+}
+
+// Two tenants with the same inside prefix behind two interfaces of s1, each
+// its own source (iifname + saddr) and conntrack zone: both egress at once,
+// and each gets its own answers back (fwmark routing out of its interface).
+class OverlappingTenants : public NatTraffic {
+protected:
+	lab::LabOptions labOptions() const override
+	{
+		lab::LabOptions o = NatTraffic::labOptions();
+		o.prefix = "psno";
+		o.workloads = {"s1:ta:100.64.5.0/24", "s1:tb:100.64.5.0/24"};
+		return o;
+	}
+};
+
+TEST_F(OverlappingTenants, BothTenantsEgressAtTheSameTimeWithoutALostFlow)
+{
+	std::string cfg = labDir() + "/s1/tenants.toml";
+	{
+		std::string fleet = run(sourcePath("tests/lab/lib/fleet.sh") + " --server s1").output;
+		// The lab fleet without its own sources, plus the two tenants.
+		fleet = fleet.substr(0, fleet.find("[[sources]]"));
+		std::ofstream(cfg) << fleet
+				   << "[[sources]]\nname = \"tenant-a\"\nmatch = { iifname = \"ta\", saddr = \"100.64.5.0/24\" }\n"
+				      "want = { country = \"GB\" }\nzone = 501\n\n"
+				      "[[sources]]\nname = \"tenant-b\"\nmatch = { iifname = \"tb\", saddr = \"100.64.5.0/24\" }\n"
+				      "want = { country = \"GB\" }\nzone = 502\n";
+	}
+	auto applied = applyOnce(cfg);
+	ASSERT_TRUE(applied.ok()) << applied.output;
+	EXPECT_EQ(applied.output.find("no return route"), std::string::npos) << applied.output;
+	serve();
+
+	// Both at once, the same inside address and the same source ports.
+	auto both = run(execWords("ta") + " " + buildPath("tests/lab/labtraffic") +
+			" send --to 203.0.113.10:7000 --tcp 20 --udp 20 --parallel 4 --timeout-ms 3000 > " + labDir() +
+			"/ta.out 2>&1 & " + execWords("tb") + " " + buildPath("tests/lab/labtraffic") +
+			" send --to 203.0.113.10:7000 --tcp 20 --udp 20 --parallel 4 --timeout-ms 3000 > " + labDir() +
+			"/tb.out 2>&1 & wait");
+	std::string a = run("cat " + labDir() + "/ta.out").output, b = run("cat " + labDir() + "/tb.out").output;
+	Seen sa = parseSeen(a), sb = parseSeen(b);
+	EXPECT_EQ(sa.ok, 40) << a;
+	EXPECT_EQ(sb.ok, 40) << b;
+	// Each tenant in its own zone on s1.
+	EXPECT_GT(conntrackCount("s1", "-w 501"), 0);
+	EXPECT_GT(conntrackCount("s1", "-w 502"), 0);
+}
+
+} // namespace
+} // namespace portslice
