@@ -3,6 +3,9 @@
 #include "xdp/forwarder.h"
 
 #include <algorithm>
+#include <atomic>
+#include <bit>
+#include <set>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -17,6 +20,7 @@
 #include <linux/rtnetlink.h>
 #include <net/if.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -38,8 +42,11 @@ constexpr const char *kVerdictNames[kVerdictCount] = {
 	"icmp_forward", "fragment", "malformed", "unowned", "no_neigh", "error",
 };
 
-constexpr const char *kMapNames[] = {FWD_NAME(FWD_MAP_CONFIG), FWD_NAME(FWD_MAP_ADDRS), FWD_NAME(FWD_MAP_SLICES),
-				     FWD_NAME(FWD_MAP_PEERS), FWD_NAME(FWD_MAP_COUNTERS)};
+// In the order of MapFds.
+constexpr const char *kMapNames[] = {FWD_NAME(FWD_MAP_CONFIG), FWD_NAME(FWD_MAP_ADDR_INDEX), FWD_NAME(FWD_MAP_ADDRS),
+				     FWD_NAME(FWD_MAP_SLICES),  FWD_NAME(FWD_MAP_TARGETS),   FWD_NAME(FWD_MAP_ZONES),
+				     FWD_NAME(FWD_MAP_PEERS),   FWD_NAME(FWD_MAP_COUNTERS)};
+constexpr size_t kMapCount = std::size(kMapNames);
 
 using BpfLinkHandle = Handle<bpf_link, bpf_link__destroy>;
 
@@ -89,8 +96,9 @@ std::vector<std::vector<ZoneRun>> zoneRuns(const plan::Plan &plan)
 	return runs;
 }
 
-void fillZones(fwd_slice &value, const std::vector<ZoneRun> &runs, PortRange slice)
+std::optional<fwd_zones> zonesOf(const std::vector<ZoneRun> &runs, PortRange slice)
 {
+	fwd_zones value{};
 	int n = 0;
 	for (const auto &run : runs) {
 		if (run.ports.hi < slice.lo || run.ports.lo > slice.hi)
@@ -106,6 +114,32 @@ void fillZones(fwd_slice &value, const std::vector<ZoneRun> &runs, PortRange sli
 		value.zone_id[n] = run.zone;
 		n++;
 	}
+	if (n == 0)
+		return std::nullopt;
+	return value;
+}
+
+fwd_target targetOf(Ipv4 address, const std::optional<Mac> &mac)
+{
+	fwd_target t{};
+	t.addr = address.networkOrder();
+	if (mac) {
+		t.flags = FWD_TARGET_MAC;
+		copyMac(t.mac, *mac);
+	}
+	return t;
+}
+
+template<class T>
+bool sameBytes(const T &a, const T &b)
+{
+	return std::memcmp(&a, &b, sizeof(T)) == 0;
+}
+
+template<class T>
+bool sameBytes(const std::optional<T> &a, const std::optional<T> &b)
+{
+	return a.has_value() == b.has_value() && (!a || sameBytes(*a, *b));
 }
 
 template<class K>
@@ -176,9 +210,11 @@ struct Pinned {
 	}
 };
 
-Result<std::array<UniqueFd, 5>> openPinnedMaps(const std::string &pinDir)
+using PinnedMaps = std::array<UniqueFd, kMapCount>;
+
+Result<PinnedMaps> openPinnedMaps(const std::string &pinDir)
 {
-	std::array<UniqueFd, 5> fds;
+	PinnedMaps fds;
 	for (size_t i = 0; i < fds.size(); i++) {
 		auto p = Pinned::open(pinPath(pinDir, kMapNames[i]));
 		if (!p)
@@ -188,10 +224,95 @@ Result<std::array<UniqueFd, 5>> openPinnedMaps(const std::string &pinDir)
 	return fds;
 }
 
-MapFds borrow(const std::array<UniqueFd, 5> &fds)
+MapFds borrow(const PinnedMaps &fds)
 {
-	return MapFds{fds[0].get(), fds[1].get(), fds[2].get(), fds[3].get(), fds[4].get()};
+	return MapFds{fds[0].get(), fds[1].get(), fds[2].get(), fds[3].get(),
+		      fds[4].get(), fds[5].get(), fds[6].get(), fds[7].get()};
 }
+
+// An mmapped BPF array (BPF_F_MMAPABLE): reads and single-word writes without
+// a syscall per element.
+class MappedArray {
+public:
+	static Result<MappedArray> map(int fd, const char *name)
+	{
+		bpf_map_info info{};
+		uint32_t size = sizeof(info);
+		if (bpf_obj_get_info_by_fd(fd, &info, &size) != 0)
+			return errnoError(errno, std::string("reading map ") + name);
+		size_t bytes = static_cast<size_t>(info.max_entries) * ((info.value_size + 7) & ~7u);
+		long page = ::sysconf(_SC_PAGESIZE);
+		bytes = (bytes + static_cast<size_t>(page) - 1) / static_cast<size_t>(page) * static_cast<size_t>(page);
+		void *p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		if (p == MAP_FAILED)
+			return errnoError(errno, std::string("mapping map ") + name);
+		return MappedArray(p, bytes, info.max_entries);
+	}
+	MappedArray(MappedArray &&o) noexcept
+		: base_(std::exchange(o.base_, nullptr)), bytes_(o.bytes_), entries_(o.entries_) {}
+	MappedArray(const MappedArray &) = delete;
+	MappedArray &operator=(const MappedArray &) = delete;
+	MappedArray &operator=(MappedArray &&) = delete;
+	~MappedArray()
+	{
+		if (base_)
+			::munmap(base_, bytes_);
+	}
+	template<class T>
+	T *as() const { return static_cast<T *>(base_); }
+	uint32_t entries() const { return entries_; }
+
+private:
+	MappedArray(void *base, size_t bytes, uint32_t entries) : base_(base), bytes_(bytes), entries_(entries) {}
+	void *base_;
+	size_t bytes_;
+	uint32_t entries_;
+};
+
+uint64_t packSlice(const fwd_slice &s)
+{
+	uint64_t w;
+	std::memcpy(&w, &s, sizeof(w));
+	return w;
+}
+
+fwd_slice unpackSlice(uint64_t w)
+{
+	fwd_slice s;
+	std::memcpy(&s, &w, sizeof(s));
+	return s;
+}
+
+// Slots of an array whose content must not change while referenced: equal
+// content shares a slot, new content goes to a slot nobody references.
+template<class T>
+class SlotTable {
+public:
+	SlotTable(T *slots, uint32_t count, std::vector<bool> referenced)
+		: slots_(slots), count_(count), referenced_(std::move(referenced)) {}
+
+	Result<uint16_t> slotFor(const T &want, const char *name)
+	{
+		for (uint32_t i = 1; i < count_; i++)
+			if (sameBytes(slots_[i], want) && (referenced_[i] || taken_.count(i)))
+				return static_cast<uint16_t>(i);
+		for (uint32_t i = 1; i < count_; i++) {
+			if (referenced_[i] || taken_.count(i))
+				continue;
+			if (!sameBytes(slots_[i], want))
+				std::memcpy(&slots_[i], &want, sizeof(T)); // unreferenced: nobody reads it
+			taken_.insert(i);
+			return static_cast<uint16_t>(i);
+		}
+		return Error(ENOSPC, std::string("map ") + name + " is full");
+	}
+
+private:
+	T *slots_;
+	uint32_t count_;
+	std::vector<bool> referenced_;
+	std::set<uint32_t> taken_;
+};
 
 } // namespace
 
@@ -262,6 +383,20 @@ Result<NeighbourTable> readNeighbours(uint32_t ifindex)
 	}
 }
 
+bool SliceWant::operator==(const SliceWant &o) const
+{
+	return flags == o.flags && sameBytes(owner, o.owner) && sameBytes(previous, o.previous) &&
+	       sameBytes(zones, o.zones);
+}
+
+size_t ForwarderTables::sliceCount() const
+{
+	size_t n = 0;
+	for (const auto &a : addresses)
+		n += a.slices.size();
+	return n;
+}
+
 ForwarderTables buildTables(const plan::Plan &plan, const Mac &uplinkMac, uint32_t ifindex,
 			    const NeighbourTable &neighbours)
 {
@@ -272,14 +407,15 @@ ForwarderTables buildTables(const plan::Plan &plan, const Mac &uplinkMac, uint32
 	copyMac(t.config.self_mac, uplinkMac);
 	t.config.object_hash = ForwarderObject::objectHash();
 
-	std::vector<std::optional<Mac>> macs;
+	std::vector<fwd_target> targets;
 	for (size_t i = 0; i < plan.servers.size(); i++) {
 		const auto &server = plan.servers[i];
-		macs.push_back(macOf(server, neighbours));
+		auto mac = macOf(server, neighbours);
+		targets.push_back(targetOf(server.address, mac));
 		if (i == plan.serverIndex)
 			continue;
 		t.peers.push_back({server.address.networkOrder(), fwd_peer{static_cast<uint32_t>(i)}});
-		if (!macs.back())
+		if (!mac)
 			t.unresolved.push_back("server " + server.name + " (" + server.address.str() + ")");
 	}
 
@@ -287,61 +423,54 @@ ForwarderTables buildTables(const plan::Plan &plan, const Mac &uplinkMac, uint32
 	auto valid = [&](int32_t s) { return s >= 0 && static_cast<size_t>(s) < plan.servers.size(); };
 	for (size_t ai = 0; ai < plan.addresses.size(); ai++) {
 		const auto &a = plan.addresses[ai];
-		fwd_address value{};
-		value.port_lo = a.portRange.lo;
-		value.slice_size = static_cast<uint16_t>(std::min<uint32_t>(a.sliceSize, 0xffff));
-		value.slice_count = static_cast<uint16_t>(std::min<uint32_t>(a.sliceCount, 0xffff));
+		AddressWant want;
+		want.addr = a.address.networkOrder();
+		want.value.addr = want.addr;
+		want.value.port_lo = a.portRange.lo;
+		want.value.slice_size = static_cast<uint16_t>(std::min<uint32_t>(a.sliceSize, 0xffff));
+		want.value.slice_count = static_cast<uint16_t>(std::min<uint32_t>(a.sliceCount, 0xffff));
+		want.value.slice_shift = 0xffff;
+		if (std::has_single_bit(uint32_t{want.value.slice_size}))
+			want.value.slice_shift = static_cast<uint16_t>(std::countr_zero(uint32_t{want.value.slice_size}));
 		if (a.local) {
-			value.flags = FWD_ADDR_LOCAL;
+			want.value.flags = FWD_ADDR_LOCAL;
 		} else {
 			auto dc = std::find_if(plan.datacenters.begin(), plan.datacenters.end(),
 					       [&](const plan::PlannedDatacenter &d) { return d.name == a.datacenter; });
 			if (dc != plan.datacenters.end() && dc->gateway) {
-				value.flags = FWD_ADDR_GATEWAY;
-				value.gateway = dc->gateway->networkOrder();
+				want.value.flags = FWD_ADDR_GATEWAY;
 				auto it = neighbours.find(dc->gateway->value);
-				if (it != neighbours.end()) {
-					value.flags |= FWD_ADDR_GATEWAY_MAC;
-					copyMac(value.gateway_mac, it->second);
-				} else {
+				std::optional<Mac> mac;
+				if (it != neighbours.end())
+					mac = it->second;
+				else
 					t.unresolved.push_back("gateway of " + dc->name + " (" + dc->gateway->str() + ")");
-				}
+				want.gateway = targetOf(*dc->gateway, mac);
 			}
 		}
-		t.addresses.push_back({a.address.networkOrder(), value});
-		if (!a.local)
-			continue;
-		for (uint32_t i = 0; i < a.sliceCount; i++) {
-			int32_t owner = i < a.owner.size() ? a.owner[i] : plan::kNoServer;
-			int32_t previous = i < a.previous.size() ? a.previous[i] : plan::kNoServer;
-			if (!valid(owner) && !valid(previous))
-				continue; // no entry: the program passes the packet as unowned
-			fwd_slice s{};
-			if (valid(owner)) {
-				s.owner_addr = plan.servers[owner].address.networkOrder();
+		if (a.local) {
+			want.slices.resize(want.value.slice_count);
+			for (uint32_t i = 0; i < want.value.slice_count; i++) {
+				int32_t owner = i < a.owner.size() ? a.owner[i] : plan::kNoServer;
+				int32_t previous = i < a.previous.size() ? a.previous[i] : plan::kNoServer;
+				SliceWant &s = want.slices[i];
+				if (!valid(owner))
+					continue; // a zero word: the program passes the packet as unowned
+				s.flags = FWD_SLICE_OWNED;
+				s.owner = targets[static_cast<size_t>(owner)];
 				if (static_cast<uint32_t>(owner) == plan.serverIndex)
 					s.flags |= FWD_SLICE_OWNER_SELF;
-				if (macs[owner]) {
-					s.flags |= FWD_SLICE_OWNER_MAC;
-					copyMac(s.owner_mac, *macs[owner]);
+				if (valid(previous) && previous != owner) {
+					s.flags |= FWD_SLICE_PREVIOUS;
+					s.previous = targets[static_cast<size_t>(previous)];
+					if (static_cast<uint32_t>(previous) == plan.serverIndex)
+						s.flags |= FWD_SLICE_PREVIOUS_SELF;
 				}
-			} else {
-				s.flags |= FWD_SLICE_UNOWNED;
+				if ((s.flags & FWD_SLICE_OWNER_SELF) && (s.flags & FWD_SLICE_PREVIOUS))
+					s.zones = zonesOf(runs[ai], a.slice(i));
 			}
-			if (valid(previous) && previous != owner) {
-				s.flags |= FWD_SLICE_PREVIOUS;
-				s.previous_addr = plan.servers[previous].address.networkOrder();
-				if (static_cast<uint32_t>(previous) == plan.serverIndex)
-					s.flags |= FWD_SLICE_PREVIOUS_SELF;
-				if (macs[previous]) {
-					s.flags |= FWD_SLICE_PREVIOUS_MAC;
-					copyMac(s.previous_mac, *macs[previous]);
-				}
-			}
-			if (s.flags & FWD_SLICE_OWNER_SELF)
-				fillZones(s, runs[ai], a.slice(i));
-			t.slices.push_back({fwd_slice_key{a.address.networkOrder(), i}, s});
 		}
+		t.addresses.push_back(std::move(want));
 	}
 	return t;
 }
@@ -349,18 +478,150 @@ ForwarderTables buildTables(const plan::Plan &plan, const Mac &uplinkMac, uint32
 Status syncMaps(const MapFds &maps, const ForwarderTables &tables)
 {
 	uint32_t zero = 0;
-	// Additions and changes first, deletions last: a moved slice is never
-	// briefly absent. The config entry goes first so new entries see this
-	// server's address.
 	if (bpf_map_update_elem(maps.config, &zero, &tables.config, BPF_ANY) != 0)
 		return errnoError(errno, "updating map fwd_config");
 	if (auto s = syncHash(maps.peers, tables.peers, "fwd_peers"); !s)
 		return s;
-	if (auto s = syncHash(maps.slices, tables.slices, "fwd_slices"); !s)
-		return s;
-	if (auto s = syncHash(maps.addrs, tables.addresses, "fwd_addrs"); !s)
-		return s;
-	return {};
+
+	auto index = MappedArray::map(maps.addrIndex, "fwd_addr_index");
+	auto slices = MappedArray::map(maps.slices, "fwd_slices");
+	auto targets = MappedArray::map(maps.targets, "fwd_targets");
+	auto zones = MappedArray::map(maps.zones, "fwd_zones");
+	for (const auto *m : {&index, &slices, &targets, &zones})
+		if (!*m)
+			return m->error();
+	auto *idx = index->as<fwd_address>();
+	auto *words = slices->as<uint64_t>();
+
+	// What the program can reach now: the addresses of the index and of the
+	// hash, their runs of slices, and the slots those name.
+	std::map<uint32_t, fwd_address> current;
+	for (uint32_t b = 0; b < index->entries(); b++)
+		if (idx[b].addr != 0)
+			current[idx[b].addr] = idx[b];
+	{
+		uint32_t key = 0;
+		uint32_t next = 0;
+		const void *prev = nullptr;
+		fwd_address value{};
+		while (bpf_map_get_next_key(maps.addrs, prev, &next) == 0) {
+			if (bpf_map_lookup_elem(maps.addrs, &next, &value) == 0)
+				current[next] = value;
+			key = next;
+			prev = &key;
+		}
+	}
+	std::vector<bool> targetRefs(targets->entries()), zoneRefs(zones->entries());
+	std::vector<std::pair<uint32_t, uint32_t>> busy; // [base, base + count) in use
+	for (const auto &[addr, a] : current) {
+		if (a.flags & FWD_ADDR_GATEWAY && a.gateway < targetRefs.size())
+			targetRefs[a.gateway] = true;
+		if (!(a.flags & FWD_ADDR_LOCAL) || uint64_t{a.slice_base} + a.slice_count > slices->entries())
+			continue;
+		busy.push_back({a.slice_base, a.slice_base + a.slice_count});
+		for (uint32_t i = 0; i < a.slice_count; i++) {
+			fwd_slice s = unpackSlice(words[a.slice_base + i]);
+			for (uint16_t slot : {s.owner, s.previous})
+				if (slot < targetRefs.size())
+					targetRefs[slot] = true;
+			if (s.zones < zoneRefs.size())
+				zoneRefs[s.zones] = true;
+		}
+	}
+	SlotTable<fwd_target> targetSlots(targets->as<fwd_target>(), targets->entries(), std::move(targetRefs));
+	SlotTable<fwd_zones> zoneSlots(zones->as<fwd_zones>(), zones->entries(), std::move(zoneRefs));
+
+	// Runs of slices: an address keeps its run while its slice count stays;
+	// otherwise it gets a free run, never one the program can still reach.
+	auto allocate = [&](uint32_t count) -> std::optional<uint32_t> {
+		std::sort(busy.begin(), busy.end());
+		uint32_t at = 0;
+		for (const auto &[lo, hi] : busy) {
+			if (lo >= at + count)
+				break;
+			at = std::max(at, hi);
+		}
+		if (uint64_t{at} + count > slices->entries())
+			return std::nullopt;
+		busy.push_back({at, at + count});
+		return at;
+	};
+
+	std::vector<fwd_address> entries;
+	for (const auto &want : tables.addresses) {
+		fwd_address value = want.value;
+		if (want.gateway) {
+			auto slot = targetSlots.slotFor(*want.gateway, "fwd_targets");
+			if (!slot)
+				return slot.error();
+			value.gateway = *slot;
+		}
+		if (value.flags & FWD_ADDR_LOCAL) {
+			auto it = current.find(want.addr);
+			if (it != current.end() && (it->second.flags & FWD_ADDR_LOCAL) &&
+			    it->second.slice_count == value.slice_count &&
+			    uint64_t{it->second.slice_base} + value.slice_count <= slices->entries()) {
+				value.slice_base = it->second.slice_base;
+			} else {
+				auto base = allocate(value.slice_count);
+				if (!base)
+					return Error(ENOSPC, "map fwd_slices is full");
+				value.slice_base = *base;
+			}
+			// Slots first, then the words that name them: one store each.
+			for (uint32_t i = 0; i < value.slice_count; i++) {
+				const SliceWant &sw = want.slices[i];
+				fwd_slice s{};
+				s.flags = sw.flags;
+				if (sw.owner) {
+					auto slot = targetSlots.slotFor(*sw.owner, "fwd_targets");
+					if (!slot)
+						return slot.error();
+					s.owner = *slot;
+				}
+				if (sw.previous) {
+					auto slot = targetSlots.slotFor(*sw.previous, "fwd_targets");
+					if (!slot)
+						return slot.error();
+					s.previous = *slot;
+				}
+				if (sw.zones) {
+					auto slot = zoneSlots.slotFor(*sw.zones, "fwd_zones");
+					if (!slot)
+						return slot.error();
+					s.zones = *slot;
+				}
+				uint64_t word = packSlice(s);
+				std::atomic_thread_fence(std::memory_order_release);
+				std::atomic_ref<uint64_t> cell(words[value.slice_base + i]);
+				if (cell.load(std::memory_order_relaxed) != word)
+					cell.store(word, std::memory_order_release);
+			}
+		}
+		entries.push_back(value);
+	}
+
+	// Address entries last: an address points at its run only once the run is
+	// complete. Bucket collisions go to the hash as well.
+	std::map<uint32_t, std::vector<const fwd_address *>> buckets;
+	for (const auto &e : entries)
+		buckets[ntohl(e.addr) & (FWD_ADDR_INDEX_SIZE - 1)].push_back(&e);
+	std::vector<std::pair<uint32_t, fwd_address>> overflow;
+	for (uint32_t b = 0; b < index->entries(); b++) {
+		fwd_address want{};
+		auto it = buckets.find(b);
+		if (it != buckets.end()) {
+			want = *it->second.front();
+			if (it->second.size() > 1) {
+				want.flags |= FWD_ADDR_COLLISION;
+				for (const auto *e : it->second)
+					overflow.push_back({e->addr, *e});
+			}
+		}
+		if (!sameBytes(idx[b], want) && bpf_map_update_elem(maps.addrIndex, &b, &want, BPF_ANY) != 0)
+			return errnoError(errno, "updating map fwd_addr_index");
+	}
+	return syncHash(maps.addrs, overflow, "fwd_addrs");
 }
 
 Result<ForwarderCounters> readCounters(int countersFd)
@@ -381,7 +642,7 @@ Result<ForwarderCounters> readCounters(int countersFd)
 	return c;
 }
 
-Result<ForwarderObject> ForwarderObject::load(const std::string &pinDir, bool withReference)
+Result<ForwarderObject> ForwarderObject::load(const std::string &pinDir, bool withReference, uint32_t sliceCapacity)
 {
 	forwarder_bpf *skel = forwarder_bpf__open();
 	if (!skel)
@@ -389,9 +650,15 @@ Result<ForwarderObject> ForwarderObject::load(const std::string &pinDir, bool wi
 	ForwarderObject obj(skel);
 	if (!withReference)
 		bpf_program__set_autoload(skel->progs.portslice_pass, false);
+	if (sliceCapacity > FWD_SLICES_DEFAULT) {
+		int err = bpf_map__set_max_entries(skel->maps.FWD_MAP_SLICES, sliceCapacity);
+		if (err)
+			return errnoError(err, "sizing map fwd_slices");
+	}
 	if (!pinDir.empty()) {
-		bpf_map *maps[] = {skel->maps.FWD_MAP_CONFIG, skel->maps.FWD_MAP_ADDRS, skel->maps.FWD_MAP_SLICES,
-				   skel->maps.FWD_MAP_PEERS, skel->maps.FWD_MAP_COUNTERS};
+		bpf_map *maps[] = {skel->maps.FWD_MAP_CONFIG,  skel->maps.FWD_MAP_ADDR_INDEX, skel->maps.FWD_MAP_ADDRS,
+				   skel->maps.FWD_MAP_SLICES,  skel->maps.FWD_MAP_TARGETS,    skel->maps.FWD_MAP_ZONES,
+				   skel->maps.FWD_MAP_PEERS,   skel->maps.FWD_MAP_COUNTERS};
 		for (auto *m : maps) {
 			int err = bpf_map__set_pin_path(m, pinPath(pinDir, bpf_map__name(m)).c_str());
 			if (err)
@@ -434,9 +701,10 @@ int ForwarderObject::referenceProgramFd() const
 
 MapFds ForwarderObject::maps() const
 {
-	return MapFds{bpf_map__fd(skel_->maps.FWD_MAP_CONFIG), bpf_map__fd(skel_->maps.FWD_MAP_ADDRS),
-		      bpf_map__fd(skel_->maps.FWD_MAP_SLICES), bpf_map__fd(skel_->maps.FWD_MAP_PEERS),
-		      bpf_map__fd(skel_->maps.FWD_MAP_COUNTERS)};
+	return MapFds{bpf_map__fd(skel_->maps.FWD_MAP_CONFIG),  bpf_map__fd(skel_->maps.FWD_MAP_ADDR_INDEX),
+		      bpf_map__fd(skel_->maps.FWD_MAP_ADDRS),   bpf_map__fd(skel_->maps.FWD_MAP_SLICES),
+		      bpf_map__fd(skel_->maps.FWD_MAP_TARGETS), bpf_map__fd(skel_->maps.FWD_MAP_ZONES),
+		      bpf_map__fd(skel_->maps.FWD_MAP_PEERS),   bpf_map__fd(skel_->maps.FWD_MAP_COUNTERS)};
 }
 
 uint64_t ForwarderObject::objectHash()
@@ -514,6 +782,20 @@ Status applyForwarder(const plan::Plan &plan, const std::string &pinDir)
 		if (li)
 			linkedIf = *li;
 	}
+	// fwd_slices holds twice the plan's slices (an address that moves to a new
+	// run needs room while the old one is still reachable), at least the
+	// default, and keeps a bigger pinned size.
+	uint64_t want = std::max<uint64_t>(FWD_SLICES_DEFAULT, 2 * tables.sliceCount());
+	uint32_t capacity = FWD_SLICES_DEFAULT;
+	while (capacity < want && capacity < (1u << 30))
+		capacity <<= 1;
+	bool grow = false;
+	if (UniqueFd pinned(bpf_obj_get(pinPath(pinDir, FWD_NAME(FWD_MAP_SLICES)).c_str())); pinned.isValid()) {
+		bpf_map_info info{};
+		uint32_t size = sizeof(info);
+		if (bpf_obj_get_info_by_fd(pinned.get(), &info, &size) == 0 && info.max_entries >= want)
+			capacity = info.max_entries;
+	}
 	if (linkedIf && *linkedIf == ifindex) {
 		auto fds = openPinnedMaps(pinDir);
 		if (fds) {
@@ -521,20 +803,29 @@ Status applyForwarder(const plan::Plan &plan, const std::string &pinDir)
 			uint32_t zero = 0;
 			if (bpf_map_lookup_elem((*fds)[0].get(), &zero, &current) == 0 &&
 			    current.object_hash == ForwarderObject::objectHash()) {
-				if (auto s = syncMaps(borrow(*fds), tables); !s)
+				auto s = syncMaps(borrow(*fds), tables);
+				if (s)
+					return {};
+				if (s.error().code().value() != ENOSPC)
 					return fail(s.error());
-				return {};
+				grow = true; // fresh, bigger maps below; the attached program keeps the old ones until the swap
 			}
 		}
 	}
 
 	// Load this build's program, reusing the pinned maps when they fit;
-	// maps of an older layout are replaced.
-	auto obj = ForwarderObject::load(pinDir);
-	if (!obj) {
+	// maps of an older layout or size are replaced (the program attached now
+	// keeps its maps until bpf_link_update swaps it).
+	auto unpinMaps = [&] {
 		for (const char *name : kMapNames)
 			std::filesystem::remove(pinPath(pinDir, name), ec);
-		obj = ForwarderObject::load(pinDir);
+	};
+	if (grow)
+		unpinMaps();
+	auto obj = ForwarderObject::load(pinDir, false, capacity);
+	if (!obj) {
+		unpinMaps();
+		obj = ForwarderObject::load(pinDir, false, capacity);
 		if (!obj)
 			return fail(obj.error());
 	}

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -25,13 +26,16 @@ inline constexpr const char *kDefaultPinDir = FWD_PIN_DIR_DEFAULT;
 inline constexpr uint32_t kVerdictCount = FWD_V_COUNT;
 
 static_assert(sizeof(fwd_config) == 24);
-static_assert(sizeof(fwd_address) == 20);
-static_assert(sizeof(fwd_slice_key) == 8);
-static_assert(sizeof(fwd_slice) == 56);
+static_assert(sizeof(fwd_address) == 24);
+static_assert(sizeof(fwd_slice) == 8);
+static_assert(sizeof(fwd_target) == 16);
+static_assert(sizeof(fwd_zones) == 32);
 static_assert(sizeof(fwd_peer) == 4);
 static_assert(sizeof(fwd_counter) == 16);
-static_assert(offsetof(fwd_slice, zone_end) == 24);
-static_assert(offsetof(fwd_address, gateway_mac) == 12);
+static_assert(offsetof(fwd_address, flags) == 14);
+static_assert(offsetof(fwd_target, flags) == 10);
+// Arrays are mmapped with a stride of the element size rounded up to 8.
+static_assert(sizeof(fwd_address) % 8 == 0 && sizeof(fwd_target) % 8 == 0 && sizeof(fwd_zones) % 8 == 0);
 
 // "pass_own", "forward", ...: the names `portslicectl stats` prints.
 std::string_view verdictName(uint32_t verdict);
@@ -49,15 +53,31 @@ using NeighbourTable = std::map<uint32_t, Mac>;
 // read with rtnetlink RTM_GETNEIGH in the caller's network namespace.
 Result<NeighbourTable> readNeighbours(uint32_t ifindex);
 
-// What the maps must hold for a plan: pure, no kernel.
+// What the maps must hold for a plan, before slots and slice bases are
+// allocated: pure, no kernel.
+struct SliceWant {
+	std::optional<fwd_target> owner;
+	std::optional<fwd_target> previous;
+	uint16_t flags = 0; // FWD_SLICE_* (OWNED, OWNER_SELF, PREVIOUS, PREVIOUS_SELF)
+	std::optional<fwd_zones> zones;
+	bool operator==(const SliceWant &o) const;
+};
+
+struct AddressWant {
+	uint32_t addr = 0;        // network order
+	fwd_address value{};      // addr, ports, flags (slice_base and gateway are filled by syncMaps)
+	std::optional<fwd_target> gateway;
+	std::vector<SliceWant> slices; // local addresses: one per slice
+};
+
 struct ForwarderTables {
 	fwd_config config{};
-	std::vector<std::pair<uint32_t, fwd_address>> addresses; // key: network order
-	std::vector<std::pair<fwd_slice_key, fwd_slice>> slices;
-	std::vector<std::pair<uint32_t, fwd_peer>> peers;        // key: network order
+	std::vector<AddressWant> addresses;
+	std::vector<std::pair<uint32_t, fwd_peer>> peers; // key: network order
 	// Servers and gateways whose MAC is neither in the config nor in the
 	// neighbour table: the program asks the kernel FIB for them per packet.
 	std::vector<std::string> unresolved;
+	size_t sliceCount() const;
 };
 
 // The forwarding tables of `plan` for a server whose uplink has `uplinkMac`
@@ -65,18 +85,24 @@ struct ForwarderTables {
 ForwarderTables buildTables(const plan::Plan &plan, const Mac &uplinkMac, uint32_t ifindex,
 			    const NeighbourTable &neighbours);
 
-// File descriptors of the five maps (borrowed or owned by the caller).
+// File descriptors of the maps (borrowed).
 struct MapFds {
 	int config = -1;
+	int addrIndex = -1;
 	int addrs = -1;
 	int slices = -1;
+	int targets = -1;
+	int zones = -1;
 	int peers = -1;
 	int counters = -1;
 };
 
-// Make the maps hold exactly `tables`: changed entries are updated one map
-// update each (the kernel swaps a hash element atomically, so a packet sees a
-// slice's old or new owner, never a mix), then stale entries are deleted.
+// Make the maps hold `tables`. A slice whose owners change gets exactly one
+// aligned 8-byte store (the program reads it with one load: old or new
+// owners, never a mix); target and zone slots are written before any slice
+// names them and never rewritten while named; an address that needs a new
+// run of slices gets it fully written before its entry points there.
+// Fails with ENOSPC when fwd_slices is too small (reload with more capacity).
 Status syncMaps(const MapFds &maps, const ForwarderTables &tables);
 
 Result<ForwarderCounters> readCounters(int countersFd);
@@ -89,7 +115,9 @@ public:
 	// Load the program. With a pinDir, maps are pinned there, or the maps
 	// already pinned there are reused. withReference also loads
 	// portslice_pass, the trivial program the benchmark compares against.
-	static Result<ForwarderObject> load(const std::string &pinDir, bool withReference = false);
+	// sliceCapacity: entries of fwd_slices (0: the default).
+	static Result<ForwarderObject> load(const std::string &pinDir, bool withReference = false,
+					   uint32_t sliceCapacity = 0);
 
 	ForwarderObject(ForwarderObject &&other) noexcept;
 	ForwarderObject &operator=(ForwarderObject &&other) noexcept;

@@ -13,17 +13,28 @@
 // member names in the generated skeleton and the file names of the pins.
 // Kernel map names are at most 15 characters.
 #define FWD_MAP_CONFIG fwd_config
+#define FWD_MAP_ADDR_INDEX fwd_addr_index
 #define FWD_MAP_ADDRS fwd_addrs
 #define FWD_MAP_SLICES fwd_slices
+#define FWD_MAP_TARGETS fwd_targets
+#define FWD_MAP_ZONES fwd_zones
 #define FWD_MAP_PEERS fwd_peers
 #define FWD_MAP_COUNTERS fwd_counters
 // FWD_NAME(FWD_MAP_SLICES) is "fwd_slices": the name as a string, for pins.
 #define FWD_NAME_(x) #x
 #define FWD_NAME(x) FWD_NAME_(x)
 
-// Sizes (entries). Hash maps are BPF_F_NO_PREALLOC: memory follows the fleet.
-#define FWD_ADDRS_MAX 131072
-#define FWD_SLICES_MAX 1048576
+// Why arrays: on the fast path (pass and forward) every lookup is an array
+// lookup, which the verifier inlines. A hash lookup is a chain of kernel
+// calls, and with return-thunk mitigations each costs about a whole trivial
+// XDP program (docs/performance.md).
+
+// Sizes (entries).
+#define FWD_ADDR_INDEX_SIZE 65536  // one per value of the low 16 bits of an address
+#define FWD_ADDRS_MAX 65536        // addresses whose index bucket is shared (hash)
+#define FWD_SLICES_DEFAULT 65536   // the loader sizes fwd_slices to the plan, at least this
+#define FWD_TARGETS_MAX 4096       // slot 0 means "none"
+#define FWD_ZONES_MAX 65536        // slot 0 means "no zone runs"
 #define FWD_PEERS_MAX 4096
 
 // The one entry of FWD_MAP_CONFIG (array, key __u32 0): who this server is.
@@ -35,49 +46,61 @@ struct fwd_config {
 	__u64 object_hash;     // host order: FNV-1a of the loaded BPF object, so a loader can tell whether the pinned program is its own
 };
 
-// FWD_MAP_ADDRS: key __be32 (network order) shared address.
-#define FWD_ADDR_LOCAL 0x1   // lives in this data centre: route by slice
-#define FWD_ADDR_GATEWAY 0x2 // another data centre with a gateway: encapsulate to gateway
-#define FWD_ADDR_GATEWAY_MAC 0x4 // gateway_mac is known (else the kernel FIB picks the next hop)
+// A shared address. FWD_MAP_ADDR_INDEX (array, BPF_F_MMAPABLE) holds one at
+// index (host-order address & 0xffff); when several shared addresses have the
+// same low 16 bits, the entry has FWD_ADDR_COLLISION and all of them are in
+// FWD_MAP_ADDRS (hash, key __be32 address).
+#define FWD_ADDR_LOCAL 0x1     // lives in this data centre: route by slice
+#define FWD_ADDR_GATEWAY 0x2   // another data centre with a gateway: encapsulate to target `gateway`
+#define FWD_ADDR_COLLISION 0x4 // index entry only: look other addresses of this bucket up in FWD_MAP_ADDRS
 
 struct fwd_address {
+	__be32 addr;        // network order; 0: empty entry
+	__u32 slice_base;   // host order: index in FWD_MAP_SLICES of slice 0
 	__u16 port_lo;      // host order: first port of slice 0
 	__u16 slice_size;   // host order: ports per slice, > 0
 	__u16 slice_count;  // host order: usable slices; ports beyond are unowned
 	__u16 flags;        // host order, FWD_ADDR_*
-	__be32 gateway;     // network order: the data centre's gateway when FWD_ADDR_GATEWAY
-	__u8 gateway_mac[6];
-	__u8 pad[2];
+	__u16 gateway;      // host order: FWD_MAP_TARGETS slot of the gateway when FWD_ADDR_GATEWAY
+	__u16 slice_shift;  // host order: log2(slice_size) if a power of two (a shift is cheaper than a divide), else 0xffff
+	__u32 reserved;     // array elements are 8-byte multiples: the mmap stride is the size
 };
 
-// FWD_MAP_SLICES: one entry per slice of a local shared address. The whole
-// forwarding decision for a slice is in one value, so moving a slice is one
-// map update, which the kernel applies atomically (hash map element swap).
-struct fwd_slice_key {
-	__be32 addr;   // network order: shared address
-	__u32 slice;   // host order: slice index
-};
-
+// FWD_MAP_SLICES (array, BPF_F_MMAPABLE): one 8-byte word per slice of a local
+// shared address, at slice_base + slice. The loader writes a word with one
+// aligned 8-byte store through the mmap, and the program reads it with one
+// 8-byte load, so a packet sees a slice's old or new owners, never a mix.
+// Slots it names are never rewritten while a slice refers to them.
 #define FWD_SLICE_OWNER_SELF 0x1      // this server owns the slice: pass
-#define FWD_SLICE_OWNER_MAC 0x2       // owner_mac is known
 #define FWD_SLICE_PREVIOUS 0x4        // a previous owner is still draining
 #define FWD_SLICE_PREVIOUS_SELF 0x8   // ... and it is this server
-#define FWD_SLICE_PREVIOUS_MAC 0x10   // previous_mac is known
-#define FWD_SLICE_UNOWNED 0x20        // nobody owns the slice: pass
+#define FWD_SLICE_OWNED 0x20          // someone owns the slice (0 word: nobody)
 
-// Conntrack zones of this server's share of a slice, for the handover check
-// (bpf_xdp_ct_lookup needs the zone the flow lives in). Run i covers ports
-// (zone_end[i-1], zone_end[i]]; ports past the last used run use zone 0.
+struct fwd_slice {
+	__u16 owner;     // host order: FWD_MAP_TARGETS slot of the owner
+	__u16 previous;  // host order: FWD_MAP_TARGETS slot of the draining previous owner, or 0
+	__u16 flags;     // host order, FWD_SLICE_*
+	__u16 zones;     // host order: FWD_MAP_ZONES slot for the handover check, or 0
+};
+
+// FWD_MAP_TARGETS (array): where encapsulated packets go. Slot 0 is unused.
+#define FWD_TARGET_MAC 0x1  // mac is known (else the kernel FIB is asked per packet)
+
+struct fwd_target {
+	__be32 addr;   // network order: outer destination
+	__u8 mac[6];   // Ethernet destination when FWD_TARGET_MAC
+	__u16 flags;   // host order, FWD_TARGET_*
+	__u32 reserved;
+};
+
+// FWD_MAP_ZONES (array): conntrack zones of this server's shares of a slice,
+// for the handover check (bpf_xdp_ct_lookup needs the zone the flow lives in).
+// Run i covers ports (zone_end[i-1], zone_end[i]]; ports past the last used
+// run use zone 0.
 #define FWD_ZONE_RUNS 8
 #define FWD_ZONE_STATELESS 0xffff     // stateless NAT: no conntrack state exists, the packet stays here
 
-struct fwd_slice {
-	__be32 owner_addr;      // network order
-	__be32 previous_addr;   // network order, 0 when no handover
-	__u8 owner_mac[6];
-	__u8 previous_mac[6];
-	__u16 flags;            // host order, FWD_SLICE_*
-	__u16 pad;
+struct fwd_zones {
 	__u16 zone_end[FWD_ZONE_RUNS];  // host order: last port of run i; 0 ends the list
 	__u16 zone_id[FWD_ZONE_RUNS];   // host order: conntrack zone of run i
 };

@@ -31,6 +31,7 @@ const Ipv4 kS1 = ip("192.0.2.11"), kS2 = ip("192.0.2.12"), kS3 = ip("192.0.2.13"
 const Ipv4 kGw2 = ip("203.0.113.2");
 const Ipv4 kShared = ip("198.51.100.1"), kRemote = ip("198.51.100.2");
 const Ipv4 kInet = ip("203.0.113.10");
+const Ipv4 kTwin = ip("100.65.100.1"); // low 16 bits equal to kShared's
 
 // Slices of kShared (1024-65535, 2048 per slice): 0 s1, 1 s2, 2 s3, 3 s1
 // taking over from s2, 4 s2 taking over from s1, 5 nobody, 6 s4.
@@ -78,6 +79,15 @@ plan::Plan makeFleet()
 	r.owner.assign(31, plan::kNoServer);
 	r.previous.assign(31, plan::kNoServer);
 	p.addresses.push_back(r);
+	// Same low 16 bits as kShared: one index bucket, found through the hash.
+	plan::PlannedAddress c = a;
+	c.address = kTwin;
+	c.sliceSize = 1000; // not a power of two: the program divides
+	c.sliceCount = 64;
+	c.owner.assign(64, 1);
+	c.previous.assign(64, plan::kNoServer);
+	c.mySlices.clear();
+	p.addresses.push_back(c);
 	// Slice 3 is shared by a conntrack source (zone 10, first half) and a
 	// stateless one (second half).
 	plan::PlannedSource ct;
@@ -267,6 +277,12 @@ TEST_F(XdpForwarder, RoutesEachVerdictAsTheFixtureTableSays)
 		 ethernet(kS1Mac, kRouterMac, kEthArp, Bytes(28, 0)), FWD_V_PASS_OTHER},
 		{"IPv6 passes", ethernet(kS1Mac, kRouterMac, kEthIpv6, ipv6), XDP_PASS,
 		 ethernet(kS1Mac, kRouterMac, kEthIpv6, ipv6), FWD_V_PASS_OTHER},
+		{"an address sharing kShared's index bucket: all its slices are s2's",
+		 toUs(ipv4(kInet, kTwin, kProtoTcp, tcp(443, port(0)))), XDP_TX,
+		 encapsulated(toUs(ipv4(kInet, kTwin, kProtoTcp, tcp(443, port(0)))), kS2Mac, kS1Mac, kS1, kS2),
+		 FWD_V_FORWARD},
+		{"same bucket, not shared", toUs(ipv4(kInet, ip("203.0.100.1"), kProtoTcp, tcp(443, port(0)))), XDP_PASS,
+		 toUs(ipv4(kInet, ip("203.0.100.1"), kProtoTcp, tcp(443, port(0)))), FWD_V_PASS_OTHER},
 		{"not a shared address", toUs(ipv4(kInet, kS1, kProtoTcp, tcp(443, 22))), XDP_PASS,
 		 toUs(ipv4(kInet, kS1, kProtoTcp, tcp(443, 22))), FWD_V_PASS_OTHER},
 		{"a port below the range", toUs(ipv4(kInet, kShared, kProtoTcp, tcp(443, 80))), XDP_PASS,
@@ -311,16 +327,50 @@ TEST_F(XdpForwarder, MovesASliceWithOneMapUpdate)
 	fleet.addresses[0].owner[1] = 2;
 	auto moved = xdp::buildTables(fleet, kS1Mac, 1, {{kS3.value, kS3Mac}, {kGw2.value, kGw2Mac}});
 	size_t changed = 0;
-	for (size_t i = 0; i < moved.slices.size(); i++)
-		changed += std::memcmp(&moved.slices[i], &tables_.slices[i], sizeof(moved.slices[i])) != 0;
-	EXPECT_EQ(changed, 1u) << "a move must change exactly one slice entry";
+	for (size_t a = 0; a < moved.addresses.size(); a++)
+		for (size_t i = 0; i < moved.addresses[a].slices.size(); i++)
+			changed += !(moved.addresses[a].slices[i] == tables_.addresses[a].slices[i]);
+	EXPECT_EQ(changed, 1u) << "a move must change exactly one slice";
+	// ... and exactly one 8-byte word of fwd_slices.
+	auto words = [&] {
+		std::vector<uint64_t> all;
+		uint64_t w = 0;
+		for (uint32_t i = 0; i < FWD_SLICES_DEFAULT; i++)
+			if (bpf_map_lookup_elem(obj_->maps().slices, &i, &w) == 0)
+				all.push_back(w);
+		return all;
+	};
+	auto before = words();
 	ASSERT_TRUE(xdp::syncMaps(obj_->maps(), moved).ok());
+	auto after = words();
+	ASSERT_EQ(before.size(), after.size());
+	size_t changedWords = 0;
+	for (size_t i = 0; i < before.size(); i++)
+		changedWords += before[i] != after[i];
+	EXPECT_EQ(changedWords, 1u);
 	run({"after the move: s3", toSlice1, XDP_TX, encapsulated(toSlice1, kS3Mac, kS1Mac, kS1, kS3), FWD_V_FORWARD});
 	// Removing the address from the plan removes its entries: packets pass.
 	fleet.addresses.erase(fleet.addresses.begin());
 	fleet.sources.clear();
 	ASSERT_TRUE(xdp::syncMaps(obj_->maps(), xdp::buildTables(fleet, kS1Mac, 1, {})).ok());
 	run({"after removing the address", toSlice1, XDP_PASS, toSlice1, FWD_V_PASS_OTHER});
+}
+
+TEST_F(XdpForwarder, GivesAnAddressWhoseSlicesChangeANewRunBeforeSwitchingToIt)
+{
+	auto fleet = makeFleet();
+	auto &a = fleet.addresses[0];
+	a.sliceSize = 1024; // 63 slices: a new run of fwd_slices
+	a.sliceCount = 63;
+	a.owner.assign(63, 0);
+	a.previous.assign(63, plan::kNoServer);
+	a.owner[5] = 2; // ports 6144-7167
+	ASSERT_TRUE(xdp::syncMaps(obj_->maps(), xdp::buildTables(fleet, kS1Mac, 1, {{kS3.value, kS3Mac}})).ok());
+	const Bytes toS3 = toUs(ipv4(kInet, kShared, kProtoTcp, tcp(443, 6200)));
+	run({"resized: slice 5 of 1024 ports is s3's", toS3, XDP_TX, encapsulated(toS3, kS3Mac, kS1Mac, kS1, kS3),
+	     FWD_V_FORWARD});
+	const Bytes own = toUs(ipv4(kInet, kShared, kProtoTcp, tcp(443, 3000)));
+	run({"resized: slice 1 is ours now", own, XDP_PASS, own, FWD_V_PASS_OWN});
 }
 
 } // namespace
