@@ -1,0 +1,41 @@
+// SPDX-License-Identifier: MIT
+// What the service needs from the kernel side: apply a plan, tell drift, read counters. The daemon gives the real one.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "plan/plan.h"
+
+namespace portslice::dbus {
+
+// One row of Stats(): (kind, name, counter, value), as the D-Bus a(ssst).
+struct StatRow {
+	std::string kind;    // source, address, guard, xdp, zone, slice
+	std::string name;    // source name, address, "198.51.100.1/3" for a slice, ...
+	std::string counter; // packets, bytes, drops, entries, ports_in_use, percent_in_use, ...
+	uint64_t value = 0;
+	auto operator<=>(const StatRow &) const = default;
+};
+
+class Backend {
+public:
+	virtual ~Backend() = default;
+
+	// Make the kernel match `plan`. `old` is what is applied now (nullptr when
+	// unknown: replace everything). On error the kernel keeps what it had.
+	virtual Status apply(const plan::Plan &plan, const plan::Plan *old, uint64_t generation) = 0;
+
+	// How the kernel differs from `plan` (table missing or edited, forwarder
+	// detached); empty when in sync.
+	virtual Result<std::string> drift(const plan::Plan &plan, uint64_t generation) = 0;
+
+	virtual Result<std::vector<StatRow>> stats(const plan::Plan &plan) = 0;
+
+	// The table as applied, in `nft -f` syntax (what `portslicectl dump` prints).
+	virtual std::string dump(const plan::Plan &plan, uint64_t generation) = 0;
+};
+
+} // namespace portslice::dbus

@@ -1,0 +1,41 @@
+// SPDX-License-Identifier: MIT
+// The org.portslice.Egress1 object: the generated adaptor's methods and properties, answered by the Service.
+#pragma once
+
+#include <sdbus-c++/sdbus-c++.h>
+
+#include "dbus/egress1_adaptor.h"
+#include "dbus/service.h"
+
+namespace portslice::dbus {
+
+inline constexpr const char *kBusName = "org.portslice.Egress1";
+inline constexpr const char *kObjectPath = "/org/portslice/Egress1";
+inline constexpr const char *kInterface = "org.portslice.Egress1";
+
+class BusObject final : public sdbus::AdaptorInterfaces<org::portslice::Egress1_adaptor> {
+public:
+	BusObject(sdbus::IConnection &connection, Service &service);
+	~BusObject();
+
+	void announceApplied(uint64_t generation);
+	void announceApplyFailed(const std::string &error);
+	void announceChanged(const std::vector<std::string> &names);
+
+private:
+	uint64_t Reload() override;
+	uint64_t SetSliceOwner(const std::string &address, const uint32_t &slice, const std::string &server) override;
+	std::string Plan() override;
+	std::string Dump() override;
+	std::tuple<std::string, std::string> Owner(const std::string &address, const uint16_t &port) override;
+	std::vector<sdbus::Struct<std::string, std::string, std::string, uint64_t>> Stats() override;
+
+	std::string Server() override;
+	uint64_t Generation() override;
+	std::string State() override;
+	std::string LastError() override;
+
+	Service &service_;
+};
+
+} // namespace portslice::dbus

@@ -1,0 +1,310 @@
+// SPDX-License-Identifier: MIT
+// The service state machine: load, overlay, validate, plan, persist, apply, announce; nothing changes on failure.
+#include "dbus/service.h"
+
+#include <algorithm>
+
+namespace portslice::dbus {
+
+std::string_view faultName(Fault fault)
+{
+	switch (fault) {
+	case Fault::InvalidArgument:
+		return "org.portslice.Error.InvalidArgument";
+	case Fault::InvalidConfig:
+		return "org.portslice.Error.InvalidConfig";
+	case Fault::ApplyFailed:
+		return "org.portslice.Error.ApplyFailed";
+	case Fault::NotFound:
+		return "org.portslice.Error.NotFound";
+	}
+	return "org.portslice.Error.ApplyFailed";
+}
+
+std::string_view stateName(State state)
+{
+	switch (state) {
+	case State::Applied:
+		return "applied";
+	case State::Degraded:
+		return "degraded";
+	case State::Failed:
+		return "failed";
+	}
+	return "failed";
+}
+
+namespace {
+
+// Errors only, one per line, "FILE:LINE:COL: error: ...".
+std::string errorLines(const std::vector<config::Diagnostic> &diagnostics)
+{
+	std::string text;
+	for (const config::Diagnostic &d : diagnostics) {
+		if (d.severity != config::Diagnostic::Severity::Error)
+			continue;
+		if (!text.empty())
+			text += "\n";
+		text += d.str();
+	}
+	return text.empty() ? "invalid configuration" : text;
+}
+
+std::string joinNames(const std::vector<std::string> &names)
+{
+	std::string text;
+	for (const std::string &n : names)
+		text += (text.empty() ? "" : ", ") + n;
+	return text;
+}
+
+} // namespace
+
+Service::Service(Options options, Backend &backend, Listener &listener)
+	: options_(std::move(options)), backend_(backend), listener_(listener), store_(options_.stateDir)
+{
+}
+
+Failure Service::fail(Failure failure, bool degrade)
+{
+	std::vector<std::string> changed{"LastError"};
+	lastError_ = failure.message;
+	if (degrade && state_ == State::Applied) {
+		state_ = State::Degraded;
+		changed.push_back("State");
+	}
+	listener_.log(std::string(faultName(failure.fault)) + ": " + failure.message);
+	listener_.applyFailed(failure.message);
+	listener_.propertiesChanged(changed);
+	return failure;
+}
+
+Answer<uint64_t> Service::start()
+{
+	Result<Overlay> persisted = store_.load();
+	if (!persisted)
+		return fail({Fault::InvalidConfig, persisted.error().message()}, true);
+	overlay_ = *persisted;
+	if (!overlay_.empty())
+		listener_.log("re-applying " + std::to_string(overlay_.size()) + " slice owner change(s) from " +
+			      store_.path());
+	return reload();
+}
+
+Answer<uint64_t> Service::reload()
+{
+	config::LoadResult loaded = config::loadFile(options_.configPath);
+	if (!loaded.ok())
+		return fail({Fault::InvalidConfig, errorLines(loaded.diagnostics)}, true);
+	OverlayResult laid = applyOverlay(*loaded.config, overlay_);
+	for (const std::string &why : laid.dropped)
+		listener_.log("dropping persisted slice owner " + why);
+	std::vector<config::Diagnostic> errors = config::validate(laid.config);
+	if (config::hasErrors(errors))
+		return fail({Fault::InvalidConfig, errorLines(errors)}, true);
+	bool persist = laid.kept != overlay_;
+	Answer<uint64_t> answer = commit(std::move(laid.config), std::move(laid.kept), persist, Fault::InvalidConfig);
+	if (answer.ok())
+		file_ = std::move(*loaded.config);
+	return answer;
+}
+
+Answer<uint64_t> Service::setSliceOwner(std::string_view addressText, uint32_t slice, std::string_view serverName)
+{
+	if (!config_ || !file_)
+		return fail({Fault::InvalidConfig, "no configuration is applied (" + lastError_ +
+			     "); fix " + options_.configPath + " and reload first"}, false);
+	std::optional<Ipv4> ip = Ipv4::parse(addressText);
+	if (!ip)
+		return fail({Fault::InvalidArgument, "\"" + std::string(addressText) +
+			     "\" is not an IPv4 address; give a shared address such as 198.51.100.1"}, false);
+	config::Config next = *config_;
+	config::Address *address = next.findAddress(*ip);
+	if (!address) {
+		std::vector<std::string> known;
+		for (const config::Address &a : next.addresses)
+			known.push_back(a.address.str());
+		return fail({Fault::InvalidArgument, ip->str() + " is not a shared address of " + options_.configPath +
+			     " (it has: " + joinNames(known) + ")"}, false);
+	}
+	if (slice >= address->sliceCount())
+		return fail({Fault::InvalidArgument, "slice " + std::to_string(slice) + " of " + ip->str() +
+			     " does not exist: its port range " + std::to_string(address->portRange.lo) + "-" +
+			     std::to_string(address->portRange.hi) + " in slices of " +
+			     std::to_string(address->sliceSize) + " ports has slices 0 to " +
+			     std::to_string(int64_t{address->sliceCount()} - 1)}, false);
+	std::string server(serverName);
+	if (!next.findServer(server)) {
+		std::vector<std::string> known;
+		for (const config::Server &s : next.servers)
+			known.push_back(s.name);
+		return fail({Fault::InvalidArgument, "\"" + server + "\" is not a server of the fleet (it has: " +
+			     joinNames(known) + ")"}, false);
+	}
+	address->owners[slice] = server;
+
+	Overlay overlay = overlay_;
+	// A change the file already says needs no overlay entry: it retires.
+	bool fileAgrees = false;
+	if (const config::Address *inFile = file_->findAddress(*ip)) {
+		auto it = inFile->owners.find(slice);
+		fileAgrees = it != inFile->owners.end() && it->second == server;
+	}
+	if (fileAgrees)
+		std::erase_if(overlay, [&](const OwnerOverride &o) { return o.address == *ip && o.slice == slice; });
+	else
+		setOverride(overlay, *ip, slice, server);
+
+	std::vector<config::Diagnostic> errors = config::validate(next);
+	if (config::hasErrors(errors))
+		return fail({Fault::InvalidArgument, errorLines(errors)}, false);
+	return commit(std::move(next), std::move(overlay), overlay != overlay_, Fault::InvalidArgument);
+}
+
+Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, bool persist, Fault planFault)
+{
+	plan::PlanResult planned = plan::makePlan(config);
+	if (!planned.ok())
+		return fail({planFault, errorLines(planned.diagnostics)}, planFault != Fault::InvalidArgument);
+	for (const config::Diagnostic &d : planned.diagnostics)
+		if (d.severity == config::Diagnostic::Severity::Warning)
+			listener_.log(d.str());
+
+	if (persist) {
+		if (Status saved = store_.save(overlay); !saved)
+			return fail({Fault::ApplyFailed, saved.error().wrap("keeping the slice owners").message() +
+				     "; nothing was applied"}, false);
+	}
+	bool same = plan_ && state_ != State::Failed && planned.plan->hash() == plan_->hash();
+	if (!same) {
+		Status applied = backend_.apply(*planned.plan, plan_ ? &*plan_ : nullptr, generation_ + 1);
+		if (!applied) {
+			if (persist) {
+				if (Status back = store_.save(overlay_); !back)
+					listener_.log("restoring " + store_.path() + ": " + back.error().message());
+			}
+			return fail({Fault::ApplyFailed, applied.error().message() +
+				     "; the previous state stays applied"}, true);
+		}
+	}
+
+	std::vector<std::string> changed;
+	if (!same) {
+		++generation_;
+		changed.push_back("Generation");
+	}
+	if (state_ != State::Applied)
+		changed.push_back("State");
+	if (!lastError_.empty())
+		changed.push_back("LastError");
+	if (server_ != planned.plan->server)
+		changed.push_back("Server");
+	server_ = planned.plan->server;
+	state_ = State::Applied;
+	lastError_.clear();
+	repairFailed_ = false;
+	plan_ = std::move(planned.plan);
+	config_ = std::move(config);
+	overlay_ = std::move(overlay);
+	if (!same) {
+		listener_.log("applied generation " + std::to_string(generation_) + " (server " + server_ + ", " +
+			      std::to_string(plan_->sources.size()) + " sources, " +
+			      std::to_string(plan_->addresses.size()) + " addresses)");
+		listener_.applied(generation_);
+	}
+	if (!changed.empty())
+		listener_.propertiesChanged(changed);
+	return generation_;
+}
+
+Answer<std::string> Service::planJson() const
+{
+	if (!plan_)
+		return Failure{Fault::NotFound, "nothing is applied: " + lastError_};
+	return plan::toJson(*plan_);
+}
+
+Answer<std::string> Service::dump() const
+{
+	if (!plan_)
+		return Failure{Fault::NotFound, "nothing is applied: " + lastError_};
+	return backend_.dump(*plan_, generation_);
+}
+
+Answer<std::pair<std::string, std::string>> Service::owner(std::string_view addressText, uint16_t port) const
+{
+	if (!config_)
+		return Failure{Fault::NotFound, "nothing is applied: " + lastError_};
+	std::optional<Ipv4> ip = Ipv4::parse(addressText);
+	if (!ip)
+		return Failure{Fault::InvalidArgument, "\"" + std::string(addressText) + "\" is not an IPv4 address"};
+	std::optional<plan::OwnerAnswer> answer = plan::findOwner(*config_, *ip, port);
+	if (!answer)
+		return Failure{Fault::NotFound, ip->str() + " is not a shared address of " + options_.configPath};
+	if (!answer->slice)
+		return Failure{Fault::NotFound, "port " + std::to_string(port) + " of " + ip->str() +
+			       " is outside its usable slices"};
+	std::string inside;
+	if (answer->inside) {
+		inside = answer->inside->str();
+		if (answer->insideLast && *answer->insideLast != *answer->inside)
+			inside += "-" + answer->insideLast->str();
+	}
+	return std::pair{answer->server, inside};
+}
+
+Answer<std::vector<StatRow>> Service::stats()
+{
+	if (!plan_)
+		return Failure{Fault::NotFound, "nothing is applied: " + lastError_};
+	Result<std::vector<StatRow>> rows = backend_.stats(*plan_);
+	if (!rows)
+		return Failure{Fault::ApplyFailed, rows.error().wrap("reading counters").message()};
+	std::vector<StatRow> out = std::move(*rows);
+	out.push_back({"daemon", server_, "generation", generation_});
+	return out;
+}
+
+void Service::repairDrift(std::string_view why)
+{
+	if (!plan_ || state_ == State::Failed)
+		return;
+	Result<std::string> drift = backend_.drift(*plan_, generation_);
+	if (!drift) {
+		listener_.log("checking for drift (" + std::string(why) + "): " + drift.error().message());
+		return;
+	}
+	if (!drift->empty())
+		restore(*drift + " (" + std::string(why) + ")");
+	else
+		recovered();
+}
+
+void Service::restore(std::string_view what)
+{
+	if (!plan_ || state_ == State::Failed)
+		return;
+	listener_.log("drift: " + std::string(what) + "; restoring generation " + std::to_string(generation_));
+	Status restored = backend_.apply(*plan_, nullptr, generation_);
+	if (!restored) {
+		repairFailed_ = true;
+		fail({Fault::ApplyFailed, restored.error().wrap("restoring the table after drift").message()}, true);
+		return;
+	}
+	listener_.log("restored generation " + std::to_string(generation_));
+	recovered();
+}
+
+void Service::recovered()
+{
+	if (!repairFailed_)
+		return;
+	repairFailed_ = false;
+	if (state_ == State::Degraded) {
+		state_ = State::Applied;
+		lastError_.clear();
+		listener_.propertiesChanged({"State", "LastError"});
+	}
+}
+
+} // namespace portslice::dbus

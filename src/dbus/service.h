@@ -1,0 +1,114 @@
+// SPDX-License-Identifier: MIT
+// The state behind org.portslice.Egress1: config, overlay, plan, generation; every change validated, applied, announced.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "config/config.h"
+#include "dbus/backend.h"
+#include "dbus/state_store.h"
+#include "plan/plan.h"
+
+namespace portslice::dbus {
+
+// The org.portslice.Error.* a failed call maps to.
+enum class Fault { InvalidArgument, InvalidConfig, ApplyFailed, NotFound };
+
+std::string_view faultName(Fault fault); // "org.portslice.Error.InvalidArgument", ...
+
+struct Failure {
+	Fault fault;
+	std::string message; // for a person: what is wrong and what would fix it
+};
+
+// A value or the Failure a D-Bus caller receives.
+template<class T>
+class Answer {
+public:
+	Answer(T value) : v_(std::move(value)) {}
+	Answer(Failure failure) : v_(std::move(failure)) {}
+	bool ok() const { return v_.index() == 0; }
+	const T &value() const { return std::get<0>(v_); }
+	const Failure &failure() const { return std::get<1>(v_); }
+
+private:
+	std::variant<T, Failure> v_;
+};
+
+// What the service tells the outside world; the D-Bus object and sd_notify implement it.
+class Listener {
+public:
+	virtual ~Listener() = default;
+	virtual void applied(uint64_t generation) = 0;
+	virtual void applyFailed(const std::string &error) = 0;
+	virtual void propertiesChanged(const std::vector<std::string> &names) = 0;
+	virtual void log(const std::string &line) = 0;
+};
+
+enum class State { Applied, Degraded, Failed };
+std::string_view stateName(State state);
+
+class Service {
+public:
+	struct Options {
+		std::string configPath;
+		std::string stateDir;
+	};
+
+	Service(Options options, Backend &backend, Listener &listener);
+
+	// Load the file, lay the persisted overlay over it, plan, apply. On
+	// failure the service keeps running in state Failed so that `status`
+	// shows why and a Reload can fix it.
+	Answer<uint64_t> start();
+	Answer<uint64_t> reload();
+	Answer<uint64_t> setSliceOwner(std::string_view address, uint32_t slice, std::string_view server);
+
+	Answer<std::string> planJson() const;
+	Answer<std::string> dump() const;
+	Answer<std::pair<std::string, std::string>> owner(std::string_view address, uint16_t port) const;
+	Answer<std::vector<StatRow>> stats();
+
+	// Compare the kernel with the plan and restore it if someone changed it.
+	// `why` names what prompted the check (a netlink event, the timer).
+	void repairDrift(std::string_view why);
+	// Restore the applied plan in full: `what` says what changed it.
+	void restore(std::string_view what);
+
+	const std::string &server() const { return server_; }
+	uint64_t generation() const { return generation_; }
+	State state() const { return state_; }
+	const std::string &lastError() const { return lastError_; }
+	const plan::Plan *currentPlan() const { return plan_ ? &*plan_ : nullptr; }
+	const Overlay &overlay() const { return overlay_; }
+
+private:
+	// Plan `config` and apply it incrementally; on success the new state
+	// becomes current and is announced.
+	Answer<uint64_t> commit(config::Config config, Overlay overlay, bool persist, Fault planFault);
+	Failure fail(Failure failure, bool degrade);
+	void recovered(); // a repair worked: leave the degraded state it caused
+
+	Options options_;
+	Backend &backend_;
+	Listener &listener_;
+	StateStore store_;
+
+	std::optional<config::Config> file_;   // the file as last loaded successfully
+	std::optional<config::Config> config_; // file_ with the overlay laid over it
+	std::optional<plan::Plan> plan_;       // what is applied
+	Overlay overlay_;                      // persisted SetSliceOwner changes
+	std::string server_;
+	uint64_t generation_ = 0;
+	bool repairFailed_ = false; // the last drift repair failed: State is degraded because of it
+	State state_ = State::Failed;
+	std::string lastError_ = "not started";
+};
+
+} // namespace portslice::dbus

@@ -1,0 +1,132 @@
+// SPDX-License-Identifier: MIT
+// The orchestration overlay file: one "ADDRESS SLICE SERVER" line per moved slice, replaced atomically.
+#include "dbus/state_store.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <fcntl.h>
+#include <fstream>
+#include <sstream>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/handle.h"
+
+namespace portslice::dbus {
+
+void setOverride(Overlay &overlay, Ipv4 address, uint32_t slice, const std::string &server)
+{
+	auto less = [](const OwnerOverride &o, std::pair<Ipv4, uint32_t> key) {
+		return std::pair{o.address, o.slice} < key;
+	};
+	auto it = std::lower_bound(overlay.begin(), overlay.end(), std::pair{address, slice}, less);
+	if (it != overlay.end() && it->address == address && it->slice == slice)
+		it->server = server;
+	else
+		overlay.insert(it, OwnerOverride{address, slice, server});
+}
+
+OverlayResult applyOverlay(const config::Config &file, const Overlay &overlay)
+{
+	OverlayResult result{file, {}, {}};
+	for (const OwnerOverride &o : overlay) {
+		config::Address *address = result.config.findAddress(o.address);
+		std::string what = o.address.str() + " slice " + std::to_string(o.slice) + " -> " + o.server;
+		if (!address) {
+			result.dropped.push_back(what + ": the config no longer has this address");
+			continue;
+		}
+		if (o.slice >= address->sliceCount()) {
+			result.dropped.push_back(what + ": the address has only " +
+						 std::to_string(address->sliceCount()) + " slices now");
+			continue;
+		}
+		if (!file.findServer(o.server)) {
+			result.dropped.push_back(what + ": the config no longer has this server");
+			continue;
+		}
+		auto current = address->owners.find(o.slice);
+		if (current != address->owners.end() && current->second == o.server) {
+			result.dropped.push_back(what + ": the config file says the same now");
+			continue;
+		}
+		address->owners[o.slice] = o.server;
+		result.kept.push_back(o);
+	}
+	return result;
+}
+
+Result<Overlay> StateStore::load() const
+{
+	std::ifstream in(path());
+	if (!in) {
+		if (errno == ENOENT)
+			return Overlay{};
+		return Error(errno, "reading " + path());
+	}
+	Overlay overlay;
+	std::string line;
+	for (uint32_t number = 1; std::getline(in, line); ++number) {
+		if (line.empty() || line[0] == '#')
+			continue;
+		std::istringstream words(line);
+		std::string address, slice, server, extra;
+		words >> address >> slice >> server >> extra;
+		auto ip = Ipv4::parse(address);
+		uint32_t index = 0;
+		auto [end, ec] = std::from_chars(slice.data(), slice.data() + slice.size(), index);
+		if (!ip || ec != std::errc() || end != slice.data() + slice.size() || server.empty() || !extra.empty())
+			return Error(path() + ":" + std::to_string(number) +
+				     ": expected \"ADDRESS SLICE SERVER\"; fix or delete the line, then restart");
+		setOverride(overlay, *ip, index, server);
+	}
+	return overlay;
+}
+
+namespace {
+
+Status writeAll(int fd, const std::string &text, const std::string &what)
+{
+	size_t done = 0;
+	while (done < text.size()) {
+		ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return Error(errno, "writing " + what);
+		}
+		done += static_cast<size_t>(n);
+	}
+	return {};
+}
+
+} // namespace
+
+Status StateStore::save(const Overlay &overlay) const
+{
+	std::string text = "# portsliced: slice owners set over D-Bus (SetSliceOwner), laid over the config file.\n"
+			   "# ADDRESS SLICE SERVER. Written by the daemon; edit only while it is stopped.\n";
+	for (const OwnerOverride &o : overlay)
+		text += o.address.str() + " " + std::to_string(o.slice) + " " + o.server + "\n";
+
+	if (::mkdir(dir_.c_str(), 0700) < 0 && errno != EEXIST)
+		return Error(errno, "creating state directory " + dir_);
+	std::string tmp = path() + ".tmp";
+	UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+	if (!fd.isValid())
+		return Error(errno, "creating " + tmp);
+	if (Status s = writeAll(fd.get(), text, tmp); !s)
+		return s;
+	if (::fsync(fd.get()) < 0)
+		return Error(errno, "syncing " + tmp);
+	fd.reset();
+	if (::rename(tmp.c_str(), path().c_str()) < 0)
+		return Error(errno, "renaming " + tmp + " to " + path());
+	UniqueFd dir(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+	if (!dir.isValid() || ::fsync(dir.get()) < 0)
+		return Error(errno, "syncing directory " + dir_);
+	return {};
+}
+
+} // namespace portslice::dbus

@@ -1,0 +1,359 @@
+// SPDX-License-Identifier: MIT
+// The service state machine with a recording backend: validation first, one generation per change, persistence, drift.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "dbus/service.h"
+#include "dbus/state_store.h"
+
+namespace portslice::dbus {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr const char *kFleet = R"(# two data centres' worth of fleet, one shared address of four slices
+[server]
+name = "s1"
+uplink = "eth0"
+
+[defaults]
+port_range = "1024-9215"
+slice_size = 2048
+
+[[datacenters]]
+name = "lab1"
+gateway = "192.0.2.1"
+
+[[servers]]
+name = "s1"
+address = "192.0.2.11"
+datacenter = "lab1"
+
+[[servers]]
+name = "s2"
+address = "192.0.2.12"
+datacenter = "lab1"
+
+[[servers]]
+name = "s3"
+address = "192.0.2.13"
+datacenter = "lab1"
+
+[[addresses]]
+address = "198.51.100.1"
+datacenter = "lab1"
+tags = { country = "GB" }
+slices = { s1 = 0, s2 = 1, s3 = [2, 3] }
+
+[[sources]]
+name = "warp-gb"
+match = { saddr = "100.64.1.0/24" }
+want = { country = "GB" }
+nat = "stateless"
+block = 8
+)";
+
+// Records what the service asked of the kernel; can be told to fail.
+class RecordingBackend final : public Backend {
+public:
+	struct Call {
+		std::vector<uint32_t> mySlices; // of 198.51.100.1
+		bool incremental;
+		uint64_t generation;
+	};
+
+	Status apply(const plan::Plan &plan, const plan::Plan *old, uint64_t generation) override
+	{
+		if (failNext) {
+			failNext = false;
+			return Error(ENOBUFS, "applying table portslice");
+		}
+		calls.push_back({plan.addresses.at(0).mySlices, old != nullptr, generation});
+		return {};
+	}
+	Result<std::string> drift(const plan::Plan &, uint64_t) override { return driftText; }
+	Result<std::vector<StatRow>> stats(const plan::Plan &plan) override
+	{
+		return std::vector<StatRow>{{"source", plan.sources.at(0).name, "packets", 42}};
+	}
+	std::string dump(const plan::Plan &, uint64_t generation) override
+	{
+		return "table inet portslice # generation " + std::to_string(generation);
+	}
+
+	std::vector<Call> calls;
+	bool failNext = false;
+	std::string driftText;
+};
+
+class RecordingListener final : public Listener {
+public:
+	void applied(uint64_t generation) override { applieds.push_back(generation); }
+	void applyFailed(const std::string &error) override { failures.push_back(error); }
+	void propertiesChanged(const std::vector<std::string> &names) override
+	{
+		changed.insert(changed.end(), names.begin(), names.end());
+	}
+	void log(const std::string &line) override { logs.push_back(line); }
+
+	std::vector<uint64_t> applieds;
+	std::vector<std::string> failures;
+	std::vector<std::string> changed;
+	std::vector<std::string> logs;
+};
+
+class ServiceTest : public ::testing::Test {
+protected:
+	void SetUp() override
+	{
+		std::string pattern = (fs::temp_directory_path() / "psd-service-XXXXXX").string();
+		ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
+		dir_ = pattern;
+		writeConfig(kFleet);
+	}
+	void TearDown() override { fs::remove_all(dir_); }
+
+	void writeConfig(const std::string &text) { std::ofstream(configPath()) << text; }
+	std::string configPath() const { return (dir_ / "portslice.toml").string(); }
+	std::string stateDir() const { return (dir_ / "state").string(); }
+	std::unique_ptr<Service> makeService()
+	{
+		return std::make_unique<Service>(Service::Options{configPath(), stateDir()}, backend_, listener_);
+	}
+	std::string stateFile() const
+	{
+		std::ifstream in(stateDir() + "/owners");
+		std::stringstream text;
+		text << in.rdbuf();
+		return text.str();
+	}
+
+	fs::path dir_;
+	RecordingBackend backend_;
+	RecordingListener listener_;
+};
+
+TEST_F(ServiceTest, StartAppliesTheFileInFullAsGenerationOne)
+{
+	auto service = makeService();
+	Answer<uint64_t> started = service->start();
+	ASSERT_TRUE(started.ok()) << started.failure().message;
+	EXPECT_EQ(started.value(), 1u);
+	EXPECT_EQ(service->state(), State::Applied);
+	EXPECT_EQ(service->server(), "s1");
+	EXPECT_EQ(service->lastError(), "");
+	ASSERT_EQ(backend_.calls.size(), 1u);
+	EXPECT_FALSE(backend_.calls[0].incremental);
+	EXPECT_EQ(backend_.calls[0].mySlices, std::vector<uint32_t>{0});
+	EXPECT_EQ(listener_.applieds, std::vector<uint64_t>{1});
+}
+
+TEST_F(ServiceTest, SetSliceOwnerMovesTheSliceInOneIncrementalGenerationAndPersistsIt)
+{
+	auto service = makeService();
+	ASSERT_TRUE(service->start().ok());
+	Answer<uint64_t> moved = service->setSliceOwner("198.51.100.1", 1, "s1");
+	ASSERT_TRUE(moved.ok()) << moved.failure().message;
+	EXPECT_EQ(moved.value(), 2u);
+	ASSERT_EQ(backend_.calls.size(), 2u);
+	EXPECT_TRUE(backend_.calls[1].incremental);
+	EXPECT_EQ(backend_.calls[1].mySlices, (std::vector<uint32_t>{0, 1}));
+	EXPECT_EQ(backend_.calls[1].generation, 2u);
+	EXPECT_NE(stateFile().find("198.51.100.1 1 s1\n"), std::string::npos) << stateFile();
+
+	// A new daemon over the same state directory starts with the move.
+	auto restarted = makeService();
+	ASSERT_TRUE(restarted->start().ok());
+	EXPECT_EQ(restarted->currentPlan()->addresses.at(0).mySlices, (std::vector<uint32_t>{0, 1}));
+	EXPECT_FALSE(backend_.calls.back().incremental);
+}
+
+TEST_F(ServiceTest, LosingASliceShrinksThisServersShare)
+{
+	auto service = makeService();
+	ASSERT_TRUE(service->start().ok());
+	ASSERT_TRUE(service->setSliceOwner("198.51.100.1", 0, "s2").ok());
+	EXPECT_TRUE(service->currentPlan()->addresses.at(0).mySlices.empty());
+	EXPECT_TRUE(service->currentPlan()->sources.at(0).dropped());
+}
+
+TEST_F(ServiceTest, InvalidArgumentsChangeNeitherGenerationNorKernelNorState)
+{
+	auto service = makeService();
+	ASSERT_TRUE(service->start().ok());
+	struct Case {
+		const char *address;
+		uint32_t slice;
+		const char *server;
+		const char *says;
+	};
+	for (const Case &c : {Case{"198.51.100.9", 0, "s2", "not a shared address"},
+			      Case{"198.51.100.1", 4, "s2", "slices 0 to 3"},
+			      Case{"198.51.100.1", 1, "s9", "not a server of the fleet"},
+			      Case{"not-an-ip", 1, "s2", "not an IPv4 address"}}) {
+		Answer<uint64_t> answer = service->setSliceOwner(c.address, c.slice, c.server);
+		ASSERT_FALSE(answer.ok()) << c.address;
+		EXPECT_EQ(answer.failure().fault, Fault::InvalidArgument) << c.address;
+		EXPECT_NE(answer.failure().message.find(c.says), std::string::npos) << answer.failure().message;
+		EXPECT_EQ(service->generation(), 1u);
+		EXPECT_EQ(service->state(), State::Applied);
+		EXPECT_EQ(service->lastError(), answer.failure().message);
+	}
+	EXPECT_EQ(backend_.calls.size(), 1u);
+	EXPECT_EQ(listener_.failures.size(), 4u);
+	EXPECT_FALSE(fs::exists(stateDir() + "/owners"));
+}
+
+TEST_F(ServiceTest, ReloadWithABrokenFileKeepsTheAppliedPlanAndNamesFileAndLine)
+{
+	auto service = makeService();
+	ASSERT_TRUE(service->start().ok());
+	std::string broken = kFleet;
+	broken += "\n[[sources]]\nname = \"typo\"\nmatch = { saddr = \"100.64.2.0/24\" }\nwnat = { country = \"GB\" }\n";
+	writeConfig(broken);
+	Answer<uint64_t> reloaded = service->reload();
+	ASSERT_FALSE(reloaded.ok());
+	EXPECT_EQ(reloaded.failure().fault, Fault::InvalidConfig);
+	EXPECT_NE(reloaded.failure().message.find(configPath() + ":"), std::string::npos) << reloaded.failure().message;
+	EXPECT_EQ(service->generation(), 1u);
+	EXPECT_EQ(service->state(), State::Degraded);
+	EXPECT_EQ(service->currentPlan()->sources.size(), 1u);
+	EXPECT_EQ(backend_.calls.size(), 1u);
+	ASSERT_EQ(listener_.failures.size(), 1u);
+	EXPECT_EQ(listener_.failures[0], reloaded.failure().message);
+
+	writeConfig(kFleet);
+	Answer<uint64_t> fixed = service->reload();
+	ASSERT_TRUE(fixed.ok()) << fixed.failure().message;
+	EXPECT_EQ(service->state(), State::Applied);
+	EXPECT_EQ(service->lastError(), "");
+}
+
+TEST_F(ServiceTest, AFailedApplyKeepsThePreviousStateAndThePersistedOwners)
+{
+	auto service = makeService();
+	ASSERT_TRUE(service->start().ok());
+	ASSERT_TRUE(service->setSliceOwner("198.51.100.1", 1, "s1").ok());
+	std::string before = stateFile();
+	backend_.failNext = true;
+	Answer<uint64_t> answer = service->setSliceOwner("198.51.100.1", 2, "s1");
+	ASSERT_FALSE(answer.ok());
+	EXPECT_EQ(answer.failure().fault, Fault::ApplyFailed);
+	EXPECT_NE(answer.failure().message.find("No buffer space"), std::string::npos) << answer.failure().message;
+	EXPECT_EQ(service->generation(), 2u);
+	EXPECT_EQ(service->currentPlan()->addresses.at(0).mySlices, (std::vector<uint32_t>{0, 1}));
+	EXPECT_EQ(stateFile(), before);
+	EXPECT_EQ(service->state(), State::Degraded);
+}
+
+TEST_F(ServiceTest, AnOwnerChangeRetiresWhenTheFileSaysTheSame)
+{
+	auto service = makeService();
+	ASSERT_TRUE(service->start().ok());
+	ASSERT_TRUE(service->setSliceOwner("198.51.100.1", 1, "s1").ok());
+	ASSERT_EQ(service->overlay().size(), 1u);
+
+	std::string updated = kFleet;
+	updated.replace(updated.find("s1 = 0, s2 = 1"), 14, "s1 = [0, 1]");
+	writeConfig(updated);
+	ASSERT_TRUE(service->reload().ok());
+	EXPECT_TRUE(service->overlay().empty());
+	EXPECT_EQ(stateFile().find("198.51.100.1"), std::string::npos);
+	// The file changed but the plan did not: no new generation.
+	EXPECT_EQ(service->generation(), 2u);
+}
+
+TEST_F(ServiceTest, SettingTheOwnerTheFileAlreadyHasIsANoOp)
+{
+	auto service = makeService();
+	ASSERT_TRUE(service->start().ok());
+	Answer<uint64_t> answer = service->setSliceOwner("198.51.100.1", 1, "s2");
+	ASSERT_TRUE(answer.ok());
+	EXPECT_EQ(answer.value(), 1u);
+	EXPECT_EQ(backend_.calls.size(), 1u);
+	EXPECT_TRUE(service->overlay().empty());
+}
+
+TEST_F(ServiceTest, DriftIsRestoredInFullAtTheSameGeneration)
+{
+	auto service = makeService();
+	ASSERT_TRUE(service->start().ok());
+	service->repairDrift("periodic check");
+	EXPECT_EQ(backend_.calls.size(), 1u);
+	backend_.driftText = "table inet portslice is missing";
+	service->repairDrift("periodic check");
+	ASSERT_EQ(backend_.calls.size(), 2u);
+	EXPECT_FALSE(backend_.calls[1].incremental);
+	EXPECT_EQ(backend_.calls[1].generation, 1u);
+	EXPECT_EQ(service->generation(), 1u);
+	bool logged = false;
+	for (const std::string &line : listener_.logs)
+		logged = logged || line.find("table inet portslice is missing") != std::string::npos;
+	EXPECT_TRUE(logged);
+}
+
+TEST_F(ServiceTest, OwnerNamesTheServerAndTheInsideAddressOfAStatelessBlock)
+{
+	auto service = makeService();
+	ASSERT_TRUE(service->start().ok());
+	Answer<std::pair<std::string, std::string>> first = service->owner("198.51.100.1", 1024);
+	ASSERT_TRUE(first.ok()) << first.failure().message;
+	EXPECT_EQ(first.value().first, "s1");
+	EXPECT_EQ(first.value().second, "100.64.1.0");
+	Answer<std::pair<std::string, std::string>> third = service->owner("198.51.100.1", 1024 + 2 * 8);
+	ASSERT_TRUE(third.ok());
+	EXPECT_EQ(third.value().second, "100.64.1.2");
+	Answer<std::pair<std::string, std::string>> other = service->owner("198.51.100.1", 3072);
+	ASSERT_TRUE(other.ok());
+	EXPECT_EQ(other.value().first, "s2");
+	EXPECT_EQ(service->owner("198.51.100.7", 3072).failure().fault, Fault::NotFound);
+	EXPECT_EQ(service->owner("198.51.100.1", 80).failure().fault, Fault::NotFound);
+}
+
+TEST_F(ServiceTest, AnInvalidFileAtStartLeavesTheServiceUpInStateFailed)
+{
+	writeConfig("[server]\nname = \"s1\"\n");
+	auto service = makeService();
+	Answer<uint64_t> started = service->start();
+	ASSERT_FALSE(started.ok());
+	EXPECT_EQ(service->state(), State::Failed);
+	EXPECT_NE(service->lastError().find(configPath()), std::string::npos);
+	EXPECT_EQ(service->planJson().failure().fault, Fault::NotFound);
+	EXPECT_EQ(service->setSliceOwner("198.51.100.1", 1, "s1").failure().fault, Fault::InvalidConfig);
+	writeConfig(kFleet);
+	ASSERT_TRUE(service->reload().ok());
+	EXPECT_EQ(service->state(), State::Applied);
+}
+
+TEST(StateStore, KeepsOwnersAcrossSaveAndLoad)
+{
+	std::string pattern = (fs::temp_directory_path() / "psd-store-XXXXXX").string();
+	ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
+	StateStore store(pattern + "/state");
+	ASSERT_TRUE(store.load().ok());
+	EXPECT_TRUE(store.load()->empty());
+	Overlay overlay;
+	setOverride(overlay, *Ipv4::parse("198.51.100.2"), 7, "s3");
+	setOverride(overlay, *Ipv4::parse("198.51.100.1"), 1, "s1");
+	setOverride(overlay, *Ipv4::parse("198.51.100.1"), 1, "s2");
+	ASSERT_EQ(overlay.size(), 2u);
+	ASSERT_TRUE(store.save(overlay).ok());
+	Result<Overlay> loaded = store.load();
+	ASSERT_TRUE(loaded.ok());
+	EXPECT_EQ(*loaded, overlay);
+	EXPECT_EQ((*loaded)[0].server, "s2");
+	EXPECT_FALSE(fs::exists(store.path() + ".tmp"));
+
+	std::ofstream(store.path(), std::ios::app) << "198.51.100.3 x s1\n";
+	Result<Overlay> damaged = store.load();
+	ASSERT_FALSE(damaged.ok());
+	EXPECT_NE(damaged.error().message().find(store.path() + ":5:"), std::string::npos) << damaged.error().message();
+	fs::remove_all(pattern);
+}
+
+} // namespace
+} // namespace portslice::dbus
