@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// portsliced: `--apply-once` applies the config and exits, `--remove` takes everything out (SPEC §2).
+// portsliced: serves org.portslice.Egress1, or `--apply-once` applies the config and exits, `--remove` takes everything out (SPEC §2).
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -7,6 +7,10 @@
 
 #include "config/config.h"
 #include "daemon/applier.h"
+#ifdef PORTSLICE_HAVE_DBUS
+#include "daemon/kernel_backend.h"
+#include "daemon/serve.h"
+#endif
 #include "plan/plan.h"
 
 using namespace portslice;
@@ -15,7 +19,8 @@ namespace {
 
 int usage()
 {
-	std::cerr << "usage: portsliced --config FILE [--state-dir DIR] [--no-xdp] (--apply-once | --remove)\n";
+	std::cerr << "usage: portsliced [--config FILE] [--state-dir DIR] [--no-xdp] [--apply-once | --remove]\n"
+		     "       without --apply-once or --remove: the daemon (D-Bus service org.portslice.Egress1)\n";
 	return 2;
 }
 
@@ -57,13 +62,23 @@ int main(int argc, char **argv)
 		else
 			return usage();
 	}
-	if (applyOnce == remove)
-		return usage(); // the long-running daemon comes with the D-Bus service
+	if (applyOnce && remove)
+		return usage();
 
 	auto applier = daemon::Applier::open(options);
 	if (!applier) {
 		std::cerr << "portsliced: " << applier.error().message() << "\n";
 		return 1;
+	}
+	if (!applyOnce && !remove) {
+#ifdef PORTSLICE_HAVE_DBUS
+		daemon::KernelBackend backend(*applier);
+		return daemon::serve({configFile, options.stateDir}, backend);
+#else
+		std::cerr << "portsliced: built without D-Bus support (sdbus-c++, libsystemd): "
+			     "only --apply-once and --remove\n";
+		return 2;
+#endif
 	}
 	if (remove) {
 		Status s = applier->remove();

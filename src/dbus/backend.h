@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,10 @@ public:
 
 	// The table as applied, in `nft -f` syntax (what `portslicectl dump` prints).
 	virtual std::string dump(const plan::Plan &plan, uint64_t generation) = 0;
+
+	// The generation the kernel holds from an earlier run (the daemon
+	// continues from it, so generations grow across restarts), if any.
+	virtual std::optional<uint64_t> appliedGeneration() { return std::nullopt; }
 };
 
 } // namespace portslice::dbus

@@ -85,6 +85,7 @@ Answer<uint64_t> Service::start()
 	if (!persisted)
 		return fail({Fault::InvalidConfig, persisted.error().message()}, true);
 	overlay_ = *persisted;
+	generation_ = backend_.appliedGeneration().value_or(0);
 	if (!overlay_.empty())
 		listener_.log("re-applying " + std::to_string(overlay_.size()) + " slice owner change(s) from " +
 			      store_.path());

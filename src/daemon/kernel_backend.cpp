@@ -1,0 +1,70 @@
+// SPDX-License-Identifier: MIT
+// KernelBackend: what the D-Bus service asks of the kernel, answered by the Applier and the counter readers.
+#include "daemon/kernel_backend.h"
+
+#include <cstdio>
+#include <iostream>
+
+#include "daemon/kernel_stats.h"
+#include "nft/model.h"
+#include "nft/render.h"
+
+namespace portslice::daemon {
+
+Status KernelBackend::apply(const plan::Plan &plan, const plan::Plan *old, uint64_t generation)
+{
+	Result<ApplyResult> result = applier_.apply(plan, old, generation);
+	if (!result)
+		return result.error();
+	const ApplyResult &r = *result;
+	std::cerr << "generation " << generation << ": " << (r.nft.fullReplace ? "table replaced" : "element delta")
+		  << ", +" << r.nft.elementsAdded << " -" << r.nft.elementsDeleted << " elements in " << r.nft.messages
+		  << " messages (" << r.nft.bytes << " bytes); " << r.conntrackDeleted
+		  << " conntrack entries of moved slices deleted" << std::endl;
+	for (const conntrack::SysctlChange &c : r.tuning.changed)
+		std::cerr << c.name << " = " << c.value << " (was " << c.previous << ")" << std::endl;
+	return {};
+}
+
+Result<std::string> KernelBackend::drift(const plan::Plan &plan, uint64_t generation)
+{
+	Result<std::optional<nft::TableState>> state = applier_.nft().readState();
+	if (!state)
+		return state.error().wrap("reading table inet portslice");
+	if (!state->has_value())
+		return std::string("table inet portslice is missing");
+	std::string expected = nft::tableComment(plan, generation);
+	if ((*state)->comment != expected)
+		return "table inet portslice says \"" + (*state)->comment + "\", not \"" + expected + "\"";
+	return std::string();
+}
+
+Result<std::vector<dbus::StatRow>> KernelBackend::stats(const plan::Plan &plan)
+{
+	Result<std::vector<nft::CounterValue>> counters = applier_.nft().readCounters();
+	if (!counters)
+		return counters.error().wrap("reading the counters of table inet portslice");
+	std::vector<dbus::StatRow> rows;
+	for (const nft::CounterValue &c : *counters)
+		addCounterRows(rows, c.name, c.packets, c.bytes);
+	Result<std::vector<dbus::StatRow>> use = readConntrackUse(plan);
+	if (!use)
+		return use;
+	rows.insert(rows.end(), use->begin(), use->end());
+	return rows;
+}
+
+std::string KernelBackend::dump(const plan::Plan &plan, uint64_t generation)
+{
+	return nft::render(nft::buildModel(plan, generation));
+}
+
+std::optional<uint64_t> KernelBackend::appliedGeneration()
+{
+	Result<std::optional<nft::TableState>> state = applier_.nft().readState();
+	if (!state || !state->has_value())
+		return std::nullopt;
+	return (*state)->generation;
+}
+
+} // namespace portslice::daemon

@@ -1,0 +1,27 @@
+// SPDX-License-Identifier: MIT
+// The service's Backend on the real kernel: the Applier (nft delta or replace, conntrack clean-up), counters, drift.
+#pragma once
+
+#include "daemon/applier.h"
+#include "dbus/backend.h"
+
+namespace portslice::daemon {
+
+class KernelBackend final : public dbus::Backend {
+public:
+	explicit KernelBackend(Applier &applier) : applier_(applier) {}
+
+	Status apply(const plan::Plan &plan, const plan::Plan *old, uint64_t generation) override;
+	// The table's comment names generation and plan hash: missing table or
+	// another comment is drift. Edits inside the table keep the comment;
+	// the nftables event monitor catches those.
+	Result<std::string> drift(const plan::Plan &plan, uint64_t generation) override;
+	Result<std::vector<dbus::StatRow>> stats(const plan::Plan &plan) override;
+	std::string dump(const plan::Plan &plan, uint64_t generation) override;
+	std::optional<uint64_t> appliedGeneration() override;
+
+private:
+	Applier &applier_;
+};
+
+} // namespace portslice::daemon

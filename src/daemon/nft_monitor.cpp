@@ -1,0 +1,142 @@
+// SPDX-License-Identifier: MIT
+// nftables event parsing: object events mark the table touched, the NEWGEN that ends the commit names who did it.
+#include "daemon/nft_monitor.h"
+
+#include <arpa/inet.h>
+#include <cerrno>
+#include <fcntl.h>
+#include <linux/netfilter/nf_tables.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <unistd.h>
+#include <vector>
+
+namespace portslice::daemon {
+
+std::string ForeignChange::str() const
+{
+	if (pid == 0)
+		return "nftables events were lost";
+	return "a commit by " + (process.empty() ? std::string("pid") : process + " pid") + " " + std::to_string(pid);
+}
+
+Result<NftMonitor> NftMonitor::open(uint8_t family, std::string table)
+{
+	MnlSocket socket(mnl_socket_open(NETLINK_NETFILTER));
+	if (!socket)
+		return Error(errno, "opening nftables event socket");
+	if (mnl_socket_bind(socket.get(), 0, MNL_SOCKET_AUTOPID) < 0)
+		return Error(errno, "binding nftables event socket");
+	int group = NFNLGRP_NFTABLES;
+	if (mnl_socket_setsockopt(socket.get(), NETLINK_ADD_MEMBERSHIP, &group, sizeof(group)) < 0)
+		return Error(errno, "subscribing to nftables events");
+	int fd = mnl_socket_get_fd(socket.get());
+	if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK) < 0)
+		return Error(errno, "making the nftables event socket non-blocking");
+	NftMonitor monitor(std::move(socket), family, std::move(table));
+	monitor.self_ = static_cast<uint32_t>(::getpid());
+	return monitor;
+}
+
+namespace {
+
+// Every nf_tables object message carries its table name as attribute 1
+// (NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE, NFTA_SET_TABLE,
+// NFTA_SET_ELEM_LIST_TABLE, NFTA_OBJ_TABLE, NFTA_FLOWTABLE_TABLE).
+constexpr uint16_t kTableAttr = 1;
+static_assert(NFTA_GEN_PROC_NAME == 3 && NFTA_GEN_PROC_PID == 2);
+static_assert(NFTA_TABLE_NAME == kTableAttr && NFTA_CHAIN_TABLE == kTableAttr && NFTA_RULE_TABLE == kTableAttr &&
+	      NFTA_SET_TABLE == kTableAttr && NFTA_SET_ELEM_LIST_TABLE == kTableAttr &&
+	      NFTA_OBJ_TABLE == kTableAttr && NFTA_FLOWTABLE_TABLE == kTableAttr);
+
+struct Parse {
+	uint8_t family;
+	const std::string *table;
+	uint32_t self;
+	bool *touched;
+	std::optional<ForeignChange> *foreign;
+};
+
+int attrCallback(const nlattr *attr, void *data)
+{
+	auto *attrs = static_cast<const nlattr **>(data);
+	uint16_t type = mnl_attr_get_type(attr);
+	if (type <= NFTA_GEN_PROC_NAME)
+		attrs[type] = attr;
+	return MNL_CB_OK;
+}
+
+int messageCallback(const nlmsghdr *nlh, void *data)
+{
+	auto *p = static_cast<Parse *>(data);
+	if (NFNL_SUBSYS_ID(nlh->nlmsg_type) != NFNL_SUBSYS_NFTABLES)
+		return MNL_CB_OK;
+	uint16_t type = NFNL_MSG_TYPE(nlh->nlmsg_type);
+	const auto *gen = static_cast<const nfgenmsg *>(mnl_nlmsg_get_payload(nlh));
+	const nlattr *attrs[4] = {};
+	if (mnl_attr_parse(nlh, sizeof(nfgenmsg), attrCallback, attrs) < 0)
+		return MNL_CB_OK; // a message we cannot read says nothing about our table
+
+	if (type == NFT_MSG_NEWGEN) {
+		if (*p->touched) {
+			uint32_t pid = 0;
+			if (attrs[NFTA_GEN_PROC_PID] && mnl_attr_validate(attrs[NFTA_GEN_PROC_PID], MNL_TYPE_U32) == 0)
+				pid = ntohl(mnl_attr_get_u32(attrs[NFTA_GEN_PROC_PID]));
+			// Without a pid (very old kernels) the periodic check has to do.
+			if (pid != 0 && pid != p->self) {
+				std::string process;
+				if (attrs[NFTA_GEN_PROC_NAME] &&
+				    mnl_attr_validate(attrs[NFTA_GEN_PROC_NAME], MNL_TYPE_NUL_STRING) == 0)
+					process = mnl_attr_get_str(attrs[NFTA_GEN_PROC_NAME]);
+				*p->foreign = ForeignChange{pid, process};
+			}
+		}
+		*p->touched = false;
+		return MNL_CB_OK;
+	}
+	switch (type) {
+	case NFT_MSG_NEWTABLE: case NFT_MSG_DELTABLE:
+	case NFT_MSG_NEWCHAIN: case NFT_MSG_DELCHAIN:
+	case NFT_MSG_NEWRULE: case NFT_MSG_DELRULE:
+	case NFT_MSG_NEWSET: case NFT_MSG_DELSET:
+	case NFT_MSG_NEWSETELEM: case NFT_MSG_DELSETELEM:
+	case NFT_MSG_NEWOBJ: case NFT_MSG_DELOBJ:
+	case NFT_MSG_NEWFLOWTABLE: case NFT_MSG_DELFLOWTABLE:
+		break;
+	default:
+		return MNL_CB_OK;
+	}
+	if (gen->nfgen_family != p->family || !attrs[kTableAttr] ||
+	    mnl_attr_validate(attrs[kTableAttr], MNL_TYPE_NUL_STRING) < 0)
+		return MNL_CB_OK;
+	if (*p->table == mnl_attr_get_str(attrs[kTableAttr]))
+		*p->touched = true;
+	return MNL_CB_OK;
+}
+
+} // namespace
+
+Result<std::optional<ForeignChange>> NftMonitor::read()
+{
+	std::optional<ForeignChange> foreign;
+	std::vector<char> buffer(MNL_SOCKET_BUFFER_SIZE * 4);
+	Parse parse{family_, &table_, self_, &touched_, &foreign};
+	for (;;) {
+		ssize_t n = mnl_socket_recvfrom(socket_.get(), buffer.data(), buffer.size());
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return foreign;
+			if (errno == EINTR)
+				continue;
+			if (errno == ENOBUFS) {
+				touched_ = false;
+				foreign = ForeignChange{};
+				continue;
+			}
+			return Error(errno, "reading nftables events");
+		}
+		// Events are not answers to our requests: sequence and port id 0.
+		mnl_cb_run(buffer.data(), static_cast<size_t>(n), 0, 0, messageCallback, &parse);
+	}
+}
+
+} // namespace portslice::daemon

@@ -1,0 +1,204 @@
+// SPDX-License-Identifier: MIT
+// One thread, one poll loop: the bus, signals (signalfd), nftables events and a timer for the periodic drift check.
+#include "daemon/serve.h"
+
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <iostream>
+#include <memory>
+#include <poll.h>
+#include <sys/signalfd.h>
+#include <sys/timerfd.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <sdbus-c++/sdbus-c++.h>
+
+#include "common/handle.h"
+#include "daemon/nft_monitor.h"
+#include "dbus/bus_object.h"
+#include "dbus/service.h"
+
+namespace portslice::daemon {
+
+namespace {
+
+constexpr uint8_t kFamilyInet = 1; // NFPROTO_INET
+constexpr const char *kTable = "portslice";
+
+// Logs to stderr (the journal under systemd), forwards signals to the bus and STATUS= to systemd.
+class DaemonListener final : public dbus::Listener {
+public:
+	void attach(dbus::BusObject *bus, const dbus::Service *service)
+	{
+		bus_ = bus;
+		service_ = service;
+	}
+
+	void applied(uint64_t generation) override
+	{
+		if (bus_)
+			bus_->announceApplied(generation);
+		notifyStatus();
+	}
+	void applyFailed(const std::string &error) override
+	{
+		if (bus_)
+			bus_->announceApplyFailed(error);
+		notifyStatus();
+	}
+	void propertiesChanged(const std::vector<std::string> &names) override
+	{
+		if (bus_)
+			bus_->announceChanged(names);
+		notifyStatus();
+	}
+	void log(const std::string &line) override { std::cerr << line << std::endl; }
+
+	void notifyStatus()
+	{
+		if (!service_)
+			return;
+		std::string status = "STATUS=" + std::string(dbus::stateName(service_->state())) + ", generation " +
+				     std::to_string(service_->generation());
+		if (!service_->lastError().empty()) {
+			std::string first = service_->lastError().substr(0, service_->lastError().find('\n'));
+			status += ": " + first;
+		}
+		sd_notify(0, status.c_str());
+	}
+
+private:
+	dbus::BusObject *bus_ = nullptr;
+	const dbus::Service *service_ = nullptr;
+};
+
+Result<UniqueFd> blockSignals()
+{
+	sigset_t mask;
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGHUP);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	if (sigprocmask(SIG_BLOCK, &mask, nullptr) < 0)
+		return Error(errno, "blocking signals");
+	UniqueFd fd(signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC));
+	if (!fd.isValid())
+		return Error(errno, "creating signalfd");
+	return fd;
+}
+
+Result<UniqueFd> periodicTimer(std::chrono::milliseconds interval)
+{
+	UniqueFd fd(timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+	if (!fd.isValid())
+		return Error(errno, "creating timerfd");
+	itimerspec spec{};
+	spec.it_interval.tv_sec = interval.count() / 1000;
+	spec.it_interval.tv_nsec = (interval.count() % 1000) * 1000000;
+	spec.it_value = spec.it_interval;
+	if (timerfd_settime(fd.get(), 0, &spec, nullptr) < 0)
+		return Error(errno, "arming timerfd");
+	return fd;
+}
+
+} // namespace
+
+int serve(const ServeOptions &options, dbus::Backend &backend)
+{
+	Result<UniqueFd> signals = blockSignals();
+	if (!signals) {
+		std::cerr << "portsliced: " << signals.error().message() << std::endl;
+		return 1;
+	}
+	Result<UniqueFd> timer = periodicTimer(options.checkInterval);
+	if (!timer) {
+		std::cerr << "portsliced: " << timer.error().message() << std::endl;
+		return 1;
+	}
+	Result<NftMonitor> monitor = NftMonitor::open(kFamilyInet, kTable);
+	if (!monitor) {
+		std::cerr << "portsliced: " << monitor.error().message() << std::endl;
+		return 1;
+	}
+
+	std::unique_ptr<sdbus::IConnection> connection;
+	try {
+		connection = sdbus::createSystemBusConnection();
+	} catch (const sdbus::Error &e) {
+		std::cerr << "portsliced: cannot connect to the system bus (" << e.getMessage()
+			  << "); is dbus running, and DBUS_SYSTEM_BUS_ADDRESS right if set?" << std::endl;
+		return 1;
+	}
+
+	DaemonListener listener;
+	dbus::Service service({options.configPath, options.stateDir}, backend, listener);
+	dbus::BusObject bus(*connection, service);
+	listener.attach(&bus, &service);
+
+	// Apply before taking the name: a caller that finds the name finds a state.
+	dbus::Answer<uint64_t> started = service.start();
+	if (!started.ok())
+		std::cerr << "portsliced: not applied, serving in state " << dbus::stateName(service.state())
+			  << " until a reload succeeds" << std::endl;
+	try {
+		connection->requestName(dbus::kBusName);
+	} catch (const sdbus::Error &e) {
+		std::cerr << "portsliced: cannot own " << dbus::kBusName << " on the system bus (" << e.getMessage()
+			  << "); is another portsliced running, and is dbus/org.portslice.Egress1.conf installed?"
+			  << std::endl;
+		return 1;
+	}
+	sd_notify(0, "READY=1");
+	listener.notifyStatus();
+
+	for (;;) {
+		sdbus::IConnection::PollData bus_poll = connection->getEventLoopPollData();
+		pollfd fds[4] = {
+			{bus_poll.fd, bus_poll.events, 0},
+			{signals->get(), POLLIN, 0},
+			{monitor->fd(), POLLIN, 0},
+			{timer->get(), POLLIN, 0},
+		};
+		int n = ::poll(fds, 4, bus_poll.getPollTimeout());
+		if (n < 0 && errno != EINTR) {
+			std::cerr << "portsliced: poll: " << std::strerror(errno) << std::endl;
+			return 1;
+		}
+		if (fds[1].revents & POLLIN) {
+			signalfd_siginfo info;
+			while (::read(signals->get(), &info, sizeof(info)) == sizeof(info)) {
+				if (info.ssi_signo == SIGHUP) {
+					sd_notify(0, "RELOADING=1");
+					std::cerr << "portsliced: SIGHUP: reloading " << options.configPath << std::endl;
+					(void)service.reload();
+					sd_notify(0, "READY=1");
+					listener.notifyStatus();
+				} else {
+					// The table stays: egress must keep working while the daemon restarts.
+					sd_notify(0, "STOPPING=1");
+					std::cerr << "portsliced: " << strsignal(static_cast<int>(info.ssi_signo))
+						  << ": exiting, the applied table stays in place" << std::endl;
+					return 0;
+				}
+			}
+		}
+		if (fds[2].revents & POLLIN) {
+			Result<std::optional<ForeignChange>> change = monitor->read();
+			if (!change)
+				std::cerr << "portsliced: " << change.error().message() << std::endl;
+			else if (*change)
+				service.restore("table inet portslice changed by " + (*change)->str());
+		}
+		if (fds[3].revents & POLLIN) {
+			uint64_t expirations;
+			(void)!::read(timer->get(), &expirations, sizeof(expirations));
+			service.repairDrift("periodic check");
+		}
+		while (connection->processPendingRequest()) {
+		}
+	}
+}
+
+} // namespace portslice::daemon

@@ -1,0 +1,23 @@
+// SPDX-License-Identifier: MIT
+// portsliced's service mode: apply, serve org.portslice.Egress1, reload on SIGHUP, repair drift, leave the table on SIGTERM.
+#pragma once
+
+#include <chrono>
+#include <string>
+
+#include "dbus/backend.h"
+
+namespace portslice::daemon {
+
+struct ServeOptions {
+	std::string configPath;
+	std::string stateDir = "/var/lib/portslice";
+	// How often the kernel state is compared with the plan even without an
+	// event (XDP detach has no event; lost netlink events).
+	std::chrono::milliseconds checkInterval{1000};
+};
+
+// Runs until SIGTERM or SIGINT; returns the process exit code.
+int serve(const ServeOptions &options, dbus::Backend &backend);
+
+} // namespace portslice::daemon
