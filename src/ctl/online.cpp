@@ -1,0 +1,265 @@
+// SPDX-License-Identifier: MIT
+// portslicectl's online commands (status, reload, set-owner, stats) over D-Bus, through the proxy generated from dbus/*.xml.
+#include "ctl/online.h"
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <memory>
+
+#include <sdbus-c++/sdbus-c++.h>
+
+#include "common/json.h"
+#include "dbus/egress1_proxy.h"
+
+namespace portslice::ctl {
+
+namespace {
+
+constexpr const char *kBusName = "org.portslice.Egress1";
+constexpr const char *kObjectPath = "/org/portslice/Egress1";
+
+// Exit codes a script can tell apart; documented in docs/service.md.
+constexpr int kExitFailed = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitNotRunning = 3;
+constexpr int kExitDenied = 4;
+
+class Egress1 final : public sdbus::ProxyInterfaces<org::portslice::Egress1_proxy> {
+public:
+	explicit Egress1(sdbus::IConnection &connection) : ProxyInterfaces(connection, kBusName, kObjectPath)
+	{
+		registerProxy();
+	}
+	~Egress1() { unregisterProxy(); }
+
+private:
+	void onApplied(const uint64_t &) override {}
+	void onApplyFailed(const std::string &) override {}
+};
+
+struct StatRow {
+	std::string kind, name, counter;
+	uint64_t value = 0;
+};
+using StatRows = std::vector<StatRow>;
+
+int usage()
+{
+	std::cerr << "usage: portslicectl status\n"
+		     "       portslicectl reload\n"
+		     "       portslicectl set-owner ADDRESS SLICE SERVER\n"
+		     "       portslicectl stats [--json | --prometheus]\n";
+	return kExitUsage;
+}
+
+// Turn a D-Bus error into a sentence and an exit code.
+int explain(const sdbus::Error &e, const std::string &command)
+{
+	const std::string &name = e.getName();
+	if (name == "org.freedesktop.DBus.Error.ServiceUnknown" || name == "org.freedesktop.DBus.Error.NameHasNoOwner" ||
+	    name == "org.freedesktop.DBus.Error.NoReply" || name == "org.freedesktop.systemd1.NoSuchUnit") {
+		std::cerr << "portslicectl: portsliced is not running (nobody owns " << kBusName
+			  << " on the system bus); start it with `systemctl start portsliced`\n";
+		return kExitNotRunning;
+	}
+	if (name == "org.freedesktop.DBus.Error.AccessDenied") {
+		std::cerr << "portslicectl: access denied for `" << command
+			  << "`: reload and set-owner need root; status and stats need root or membership of group "
+			     "portslice\n";
+		return kExitDenied;
+	}
+	if (name.starts_with("org.portslice.Error.")) {
+		std::cerr << "portslicectl: " << command << ": " << e.getMessage() << "\n";
+		return kExitFailed;
+	}
+	std::cerr << "portslicectl: " << command << ": " << name << ": " << e.getMessage() << "\n";
+	return kExitFailed;
+}
+
+int status(Egress1 &proxy)
+{
+	std::string state = proxy.State();
+	uint64_t generation = proxy.Generation();
+	std::string server = proxy.Server();
+	std::string error = proxy.LastError();
+	std::cout << "state:      " << state << "\n"
+		  << "generation: " << generation << "\n"
+		  << "server:     " << server << "\n"
+		  << "last error: " << (error.empty() ? "none" : error) << "\n";
+	return state == "applied" ? 0 : kExitFailed;
+}
+
+bool isCounter(const std::string &counter)
+{
+	return counter == "packets" || counter == "bytes" || counter == "drops" || counter.ends_with("_total") ||
+	       counter == "pass" || counter == "tx" || counter == "forward" || counter == "drop" ||
+	       counter == "aborted" || counter == "redirect";
+}
+
+std::string metricPart(const std::string &text)
+{
+	std::string out;
+	for (char c : text)
+		out += (std::isalnum(static_cast<unsigned char>(c)) ? c : '_');
+	return out;
+}
+
+std::string labelValue(const std::string &text)
+{
+	std::string out;
+	for (char c : text) {
+		if (c == '\\' || c == '"')
+			out += '\\';
+		if (c == '\n') {
+			out += "\\n";
+			continue;
+		}
+		out += c;
+	}
+	return out;
+}
+
+void printPrometheus(const StatRows &rows)
+{
+	// Group by metric so that each gets one HELP and TYPE line, as the format wants.
+	std::map<std::string, std::vector<const StatRow *>> metrics;
+	std::map<std::string, bool> counter;
+	for (const auto &row : rows) {
+		const auto &[kind, name, what, value] = row;
+		std::string metric = "portslice_" + metricPart(kind) + "_" + metricPart(what);
+		bool isCount = isCounter(what);
+		if (isCount && !metric.ends_with("_total"))
+			metric += "_total";
+		metrics[metric].push_back(&row);
+		counter[metric] = isCount;
+	}
+	for (const auto &[metric, entries] : metrics) {
+		const auto &first = *entries.front();
+		std::cout << "# HELP " << metric << " portsliced " << first.kind << " " << first.counter << "\n"
+			  << "# TYPE " << metric << " " << (counter[metric] ? "counter" : "gauge") << "\n";
+		for (const auto *row : entries)
+			std::cout << metric << "{" << metricPart(row->kind) << "=\"" << labelValue(row->name) << "\"} "
+				  << row->value << "\n";
+	}
+}
+
+void printJson(const StatRows &rows)
+{
+	JsonWriter json;
+	json.beginArray();
+	for (const auto &[kind, name, what, value] : rows)
+		json.beginObject().key("kind").value(kind).key("name").value(name).key("counter").value(what)
+			.key("value").value(value).endObject();
+	json.endArray();
+	std::cout << json.str() << "\n";
+}
+
+void printTable(const StatRows &rows)
+{
+	size_t kindWidth = 4, nameWidth = 4, counterWidth = 7;
+	for (const auto &[kind, name, what, value] : rows) {
+		kindWidth = std::max(kindWidth, kind.size());
+		nameWidth = std::max(nameWidth, name.size());
+		counterWidth = std::max(counterWidth, what.size());
+	}
+	auto pad = [](const std::string &text, size_t width) { return text + std::string(width - text.size() + 2, ' '); };
+	std::cout << pad("KIND", kindWidth) << pad("NAME", nameWidth) << pad("COUNTER", counterWidth) << "VALUE\n";
+	for (const auto &[kind, name, what, value] : rows)
+		std::cout << pad(kind, kindWidth) << pad(name, nameWidth) << pad(what, counterWidth) << value << "\n";
+}
+
+int stats(Egress1 &proxy, const std::vector<std::string> &args)
+{
+	bool json = false, prometheus = false;
+	for (size_t i = 1; i < args.size(); ++i) {
+		if (args[i] == "--json")
+			json = true;
+		else if (args[i] == "--prometheus")
+			prometheus = true;
+		else
+			return usage();
+	}
+	if (json && prometheus)
+		return usage();
+	StatRows rows;
+	for (const auto &row : proxy.Stats())
+		rows.push_back({row.get<0>(), row.get<1>(), row.get<2>(), row.get<3>()});
+	if (json)
+		printJson(rows);
+	else if (prometheus)
+		printPrometheus(rows);
+	else
+		printTable(rows);
+	return 0;
+}
+
+int reload(Egress1 &proxy)
+{
+	try {
+		uint64_t generation = proxy.Reload();
+		std::cout << "reloaded: generation " << generation << "\n";
+		return 0;
+	} catch (const sdbus::Error &e) {
+		if (!e.getName().starts_with("org.portslice.Error."))
+			throw;
+		std::cerr << "portslicectl: reload failed; the applied state stays:\n" << e.getMessage() << "\n";
+		return kExitFailed;
+	}
+}
+
+int setOwner(Egress1 &proxy, const std::vector<std::string> &args)
+{
+	if (args.size() != 4)
+		return usage();
+	uint32_t slice = 0;
+	const std::string &text = args[2];
+	auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), slice);
+	if (ec != std::errc() || end != text.data() + text.size()) {
+		std::cerr << "portslicectl: set-owner: SLICE must be a slice index (0, 1, ...), not \"" << text << "\"\n";
+		return kExitUsage;
+	}
+	uint64_t generation = proxy.SetSliceOwner(args[1], slice, args[3]);
+	std::cout << "slice " << slice << " of " << args[1] << " now belongs to " << args[3] << ": generation "
+		  << generation << "\n";
+	return 0;
+}
+
+} // namespace
+
+int runOnline(const std::vector<std::string> &args)
+{
+	if (args.empty())
+		return usage();
+	const std::string &command = args[0];
+	if (command != "status" && command != "reload" && command != "set-owner" && command != "stats")
+		return usage();
+	if ((command == "status" || command == "reload") && args.size() != 1)
+		return usage();
+
+	std::unique_ptr<sdbus::IConnection> connection;
+	try {
+		connection = sdbus::createSystemBusConnection();
+	} catch (const sdbus::Error &e) {
+		std::cerr << "portslicectl: cannot connect to the system bus (" << e.getMessage()
+			  << "); is dbus running, and DBUS_SYSTEM_BUS_ADDRESS right if set?\n";
+		return kExitNotRunning;
+	}
+	try {
+		Egress1 proxy(*connection);
+		if (command == "status")
+			return status(proxy);
+		if (command == "reload")
+			return reload(proxy);
+		if (command == "set-owner")
+			return setOwner(proxy, args);
+		return stats(proxy, args);
+	} catch (const sdbus::Error &e) {
+		return explain(e, command);
+	}
+}
+
+} // namespace portslice::ctl
