@@ -1,0 +1,296 @@
+// SPDX-License-Identifier: MIT
+// Lab fixture for the D-Bus service: a private dbus-daemon with the project's policy, one server namespace, portsliced in it.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <fcntl.h>
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+#ifndef PSD_SOURCE_ROOT
+#error "PSD_SOURCE_ROOT and PSD_BUILD_ROOT come from tests/lab/meson.build"
+#endif
+
+namespace portslice::dbuslab {
+
+namespace fs = std::filesystem;
+
+struct Outcome {
+	int status = -1;
+	std::string out; // stdout and stderr
+	bool ok() const { return status == 0; }
+};
+
+// `sh -c command`, bounded in time, stdout and stderr together.
+inline Outcome sh(const std::string &command, int timeoutSeconds = 30)
+{
+	std::string full = "timeout --kill-after=2 " + std::to_string(timeoutSeconds) + " sh -c '";
+	for (char c : command)
+		full += (c == '\'') ? std::string("'\\''") : std::string(1, c);
+	full += "' 2>&1";
+	Outcome run;
+	FILE *pipe = ::popen(full.c_str(), "r");
+	if (!pipe)
+		return run;
+	char buffer[4096];
+	size_t n;
+	while ((n = ::fread(buffer, 1, sizeof(buffer), pipe)) > 0)
+		run.out.append(buffer, n);
+	int status = ::pclose(pipe);
+	run.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+	return run;
+}
+
+inline std::string quote(const std::string &s)
+{
+	std::string q = "'";
+	for (char c : s)
+		q += (c == '\'') ? std::string("'\\''") : std::string(1, c);
+	return q + "'";
+}
+
+inline std::string readFile(const std::string &path)
+{
+	std::ifstream in(path);
+	std::stringstream text;
+	text << in.rdbuf();
+	return text.str();
+}
+
+// The fleet of the lab: this server s1 owns slice 0 of 198.51.100.1 and 198.51.100.2.
+inline constexpr const char *kLabFleet = R"([server]
+name = "s1"
+uplink = "up0"
+
+[defaults]
+port_range = "1024-9215"
+slice_size = 2048
+
+[[datacenters]]
+name = "lab1"
+gateway = "192.0.2.1"
+
+[[servers]]
+name = "s1"
+address = "192.0.2.11"
+datacenter = "lab1"
+
+[[servers]]
+name = "s2"
+address = "192.0.2.12"
+datacenter = "lab1"
+
+[[servers]]
+name = "s3"
+address = "192.0.2.13"
+datacenter = "lab1"
+
+[[addresses]]
+address = "198.51.100.1"
+datacenter = "lab1"
+tags = { country = "GB", trust = "untrusted" }
+slices = { s1 = 0, s2 = 1, s3 = [2, 3] }
+
+[[addresses]]
+address = "198.51.100.2"
+datacenter = "lab1"
+tags = { country = "GB", trust = "untrusted" }
+slices = { s1 = 0, s2 = 1, s3 = 2 }
+
+[[sources]]
+name = "warp-gb"
+match = { saddr = "100.64.1.0/24" }
+want = { country = "GB" }
+zone = 10
+
+[[sources]]
+name = "stateless-gb"
+match = { saddr = "100.64.9.0/28" }
+want = { trust = "untrusted" }
+nat = "stateless"
+block = 64
+)";
+
+class DbusLab : public ::testing::Test {
+protected:
+	void SetUp() override
+	{
+		if (::geteuid() != 0)
+			GTEST_SKIP() << "lab test: needs root for network namespaces, nftables and a system-type bus";
+		std::string pattern = (fs::temp_directory_path() / "psd-XXXXXX").string();
+		ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
+		dir_ = pattern;
+		fs::permissions(dir_, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+					      fs::perms::others_read | fs::perms::others_exec);
+		ns_ = "psd-" + std::to_string(::getpid()) + "-" + std::to_string(counter_++);
+		Outcome made = sh("ip netns add " + ns_ + " && ip -n " + ns_ + " link set lo up && ip -n " + ns_ +
+			      " link add up0 type veth peer name up1 && ip -n " + ns_ + " link set up0 up && ip -n " +
+			      ns_ + " link set up1 up && ip -n " + ns_ + " addr add 192.0.2.11/24 dev up0");
+		ASSERT_TRUE(made.ok()) << made.out;
+		// The policy names group portslice; dbus-daemon resolves it when it starts.
+		if (!sh("getent group portslice").ok()) {
+			Outcome added = sh("groupadd --system portslice");
+			ASSERT_TRUE(added.ok()) << added.out;
+			addedGroup_ = true;
+		}
+		startBus();
+		writeConfig(kLabFleet);
+	}
+
+	void TearDown() override
+	{
+		stopDaemon(SIGKILL);
+		if (busPid_ > 0) {
+			::kill(busPid_, SIGTERM);
+			::waitpid(busPid_, nullptr, 0);
+		}
+		if (!ns_.empty())
+			(void)sh("ip netns del " + ns_);
+		if (!dir_.empty())
+			fs::remove_all(dir_);
+		if (addedGroup_)
+			(void)sh("groupdel portslice");
+	}
+
+	void startBus()
+	{
+		std::string policy = std::string(PSD_SOURCE_ROOT) + "/dbus/org.portslice.Egress1.conf";
+		// The shape of Debian's system.conf: deny by default, then the project's policy file.
+		std::ofstream(dir_ / "bus.conf") << R"(<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path=)" << (dir_ / "bus").string() << R"(</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+  </policy>
+  <include>)" << policy << R"(</include>
+</busconfig>
+)";
+		busAddress_ = "unix:path=" + (dir_ / "bus").string();
+		busPid_ = ::fork();
+		if (busPid_ == 0) {
+			std::string config = "--config-file=" + (dir_ / "bus.conf").string();
+			::execlp("dbus-daemon", "dbus-daemon", config.c_str(), "--nofork", "--nopidfile", "--nosyslog",
+				 static_cast<char *>(nullptr));
+			::_exit(127);
+		}
+		for (int i = 0; i < 100 && !fs::exists(dir_ / "bus"); ++i)
+			std::this_thread::sleep_for(std::chrono::milliseconds(20));
+		ASSERT_TRUE(fs::exists(dir_ / "bus")) << "dbus-daemon did not start";
+		::chmod((dir_ / "bus").c_str(), 0777);
+	}
+
+	void writeConfig(const std::string &text) { std::ofstream(configPath()) << text; }
+	std::string configPath() const { return (dir_ / "portslice.toml").string(); }
+	std::string stateDir() const { return (dir_ / "state").string(); }
+	std::string logPath() const { return (dir_ / "portsliced.log").string(); }
+	std::string bin(const std::string &relative) const { return std::string(PSD_BUILD_ROOT) + "/" + relative; }
+	std::string env() const { return "DBUS_SYSTEM_BUS_ADDRESS=" + quote(busAddress_) + " "; }
+
+	// Start portsliced in the server namespace and wait until it owns its name.
+	void startDaemon()
+	{
+		daemonPid_ = ::fork();
+		if (daemonPid_ == 0) {
+			::setenv("DBUS_SYSTEM_BUS_ADDRESS", busAddress_.c_str(), 1);
+			int log = ::open(logPath().c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+			::dup2(log, 1);
+			::dup2(log, 2);
+			std::string daemon = bin("src/daemon/portsliced");
+			::execlp("ip", "ip", "netns", "exec", ns_.c_str(), daemon.c_str(), "--config", configPath().c_str(),
+				 "--state-dir", stateDir().c_str(), static_cast<char *>(nullptr));
+			::_exit(127);
+		}
+		for (int i = 0; i < 250; ++i) {
+			if (busctl("call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus NameHasOwner s "
+				   "org.portslice.Egress1").out.find("true") != std::string::npos)
+				return;
+			int status;
+			if (::waitpid(daemonPid_, &status, WNOHANG) == daemonPid_) {
+				daemonPid_ = -1;
+				FAIL() << "portsliced exited:\n" << readFile(logPath());
+			}
+			std::this_thread::sleep_for(std::chrono::milliseconds(20));
+		}
+		FAIL() << "portsliced did not take its bus name in 5 s:\n" << readFile(logPath());
+	}
+
+	void stopDaemon(int signal = SIGTERM)
+	{
+		if (daemonPid_ <= 0)
+			return;
+		::kill(daemonPid_, signal);
+		::waitpid(daemonPid_, nullptr, 0);
+		daemonPid_ = -1;
+	}
+
+	// busctl against the private bus, as root or as `as` ("nobody", "nobody:portslice").
+	Outcome busctl(const std::string &args, const std::string &as = "") const
+	{
+		std::string prefix;
+		if (as == "nobody")
+			prefix = "setpriv --reuid=nobody --regid=nogroup --clear-groups ";
+		else if (!as.empty())
+			prefix = "setpriv --reuid=nobody --regid=nogroup --groups=" + as + " ";
+		return sh(prefix + "busctl --address=" + quote(busAddress_) + " " + args);
+	}
+	Outcome call(const std::string &member, const std::string &args = "", const std::string &as = "") const
+	{
+		return busctl("call org.portslice.Egress1 /org/portslice/Egress1 org.portslice.Egress1 " + member + " " +
+			      args, as);
+	}
+	Outcome property(const std::string &name, const std::string &as = "") const
+	{
+		return busctl("get-property org.portslice.Egress1 /org/portslice/Egress1 org.portslice.Egress1 " + name,
+			      as);
+	}
+	uint64_t generation() const
+	{
+		Outcome r = property("Generation");
+		return r.ok() ? std::stoull(r.out.substr(2)) : 0; // "t 7"
+	}
+	Outcome ctl(const std::string &args, const std::string &as = "") const
+	{
+		std::string prefix = as.empty() ? "" : "setpriv --reuid=nobody --regid=nogroup --clear-groups ";
+		return sh(prefix + "env " + env() + bin("src/ctl/portslicectl") + " " + args);
+	}
+	Outcome inNs(const std::string &command, int timeoutSeconds = 30) const
+	{
+		return sh("ip netns exec " + ns_ + " sh -c " + quote(command), timeoutSeconds);
+	}
+	std::string table() const { return inNs("nft -s list table inet portslice").out; }
+
+	static inline int counter_ = 0;
+	fs::path dir_;
+	std::string ns_;
+	std::string busAddress_;
+	pid_t busPid_ = -1;
+	pid_t daemonPid_ = -1;
+	bool addedGroup_ = false;
+};
+
+} // namespace portslice::dbuslab

@@ -1,0 +1,395 @@
+// SPDX-License-Identifier: MIT
+// portsliced on a private system-type bus with the project's policy, in a network namespace, on the real kernel.
+#include "dbus_lab.h"
+
+#include <atomic>
+#include <mutex>
+#include <random>
+#include <set>
+
+#include <sdbus-c++/sdbus-c++.h>
+
+#include "config/config.h"
+#include "dbus/egress1_proxy.h"
+#include "dbus/state_store.h"
+#include "plan/plan.h"
+
+namespace portslice::dbuslab {
+namespace {
+
+// The generated proxy on the private bus, recording the signals it sees.
+class Egress1 final : public sdbus::ProxyInterfaces<org::portslice::Egress1_proxy> {
+public:
+	Egress1(sdbus::IConnection &connection)
+		: ProxyInterfaces(connection, "org.portslice.Egress1", "/org/portslice/Egress1")
+	{
+		registerProxy();
+	}
+	~Egress1() { unregisterProxy(); }
+
+	std::vector<uint64_t> applied() const
+	{
+		std::lock_guard lock(mutex_);
+		return applied_;
+	}
+	std::vector<std::string> failed() const
+	{
+		std::lock_guard lock(mutex_);
+		return failed_;
+	}
+
+private:
+	void onApplied(const uint64_t &generation) override
+	{
+		std::lock_guard lock(mutex_);
+		applied_.push_back(generation);
+	}
+	void onApplyFailed(const std::string &error) override
+	{
+		std::lock_guard lock(mutex_);
+		failed_.push_back(error);
+	}
+
+	mutable std::mutex mutex_;
+	std::vector<uint64_t> applied_;
+	std::vector<std::string> failed_;
+};
+
+class ServiceLab : public DbusLab {
+protected:
+	void connect()
+	{
+		connection_ = sdbus::createSessionBusConnectionWithAddress(busAddress_);
+		connection_->enterEventLoopAsync();
+		proxy_ = std::make_unique<Egress1>(*connection_);
+	}
+	void TearDown() override
+	{
+		proxy_.reset();
+		if (connection_)
+			connection_->leaveEventLoop();
+		connection_.reset();
+		DbusLab::TearDown();
+	}
+
+	// The error name a call fails with, or "" when it succeeds.
+	template<class F>
+	std::string errorOf(F &&f)
+	{
+		try {
+			f();
+			return "";
+		} catch (const sdbus::Error &e) {
+			lastMessage_ = e.getMessage();
+			return e.getName();
+		}
+	}
+
+	// What the plan of `config` with the persisted overlay is, computed here.
+	std::string expectedPlanJson()
+	{
+		config::LoadResult loaded = config::loadFile(configPath());
+		EXPECT_TRUE(loaded.ok());
+		Result<dbus::Overlay> overlay = dbus::StateStore(stateDir()).load();
+		EXPECT_TRUE(overlay.ok());
+		dbus::OverlayResult laid = dbus::applyOverlay(*loaded.config, *overlay);
+		plan::PlanResult planned = plan::makePlan(laid.config);
+		EXPECT_TRUE(planned.ok());
+		return plan::toJson(*planned.plan);
+	}
+
+	bool waitFor(const std::function<bool()> &done, std::chrono::milliseconds limit)
+	{
+		auto end = std::chrono::steady_clock::now() + limit;
+		while (std::chrono::steady_clock::now() < end) {
+			if (done())
+				return true;
+			std::this_thread::sleep_for(std::chrono::milliseconds(20));
+		}
+		return done();
+	}
+
+	std::unique_ptr<sdbus::IConnection> connection_;
+	std::unique_ptr<Egress1> proxy_;
+	std::string lastMessage_;
+};
+
+TEST_F(ServiceLab, IntrospectionShowsExactlyTheSpecMembers)
+{
+	startDaemon();
+	Outcome r = busctl("introspect org.portslice.Egress1 /org/portslice/Egress1 org.portslice.Egress1");
+	ASSERT_TRUE(r.ok()) << r.out;
+	std::set<std::string> members;
+	std::istringstream lines(r.out);
+	for (std::string line; std::getline(lines, line);) {
+		if (line.empty() || line[0] != '.')
+			continue;
+		std::istringstream words(line);
+		std::string name, type, signature, result;
+		words >> name >> type >> signature >> result;
+		members.insert(name + " " + type + " " + signature + (type == "method" ? " " + result : ""));
+	}
+	std::set<std::string> spec = {
+		".Server property s",   ".Generation property t", ".State property s", ".LastError property s",
+		".Reload method - t",   ".SetSliceOwner method sus t", ".Plan method - s", ".Dump method - s",
+		".Owner method sq ss",  ".Stats method - a(ssst)", ".Applied signal t", ".ApplyFailed signal s",
+	};
+	EXPECT_EQ(members, spec) << r.out;
+}
+
+TEST_F(ServiceLab, PropertiesAndMethodsReturnWhatThePlanSays)
+{
+	startDaemon();
+	connect();
+	EXPECT_EQ(proxy_->Server(), "s1");
+	EXPECT_EQ(proxy_->State(), "applied");
+	EXPECT_EQ(proxy_->Generation(), 1u);
+	EXPECT_EQ(proxy_->LastError(), "");
+	EXPECT_EQ(proxy_->Plan(), expectedPlanJson());
+	// The audit trail: Dump() is what the kernel lists.
+	EXPECT_EQ(proxy_->Dump(), table());
+	EXPECT_EQ(std::get<0>(proxy_->Owner("198.51.100.1", 1024)), "s1");
+	EXPECT_EQ(std::get<0>(proxy_->Owner("198.51.100.1", 3072)), "s2");
+	EXPECT_EQ(std::get<0>(proxy_->Owner("198.51.100.1", 9000)), "s3");
+	EXPECT_EQ(errorOf([&] { proxy_->Owner("198.51.100.1", 80); }), "org.portslice.Error.NotFound");
+	EXPECT_EQ(errorOf([&] { proxy_->Owner("203.0.113.1", 2000); }), "org.portslice.Error.NotFound");
+	auto rows = proxy_->Stats();
+	std::set<std::string> kinds;
+	for (const auto &row : rows)
+		kinds.insert(row.get<0>() + "/" + row.get<1>());
+	EXPECT_TRUE(kinds.contains("source/warp-gb")) << rows.size();
+	EXPECT_TRUE(kinds.contains("address/198.51.100.1")) << rows.size();
+}
+
+TEST_F(ServiceLab, AnUnprivilegedCallerIsDeniedEverything)
+{
+	startDaemon();
+	for (const char *member : {"Reload", "Plan", "Stats"}) {
+		Outcome r = call(member, "", "nobody");
+		EXPECT_FALSE(r.ok()) << member;
+		EXPECT_NE(r.out.find("ccess denied"), std::string::npos) << member << ": " << r.out;
+	}
+	Outcome set = call("SetSliceOwner", "sus 198.51.100.1 1 s1", "nobody");
+	EXPECT_NE(set.out.find("ccess denied"), std::string::npos) << set.out;
+	Outcome prop = property("Generation", "nobody");
+	EXPECT_NE(prop.out.find("ccess denied"), std::string::npos) << prop.out;
+	EXPECT_EQ(generation(), 1u);
+
+	Outcome status = ctl("status", "nobody");
+	EXPECT_EQ(status.status, 4) << status.out;
+	EXPECT_NE(status.out.find("access denied"), std::string::npos) << status.out;
+}
+
+TEST_F(ServiceLab, AMemberOfGroupPortsliceReadsButCannotChange)
+{
+	startDaemon();
+	EXPECT_EQ(property("State", "portslice").out, "s \"applied\"\n");
+	EXPECT_TRUE(call("Plan", "", "portslice").ok());
+	EXPECT_TRUE(call("Dump", "", "portslice").ok());
+	EXPECT_TRUE(call("Stats", "", "portslice").ok());
+	Outcome owner = call("Owner", "sq 198.51.100.1 1024", "portslice");
+	EXPECT_TRUE(owner.ok()) << owner.out;
+	EXPECT_EQ(owner.out.substr(0, 8), "ss \"s1\" ") << owner.out;
+	EXPECT_TRUE(busctl("introspect org.portslice.Egress1 /org/portslice/Egress1", "portslice").ok());
+	for (const std::string &mutation : {std::string("Reload"), std::string("SetSliceOwner sus 198.51.100.1 1 s1")}) {
+		std::string member = mutation.substr(0, mutation.find(' '));
+		std::string args = mutation.find(' ') == std::string::npos ? "" : mutation.substr(mutation.find(' ') + 1);
+		Outcome r = call(member, args, "portslice");
+		EXPECT_NE(r.out.find("ccess denied"), std::string::npos) << mutation << ": " << r.out;
+	}
+	EXPECT_EQ(generation(), 1u);
+}
+
+TEST_F(ServiceLab, InvalidArgumentsLeaveGenerationAndTableUnchanged)
+{
+	startDaemon();
+	connect();
+	std::string before = table();
+	ASSERT_NE(before.find("table inet portslice"), std::string::npos) << before;
+	struct Case {
+		const char *address;
+		uint32_t slice;
+		const char *server;
+	};
+	for (const Case &c : {Case{"198.51.100.99", 1, "s1"}, Case{"198.51.100.1", 4, "s1"},
+			      Case{"198.51.100.1", 1, "nosuch"}, Case{"garbage", 1, "s1"}}) {
+		EXPECT_EQ(errorOf([&] { proxy_->SetSliceOwner(c.address, c.slice, c.server); }),
+			  "org.portslice.Error.InvalidArgument")
+			<< c.address << " " << c.slice << " " << c.server;
+		EXPECT_FALSE(lastMessage_.empty());
+	}
+	EXPECT_EQ(proxy_->Generation(), 1u);
+	EXPECT_EQ(proxy_->State(), "applied");
+	EXPECT_EQ(table(), before);
+}
+
+TEST_F(ServiceLab, SetSliceOwnerMovesASliceInOneGenerationAndSurvivesARestart)
+{
+	startDaemon();
+	connect();
+	EXPECT_EQ(proxy_->SetSliceOwner("198.51.100.1", 1, "s1"), 2u);
+	EXPECT_TRUE(waitFor([&] { return proxy_->applied() == std::vector<uint64_t>{2}; },
+			    std::chrono::milliseconds(2000)));
+	EXPECT_EQ(std::get<0>(proxy_->Owner("198.51.100.1", 3072)), "s1");
+	std::string moved = table();
+	EXPECT_EQ(proxy_->Dump(), moved);
+	EXPECT_EQ(proxy_->Plan(), expectedPlanJson());
+
+	// SIGTERM leaves the table; a new daemon comes back with the move.
+	proxy_.reset();
+	connection_->leaveEventLoop();
+	connection_.reset();
+	stopDaemon(SIGTERM);
+	EXPECT_EQ(table(), moved);
+	startDaemon();
+	connect();
+	EXPECT_EQ(std::get<0>(proxy_->Owner("198.51.100.1", 3072)), "s1");
+	EXPECT_EQ(proxy_->Plan(), expectedPlanJson());
+	EXPECT_EQ(proxy_->Dump(), table());
+}
+
+TEST_F(ServiceLab, KillNineDuringFiftyMutationsLeavesNothingHalfApplied)
+{
+	startDaemon();
+	connect();
+	std::mt19937 random(static_cast<uint32_t>(::getpid()));
+	std::uniform_int_distribution<int> killAt(5, 45);
+	int victim = killAt(random);
+	const char *servers[] = {"s1", "s2", "s3"};
+	const char *addresses[] = {"198.51.100.1", "198.51.100.2"};
+	int failedCalls = 0;
+	for (int i = 0; i < 50; ++i) {
+		if (i == victim) {
+			// Kill while the next call is in flight.
+			std::thread killer([this] {
+				std::this_thread::sleep_for(std::chrono::microseconds(300));
+				::kill(daemonPid_, SIGKILL);
+			});
+			try {
+				proxy_->SetSliceOwner(addresses[i % 2], static_cast<uint32_t>(random() % 3),
+						      servers[random() % 3]);
+			} catch (const sdbus::Error &) {
+				++failedCalls;
+			}
+			killer.join();
+			::waitpid(daemonPid_, nullptr, 0);
+			daemonPid_ = -1;
+			break;
+		}
+		try {
+			proxy_->SetSliceOwner(addresses[i % 2], static_cast<uint32_t>(random() % 3),
+					      servers[random() % 3]);
+		} catch (const sdbus::Error &e) {
+			ADD_FAILURE() << "call " << i << ": " << e.getMessage();
+		}
+	}
+	proxy_.reset();
+	connection_->leaveEventLoop();
+	connection_.reset();
+	startDaemon();
+	connect();
+	EXPECT_EQ(proxy_->State(), "applied");
+	EXPECT_EQ(proxy_->Plan(), expectedPlanJson());
+	EXPECT_EQ(proxy_->Dump(), table());
+}
+
+TEST_F(ServiceLab, ATableDeletedOrEditedByHandIsRestoredWithinTwoSeconds)
+{
+	startDaemon();
+	std::string applied = table();
+	ASSERT_NE(applied.find("table inet portslice"), std::string::npos);
+	Outcome deleted = inNs("nft delete table inet portslice");
+	ASSERT_TRUE(deleted.ok()) << deleted.out;
+	auto start = std::chrono::steady_clock::now();
+	bool restored = false;
+	while (std::chrono::steady_clock::now() - start < std::chrono::seconds(2)) {
+		if (table() == applied) {
+			restored = true;
+			break;
+		}
+		std::this_thread::sleep_for(std::chrono::milliseconds(20));
+	}
+	EXPECT_TRUE(restored) << table();
+	// Noticed through the nftables event, not the periodic check: the log names who did it.
+	EXPECT_NE(readFile(logPath()).find("changed by a commit by nft pid"), std::string::npos) << readFile(logPath());
+
+	// An edit inside the table is a change too: flush one chain.
+	Outcome chains = inNs("nft -s list table inet portslice | awk '$1 == \"chain\" {print $2; exit}'");
+	ASSERT_TRUE(chains.ok() && !chains.out.empty()) << chains.out;
+	std::string chain = chains.out.substr(0, chains.out.find('\n'));
+	ASSERT_TRUE(inNs("nft flush chain inet portslice " + chain).ok());
+	start = std::chrono::steady_clock::now();
+	restored = false;
+	while (std::chrono::steady_clock::now() - start < std::chrono::seconds(2)) {
+		if (table() == applied) {
+			restored = true;
+			break;
+		}
+		std::this_thread::sleep_for(std::chrono::milliseconds(20));
+	}
+	EXPECT_TRUE(restored) << table();
+	EXPECT_EQ(generation(), 1u);
+}
+
+TEST_F(ServiceLab, AReloadWithABrokenFileKeepsTheOldStateAndSignalsFileAndLine)
+{
+	startDaemon();
+	connect();
+	std::string before = table();
+	writeConfig(std::string(kLabFleet) + "\n[[sources]]\nname = \"x\"\nmatch = { saddr = \"100.64.7.0/33\" }\n"
+					     "want = { country = \"GB\" }\n");
+	EXPECT_EQ(errorOf([&] { proxy_->Reload(); }), "org.portslice.Error.InvalidConfig");
+	EXPECT_NE(lastMessage_.find(configPath() + ":"), std::string::npos) << lastMessage_;
+	ASSERT_TRUE(waitFor([&] { return !proxy_->failed().empty(); }, std::chrono::milliseconds(2000)));
+	EXPECT_NE(proxy_->failed()[0].find(configPath() + ":"), std::string::npos) << proxy_->failed()[0];
+	EXPECT_EQ(proxy_->State(), "degraded");
+	EXPECT_EQ(proxy_->Generation(), 1u);
+	EXPECT_NE(proxy_->LastError().find(configPath() + ":"), std::string::npos);
+	EXPECT_EQ(table(), before);
+
+	// SIGHUP goes the same way; a fixed file then applies.
+	writeConfig(std::string(kLabFleet).replace(std::string(kLabFleet).find("s1 = 0, s2 = 1, s3 = [2, 3]"), 27,
+						   "s1 = [0, 1], s3 = [2, 3]"));
+	::kill(daemonPid_, SIGHUP);
+	ASSERT_TRUE(waitFor([&] { return proxy_->Generation() == 2u; }, std::chrono::milliseconds(3000)))
+		<< readFile(logPath());
+	EXPECT_EQ(proxy_->State(), "applied");
+	EXPECT_EQ(proxy_->LastError(), "");
+	EXPECT_EQ(proxy_->Dump(), table());
+}
+
+TEST_F(ServiceLab, PortslicectlSpeaksToTheDaemonAndSaysWhenItIsNotRunning)
+{
+	Outcome down = ctl("status");
+	EXPECT_EQ(down.status, 3) << down.out;
+	EXPECT_NE(down.out.find("not running"), std::string::npos) << down.out;
+
+	startDaemon();
+	Outcome status = ctl("status");
+	EXPECT_TRUE(status.ok()) << status.out;
+	EXPECT_NE(status.out.find("state:      applied"), std::string::npos) << status.out;
+	EXPECT_NE(status.out.find("server:     s1"), std::string::npos) << status.out;
+
+	Outcome moved = ctl("set-owner 198.51.100.2 1 s1");
+	EXPECT_TRUE(moved.ok()) << moved.out;
+	EXPECT_NE(moved.out.find("generation 2"), std::string::npos) << moved.out;
+	Outcome bad = ctl("set-owner 198.51.100.2 9 s1");
+	EXPECT_EQ(bad.status, 1) << bad.out;
+	EXPECT_NE(bad.out.find("slices 0 to 3"), std::string::npos) << bad.out;
+
+	Outcome reloaded = ctl("reload");
+	EXPECT_TRUE(reloaded.ok()) << reloaded.out;
+
+	Outcome prometheus = ctl("stats --prometheus");
+	EXPECT_TRUE(prometheus.ok()) << prometheus.out;
+	EXPECT_NE(prometheus.out.find("# TYPE portslice_source_packets_total counter"), std::string::npos)
+		<< prometheus.out;
+	EXPECT_NE(prometheus.out.find("portslice_source_packets_total{source=\"warp-gb\"}"), std::string::npos)
+		<< prometheus.out;
+	Outcome json = ctl("stats --json");
+	EXPECT_TRUE(json.ok()) << json.out;
+	EXPECT_EQ(json.out.substr(0, 1), "[") << json.out;
+}
+
+} // namespace
+} // namespace portslice::dbuslab
