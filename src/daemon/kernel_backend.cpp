@@ -23,6 +23,13 @@ Status KernelBackend::apply(const plan::Plan &plan, const plan::Plan *old, uint6
 		  << " conntrack entries of moved slices deleted" << std::endl;
 	for (const conntrack::SysctlChange &c : r.tuning.changed)
 		std::cerr << c.name << " = " << c.value << " (was " << c.previous << ")" << std::endl;
+	if (r.nft.fullReplace) {
+		comment_ = nft::tableComment(plan, generation);
+	} else if (comment_.empty()) {
+		Result<std::optional<nft::TableState>> state = applier_.nft().readState();
+		if (state && state->has_value())
+			comment_ = (*state)->comment;
+	}
 	return {};
 }
 
@@ -33,7 +40,7 @@ Result<std::string> KernelBackend::drift(const plan::Plan &plan, uint64_t genera
 		return state.error().wrap("reading table inet portslice");
 	if (!state->has_value())
 		return std::string("table inet portslice is missing");
-	std::string expected = nft::tableComment(plan, generation);
+	std::string expected = comment_.empty() ? nft::tableComment(plan, generation) : comment_;
 	if ((*state)->comment != expected)
 		return "table inet portslice says \"" + (*state)->comment + "\", not \"" + expected + "\"";
 	return std::string();
@@ -56,7 +63,11 @@ Result<std::vector<dbus::StatRow>> KernelBackend::stats(const plan::Plan &plan)
 
 std::string KernelBackend::dump(const plan::Plan &plan, uint64_t generation)
 {
-	return nft::render(nft::buildModel(plan, generation));
+	// The comment the kernel holds (a delta keeps the last full replace's).
+	nft::TableModel model = nft::buildModel(plan, generation);
+	if (!comment_.empty())
+		model.comment = comment_;
+	return nft::render(model);
 }
 
 std::optional<uint64_t> KernelBackend::appliedGeneration()

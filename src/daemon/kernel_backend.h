@@ -12,9 +12,10 @@ public:
 	explicit KernelBackend(Applier &applier) : applier_(applier) {}
 
 	Status apply(const plan::Plan &plan, const plan::Plan *old, uint64_t generation) override;
-	// The table's comment names generation and plan hash: missing table or
-	// another comment is drift. Edits inside the table keep the comment;
-	// the nftables event monitor catches those.
+	// A missing table, or a comment other than the one the last apply left,
+	// is drift. (An element delta keeps the comment of the last full replace:
+	// the kernel cannot update a table's comment in place.) Edits inside the
+	// table keep the comment; the nftables event monitor catches those.
 	Result<std::string> drift(const plan::Plan &plan, uint64_t generation) override;
 	Result<std::vector<dbus::StatRow>> stats(const plan::Plan &plan) override;
 	std::string dump(const plan::Plan &plan, uint64_t generation) override;
@@ -22,6 +23,7 @@ public:
 
 private:
 	Applier &applier_;
+	std::string comment_; // what the table's comment is after our last apply
 };
 
 } // namespace portslice::daemon

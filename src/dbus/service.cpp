@@ -81,11 +81,11 @@ Failure Service::fail(Failure failure, bool degrade)
 
 Answer<uint64_t> Service::start()
 {
-	Result<Overlay> persisted = store_.load();
+	Result<Persisted> persisted = store_.load();
 	if (!persisted)
 		return fail({Fault::InvalidConfig, persisted.error().message()}, true);
-	overlay_ = *persisted;
-	generation_ = backend_.appliedGeneration().value_or(0);
+	overlay_ = persisted->overlay;
+	generation_ = std::max(persisted->generation, backend_.appliedGeneration().value_or(0));
 	if (!overlay_.empty())
 		listener_.log("re-applying " + std::to_string(overlay_.size()) + " slice owner change(s) from " +
 			      store_.path());
@@ -171,17 +171,20 @@ Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, bool pe
 		if (d.severity == config::Diagnostic::Severity::Warning)
 			listener_.log(d.str());
 
+	bool same = plan_ && state_ != State::Failed && planned.plan->hash() == plan_->hash();
+	// Persist before the kernel changes: a crash in between re-applies the
+	// new state on start, never loses a change a caller was told about.
+	persist = persist || !same;
 	if (persist) {
-		if (Status saved = store_.save(overlay); !saved)
+		if (Status saved = store_.save({overlay, same ? generation_ : generation_ + 1}); !saved)
 			return fail({Fault::ApplyFailed, saved.error().wrap("keeping the slice owners").message() +
 				     "; nothing was applied"}, false);
 	}
-	bool same = plan_ && state_ != State::Failed && planned.plan->hash() == plan_->hash();
 	if (!same) {
 		Status applied = backend_.apply(*planned.plan, plan_ ? &*plan_ : nullptr, generation_ + 1);
 		if (!applied) {
 			if (persist) {
-				if (Status back = store_.save(overlay_); !back)
+				if (Status back = store_.save({overlay_, generation_}); !back)
 					listener_.log("restoring " + store_.path() + ": " + back.error().message());
 			}
 			return fail({Fault::ApplyFailed, applied.error().message() +

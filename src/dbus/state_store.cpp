@@ -57,15 +57,16 @@ OverlayResult applyOverlay(const config::Config &file, const Overlay &overlay)
 	return result;
 }
 
-Result<Overlay> StateStore::load() const
+Result<Persisted> StateStore::load() const
 {
 	std::ifstream in(path());
 	if (!in) {
 		if (errno == ENOENT)
-			return Overlay{};
+			return Persisted{};
 		return Error(errno, "reading " + path());
 	}
-	Overlay overlay;
+	Persisted state;
+	Overlay &overlay = state.overlay;
 	std::string line;
 	for (uint32_t number = 1; std::getline(in, line); ++number) {
 		if (line.empty() || line[0] == '#')
@@ -73,6 +74,11 @@ Result<Overlay> StateStore::load() const
 		std::istringstream words(line);
 		std::string address, slice, server, extra;
 		words >> address >> slice >> server >> extra;
+		if (address == "generation" && server.empty()) {
+			auto [end, ec] = std::from_chars(slice.data(), slice.data() + slice.size(), state.generation);
+			if (ec == std::errc() && end == slice.data() + slice.size())
+				continue;
+		}
 		auto ip = Ipv4::parse(address);
 		uint32_t index = 0;
 		auto [end, ec] = std::from_chars(slice.data(), slice.data() + slice.size(), index);
@@ -81,7 +87,7 @@ Result<Overlay> StateStore::load() const
 				     ": expected \"ADDRESS SLICE SERVER\"; fix or delete the line, then restart");
 		setOverride(overlay, *ip, index, server);
 	}
-	return overlay;
+	return state;
 }
 
 namespace {
@@ -103,11 +109,12 @@ Status writeAll(int fd, const std::string &text, const std::string &what)
 
 } // namespace
 
-Status StateStore::save(const Overlay &overlay) const
+Status StateStore::save(const Persisted &state) const
 {
 	std::string text = "# portsliced: slice owners set over D-Bus (SetSliceOwner), laid over the config file.\n"
-			   "# ADDRESS SLICE SERVER. Written by the daemon; edit only while it is stopped.\n";
-	for (const OwnerOverride &o : overlay)
+			   "# ADDRESS SLICE SERVER. Written by the daemon; edit only while it is stopped.\n"
+			   "generation " + std::to_string(state.generation) + "\n";
+	for (const OwnerOverride &o : state.overlay)
 		text += o.address.str() + " " + std::to_string(o.slice) + " " + o.server + "\n";
 
 	if (::mkdir(dir_.c_str(), 0700) < 0 && errno != EEXIST)

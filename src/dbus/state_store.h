@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// The orchestration overlay (SetSliceOwner changes) kept in the state directory, written atomically.
+// The orchestration overlay (SetSliceOwner changes) and the generation, kept in the state directory, written atomically.
 #pragma once
 
 #include <cstdint>
@@ -35,6 +35,15 @@ struct OverlayResult {
 // operator's word); entries the file now agrees with are retired.
 OverlayResult applyOverlay(const config::Config &file, const Overlay &overlay);
 
+// What the state directory keeps: the overlay, and the last generation, so
+// that generations keep growing across restarts (the table's comment only
+// changes with a full replace).
+struct Persisted {
+	Overlay overlay;
+	uint64_t generation = 0;
+	bool operator==(const Persisted &) const = default;
+};
+
 class StateStore {
 public:
 	explicit StateStore(std::string dir) : dir_(std::move(dir)) {}
@@ -43,10 +52,10 @@ public:
 	std::string path() const { return dir_ + "/owners"; }
 
 	// A missing file is an empty overlay; a damaged one is an error naming its line.
-	Result<Overlay> load() const;
+	Result<Persisted> load() const;
 	// Write a temporary file, fsync it, rename it over the old one, fsync the
 	// directory: after a crash the file is either the old or the new one.
-	Status save(const Overlay &overlay) const;
+	Status save(const Persisted &state) const;
 
 private:
 	std::string dir_;

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fcntl.h>
 #include <csignal>
@@ -65,6 +66,40 @@ inline std::string readFile(const std::string &path)
 	std::stringstream text;
 	text << in.rdbuf();
 	return text.str();
+}
+
+// nft lists the elements of a set in the kernel's order, which after an
+// element delta is not the renderer's sorted order: sort the elements of
+// each `elements = { ... }` block so that equal tables compare equal.
+inline std::string normalized(const std::string &table)
+{
+	std::string out;
+	size_t at = 0;
+	for (;;) {
+		size_t open = table.find("elements = { ", at);
+		if (open == std::string::npos)
+			break;
+		size_t begin = open + 13;
+		size_t close = table.find(" }\n", begin);
+		out += table.substr(at, begin - at);
+		std::vector<std::string> elements;
+		std::string current;
+		for (size_t i = begin; i < close; ++i) {
+			char c = table[i];
+			if (c == ',') {
+				elements.push_back(current);
+				current.clear();
+			} else if (c != '\n' && c != '\t' && !(c == ' ' && current.empty())) {
+				current += c;
+			}
+		}
+		elements.push_back(current);
+		std::sort(elements.begin(), elements.end());
+		for (size_t i = 0; i < elements.size(); ++i)
+			out += (i ? ", " : "") + elements[i];
+		at = close;
+	}
+	return out + table.substr(at);
 }
 
 // The fleet of the lab: this server s1 owns slice 0 of 198.51.100.1 and 198.51.100.2.

@@ -169,6 +169,8 @@ TEST_F(ServiceTest, SetSliceOwnerMovesTheSliceInOneIncrementalGenerationAndPersi
 	auto restarted = makeService();
 	ASSERT_TRUE(restarted->start().ok());
 	EXPECT_EQ(restarted->currentPlan()->addresses.at(0).mySlices, (std::vector<uint32_t>{0, 1}));
+	// Generations keep growing across restarts.
+	EXPECT_EQ(restarted->generation(), 3u);
 	EXPECT_FALSE(backend_.calls.back().incremental);
 }
 
@@ -185,6 +187,7 @@ TEST_F(ServiceTest, InvalidArgumentsChangeNeitherGenerationNorKernelNorState)
 {
 	auto service = makeService();
 	ASSERT_TRUE(service->start().ok());
+	std::string persisted = stateFile();
 	struct Case {
 		const char *address;
 		uint32_t slice;
@@ -205,7 +208,7 @@ TEST_F(ServiceTest, InvalidArgumentsChangeNeitherGenerationNorKernelNorState)
 	}
 	EXPECT_EQ(backend_.calls.size(), 1u);
 	EXPECT_EQ(listener_.failures.size(), 4u);
-	EXPECT_FALSE(fs::exists(stateDir() + "/owners"));
+	EXPECT_EQ(stateFile(), persisted);
 }
 
 TEST_F(ServiceTest, ReloadWithABrokenFileKeepsTheAppliedPlanAndNamesFileAndLine)
@@ -335,23 +338,24 @@ TEST(StateStore, KeepsOwnersAcrossSaveAndLoad)
 	ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
 	StateStore store(pattern + "/state");
 	ASSERT_TRUE(store.load().ok());
-	EXPECT_TRUE(store.load()->empty());
+	EXPECT_TRUE(store.load()->overlay.empty());
 	Overlay overlay;
 	setOverride(overlay, *Ipv4::parse("198.51.100.2"), 7, "s3");
 	setOverride(overlay, *Ipv4::parse("198.51.100.1"), 1, "s1");
 	setOverride(overlay, *Ipv4::parse("198.51.100.1"), 1, "s2");
 	ASSERT_EQ(overlay.size(), 2u);
-	ASSERT_TRUE(store.save(overlay).ok());
-	Result<Overlay> loaded = store.load();
+	ASSERT_TRUE(store.save({overlay, 17}).ok());
+	Result<Persisted> loaded = store.load();
 	ASSERT_TRUE(loaded.ok());
-	EXPECT_EQ(*loaded, overlay);
-	EXPECT_EQ((*loaded)[0].server, "s2");
+	EXPECT_EQ(loaded->overlay, overlay);
+	EXPECT_EQ(loaded->generation, 17u);
+	EXPECT_EQ(loaded->overlay[0].server, "s2");
 	EXPECT_FALSE(fs::exists(store.path() + ".tmp"));
 
 	std::ofstream(store.path(), std::ios::app) << "198.51.100.3 x s1\n";
-	Result<Overlay> damaged = store.load();
+	Result<Persisted> damaged = store.load();
 	ASSERT_FALSE(damaged.ok());
-	EXPECT_NE(damaged.error().message().find(store.path() + ":5:"), std::string::npos) << damaged.error().message();
+	EXPECT_NE(damaged.error().message().find(store.path() + ":6:"), std::string::npos) << damaged.error().message();
 	fs::remove_all(pattern);
 }
 
