@@ -20,7 +20,8 @@ Status KernelBackend::apply(const plan::Plan &plan, const plan::Plan *old, uint6
 	std::cerr << "generation " << generation << ": " << (r.nft.fullReplace ? "table replaced" : "element delta")
 		  << ", +" << r.nft.elementsAdded << " -" << r.nft.elementsDeleted << " elements in " << r.nft.messages
 		  << " messages (" << r.nft.bytes << " bytes); " << r.conntrackDeleted
-		  << " conntrack entries of moved slices deleted" << std::endl;
+		  << " conntrack entries of moved slices deleted"
+		  << (r.xdp ? "; XDP forwarder maps synced" : "") << std::endl;
 	for (const conntrack::SysctlChange &c : r.tuning.changed)
 		std::cerr << c.name << " = " << c.value << " (was " << c.previous << ")" << std::endl;
 	if (r.nft.fullReplace) {

@@ -19,7 +19,7 @@ namespace {
 
 int usage()
 {
-	std::cerr << "usage: portsliced [--config FILE] [--state-dir DIR] [--no-xdp] [--apply-once | --remove]\n"
+	std::cerr << "usage: portsliced [--config FILE] [--state-dir DIR] [--no-xdp | --xdp-pin-dir DIR] [--apply-once | --remove]\n"
 		     "       without --apply-once or --remove: the daemon (D-Bus service org.portslice.Egress1)\n";
 	return 2;
 }
@@ -55,6 +55,8 @@ int main(int argc, char **argv)
 			options.stateDir = argv[++i];
 		else if (a == "--no-xdp")
 			options.xdp = false; // NAT only: no forwarder on the uplink
+		else if (a == "--xdp-pin-dir" && i + 1 < argc)
+			options.xdpPinDir = argv[++i]; // bpffs directory of the forwarder's maps and link
 		else if (a == "--apply-once")
 			applyOnce = true;
 		else if (a == "--remove")

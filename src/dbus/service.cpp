@@ -187,6 +187,13 @@ Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, bool pe
 				if (Status back = store_.save({overlay_, generation_}); !back)
 					listener_.log("restoring " + store_.path() + ": " + back.error().message());
 			}
+			// A backend may fail half-way (the table applied, the forwarder
+			// not): put the previous plan back in full.
+			if (plan_ && state_ != State::Failed) {
+				if (Status back = backend_.apply(*plan_, nullptr, generation_); !back)
+					listener_.log("restoring generation " + std::to_string(generation_) + ": " +
+						      back.error().message());
+			}
 			return fail({Fault::ApplyFailed, applied.error().message() +
 				     "; the previous state stays applied"}, true);
 		}

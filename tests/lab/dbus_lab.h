@@ -178,6 +178,9 @@ protected:
 			ASSERT_TRUE(added.ok()) << added.out;
 			addedGroup_ = true;
 		}
+		fs::create_directory(dir_ / "bpf");
+		Outcome mounted = sh("mount -t bpf bpf " + quote((dir_ / "bpf").string()));
+		ASSERT_TRUE(mounted.ok()) << mounted.out;
 		startBus();
 		writeConfig(kLabFleet);
 	}
@@ -189,8 +192,10 @@ protected:
 			::kill(busPid_, SIGTERM);
 			::waitpid(busPid_, nullptr, 0);
 		}
-		if (!ns_.empty())
+		if (!ns_.empty()) {
 			(void)sh("ip netns del " + ns_);
+			(void)sh("umount " + quote((dir_ / "bpf").string()));
+		}
 		if (!dir_.empty())
 			fs::remove_all(dir_);
 		if (addedGroup_)
@@ -243,6 +248,9 @@ protected:
 	std::string configPath() const { return (dir_ / "portslice.toml").string(); }
 	std::string stateDir() const { return (dir_ / "state").string(); }
 	std::string logPath() const { return (dir_ / "portsliced.log").string(); }
+	// The forwarder's maps and link, pinned in a bpffs of this test: parallel
+	// runs never share them, and `ip netns exec` (which remounts /sys) sees it.
+	std::string pinDir() const { return (dir_ / "bpf" / "portslice").string(); }
 	std::string bin(const std::string &relative) const { return std::string(PSD_BUILD_ROOT) + "/" + relative; }
 	std::string env() const { return "DBUS_SYSTEM_BUS_ADDRESS=" + quote(busAddress_) + " "; }
 
@@ -257,7 +265,8 @@ protected:
 			::dup2(log, 2);
 			std::string daemon = bin("src/daemon/portsliced");
 			::execlp("ip", "ip", "netns", "exec", ns_.c_str(), daemon.c_str(), "--config", configPath().c_str(),
-				 "--state-dir", stateDir().c_str(), static_cast<char *>(nullptr));
+				 "--state-dir", stateDir().c_str(), "--xdp-pin-dir", pinDir().c_str(),
+				 static_cast<char *>(nullptr));
 			::_exit(127);
 		}
 		for (int i = 0; i < 250; ++i) {

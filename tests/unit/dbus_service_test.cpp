@@ -251,6 +251,11 @@ TEST_F(ServiceTest, AFailedApplyKeepsThePreviousStateAndThePersistedOwners)
 	EXPECT_EQ(service->currentPlan()->addresses.at(0).mySlices, (std::vector<uint32_t>{0, 1}));
 	EXPECT_EQ(stateFile(), before);
 	EXPECT_EQ(service->state(), State::Degraded);
+	// The failed apply may have changed part of the kernel: the previous plan goes back in full.
+	ASSERT_EQ(backend_.calls.size(), 3u);
+	EXPECT_FALSE(backend_.calls[2].incremental);
+	EXPECT_EQ(backend_.calls[2].mySlices, (std::vector<uint32_t>{0, 1}));
+	EXPECT_EQ(backend_.calls[2].generation, 2u);
 }
 
 TEST_F(ServiceTest, AnOwnerChangeRetiresWhenTheFileSaysTheSame)
