@@ -133,17 +133,21 @@ protected:
 		return *planned.plan;
 	}
 
-	void applyOn(const std::string &server)
+	// Applies the plan of the lab's config, changed by `edit` (a slice move
+	// that orchestration would make), on one server.
+	void applyOn(const std::string &server, const std::function<void(plan::Plan &)> &edit = {})
 	{
 		auto p = planFor(server);
+		if (edit)
+			edit(p);
 		Status s = inNamespace(ns(server), [&] { return xdp::applyForwarder(p, bpfDir(server)); });
 		ASSERT_TRUE(s.ok()) << server << ": " << s.error().message();
 	}
 
-	void applyAll()
+	void applyAll(const std::function<void(plan::Plan &)> &edit = {})
 	{
 		for (const char *s : {"s1", "s2", "s3"})
-			applyOn(s);
+			applyOn(s, edit);
 	}
 
 	xdp::ForwarderCounters counters(const std::string &server)
@@ -358,6 +362,55 @@ TEST_F(XdpLab, FragmentationNeededFromTheRouterReachesTheWorkloadBehindS3)
 	auto s3After = counters("s3");
 	EXPECT_GE(after.packets[FWD_V_ICMP_FORWARD] - before.packets[FWD_V_ICMP_FORWARD], 1u);
 	EXPECT_GE(s3After.packets[FWD_V_DECAP] - s3Before.packets[FWD_V_DECAP], 1u);
+}
+
+TEST_F(XdpLab, DuringAHandoverTheNewOwnerPassesFlowsItHasNoStateForToThePreviousOwner)
+{
+	applyAll();
+	// A UDP flow of w2 through s2 (slice 1 of 198.51.100.1).
+	UniqueFd server = socketIn(ns("inet"), SOCK_DGRAM);
+	auto sa = endpoint(kInet, 9200);
+	ASSERT_EQ(::bind(server.get(), reinterpret_cast<sockaddr *>(&sa), sizeof(sa)), 0);
+	setTimeouts(server.get(), 2000);
+	UniqueFd client = socketIn(ns("w2"), SOCK_DGRAM);
+	setTimeouts(client.get(), 1500);
+	ASSERT_EQ(::connect(client.get(), reinterpret_cast<sockaddr *>(&sa), sizeof(sa)), 0);
+	ASSERT_EQ(::send(client.get(), "hi", 2, 0), 2);
+	sockaddr_in peer{};
+	socklen_t len = sizeof(peer);
+	char buf[16];
+	ASSERT_EQ(::recvfrom(server.get(), buf, sizeof(buf), 0, reinterpret_cast<sockaddr *>(&peer), &len), 2);
+	uint16_t natPort = ntohs(peer.sin_port);
+	ASSERT_GE(natPort, 3072) << "w2's flow must use s2's slice 1";
+	ASSERT_LE(natPort, 5119);
+	auto answer = [&](const char *what) {
+		::sendto(server.get(), what, 1, 0, reinterpret_cast<sockaddr *>(&peer), len);
+		char got[16];
+		ssize_t n = ::recv(client.get(), got, sizeof(got), 0);
+		return n == 1 && got[0] == what[0];
+	};
+	ASSERT_TRUE(answer("a")) << "before the move";
+
+	const int32_t s2 = 1, s3 = 2; // indices in the plan's server list
+	// Control: slice 1 moves to s3 and nobody drains it: s3 has no state for
+	// w2's flow and the answer is lost.
+	applyAll([&](plan::Plan &p) {
+		p.addresses[0].owner[1] = s3;
+		p.addresses[0].previous[1] = plan::kNoServer;
+	});
+	EXPECT_FALSE(answer("b")) << "without a previous owner the draining flow must break";
+
+	// The same move with s2 as the previous owner: s1 sends the answer to s3,
+	// s3's conntrack does not know the flow, s3 hands it to s2.
+	applyAll([&](plan::Plan &p) {
+		p.addresses[0].owner[1] = s3;
+		p.addresses[0].previous[1] = s2;
+	});
+	auto s3Before = counters("s3");
+	auto s2Before = counters("s2");
+	EXPECT_TRUE(answer("c")) << "the previous owner must still get its flow's answers";
+	EXPECT_GE(counters("s3").packets[FWD_V_SECOND_HOP] - s3Before.packets[FWD_V_SECOND_HOP], 1u);
+	EXPECT_GE(counters("s2").packets[FWD_V_DECAP] - s2Before.packets[FWD_V_DECAP], 1u);
 }
 
 } // namespace
