@@ -6,6 +6,12 @@
 #include <iostream>
 
 #include "daemon/kernel_stats.h"
+#ifdef PORTSLICE_HAVE_XDP
+#include <bpf/libbpf.h>
+#include <net/if.h>
+
+#include "xdp/forwarder.h"
+#endif
 #include "nft/model.h"
 #include "nft/render.h"
 
@@ -44,6 +50,19 @@ Result<std::string> KernelBackend::drift(const plan::Plan &plan, uint64_t genera
 	std::string expected = comment_.empty() ? nft::tableComment(plan, generation) : comment_;
 	if ((*state)->comment != expected)
 		return "table inet portslice says \"" + (*state)->comment + "\", not \"" + expected + "\"";
+#ifdef PORTSLICE_HAVE_XDP
+	if (xdp_) {
+		unsigned int ifindex = if_nametoindex(plan.uplink.c_str());
+		if (ifindex == 0)
+			return "uplink " + plan.uplink + " is gone";
+		bpf_xdp_query_opts query{};
+		query.sz = sizeof(query);
+		if (bpf_xdp_query(static_cast<int>(ifindex), 0, &query) < 0)
+			return Error(errno, "asking which XDP program " + plan.uplink + " runs");
+		if (query.prog_id == 0)
+			return "no XDP program on " + plan.uplink;
+	}
+#endif
 	return std::string();
 }
 
@@ -55,6 +74,19 @@ Result<std::vector<dbus::StatRow>> KernelBackend::stats(const plan::Plan &plan)
 	std::vector<dbus::StatRow> rows;
 	for (const nft::CounterValue &c : *counters)
 		addCounterRows(rows, c.name, c.packets, c.bytes);
+#ifdef PORTSLICE_HAVE_XDP
+	if (xdp_) {
+		Result<xdp::ForwarderCounters> verdicts = xdpPinDir_.empty() ? xdp::readForwarderCounters()
+									     : xdp::readForwarderCounters(xdpPinDir_);
+		if (!verdicts)
+			return verdicts.error().wrap("reading the XDP forwarder's counters");
+		for (uint32_t v = 0; v < xdp::kVerdictCount; ++v) {
+			std::string name(xdp::verdictName(v));
+			rows.push_back({"xdp", name, "packets", verdicts->packets[v]});
+			rows.push_back({"xdp", name, "bytes", verdicts->bytes[v]});
+		}
+	}
+#endif
 	Result<std::vector<dbus::StatRow>> use = readConntrackUse(plan);
 	if (!use)
 		return use;

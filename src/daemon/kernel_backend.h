@@ -9,13 +9,16 @@ namespace portslice::daemon {
 
 class KernelBackend final : public dbus::Backend {
 public:
-	explicit KernelBackend(Applier &applier) : applier_(applier) {}
+	// `xdp`: the Applier attaches the forwarder, pinned in `xdpPinDir` (empty: its default).
+	KernelBackend(Applier &applier, bool xdp, std::string xdpPinDir)
+		: applier_(applier), xdp_(xdp), xdpPinDir_(std::move(xdpPinDir)) {}
 
 	Status apply(const plan::Plan &plan, const plan::Plan *old, uint64_t generation) override;
 	// A missing table, or a comment other than the one the last apply left,
 	// is drift. (An element delta keeps the comment of the last full replace:
 	// the kernel cannot update a table's comment in place.) Edits inside the
 	// table keep the comment; the nftables event monitor catches those.
+	// With the forwarder: no XDP program on the uplink is drift too.
 	Result<std::string> drift(const plan::Plan &plan, uint64_t generation) override;
 	Result<std::vector<dbus::StatRow>> stats(const plan::Plan &plan) override;
 	std::string dump(const plan::Plan &plan, uint64_t generation) override;
@@ -23,6 +26,8 @@ public:
 
 private:
 	Applier &applier_;
+	bool xdp_;
+	std::string xdpPinDir_;
 	std::string comment_; // what the table's comment is after our last apply
 };
 

@@ -74,7 +74,7 @@ int main(int argc, char **argv)
 	}
 	if (!applyOnce && !remove) {
 #ifdef PORTSLICE_HAVE_DBUS
-		daemon::KernelBackend backend(*applier);
+		daemon::KernelBackend backend(*applier, options.xdp, options.xdpPinDir);
 		return daemon::serve({configFile, options.stateDir}, backend);
 #else
 		std::cerr << "portsliced: built without D-Bus support (sdbus-c++, libsystemd): "

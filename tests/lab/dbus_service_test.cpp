@@ -3,6 +3,7 @@
 #include "dbus_lab.h"
 
 #include <atomic>
+#include <map>
 #include <mutex>
 #include <random>
 #include <set>
@@ -393,6 +394,72 @@ TEST_F(ServiceLab, PortslicectlSpeaksToTheDaemonAndSaysWhenItIsNotRunning)
 	Outcome json = ctl("stats --json");
 	EXPECT_TRUE(json.ok()) << json.out;
 	EXPECT_EQ(json.out.substr(0, 1), "[") << json.out;
+}
+
+// One real UDP datagram from inside address `from` (on lo of the server
+// namespace) to 203.0.113.10: the table NATs it, conntrack keeps the flow.
+std::string udpFlow(const std::string &from, int port)
+{
+	return "python3 -c \"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('" + from +
+	       "', " + std::to_string(port) + ")); s.sendto(b'x', ('203.0.113.10', 5353))\"";
+}
+
+TEST_F(ServiceLab, LosingASliceRemovesItsConntrackEntriesAndStatsCountTheRest)
+{
+	startDaemon();
+	connect();
+	Outcome routed = inNs("ip addr add 100.64.1.5/32 dev lo && ip addr add 100.64.1.200/32 dev lo && "
+			      "ip route add 203.0.113.0/24 dev up0 && "
+			      "ip neigh add 203.0.113.10 lladdr 02:00:00:00:00:99 dev up0");
+	ASSERT_TRUE(routed.ok()) << routed.out;
+	// 100.64.1.0/25 egresses with 198.51.100.1, 100.64.1.128/25 with 198.51.100.2 (see Plan()).
+	for (const auto &[from, port] : {std::pair{"100.64.1.5", 40000}, std::pair{"100.64.1.5", 40001},
+					 std::pair{"100.64.1.200", 40002}}) {
+		Outcome sent = inNs(udpFlow(from, port));
+		ASSERT_TRUE(sent.ok()) << sent.out;
+	}
+	Outcome flows = inNs("conntrack -L 2>/dev/null");
+	ASSERT_NE(flows.out.find("dst=198.51.100.1"), std::string::npos) << flows.out << table();
+
+	std::map<std::string, uint64_t> stats;
+	for (const auto &row : proxy_->Stats())
+		stats[row.get<0>() + " " + row.get<1>() + " " + row.get<2>()] = row.get<3>();
+	EXPECT_EQ(stats["zone 10 entries"], 3u);
+	EXPECT_EQ(stats["slice 198.51.100.1/0 ports_in_use"], 2u);
+	EXPECT_EQ(stats["slice 198.51.100.1/0 percent_in_use"], 0u); // 2 of 2048
+	EXPECT_EQ(stats["slice 198.51.100.2/0 ports_in_use"], 1u);
+	EXPECT_TRUE(stats.contains("xdp pass_own packets")) << "no XDP verdict counters in Stats()";
+	EXPECT_TRUE(stats.contains("guard other drops"));
+
+	// Slice 0 of 198.51.100.1 goes to s2: its flows are s2's now.
+	EXPECT_EQ(proxy_->SetSliceOwner("198.51.100.1", 0, "s2"), 2u);
+	Outcome left = inNs("conntrack -L 2>/dev/null");
+	EXPECT_EQ(left.out.find("dst=198.51.100.1 "), std::string::npos) << left.out;
+	EXPECT_NE(left.out.find("dst=198.51.100.2 "), std::string::npos) << left.out;
+	std::map<std::string, uint64_t> after;
+	for (const auto &row : proxy_->Stats())
+		after[row.get<0>() + " " + row.get<1>() + " " + row.get<2>()] = row.get<3>();
+	EXPECT_EQ(after["zone 10 entries"], 1u);
+	EXPECT_FALSE(after.contains("slice 198.51.100.1/0 ports_in_use"));
+}
+
+TEST_F(ServiceLab, ADetachedForwarderIsReattachedWithinTwoSeconds)
+{
+	startDaemon();
+	auto attached = [&] { return inNs("ip -d link show up0").out.find("prog/xdp") != std::string::npos; };
+	ASSERT_TRUE(attached()) << inNs("ip -d link show up0").out;
+	// The link is pinned; unpinning it is how the forwarder comes off by hand.
+	Outcome removed = sh("rm -f " + quote(pinDir() + "/link"));
+	ASSERT_TRUE(removed.ok()) << removed.out;
+	ASSERT_FALSE(attached()) << "unpinning the link did not detach the program";
+	auto start = std::chrono::steady_clock::now();
+	bool back = false;
+	while (!back && std::chrono::steady_clock::now() - start < std::chrono::seconds(2)) {
+		std::this_thread::sleep_for(std::chrono::milliseconds(50));
+		back = attached();
+	}
+	EXPECT_TRUE(back) << readFile(logPath());
+	EXPECT_NE(readFile(logPath()).find("no XDP program on up0"), std::string::npos) << readFile(logPath());
 }
 
 } // namespace
