@@ -24,6 +24,7 @@
 #include "nft/apply.h"
 #include "nft/model.h"
 #include "plan/plan.h"
+#include "nat_fleet.h"
 
 extern char **environ;
 
@@ -33,35 +34,6 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 std::string gBuild = PORTSLICE_BUILD_ROOT;
-
-// BENCHMARKS.md "Generated fleets": 31 servers, N shared addresses of
-// 198.18.0.0/15 (one 2048-port slice each per server), N stateless sources of
-// a /28 with block 128 (one whole slice each), inside addresses in 100.64.0.0/10.
-std::string fleet(uint32_t n)
-{
-	std::string t;
-	t.reserve(n * 400);
-	t += "[server]\nname = \"s1\"\nuplink = \"eth0\"\n\n[defaults]\nport_range = \"1024-65535\"\nslice_size = 2048\n\n";
-	t += "[[datacenters]]\nname = \"dc1\"\n\n";
-	for (int s = 1; s <= 31; s++)
-		t += "[[servers]]\nname = \"s" + std::to_string(s) + "\"\naddress = \"192.0.2." + std::to_string(10 + s) +
-		     "\"\ndatacenter = \"dc1\"\n\n";
-	std::string slices = "{ ";
-	for (int s = 1; s <= 31; s++)
-		slices += (s > 1 ? ", s" : "s") + std::to_string(s) + " = " + std::to_string(s - 1);
-	slices += " }";
-	for (uint32_t i = 0; i < n; i++) {
-		Ipv4 a{(198u << 24 | 18u << 16) + i};
-		t += "[[addresses]]\naddress = \"" + a.str() + "\"\ndatacenter = \"dc1\"\ntags = { id = \"a" +
-		     std::to_string(i) + "\" }\nslices = " + slices + "\n\n";
-	}
-	for (uint32_t i = 0; i < n; i++) {
-		Ipv4 p{(100u << 24 | 64u << 16) + i * 16};
-		t += "[[sources]]\nname = \"src" + std::to_string(i) + "\"\nmatch = { saddr = \"" + p.str() +
-		     "/28\" }\nwant = { id = \"a" + std::to_string(i) + "\" }\nnat = \"stateless\"\nblock = 128\n\n";
-	}
-	return t;
-}
 
 int run(const std::vector<std::string> &argv, bool quiet = true)
 {
@@ -124,7 +96,7 @@ void fullApply(uint32_t n, int pairs, const std::string &dir)
 {
 	std::string toml = dir + "/fleet-" + std::to_string(n) + ".toml";
 	std::string dump = dir + "/fleet-" + std::to_string(n) + ".nft";
-	std::ofstream(toml) << fleet(n);
+	std::ofstream(toml) << portslice::testing::generatedFleet(n);
 	if (run({"sh", "-c", gBuild + "/src/ctl/portslicectl dump --config " + toml + " > " + dump + " 2>/dev/null"}) != 0) {
 		std::fprintf(stderr, "dump of %u sources failed\n", n);
 		std::exit(1);
@@ -157,7 +129,7 @@ void fullApply(uint32_t n, int pairs, const std::string &dir)
 
 void sliceMove(uint32_t n, int pairs, const std::string &dir)
 {
-	config::LoadResult loaded = config::loadString(fleet(n), "fleet.toml");
+	config::LoadResult loaded = config::loadString(portslice::testing::generatedFleet(n), "fleet.toml");
 	if (!loaded.ok()) {
 		std::fprintf(stderr, "generated fleet does not load\n");
 		std::exit(1);

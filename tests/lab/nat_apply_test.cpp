@@ -6,12 +6,15 @@
 #include <filesystem>
 #include <fstream>
 #include <regex>
+#include <random>
 #include <sched.h>
+#include <signal.h>
 #include <sstream>
 #include <unistd.h>
 
 #include "config/config.h"
 #include "lab_fixture.h"
+#include "nat_fleet.h"
 #include "nft/apply.h"
 #include "nft/model.h"
 #include "nft/render.h"
@@ -242,6 +245,74 @@ TEST_F(NatApply, CountersAreReadBackByName)
 		names.push_back(c.name);
 	EXPECT_NE(std::find(names.begin(), names.end(), "guard_other"), names.end());
 	EXPECT_NE(std::find(names.begin(), names.end(), "addr_198.51.100.1"), names.end());
+}
+
+// SIGKILL `portsliced --apply-once` of a ~100k-element table at random
+// moments, 100 times: the kernel takes a batch whole or not at all, so the
+// table is always the complete old one or the complete new one.
+TEST_F(NatApply, KilledAtRandomMomentsTheTableIsAlwaysTheWholeOldOrTheWholeNewGeneration)
+{
+	std::string small = sourcePath("rules/one-server.toml");
+	std::string big = path("big.toml");
+	std::ofstream(big) << testing::generatedFleet(2600); // 98,800 elements
+
+	// The two possible tables, as nft lists them (generation aside).
+	auto generationFree = [](const std::string &l) {
+		return std::regex_replace(l, std::regex("generation [0-9]+ "), "generation G ");
+	};
+	ASSERT_TRUE(daemon("--config " + shellQuote(big) + " --apply-once").ok());
+	std::string bigListing = generationFree(sortElements(list()));
+	ASSERT_TRUE(daemon("--remove").ok());
+	ASSERT_TRUE(daemon("--config " + shellQuote(small) + " --apply-once").ok());
+	std::string smallListing = generationFree(sortElements(list()));
+	std::smatch m;
+	ASSERT_TRUE(std::regex_search(bigListing, m, std::regex("plan ([0-9a-f]{16})")));
+	std::string bigHash = m[1];
+
+	// How long a whole apply takes here, to spread the kills over it.
+	auto t0 = std::chrono::steady_clock::now();
+	ASSERT_TRUE(daemon("--config " + shellQuote(big) + " --apply-once").ok());
+	int applyMs = static_cast<int>(
+		std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count());
+
+	std::mt19937 rng(12345);
+	std::uniform_int_distribution<int> when(0, applyMs + applyMs / 4);
+	int sawOld = 0, sawNew = 0;
+	for (int i = 0; i < 100; i++) {
+		SCOPED_TRACE("kill " + std::to_string(i));
+		ASSERT_TRUE(daemon("--config " + shellQuote(small) + " --apply-once").ok());
+		std::string cmd = "exec " + buildPath("src/daemon/portsliced") + " --no-xdp --state-dir " +
+				  path("state") + " --config " + big + " --apply-once >/dev/null 2>&1";
+		pid_t pid = fork();
+		ASSERT_GE(pid, 0);
+		if (pid == 0) {
+			execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char *>(nullptr));
+			_exit(127);
+		}
+		std::this_thread::sleep_for(std::chrono::milliseconds(when(rng)));
+		kill(pid, SIGKILL);
+		int status = 0;
+		waitpid(pid, &status, 0);
+
+		std::string comment = runShell("nft list table inet portslice | sed -n 2p").output;
+		if (comment.find(bigHash) != std::string::npos) {
+			sawNew++;
+			// Whole new table: check the full listing now and then (nft
+			// takes a second on it), the largest set's size every time.
+			if (i % 25 == 0) {
+				EXPECT_EQ(generationFree(sortElements(list())), bigListing);
+			} else {
+				auto n = runShell("nft list map inet portslice sl_egress | grep -o ' : 198[.]18[.]' | wc -l");
+				EXPECT_EQ(n.output, "41600\n");
+			}
+		} else {
+			sawOld++;
+			EXPECT_EQ(generationFree(sortElements(list())), smallListing);
+		}
+	}
+	std::printf("kills: %d left the old table, %d the new one (apply takes %d ms here)\n", sawOld, sawNew, applyMs);
+	EXPECT_GT(sawOld, 0);
+	EXPECT_GT(sawNew, 0);
 }
 
 } // namespace

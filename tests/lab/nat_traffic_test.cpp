@@ -141,6 +141,67 @@ TEST_F(NatTraffic, AStatelessHostOutsideItsBlockIsDroppedAndCountedNotLeaked)
 	EXPECT_GE(std::stoi(m[1]), 6);
 }
 
+// Local sockets of s1 hold every tuple of warp-gb1's share (and a few ports
+// outside s1's slices) towards the peer while w1's NATed flows go to the same
+// peer: whatever conntrack does with the clashes, nothing with the shared
+// address and a port outside s1's slices reaches the wire.
+TEST_F(NatTraffic, LocalSocketsClashingWithNatedFlowsNeverPutAPortOutsideTheSliceOnTheWire)
+{
+	ASSERT_TRUE(applyOnce(config()).ok());
+	serve();
+	std::string pcap = labDir() + "/inet.pcap";
+	pid_t dump = startInNode("inet", "tcpdump -i eth0 -n -w " + pcap + " src 198.51.100.1", labDir() + "/tcpdump.log");
+	std::this_thread::sleep_for(std::chrono::milliseconds(800));
+
+	std::string script = labDir() + "/clash.py";
+	std::ofstream(script) << R"PY(
+import socket, sys, time
+socks = []
+ports = list(range(10000, 11000)) + list(range(13000, 14000)) + list(range(20000, 20020))
+for p in ports:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("198.51.100.1", p))
+    except OSError:
+        continue
+    s.connect(("203.0.113.10", 7000))
+    try:
+        s.send(b"x")
+    except OSError:
+        pass
+    socks.append(s)
+print("held", len(socks))
+sys.stdout.flush()
+time.sleep(float(sys.argv[1]))
+)PY";
+	// The shared address is local on s1 for these sockets only.
+	ASSERT_TRUE(inNode("s1", "ip addr add 198.51.100.1/32 dev lo").ok());
+	pid_t holder = startInNode("s1", "python3 " + script + " 8", labDir() + "/clash.log");
+	std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+	auto flows = send("w1", 10, 40, "--parallel 8");
+	(void)flows; // some answers may go to the local sockets: delivery is not the point here
+	stopInNode(holder);
+	std::this_thread::sleep_for(std::chrono::milliseconds(500));
+	stopInNode(dump);
+
+	auto ports = run("tcpdump -n -r " + pcap + " 2>/dev/null | sed -n 's/.* 198\\.51\\.100\\.1\\.\\([0-9]*\\) > .*/\\1/p'");
+	std::istringstream in(ports.output);
+	int seen = 0, outside = 0;
+	for (std::string p; std::getline(in, p);) {
+		seen++;
+		if (!inS1Slices(std::stoi(p)))
+			outside++;
+	}
+	EXPECT_GT(seen, 2000) << run("cat " + labDir() + "/clash.log").output;
+	EXPECT_EQ(outside, 0);
+	// The out-of-slice local sockets were stopped by the guard, and counted.
+	auto guard = inNode("s1", "nft list counter inet portslice guard_other");
+	std::smatch m;
+	ASSERT_TRUE(std::regex_search(guard.output, m, std::regex("packets ([0-9]+)"))) << guard.output;
+	EXPECT_GE(std::stoi(m[1]), 20);
+}
+
 TEST_F(NatTraffic, RemoveLeavesNoTableRouteOrRule)
 {
 	ASSERT_TRUE(applyOnce(config()).ok());
