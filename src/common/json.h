@@ -27,6 +27,14 @@ public:
 	JsonWriter &null();
 
 	const std::string &str() const { return out_; }
+	// The text written since the last take(), forgotten here; the nesting
+	// is kept, so a long document can be consumed in pieces.
+	std::string take()
+	{
+		std::string out = std::move(out_);
+		out_.clear();
+		return out;
+	}
 
 private:
 	void separate();

@@ -49,11 +49,12 @@ void writeTags(JsonWriter &w, const config::Tags &tags)
 	w.endObject();
 }
 
-} // namespace
-
-std::string toJson(const Plan &plan)
+// The canonical JSON of a plan. `piece` is called after each address and
+// each source, so that a caller can take the text so far and hash it instead
+// of holding the whole document (hundreds of megabytes for 100k sources).
+template<class Piece>
+void writePlan(const Plan &plan, bool withWarnings, JsonWriter &w, Piece &&piece)
 {
-	JsonWriter w;
 	w.beginObject();
 	w.key("server").value(plan.server);
 	w.key("datacenter").value(plan.datacenter);
@@ -96,6 +97,7 @@ std::string toJson(const Plan &plan)
 		}
 		w.endArray();
 		w.endObject();
+		piece(w);
 	}
 	w.endArray();
 	w.key("sources").beginArray();
@@ -143,14 +145,39 @@ std::string toJson(const Plan &plan)
 		}
 		w.endArray();
 		w.endObject();
+		piece(w);
 	}
 	w.endArray();
 	w.key("warnings").beginArray();
-	for (const config::Diagnostic &d : plan.warnings)
-		w.value(d.str());
+	if (withWarnings)
+		for (const config::Diagnostic &d : plan.warnings)
+			w.value(d.str());
 	w.endArray();
 	w.endObject();
+}
+
+} // namespace
+
+std::string toJson(const Plan &plan)
+{
+	JsonWriter w;
+	writePlan(plan, true, w, [](JsonWriter &) {});
 	return w.str();
+}
+
+uint64_t Plan::hash() const
+{
+	// Warnings name the config file's path: the same plan read from another
+	// path must hash the same, so the hash is that of the JSON without them.
+	uint64_t h = 14695981039346656037ull;
+	auto fold = [&h](JsonWriter &w) {
+		for (char c : w.take())
+			h = (h ^ static_cast<uint8_t>(c)) * 1099511628211ull;
+	};
+	JsonWriter w;
+	writePlan(*this, false, w, fold);
+	fold(w);
+	return h;
 }
 
 std::string toText(const Plan &plan)

@@ -353,16 +353,4 @@ PlanResult makePlan(const config::Config &config, std::string_view server)
 	return result;
 }
 
-uint64_t Plan::hash() const
-{
-	// Warnings name the config file's path: the same plan read from another
-	// path must hash the same.
-	Plan bare = *this;
-	bare.warnings.clear();
-	uint64_t h = 14695981039346656037ull;
-	for (char c : toJson(bare))
-		h = (h ^ static_cast<uint8_t>(c)) * 1099511628211ull;
-	return h;
-}
-
 } // namespace portslice::plan
