@@ -262,7 +262,7 @@ public:
 
 	// `slices` and `previous`: server -> index or [indices].
 	std::map<uint32_t, std::string> sliceMap(const toml::table &t, std::string_view key,
-						 std::map<uint32_t, Location> &where)
+						 std::map<uint32_t, toml::source_region> &where)
 	{
 		std::map<uint32_t, std::string> out;
 		for (const auto &[k, v] : t) {
@@ -278,7 +278,7 @@ public:
 								  "': a slice has one owner at a time");
 					return;
 				}
-				where[static_cast<uint32_t>(*index)] = at(n.source());
+				where[static_cast<uint32_t>(*index)] = n.source();
 			};
 			if (const auto *arr = v.as_array()) {
 				for (const toml::node &n : *arr)
@@ -430,6 +430,7 @@ public:
 				error(t.get("address")->source(), "servers '" + other.name + "' and '" + s.name +
 									  "' have the same address " + s.address.str());
 		}
+		serverNames_.insert(s.name);
 		c.servers.push_back(s);
 	}
 
@@ -464,12 +465,12 @@ public:
 								     knownNames(c.datacenters));
 		if (tagTable)
 			a.tags = tags(*tagTable, "tags");
-		std::map<uint32_t, Location> sliceWhere;
+		std::map<uint32_t, toml::source_region> sliceWhere;
 		if (sliceTable) {
 			a.slicesWhere = at(sliceTable->source());
 			a.owners = sliceMap(*sliceTable, "slices", sliceWhere);
 		}
-		std::map<uint32_t, Location> previousWhere;
+		std::map<uint32_t, toml::source_region> previousWhere;
 		if (const auto *prev = table(t.get("previous"), "previous"))
 			a.previous = sliceMap(*prev, "previous", previousWhere);
 		if (!address || !dc)
@@ -477,22 +478,22 @@ public:
 		a.address = *address;
 		a.datacenter = *dc;
 		for (const auto &[index, server] : a.owners) {
-			const Location &w = sliceWhere[index];
+			const toml::source_region &w = sliceWhere[index];
 			if (index >= a.sliceCount())
 				error(w, "slice " + std::to_string(index) + " is beyond the port range of " +
 						 a.address.str() + ": it has " + std::to_string(a.sliceCount()) +
 						 " slices of " + std::to_string(a.sliceSize) + " ports (0-" +
 						 std::to_string(a.sliceCount() - 1) + ")");
-			if (!c.findServer(server))
+			if (!serverNames_.count(server))
 				error(w, "slices of " + a.address.str() + " name unknown server '" + server + "'" +
 						 knownNames(c.servers));
 		}
 		for (const auto &[index, server] : a.previous) {
-			const Location &w = previousWhere[index];
+			const toml::source_region &w = previousWhere[index];
 			if (index >= a.sliceCount())
 				error(w, "previous owner of slice " + std::to_string(index) + ": no such slice on " +
 						 a.address.str());
-			if (!c.findServer(server))
+			if (!serverNames_.count(server))
 				error(w, "'previous' names unknown server '" + server + "'" + knownNames(c.servers));
 		}
 		if (!addressesSeen_.insert(a.address.value).second) {
@@ -653,6 +654,7 @@ private:
 	Location serverNameWhere_;
 	std::vector<Diagnostic> diagnostics_;
 	// What the duplicate checks look up, so that loading stays linear.
+	std::unordered_set<std::string> serverNames_;
 	std::unordered_set<uint32_t> addressesSeen_;
 	// Name, zone, match, first inside address of a stateless prefix -> the
 	// sources that have it (indices into Config::sources).

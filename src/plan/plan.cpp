@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <map>
 #include <set>
+#include <unordered_map>
 
 namespace portslice::plan {
 
@@ -211,7 +212,13 @@ PlanResult makePlan(const config::Config &config, std::string_view server)
 	// a slice. They are indexed by tag so that a source looks at the
 	// addresses that carry one of its wanted tags, not at the whole fleet.
 	std::vector<uint32_t> eligible;
-	std::map<std::pair<std::string_view, std::string_view>, std::vector<uint32_t>> byTag;
+	struct TagHash {
+		size_t operator()(const std::pair<std::string_view, std::string_view> &t) const
+		{
+			return std::hash<std::string_view>{}(t.first) * 31 + std::hash<std::string_view>{}(t.second);
+		}
+	};
+	std::unordered_map<std::pair<std::string_view, std::string_view>, std::vector<uint32_t>, TagHash> byTag;
 	for (uint32_t i = 0; i < plan.addresses.size(); i++) {
 		const PlannedAddress &a = plan.addresses[i];
 		if (!a.local || a.mySlices.empty())
