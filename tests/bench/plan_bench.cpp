@@ -12,7 +12,9 @@
 // alternating within each round, and the table gives the median of the
 // rounds. `check` at 10k is also timed as the real portslicectl binary.
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <spawn.h>
 #include <unistd.h>
 
@@ -84,11 +86,35 @@ double seconds(Clock::time_point a, Clock::time_point b)
 	return std::chrono::duration<double>(b - a).count();
 }
 
+// Wall time, and the CPU time of this process: on a shared machine the wall
+// time also counts the time others held the CPU, the CPU time does not.
+struct Stamp {
+	Clock::time_point wall;
+	double cpu;
+};
+
+struct Span {
+	double wall = 0, cpu = 0;
+	Span operator+(const Span &o) const { return { wall + o.wall, cpu + o.cpu }; }
+};
+
+Stamp now()
+{
+	timespec ts{};
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+	return { Clock::now(), static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9 };
+}
+
+Span since(const Stamp &a, const Stamp &b)
+{
+	return { seconds(a.wall, b.wall), b.cpu - a.cpu };
+}
+
 // One timed run of each command on one file. The stages of `dump` are kept
 // too, so that a slow command says which part is slow.
 struct Times {
-	double check = 0, plan = 0, dump = 0;
-	double load = 0, makePlan = 0, json = 0, model = 0, render = 0;
+	Span check, plan, dump;
+	Span load, makePlan, json, model, render;
 };
 
 [[noreturn]] void die(const std::string &message)
@@ -99,18 +125,18 @@ struct Times {
 
 plan::Plan loadAndPlan(const std::string &file, Times *stages)
 {
-	auto t0 = Clock::now();
+	Stamp t0 = now();
 	config::LoadResult loaded = config::loadFile(file);
-	auto t1 = Clock::now();
+	Stamp t1 = now();
 	if (!loaded.ok())
 		die(file + ": " + (loaded.diagnostics.empty() ? "invalid" : loaded.diagnostics[0].str()));
 	plan::PlanResult planned = plan::makePlan(*loaded.config);
-	auto t2 = Clock::now();
+	Stamp t2 = now();
 	if (!planned.ok())
 		die(file + ": " + (planned.diagnostics.empty() ? "no plan" : planned.diagnostics[0].str()));
 	if (stages) {
-		stages->load = seconds(t0, t1);
-		stages->makePlan = seconds(t1, t2);
+		stages->load = since(t0, t1);
+		stages->makePlan = since(t1, t2);
 	}
 	return std::move(*planned.plan);
 }
@@ -120,10 +146,10 @@ size_t sink = 0; // keeps the outputs alive
 Times timeCommands(const std::string &file, uint32_t n)
 {
 	Times t;
-	auto t0 = Clock::now();
+	Stamp t0 = now();
 	plan::Plan checked = loadAndPlan(file, nullptr);
-	auto t1 = Clock::now();
-	t.check = seconds(t0, t1);
+	Stamp t1 = now();
+	t.check = since(t0, t1);
 	// Every source gets its 16 blocks: the fleet is what it claims to be.
 	size_t blocks = 0;
 	for (const plan::PlannedSource &s : checked.sources)
@@ -131,30 +157,29 @@ Times timeCommands(const std::string &file, uint32_t n)
 	if (checked.sources.size() != n || blocks != size_t{ n } * 16)
 		die(file + ": expected " + std::to_string(n * 16) + " blocks, got " + std::to_string(blocks));
 
-	t0 = Clock::now();
+	t0 = now();
 	plan::Plan p = loadAndPlan(file, nullptr);
 	sink += plan::toJson(p).size();
-	t1 = Clock::now();
-	t.plan = seconds(t0, t1);
+	t1 = now();
+	t.plan = since(t0, t1);
 
-	t0 = Clock::now();
+	t0 = now();
 	plan::Plan d = loadAndPlan(file, &t);
-	auto t2 = Clock::now();
-	plan::Plan copy = d; // toJson timed once more on the same plan, as a stage
-	sink += plan::toJson(copy).size();
-	auto t3 = Clock::now();
+	Stamp t2 = now();
+	sink += plan::toJson(d).size(); // a stage of `plan`, not part of `dump`
+	Stamp t3 = now();
 	nft::TableModel model = nft::buildModel(d, 1);
-	auto t4 = Clock::now();
+	Stamp t4 = now();
 	sink += nft::render(model).size();
-	auto t5 = Clock::now();
-	t.dump = seconds(t0, t2) + seconds(t3, t5);
-	t.json = seconds(t2, t3);
-	t.model = seconds(t3, t4);
-	t.render = seconds(t4, t5);
+	Stamp t5 = now();
+	t.dump = since(t0, t2) + since(t3, t5);
+	t.json = since(t2, t3);
+	t.model = since(t3, t4);
+	t.render = since(t4, t5);
 	return t;
 }
 
-double timeSubprocess(const std::string &binary, const std::string &file)
+Span timeSubprocess(const std::string &binary, const std::string &file)
 {
 	std::vector<std::string> args = { binary, "check", "--config", file };
 	std::vector<char *> argv;
@@ -165,18 +190,20 @@ double timeSubprocess(const std::string &binary, const std::string &file)
 	posix_spawn_file_actions_init(&actions);
 	posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
 	posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
-	auto t0 = Clock::now();
+	Clock::time_point t0 = Clock::now();
 	pid_t pid;
 	int rc = posix_spawn(&pid, binary.c_str(), &actions, nullptr, argv.data(), environ);
 	posix_spawn_file_actions_destroy(&actions);
 	if (rc != 0)
 		die("cannot run " + binary + ": " + std::strerror(rc));
 	int status = 0;
-	waitpid(pid, &status, 0);
-	auto t1 = Clock::now();
+	rusage usage{};
+	wait4(pid, &status, 0, &usage);
+	Clock::time_point t1 = Clock::now();
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
 		die(binary + " check --config " + file + " failed");
-	return seconds(t0, t1);
+	auto cpu = [](const timeval &tv) { return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) * 1e-6; };
+	return { seconds(t0, t1), cpu(usage.ru_utime) + cpu(usage.ru_stime) };
 }
 
 double median(std::vector<double> v)
@@ -249,7 +276,7 @@ int main(int argc, char **argv)
 	}
 
 	std::map<uint32_t, std::vector<Times>> results;
-	std::vector<double> subprocess;
+	std::vector<Span> subprocess;
 	const bool haveSubprocess = files.count(10000) && access(portslicectl.c_str(), X_OK) == 0;
 	for (int r = 0; r < runs; r++) {
 		// Alternate: forwards on even rounds, backwards on odd ones, so
@@ -259,39 +286,52 @@ int main(int argc, char **argv)
 			std::reverse(order.begin(), order.end());
 		for (uint32_t n : order) {
 			results[n].push_back(timeCommands(files[n], n));
-			std::fprintf(stderr, "round %d size %u: check %.3f s\n", r + 1, n, results[n].back().check);
+			std::fprintf(stderr, "round %d size %u: check %.3f s\n", r + 1, n, results[n].back().check.wall);
 		}
 		if (haveSubprocess)
 			subprocess.push_back(timeSubprocess(portslicectl, files[10000]));
 	}
 
-	auto med = [&](uint32_t n, double Times::*field) {
+	auto med = [&](uint32_t n, Span Times::*field, double Span::*clock) {
 		std::vector<double> v;
 		for (const Times &t : results[n])
-			v.push_back(t.*field);
+			v.push_back(t.*field.*clock);
 		return median(v);
 	};
-	std::printf("\nmedian of %d rounds, seconds (in-process, same calls as portslicectl)\n", runs);
-	std::printf("%8s %9s %9s %9s | %9s %9s %9s %9s %9s\n", "sources", "check", "plan", "dump", "load",
-		    "makePlan", "toJson", "model", "render");
-	for (uint32_t n : sizes)
-		std::printf("%8u %9.4f %9.4f %9.4f | %9.4f %9.4f %9.4f %9.4f %9.4f\n", n, med(n, &Times::check),
-			    med(n, &Times::plan), med(n, &Times::dump), med(n, &Times::load),
-			    med(n, &Times::makePlan), med(n, &Times::json), med(n, &Times::model),
-			    med(n, &Times::render));
-	if (results.count(10000) && results.count(100000)) {
-		std::printf("\nratio t(100k)/t(10k) (target <= 12):");
-		for (auto [name, field] : { std::pair{ "check", &Times::check }, std::pair{ "plan", &Times::plan },
-					    std::pair{ "dump", &Times::dump } })
-			std::printf(" %s %.2f", name, med(100000, field) / med(10000, field));
-		std::printf("\n");
+	for (auto [clockName, clock] : { std::pair{ "wall", &Span::wall }, std::pair{ "CPU", &Span::cpu } }) {
+		std::printf("\n%s time, seconds, median of %d rounds (in-process, the calls of portslicectl)\n",
+			    clockName, runs);
+		std::printf("%8s %9s %9s %9s | %9s %9s %9s %9s %9s\n", "sources", "check", "plan", "dump", "load",
+			    "makePlan", "toJson", "model", "render");
+		for (uint32_t n : sizes)
+			std::printf("%8u %9.4f %9.4f %9.4f | %9.4f %9.4f %9.4f %9.4f %9.4f\n", n,
+				    med(n, &Times::check, clock), med(n, &Times::plan, clock), med(n, &Times::dump, clock),
+				    med(n, &Times::load, clock), med(n, &Times::makePlan, clock),
+				    med(n, &Times::json, clock), med(n, &Times::model, clock),
+				    med(n, &Times::render, clock));
+		if (results.count(10000) && results.count(100000)) {
+			std::printf("ratio t(100k)/t(10k), %s (target <= 12):", clockName);
+			for (auto [name, field] : { std::pair{ "check", &Times::check }, std::pair{ "plan", &Times::plan },
+						    std::pair{ "dump", &Times::dump }, std::pair{ "load", &Times::load },
+						    std::pair{ "makePlan", &Times::makePlan },
+						    std::pair{ "toJson", &Times::json }, std::pair{ "model", &Times::model },
+						    std::pair{ "render", &Times::render } })
+				std::printf(" %s %.2f", name, med(100000, field, clock) / med(10000, field, clock));
+			std::printf("\n");
+		}
 	}
-	if (haveSubprocess)
-		std::printf("portslicectl check at 10k (subprocess, wall, target < 1 s): median %.3f s\n",
-			    median(subprocess));
-	else
-		std::printf("portslicectl check at 10k: not run (no size 10000 or %s not executable)\n",
+	if (haveSubprocess) {
+		std::vector<double> wall, cpu;
+		for (const Span &sp : subprocess) {
+			wall.push_back(sp.wall);
+			cpu.push_back(sp.cpu);
+		}
+		std::printf("\nportslicectl check at 10k (subprocess, target < 1 s): median wall %.3f s, CPU %.3f s\n",
+			    median(wall), median(cpu));
+	} else {
+		std::printf("\nportslicectl check at 10k: not run (no size 10000 or %s not executable)\n",
 			    portslicectl.c_str());
+	}
 
 	if (keep.empty())
 		std::filesystem::remove_all(dir);
