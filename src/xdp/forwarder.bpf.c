@@ -296,10 +296,10 @@ static __always_inline void bench_undo(struct xdp_md *ctx)
 #endif
 
 // The shared address `addr` (network order), or 0. Usually one inlined array
-// lookup; the hash only for addresses whose low 16 bits collide.
+// lookup; the hash only for addresses whose index bucket is shared.
 static __always_inline const struct fwd_address *find_address(__be32 addr)
 {
-	__u32 bucket = bpf_ntohl(addr) & (FWD_ADDR_INDEX_SIZE - 1);
+	__u32 bucket = FWD_ADDR_BUCKET(bpf_ntohl(addr));
 	const struct fwd_address *a = bpf_map_lookup_elem(&FWD_MAP_ADDR_INDEX, &bucket);
 
 	if (!a)

@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <atomic>
 #include <bit>
-#include <set>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -47,8 +46,6 @@ constexpr const char *kMapNames[] = {FWD_NAME(FWD_MAP_CONFIG), FWD_NAME(FWD_MAP_
 				     FWD_NAME(FWD_MAP_SLICES),  FWD_NAME(FWD_MAP_TARGETS),   FWD_NAME(FWD_MAP_ZONES),
 				     FWD_NAME(FWD_MAP_PEERS),   FWD_NAME(FWD_MAP_COUNTERS)};
 constexpr size_t kMapCount = std::size(kMapNames);
-
-using BpfLinkHandle = Handle<bpf_link, bpf_link__destroy>;
 
 Error errnoError(int err, const std::string &context)
 {
@@ -287,31 +284,55 @@ fwd_slice unpackSlice(uint64_t w)
 // content shares a slot, new content goes to a slot nobody references.
 template<class T>
 class SlotTable {
+	static_assert(sizeof(T) % 8 == 0);
+	using Key = std::array<uint64_t, sizeof(T) / 8>; // the content itself: no allocation per lookup
+	struct KeyHash {
+		size_t operator()(const Key &k) const
+		{
+			uint64_t h = 0x9E3779B97F4A7C15ull;
+			for (uint64_t w : k)
+				h = (h ^ w) * 0x100000001b3ull;
+			return static_cast<size_t>(h ^ (h >> 29));
+		}
+	};
+	static Key keyOf(const T &v)
+	{
+		Key k;
+		std::memcpy(k.data(), &v, sizeof(T));
+		return k;
+	}
+
 public:
-	SlotTable(T *slots, uint32_t count, std::vector<bool> referenced)
-		: slots_(slots), count_(count), referenced_(std::move(referenced)) {}
+	SlotTable(T *slots, uint32_t count, const std::vector<bool> &referenced) : slots_(slots)
+	{
+		for (uint32_t i = 1; i < count; i++) {
+			if (referenced[i])
+				byContent_.emplace(keyOf(slots_[i]), static_cast<uint16_t>(i));
+			else
+				free_.push_back(i);
+		}
+		std::reverse(free_.begin(), free_.end()); // hand out low slots first
+	}
 
 	Result<uint16_t> slotFor(const T &want, const char *name)
 	{
-		for (uint32_t i = 1; i < count_; i++)
-			if (sameBytes(slots_[i], want) && (referenced_[i] || taken_.count(i)))
-				return static_cast<uint16_t>(i);
-		for (uint32_t i = 1; i < count_; i++) {
-			if (referenced_[i] || taken_.count(i))
-				continue;
-			if (!sameBytes(slots_[i], want))
-				std::memcpy(&slots_[i], &want, sizeof(T)); // unreferenced: nobody reads it
-			taken_.insert(i);
-			return static_cast<uint16_t>(i);
-		}
-		return Error(ENOSPC, std::string("map ") + name + " is full");
+		Key key = keyOf(want);
+		if (auto it = byContent_.find(key); it != byContent_.end())
+			return it->second;
+		if (free_.empty())
+			return Error(ENOSPC, std::string("map ") + name + " is full");
+		uint32_t i = free_.back();
+		free_.pop_back();
+		if (!sameBytes(slots_[i], want))
+			std::memcpy(&slots_[i], &want, sizeof(T)); // unreferenced: the program cannot reach it
+		byContent_.emplace(key, static_cast<uint16_t>(i));
+		return static_cast<uint16_t>(i);
 	}
 
 private:
 	T *slots_;
-	uint32_t count_;
-	std::vector<bool> referenced_;
-	std::set<uint32_t> taken_;
+	std::unordered_map<Key, uint16_t, KeyHash> byContent_;
+	std::vector<uint32_t> free_;
 };
 
 } // namespace
@@ -397,6 +418,59 @@ size_t ForwarderTables::sliceCount() const
 	return n;
 }
 
+namespace {
+
+// Slice i of address ai as the program must see it; targets[s] is server s.
+SliceWant sliceWantOf(const plan::Plan &plan, const std::vector<fwd_target> &targets,
+		      const std::vector<std::vector<ZoneRun>> &runs, size_t ai, uint32_t i)
+{
+	const auto &a = plan.addresses[ai];
+	auto valid = [&](int32_t s) { return s >= 0 && static_cast<size_t>(s) < plan.servers.size(); };
+	int32_t owner = i < a.owner.size() ? a.owner[i] : plan::kNoServer;
+	int32_t previous = i < a.previous.size() ? a.previous[i] : plan::kNoServer;
+	SliceWant s;
+	if (!valid(owner))
+		return s; // a zero word: the program passes the packet as unowned
+	s.flags = FWD_SLICE_OWNED;
+	s.owner = targets[static_cast<size_t>(owner)];
+	if (static_cast<uint32_t>(owner) == plan.serverIndex)
+		s.flags |= FWD_SLICE_OWNER_SELF;
+	if (valid(previous) && previous != owner) {
+		s.flags |= FWD_SLICE_PREVIOUS;
+		s.previous = targets[static_cast<size_t>(previous)];
+		if (static_cast<uint32_t>(previous) == plan.serverIndex)
+			s.flags |= FWD_SLICE_PREVIOUS_SELF;
+	}
+	if ((s.flags & FWD_SLICE_OWNER_SELF) && (s.flags & FWD_SLICE_PREVIOUS))
+		s.zones = zonesOf(runs[ai], a.slice(i));
+	return s;
+}
+
+std::vector<fwd_target> serverTargets(const plan::Plan &plan, const NeighbourTable &neighbours)
+{
+	std::vector<fwd_target> targets;
+	for (const auto &server : plan.servers)
+		targets.push_back(targetOf(server.address, macOf(server, neighbours)));
+	return targets;
+}
+
+} // namespace
+
+std::vector<SliceUpdate> buildSlices(const plan::Plan &plan, const std::vector<SliceRef> &slices,
+				     const NeighbourTable &neighbours)
+{
+	auto targets = serverTargets(plan, neighbours);
+	auto runs = zoneRuns(plan);
+	std::vector<SliceUpdate> updates;
+	for (const auto &ref : slices) {
+		if (ref.address >= plan.addresses.size() || ref.slice >= plan.addresses[ref.address].sliceCount)
+			continue;
+		updates.push_back({plan.addresses[ref.address].address.networkOrder(), ref.slice,
+				   sliceWantOf(plan, targets, runs, ref.address, ref.slice)});
+	}
+	return updates;
+}
+
 ForwarderTables buildTables(const plan::Plan &plan, const Mac &uplinkMac, uint32_t ifindex,
 			    const NeighbourTable &neighbours)
 {
@@ -407,20 +481,17 @@ ForwarderTables buildTables(const plan::Plan &plan, const Mac &uplinkMac, uint32
 	copyMac(t.config.self_mac, uplinkMac);
 	t.config.object_hash = ForwarderObject::objectHash();
 
-	std::vector<fwd_target> targets;
+	std::vector<fwd_target> targets = serverTargets(plan, neighbours);
 	for (size_t i = 0; i < plan.servers.size(); i++) {
 		const auto &server = plan.servers[i];
-		auto mac = macOf(server, neighbours);
-		targets.push_back(targetOf(server.address, mac));
 		if (i == plan.serverIndex)
 			continue;
 		t.peers.push_back({server.address.networkOrder(), fwd_peer{static_cast<uint32_t>(i)}});
-		if (!mac)
+		if (!(targets[i].flags & FWD_TARGET_MAC))
 			t.unresolved.push_back("server " + server.name + " (" + server.address.str() + ")");
 	}
 
 	auto runs = zoneRuns(plan);
-	auto valid = [&](int32_t s) { return s >= 0 && static_cast<size_t>(s) < plan.servers.size(); };
 	for (size_t ai = 0; ai < plan.addresses.size(); ai++) {
 		const auto &a = plan.addresses[ai];
 		AddressWant want;
@@ -450,25 +521,8 @@ ForwarderTables buildTables(const plan::Plan &plan, const Mac &uplinkMac, uint32
 		}
 		if (a.local) {
 			want.slices.resize(want.value.slice_count);
-			for (uint32_t i = 0; i < want.value.slice_count; i++) {
-				int32_t owner = i < a.owner.size() ? a.owner[i] : plan::kNoServer;
-				int32_t previous = i < a.previous.size() ? a.previous[i] : plan::kNoServer;
-				SliceWant &s = want.slices[i];
-				if (!valid(owner))
-					continue; // a zero word: the program passes the packet as unowned
-				s.flags = FWD_SLICE_OWNED;
-				s.owner = targets[static_cast<size_t>(owner)];
-				if (static_cast<uint32_t>(owner) == plan.serverIndex)
-					s.flags |= FWD_SLICE_OWNER_SELF;
-				if (valid(previous) && previous != owner) {
-					s.flags |= FWD_SLICE_PREVIOUS;
-					s.previous = targets[static_cast<size_t>(previous)];
-					if (static_cast<uint32_t>(previous) == plan.serverIndex)
-						s.flags |= FWD_SLICE_PREVIOUS_SELF;
-				}
-				if ((s.flags & FWD_SLICE_OWNER_SELF) && (s.flags & FWD_SLICE_PREVIOUS))
-					s.zones = zonesOf(runs[ai], a.slice(i));
-			}
+			for (uint32_t i = 0; i < want.value.slice_count; i++)
+				want.slices[i] = sliceWantOf(plan, targets, runs, ai, i);
 		}
 		t.addresses.push_back(std::move(want));
 	}
@@ -495,7 +549,8 @@ Status syncMaps(const MapFds &maps, const ForwarderTables &tables)
 
 	// What the program can reach now: the addresses of the index and of the
 	// hash, their runs of slices, and the slots those name.
-	std::map<uint32_t, fwd_address> current;
+	std::unordered_map<uint32_t, fwd_address> current;
+	current.reserve(tables.addresses.size() * 2);
 	for (uint32_t b = 0; b < index->entries(); b++)
 		if (idx[b].addr != 0)
 			current[idx[b].addr] = idx[b];
@@ -528,22 +583,36 @@ Status syncMaps(const MapFds &maps, const ForwarderTables &tables)
 				zoneRefs[s.zones] = true;
 		}
 	}
-	SlotTable<fwd_target> targetSlots(targets->as<fwd_target>(), targets->entries(), std::move(targetRefs));
-	SlotTable<fwd_zones> zoneSlots(zones->as<fwd_zones>(), zones->entries(), std::move(zoneRefs));
+	SlotTable<fwd_target> targetSlots(targets->as<fwd_target>(), targets->entries(), targetRefs);
+	SlotTable<fwd_zones> zoneSlots(zones->as<fwd_zones>(), zones->entries(), zoneRefs);
 
 	// Runs of slices: an address keeps its run while its slice count stays;
 	// otherwise it gets a free run, never one the program can still reach.
+	// Bump allocation past every run in use; when the end is reached, the
+	// first gap big enough (sorted once).
+	uint32_t bump = 0;
+	for (const auto &[lo, hi] : busy)
+		bump = std::max(bump, hi);
+	bool sorted = false;
 	auto allocate = [&](uint32_t count) -> std::optional<uint32_t> {
-		std::sort(busy.begin(), busy.end());
+		if (uint64_t{bump} + count <= slices->entries()) {
+			busy.push_back({bump, bump + count});
+			bump += count;
+			return bump - count;
+		}
+		if (!sorted) {
+			std::sort(busy.begin(), busy.end());
+			sorted = true;
+		}
 		uint32_t at = 0;
-		for (const auto &[lo, hi] : busy) {
-			if (lo >= at + count)
+		for (size_t i = 0; i < busy.size(); i++) {
+			if (busy[i].first >= at + count)
 				break;
-			at = std::max(at, hi);
+			at = std::max(at, busy[i].second);
 		}
 		if (uint64_t{at} + count > slices->entries())
 			return std::nullopt;
-		busy.push_back({at, at + count});
+		busy.insert(std::upper_bound(busy.begin(), busy.end(), std::pair{at, at + count}), {at, at + count});
 		return at;
 	};
 
@@ -603,25 +672,82 @@ Status syncMaps(const MapFds &maps, const ForwarderTables &tables)
 
 	// Address entries last: an address points at its run only once the run is
 	// complete. Bucket collisions go to the hash as well.
-	std::map<uint32_t, std::vector<const fwd_address *>> buckets;
+	std::vector<std::pair<uint32_t, const fwd_address *>> byBucket;
+	byBucket.reserve(entries.size());
 	for (const auto &e : entries)
-		buckets[ntohl(e.addr) & (FWD_ADDR_INDEX_SIZE - 1)].push_back(&e);
+		byBucket.push_back({FWD_ADDR_BUCKET(ntohl(e.addr)), &e});
+	std::stable_sort(byBucket.begin(), byBucket.end(),
+			 [](const auto &x, const auto &y) { return x.first < y.first; });
 	std::vector<std::pair<uint32_t, fwd_address>> overflow;
+	size_t at = 0;
 	for (uint32_t b = 0; b < index->entries(); b++) {
 		fwd_address want{};
-		auto it = buckets.find(b);
-		if (it != buckets.end()) {
-			want = *it->second.front();
-			if (it->second.size() > 1) {
+		size_t end = at;
+		while (end < byBucket.size() && byBucket[end].first == b)
+			end++;
+		if (end > at) {
+			want = *byBucket[at].second;
+			if (end - at > 1) {
 				want.flags |= FWD_ADDR_COLLISION;
-				for (const auto *e : it->second)
-					overflow.push_back({e->addr, *e});
+				for (size_t i = at; i < end; i++)
+					overflow.push_back({byBucket[i].second->addr, *byBucket[i].second});
 			}
 		}
+		at = end;
 		if (!sameBytes(idx[b], want) && bpf_map_update_elem(maps.addrIndex, &b, &want, BPF_ANY) != 0)
 			return errnoError(errno, "updating map fwd_addr_index");
 	}
 	return syncHash(maps.addrs, overflow, "fwd_addrs");
+}
+
+Status syncSlices(const MapFds &maps, const std::vector<SliceUpdate> &updates)
+{
+	auto index = MappedArray::map(maps.addrIndex, "fwd_addr_index");
+	auto slices = MappedArray::map(maps.slices, "fwd_slices");
+	auto targets = MappedArray::map(maps.targets, "fwd_targets");
+	auto zones = MappedArray::map(maps.zones, "fwd_zones");
+	for (const auto *m : {&index, &slices, &targets, &zones})
+		if (!*m)
+			return m->error();
+	auto find = [](const auto *slots, uint32_t count, const auto &want) -> std::optional<uint16_t> {
+		for (uint32_t i = 1; i < count; i++)
+			if (sameBytes(slots[i], want))
+				return static_cast<uint16_t>(i);
+		return std::nullopt;
+	};
+	auto missing = [](const std::string &what) { return Error(ENOENT, what + " is not in the maps yet"); };
+	auto *words = slices->as<uint64_t>();
+	for (const auto &u : updates) {
+		fwd_address a = index->as<fwd_address>()[FWD_ADDR_BUCKET(ntohl(u.addr))];
+		if (a.addr != u.addr && (!(a.flags & FWD_ADDR_COLLISION) ||
+					 bpf_map_lookup_elem(maps.addrs, &u.addr, &a) != 0))
+			return missing("the address");
+		if (!(a.flags & FWD_ADDR_LOCAL) || u.slice >= a.slice_count ||
+		    uint64_t{a.slice_base} + a.slice_count > slices->entries())
+			return missing("the slice");
+		fwd_slice s{};
+		s.flags = u.want.flags;
+		if (u.want.owner) {
+			auto slot = find(targets->as<fwd_target>(), targets->entries(), *u.want.owner);
+			if (!slot)
+				return missing("the owner");
+			s.owner = *slot;
+		}
+		if (u.want.previous) {
+			auto slot = find(targets->as<fwd_target>(), targets->entries(), *u.want.previous);
+			if (!slot)
+				return missing("the previous owner");
+			s.previous = *slot;
+		}
+		if (u.want.zones) {
+			auto slot = find(zones->as<fwd_zones>(), zones->entries(), *u.want.zones);
+			if (!slot)
+				return missing("the zone set");
+			s.zones = *slot;
+		}
+		std::atomic_ref<uint64_t>(words[a.slice_base + u.slice]).store(packSlice(s), std::memory_order_release);
+	}
+	return {};
 }
 
 Result<ForwarderCounters> readCounters(int countersFd)
@@ -855,6 +981,25 @@ Status applyForwarder(const plan::Plan &plan, const std::string &pinDir)
 		return fail(errnoError(err, "pinning the link in " + pinDir));
 	}
 	return {};
+}
+
+Status applyForwarderSlices(const plan::Plan &plan, const std::vector<SliceRef> &changed, const std::string &pinDir)
+{
+	uint32_t ifindex = ::if_nametoindex(plan.uplink.c_str());
+	auto fds = openPinnedMaps(pinDir);
+	if (ifindex != 0 && fds) {
+		fwd_config current{};
+		uint32_t zero = 0;
+		auto neighbours = readNeighbours(ifindex);
+		if (neighbours && bpf_map_lookup_elem((*fds)[0].get(), &zero, &current) == 0 &&
+		    current.object_hash == ForwarderObject::objectHash() &&
+		    current.self_addr == plan.self().address.networkOrder()) {
+			auto s = syncSlices(borrow(*fds), buildSlices(plan, changed, *neighbours));
+			if (s || s.error().code().value() != ENOENT)
+				return s ? s : s.error().wrap("moving slices in the XDP forwarder");
+		}
+	}
+	return applyForwarder(plan, pinDir);
 }
 
 Status removeForwarder(const std::string &uplink, const std::string &pinDir)

@@ -105,6 +105,28 @@ struct MapFds {
 // Fails with ENOSPC when fwd_slices is too small (reload with more capacity).
 Status syncMaps(const MapFds &maps, const ForwarderTables &tables);
 
+// One slice of the plan: indices into Plan::addresses and that address's slices.
+struct SliceRef {
+	uint32_t address = 0;
+	uint32_t slice = 0;
+};
+
+struct SliceUpdate {
+	uint32_t addr = 0;  // network order
+	uint32_t slice = 0;
+	SliceWant want;
+};
+
+// The wanted state of some slices of `plan`, as buildTables computes it.
+std::vector<SliceUpdate> buildSlices(const plan::Plan &plan, const std::vector<SliceRef> &slices,
+				     const NeighbourTable &neighbours);
+
+// Rewrite just these slices' words, one aligned store each, naming target and
+// zone slots that already hold the wanted content. ENOENT when an address,
+// target or zone set is not in the maps yet (then a full syncMaps is needed).
+// One writer at a time (the daemon).
+Status syncSlices(const MapFds &maps, const std::vector<SliceUpdate> &updates);
+
 Result<ForwarderCounters> readCounters(int countersFd);
 
 // The loaded BPF object: a non-copyable owner of the skeleton. Closing it
@@ -142,6 +164,13 @@ private:
 // program is this build's and attached to the same interface, only the maps
 // are updated. Needs root (CAP_BPF + CAP_NET_ADMIN) and bpffs at pinDir's parent.
 Status applyForwarder(const plan::Plan &plan, const std::string &pinDir = kDefaultPinDir);
+
+// A slice move (SetSliceOwner) without a full sync: the words of `changed`
+// are rewritten in the pinned maps from `plan`, one store each, at a cost that
+// does not grow with the fleet. Falls back to applyForwarder when the maps
+// lack something the slices need (a new server, a new zone set, no program).
+Status applyForwarderSlices(const plan::Plan &plan, const std::vector<SliceRef> &changed,
+			    const std::string &pinDir = kDefaultPinDir);
 
 // Detach the pinned link (if any), unpin the maps and remove pinDir. Not an
 // error when nothing is there. `uplink`, if not empty, must be the interface

@@ -30,8 +30,12 @@
 // XDP program (docs/performance.md).
 
 // Sizes (entries).
-#define FWD_ADDR_INDEX_SIZE 65536  // one per value of the low 16 bits of an address
-#define FWD_ADDRS_MAX 65536        // addresses whose index bucket is shared (hash)
+#define FWD_ADDR_INDEX_BITS 18
+#define FWD_ADDR_INDEX_SIZE (1 << FWD_ADDR_INDEX_BITS)
+#define FWD_ADDRS_MAX 262144       // addresses whose index bucket is shared (hash)
+// The index bucket of a host-order address: multiplicative (Fibonacci)
+// hashing, so a contiguous range of addresses spreads over all buckets.
+#define FWD_ADDR_BUCKET(host_addr) ((__u32)((__u32)(host_addr) * 0x9E3779B1u) >> (32 - FWD_ADDR_INDEX_BITS))
 #define FWD_SLICES_DEFAULT 65536   // the loader sizes fwd_slices to the plan, at least this
 #define FWD_TARGETS_MAX 4096       // slot 0 means "none"
 #define FWD_ZONES_MAX 65536        // slot 0 means "no zone runs"
@@ -47,8 +51,8 @@ struct fwd_config {
 };
 
 // A shared address. FWD_MAP_ADDR_INDEX (array, BPF_F_MMAPABLE) holds one at
-// index (host-order address & 0xffff); when several shared addresses have the
-// same low 16 bits, the entry has FWD_ADDR_COLLISION and all of them are in
+// FWD_ADDR_BUCKET(address); when several shared addresses fall in the same
+// bucket, the entry has FWD_ADDR_COLLISION and all of them are in
 // FWD_MAP_ADDRS (hash, key __be32 address).
 #define FWD_ADDR_LOCAL 0x1     // lives in this data centre: route by slice
 #define FWD_ADDR_GATEWAY 0x2   // another data centre with a gateway: encapsulate to target `gateway`

@@ -2,6 +2,7 @@
 // Benchmark: ns per packet of each XDP forwarder verdict (bpf_prog_test_run_opts) against a trivial XDP_PASS program, A B A B.
 //
 // Usage: xdp_bench [--repeat N] [--pairs P] [--only NAME]   (root; defaults 10000000 and 5)
+//        xdp_bench --sync ADDRESSES   (map sync time at that fleet size)
 //
 // One frame per verdict; for each, P pairs of runs A (portslice_pass, the
 // trivial reference) and B (portslice_fwd), alternating, each with repeat N;
@@ -15,6 +16,7 @@
 // it out. The verdict counters are checked after every run: every round must
 // have taken the verdict being measured.
 #include <algorithm>
+#include <chrono>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
@@ -127,6 +129,76 @@ double median(std::vector<double> v)
 	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
+// Map sync at fleet size: N addresses of 31 slices (198.18.0.0/15, no
+// traffic), owners spread over 31 servers; a full sync into empty maps, then
+// the sync of a plan that moves one slice (what SetSliceOwner costs).
+int syncBench(uint32_t addresses)
+{
+	plan::Plan p;
+	p.server = "s0";
+	p.serverIndex = 0;
+	p.uplink = "lo";
+	for (uint32_t i = 0; i < 31; i++)
+		p.servers.push_back({"s" + std::to_string(i), Ipv4{ip("192.0.2.100").value + i}, "lab1",
+				     mac("02:00:00:00:01:00")});
+	for (uint32_t i = 0; i < addresses; i++) {
+		plan::PlannedAddress a;
+		a.address = Ipv4{ip("198.18.0.0").value + i};
+		a.datacenter = "lab1";
+		a.local = true;
+		a.portRange = {1024, 65535};
+		a.sliceSize = 2048;
+		a.sliceCount = 31;
+		for (uint32_t s = 0; s < 31; s++)
+			a.owner.push_back(static_cast<int32_t>((s + i) % 31));
+		a.previous.assign(31, plan::kNoServer);
+		p.addresses.push_back(std::move(a));
+	}
+	auto tables = xdp::buildTables(p, kS1Mac, 1, {});
+	uint32_t capacity = FWD_SLICES_DEFAULT;
+	while (capacity < 2 * tables.sliceCount())
+		capacity <<= 1;
+	auto obj = xdp::ForwarderObject::load("", false, capacity);
+	if (!obj) {
+		std::fprintf(stderr, "%s\n", obj.error().message().c_str());
+		return 1;
+	}
+	auto time = [](auto f) {
+		auto t0 = std::chrono::steady_clock::now();
+		f();
+		return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+	};
+	double full = time([&] {
+		if (auto s = xdp::syncMaps(obj->maps(), tables); !s)
+			std::fprintf(stderr, "%s\n", s.error().message().c_str());
+	});
+	std::vector<double> build, move, one;
+	for (int r = 0; r < 5; r++) {
+		p.addresses[addresses / 2].owner[7] = (p.addresses[addresses / 2].owner[7] + 1) % 31;
+		xdp::ForwarderTables moved;
+		build.push_back(time([&] { moved = xdp::buildTables(p, kS1Mac, 1, {}); }));
+		move.push_back(time([&] {
+			if (auto s = xdp::syncMaps(obj->maps(), moved); !s)
+				std::fprintf(stderr, "%s\n", s.error().message().c_str());
+		}));
+	}
+	for (int r = 0; r < 5; r++) {
+		p.addresses[addresses / 3].owner[9] = (p.addresses[addresses / 3].owner[9] + 1) % 31;
+		one.push_back(time([&] {
+			auto u = xdp::buildSlices(p, {{addresses / 3, 9}}, {});
+			if (auto s = xdp::syncSlices(obj->maps(), u); !s)
+				std::fprintf(stderr, "%s\n", s.error().message().c_str());
+		}));
+	}
+	std::printf("map sync, %u addresses x 31 slices = %zu slice words (fwd_slices %u)\n", addresses,
+		    tables.sliceCount(), capacity);
+	std::printf("full sync into empty maps: %.1f ms\n", full);
+	std::printf("one slice moved: buildTables %.1f ms + syncMaps %.1f ms (median of 5)\n", median(build),
+		    median(move));
+	std::printf("one slice moved, buildSlices + syncSlices: %.2f ms (median of 5)\n", median(one));
+	return 0;
+}
+
 } // namespace
 
 int main(int argc, char **argv)
@@ -134,9 +206,12 @@ int main(int argc, char **argv)
 	uint32_t repeat = 10000000;
 	int pairs = 5;
 	const char *only = nullptr;
+	uint32_t syncAddresses = 0;
 	for (int i = 1; i + 1 < argc; i += 2) {
 		if (!std::strcmp(argv[i], "--only"))
 			only = argv[i + 1];
+		else if (!std::strcmp(argv[i], "--sync"))
+			syncAddresses = static_cast<uint32_t>(std::strtoul(argv[i + 1], nullptr, 10));
 		else if (!std::strcmp(argv[i], "--repeat"))
 			repeat = static_cast<uint32_t>(std::strtoul(argv[i + 1], nullptr, 10));
 		else if (!std::strcmp(argv[i], "--pairs"))
@@ -151,6 +226,9 @@ int main(int argc, char **argv)
 		std::perror("unshare");
 		return 1;
 	}
+	if (syncAddresses)
+		return syncBench(syncAddresses);
+
 	BenchObject bench;
 	bench.obj = bpf_object__open_file(XDP_BENCH_OBJECT, nullptr);
 	if (!bench.obj || bpf_object__load(bench.obj) != 0) {

@@ -31,7 +31,18 @@ const Ipv4 kS1 = ip("192.0.2.11"), kS2 = ip("192.0.2.12"), kS3 = ip("192.0.2.13"
 const Ipv4 kGw2 = ip("203.0.113.2");
 const Ipv4 kShared = ip("198.51.100.1"), kRemote = ip("198.51.100.2");
 const Ipv4 kInet = ip("203.0.113.10");
-const Ipv4 kTwin = ip("100.65.100.1"); // low 16 bits equal to kShared's
+
+// The nth address of 100.64.0.0/10 in kShared's index bucket.
+Ipv4 sameBucket(int nth)
+{
+	uint32_t want = FWD_ADDR_BUCKET(kShared.value);
+	for (uint32_t a = ip("100.64.0.0").value; a < ip("100.128.0.0").value; a++)
+		if (FWD_ADDR_BUCKET(a) == want && nth-- == 0)
+			return Ipv4{a};
+	return Ipv4{};
+}
+const Ipv4 kTwin = sameBucket(0);     // a shared address in kShared's bucket
+const Ipv4 kNotShared = sameBucket(1); // same bucket, not shared
 
 // Slices of kShared (1024-65535, 2048 per slice): 0 s1, 1 s2, 2 s3, 3 s1
 // taking over from s2, 4 s2 taking over from s1, 5 nobody, 6 s4.
@@ -79,7 +90,7 @@ plan::Plan makeFleet()
 	r.owner.assign(31, plan::kNoServer);
 	r.previous.assign(31, plan::kNoServer);
 	p.addresses.push_back(r);
-	// Same low 16 bits as kShared: one index bucket, found through the hash.
+	// In kShared's index bucket: found through the hash.
 	plan::PlannedAddress c = a;
 	c.address = kTwin;
 	c.sliceSize = 1000; // not a power of two: the program divides
@@ -281,8 +292,8 @@ TEST_F(XdpForwarder, RoutesEachVerdictAsTheFixtureTableSays)
 		 toUs(ipv4(kInet, kTwin, kProtoTcp, tcp(443, port(0)))), XDP_TX,
 		 encapsulated(toUs(ipv4(kInet, kTwin, kProtoTcp, tcp(443, port(0)))), kS2Mac, kS1Mac, kS1, kS2),
 		 FWD_V_FORWARD},
-		{"same bucket, not shared", toUs(ipv4(kInet, ip("203.0.100.1"), kProtoTcp, tcp(443, port(0)))), XDP_PASS,
-		 toUs(ipv4(kInet, ip("203.0.100.1"), kProtoTcp, tcp(443, port(0)))), FWD_V_PASS_OTHER},
+		{"same bucket, not shared", toUs(ipv4(kInet, kNotShared, kProtoTcp, tcp(443, port(0)))), XDP_PASS,
+		 toUs(ipv4(kInet, kNotShared, kProtoTcp, tcp(443, port(0)))), FWD_V_PASS_OTHER},
 		{"not a shared address", toUs(ipv4(kInet, kS1, kProtoTcp, tcp(443, 22))), XDP_PASS,
 		 toUs(ipv4(kInet, kS1, kProtoTcp, tcp(443, 22))), FWD_V_PASS_OTHER},
 		{"a port below the range", toUs(ipv4(kInet, kShared, kProtoTcp, tcp(443, 80))), XDP_PASS,
@@ -354,6 +365,28 @@ TEST_F(XdpForwarder, MovesASliceWithOneMapUpdate)
 	fleet.sources.clear();
 	ASSERT_TRUE(xdp::syncMaps(obj_->maps(), xdp::buildTables(fleet, kS1Mac, 1, {})).ok());
 	run({"after removing the address", toSlice1, XDP_PASS, toSlice1, FWD_V_PASS_OTHER});
+}
+
+TEST_F(XdpForwarder, MovesASliceWithoutAFullSync)
+{
+	const Bytes toSlice1 = toUs(ipv4(kInet, kShared, kProtoTcp, tcp(443, port(1))));
+	auto fleet = makeFleet();
+	fleet.addresses[0].owner[1] = 2;
+	xdp::NeighbourTable neighbours{{kS3.value, kS3Mac}};
+	auto updates = xdp::buildSlices(fleet, {{0, 1}}, neighbours);
+	ASSERT_EQ(updates.size(), 1u);
+	auto s = xdp::syncSlices(obj_->maps(), updates);
+	ASSERT_TRUE(s.ok()) << s.error().message();
+	run({"moved by syncSlices: s3", toSlice1, XDP_TX, encapsulated(toSlice1, kS3Mac, kS1Mac, kS1, kS3),
+	     FWD_V_FORWARD});
+	// A server the maps have never seen needs the full sync.
+	fleet.servers.push_back({"s5", ip("192.0.2.15"), "lab1", mac("02:00:00:00:00:15")});
+	fleet.addresses[0].owner[1] = 4;
+	s = xdp::syncSlices(obj_->maps(), xdp::buildSlices(fleet, {{0, 1}}, neighbours));
+	ASSERT_FALSE(s.ok());
+	EXPECT_EQ(s.error().code().value(), ENOENT);
+	run({"unchanged after the refusal", toSlice1, XDP_TX, encapsulated(toSlice1, kS3Mac, kS1Mac, kS1, kS3),
+	     FWD_V_FORWARD});
 }
 
 TEST_F(XdpForwarder, GivesAnAddressWhoseSlicesChangeANewRunBeforeSwitchingToIt)

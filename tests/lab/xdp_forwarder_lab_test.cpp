@@ -401,11 +401,15 @@ TEST_F(XdpLab, DuringAHandoverTheNewOwnerPassesFlowsItHasNoStateForToThePrevious
 	EXPECT_FALSE(answer("b")) << "without a previous owner the draining flow must break";
 
 	// The same move with s2 as the previous owner: s1 sends the answer to s3,
-	// s3's conntrack does not know the flow, s3 hands it to s2.
-	applyAll([&](plan::Plan &p) {
+	// s3's conntrack does not know the flow, s3 hands it to s2. Applied as
+	// the daemon's SetSliceOwner does: only slice 1's word changes.
+	for (const char *name : {"s1", "s2", "s3"}) {
+		auto p = planFor(name);
 		p.addresses[0].owner[1] = s3;
 		p.addresses[0].previous[1] = s2;
-	});
+		Status st = inNamespace(ns(name), [&] { return xdp::applyForwarderSlices(p, {{0, 1}}, bpfDir(name)); });
+		ASSERT_TRUE(st.ok()) << name << ": " << st.error().message();
+	}
 	auto s3Before = counters("s3");
 	auto s2Before = counters("s2");
 	EXPECT_TRUE(answer("c")) << "the previous owner must still get its flow's answers";
