@@ -137,7 +137,8 @@ _lab_bus_up() {
 		[[ -n $LAB_BUS_POLICY ]] && echo "  <include>$LAB_BUS_POLICY</include>"
 		echo '</busconfig>'
 	} >"$dir/bus.conf"
-	pid=$(ip netns exec "$(lab_ns "$node")" dbus-daemon --config-file="$dir/bus.conf" --fork --print-pid --nopidfile) ||
+	pid=$(ip netns exec "$(lab_ns "$node")" dbus-daemon --config-file="$dir/bus.conf" --fork --print-pid --nopidfile \
+		2>"$dir/bus.log") ||
 		{ _lab_err "dbus-daemon for $node did not start"; return 1; }
 	echo "$pid" >>"$LAB_DIR/pids"
 	echo "unix:path=$dir/system_bus_socket" >"$dir/address"
