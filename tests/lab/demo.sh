@@ -236,7 +236,12 @@ lab_exec s1 nft list table inet portslice >"$WORK/s1.nft"
 		}
 		$3 == 2 {
 			t2++
-			if ($5 == "ok") { split($6, ap, ":"); if (owned(ap[1], ap[2] + 0, $2, 2)) ok2++; else wrong2++ }
+			if ($5 == "ok") {
+				split($6, ap, ":"); if (owned(ap[1], ap[2] + 0, $2, 2)) ok2++; else wrong2++
+				split(ap[1], oct, "."); key = "." oct[4] " slice " int((ap[2] - 10000) / 1000)
+				if (!((w2key = $1 SUBSEP key) in used)) keys[$1] = keys[$1] (keys[$1] ? SUBSEP : "") key
+				used[w2key]++
+			}
 			else if ($5 == "refused") ref2++
 			else if ($5 == "timeout") { to2++; tow[$1 " " $4]++; if (index(" " ENVIRON["DEMO_MOVED_WORKLOADS"] " ", " " $1 " ") == 0) elsewhere2++ }
 			else err2++
@@ -251,9 +256,16 @@ lab_exec s1 nft list table inet portslice >"$WORK/s1.nft"
 					ok[w, "tcp"] + 0 "/" tot[w, "tcp"] + 0, ok[w, "udp"] + 0 "/" tot[w, "udp"] + 0
 				all += tot[w, "tcp"] + tot[w, "udp"]; good += ok[w, "tcp"] + ok[w, "udp"]; bad += outside[w]
 			}
-			printf "\ncheck: phase 1 flows completed: %d/%d\n", good, all
+			printf "check: phase 1 flows completed: %d/%d\n", good, all
 			printf "check: phase 1 ports outside their server'"'"'s slices: %d\n", bad
 			if (t2) {
+				print "\nphase 2: the same while the slice moves; answered flows per shared address (.1, .2) and slice"
+				for (i = 1; i <= nw; i++) {
+					w = order[i]; line = ""
+					nk = split(keys[w], ks, SUBSEP)
+					for (k = 1; k <= nk; k++) line = line sprintf("  %s: %d", ks[k], used[w SUBSEP ks[k]])
+					printf "%-8s %-6s%s\n", w, ENVIRON["SERVER_" w], line
+				}
 				printf "check: flows during the slice move: %d: completed %d, cleanly refused %d, timed out %d, errors %d, answered outside their server'"'"'s slices %d\n", t2, ok2, ref2 + 0, to2 + 0, err2 + 0, wrong2 + 0
 				line = ""
 				for (w in tow) line = line " " w " " tow[w]

@@ -66,6 +66,14 @@ TEST(Demo, EveryWorkloadLeavesInsideItsServersSlicesAndTheMoveLosesOnlyFlowsInFl
 	EXPECT_GT(move[1], 0);
 	EXPECT_EQ(move[4], 0) << "errors";
 	EXPECT_EQ(move[5], 0) << "answered with a port of another server's slice";
+	// The move took effect in the datapath: s2's workload answered from the
+	// moved slice 0, s1's left through its other slice, 3.
+	auto w2Moved = numbers(text, R"(\nw2 +s2 .*\.1 slice 0: (\d+))");
+	ASSERT_EQ(w2Moved.size(), 1u) << "w2 never used the slice it gained";
+	EXPECT_GT(w2Moved[0], 0);
+	auto w1Other = numbers(text, R"(\nw1 +s1 .*\.1 slice 3: (\d+))");
+	ASSERT_EQ(w1Other.size(), 1u) << "w1 never moved to its remaining slice";
+	EXPECT_GT(w1Other[0], 0);
 	// Known gaps, measured not hidden: SetSliceOwner keeps no previous owner as
 	// a second hop and the old owner deletes the slice's conntrack entries, and
 	// the new owner applies nft before its XDP maps, so a flow in flight of w1
