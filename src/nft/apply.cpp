@@ -1185,11 +1185,18 @@ Result<ApplyReport> NftApplier::applyModel(const TableModel &next, const TableMo
 		// The kernel ignores new user data on an existing table (checked on
 		// 6.18), so the comment keeps the generation of the last full
 		// replace; the daemon holds the current one.
-		std::set<std::string> oldCounters(current->counters.begin(), current->counters.end());
-		std::set<std::string> newCounters(next.counters.begin(), next.counters.end());
-		for (const std::string &c : next.counters)
+		bool sameCounters = current->counters == next.counters;
+		std::set<std::string> oldCounters, newCounters;
+		if (!sameCounters) {
+			oldCounters.insert(current->counters.begin(), current->counters.end());
+			newCounters.insert(next.counters.begin(), next.counters.end());
+		}
+		for (const std::string &c : next.counters) {
+			if (sameCounters)
+				break;
 			if (!oldCounters.count(c))
 				w.counter(c);
+		}
 		for (size_t i = 0; i < next.sets.size(); i++) {
 			const Set &n = next.sets[i];
 			const Set &o = current->sets[i];
@@ -1197,9 +1204,12 @@ Result<ApplyReport> NftApplier::applyModel(const TableModel &next, const TableMo
 				continue;
 						w.delta(o, n, report);
 		}
-		for (const std::string &c : current->counters)
+		for (const std::string &c : current->counters) {
+			if (sameCounters)
+				break;
 			if (!newCounters.count(c))
 				w.counter(c, true);
+		}
 	} else {
 		report.fullReplace = true;
 		if (present)
@@ -1224,8 +1234,13 @@ Result<ApplyReport> NftApplier::applyModel(const TableModel &next, const TableMo
 	batch.finish();
 	report.messages = batch.messages();
 	Status s = sock_.send(batch);
-	if (!s)
+	if (!s) {
+		// A delta assumes the kernel holds `current`; when it does not
+		// (someone changed the table), replace the table instead.
+		if (!report.fullReplace)
+			return applyModel(next, nullptr);
 		return s.error().wrap("applying table portslice");
+	}
 	report.bytes = batch.bytes();
 	return report;
 }

@@ -111,7 +111,7 @@ void fullApply(uint32_t n, int pairs, const std::string &dir)
 	std::vector<double> a, b, ca, cb;
 	for (int i = 0; i < pairs; i++) {
 		std::string ns = freshNs();
-		a.push_back(timed({"ip", "netns", "exec", ns, gBuild + "/src/daemon/portsliced", "--state-dir",
+		a.push_back(timed({"ip", "netns", "exec", ns, gBuild + "/src/daemon/portsliced", "--no-xdp", "--state-dir",
 				   dir + "/state", "--config", toml, "--apply-once"}));
 		ca.push_back(gChildCpu);
 		dropNs(ns);

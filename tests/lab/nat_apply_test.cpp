@@ -233,6 +233,70 @@ TEST_F(NatApply, SliceMoveIsAnElementDeltaThatEndsEqualToAFreshTable)
 	EXPECT_EQ(withoutComment(sortElements(list())), withoutComment(sortElements(incremental)));
 }
 
+TEST_F(NatApply, RemovingAndAddingASourceIsAnElementDeltaWithItsCounters)
+{
+	config::LoadResult loaded = config::loadFile(sourcePath("rules/three-servers.toml"));
+	ASSERT_TRUE(loaded.ok());
+	config::Config with = *loaded.config;
+	config::Config without = with;
+	// warp-gb goes; stateless-gb keeps the saddr shape in use.
+	std::erase_if(without.sources, [](const config::Source &s) { return s.name == "warp-gb"; });
+	plan::Plan pWith = planOf(with), pWithout = planOf(without);
+
+	auto nft = nft::NftApplier::open();
+	ASSERT_TRUE(nft.ok());
+	ASSERT_TRUE(nft->apply(pWith, nullptr, 1).ok());
+	for (auto [from, to] : {std::pair{&pWith, &pWithout}, std::pair{&pWithout, &pWith}}) {
+		auto delta = nft->apply(*to, from, 2);
+		ASSERT_TRUE(delta.ok()) << delta.error().message();
+		EXPECT_FALSE(delta->fullReplace);
+		std::string incremental = list();
+		EXPECT_EQ(incremental.find("counter src_warp-gb") == std::string::npos, to == &pWithout);
+
+		ASSERT_TRUE(nft->remove().ok());
+		std::ofstream(path("fresh.nft")) << nft::render(nft::buildModel(*to, 1));
+		ASSERT_TRUE(runShell("nft -f " + path("fresh.nft")).ok());
+		// Counters added by a delta come last; compare them as a set.
+		auto norm = [](std::string l) {
+			l = std::regex_replace(l, std::regex("plan [0-9a-f]{16}"), "");
+			std::vector<std::string> counters;
+			std::regex counter("\tcounter [^ ]+ \\{\n\t\\}\n\n");
+			for (auto it = std::sregex_iterator(l.begin(), l.end(), counter); it != std::sregex_iterator(); ++it)
+				counters.push_back(it->str());
+			std::sort(counters.begin(), counters.end());
+			std::string rest = std::regex_replace(l, counter, "");
+			for (const std::string &c : counters)
+				rest += c;
+			return rest;
+		};
+		EXPECT_EQ(norm(sortElements(list())), norm(sortElements(incremental)));
+		// Back to the state the next delta starts from.
+		ASSERT_TRUE(nft->remove().ok());
+		ASSERT_TRUE(nft->apply(*to, nullptr, 1).ok());
+	}
+}
+
+TEST_F(NatApply, ADeltaOnATableSomeoneChangedFallsBackToAFullReplace)
+{
+	config::LoadResult loaded = config::loadFile(sourcePath("rules/three-servers.toml"));
+	ASSERT_TRUE(loaded.ok());
+	config::Config after = *loaded.config;
+	after.addresses[0].owners[1] = after.serverName;
+	plan::Plan p1 = planOf(*loaded.config), p2 = planOf(after);
+	auto nft = nft::NftApplier::open();
+	ASSERT_TRUE(nft.ok());
+	ASSERT_TRUE(nft->apply(p1, nullptr, 1).ok());
+	ASSERT_TRUE(runShell("nft flush set inet portslice my_ports").ok());
+	auto r = nft->apply(p2, &p1, 2);
+	ASSERT_TRUE(r.ok()) << r.error().message();
+	EXPECT_TRUE(r->fullReplace);
+	std::string fixed = list();
+	ASSERT_TRUE(nft->remove().ok());
+	std::ofstream(path("p2.nft")) << nft::render(nft::buildModel(p2, 2));
+	ASSERT_TRUE(runShell("nft -f " + path("p2.nft")).ok());
+	EXPECT_EQ(sortElements(list()), sortElements(fixed));
+}
+
 TEST_F(NatApply, CountersAreReadBackByName)
 {
 	ASSERT_TRUE(daemon("--config " + shellQuote(sourcePath("rules/one-server.toml")) + " --apply-once").ok());
