@@ -14,7 +14,6 @@
 #include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <spawn.h>
 #include <unistd.h>
 
@@ -86,28 +85,36 @@ double seconds(Clock::time_point a, Clock::time_point b)
 	return std::chrono::duration<double>(b - a).count();
 }
 
-// Wall time, and the CPU time of this process: on a shared machine the wall
-// time also counts the time others held the CPU, the CPU time does not.
+double seconds(const timeval &tv)
+{
+	return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) * 1e-6;
+}
+
+// Wall time, and the CPU time of this process split into user and system
+// (kernel) time: on a shared machine the wall time also counts the time
+// others held the CPU, and the system time is mostly page faults, whose cost
+// grows with the size of the heap.
 struct Stamp {
 	Clock::time_point wall;
-	double cpu;
+	double user, sys;
 };
 
 struct Span {
-	double wall = 0, cpu = 0;
-	Span operator+(const Span &o) const { return { wall + o.wall, cpu + o.cpu }; }
+	double wall = 0, user = 0, sys = 0;
+	long maxRssKb = 0; // subprocess only
+	Span operator+(const Span &o) const { return { wall + o.wall, user + o.user, sys + o.sys }; }
 };
 
 Stamp now()
 {
-	timespec ts{};
-	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-	return { Clock::now(), static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9 };
+	rusage usage{};
+	getrusage(RUSAGE_SELF, &usage);
+	return { Clock::now(), seconds(usage.ru_utime), seconds(usage.ru_stime) };
 }
 
 Span since(const Stamp &a, const Stamp &b)
 {
-	return { seconds(a.wall, b.wall), b.cpu - a.cpu };
+	return { seconds(a.wall, b.wall), b.user - a.user, b.sys - a.sys };
 }
 
 // One timed run of each command on one file. The stages of `dump` are kept
@@ -202,8 +209,7 @@ Span timeSubprocess(const std::string &binary, const std::string &file)
 	Clock::time_point t1 = Clock::now();
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
 		die(binary + " check --config " + file + " failed");
-	auto cpu = [](const timeval &tv) { return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) * 1e-6; };
-	return { seconds(t0, t1), cpu(usage.ru_utime) + cpu(usage.ru_stime) };
+	return { seconds(t0, t1), seconds(usage.ru_utime), seconds(usage.ru_stime), usage.ru_maxrss };
 }
 
 double median(std::vector<double> v)
@@ -298,7 +304,8 @@ int main(int argc, char **argv)
 			v.push_back(t.*field.*clock);
 		return median(v);
 	};
-	for (auto [clockName, clock] : { std::pair{ "wall", &Span::wall }, std::pair{ "CPU", &Span::cpu } }) {
+	for (auto [clockName, clock] : { std::pair{ "wall", &Span::wall }, std::pair{ "user CPU", &Span::user },
+					 std::pair{ "system CPU", &Span::sys } }) {
 		std::printf("\n%s time, seconds, median of %d rounds (in-process, the calls of portslicectl)\n",
 			    clockName, runs);
 		std::printf("%8s %9s %9s %9s | %9s %9s %9s %9s %9s\n", "sources", "check", "plan", "dump", "load",
@@ -321,13 +328,16 @@ int main(int argc, char **argv)
 		}
 	}
 	if (haveSubprocess) {
-		std::vector<double> wall, cpu;
+		std::vector<double> wall, user, sys, rss;
 		for (const Span &sp : subprocess) {
 			wall.push_back(sp.wall);
-			cpu.push_back(sp.cpu);
+			user.push_back(sp.user);
+			sys.push_back(sp.sys);
+			rss.push_back(static_cast<double>(sp.maxRssKb) / 1024);
 		}
-		std::printf("\nportslicectl check at 10k (subprocess, target < 1 s): median wall %.3f s, CPU %.3f s\n",
-			    median(wall), median(cpu));
+		std::printf("\nportslicectl check at 10k (subprocess, target < 1 s): median wall %.3f s, user %.3f s, "
+			    "system %.3f s, peak RSS %.0f MB\n",
+			    median(wall), median(user), median(sys), median(rss));
 	} else {
 		std::printf("\nportslicectl check at 10k: not run (no size 10000 or %s not executable)\n",
 			    portslicectl.c_str());
