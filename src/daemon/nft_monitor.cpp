@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <cerrno>
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <linux/netfilter/nf_tables.h>
 #include <linux/netfilter/nfnetlink.h>
 #include <unistd.h>
@@ -30,6 +31,10 @@ Result<NftMonitor> NftMonitor::open(uint8_t family, std::string table)
 	if (mnl_socket_setsockopt(socket.get(), NETLINK_ADD_MEMBERSHIP, &group, sizeof(group)) < 0)
 		return Error(errno, "subscribing to nftables events");
 	int fd = mnl_socket_get_fd(socket.get());
+	// A full replace sends one event per element; room for tens of thousands
+	// keeps most of our own commits from overflowing (as root, past rmem_max).
+	int bytes = 16 << 20;
+	(void)::setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof(bytes));
 	if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK) < 0)
 		return Error(errno, "making the nftables event socket non-blocking");
 	NftMonitor monitor(std::move(socket), family, std::move(table));
@@ -129,7 +134,8 @@ Result<std::optional<ForeignChange>> NftMonitor::read()
 				continue;
 			if (errno == ENOBUFS) {
 				touched_ = false;
-				foreign = ForeignChange{};
+				if (!foreign)
+					foreign = ForeignChange{};
 				continue;
 			}
 			return Error(errno, "reading nftables events");

@@ -16,8 +16,11 @@ using MnlSocket = Handle<mnl_socket, mnl_socket_close>;
 
 // A commit by someone else that changed the watched table.
 struct ForeignChange {
-	uint32_t pid = 0;     // 0 when unknown (events were lost)
+	uint32_t pid = 0;     // 0 when events were lost
 	std::string process;  // comm of the committing process, if the kernel said
+	// The socket overflowed (our own full replace of a large table does
+	// that): who changed what is unknown, the table must be compared.
+	bool lost() const { return pid == 0; }
 	std::string str() const;
 };
 
@@ -29,8 +32,8 @@ public:
 	int fd() const { return mnl_socket_get_fd(socket_.get()); }
 
 	// Read every pending event (non-blocking). Returns the last foreign
-	// commit that touched the table, if any. Lost events (ENOBUFS) count as
-	// a foreign change: the table must be checked.
+	// commit that touched the table, if any, or a lost() change when the
+	// socket overflowed (ENOBUFS).
 	Result<std::optional<ForeignChange>> read();
 
 private:

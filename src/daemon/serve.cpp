@@ -188,6 +188,8 @@ int serve(const ServeOptions &options, dbus::Backend &backend)
 			Result<std::optional<ForeignChange>> change = monitor->read();
 			if (!change)
 				std::cerr << "portsliced: " << change.error().message() << std::endl;
+			else if (*change && (*change)->lost())
+				service.repairDrift("nftables events were lost");
 			else if (*change)
 				service.restore("table inet portslice changed by " + (*change)->str());
 		}
