@@ -3,6 +3,7 @@
 #include "dbus/service.h"
 
 #include <algorithm>
+#include <chrono>
 
 namespace portslice::dbus {
 
@@ -142,6 +143,9 @@ Answer<uint64_t> Service::setSliceOwner(std::string_view addressText, uint32_t s
 		return fail({Fault::InvalidArgument, "\"" + server + "\" is not a server of the fleet (it has: " +
 			     joinNames(known) + ")"}, false);
 	}
+	auto current = address->owners.find(slice);
+	if (current != address->owners.end() && current->second == server)
+		return generation_; // already so: nothing to apply, nothing to persist
 	address->owners[slice] = server;
 
 	Overlay overlay = overlay_;
@@ -159,19 +163,27 @@ Answer<uint64_t> Service::setSliceOwner(std::string_view addressText, uint32_t s
 	std::vector<config::Diagnostic> errors = config::validate(next);
 	if (config::hasErrors(errors))
 		return fail({Fault::InvalidArgument, errorLines(errors)}, false);
-	return commit(std::move(next), std::move(overlay), overlay != overlay_, Fault::InvalidArgument);
+	return commit(std::move(next), std::move(overlay), overlay != overlay_, Fault::InvalidArgument, true);
 }
 
-Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, bool persist, Fault planFault)
+Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, bool persist, Fault planFault, bool changed)
 {
+	using Clock = std::chrono::steady_clock;
+	auto ms = [](Clock::time_point from, Clock::time_point to) {
+		return std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(to - from).count() / 1000.0);
+	};
+	Clock::time_point t0 = Clock::now();
 	plan::PlanResult planned = plan::makePlan(config);
+	Clock::time_point t1 = Clock::now();
 	if (!planned.ok())
 		return fail({planFault, errorLines(planned.diagnostics)}, planFault != Fault::InvalidArgument);
 	for (const config::Diagnostic &d : planned.diagnostics)
 		if (d.severity == config::Diagnostic::Severity::Warning)
 			listener_.log(d.str());
 
-	bool same = plan_ && state_ != State::Failed && planned.plan->hash() == plan_->hash();
+	// A slice that changed owner changes the plan; otherwise compare (the
+	// hash renders the whole plan, so it is not done when it is not needed).
+	bool same = !changed && plan_ && state_ != State::Failed && planned.plan->hash() == plan_->hash();
 	// Persist before the kernel changes: a crash in between re-applies the
 	// new state on start, never loses a change a caller was told about.
 	persist = persist || !same;
@@ -180,6 +192,7 @@ Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, bool pe
 			return fail({Fault::ApplyFailed, saved.error().wrap("keeping the slice owners").message() +
 				     "; nothing was applied"}, false);
 	}
+	Clock::time_point t2 = Clock::now();
 	if (!same) {
 		Status applied = backend_.apply(*planned.plan, plan_ ? &*plan_ : nullptr, generation_ + 1);
 		if (!applied) {
@@ -199,17 +212,18 @@ Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, bool pe
 		}
 	}
 
-	std::vector<std::string> changed;
+	Clock::time_point t3 = Clock::now();
+	std::vector<std::string> properties;
 	if (!same) {
 		++generation_;
-		changed.push_back("Generation");
+		properties.push_back("Generation");
 	}
 	if (state_ != State::Applied)
-		changed.push_back("State");
+		properties.push_back("State");
 	if (!lastError_.empty())
-		changed.push_back("LastError");
+		properties.push_back("LastError");
 	if (server_ != planned.plan->server)
-		changed.push_back("Server");
+		properties.push_back("Server");
 	server_ = planned.plan->server;
 	state_ = State::Applied;
 	lastError_.clear();
@@ -220,11 +234,12 @@ Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, bool pe
 	if (!same) {
 		listener_.log("applied generation " + std::to_string(generation_) + " (server " + server_ + ", " +
 			      std::to_string(plan_->sources.size()) + " sources, " +
-			      std::to_string(plan_->addresses.size()) + " addresses)");
+			      std::to_string(plan_->addresses.size()) + " addresses; ms: plan " + ms(t0, t1) +
+			      ", persist " + ms(t1, t2) + ", apply " + ms(t2, t3) + ")");
 		listener_.applied(generation_);
 	}
-	if (!changed.empty())
-		listener_.propertiesChanged(changed);
+	if (!properties.empty())
+		listener_.propertiesChanged(properties);
 	return generation_;
 }
 

@@ -91,7 +91,9 @@ public:
 private:
 	// Plan `config` and apply it incrementally; on success the new state
 	// becomes current and is announced.
-	Answer<uint64_t> commit(config::Config config, Overlay overlay, bool persist, Fault planFault);
+	// `changed`: the caller knows the plan differs (a slice changed owner).
+	Answer<uint64_t> commit(config::Config config, Overlay overlay, bool persist, Fault planFault,
+				bool changed = false);
 	Failure fail(Failure failure, bool degrade);
 	void recovered(); // a repair worked: leave the degraded state it caused
 
