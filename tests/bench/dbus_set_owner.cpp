@@ -1,0 +1,290 @@
+// SPDX-License-Identifier: MIT
+// Benchmark: one SetSliceOwner over D-Bus against a running portsliced vs the nft CLI changing one element of the same table.
+//
+// dbus_set_owner [--sources 6250] [--pairs 5] [--no-xdp] [--tmpfs-state]
+// Needs root. The process moves into a network namespace of its own (it dies
+// with the process), starts a private dbus-daemon and portsliced there, and
+// prints the figures; it asserts nothing. 6250 sources make about 100k elements.
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <fcntl.h>
+#include <filesystem>
+#include <fstream>
+#include <sched.h>
+#include <spawn.h>
+#include <sstream>
+#include <string>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+#include <sdbus-c++/sdbus-c++.h>
+
+#include "common/net.h"
+#include "dbus/egress1_proxy.h"
+
+extern char **environ;
+
+using namespace portslice;
+using Clock = std::chrono::steady_clock;
+namespace fs = std::filesystem;
+
+namespace {
+
+// BENCHMARKS.md "Generated fleets": 31 servers, N shared addresses of
+// 198.18.0.0/15 (one slice each per server), N stateless /28 sources with
+// block 128 (one whole slice each).
+std::string fleet(uint32_t n)
+{
+	std::string t = "[server]\nname = \"s1\"\nuplink = \"eth0\"\n\n[defaults]\nport_range = \"1024-65535\"\n"
+			"slice_size = 2048\n\n[[datacenters]]\nname = \"dc1\"\n\n";
+	for (int s = 1; s <= 31; s++)
+		t += "[[servers]]\nname = \"s" + std::to_string(s) + "\"\naddress = \"192.0.2." + std::to_string(10 + s) +
+		     "\"\ndatacenter = \"dc1\"\nmac = \"02:00:00:00:00:" + (s < 16 ? "0" : "") +
+		     ([&] { char b[3]; std::snprintf(b, sizeof(b), "%x", s); return std::string(b); })() + "\"\n\n";
+	std::string slices = "{ ";
+	for (int s = 1; s <= 31; s++)
+		slices += (s > 1 ? ", s" : "s") + std::to_string(s) + " = " + std::to_string(s - 1);
+	slices += " }";
+	for (uint32_t i = 0; i < n; i++)
+		t += "[[addresses]]\naddress = \"" + Ipv4{(198u << 24 | 18u << 16) + i}.str() +
+		     "\"\ndatacenter = \"dc1\"\ntags = { id = \"a" + std::to_string(i) + "\" }\nslices = " + slices + "\n\n";
+	for (uint32_t i = 0; i < n; i++)
+		t += "[[sources]]\nname = \"src" + std::to_string(i) + "\"\nmatch = { saddr = \"" +
+		     Ipv4{(100u << 24 | 64u << 16) + i * 16}.str() + "/28\" }\nwant = { id = \"a" + std::to_string(i) +
+		     "\" }\nnat = \"stateless\"\nblock = 128\n\n";
+	return t;
+}
+
+pid_t spawn(std::vector<std::string> argv, const std::string &log)
+{
+	std::vector<char *> args;
+	for (auto &a : argv)
+		args.push_back(a.data());
+	args.push_back(nullptr);
+	posix_spawn_file_actions_t fa;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+	posix_spawn_file_actions_adddup2(&fa, 1, 2);
+	pid_t pid = -1;
+	int rc = posix_spawnp(&pid, args[0], &fa, nullptr, args.data(), environ);
+	posix_spawn_file_actions_destroy(&fa);
+	return rc == 0 ? pid : -1;
+}
+
+int wait(pid_t pid)
+{
+	int status = 0;
+	while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+	}
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+double timedRun(const std::vector<std::string> &argv, const std::string &log)
+{
+	auto t0 = Clock::now();
+	int rc = wait(spawn(argv, log));
+	double s = std::chrono::duration<double>(Clock::now() - t0).count();
+	if (rc != 0) {
+		std::fprintf(stderr, "%s failed (see %s)\n", argv[0].c_str(), log.c_str());
+		std::exit(1);
+	}
+	return s;
+}
+
+double median(std::vector<double> v)
+{
+	std::sort(v.begin(), v.end());
+	return v[v.size() / 2];
+}
+
+std::string peakRss(pid_t pid)
+{
+	std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+	for (std::string line; std::getline(in, line);)
+		if (line.starts_with("VmHWM:"))
+			return line.substr(6);
+	return "?";
+}
+
+class Egress1 final : public sdbus::ProxyInterfaces<org::portslice::Egress1_proxy> {
+public:
+	explicit Egress1(sdbus::IConnection &c) : ProxyInterfaces(c, "org.portslice.Egress1", "/org/portslice/Egress1")
+	{
+		registerProxy();
+	}
+	~Egress1() { unregisterProxy(); }
+
+private:
+	void onApplied(const uint64_t &) override {}
+	void onApplyFailed(const std::string &) override {}
+};
+
+} // namespace
+
+int main(int argc, char **argv)
+{
+	uint32_t sources = 6250;
+	int pairs = 5;
+	bool xdp = true;
+	bool tmpfsState = false; // state directory on /dev/shm: the fsync of the overlay costs nothing
+	for (int i = 1; i < argc; ++i) {
+		std::string a = argv[i];
+		if (a == "--sources" && i + 1 < argc)
+			sources = static_cast<uint32_t>(std::stoul(argv[++i]));
+		else if (a == "--pairs" && i + 1 < argc)
+			pairs = std::stoi(argv[++i]);
+		else if (a == "--no-xdp")
+			xdp = false;
+		else if (a == "--tmpfs-state")
+			tmpfsState = true;
+		else {
+			std::fprintf(stderr, "usage: dbus_set_owner [--sources N] [--pairs K] [--no-xdp] [--tmpfs-state]\n");
+			return 2;
+		}
+	}
+	if (::geteuid() != 0) {
+		std::fprintf(stderr, "dbus_set_owner: needs root (network namespace, nftables, dbus-daemon)\n");
+		return 77;
+	}
+	if (::unshare(CLONE_NEWNET) != 0) {
+		std::perror("unshare");
+		return 1;
+	}
+	std::string pattern = (fs::temp_directory_path() / "psd-bench-XXXXXX").string();
+	if (!::mkdtemp(pattern.data()))
+		return 1;
+	fs::path dir = pattern;
+	std::string log = (dir / "log").string();
+	timedRun({"ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"}, log);
+	timedRun({"ip", "link", "set", "eth0", "up"}, log);
+	timedRun({"ip", "link", "set", "eth0p", "up"}, log);
+	fs::create_directory(dir / "bpf");
+	if (xdp)
+		timedRun({"mount", "-t", "bpf", "bpf", (dir / "bpf").string()}, log);
+	std::ofstream(dir / "fleet.toml") << fleet(sources);
+	std::ofstream(dir / "bus.conf") << "<busconfig><type>system</type><listen>unix:path=" << (dir / "bus").string()
+					<< "</listen><auth>EXTERNAL</auth><policy context=\"default\"><allow user=\"*\"/>"
+					   "<allow own=\"*\"/><allow send_type=\"*\"/><allow receive_type=\"*\"/></policy>"
+					   "</busconfig>\n";
+	pid_t bus = spawn({"dbus-daemon", "--config-file=" + (dir / "bus.conf").string(), "--nofork", "--nopidfile"},
+			  log);
+	std::string address = "unix:path=" + (dir / "bus").string();
+	for (int i = 0; i < 200 && !fs::exists(dir / "bus"); ++i)
+		std::this_thread::sleep_for(std::chrono::milliseconds(10));
+	::setenv("DBUS_SYSTEM_BUS_ADDRESS", address.c_str(), 1);
+	std::string stateDir = (dir / "state").string();
+	if (tmpfsState) {
+		std::string shm = "/dev/shm/psd-bench-XXXXXX";
+		if (!::mkdtemp(shm.data()))
+			return 1;
+		stateDir = shm;
+	}
+	std::vector<std::string> daemonArgs = {std::string(PSD_BUILD_ROOT) + "/src/daemon/portsliced", "--config",
+					       (dir / "fleet.toml").string(), "--state-dir", stateDir};
+	if (xdp) {
+		daemonArgs.push_back("--xdp-pin-dir");
+		daemonArgs.push_back((dir / "bpf" / "portslice").string());
+	} else {
+		daemonArgs.push_back("--no-xdp");
+	}
+	auto started = Clock::now();
+	pid_t daemon = spawn(daemonArgs, log);
+
+	auto connection = sdbus::createSessionBusConnectionWithAddress(address);
+	Egress1 proxy(*connection);
+	std::string state;
+	for (int i = 0; i < 1200 && state != "applied"; ++i) {
+		try {
+			state = proxy.State();
+		} catch (const sdbus::Error &) {
+			std::this_thread::sleep_for(std::chrono::milliseconds(100));
+		}
+	}
+	double startSeconds = std::chrono::duration<double>(Clock::now() - started).count();
+	if (state != "applied") {
+		std::fprintf(stderr, "portsliced did not apply (see %s)\n", log.c_str());
+		return 1;
+	}
+	size_t elements = 0;
+	{
+		std::istringstream dump(proxy.Dump());
+		for (std::string line; std::getline(dump, line);)
+			elements += static_cast<size_t>(std::count(line.begin(), line.end(), ',')) +
+				    (line.find("elements = {") != std::string::npos ? 1 : 0);
+	}
+
+	// A: s1 takes slice 1 of the first address from s2, then gives it back
+	// (each call one SetSliceOwner: validate, plan, persist, element delta, conntrack clean-up, XDP maps).
+	// B: the nft CLI adding one my_ports element of the same move, then deleting it.
+	std::string first = Ipv4{198u << 24 | 18u << 16}.str();
+	std::string element = "{ " + first + " . 3072-5119 }";
+	// B runs on a copy of the table in a namespace of its own: the daemon
+	// would (rightly) restore its table after the CLI's change.
+	std::string refNs = "psd-bref-" + std::to_string(::getpid());
+	std::ofstream(dir / "table.nft") << proxy.Dump();
+	timedRun({"ip", "netns", "add", refNs}, log);
+	timedRun({"ip", "netns", "exec", refNs, "nft", "-f", (dir / "table.nft").string()}, log);
+	std::vector<std::string> nsenter = {"nsenter", "--net=/run/netns/" + refNs, "nft"};
+	auto nft = [&](std::vector<std::string> args) {
+		args.insert(args.begin(), nsenter.begin(), nsenter.end());
+		return timedRun(args, log);
+	};
+	std::vector<double> a, b;
+	for (int i = 0; i < pairs; ++i) {
+		for (const char *to : {"s1", "s2"}) {
+			auto t0 = Clock::now();
+			proxy.SetSliceOwner(first, 1, to);
+			a.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+		}
+		b.push_back(nft({"add", "element", "inet", "portslice", "my_ports", element}));
+		nft({"delete", "element", "inet", "portslice", "my_ports", element});
+	}
+	timedRun({"ip", "netns", "del", refNs}, log);
+	// The daemon's own account of each SetSliceOwner (its log): plan, persist, apply.
+	std::vector<double> plan, persist, apply;
+	{
+		std::ifstream in(log);
+		for (std::string line; std::getline(in, line);) {
+			size_t at = line.find("; ms: plan ");
+			if (at == std::string::npos || line.find("applied generation 1 ") != std::string::npos)
+				continue;
+			double p = 0, f = 0, x = 0;
+			if (std::sscanf(line.c_str() + at, "; ms: plan %lf, persist %lf, apply %lf", &p, &f, &x) == 3) {
+				plan.push_back(p);
+				persist.push_back(f);
+				apply.push_back(x);
+			}
+		}
+	}
+	double ma = median(a), mb = median(b);
+	std::printf("SetSliceOwner %u sources (~%zu elements, xdp %s): D-Bus round trip %.2f ms median of %zu "
+		    "(min %.2f, max %.2f); nft add element %.1f ms median of %d; ratio %.4f; daemon start to applied "
+		    "%.2f s; daemon peak RSS%s\n",
+		    sources, elements, xdp ? "on" : "off", ma * 1e3, a.size(), *std::min_element(a.begin(), a.end()) * 1e3,
+		    *std::max_element(a.begin(), a.end()) * 1e3, mb * 1e3, pairs, ma / mb, startSeconds,
+		    peakRss(daemon).c_str());
+	if (!plan.empty())
+		std::printf("  inside the daemon (median): plan %.2f ms, persist (write, fsync, rename; state on %s) %.2f ms, "
+			    "apply (nft delta, conntrack clean-up, routes%s) %.2f ms\n",
+			    median(plan), tmpfsState ? "tmpfs" : "disk", median(persist), xdp ? ", XDP maps" : "",
+			    median(apply));
+
+	::kill(daemon, SIGTERM);
+	wait(daemon);
+	::kill(bus, SIGTERM);
+	wait(bus);
+	if (xdp)
+		timedRun({"umount", (dir / "bpf").string()}, log);
+	if (tmpfsState)
+		fs::remove_all(stateDir);
+	if (std::getenv("PSD_BENCH_KEEP"))
+		std::printf("kept %s\n", dir.c_str());
+	else
+		fs::remove_all(dir);
+	return 0;
+}
