@@ -138,10 +138,13 @@ int serve(const ServeOptions &options, dbus::Backend &backend)
 	listener.attach(&bus, &service);
 
 	// Apply before taking the name: a caller that finds the name finds a state.
+	// The unit is active only after the first apply: a file that cannot be
+	// applied at start is an exit 1 with the errors in the journal.
 	dbus::Answer<uint64_t> started = service.start();
-	if (!started.ok())
-		std::cerr << "portsliced: not applied, serving in state " << dbus::stateName(service.state())
-			  << " until a reload succeeds" << std::endl;
+	if (!started.ok()) {
+		std::cerr << "portsliced: nothing applied: " << started.failure().message << std::endl;
+		return 1;
+	}
 	try {
 		connection->requestName(dbus::kBusName);
 	} catch (const sdbus::Error &e) {

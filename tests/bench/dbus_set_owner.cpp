@@ -210,12 +210,15 @@ int main(int argc, char **argv)
 		std::fprintf(stderr, "portsliced did not apply (see %s)\n", log.c_str());
 		return 1;
 	}
+	// Elements of the first full replace, as the daemon logged it ("table replaced, +N").
 	size_t elements = 0;
 	{
-		std::istringstream dump(proxy.Dump());
-		for (std::string line; std::getline(dump, line);)
-			elements += static_cast<size_t>(std::count(line.begin(), line.end(), ',')) +
-				    (line.find("elements = {") != std::string::npos ? 1 : 0);
+		std::ifstream in(log);
+		for (std::string line; std::getline(in, line) && elements == 0;) {
+			size_t at = line.find("table replaced, +");
+			if (at != std::string::npos)
+				elements = std::stoul(line.substr(at + 17));
+		}
 	}
 
 	// A: s1 takes slice 1 of the first address from s2, then gives it back
@@ -262,7 +265,7 @@ int main(int argc, char **argv)
 		}
 	}
 	double ma = median(a), mb = median(b);
-	std::printf("SetSliceOwner %u sources (~%zu elements, xdp %s): D-Bus round trip %.2f ms median of %zu "
+	std::printf("SetSliceOwner %u sources (%zu elements, xdp %s): D-Bus round trip %.2f ms median of %zu "
 		    "(min %.2f, max %.2f); nft add element %.1f ms median of %d; ratio %.4f; daemon start to applied "
 		    "%.2f s; daemon peak RSS%s\n",
 		    sources, elements, xdp ? "on" : "off", ma * 1e3, a.size(), *std::min_element(a.begin(), a.end()) * 1e3,

@@ -462,5 +462,15 @@ TEST_F(ServiceLab, ADetachedForwarderIsReattachedWithinTwoSeconds)
 	EXPECT_NE(readFile(logPath()).find("no XDP program on up0"), std::string::npos) << readFile(logPath());
 }
 
+TEST_F(ServiceLab, AnInvalidFileAtStartIsExitOneWithTheErrorsAndNothingApplied)
+{
+	writeConfig(std::string(kLabFleet) + "\n[[sources]]\nname = \"x\"\nmatch = { saddr = \"100.64.7.0/33\" }\n");
+	Outcome run = sh("ip netns exec " + ns_ + " env " + env() + bin("src/daemon/portsliced") + " --config " +
+			 quote(configPath()) + " --state-dir " + quote(stateDir()) + " --xdp-pin-dir " + quote(pinDir()));
+	EXPECT_EQ(run.status, 1) << run.out;
+	EXPECT_NE(run.out.find(configPath() + ":"), std::string::npos) << run.out;
+	EXPECT_FALSE(inNs("nft list table inet portslice").ok());
+}
+
 } // namespace
 } // namespace portslice::dbuslab
