@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <cerrno>
 #include <cstring>
+#include <linux/icmp.h>
 #include <linux/netfilter.h>
 #include <linux/netfilter/nf_tables.h>
 #include <linux/netfilter/nfnetlink.h>
@@ -34,7 +35,8 @@ enum class Comp : uint8_t {
 	MetaSkuid,
 	CtZone,
 	CtMark,
-	Counter, // object map data
+	QuotedSport, // @th,224,16: source port of the packet an ICMP error quotes
+	Counter,     // object map data
 };
 
 constexpr uint32_t kHostOrder = 1;
@@ -63,6 +65,7 @@ CompInfo info(Comp c)
 	case Comp::MetaSkuid: return {24, 4, kHostOrder, 9, NFT_META_SKUID, {}};
 	case Comp::CtZone: return {4, 2, kHostOrder, 12, NFT_CT_ZONE, 0xffffffffu};
 	case Comp::CtMark: return {19, 4, kHostOrder, 12, NFT_CT_MARK, 0xffffffffu};
+	case Comp::QuotedSport: return {4, 2, kBigEndian, 7, 0, 0}; // raw payload: see compTypeof
 	case Comp::Counter: return {0, 0, 0, 0, 0, {}};
 	}
 	return {};
@@ -109,6 +112,7 @@ Comp compOf(const std::string &word)
 		{"meta skuid", Comp::MetaSkuid}, {"uid", Comp::MetaSkuid},
 		{"ct zone", Comp::CtZone},
 		{"ct mark", Comp::CtMark},
+		{"@th,224,16", Comp::QuotedSport},
 		{"counter", Comp::Counter},
 	};
 	auto it = kWords.find(word);
@@ -201,6 +205,9 @@ private:
 	std::string buf_;
 };
 
+// nft's proto_bases: the transport header is 3.
+constexpr uint32_t kNftProtoBaseTransport = 3;
+
 Udata compTypeof(Comp c)
 {
 	CompInfo i = info(c);
@@ -208,6 +215,13 @@ Udata compTypeof(Comp c)
 	fields.u32(0, i.u0);
 	if (i.u1)
 		fields.u32(1, *i.u1);
+	if (c == Comp::QuotedSport) {
+		// A raw payload has no protocol field (desc 0, type 0): nft
+		// records base, offset and length in bits.
+		fields.u32(2, kNftProtoBaseTransport);
+		fields.u32(3, 224);
+		fields.u32(4, 16);
+	}
 	Udata e;
 	e.u32(0, i.exprType);
 	e.nest(1, fields);
@@ -273,7 +287,8 @@ void putField(std::string &out, const Field &f, uint32_t v, Comp c, bool bigEndi
 		out.append(reinterpret_cast<const char *>(&be), 4);
 		break;
 	}
-	case FieldType::Port: {
+	case FieldType::Port:
+	case FieldType::QuotedPort: {
 		uint16_t be = htons(static_cast<uint16_t>(v));
 		out.append(reinterpret_cast<const char *>(&be), 2);
 		break;
@@ -682,6 +697,7 @@ public:
 			case Comp::MetaSkuid: metaLoad(NFT_META_SKUID, reg); break;
 			case Comp::CtMark: ctLoad(NFT_CT_MARK, reg); break;
 			case Comp::CtZone: ctLoad(NFT_CT_ZONE, reg); break;
+			case Comp::QuotedSport: payloadLoad(NFT_PAYLOAD_TRANSPORT_HEADER, 28, 2, reg); break;
 			case Comp::Counter: break;
 			}
 			if (be && info(c).order == kHostOrder && c != Comp::Iifname)
@@ -852,6 +868,48 @@ public:
 		r.lookup("__set%d", id, std::nullopt);
 	}
 
+	// `icmp type { destination-unreachable, time-exceeded }`: nft checks
+	// for IPv4 and ICMP first, then looks the type up in an anonymous set.
+	void icmpErrorTypes(RuleBuilder &r)
+	{
+		uint32_t id = ++setId_;
+		NftnlSet s(nftnl_set_alloc());
+		nftnl_set_set_str(s.get(), NFTNL_SET_TABLE, kTableName);
+		nftnl_set_set_str(s.get(), NFTNL_SET_NAME, "__set%d");
+		nftnl_set_set_u32(s.get(), NFTNL_SET_FLAGS, NFT_SET_ANONYMOUS | NFT_SET_CONSTANT);
+		nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_TYPE, 14); // icmp_type
+		nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_LEN, 1);
+		nftnl_set_set_u32(s.get(), NFTNL_SET_ID, id);
+		nftnl_set_set_u32(s.get(), NFTNL_SET_DESC_SIZE, 2);
+		Udata fields;
+		fields.u32(0, 4); // nft's PROTO_DESC_ICMP
+		fields.u32(1, 1); // ICMPHDR_TYPE
+		Udata e;
+		e.u32(0, 7); // payload
+		e.nest(1, fields);
+		Udata u;
+		u.u32(kUdKeyByteorder, kBigEndian);
+		u.nest(kUdKeyTypeof, e);
+		nftnl_set_set_data(s.get(), NFTNL_SET_USERDATA, u.bytes().data(),
+				   static_cast<uint32_t>(u.bytes().size()));
+		nlmsghdr *nlh = batch_.message(NFT_MSG_NEWSET, NFPROTO_INET, NLM_F_CREATE,
+					       std::string("adding anonymous set of chain ") + r.chain());
+		nftnl_set_nlmsg_build_payload(nlh, s.get());
+		batch_.commit();
+
+		std::vector<WireElem> elems(2);
+		elems[0].key = std::string(1, static_cast<char>(ICMP_DEST_UNREACH));
+		elems[1].key = std::string(1, static_cast<char>(ICMP_TIME_EXCEEDED));
+		putElements(batch_, NFT_MSG_NEWSETELEM, "__set%d", id, elems, "adding");
+
+		r.ipv4Only();
+		r.metaLoad(NFT_META_L4PROTO, kReg1);
+		uint8_t icmp = IPPROTO_ICMP;
+		r.cmp(NFT_CMP_EQ, &icmp, 1);
+		r.payloadLoad(NFT_PAYLOAD_TRANSPORT_HEADER, 0, 1, kReg1);
+		r.lookup("__set%d", id, std::nullopt);
+	}
+
 	void rule(RuleBuilder &r)
 	{
 		nlmsghdr *nlh = batch_.message(NFT_MSG_NEWRULE, NFPROTO_INET, NLM_F_CREATE | NLM_F_APPEND,
@@ -977,6 +1035,14 @@ void buildRule(RuleBuilder &r, TableWriter &w, const std::string &text, const st
 		w.l4protoTcpUdp(r);
 		r.loadKey({C::IpDaddr, C::ThDport});
 		r.lookup("ret_zone", w.idOf("ret_zone"), kReg1);
+		r.ctSet(NFT_CT_ZONE, kReg1);
+	} else if (text == "icmp type { destination-unreachable, time-exceeded } ct zone set ip daddr . @th,224,16 map @icmp_zone") {
+		// The IPv4 check comes with `icmp type`: the key is loaded without
+		// loadKey's own.
+		w.icmpErrorTypes(r);
+		r.payloadLoad(NFT_PAYLOAD_NETWORK_HEADER, 16, 4, kReg1);
+		r.payloadLoad(NFT_PAYLOAD_TRANSPORT_HEADER, 28, 2, regAt(1));
+		r.lookup("icmp_zone", w.idOf("icmp_zone"), kReg1);
 		r.ctSet(NFT_CT_ZONE, kReg1);
 	} else if (text == "ct state new ct mark set ct zone map @ct_marks") {
 		markNewConnections(r, w);

@@ -95,6 +95,7 @@ Field ip(Ipv4 a) { return { FieldType::Ipv4, a.value, a.value, {} }; }
 Field ipRange(Ipv4 lo, Ipv4 hi) { return { FieldType::Ipv4, lo.value, hi.value, {} }; }
 Field port(config::PortRange r) { return { FieldType::Port, r.lo, r.hi, {} }; }
 Field mark(uint32_t m) { return { FieldType::Mark, m, m, {} }; }
+Field quotedPort(config::PortRange r) { return { FieldType::QuotedPort, r.lo, r.hi, {} }; }
 Field zone(uint16_t z) { return { FieldType::Zone, z, z, {} }; }
 
 std::vector<Field> matchKey(const config::Match &m)
@@ -205,6 +206,10 @@ TableModel buildModel(const Plan &plan, uint64_t generation)
 			      "typeof ct mark . ip saddr : ip saddr");
 	Set retZone = makeSet("ret_zone", SetKind::Map, { F::Ipv4, F::Port }, { F::Zone }, true,
 			      "typeof ip daddr . th dport : ct zone");
+	// ICMP errors carry no port of their own: they find the zone of the flow
+	// they quote by its source port (the shared port after SNAT).
+	Set icmpZone = makeSet("icmp_zone", SetKind::Map, { F::Ipv4, F::QuotedPort }, { F::Zone }, true,
+			       "typeof ip daddr . @th,224,16 : ct zone");
 	Set slEgress = makeSet("sl_egress", SetKind::Map, { F::Ipv4, F::Port }, { F::Ipv4 }, true,
 			       "typeof ip saddr . th sport : ip saddr");
 	Set slReturn = makeSet("sl_return", SetKind::Map, { F::Ipv4, F::Port }, { F::Ipv4 }, true,
@@ -227,6 +232,7 @@ TableModel buildModel(const Plan &plan, uint64_t generation)
 				natPort.elements.push_back({ { mark(mk), ipRange(as.first, as.last) }, { ip(sharedAddr), port(as.ports) }, {} });
 				natAddr.elements.push_back({ { mark(mk), ipRange(as.first, as.last) }, { ip(sharedAddr) }, {} });
 				retZone.elements.push_back({ { ip(sharedAddr), port(as.ports) }, { zone(s.zone) }, {} });
+				icmpZone.elements.push_back({ { ip(sharedAddr), quotedPort(as.ports) }, { zone(s.zone) }, {} });
 			}
 		} else {
 			Field prefix = ipRange(s.match.saddr->first(), s.match.saddr->last());
@@ -239,8 +245,8 @@ TableModel buildModel(const Plan &plan, uint64_t generation)
 			}
 		}
 	}
-	for (Set *s : { &ctMarks, &routeMarks, &natPort, &natAddr, &retZone, &slEgress, &slReturn, &countMark,
-			&countSl, &guardMark, &guardSl })
+	for (Set *s : { &ctMarks, &routeMarks, &natPort, &natAddr, &retZone, &icmpZone, &slEgress, &slReturn,
+			&countMark, &countSl, &guardMark, &guardSl })
 		m.sets.push_back(std::move(*s));
 	m.sets.push_back(std::move(countAddr));
 

@@ -21,6 +21,10 @@ enum class FieldType : uint8_t {
 	Cgroup, // meta cgroup: host byte order, 32 bits
 	Uid,    // meta skuid: host byte order, 32 bits
 	Zone,   // ct zone: host byte order, 16 bits
+	// @th,224,16 of an ICMP error: the source port of the quoted IPv4
+	// packet, a raw 16-bit payload. Network byte order in the kernel;
+	// nft prints it as a hex integer ("0x400").
+	QuotedPort,
 };
 
 struct Field {

@@ -36,6 +36,13 @@ std::string fieldText(const Field &f)
 	case FieldType::Mark:
 		std::snprintf(buf, sizeof(buf), "0x%08x", f.lo);
 		return buf;
+	case FieldType::QuotedPort:
+		// A raw payload has no type to print by: nft shows the integer in hex.
+		if (f.lo == f.hi)
+			std::snprintf(buf, sizeof(buf), "0x%x", f.lo);
+		else
+			std::snprintf(buf, sizeof(buf), "0x%x-0x%x", f.lo, f.hi);
+		return buf;
 	case FieldType::Cgroup:
 	case FieldType::Uid:
 	case FieldType::Zone:
@@ -103,7 +110,8 @@ std::vector<Chain> chains(const TableModel &m)
 
 	out.push_back({ "from_uplink", "", "", "", 0,
 			{ "meta l4proto { tcp, udp } ip daddr set ip daddr . th dport map @sl_return notrack",
-			  "meta l4proto { tcp, udp } ct zone set ip daddr . th dport map @ret_zone" } });
+			  "meta l4proto { tcp, udp } ct zone set ip daddr . th dport map @ret_zone",
+			  "icmp type { destination-unreachable, time-exceeded } ct zone set ip daddr . @th,224,16 map @icmp_zone" } });
 	out.push_back({ "mark_prerouting", "prerouting", "filter", "mangle", -150,
 			{ "ct state new ct mark set ct zone map @ct_marks",
 			  "ct direction reply ct mark @route_marks meta mark set ct mark" } });
