@@ -57,6 +57,7 @@ int run(const std::vector<std::string> &argv, bool quiet = true)
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
+std::string gLiveNs; // deleted on the way out, also when a command fails
 double gChildCpu = 0; // user + system seconds of the last timed() command
 
 double timed(const std::vector<std::string> &argv)
@@ -71,6 +72,8 @@ double timed(const std::vector<std::string> &argv)
 	gChildCpu = secs(after.ru_utime) - secs(before.ru_utime) + secs(after.ru_stime) - secs(before.ru_stime);
 	if (rc != 0) {
 		std::fprintf(stderr, "command failed (%d): %s ...\n", rc, argv.back().c_str());
+		if (!gLiveNs.empty())
+			run({"ip", "netns", "del", gLiveNs});
 		std::exit(1);
 	}
 	return s;
@@ -88,9 +91,14 @@ std::string freshNs()
 {
 	std::string ns = "psn-bench-" + std::to_string(getpid()) + "-" + std::to_string(++gNs);
 	run({"ip", "netns", "add", ns});
+	gLiveNs = ns;
 	return ns;
 }
-void dropNs(const std::string &ns) { run({"ip", "netns", "del", ns}); }
+void dropNs(const std::string &ns)
+{
+	run({"ip", "netns", "del", ns});
+	gLiveNs.clear();
+}
 
 void fullApply(uint32_t n, int pairs, const std::string &dir)
 {
