@@ -2,7 +2,9 @@
 // Failover in the lab: server 3 dies, orchestration gives its slices to servers 1 and 2, which carry new flows within 5 s; nothing goes towards s3.
 #include <chrono>
 #include <cstdio>
+#include <algorithm>
 #include <map>
+#include <set>
 #include <regex>
 #include <sstream>
 #include <tuple>
@@ -57,11 +59,12 @@ protected:
 	}
 
 	// Sends flows from a workload; returns the source ports inet saw, and how many flows failed.
-	std::vector<int> flows(const std::string &workload, const std::string &from, int count, int *failed)
+	std::vector<int> flows(const std::string &workload, const std::string &from, int count, int *failed,
+			       const std::string &to = "203.0.113.10:7000,203.0.113.11:7000,203.0.113.12:7000,203.0.113.13:7000",
+			       int udp = -1)
 	{
-		auto r = inNode(workload, buildPath("tests/lab/labtraffic") +
-						  " send --to 203.0.113.10:7000,203.0.113.11:7000,203.0.113.12:7000,203.0.113.13:7000"
-						  " --tcp " + std::to_string(count) + " --udp " + std::to_string(count) +
+		auto r = inNode(workload, buildPath("tests/lab/labtraffic") + " send --to " + to +
+						  " --tcp " + std::to_string(count) + " --udp " + std::to_string(udp < 0 ? count : udp) +
 						  " --parallel 8 --timeout-ms 1000 --from " + from);
 		std::vector<int> ports;
 		std::regex ok(R"((tcp|udp) ok 198\.51\.100\.\d+:(\d+))");
@@ -95,7 +98,7 @@ TEST_F(Failover, SurvivorsCarryTheDeadServersSlicesWithinFiveSeconds)
 {
 	for (const char *s : {"s1", "s2", "s3"})
 		ASSERT_NO_FATAL_FAILURE(startServer(s));
-	startInNode("inet", buildPath("tests/lab/labtraffic") + " serve --port 7000 --seconds 60", labDir() + "/inet.log");
+	startInNode("inet", buildPath("tests/lab/labtraffic") + " serve --port 7000 --ports 2 --seconds 60", labDir() + "/inet.log");
 	std::this_thread::sleep_for(std::chrono::milliseconds(300));
 
 	int failed = 0;
@@ -138,6 +141,23 @@ TEST_F(Failover, SurvivorsCarryTheDeadServersSlicesWithinFiveSeconds)
 				s2Seconds = std::chrono::duration<double>(Clock::now() - t0).count();
 		lateFailures += f1 + f2;
 	}
+	// A source that needs more ports than its own slices hold: 1,500 TCP
+	// connections from one inside address of w1's upper half to ONE
+	// destination (each holds its port in TIME_WAIT). Before the failover that
+	// share was slice 3 alone, 1,000 ports; now it is slices 2 and 3.
+	int burstFailed = 0;
+	auto burst = flows("w1", "100.64.1.200", 1500, &burstFailed, "203.0.113.10:7001", 0);
+	double burstSeconds = std::chrono::duration<double>(Clock::now() - t0).count();
+	std::set<int> distinct(burst.begin(), burst.end());
+	long inSlice2 = std::count_if(burst.begin(), burst.end(), [](int p) { return p >= kSlice2Lo && p <= kSlice2Hi; });
+	EXPECT_EQ(burst.size(), 1500u) << burstFailed << " of 1,500 connections to one destination failed";
+	EXPECT_GT(distinct.size(), 1000u) << "the burst fit in the source's own 1,000 ports: it proves nothing";
+	EXPECT_GT(inSlice2, 0);
+	EXPECT_LE(burstSeconds, 5.0);
+	std::printf("failover: 1,500 connections of one inside address to one destination: %zu answered, %zu distinct "
+		    "ports, %ld in s3's former slice 2, done %.3f s after the first set-owner\n",
+		    burst.size(), distinct.size(), inSlice2, burstSeconds);
+
 	std::printf("failover: set-owner x8 took %.3f s; first answered flow in s3's former slice 2 via s1 after %.3f s, "
 		    "slice 5 via s2 after %.3f s; failed flows meanwhile: %d\n",
 		    std::chrono::duration<double>(moved - t0).count(), s1Seconds, s2Seconds, lateFailures);
