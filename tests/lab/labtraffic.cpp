@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: MIT
 // labtraffic: bounded TCP and UDP test traffic for the lab; the server tells each client the source address and port it saw.
 //
-//   labtraffic serve --port P [--ports N] [--seconds S] [--quiet]
+//   labtraffic serve --port P [--ports N] [--seconds S] [--quiet] [--client-closes]
 //	Answers TCP and UDP on every address, ports P..P+N-1: each request gets one line
 //	"SEEN ADDR:PORT" naming the peer as seen here. Exits after S seconds
 //	(default 60); one line per flow on stdout: "tcp|udp ADDR:PORT".
+//	--client-closes: wait for the client's FIN before closing (the TIME_WAIT
+//	stays with the client).
 //   labtraffic send --to ADDR:PORT[,ADDR:PORT...] [--tcp N] [--udp N]
 //		[--timeout-ms T] [--parallel K] [--gap-ms G] [--from ADDR[,ADDR...]] [--quiet]
 //	N flows of each protocol, new socket (so new source port) each, targets
@@ -62,7 +64,7 @@ bool parseEndpoint(const std::string &text, sockaddr_in &out)
 // Answers one UDP request from the address it was sent to.
 void answerUdp(int fd, bool quiet);
 
-int serve(uint16_t port, int ports, int seconds, bool quiet)
+int serve(uint16_t port, int ports, int seconds, bool quiet, bool clientCloses)
 {
 	int one = 1;
 	std::vector<UniqueFd> tcp, udp;
@@ -119,6 +121,10 @@ int serve(uint16_t port, int ports, int seconds, bool quiet)
 				(void)!write(conn.get(), reply.data(), reply.size());
 				if (!quiet)
 					std::printf("tcp %s\n", peerText(peer).c_str());
+				// The client closes first and keeps the TIME_WAIT, so this
+				// host never holds one that a reused source port would meet.
+				if (clientCloses && poll(&p, 1, 1000) > 0)
+					(void)!read(conn.get(), buf, sizeof(buf));
 			}
 		}
 		std::fflush(stdout);
@@ -305,7 +311,7 @@ int send(const std::vector<sockaddr_in> &targets, const std::vector<sockaddr_in>
 
 int usage()
 {
-	std::fprintf(stderr, "usage: labtraffic serve --port P [--ports N] [--seconds S] [--quiet]\n"
+	std::fprintf(stderr, "usage: labtraffic serve --port P [--ports N] [--seconds S] [--quiet] [--client-closes]\n"
 			     "       labtraffic send --to ADDR:PORT[,...] [--tcp N] [--udp N] [--timeout-ms T]"
 			     " [--parallel K] [--gap-ms G] [--from ADDR[,...]] [--quiet]\n");
 	return 2;
@@ -318,13 +324,13 @@ int main(int argc, char **argv)
 	if (argc < 2)
 		return usage();
 	std::string mode = argv[1];
-	bool quiet = false;
+	bool quiet = false, clientCloses = false;
 	int port = 0, ports = 1, seconds = 60, tcpFlows = 0, udpFlows = 0, timeoutMs = 2000, parallel = 4, gapMs = 0;
 	std::vector<sockaddr_in> targets, sources;
 	for (int i = 2; i < argc; ++i) {
 		std::string a = argv[i];
-		if (a == "--quiet") {
-			quiet = true;
+		if (a == "--quiet" || a == "--client-closes") {
+			(a == "--quiet" ? quiet : clientCloses) = true;
 			continue;
 		}
 		if (i + 1 >= argc)
@@ -376,7 +382,7 @@ int main(int argc, char **argv)
 	    timeoutMs < 1 || timeoutMs > 30000 || parallel < 1 || parallel > 64 || gapMs < 0 || gapMs > 10000)
 		return usage();
 	if (mode == "serve" && port > 0 && ports >= 1 && ports <= 256 && port + ports <= 65536)
-		return serve(static_cast<uint16_t>(port), ports, seconds, quiet);
+		return serve(static_cast<uint16_t>(port), ports, seconds, quiet, clientCloses);
 	if (mode == "send" && !targets.empty())
 		return send(targets, sources, tcpFlows, udpFlows, timeoutMs, parallel, gapMs, quiet);
 	return usage();
