@@ -472,5 +472,50 @@ TEST_F(ServiceLab, AnInvalidFileAtStartIsExitOneWithTheErrorsAndNothingApplied)
 	EXPECT_FALSE(inNs("nft list table inet portslice").ok());
 }
 
+TEST_F(ServiceLab, TheForwarderFollowsAMovedSliceInTheSameGeneration)
+{
+	// s2 and s3 are neighbours on the uplink: the forwarder can hand them packets.
+	Outcome neighbours = inNs("ip neigh add 192.0.2.12 lladdr 02:00:00:00:00:12 dev up0 && "
+				  "ip neigh add 192.0.2.13 lladdr 02:00:00:00:00:13 dev up0");
+	ASSERT_TRUE(neighbours.ok()) << neighbours.out;
+	startDaemon();
+	connect();
+	// Packets for 198.51.100.1 leave by up1 and arrive on up0, the uplink with the forwarder.
+	std::string mac = inNs("cat /sys/class/net/up0/address").out;
+	mac = mac.substr(0, mac.find('\n'));
+	Outcome routed = inNs("ip route add 198.51.100.0/24 dev up1 && ip neigh add 198.51.100.1 lladdr " + mac +
+			      " dev up1");
+	ASSERT_TRUE(routed.ok()) << routed.out;
+	auto verdicts = [&] {
+		std::map<std::string, uint64_t> v;
+		for (const auto &row : proxy_->Stats())
+			if (row.get<0>() == "xdp" && row.get<2>() == "packets")
+				v[row.get<1>()] = row.get<3>();
+		return v;
+	};
+	auto send = [&](int port) {
+		Outcome sent = inNs("python3 -c \"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+				    "[s.sendto(b'x', ('198.51.100.1', " + std::to_string(port) + ")) for i in range(10)]\"");
+		ASSERT_TRUE(sent.ok()) << sent.out;
+	};
+
+	// Port 3072 is in slice 1, s2's: the forwarder sends it on to s2.
+	auto before = verdicts();
+	send(3072);
+	auto owned = verdicts();
+	std::string diff;
+	for (const auto &[name, value] : owned)
+		diff += name + " +" + std::to_string(value - before[name]) + " ";
+	EXPECT_GE(owned["forward"] - before["forward"], 10u) << diff;
+	EXPECT_EQ(owned["pass_own"], before["pass_own"]) << diff;
+
+	// s1 takes slice 1: from the next generation on, the same packets are its own.
+	EXPECT_EQ(proxy_->SetSliceOwner("198.51.100.1", 1, "s1"), 2u);
+	send(3072);
+	auto moved = verdicts();
+	EXPECT_GE(moved["pass_own"] - owned["pass_own"], 10u);
+	EXPECT_EQ(moved["forward"], owned["forward"]);
+}
+
 } // namespace
 } // namespace portslice::dbuslab
