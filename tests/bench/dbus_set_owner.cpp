@@ -60,6 +60,17 @@ std::string fleet(uint32_t n)
 	return t;
 }
 
+// dbus-daemon and portsliced: stopped on every way out, also on errors.
+std::vector<pid_t> gChildren;
+
+[[noreturn]] void fail(const std::string &why)
+{
+	std::fprintf(stderr, "%s\n", why.c_str());
+	for (pid_t pid : gChildren)
+		::kill(pid, SIGKILL);
+	std::exit(1);
+}
+
 pid_t spawn(std::vector<std::string> argv, const std::string &log)
 {
 	std::vector<char *> args;
@@ -89,10 +100,8 @@ double timedRun(const std::vector<std::string> &argv, const std::string &log)
 	auto t0 = Clock::now();
 	int rc = wait(spawn(argv, log));
 	double s = std::chrono::duration<double>(Clock::now() - t0).count();
-	if (rc != 0) {
-		std::fprintf(stderr, "%s failed (see %s)\n", argv[0].c_str(), log.c_str());
-		std::exit(1);
-	}
+	if (rc != 0)
+		fail(argv[0] + " failed (see " + log + ")");
 	return s;
 }
 
@@ -173,6 +182,7 @@ int main(int argc, char **argv)
 					   "</busconfig>\n";
 	pid_t bus = spawn({"dbus-daemon", "--config-file=" + (dir / "bus.conf").string(), "--nofork", "--nopidfile"},
 			  log);
+	gChildren.push_back(bus);
 	std::string address = "unix:path=" + (dir / "bus").string();
 	for (int i = 0; i < 200 && !fs::exists(dir / "bus"); ++i)
 		std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -194,6 +204,7 @@ int main(int argc, char **argv)
 	}
 	auto started = Clock::now();
 	pid_t daemon = spawn(daemonArgs, log);
+	gChildren.push_back(daemon);
 
 	auto connection = sdbus::createSessionBusConnectionWithAddress(address);
 	Egress1 proxy(*connection);
@@ -206,10 +217,8 @@ int main(int argc, char **argv)
 		}
 	}
 	double startSeconds = std::chrono::duration<double>(Clock::now() - started).count();
-	if (state != "applied") {
-		std::fprintf(stderr, "portsliced did not apply (see %s)\n", log.c_str());
-		return 1;
-	}
+	if (state != "applied")
+		fail("portsliced did not apply (see " + log + ")");
 	// Elements of the first full replace, as the daemon logged it ("table replaced, +N").
 	size_t elements = 0;
 	{
