@@ -287,6 +287,20 @@ std::string writeFleet(uint32_t n, bool conntrack)
 	return path;
 }
 
+// The second reference of BENCHMARKS.md: a hand-written table, one `ip saddr X snat to Y`
+// rule per source of generatedFleet(n), the traffic's prefix (100.64.0.0/28) last.
+std::string writeRulePerSource(uint32_t n)
+{
+	std::string t = "table ip psref {\n\tchain post {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n";
+	for (uint32_t i = n; i-- > 0;)
+		t += "\t\toifname \"eth0\" ip saddr " + portslice::Ipv4{(100u << 24 | 64u << 16) + i * 16}.str() +
+		     "/28 snat to " + portslice::Ipv4{(198u << 24 | 18u << 16) + i}.str() + "\n";
+	t += "\t}\n}\n";
+	std::string path = gTmp + "/rule-per-source-" + std::to_string(n) + ".nft";
+	std::ofstream(path) << t;
+	return path;
+}
+
 struct Run {
 	double pps;
 	double sendPps;
@@ -299,8 +313,11 @@ double gSeconds = 3;
 Run measure(const Lab &l, Sender &s, const std::string &cfg, bool newFlows)
 {
 	must("ip netns exec " + l.srv + " nft flush ruleset");
-	must("ip netns exec " + l.srv + " " + kBuild + "/src/daemon/portsliced --config " + cfg +
-	     " --apply-once --no-xdp --state-dir " + gTmp + "/state");
+	if (cfg.ends_with(".nft"))
+		must("ip netns exec " + l.srv + " nft -f " + cfg);
+	else
+		must("ip netns exec " + l.srv + " " + kBuild + "/src/daemon/portsliced --config " + cfg +
+		     " --apply-once --no-xdp --state-dir " + gTmp + "/state");
 	sh("ip netns exec " + l.srv + " conntrack -F");
 	usleep(200000);
 	uint64_t before = sinkPackets(l);
@@ -387,6 +404,8 @@ int main(int argc, char **argv)
 		"10 conntrack sources", ct10, false, 0.95);
 	compare(l, s, pairs, "stateless vs conntrack (new flow per packet)", "stateless", sl10, "conntrack", ct10, true,
 		1.3);
+	compare(l, s, pairs, "vs one rule per source (new flow per packet)", std::to_string(sources) + " conntrack sources",
+		ctN, "nft, " + std::to_string(sources) + " rules, match last", writeRulePerSource(sources), true, 10);
 	cleanup();
 	return 0;
 }
