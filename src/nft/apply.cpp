@@ -831,27 +831,24 @@ public:
 		return it == ids_.end() ? 0 : it->second;
 	}
 
-	// `meta l4proto { tcp, udp }`: nft gives each rule its own constant anonymous set.
-	void l4protoTcpUdp(RuleBuilder &r)
+	// A constant anonymous set of two one-byte keys, as nft gives each rule
+	// that writes `{ a, b }`: key type, typeof user data and byte order as
+	// nft records them.
+	uint32_t anonymousPair(RuleBuilder &r, uint32_t keyType, const Udata &typeofExpr, uint32_t byteorder,
+			       uint8_t first, uint8_t second)
 	{
-		SetDecl d;
 		uint32_t id = ++setId_;
 		NftnlSet s(nftnl_set_alloc());
 		nftnl_set_set_str(s.get(), NFTNL_SET_TABLE, kTableName);
 		nftnl_set_set_str(s.get(), NFTNL_SET_NAME, "__set%d");
 		nftnl_set_set_u32(s.get(), NFTNL_SET_FLAGS, NFT_SET_ANONYMOUS | NFT_SET_CONSTANT);
-		nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_TYPE, 12); // inet_proto
+		nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_TYPE, keyType);
 		nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_LEN, 1);
 		nftnl_set_set_u32(s.get(), NFTNL_SET_ID, id);
 		nftnl_set_set_u32(s.get(), NFTNL_SET_DESC_SIZE, 2);
-		Udata fields;
-		fields.u32(0, NFT_META_L4PROTO);
-		Udata e;
-		e.u32(0, 9);
-		e.nest(1, fields);
 		Udata u;
-		u.u32(kUdKeyByteorder, kHostOrder);
-		u.nest(kUdKeyTypeof, e);
+		u.u32(kUdKeyByteorder, byteorder);
+		u.nest(kUdKeyTypeof, typeofExpr);
 		nftnl_set_set_data(s.get(), NFTNL_SET_USERDATA, u.bytes().data(),
 				   static_cast<uint32_t>(u.bytes().size()));
 		nlmsghdr *nlh = batch_.message(NFT_MSG_NEWSET, NFPROTO_INET, NLM_F_CREATE,
@@ -860,10 +857,21 @@ public:
 		batch_.commit();
 
 		std::vector<WireElem> elems(2);
-		elems[0].key = std::string(1, static_cast<char>(IPPROTO_TCP));
-		elems[1].key = std::string(1, static_cast<char>(IPPROTO_UDP));
+		elems[0].key = std::string(1, static_cast<char>(first));
+		elems[1].key = std::string(1, static_cast<char>(second));
 		putElements(batch_, NFT_MSG_NEWSETELEM, "__set%d", id, elems, "adding");
+		return id;
+	}
 
+	// `meta l4proto { tcp, udp }`
+	void l4protoTcpUdp(RuleBuilder &r)
+	{
+		Udata fields;
+		fields.u32(0, NFT_META_L4PROTO);
+		Udata e;
+		e.u32(0, 9); // meta
+		e.nest(1, fields);
+		uint32_t id = anonymousPair(r, 12 /* inet_proto */, e, kHostOrder, IPPROTO_TCP, IPPROTO_UDP);
 		r.metaLoad(NFT_META_L4PROTO, kReg1);
 		r.lookup("__set%d", id, std::nullopt);
 	}
@@ -872,36 +880,13 @@ public:
 	// for IPv4 and ICMP first, then looks the type up in an anonymous set.
 	void icmpErrorTypes(RuleBuilder &r)
 	{
-		uint32_t id = ++setId_;
-		NftnlSet s(nftnl_set_alloc());
-		nftnl_set_set_str(s.get(), NFTNL_SET_TABLE, kTableName);
-		nftnl_set_set_str(s.get(), NFTNL_SET_NAME, "__set%d");
-		nftnl_set_set_u32(s.get(), NFTNL_SET_FLAGS, NFT_SET_ANONYMOUS | NFT_SET_CONSTANT);
-		nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_TYPE, 14); // icmp_type
-		nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_LEN, 1);
-		nftnl_set_set_u32(s.get(), NFTNL_SET_ID, id);
-		nftnl_set_set_u32(s.get(), NFTNL_SET_DESC_SIZE, 2);
 		Udata fields;
 		fields.u32(0, 4); // nft's PROTO_DESC_ICMP
 		fields.u32(1, 1); // ICMPHDR_TYPE
 		Udata e;
 		e.u32(0, 7); // payload
 		e.nest(1, fields);
-		Udata u;
-		u.u32(kUdKeyByteorder, kBigEndian);
-		u.nest(kUdKeyTypeof, e);
-		nftnl_set_set_data(s.get(), NFTNL_SET_USERDATA, u.bytes().data(),
-				   static_cast<uint32_t>(u.bytes().size()));
-		nlmsghdr *nlh = batch_.message(NFT_MSG_NEWSET, NFPROTO_INET, NLM_F_CREATE,
-					       std::string("adding anonymous set of chain ") + r.chain());
-		nftnl_set_nlmsg_build_payload(nlh, s.get());
-		batch_.commit();
-
-		std::vector<WireElem> elems(2);
-		elems[0].key = std::string(1, static_cast<char>(ICMP_DEST_UNREACH));
-		elems[1].key = std::string(1, static_cast<char>(ICMP_TIME_EXCEEDED));
-		putElements(batch_, NFT_MSG_NEWSETELEM, "__set%d", id, elems, "adding");
-
+		uint32_t id = anonymousPair(r, 14 /* icmp_type */, e, kBigEndian, ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED);
 		r.ipv4Only();
 		r.metaLoad(NFT_META_L4PROTO, kReg1);
 		uint8_t icmp = IPPROTO_ICMP;
