@@ -141,6 +141,74 @@ Set makeSet(std::string name, SetKind kind, std::vector<FieldType> key, std::vec
 	return s;
 }
 
+// The sets whose elements follow from the addresses' slices and the
+// sources' ports: everything a slice move can change.
+struct PortSets {
+	using F = FieldType;
+	Set myPorts = makeSet("my_ports", SetKind::Set, { F::Ipv4, F::Port }, {}, true, "typeof ip saddr . th sport");
+	Set natPort = makeSet("nat_port", SetKind::Map, { F::Mark, F::Ipv4 }, { F::Ipv4, F::Port }, true,
+			      "type mark . ipv4_addr : interval ipv4_addr . inet_service");
+	Set natAddr = makeSet("nat_addr", SetKind::Map, { F::Mark, F::Ipv4 }, { F::Ipv4 }, true,
+			      "typeof ct mark . ip saddr : ip saddr");
+	Set retZone = makeSet("ret_zone", SetKind::Map, { F::Ipv4, F::Port }, { F::Zone }, true,
+			      "typeof ip daddr . th dport : ct zone");
+	// ICMP errors carry no port of their own: they find the zone of the flow
+	// they quote by its source port (the shared port after SNAT).
+	Set icmpZone = makeSet("icmp_zone", SetKind::Map, { F::Ipv4, F::QuotedPort }, { F::Zone }, true,
+			       "typeof ip daddr . @th,224,16 : ct zone");
+	Set slEgress = makeSet("sl_egress", SetKind::Map, { F::Ipv4, F::Port }, { F::Ipv4 }, true,
+			       "typeof ip saddr . th sport : ip saddr");
+	Set slReturn = makeSet("sl_return", SetKind::Map, { F::Ipv4, F::Port }, { F::Ipv4 }, true,
+			       "typeof ip daddr . th dport : ip daddr");
+
+	PortSets() { natPort.dataInterval = true; }
+
+	// One element per slice, not per run of adjacent slices: gaining a slice
+	// is then a pure add, and the kernel's pipapo sets pay a deletion with
+	// a walk over the whole set.
+	void address(const plan::PlannedAddress &a)
+	{
+		for (uint32_t slice : a.mySlices)
+			myPorts.elements.push_back({ { ip(a.address), port(a.slice(slice)) }, {}, {} });
+	}
+
+	// `assignments`: the source's, now or before a move.
+	void source(const Plan &plan, const PlannedSource &s, const std::vector<plan::Assignment> &assignments)
+	{
+		for (const plan::Assignment &as : assignments) {
+			Ipv4 sharedAddr = plan.addresses[as.address].address;
+			if (s.mode == NatMode::Conntrack) {
+				uint32_t mk = sourceMark(s);
+				natPort.elements.push_back({ { mark(mk), ipRange(as.first, as.last) }, { ip(sharedAddr), port(as.ports) }, {} });
+				natAddr.elements.push_back({ { mark(mk), ipRange(as.first, as.last) }, { ip(sharedAddr) }, {} });
+				retZone.elements.push_back({ { ip(sharedAddr), port(as.ports) }, { zone(s.zone) }, {} });
+				icmpZone.elements.push_back({ { ip(sharedAddr), quotedPort(as.ports) }, { zone(s.zone) }, {} });
+			} else {
+				slEgress.elements.push_back({ { ip(as.first), port(as.ports) }, { ip(sharedAddr) }, {} });
+				slReturn.elements.push_back({ { ip(sharedAddr), port(as.ports) }, { ip(as.first) }, {} });
+			}
+		}
+	}
+
+	void take(std::vector<Set> &out);
+};
+
+void sortElements(Set &s)
+{
+	// Most sets are built in key order already (sources and addresses in
+	// file order); checking first saves the sort's cost at 100k sources.
+	if (!std::is_sorted(s.elements.begin(), s.elements.end(), keyLess))
+		std::sort(s.elements.begin(), s.elements.end(), keyLess);
+}
+
+void PortSets::take(std::vector<Set> &out)
+{
+	for (Set *s : { &myPorts, &natPort, &natAddr, &retZone, &icmpZone, &slEgress, &slReturn }) {
+		sortElements(*s);
+		out.push_back(std::move(*s));
+	}
+}
+
 } // namespace
 
 TableModel buildModel(const Plan &plan, uint64_t generation)
@@ -168,17 +236,16 @@ TableModel buildModel(const Plan &plan, uint64_t generation)
 	m.counters.push_back("guard_other");
 
 	using F = FieldType;
+	PortSets ports;
 	Set shared = makeSet("shared", SetKind::Set, { F::Ipv4 }, {}, false, "type ipv4_addr");
-	Set myPorts = makeSet("my_ports", SetKind::Set, { F::Ipv4, F::Port }, {}, true, "typeof ip saddr . th sport");
 	Set countAddr = makeSet("count_addr", SetKind::CounterMap, { F::Ipv4 }, {}, false, "type ipv4_addr : counter");
 	for (const plan::PlannedAddress &a : plan.addresses) {
 		shared.elements.push_back({ { ip(a.address) }, {}, {} });
 		countAddr.elements.push_back({ { ip(a.address) }, {}, "addr_" + a.address.str() });
-		for (const config::PortRange &run : a.myRuns)
-			myPorts.elements.push_back({ { ip(a.address), port(run) }, {}, {} });
+		ports.address(a);
 	}
 	m.sets.push_back(std::move(shared));
-	m.sets.push_back(std::move(myPorts));
+	m.sets.push_back(std::move(ports.myPorts));
 
 	for (const Shape &shape : m.shapes) {
 		Set zones = makeSet("zone_" + shape.name(), SetKind::Map, shape.types(), { F::Zone }, shape.saddr,
@@ -199,21 +266,6 @@ TableModel buildModel(const Plan &plan, uint64_t generation)
 
 	Set ctMarks = makeSet("ct_marks", SetKind::Map, { F::Zone }, { F::Mark }, false, "typeof ct zone : ct mark");
 	Set routeMarks = makeSet("route_marks", SetKind::Set, { F::Mark }, {}, false, "type mark");
-	Set natPort = makeSet("nat_port", SetKind::Map, { F::Mark, F::Ipv4 }, { F::Ipv4, F::Port }, true,
-			      "type mark . ipv4_addr : interval ipv4_addr . inet_service");
-	natPort.dataInterval = true;
-	Set natAddr = makeSet("nat_addr", SetKind::Map, { F::Mark, F::Ipv4 }, { F::Ipv4 }, true,
-			      "typeof ct mark . ip saddr : ip saddr");
-	Set retZone = makeSet("ret_zone", SetKind::Map, { F::Ipv4, F::Port }, { F::Zone }, true,
-			      "typeof ip daddr . th dport : ct zone");
-	// ICMP errors carry no port of their own: they find the zone of the flow
-	// they quote by its source port (the shared port after SNAT).
-	Set icmpZone = makeSet("icmp_zone", SetKind::Map, { F::Ipv4, F::QuotedPort }, { F::Zone }, true,
-			       "typeof ip daddr . @th,224,16 : ct zone");
-	Set slEgress = makeSet("sl_egress", SetKind::Map, { F::Ipv4, F::Port }, { F::Ipv4 }, true,
-			       "typeof ip saddr . th sport : ip saddr");
-	Set slReturn = makeSet("sl_return", SetKind::Map, { F::Ipv4, F::Port }, { F::Ipv4 }, true,
-			       "typeof ip daddr . th dport : ip daddr");
 	Set countMark = makeSet("count_mark", SetKind::CounterMap, { F::Mark }, {}, false, "type mark : counter");
 	Set countSl = makeSet("count_sl", SetKind::CounterMap, { F::Ipv4 }, {}, true, "type ipv4_addr : counter");
 	Set guardMark = makeSet("guard_mark", SetKind::CounterMap, { F::Mark }, {}, false, "type mark : counter");
@@ -227,35 +279,36 @@ TableModel buildModel(const Plan &plan, uint64_t generation)
 				routeMarks.elements.push_back({ { mark(mk) }, {}, {} });
 			countMark.elements.push_back({ { mark(mk) }, {}, "src_" + s.name });
 			guardMark.elements.push_back({ { mark(mk) }, {}, "guard_" + s.name });
-			for (const plan::Assignment &as : s.assignments) {
-				Ipv4 sharedAddr = plan.addresses[as.address].address;
-				natPort.elements.push_back({ { mark(mk), ipRange(as.first, as.last) }, { ip(sharedAddr), port(as.ports) }, {} });
-				natAddr.elements.push_back({ { mark(mk), ipRange(as.first, as.last) }, { ip(sharedAddr) }, {} });
-				retZone.elements.push_back({ { ip(sharedAddr), port(as.ports) }, { zone(s.zone) }, {} });
-				icmpZone.elements.push_back({ { ip(sharedAddr), quotedPort(as.ports) }, { zone(s.zone) }, {} });
-			}
 		} else {
 			Field prefix = ipRange(s.match.saddr->first(), s.match.saddr->last());
 			countSl.elements.push_back({ { prefix }, {}, "src_" + s.name });
 			guardSl.elements.push_back({ { prefix }, {}, "guard_" + s.name });
-			for (const plan::Assignment &as : s.assignments) {
-				Ipv4 sharedAddr = plan.addresses[as.address].address;
-				slEgress.elements.push_back({ { ip(as.first), port(as.ports) }, { ip(sharedAddr) }, {} });
-				slReturn.elements.push_back({ { ip(sharedAddr), port(as.ports) }, { ip(as.first) }, {} });
-			}
 		}
+		ports.source(plan, s, s.assignments);
 	}
-	for (Set *s : { &ctMarks, &routeMarks, &natPort, &natAddr, &retZone, &icmpZone, &slEgress, &slReturn,
-			&countMark, &countSl, &guardMark, &guardSl })
+	for (Set *s : { &ctMarks, &routeMarks, &ports.natPort, &ports.natAddr, &ports.retZone, &ports.icmpZone,
+			&ports.slEgress, &ports.slReturn, &countMark, &countSl, &guardMark, &guardSl })
 		m.sets.push_back(std::move(*s));
 	m.sets.push_back(std::move(countAddr));
 
-	// Most sets are built in key order already (sources and addresses in
-	// file order); checking first saves the sort's cost at 100k sources.
 	for (Set &s : m.sets)
-		if (!std::is_sorted(s.elements.begin(), s.elements.end(), keyLess))
-			std::sort(s.elements.begin(), s.elements.end(), keyLess);
+		sortElements(s);
 	return m;
+}
+
+MoveDelta moveDelta(const Plan &plan, const plan::SliceMove &move)
+{
+	PortSets before, after;
+	before.address(move.before);
+	after.address(plan.addresses[move.address]);
+	for (const plan::SliceMove::Source &s : move.sources) {
+		before.source(plan, plan.sources[s.index], s.assignments);
+		after.source(plan, plan.sources[s.index], plan.sources[s.index].assignments);
+	}
+	MoveDelta delta;
+	before.take(delta.before);
+	after.take(delta.after);
+	return delta;
 }
 
 } // namespace portslice::nft

@@ -87,6 +87,14 @@ struct TableModel {
 // uplink and the shapes in use; everything else is elements.
 TableModel buildModel(const plan::Plan &plan, uint64_t generation);
 
+// What a slice move changes in the table: my_ports of the moved address and
+// the NAT maps' elements of its users, as they were and as they are now
+// (`plan` is after the move). Same sets, same order, on both sides.
+struct MoveDelta {
+	std::vector<Set> before, after;
+};
+MoveDelta moveDelta(const plan::Plan &plan, const plan::SliceMove &move);
+
 std::string tableComment(const plan::Plan &plan, uint64_t generation);
 
 } // namespace portslice::nft

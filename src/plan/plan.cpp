@@ -100,10 +100,127 @@ private:
 	uint32_t next_ = 0;
 };
 
-struct Share {
-	uint32_t address;
-	PortRange ports;
+// This server's slices of an address and their merged runs, from its owners.
+void deriveSlices(PlannedAddress &p, uint32_t self)
+{
+	p.mySlices.clear();
+	p.myRuns.clear();
+	for (uint32_t i = 0; i < p.sliceCount; i++) {
+		if (p.owner[i] != static_cast<int32_t>(self))
+			continue;
+		p.mySlices.push_back(i);
+		PortRange r = p.slice(i);
+		if (!p.myRuns.empty() && uint32_t{ p.myRuns.back().hi } + 1 == r.lo)
+			p.myRuns.back().hi = r.hi;
+		else
+			p.myRuns.push_back(r);
+	}
+}
+
+// Candidates are local addresses where this server owns a slice.
+bool usable(const PlannedAddress &a) { return a.local && !a.mySlices.empty(); }
+
+// A source that uses an address, and where the address stands in its candidates.
+struct User {
+	size_t source;
+	uint64_t position;
 };
+
+// What one address gives its users, in the order makePlan hands it out.
+struct Allocation {
+	std::vector<std::pair<size_t, Assignment>> blocks; // stateless: one per inside address
+	std::vector<std::pair<size_t, Share>> shares;      // conntrack
+};
+
+struct AllocationError {
+	size_t source;
+	bool block; // a stateless block that does not fit (else: a share of no port)
+	std::string message;
+};
+
+// One address's ports for its users (in file order): stateless blocks first,
+// then the rest shared by weight between the conntrack sources.
+Allocation allocate(const Plan &plan, uint32_t ai, const std::vector<User> &users,
+		    std::vector<AllocationError> &errors)
+{
+	Allocation out;
+	const PlannedAddress &a = plan.addresses[ai];
+	PortCursor cursor(a.myRuns);
+	std::vector<size_t> conntrackUsers;
+	for (const User &user : users) {
+		const size_t si = user.source;
+		const PlannedSource &s = plan.sources[si];
+		if (s.mode == NatMode::Conntrack) {
+			conntrackUsers.push_back(si);
+			continue;
+		}
+		// Candidate j takes inside addresses [j*n/c, (j+1)*n/c).
+		const Prefix &prefix = *s.match.saddr;
+		uint64_t n = prefix.size();
+		uint64_t c = s.candidates.size();
+		uint64_t j = user.position;
+		uint64_t first = j * n / c;
+		uint64_t last = (j + 1) * n / c; // exclusive
+		for (uint64_t k = first; k < last; k++) {
+			auto block = cursor.block(s.block);
+			if (!block) {
+				errors.push_back({ si, true,
+						   "stateless blocks of source '" + s.name + "' do not fit in the share of server '" +
+							   plan.server + "' on " + a.address.str() + ": " +
+							   std::to_string(last - first) + " inside addresses need " +
+							   std::to_string((last - first) * s.block) + " ports of " +
+							   std::to_string(a.mySlices.size() * a.sliceSize) +
+							   " (use a smaller block, a longer prefix or more slices)" });
+				break;
+			}
+			Ipv4 inside{ prefix.address.value + static_cast<uint32_t>(k) };
+			out.blocks.push_back({ si, { inside, inside, ai, *block } });
+		}
+	}
+	if (conntrackUsers.empty())
+		return out;
+	uint64_t total = cursor.remaining();
+	uint64_t weights = 0;
+	for (size_t si : conntrackUsers)
+		weights += plan.sources[si].weight;
+	uint64_t handed = 0, weightSoFar = 0;
+	for (size_t si : conntrackUsers) {
+		// Cumulative rounding: the shares add up to exactly `total`.
+		weightSoFar += plan.sources[si].weight;
+		uint64_t upto = total * weightSoFar / weights;
+		uint32_t count = static_cast<uint32_t>(upto - handed);
+		handed = upto;
+		if (count == 0) {
+			errors.push_back({ si, false,
+					   "conntrack source '" + plan.sources[si].name + "' gets no port of " +
+						   a.address.str() + " on server '" + plan.server +
+						   "': the stateless blocks use the whole share" });
+			continue;
+		}
+		for (const PortRange &r : cursor.take(count))
+			out.shares.push_back({ si, { ai, r } });
+	}
+	return out;
+}
+
+// A conntrack source's inside addresses, spread evenly and deterministically
+// over its shares; a source without saddr spreads the whole IPv4 space, which
+// is how its key is written in the table.
+void spread(PlannedSource &s)
+{
+	s.assignments.clear();
+	uint64_t base = s.match.saddr ? s.match.saddr->address.value : 0;
+	uint64_t n = s.match.saddr ? s.match.saddr->size() : (uint64_t{ 1 } << 32);
+	uint64_t c = s.shares.size();
+	for (uint64_t j = 0; j < c; j++) {
+		uint64_t first = j * n / c, last = (j + 1) * n / c;
+		if (first == last)
+			continue;
+		s.assignments.push_back({ Ipv4{ static_cast<uint32_t>(base + first) },
+					  Ipv4{ static_cast<uint32_t>(base + last - 1) }, s.shares[j].address,
+					  s.shares[j].ports });
+	}
+}
 
 // Assigns zones: explicit ones first, then the free zone nearest above a hash
 // of the name, so that adding a source does not renumber the others.
@@ -194,16 +311,7 @@ PlanResult makePlan(const config::Config &config, std::string_view server)
 			if (index < p.sliceCount && it != serverIndex.end() && p.owner[index] != it->second)
 				p.previous[index] = it->second;
 		}
-		for (uint32_t i = 0; i < p.sliceCount; i++) {
-			if (p.owner[i] != static_cast<int32_t>(plan.serverIndex))
-				continue;
-			p.mySlices.push_back(i);
-			PortRange r = p.slice(i);
-			if (!p.myRuns.empty() && uint32_t{ p.myRuns.back().hi } + 1 == r.lo)
-				p.myRuns.back().hi = r.hi;
-			else
-				p.myRuns.push_back(r);
-		}
+		deriveSlices(p, plan.serverIndex);
 		plan.addresses.push_back(std::move(p));
 	}
 
@@ -221,7 +329,7 @@ PlanResult makePlan(const config::Config &config, std::string_view server)
 	std::unordered_map<std::pair<std::string_view, std::string_view>, std::vector<uint32_t>, TagHash> byTag;
 	for (uint32_t i = 0; i < plan.addresses.size(); i++) {
 		const PlannedAddress &a = plan.addresses[i];
-		if (!a.local || a.mySlices.empty())
+		if (!usable(a))
 			continue;
 		eligible.push_back(i);
 		for (const auto &[k, v] : a.tags)
@@ -252,97 +360,28 @@ PlanResult makePlan(const config::Config &config, std::string_view server)
 	}
 	assignZones(config, plan.sources, diagnostics);
 
-	// Per address: stateless blocks first (in file order), then the rest
-	// shared by weight between the conntrack sources that use it.
-	std::vector<std::vector<Share>> shares(plan.sources.size());
 	// Per address, the sources that use it (in file order) and where the
 	// address stands in each one's candidates.
-	struct User {
-		size_t source;
-		uint64_t position;
-	};
 	std::vector<std::vector<User>> users(plan.addresses.size());
 	for (size_t si = 0; si < plan.sources.size(); si++) {
 		const std::vector<uint32_t> &candidates = plan.sources[si].candidates;
 		for (size_t j = 0; j < candidates.size(); j++)
 			users[candidates[j]].push_back({ si, j });
 	}
+	std::vector<AllocationError> errors;
 	for (uint32_t ai = 0; ai < plan.addresses.size(); ai++) {
-		const PlannedAddress &a = plan.addresses[ai];
-		PortCursor cursor(a.myRuns);
-		std::vector<size_t> conntrackUsers;
-		for (const User &user : users[ai]) {
-			const size_t si = user.source;
-			PlannedSource &s = plan.sources[si];
-			if (s.mode == NatMode::Conntrack) {
-				conntrackUsers.push_back(si);
-				continue;
-			}
-			// Candidate j takes inside addresses [j*n/c, (j+1)*n/c).
-			const Prefix &prefix = *s.match.saddr;
-			uint64_t n = prefix.size();
-			uint64_t c = s.candidates.size();
-			uint64_t j = user.position;
-			uint64_t first = j * n / c;
-			uint64_t last = (j + 1) * n / c; // exclusive
-			for (uint64_t k = first; k < last; k++) {
-				auto block = cursor.block(s.block);
-				if (!block) {
-					error(config.sources[si].blockWhere,
-					      "stateless blocks of source '" + s.name + "' do not fit in the share of server '" +
-						      plan.server + "' on " + a.address.str() + ": " +
-						      std::to_string(last - first) + " inside addresses need " +
-						      std::to_string((last - first) * s.block) + " ports of " +
-						      std::to_string(a.mySlices.size() * a.sliceSize) +
-						      " (use a smaller block, a longer prefix or more slices)");
-					break;
-				}
-				Ipv4 inside{ prefix.address.value + static_cast<uint32_t>(k) };
-				s.assignments.push_back({ inside, inside, ai, *block });
-			}
-		}
-		if (conntrackUsers.empty())
-			continue;
-		uint64_t total = cursor.remaining();
-		uint64_t weights = 0;
-		for (size_t si : conntrackUsers)
-			weights += plan.sources[si].weight;
-		uint64_t handed = 0, weightSoFar = 0;
-		for (size_t si : conntrackUsers) {
-			// Cumulative rounding: the shares add up to exactly `total`.
-			weightSoFar += plan.sources[si].weight;
-			uint64_t upto = total * weightSoFar / weights;
-			uint32_t count = static_cast<uint32_t>(upto - handed);
-			handed = upto;
-			if (count == 0) {
-				error(plan.sources[si].where, "conntrack source '" + plan.sources[si].name +
-								      "' gets no port of " + a.address.str() +
-								      " on server '" + plan.server +
-								      "': the stateless blocks use the whole share");
-				continue;
-			}
-			for (const PortRange &r : cursor.take(count))
-				shares[si].push_back({ ai, r });
-		}
+		Allocation got = allocate(plan, ai, users[ai], errors);
+		for (auto &[si, block] : got.blocks)
+			plan.sources[si].assignments.push_back(block);
+		for (auto &[si, share] : got.shares)
+			plan.sources[si].shares.push_back(share);
 	}
+	for (AllocationError &e : errors)
+		error(e.block ? config.sources[e.source].blockWhere : plan.sources[e.source].where, std::move(e.message));
 
-	for (size_t si = 0; si < plan.sources.size(); si++) {
-		PlannedSource &s = plan.sources[si];
-		if (s.mode == NatMode::Conntrack && !shares[si].empty()) {
-			// Inside addresses spread evenly and deterministically over
-			// the shares; a source without saddr spreads the whole IPv4
-			// space, which is how its key is written in the table.
-			uint64_t base = s.match.saddr ? s.match.saddr->address.value : 0;
-			uint64_t n = s.match.saddr ? s.match.saddr->size() : (uint64_t{ 1 } << 32);
-			uint64_t c = shares[si].size();
-			for (uint64_t j = 0; j < c; j++) {
-				uint64_t first = j * n / c, last = (j + 1) * n / c;
-				if (first == last)
-					continue;
-				s.assignments.push_back({ Ipv4{ static_cast<uint32_t>(base + first) },
-							  Ipv4{ static_cast<uint32_t>(base + last - 1) },
-							  shares[si][j].address, shares[si][j].ports });
-			}
+	for (PlannedSource &s : plan.sources) {
+		if (s.mode == NatMode::Conntrack && !s.shares.empty()) {
+			spread(s);
 			if (s.match.iifname) {
 				s.routeMark = kRouteMarkBase + s.zone;
 				s.routeTable = kRouteTableBase + s.zone;
@@ -358,6 +397,80 @@ PlanResult makePlan(const config::Config &config, std::string_view server)
 	if (!config::hasErrors(diagnostics))
 		result.plan = std::move(plan);
 	return result;
+}
+
+std::optional<SliceMove> moveSlice(Plan &plan, uint32_t address, uint32_t slice, int32_t owner, int32_t previous)
+{
+	PlannedAddress &a = plan.addresses.at(address);
+	if (slice >= a.sliceCount)
+		return std::nullopt;
+	SliceMove move{ address, slice, a, {} };
+	a.owner[slice] = owner;
+	a.previous[slice] = previous != owner ? previous : kNoServer;
+	deriveSlices(a, plan.serverIndex);
+	if (usable(a) != usable(move.before)) {
+		a = std::move(move.before);
+		return std::nullopt;
+	}
+	if (!usable(a) || a.myRuns == move.before.myRuns)
+		return move; // no source's ports change
+
+	std::vector<User> users;
+	for (size_t si = 0; si < plan.sources.size(); si++) {
+		const std::vector<uint32_t> &candidates = plan.sources[si].candidates;
+		for (size_t j = 0; j < candidates.size(); j++)
+			if (candidates[j] == address)
+				users.push_back({ si, j });
+	}
+	std::vector<AllocationError> errors;
+	Allocation got = allocate(plan, address, users, errors);
+	if (!errors.empty()) {
+		a = std::move(move.before);
+		return std::nullopt;
+	}
+	// Each user's ports on this address are replaced where they stood (its
+	// assignments and shares are ordered by address, as makePlan makes them).
+	// allocate() hands out in the users' order, so each user's part is the
+	// next run of `got`.
+	auto onAddress = [address](const auto &x) { return x.address == address; };
+	auto after = [address](const auto &x) { return x.address > address; };
+	size_t nextBlock = 0, nextShare = 0;
+	for (const User &user : users) {
+		PlannedSource &s = plan.sources[user.source];
+		move.sources.push_back({ static_cast<uint32_t>(user.source), s.assignments, s.shares });
+		if (s.mode == NatMode::Conntrack) {
+			std::erase_if(s.shares, onAddress);
+			auto at = std::find_if(s.shares.begin(), s.shares.end(), after);
+			size_t from = nextShare;
+			while (nextShare < got.shares.size() && got.shares[nextShare].first == user.source)
+				nextShare++;
+			std::vector<Share> mine;
+			for (size_t i = from; i < nextShare; i++)
+				mine.push_back(got.shares[i].second);
+			s.shares.insert(at, mine.begin(), mine.end());
+			spread(s);
+		} else {
+			std::erase_if(s.assignments, onAddress);
+			auto at = std::find_if(s.assignments.begin(), s.assignments.end(), after);
+			size_t from = nextBlock;
+			while (nextBlock < got.blocks.size() && got.blocks[nextBlock].first == user.source)
+				nextBlock++;
+			std::vector<Assignment> mine;
+			for (size_t i = from; i < nextBlock; i++)
+				mine.push_back(got.blocks[i].second);
+			s.assignments.insert(at, mine.begin(), mine.end());
+		}
+	}
+	return move;
+}
+
+void undoMove(Plan &plan, SliceMove &&move)
+{
+	plan.addresses.at(move.address) = std::move(move.before);
+	for (SliceMove::Source &s : move.sources) {
+		plan.sources[s.index].assignments = std::move(s.assignments);
+		plan.sources[s.index].shares = std::move(s.shares);
+	}
 }
 
 } // namespace portslice::plan

@@ -63,6 +63,13 @@ struct Assignment {
 	auto operator<=>(const Assignment &) const = default;
 };
 
+// Ports of one shared address handed to a conntrack source.
+struct Share {
+	uint32_t address = 0; // index into Plan::addresses
+	PortRange ports;
+	auto operator<=>(const Share &) const = default;
+};
+
 struct PlannedSource {
 	std::string name;
 	config::Match match;
@@ -73,6 +80,7 @@ struct PlannedSource {
 	uint16_t zone = 0;   // conntrack zone, both directions
 	std::vector<uint32_t> candidates; // indices into Plan::addresses
 	std::vector<Assignment> assignments;
+	std::vector<Share> shares; // conntrack: its ports, by address (assignments spread over them)
 	// A source matched by iifname gets its answers routed back out of that
 	// interface: fwmark routeMark selects routing table routeTable.
 	std::optional<uint32_t> routeMark;
@@ -107,6 +115,28 @@ struct PlanResult {
 
 // Plan as `server` (the file's [server].name when empty).
 PlanResult makePlan(const config::Config &config, std::string_view server = {});
+
+// One slice changed owner: the plan follows without planning the fleet
+// again. `before` keeps what changed, to undo it and to tell the table's
+// delta. Same result as makePlan of the changed config, or nothing when the
+// move changes which addresses are candidates of a source (this server got
+// its first or lost its last slice of a local address) or a share no longer
+// fits: then the caller plans the fleet anew (and reports its errors).
+struct SliceMove {
+	uint32_t address = 0; // index into Plan::addresses
+	uint32_t slice = 0;
+	PlannedAddress before;
+	struct Source {
+		uint32_t index; // into Plan::sources
+		std::vector<Assignment> assignments;
+		std::vector<Share> shares;
+	};
+	std::vector<Source> sources; // the address's users, as they were
+};
+
+std::optional<SliceMove> moveSlice(Plan &plan, uint32_t address, uint32_t slice, int32_t owner,
+				   int32_t previous = kNoServer);
+void undoMove(Plan &plan, SliceMove &&move);
 
 // Fwmark and routing table of iifname sources: kRouteMarkBase + zone, and
 // kRouteTableBase + zone. Documented in docs/config.md.
