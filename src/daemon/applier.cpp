@@ -2,6 +2,8 @@
 // Applier: nftables first (one transaction), then conntrack tuning and clean-up; remove() undoes all of it.
 #include "daemon/applier.h"
 
+#include <chrono>
+
 #ifdef PORTSLICE_HAVE_XDP
 #include "xdp/forwarder.h"
 #endif
@@ -49,6 +51,45 @@ Result<ApplyResult> Applier::apply(const plan::Plan &next, const plan::Plan *cur
 		if (!x)
 			return x.error().wrap("XDP forwarder on " + next.uplink);
 		result.xdp = true;
+	}
+#endif
+	return result;
+}
+
+Result<ApplyResult> Applier::applyMove(const plan::Plan &plan, const plan::SliceMove &move)
+{
+	using Clock = std::chrono::steady_clock;
+	auto ms = [](Clock::time_point from) {
+		return std::chrono::duration<double, std::milli>(Clock::now() - from).count();
+	};
+	ApplyResult result;
+	Clock::time_point t = Clock::now();
+	nft::MoveDelta delta = nft::moveDelta(plan, move);
+	auto report = nft_.applyDelta(delta.before, delta.after);
+	if (!report)
+		return report.error();
+	result.nft = *report;
+	result.nftMs = ms(t);
+
+	const auto self = static_cast<int32_t>(plan.serverIndex);
+	if (move.before.owner[move.slice] == self && plan.addresses[move.address].owner[move.slice] != self) {
+		t = Clock::now();
+		auto deleted = conntrack::deleteMovedAway(plan);
+		if (!deleted)
+			return deleted.error();
+		result.conntrackDeleted = *deleted;
+		result.conntrackMs = ms(t);
+	}
+#ifdef PORTSLICE_HAVE_XDP
+	if (options_.xdp) {
+		t = Clock::now();
+		std::vector<xdp::SliceRef> changed{{move.address, move.slice}};
+		Status x = options_.xdpPinDir.empty() ? xdp::applyForwarderSlices(plan, changed)
+						      : xdp::applyForwarderSlices(plan, changed, options_.xdpPinDir);
+		if (!x)
+			return x.error().wrap("XDP forwarder on " + plan.uplink);
+		result.xdp = true;
+		result.xdpMs = ms(t);
 	}
 #endif
 	return result;

@@ -29,6 +29,8 @@ struct ApplyResult {
 	size_t conntrackDeleted = 0; // entries whose NAT port this server no longer owns
 	RoutesReport routes;         // return routing of iifname sources
 	bool xdp = false;            // the forwarder was attached and synced
+	// Milliseconds spent in each part, for the log.
+	double nftMs = 0, conntrackMs = 0, xdpMs = 0;
 };
 
 class Applier {
@@ -39,6 +41,12 @@ public:
 	// (nullptr: unknown, replace everything). The nftables part is one
 	// transaction; it goes first, so a failure there changes nothing else.
 	Result<ApplyResult> apply(const plan::Plan &next, const plan::Plan *current, uint64_t generation);
+
+	// One slice changed owner (`plan` is after the move): only the elements
+	// the move changed, the conntrack entries of a lost slice and the
+	// forwarder's word of that slice. Conntrack tuning and routes do not
+	// depend on slices. A failure in the nftables part changes nothing.
+	Result<ApplyResult> applyMove(const plan::Plan &plan, const plan::SliceMove &move);
 
 	// Undo everything apply() did: table, routes and rules, sysctls, XDP.
 	// `uplink` (if known) is checked against the forwarder's interface.

@@ -40,6 +40,20 @@ Status KernelBackend::apply(const plan::Plan &plan, const plan::Plan *old, uint6
 	return {};
 }
 
+Status KernelBackend::applyMove(const plan::Plan &plan, const plan::SliceMove &move, uint64_t generation)
+{
+	Result<ApplyResult> result = applier_.applyMove(plan, move);
+	if (!result)
+		return result.error();
+	const ApplyResult &r = *result;
+	std::cerr << "generation " << generation << ": slice move, +" << r.nft.elementsAdded << " -"
+		  << r.nft.elementsDeleted << " elements in " << r.nft.messages << " messages (" << r.nft.bytes
+		  << " bytes, " << r.nftMs << " ms); " << r.conntrackDeleted
+		  << " conntrack entries of the lost slice deleted (" << r.conntrackMs << " ms)"
+		  << (r.xdp ? "; XDP forwarder slice synced (" + std::to_string(r.xdpMs) + " ms)" : "") << std::endl;
+	return {};
+}
+
 Result<std::string> KernelBackend::drift(const plan::Plan &plan, uint64_t generation)
 {
 	Result<std::optional<nft::TableState>> state = applier_.nft().readState();

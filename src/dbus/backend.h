@@ -29,6 +29,14 @@ public:
 	// unknown: replace everything). On error the kernel keeps what it had.
 	virtual Status apply(const plan::Plan &plan, const plan::Plan *old, uint64_t generation) = 0;
 
+	// One slice changed owner: `plan` is after the move, `move` holds what
+	// changed. Same contract as apply(); by default the plan is applied whole.
+	virtual Status applyMove(const plan::Plan &plan, const plan::SliceMove &move, uint64_t generation)
+	{
+		(void)move;
+		return apply(plan, nullptr, generation);
+	}
+
 	// How the kernel differs from `plan` (table missing or edited, forwarder
 	// detached); empty when in sync.
 	virtual Result<std::string> drift(const plan::Plan &plan, uint64_t generation) = 0;

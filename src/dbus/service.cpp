@@ -120,11 +120,10 @@ Answer<uint64_t> Service::setSliceOwner(std::string_view addressText, uint32_t s
 	if (!ip)
 		return fail({Fault::InvalidArgument, "\"" + std::string(addressText) +
 			     "\" is not an IPv4 address; give a shared address such as 198.51.100.1"}, false);
-	config::Config next = *config_;
-	config::Address *address = next.findAddress(*ip);
+	const config::Address *address = config_->findAddress(*ip);
 	if (!address) {
 		std::vector<std::string> known;
-		for (const config::Address &a : next.addresses)
+		for (const config::Address &a : config_->addresses)
 			known.push_back(a.address.str());
 		return fail({Fault::InvalidArgument, ip->str() + " is not a shared address of " + options_.configPath +
 			     " (it has: " + joinNames(known) + ")"}, false);
@@ -136,9 +135,9 @@ Answer<uint64_t> Service::setSliceOwner(std::string_view addressText, uint32_t s
 			     std::to_string(address->sliceSize) + " ports has slices 0 to " +
 			     std::to_string(int64_t{address->sliceCount()} - 1)}, false);
 	std::string server(serverName);
-	if (!next.findServer(server)) {
+	if (!config_->findServer(server)) {
 		std::vector<std::string> known;
-		for (const config::Server &s : next.servers)
+		for (const config::Server &s : config_->servers)
 			known.push_back(s.name);
 		return fail({Fault::InvalidArgument, "\"" + server + "\" is not a server of the fleet (it has: " +
 			     joinNames(known) + ")"}, false);
@@ -146,7 +145,6 @@ Answer<uint64_t> Service::setSliceOwner(std::string_view addressText, uint32_t s
 	auto current = address->owners.find(slice);
 	if (current != address->owners.end() && current->second == server)
 		return generation_; // already so: nothing to apply, nothing to persist
-	address->owners[slice] = server;
 
 	Overlay overlay = overlay_;
 	// A change the file already says needs no overlay entry: it retires.
@@ -160,10 +158,71 @@ Answer<uint64_t> Service::setSliceOwner(std::string_view addressText, uint32_t s
 	else
 		setOverride(overlay, *ip, slice, server);
 
+	auto index = static_cast<uint32_t>(address - config_->addresses.data());
+	if (std::optional<Answer<uint64_t>> moved = moveSlice(index, slice, server, overlay))
+		return *moved;
+
+	config::Config next = *config_;
+	next.addresses[index].owners[slice] = server;
 	std::vector<config::Diagnostic> errors = config::validate(next);
 	if (config::hasErrors(errors))
 		return fail({Fault::InvalidArgument, errorLines(errors)}, false);
 	return commit(std::move(next), std::move(overlay), overlay != overlay_, Fault::InvalidArgument, true);
+}
+
+std::optional<Answer<uint64_t>> Service::moveSlice(uint32_t address, uint32_t slice, const std::string &server,
+						    Overlay overlay)
+{
+	if (!plan_ || state_ != State::Applied)
+		return std::nullopt;
+	using Clock = std::chrono::steady_clock;
+	Clock::time_point t0 = Clock::now();
+	auto serverIndex = [&](std::string_view name) {
+		for (size_t i = 0; i < plan_->servers.size(); i++)
+			if (plan_->servers[i].name == name)
+				return static_cast<int32_t>(i);
+		return plan::kNoServer;
+	};
+	config::Address &a = config_->addresses[address];
+	auto previous = a.previous.find(slice);
+	std::optional<plan::SliceMove> move =
+		plan::moveSlice(*plan_, address, slice, serverIndex(server),
+				previous == a.previous.end() ? plan::kNoServer : serverIndex(previous->second));
+	if (!move)
+		return std::nullopt; // candidates change: plan the fleet anew
+	Clock::time_point t1 = Clock::now();
+	if (Status saved = store_.save({overlay, generation_ + 1}); !saved) {
+		plan::undoMove(*plan_, std::move(*move));
+		return fail({Fault::ApplyFailed, saved.error().wrap("keeping the slice owners").message() +
+			     "; nothing was applied"}, false);
+	}
+	Clock::time_point t2 = Clock::now();
+	if (Status applied = backend_.applyMove(*plan_, *move, generation_ + 1); !applied) {
+		plan::undoMove(*plan_, std::move(*move));
+		if (Status back = store_.save({overlay_, generation_}); !back)
+			listener_.log("restoring " + store_.path() + ": " + back.error().message());
+		if (Status back = backend_.apply(*plan_, nullptr, generation_); !back)
+			listener_.log("restoring generation " + std::to_string(generation_) + ": " + back.error().message());
+		return fail({Fault::ApplyFailed, applied.error().message() + "; the previous state stays applied"}, true);
+	}
+	Clock::time_point t3 = Clock::now();
+	a.owners[slice] = server;
+	overlay_ = std::move(overlay);
+	++generation_;
+	std::vector<std::string> properties{"Generation"};
+	if (!lastError_.empty())
+		properties.push_back("LastError");
+	lastError_.clear();
+	auto ms = [](Clock::time_point from, Clock::time_point to) {
+		return std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(to - from).count() / 1000.0);
+	};
+	listener_.log("applied generation " + std::to_string(generation_) + ": slice " + std::to_string(slice) + " of " +
+		      a.address.str() + " to " + server + " (" + std::to_string(move->sources.size()) +
+		      " sources re-planned; ms: plan " + ms(t0, t1) + ", persist " + ms(t1, t2) + ", apply " +
+		      ms(t2, t3) + ")");
+	listener_.applied(generation_);
+	listener_.propertiesChanged(properties);
+	return generation_;
 }
 
 Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, bool persist, Fault planFault, bool changed)

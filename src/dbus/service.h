@@ -94,6 +94,11 @@ private:
 	// `changed`: the caller knows the plan differs (a slice changed owner).
 	Answer<uint64_t> commit(config::Config config, Overlay overlay, bool persist, Fault planFault,
 				bool changed = false);
+	// SetSliceOwner without planning the fleet again: the plan follows the
+	// one slice and the backend changes only what that touches. Nothing when
+	// the move needs a full plan (see plan::moveSlice).
+	std::optional<Answer<uint64_t>> moveSlice(uint32_t address, uint32_t slice, const std::string &server,
+						  Overlay overlay);
 	Failure fail(Failure failure, bool degrade);
 	void recovered(); // a repair worked: leave the degraded state it caused
 

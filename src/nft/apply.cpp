@@ -1296,6 +1296,26 @@ Result<ApplyReport> NftApplier::applyModel(const TableModel &next, const TableMo
 	return report;
 }
 
+Result<ApplyReport> NftApplier::applyDelta(const std::vector<Set> &before, const std::vector<Set> &after)
+{
+	if (before.size() != after.size())
+		throw std::logic_error("nft delta: before and after differ in their sets");
+	ApplyReport report;
+	Batch batch;
+	TableWriter w(batch);
+	for (size_t i = 0; i < after.size(); i++)
+		if (!sameElements(before[i].elements, after[i].elements))
+			w.delta(before[i], after[i], report);
+	if (report.elementsAdded + report.elementsDeleted == 0)
+		return report;
+	batch.finish();
+	report.messages = batch.messages();
+	if (Status s = sock_.send(batch); !s)
+		return s.error().wrap("changing elements of table portslice");
+	report.bytes = batch.bytes();
+	return report;
+}
+
 Status NftApplier::remove()
 {
 	auto st = readState();

@@ -50,6 +50,12 @@ public:
 	Result<ApplyReport> apply(const plan::Plan &next, const plan::Plan *current, uint64_t generation);
 	Result<ApplyReport> applyModel(const TableModel &next, const TableModel *current);
 
+	// Change only the elements that differ between `before` and `after`
+	// (the same sets of the applied table, in the same order): one small
+	// transaction, never a replace. Fails, and the kernel keeps what it
+	// had, when the table is missing or does not hold `before`.
+	Result<ApplyReport> applyDelta(const std::vector<Set> &before, const std::vector<Set> &after);
+
 	// Delete the table (nothing to do when absent).
 	Status remove();
 

@@ -75,6 +75,15 @@ public:
 		calls.push_back({plan.addresses.at(0).mySlices, old != nullptr, generation});
 		return {};
 	}
+	Status applyMove(const plan::Plan &plan, const plan::SliceMove &, uint64_t generation) override
+	{
+		if (failNext) {
+			failNext = false;
+			return Error(ENOBUFS, "changing elements of table portslice");
+		}
+		calls.push_back({plan.addresses.at(0).mySlices, true, generation});
+		return {};
+	}
 	Result<std::string> drift(const plan::Plan &, uint64_t) override { return driftText; }
 	Result<std::vector<StatRow>> stats(const plan::Plan &plan) override
 	{
