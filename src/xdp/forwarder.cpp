@@ -78,14 +78,15 @@ struct ZoneRun {
 	uint16_t zone;
 };
 
-std::vector<std::vector<ZoneRun>> zoneRuns(const plan::Plan &plan)
+// `only`: the addresses whose runs are wanted (nullptr: all of them).
+std::vector<std::vector<ZoneRun>> zoneRuns(const plan::Plan &plan, const std::vector<bool> *only = nullptr)
 {
 	std::vector<std::vector<ZoneRun>> runs(plan.addresses.size());
 	for (const auto &source : plan.sources) {
 		uint16_t zone = source.mode == config::NatMode::Stateless ? uint16_t{FWD_ZONE_STATELESS}
 									  : source.zone;
 		for (const auto &a : source.assignments)
-			if (a.address < runs.size())
+			if (a.address < runs.size() && (!only || (*only)[a.address]))
 				runs[a.address].push_back({a.ports, zone});
 	}
 	for (auto &r : runs)
@@ -460,7 +461,18 @@ std::vector<SliceUpdate> buildSlices(const plan::Plan &plan, const std::vector<S
 				     const NeighbourTable &neighbours)
 {
 	auto targets = serverTargets(plan, neighbours);
-	auto runs = zoneRuns(plan);
+	// Zone runs (a walk over every source's ports) only for slices this
+	// server takes over while a previous owner drains them.
+	std::vector<bool> wanted(plan.addresses.size());
+	bool any = false;
+	for (const auto &ref : slices) {
+		if (ref.address >= wanted.size() || ref.slice >= plan.addresses[ref.address].sliceCount)
+			continue;
+		const auto &a = plan.addresses[ref.address];
+		if (a.owner[ref.slice] == static_cast<int32_t>(plan.serverIndex) && a.previous[ref.slice] != plan::kNoServer)
+			wanted[ref.address] = any = true;
+	}
+	auto runs = any ? zoneRuns(plan, &wanted) : std::vector<std::vector<ZoneRun>>(plan.addresses.size());
 	std::vector<SliceUpdate> updates;
 	for (const auto &ref : slices) {
 		if (ref.address >= plan.addresses.size() || ref.slice >= plan.addresses[ref.address].sliceCount)
@@ -700,15 +712,39 @@ Status syncMaps(const MapFds &maps, const ForwarderTables &tables)
 	return syncHash(maps.addrs, overflow, "fwd_addrs");
 }
 
+// One word of fwd_slices, through a mapping of just its page: a single
+// 8-byte store, so the program never reads half an old and half a new word
+// (a map update syscall copies bytes).
+Status storeSliceWord(int fd, uint32_t index, uint64_t word)
+{
+	bpf_map_info info{};
+	uint32_t size = sizeof(info);
+	if (bpf_obj_get_info_by_fd(fd, &info, &size) != 0)
+		return errnoError(errno, "reading map fwd_slices");
+	if (index >= info.max_entries || info.value_size != sizeof(word))
+		return Error(ENOENT, "the slice is not in the maps yet");
+	const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+	const size_t offset = size_t{index} * sizeof(word);
+	const size_t pageStart = offset / page * page;
+	void *p = ::mmap(nullptr, page, PROT_READ | PROT_WRITE, MAP_SHARED, fd, static_cast<off_t>(pageStart));
+	if (p == MAP_FAILED)
+		return errnoError(errno, "mapping map fwd_slices");
+	auto *w = reinterpret_cast<uint64_t *>(static_cast<char *>(p) + (offset - pageStart));
+	std::atomic_ref<uint64_t>(*w).store(word, std::memory_order_release);
+	::munmap(p, page);
+	return {};
+}
+
 Status syncSlices(const MapFds &maps, const std::vector<SliceUpdate> &updates)
 {
-	auto index = MappedArray::map(maps.addrIndex, "fwd_addr_index");
-	auto slices = MappedArray::map(maps.slices, "fwd_slices");
+	// A handful of words: lookups and one-page mappings, not mappings of the
+	// whole arrays (mapping one makes the kernel install all of its pages:
+	// about 1 ms for fwd_slices, fwd_addr_index and fwd_zones together).
+	// fwd_targets is small; fwd_zones is mapped only for a slice in handover.
 	auto targets = MappedArray::map(maps.targets, "fwd_targets");
-	auto zones = MappedArray::map(maps.zones, "fwd_zones");
-	for (const auto *m : {&index, &slices, &targets, &zones})
-		if (!*m)
-			return m->error();
+	if (!targets)
+		return targets.error();
+	std::optional<MappedArray> zones;
 	auto find = [](const auto *slots, uint32_t count, const auto &want) -> std::optional<uint16_t> {
 		for (uint32_t i = 1; i < count; i++)
 			if (sameBytes(slots[i], want))
@@ -716,14 +752,15 @@ Status syncSlices(const MapFds &maps, const std::vector<SliceUpdate> &updates)
 		return std::nullopt;
 	};
 	auto missing = [](const std::string &what) { return Error(ENOENT, what + " is not in the maps yet"); };
-	auto *words = slices->as<uint64_t>();
 	for (const auto &u : updates) {
-		fwd_address a = index->as<fwd_address>()[FWD_ADDR_BUCKET(ntohl(u.addr))];
+		uint32_t bucket = FWD_ADDR_BUCKET(ntohl(u.addr));
+		fwd_address a{};
+		if (bpf_map_lookup_elem(maps.addrIndex, &bucket, &a) != 0)
+			return errnoError(errno, "reading map fwd_addr_index");
 		if (a.addr != u.addr && (!(a.flags & FWD_ADDR_COLLISION) ||
 					 bpf_map_lookup_elem(maps.addrs, &u.addr, &a) != 0))
 			return missing("the address");
-		if (!(a.flags & FWD_ADDR_LOCAL) || u.slice >= a.slice_count ||
-		    uint64_t{a.slice_base} + a.slice_count > slices->entries())
+		if (!(a.flags & FWD_ADDR_LOCAL) || u.slice >= a.slice_count)
 			return missing("the slice");
 		fwd_slice s{};
 		s.flags = u.want.flags;
@@ -740,12 +777,19 @@ Status syncSlices(const MapFds &maps, const std::vector<SliceUpdate> &updates)
 			s.previous = *slot;
 		}
 		if (u.want.zones) {
+			if (!zones) {
+				auto mapped = MappedArray::map(maps.zones, "fwd_zones");
+				if (!mapped)
+					return mapped.error();
+				zones.emplace(std::move(*mapped));
+			}
 			auto slot = find(zones->as<fwd_zones>(), zones->entries(), *u.want.zones);
 			if (!slot)
 				return missing("the zone set");
 			s.zones = *slot;
 		}
-		std::atomic_ref<uint64_t>(words[a.slice_base + u.slice]).store(packSlice(s), std::memory_order_release);
+		if (Status st = storeSliceWord(maps.slices, a.slice_base + u.slice, packSlice(s)); !st)
+			return st;
 	}
 	return {};
 }

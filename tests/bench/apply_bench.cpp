@@ -142,54 +142,58 @@ void sliceMove(uint32_t n, int pairs, const std::string &dir)
 		std::fprintf(stderr, "generated fleet does not load\n");
 		std::exit(1);
 	}
-	config::Config before = *loaded.config;
-	config::Config after = before;
-	// s1 takes over slice 1 (s2's) of the first address.
-	after.addresses[0].owners[1] = "s1";
-	plan::Plan p1 = *plan::makePlan(before).plan;
-	plan::Plan p2 = *plan::makePlan(after).plan;
+	plan::Plan p = *plan::makePlan(*loaded.config).plan;
 
 	if (unshare(CLONE_NEWNET) != 0) {
 		std::perror("unshare");
 		std::exit(1);
 	}
 	auto nft = nft::NftApplier::open();
-	auto full = nft->apply(p1, nullptr, 1);
+	auto full = nft->apply(p, nullptr, 1);
 	if (!full) {
 		std::fprintf(stderr, "%s\n", full.error().message().c_str());
 		std::exit(1);
 	}
-	Ipv4 a0 = p1.addresses[0].address;
+	Ipv4 a0 = p.addresses[0].address;
 	std::string elem = "{ " + a0.str() + " . 3072-5119 }";
-	nft::TableModel m1 = nft::buildModel(p1, 1), m2 = nft::buildModel(p2, 1);
-	std::vector<double> a, whole, b;
-	size_t msgs = 0, added = 0, deleted = 0;
-	for (int i = 0; i < pairs; i++) {
-		// A: the transaction the daemon sends for the move, models in hand.
+	// s1 (the planned server, index 0) takes slice 1 of the first address
+	// from s2 (index 1), then gives it back: a gain and a loss per pair.
+	std::vector<double> gain, lose, gainTx, loseTx, addB, delB;
+	for (int i = 0; i < 2 * pairs; i++) {
+		bool gaining = i % 2 == 0;
+		if (gaining) {
+			// B: the nft CLI adding and deleting the my_ports element of
+			// the same move (while s2 holds the slice).
+			addB.push_back(1e3 * timed({"nft", "add", "element", "inet", "portslice", "my_ports", elem}));
+			delB.push_back(1e3 * timed({"nft", "delete", "element", "inet", "portslice", "my_ports", elem}));
+		}
+		// A: what the daemon does for SetSliceOwner, minus XDP and conntrack:
+		// re-plan the slice, derive the delta, send it.
 		auto t0 = Clock::now();
-		auto r = nft->applyModel(m2, &m1);
-		a.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-		if (!r || r->fullReplace) {
-			std::fprintf(stderr, "slice move was not a delta\n");
+		std::optional<plan::SliceMove> move = plan::moveSlice(p, 0, 1, gaining ? 0 : 1);
+		if (!move) {
+			std::fprintf(stderr, "slice move needs a full plan\n");
 			std::exit(1);
 		}
-		msgs = r->messages;
-		added = r->elementsAdded;
-		deleted = r->elementsDeleted;
-		// The same from plans: both models built inside apply().
-		t0 = Clock::now();
-		if (!nft->apply(p1, &p2, 3))
+		nft::MoveDelta d = nft::moveDelta(p, *move);
+		auto t1 = Clock::now();
+		auto r = nft->applyDelta(d.before, d.after);
+		auto t2 = Clock::now();
+		if (!r || r->elementsAdded + r->elementsDeleted != 1) {
+			std::fprintf(stderr, "slice move: %s\n", r ? "not one element" : r.error().message().c_str());
 			std::exit(1);
-		whole.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-		// B: the nft CLI making one my_ports change of the same move.
-		b.push_back(timed({"nft", "add", "element", "inet", "portslice", "my_ports", elem}));
-		run({"nft", "delete", "element", "inet", "portslice", "my_ports", elem});
+		}
+		(gaining ? gain : lose).push_back(std::chrono::duration<double>(t2 - t0).count() * 1e3);
+		(gaining ? gainTx : loseTx).push_back(std::chrono::duration<double>(t2 - t1).count() * 1e3);
 	}
 	(void)dir;
-	double ma = median(a), mb = median(b);
-	std::printf("slice move  %6u sources (%zu elements): delta transaction %.2f ms (%zu messages, +%zu -%zu elements), "
-		    "nft add element %.1f ms, ratio %.4f; apply(plan, plan) incl. both models %.1f ms (median of %d pairs)\n",
-		    n, full->elementsAdded, ma * 1e3, msgs, added, deleted, mb * 1e3, ma / mb, median(whole) * 1e3, pairs);
+	std::printf("slice move  %6u sources (%zu elements), median of %d pairs, ms:\n", n, full->elementsAdded, pairs);
+	std::printf("  gain (one my_ports element added): moveSlice + moveDelta + applyDelta %.3f (transaction %.3f), "
+		    "nft add element %.1f, ratio %.4f\n",
+		    median(gain), median(gainTx), median(addB), median(gain) / median(addB));
+	std::printf("  loss (one my_ports element deleted): moveSlice + moveDelta + applyDelta %.3f (transaction %.3f), "
+		    "nft delete element %.1f, ratio %.4f\n",
+		    median(lose), median(loseTx), median(delB), median(lose) / median(delB));
 }
 
 } // namespace

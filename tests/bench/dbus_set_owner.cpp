@@ -4,8 +4,10 @@
 // dbus_set_owner [--sources 6250] [--pairs 5] [--no-xdp] [--tmpfs-state]
 // Needs root. The process moves into a network namespace of its own (it dies
 // with the process), starts a private dbus-daemon and portsliced there, and
-// prints the figures; it asserts nothing. 6250 sources make about 100k elements.
+// prints the figures; it asserts nothing. 6250 sources make about 237k elements.
+// KEEP=1 keeps its directory (the daemon's log) and prints where.
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -232,7 +234,7 @@ int main(int argc, char **argv)
 
 	// A: s1 takes slice 1 of the first address from s2, then gives it back
 	// (each call one SetSliceOwner: validate, plan, persist, element delta, conntrack clean-up, XDP maps).
-	// B: the nft CLI adding one my_ports element of the same move, then deleting it.
+	// B: the nft CLI adding one my_ports element of the same move, and deleting it.
 	std::string first = Ipv4{198u << 24 | 18u << 16}.str();
 	std::string element = "{ " + first + " . 3072-5119 }";
 	// B runs on a copy of the table in a namespace of its own: the daemon
@@ -246,45 +248,72 @@ int main(int argc, char **argv)
 		args.insert(args.begin(), nsenter.begin(), nsenter.end());
 		return timedRun(args, log);
 	};
-	std::vector<double> a, b;
+	std::vector<double> gain, loss, addB, delB;
 	for (int i = 0; i < pairs; ++i) {
+		addB.push_back(nft({"add", "element", "inet", "portslice", "my_ports", element}));
+		delB.push_back(nft({"delete", "element", "inet", "portslice", "my_ports", element}));
 		for (const char *to : {"s1", "s2"}) {
 			auto t0 = Clock::now();
 			proxy.SetSliceOwner(first, 1, to);
-			a.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+			(to[1] == '1' ? gain : loss).push_back(std::chrono::duration<double>(Clock::now() - t0).count());
 		}
-		b.push_back(nft({"add", "element", "inet", "portslice", "my_ports", element}));
-		nft({"delete", "element", "inet", "portslice", "my_ports", element});
 	}
 	timedRun({"ip", "netns", "del", refNs}, log);
 	// The daemon's own account of each SetSliceOwner (its log): plan, persist, apply.
-	std::vector<double> plan, persist, apply;
+	// The daemon's log splits each call: plan, persist, apply (and the apply
+	// into nft, conntrack and XDP).
+	struct Split {
+		std::vector<double> plan, persist, apply, nft, conntrack, xdp;
+	} split[2]; // gain, loss
 	{
 		std::ifstream in(log);
 		for (std::string line; std::getline(in, line);) {
 			size_t at = line.find("; ms: plan ");
-			if (at == std::string::npos || line.find("applied generation 1 ") != std::string::npos)
+			if (at == std::string::npos || line.find(": slice ") == std::string::npos)
 				continue;
-			double p = 0, f = 0, x = 0;
-			if (std::sscanf(line.c_str() + at, "; ms: plan %lf, persist %lf, apply %lf", &p, &f, &x) == 3) {
-				plan.push_back(p);
-				persist.push_back(f);
-				apply.push_back(x);
+			int which = line.find(" to s1 ") != std::string::npos ? 0 : 1;
+			double p = 0, f = 0, y = 0;
+			if (std::sscanf(line.c_str() + at, "; ms: plan %lf, persist %lf, apply %lf", &p, &f, &y) == 3) {
+				split[which].plan.push_back(p);
+				split[which].persist.push_back(f);
+				split[which].apply.push_back(y);
 			}
 		}
+		// The backend's lines (nft, conntrack, XDP), in call order: gain, loss, gain, ...
+		std::ifstream again(log);
+		std::vector<std::array<double, 3>> parts;
+		for (std::string line; std::getline(again, line);) {
+			size_t at = line.find(": slice move, ");
+			if (at == std::string::npos)
+				continue;
+			size_t m = line.find(" bytes, "), cm = line.find("deleted ("), xm = line.find("slice synced (");
+			parts.push_back({m == std::string::npos ? 0 : std::atof(line.c_str() + m + 8),
+					 cm == std::string::npos ? 0 : std::atof(line.c_str() + cm + 9),
+					 xm == std::string::npos ? 0 : std::atof(line.c_str() + xm + 14)});
+		}
+		for (size_t i = 0; i < parts.size(); i++) {
+			Split &sp = split[i % 2]; // gain, loss, gain, ...
+			sp.nft.push_back(parts[i][0]);
+			sp.conntrack.push_back(parts[i][1]);
+			sp.xdp.push_back(parts[i][2]);
+		}
 	}
-	double ma = median(a), mb = median(b);
-	std::printf("SetSliceOwner %u sources (%zu elements, xdp %s): D-Bus round trip %.2f ms median of %zu "
-		    "(min %.2f, max %.2f); nft add element %.1f ms median of %d; ratio %.4f; daemon start to applied "
-		    "%.2f s; daemon peak RSS%s\n",
-		    sources, elements, xdp ? "on" : "off", ma * 1e3, a.size(), *std::min_element(a.begin(), a.end()) * 1e3,
-		    *std::max_element(a.begin(), a.end()) * 1e3, mb * 1e3, pairs, ma / mb, startSeconds,
-		    peakRss(daemon).c_str());
-	if (!plan.empty())
-		std::printf("  inside the daemon (median): plan %.2f ms, persist (write, fsync, rename; state on %s) %.2f ms, "
-			    "apply (nft delta, conntrack clean-up, routes%s) %.2f ms\n",
-			    median(plan), tmpfsState ? "tmpfs" : "disk", median(persist), xdp ? ", XDP maps" : "",
-			    median(apply));
+	std::printf("SetSliceOwner %u sources (%zu elements, xdp %s), D-Bus round trip, median of %d pairs:\n"
+		    "  gain (s1 takes the slice): %.2f ms; nft add element %.1f ms; ratio %.4f\n"
+		    "  loss (s1 gives it back): %.2f ms; nft delete element %.1f ms; ratio %.4f\n"
+		    "  daemon start to applied %.2f s; daemon peak RSS%s\n",
+		    sources, elements, xdp ? "on" : "off", pairs, median(gain) * 1e3, median(addB) * 1e3,
+		    median(gain) / median(addB), median(loss) * 1e3, median(delB) * 1e3, median(loss) / median(delB),
+		    startSeconds, peakRss(daemon).c_str());
+	for (int w = 0; w < 2; w++) {
+		const Split &sp = split[w];
+		if (sp.plan.empty() || sp.nft.empty())
+			continue;
+		std::printf("  inside the daemon, %s (median): plan %.2f ms, persist (write, fsync, rename; state on %s) "
+			    "%.2f ms, apply %.2f ms = nft delta %.2f + conntrack clean-up %.2f + XDP slice %.2f\n",
+			    w == 0 ? "gain" : "loss", median(sp.plan), tmpfsState ? "tmpfs" : "disk", median(sp.persist),
+			    median(sp.apply), median(sp.nft), median(sp.conntrack), median(sp.xdp));
+	}
 
 	::kill(daemon, SIGTERM);
 	wait(daemon);
@@ -297,6 +326,6 @@ int main(int argc, char **argv)
 	if (std::getenv("PSD_BENCH_KEEP"))
 		std::printf("kept %s\n", dir.c_str());
 	else
-		fs::remove_all(dir);
+		if (!std::getenv("KEEP")) fs::remove_all(dir); else std::printf("kept %s\n", dir.c_str());
 	return 0;
 }
