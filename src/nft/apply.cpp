@@ -908,10 +908,23 @@ public:
 		if (elements.empty())
 			return;
 		SetDecl d = declOf(s);
-		std::vector<WireElem> wire = wireElements(d, elements, remove);
 		*count += elements.size();
-		putElements(batch_, remove ? NFT_MSG_DELSETELEM : NFT_MSG_NEWSETELEM, s.name, idOf(s.name), wire,
-			    remove ? "deleting" : "adding");
+		// An rbtree's interval ends depend on neighbours: one piece. Other
+		// sets are encoded a slice at a time, so their wire form is never
+		// held whole beside the batch.
+		const size_t piece = d.interval && d.key.size() == 1 ? elements.size() : 4096;
+		for (size_t at = 0; at < elements.size(); at += piece) {
+			std::vector<Element> part;
+			const std::vector<Element> *some = &elements;
+			if (piece < elements.size()) {
+				auto from = elements.begin() + static_cast<ptrdiff_t>(at);
+				part.assign(from, from + static_cast<ptrdiff_t>(std::min(piece, elements.size() - at)));
+				some = &part;
+			}
+			std::vector<WireElem> wire = wireElements(d, *some, remove);
+			putElements(batch_, remove ? NFT_MSG_DELSETELEM : NFT_MSG_NEWSETELEM, s.name, idOf(s.name), wire,
+				    remove ? "deleting" : "adding");
+		}
 	}
 
 	// Only the kernel elements that differ: a changed value is deleted and
@@ -1212,9 +1225,11 @@ Result<std::optional<TableState>> NftApplier::readState()
 
 Result<ApplyReport> NftApplier::apply(const plan::Plan &next, const plan::Plan *current, uint64_t generation)
 {
+	if (!current) {
+		TableModel model = buildModel(next, generation, false);
+		return replace(model, &next);
+	}
 	TableModel nextModel = buildModel(next, generation);
-	if (!current)
-		return applyModel(nextModel, nullptr);
 	TableModel currentModel = buildModel(*current, 0);
 	return applyModel(nextModel, &currentModel);
 }
@@ -1224,74 +1239,81 @@ Result<ApplyReport> NftApplier::applyModel(const TableModel &next, const TableMo
 	auto exists = readState();
 	if (!exists)
 		return exists.error().wrap("applying table portslice");
-	bool present = exists->has_value();
+	if (!current || !exists->has_value() || !sameStructure(next, *current)) {
+		TableModel copy = next;
+		return replace(copy, nullptr);
+	}
 
+	// Element delta: counters first (elements refer to them), deleted
+	// elements before added ones, stale counters last.
+	// The kernel ignores new user data on an existing table (checked on
+	// 6.18), so the comment keeps the generation of the last full
+	// replace; the daemon holds the current one.
 	ApplyReport report;
 	Batch batch;
 	TableWriter w(batch);
-
-	if (current && present && sameStructure(next, *current)) {
-		// Element delta: counters first (elements refer to them), deleted
-		// elements before added ones, stale counters last.
-		// The kernel ignores new user data on an existing table (checked on
-		// 6.18), so the comment keeps the generation of the last full
-		// replace; the daemon holds the current one.
-		bool sameCounters = current->counters == next.counters;
-		std::set<std::string> oldCounters, newCounters;
-		if (!sameCounters) {
-			oldCounters.insert(current->counters.begin(), current->counters.end());
-			newCounters.insert(next.counters.begin(), next.counters.end());
-		}
-		for (const std::string &c : next.counters) {
-			if (sameCounters)
-				break;
+	bool sameCounters = current->counters == next.counters;
+	std::set<std::string> oldCounters, newCounters;
+	if (!sameCounters) {
+		oldCounters.insert(current->counters.begin(), current->counters.end());
+		newCounters.insert(next.counters.begin(), next.counters.end());
+		for (const std::string &c : next.counters)
 			if (!oldCounters.count(c))
 				w.counter(c);
-		}
-		for (size_t i = 0; i < next.sets.size(); i++) {
-			const Set &n = next.sets[i];
-			const Set &o = current->sets[i];
-			if (sameElements(o.elements, n.elements))
-				continue;
-						w.delta(o, n, report);
-		}
-		for (const std::string &c : current->counters) {
-			if (sameCounters)
-				break;
+	}
+	for (size_t i = 0; i < next.sets.size(); i++)
+		if (!sameElements(current->sets[i].elements, next.sets[i].elements))
+			w.delta(current->sets[i], next.sets[i], report);
+	if (!sameCounters)
+		for (const std::string &c : current->counters)
 			if (!newCounters.count(c))
 				w.counter(c, true);
-		}
-	} else {
-		report.fullReplace = true;
-		if (present)
-			w.deleteTable();
-		w.table(next.comment);
-		std::vector<Chain> chainList = chains(next);
-		for (const Chain &c : chainList)
-			w.chain(c);
-		for (const std::string &c : next.counters)
-			w.counter(c);
-		for (const Set &s : next.sets) {
-			w.set(s.name, declOf(s));
-			w.elements(s, s.elements, false, &report.elementsAdded);
-		}
-		for (const Chain &c : chainList)
-			for (const std::string &text : c.rules) {
-				RuleBuilder r(c.name.c_str());
-				buildRule(r, w, text, next.uplink);
-				w.rule(r);
-			}
-	}
 	batch.finish();
 	report.messages = batch.messages();
-	Status s = sock_.send(batch);
-	if (!s) {
+	if (Status s = sock_.send(batch); !s) {
 		// A delta assumes the kernel holds `current`; when it does not
 		// (someone changed the table), replace the table instead.
-		if (!report.fullReplace)
-			return applyModel(next, nullptr);
-		return s.error().wrap("applying table portslice");
+		TableModel copy = next;
+		return replace(copy, nullptr);
 	}
+	report.bytes = batch.bytes();
+	return report;
+}
+
+Result<ApplyReport> NftApplier::replace(TableModel &model, const plan::Plan *plan)
+{
+	auto exists = readState();
+	if (!exists)
+		return exists.error().wrap("applying table portslice");
+	ApplyReport report;
+	report.fullReplace = true;
+	Batch batch;
+	TableWriter w(batch);
+	if (exists->has_value())
+		w.deleteTable();
+	w.table(model.comment);
+	std::vector<Chain> chainList = chains(model);
+	for (const Chain &c : chainList)
+		w.chain(c);
+	for (const std::string &c : model.counters)
+		w.counter(c);
+	for (Set &set : model.sets) {
+		w.set(set.name, declOf(set));
+		if (plan && set.elements.empty() && isPortSet(set.name))
+			set.elements = portSetElements(*plan, set.name);
+		w.elements(set, set.elements, false, &report.elementsAdded);
+		std::vector<Element>().swap(set.elements); // encoded: the batch holds it now
+	}
+	for (const Chain &c : chainList)
+		for (const std::string &text : c.rules) {
+			RuleBuilder r(c.name.c_str());
+			buildRule(r, w, text, model.uplink);
+			w.rule(r);
+		}
+	batch.finish();
+	report.messages = batch.messages();
+	if (Status s = sock_.send(batch); !s)
+		return s.error().wrap("applying table portslice");
 	report.bytes = batch.bytes();
 	return report;
 }

@@ -66,6 +66,12 @@ public:
 	Result<std::vector<CounterValue>> readCounters();
 
 private:
+	// The whole table in one transaction that deletes the old one. With
+	// `plan`, empty port sets of `model` are filled from it one set at a time,
+	// and each set's elements are freed once encoded: a large table is never
+	// held whole beside its batch.
+	Result<ApplyReport> replace(TableModel &model, const plan::Plan *plan);
+
 	explicit NftApplier(Socket sock) : sock_(std::move(sock)) {}
 
 	Socket sock_;

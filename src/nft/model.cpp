@@ -161,13 +161,22 @@ struct PortSets {
 	Set slReturn = makeSet("sl_return", SetKind::Map, { F::Ipv4, F::Port }, { F::Ipv4 }, true,
 			       "typeof ip daddr . th dport : ip daddr");
 
-	PortSets() { natPort.dataInterval = true; }
+	// `only`: fill just the set of that name ("" all, "-" none), so that a
+	// large table can be built and sent one set at a time.
+	explicit PortSets(std::string_view only = {})
+	{
+		natPort.dataInterval = true;
+		for (Set *s : all())
+			filled_.push_back(only.empty() || s->name == only);
+	}
 
 	// One element per slice, not per run of adjacent slices: gaining a slice
 	// is then a pure add, and the kernel's pipapo sets pay a deletion with
 	// a walk over the whole set.
 	void address(const plan::PlannedAddress &a)
 	{
+		if (!filled_[0])
+			return;
 		for (uint32_t slice : a.mySlices)
 			myPorts.elements.push_back({ { ip(a.address), port(a.slice(slice)) }, {}, {} });
 	}
@@ -179,18 +188,30 @@ struct PortSets {
 			Ipv4 sharedAddr = plan.addresses[as.address].address;
 			if (s.mode == NatMode::Conntrack) {
 				uint32_t mk = sourceMark(s);
-				natPort.elements.push_back({ { mark(mk), ipRange(as.first, as.last) }, { ip(sharedAddr), port(as.ports) }, {} });
-				natAddr.elements.push_back({ { mark(mk), ipRange(as.first, as.last) }, { ip(sharedAddr) }, {} });
-				retZone.elements.push_back({ { ip(sharedAddr), port(as.ports) }, { zone(s.zone) }, {} });
-				icmpZone.elements.push_back({ { ip(sharedAddr), quotedPort(as.ports) }, { zone(s.zone) }, {} });
+				if (filled_[1])
+					natPort.elements.push_back({ { mark(mk), ipRange(as.first, as.last) }, { ip(sharedAddr), port(as.ports) }, {} });
+				if (filled_[2])
+					natAddr.elements.push_back({ { mark(mk), ipRange(as.first, as.last) }, { ip(sharedAddr) }, {} });
+				if (filled_[3])
+					retZone.elements.push_back({ { ip(sharedAddr), port(as.ports) }, { zone(s.zone) }, {} });
+				if (filled_[4])
+					icmpZone.elements.push_back({ { ip(sharedAddr), quotedPort(as.ports) }, { zone(s.zone) }, {} });
 			} else {
-				slEgress.elements.push_back({ { ip(as.first), port(as.ports) }, { ip(sharedAddr) }, {} });
-				slReturn.elements.push_back({ { ip(sharedAddr), port(as.ports) }, { ip(as.first) }, {} });
+				if (filled_[5])
+					slEgress.elements.push_back({ { ip(as.first), port(as.ports) }, { ip(sharedAddr) }, {} });
+				if (filled_[6])
+					slReturn.elements.push_back({ { ip(sharedAddr), port(as.ports) }, { ip(as.first) }, {} });
 			}
 		}
 	}
 
 	void take(std::vector<Set> &out);
+
+	// In the order of filled_.
+	std::vector<Set *> all() { return { &myPorts, &natPort, &natAddr, &retZone, &icmpZone, &slEgress, &slReturn }; }
+
+private:
+	std::vector<bool> filled_;
 };
 
 void sortElements(Set &s)
@@ -203,7 +224,7 @@ void sortElements(Set &s)
 
 void PortSets::take(std::vector<Set> &out)
 {
-	for (Set *s : { &myPorts, &natPort, &natAddr, &retZone, &icmpZone, &slEgress, &slReturn }) {
+	for (Set *s : all()) {
 		sortElements(*s);
 		out.push_back(std::move(*s));
 	}
@@ -211,7 +232,30 @@ void PortSets::take(std::vector<Set> &out)
 
 } // namespace
 
-TableModel buildModel(const Plan &plan, uint64_t generation)
+bool isPortSet(std::string_view name)
+{
+	for (Set *s : PortSets("-").all())
+		if (s->name == name)
+			return true;
+	return false;
+}
+
+std::vector<Element> portSetElements(const Plan &plan, std::string_view name)
+{
+	PortSets ports(name);
+	for (const plan::PlannedAddress &a : plan.addresses)
+		ports.address(a);
+	for (const PlannedSource &s : plan.sources)
+		ports.source(plan, s, s.assignments);
+	for (Set *s : ports.all())
+		if (s->name == name) {
+			sortElements(*s);
+			return std::move(s->elements);
+		}
+	return {};
+}
+
+TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
 {
 	TableModel m;
 	m.comment = tableComment(plan, generation);
@@ -236,7 +280,7 @@ TableModel buildModel(const Plan &plan, uint64_t generation)
 	m.counters.push_back("guard_other");
 
 	using F = FieldType;
-	PortSets ports;
+	PortSets ports(portElements ? "" : "-");
 	Set shared = makeSet("shared", SetKind::Set, { F::Ipv4 }, {}, false, "type ipv4_addr");
 	Set countAddr = makeSet("count_addr", SetKind::CounterMap, { F::Ipv4 }, {}, false, "type ipv4_addr : counter");
 	for (const plan::PlannedAddress &a : plan.addresses) {

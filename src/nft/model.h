@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "plan/plan.h"
@@ -84,8 +85,13 @@ struct TableModel {
 };
 
 // Plan -> table. The structure (sets, chains, rules) depends only on the
-// uplink and the shapes in use; everything else is elements.
-TableModel buildModel(const plan::Plan &plan, uint64_t generation);
+// uplink and the shapes in use; everything else is elements. Without
+// `portElements` the sets that follow from slices and ports (my_ports, the
+// NAT maps: most of a large table) are left empty, to be filled one at a time
+// with portSetElements.
+TableModel buildModel(const plan::Plan &plan, uint64_t generation, bool portElements = true);
+bool isPortSet(std::string_view name);
+std::vector<Element> portSetElements(const plan::Plan &plan, std::string_view name);
 
 // What a slice move changes in the table: my_ports of the moved address and
 // the NAT maps' elements of its users, as they were and as they are now
