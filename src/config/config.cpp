@@ -2,13 +2,14 @@
 // The TOML loader: toml++ document -> Config, every error with its file, line and column.
 #include "config/config.h"
 
+#include "config/chunks.h"
+
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <set>
-#include <sstream>
 #include <tuple>
 #include <unordered_map>
 #include <unordered_set>
@@ -85,19 +86,29 @@ size_t editDistance(std::string_view a, std::string_view b)
 
 using Keys = std::initializer_list<std::string_view>;
 
-// Builds a Config from a parsed document, collecting every error on the way.
+// The order in which the loader reports errors: by part of the file (the
+// unknown top-level keys in key order), then in file order within a part.
+enum class Phase : uint8_t { TopLevel, Server, Defaults, Conntrack, Datacenters, Servers, Addresses, Sources, Final };
+
+// Builds a Config from a parsed document, or from the chunks of one parsed in
+// file order, collecting every error on the way.
 class Loader {
 public:
 	explicit Loader(std::string file) : file_(std::move(file)) {}
 
+	// The line in the file of line 1 of the chunk being loaded, minus one.
+	void setLineOffset(uint32_t offset) { lineOffset_ = offset; }
+
 	Location at(const toml::source_region &region) const
 	{
-		return Location{ file_, region.begin.line, region.begin.column };
+		uint32_t line = region.begin.line;
+		return Location{ file_, line > 0 ? line + lineOffset_ : 0, region.begin.column };
 	}
 
 	void error(const Location &where, std::string message)
 	{
 		diagnostics_.push_back({ Diagnostic::Severity::Error, where, std::move(message) });
+		ranks_.emplace_back(phase_, topKey_);
 	}
 
 	void error(const toml::source_region &region, std::string message)
@@ -105,31 +116,50 @@ public:
 		error(at(region), std::move(message));
 	}
 
-	std::vector<Diagnostic> take() { return std::move(diagnostics_); }
+	// The diagnostics in the order of a whole-file load, whatever the
+	// order in which the chunks brought them.
+	std::vector<Diagnostic> take()
+	{
+		std::vector<size_t> order(diagnostics_.size());
+		for (size_t i = 0; i < order.size(); i++)
+			order[i] = i;
+		std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return ranks_[a] < ranks_[b]; });
+		std::vector<Diagnostic> out;
+		out.reserve(order.size());
+		for (size_t i : order)
+			out.push_back(std::move(diagnostics_[i]));
+		diagnostics_.clear();
+		ranks_.clear();
+		return out;
+	}
 
 	// Unknown keys are errors: a typo must never be ignored.
 	void checkKeys(const toml::table &table, Keys known, const std::string &context)
 	{
-		for (const auto &[key, node] : table) {
-			std::string_view name = key.str();
-			if (std::find(known.begin(), known.end(), name) != known.end())
-				continue;
-			std::string message = "unknown key '" + std::string(name) + "' in " + context;
-			std::string_view best;
-			size_t bestDistance = 3;
-			for (std::string_view candidate : known) {
-				size_t d = editDistance(name, candidate);
-				if (d < bestDistance) {
-					bestDistance = d;
-					best = candidate;
-				}
+		for (const auto &[key, node] : table)
+			checkKey(key, known, context);
+	}
+
+	void checkKey(const toml::key &key, Keys known, const std::string &context)
+	{
+		std::string_view name = key.str();
+		if (std::find(known.begin(), known.end(), name) != known.end())
+			return;
+		std::string message = "unknown key '" + std::string(name) + "' in " + context;
+		std::string_view best;
+		size_t bestDistance = 3;
+		for (std::string_view candidate : known) {
+			size_t d = editDistance(name, candidate);
+			if (d < bestDistance) {
+				bestDistance = d;
+				best = candidate;
 			}
-			if (!best.empty())
-				message += "; did you mean '" + std::string(best) + "'?";
-			else
-				message += " (known keys: " + joinKeys(known) + ")";
-			error(key.source(), message);
 		}
+		if (!best.empty())
+			message += "; did you mean '" + std::string(best) + "'?";
+		else
+			message += " (known keys: " + joinKeys(known) + ")";
+		error(key.source(), message);
 	}
 
 	static std::string joinKeys(Keys known)
@@ -290,14 +320,26 @@ public:
 		return out;
 	}
 
-	Config load(const toml::table &root)
+	// One chunk: its keys in the order of a whole-file load, which the
+	// chunks allow (splitChunks and fitsOrder): the data centres before the
+	// servers, both and [defaults] before the addresses.
+	void loadChunk(Config &c, const toml::table &root)
 	{
-		Config c;
-		c.file = file_;
-		checkKeys(root, { "server", "defaults", "conntrack", "datacenters", "servers", "addresses", "sources" },
-			  "the top level");
+		phase_ = Phase::TopLevel;
+		for (const auto &[key, node] : root) {
+			// An array of tables spread over chunks is one key.
+			if (!topKeys_.emplace(key.str()).second)
+				continue;
+			topKey_ = key.str();
+			checkKey(key, { "server", "defaults", "conntrack", "datacenters", "servers", "addresses", "sources" },
+				 "the top level");
+		}
+		topKey_.clear();
 
-		if (const auto *server = table(require(root, "server", "the file"), "server")) {
+		phase_ = Phase::Server;
+		const toml::node *serverNode = root.get("server");
+		serverSeen_ = serverSeen_ || serverNode;
+		if (const auto *server = table(serverNode, "server")) {
 			checkKeys(*server, { "name", "uplink" }, "[server]");
 			c.serverWhere = at(server->source());
 			if (auto n = string(require(*server, "name", "[server]"), "name")) {
@@ -308,6 +350,7 @@ public:
 				c.uplink = *u;
 		}
 
+		phase_ = Phase::Defaults;
 		if (const auto *defaults = table(root.get("defaults"), "defaults")) {
 			checkKeys(*defaults, { "port_range", "slice_size" }, "[defaults]");
 			if (const auto *n = defaults->get("port_range"))
@@ -322,6 +365,7 @@ public:
 					      std::to_string(c.defaultPortRange.size()) + " ports)");
 		}
 
+		phase_ = Phase::Conntrack;
 		if (const auto *ct = table(root.get("conntrack"), "conntrack")) {
 			checkKeys(*ct, { "max", "buckets", "tcp_timeout_established", "tcp_timeout_time_wait",
 					 "udp_timeout", "udp_timeout_stream" },
@@ -339,15 +383,28 @@ public:
 			c.conntrack.udpStream = u32("udp_timeout_stream");
 		}
 
+		phase_ = Phase::Datacenters;
 		forEachTable(root, "datacenters", [&](const toml::table &t) { loadDatacenter(c, t); });
+		phase_ = Phase::Servers;
 		forEachTable(root, "servers", [&](const toml::table &t) { loadServer(c, t); });
+		phase_ = Phase::Addresses;
 		forEachTable(root, "addresses", [&](const toml::table &t) { loadAddress(c, t); });
+		phase_ = Phase::Sources;
 		forEachTable(root, "sources", [&](const toml::table &t) { loadSource(c, t); });
+	}
 
+	// After the last chunk: what needs the whole file.
+	void finish(Config &c)
+	{
+		if (!serverSeen_) {
+			phase_ = Phase::Server;
+			// Where a whole-file load reports it: the document's 1:1.
+			error(Location{ file_, 1, 1 }, "the file lacks required key 'server'");
+		}
+		phase_ = Phase::Final;
 		if (!c.serverName.empty() && !c.findServer(c.serverName) && !c.servers.empty())
 			error(serverNameWhere_, "[server] name '" + c.serverName +
 							"' is not one of [[servers]]" + knownNames(c.servers));
-		return c;
 	}
 
 	template<class T>
@@ -651,8 +708,15 @@ public:
 
 private:
 	std::string file_;
+	uint32_t lineOffset_ = 0;
 	Location serverNameWhere_;
+	bool serverSeen_ = false;
 	std::vector<Diagnostic> diagnostics_;
+	// Per diagnostic, where a whole-file load would report it (see take()).
+	Phase phase_ = Phase::TopLevel;
+	std::string topKey_;
+	std::vector<std::pair<Phase, std::string>> ranks_;
+	std::unordered_set<std::string> topKeys_;
 	// What the duplicate checks look up, so that loading stays linear.
 	std::unordered_set<std::string> serverNames_;
 	std::unordered_set<uint32_t> addressesSeen_;
@@ -686,37 +750,125 @@ std::vector<Diagnostic> validate(const Config &config)
 	return out;
 }
 
-LoadResult loadString(std::string_view text, const std::string &name)
+namespace {
+
+// Whether the keys of the chunks, with `preamble` (what the first chunk defines
+// before its first header) in the first, come in an order in which loading
+// the chunks one by one sees what a whole-file load sees: no data centre after
+// a server or an address, no server after an address, [defaults] before the
+// addresses (Loader::loadChunk takes the keys of one chunk in that order).
+bool fitsOrder(const std::vector<Chunk> &chunks, const std::vector<std::string> &preamble)
 {
+	constexpr size_t kNone = SIZE_MAX;
+	std::map<std::string_view, std::pair<size_t, size_t>> seen; // key -> first and last chunk
+	auto note = [&](std::string_view key, size_t chunk) {
+		auto [it, inserted] = seen.emplace(key, std::make_pair(chunk, chunk));
+		if (!inserted)
+			it->second.second = chunk;
+	};
+	for (const std::string &k : preamble)
+		note(k, 0);
+	for (size_t i = 0; i < chunks.size(); i++)
+		for (const std::string &k : chunks[i].keys)
+			note(k, i);
+	auto first = [&](std::string_view k) { auto it = seen.find(k); return it == seen.end() ? kNone : it->second.first; };
+	auto last = [&](std::string_view k) { auto it = seen.find(k); return it == seen.end() ? 0 : it->second.second; };
+	const std::pair<const char *, const char *> kBefore[] = {
+		{ "datacenters", "servers" }, { "datacenters", "addresses" }, { "servers", "addresses" }, { "defaults", "addresses" }
+	};
+	for (const auto &[before, after] : kBefore)
+		if (first(after) != kNone && last(before) > first(after))
+			return false;
+	return true;
+}
+
+// Loads the chunks in file order. nullopt: the chunked load cannot promise the
+// whole-file result (a syntax error, which toml++ must report as it does on
+// the whole text, or keys the chunk was not expected to hold); the caller
+// loads the text as one chunk, which always gives a result.
+std::optional<LoadResult> loadChunks(const std::vector<Chunk> &chunks, const std::string &name)
+{
+	const bool whole = chunks.size() == 1;
 	LoadResult result;
 	Loader loader(name);
-	toml::table root;
-	try {
-		root = toml::parse(text, name);
-	} catch (const toml::parse_error &e) {
-		loader.error(e.source(), std::string(e.description()));
-		result.diagnostics = loader.take();
-		return result;
+	Config config;
+	config.file = name;
+	for (size_t i = 0; i < chunks.size(); i++) {
+		toml::table root;
+		try {
+			root = toml::parse(chunks[i].text, name);
+		} catch (const toml::parse_error &e) {
+			if (!whole)
+				return std::nullopt;
+			loader.error(e.source(), std::string(e.description()));
+			result.diagnostics = loader.take();
+			return result;
+		}
+		if (!whole) {
+			const std::vector<std::string> &keys = chunks[i].keys;
+			std::vector<std::string> preamble;
+			for (const auto &[key, node] : root) {
+				if (std::find(keys.begin(), keys.end(), key.str()) != keys.end())
+					continue;
+				if (i > 0)
+					return std::nullopt; // the scanner missed a header
+				preamble.emplace_back(key.str());
+			}
+			if (i == 0) {
+				// A key defined before the first header may not be
+				// given again by a header of a later chunk.
+				for (size_t j = 1; j < chunks.size(); j++)
+					for (const std::string &k : chunks[j].keys)
+						if (std::find(preamble.begin(), preamble.end(), k) != preamble.end())
+							return std::nullopt;
+				if (!fitsOrder(chunks, preamble))
+					return std::nullopt;
+			}
+		}
+		loader.setLineOffset(chunks[i].firstLine - 1);
+		loader.loadChunk(config, root);
 	}
-	Config config = loader.load(root);
+	loader.finish(config);
+	result.chunks = chunks.size();
 	result.diagnostics = loader.take();
 	if (!hasErrors(result.diagnostics))
 		result.config = std::move(config);
 	return result;
 }
 
+} // namespace
+
+LoadResult loadString(std::string_view text, const std::string &name, size_t chunkBytes)
+{
+	// Chunks keep toml++'s document (about 20 times the text) to one chunk
+	// at a time: docs/performance.md, "Memory".
+	if (auto chunks = splitChunks(text, chunkBytes); chunks && chunks->size() > 1)
+		if (auto result = loadChunks(*chunks, name))
+			return std::move(*result);
+	return std::move(*loadChunks({ Chunk{ text, 1, {} } }, name));
+}
+
 LoadResult loadFile(const std::string &path)
 {
 	std::ifstream in(path, std::ios::binary);
-	if (!in) {
+	std::string text;
+	if (in) {
+		in.seekg(0, std::ios::end);
+		std::streamoff size = in.tellg();
+		in.seekg(0, std::ios::beg);
+		if (size > 0) {
+			text.resize(static_cast<size_t>(size));
+			in.read(text.data(), size);
+			text.resize(static_cast<size_t>(in.gcount()));
+		}
+	}
+	if (!in && !in.eof()) {
 		LoadResult result;
 		result.diagnostics.push_back({ Diagnostic::Severity::Error, Location{ path, 0, 0 },
 					       "cannot open config file: " + std::string(std::strerror(errno)) });
 		return result;
 	}
-	std::stringstream buffer;
-	buffer << in.rdbuf();
-	return loadString(buffer.str(), path);
+	return loadString(text, path);
 }
 
 } // namespace portslice::config

@@ -2,6 +2,7 @@
 // The validated fleet configuration of SPEC §1: plain structs, no toml++ type leaks out of this module.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -136,14 +137,21 @@ struct Config {
 struct LoadResult {
 	std::optional<Config> config; // set only when there is no error
 	std::vector<Diagnostic> diagnostics;
+	size_t chunks = 1; // how many pieces toml++ parsed the text in (see loadString)
 	bool ok() const { return config.has_value(); }
 };
 
 // Parse and validate a file. Every error of the file is reported, not just the
 // first. The fleet-wide rules are checked here; the rules that depend on which
 // server plans (stateless blocks fitting its share) are checked by the planner.
+//
+// A big file is parsed in chunks of about `chunkBytes`, cut at its top-level
+// table headers, so that toml++'s document of the whole file never exists at
+// once; the result, diagnostics included, is the same as with one chunk
+// (which the loader falls back to whenever it cannot be sure of that).
+inline constexpr size_t kChunkBytes = 256 * 1024;
 LoadResult loadFile(const std::string &path);
-LoadResult loadString(std::string_view text, const std::string &name);
+LoadResult loadString(std::string_view text, const std::string &name, size_t chunkBytes = kChunkBytes);
 
 // The fleet-wide rules on an already built Config (after an orchestration
 // overlay such as SetSliceOwner): owners known, no slice beyond the range.

@@ -125,6 +125,17 @@ const ErrorCase kCases[] = {
 	  "needs one or more of" },
 };
 
+TEST_P(ConfigErrors, AreTheSameWhenTheFileIsLoadedInChunks)
+{
+	// A chunk at every top-level header: the diagnostics of one document.
+	const ErrorCase &c = GetParam();
+	auto whole = loadString(c.text, "fleet.toml", SIZE_MAX);
+	auto chunked = loadString(c.text, "fleet.toml", 1);
+	ASSERT_EQ(chunked.diagnostics.size(), whole.diagnostics.size()) << c.description;
+	for (size_t i = 0; i < whole.diagnostics.size(); i++)
+		EXPECT_EQ(chunked.diagnostics[i].str(), whole.diagnostics[i].str()) << c.description;
+}
+
 INSTANTIATE_TEST_SUITE_P(Spec, ConfigErrors, testing::ValuesIn(kCases));
 
 TEST(Config, ReportsEveryErrorOfAFileNotJustTheFirst)

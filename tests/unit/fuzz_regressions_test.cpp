@@ -52,6 +52,12 @@ std::vector<std::string> errors(const std::string &text)
 	for (const Diagnostic &d : loadString(text, "test.toml").diagnostics)
 		if (d.severity == Diagnostic::Severity::Error)
 			out.push_back(d.str());
+	// The same, in the same order, from a load in chunks (one per [[sources]]).
+	std::vector<std::string> chunked;
+	for (const Diagnostic &d : loadString(text, "test.toml", 1).diagnostics)
+		if (d.severity == Diagnostic::Severity::Error)
+			chunked.push_back(d.str());
+	EXPECT_EQ(chunked, out);
 	return out;
 }
 
