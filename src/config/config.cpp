@@ -290,6 +290,23 @@ public:
 		return out;
 	}
 
+	// The compact form of a sliceMap, naming servers from one table for all
+	// the addresses (the servers are all loaded before the addresses).
+	SliceOwners owners(const Config &c, const std::map<uint32_t, std::string> &slices)
+	{
+		if (!serverTable_ || serverTable_->size() != c.servers.size()) {
+			auto names = std::make_shared<SliceOwners::Names>();
+			for (const Server &s : c.servers)
+				names->push_back(s.name);
+			serverTable_ = std::move(names);
+		}
+		SliceOwners out(serverTable_);
+		out.reserve(slices.size());
+		for (const auto &[index, server] : slices)
+			out.emplace(index, server);
+		return out;
+	}
+
 	// `slices` and `previous`: server -> index or [indices].
 	std::map<uint32_t, std::string> sliceMap(const toml::table &t, std::string_view key,
 						 std::map<uint32_t, toml::source_region> &where)
@@ -525,11 +542,11 @@ public:
 		std::map<uint32_t, toml::source_region> sliceWhere;
 		if (sliceTable) {
 			a.slicesWhere = at(sliceTable->source());
-			a.owners = sliceMap(*sliceTable, "slices", sliceWhere);
+			a.owners = owners(c, sliceMap(*sliceTable, "slices", sliceWhere));
 		}
 		std::map<uint32_t, toml::source_region> previousWhere;
 		if (const auto *prev = table(t.get("previous"), "previous"))
-			a.previous = sliceMap(*prev, "previous", previousWhere);
+			a.previous = owners(c, sliceMap(*prev, "previous", previousWhere));
 		if (!address || !dc)
 			return;
 		a.address = *address;
@@ -719,6 +736,7 @@ private:
 	std::unordered_set<std::string> topKeys_;
 	// What the duplicate checks look up, so that loading stays linear.
 	std::unordered_set<std::string> serverNames_;
+	std::shared_ptr<const SliceOwners::Names> serverTable_;
 	std::unordered_set<uint32_t> addressesSeen_;
 	// Name, zone, match, first inside address of a stateless prefix -> the
 	// sources that have it (indices into Config::sources).

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/net.h"
+#include "config/slice_owners.h"
 
 namespace portslice::config {
 
@@ -63,10 +64,10 @@ struct Address {
 	uint32_t sliceSize = 2048;
 	// slice index -> server name. Kept per slice so that a SetSliceOwner
 	// overlay is a single assignment.
-	std::map<uint32_t, std::string> owners;
+	SliceOwners owners;
 	// slice index -> server that owned it before a handover still draining
 	// (key `previous`, same shape as `slices`).
-	std::map<uint32_t, std::string> previous;
+	SliceOwners previous;
 	Location where;
 	Location slicesWhere;
 

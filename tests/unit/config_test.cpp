@@ -2,6 +2,11 @@
 // Every error class of SPEC §1, each reported at its file, line and column.
 #include <gtest/gtest.h>
 
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "config/config.h"
 
 using portslice::config::Diagnostic;
@@ -161,6 +166,70 @@ TEST(Config, LoadsAValidFleetWithDefaultsAndOverrides)
 	EXPECT_EQ(a.portRange.hi, 19999);
 	EXPECT_EQ(a.sliceCount(), 10u);
 	EXPECT_EQ(a.owners.at(1), "s2");
+}
+
+} // namespace
+
+namespace {
+
+using portslice::config::SliceOwners;
+
+TEST(SliceOwners, ReadsLikeAMapOfSliceToServerInSliceOrder)
+{
+	SliceOwners o{ { 5, "s2" }, { 1, "s1" }, { 3, "s2" } };
+	ASSERT_EQ(o.size(), 3u);
+	std::vector<std::pair<uint32_t, std::string>> seen;
+	for (const auto &[slice, server] : o)
+		seen.emplace_back(slice, server);
+	EXPECT_EQ(seen, (std::vector<std::pair<uint32_t, std::string>>{ { 1, "s1" }, { 3, "s2" }, { 5, "s2" } }));
+	auto it = o.find(3);
+	ASSERT_NE(it, o.end());
+	EXPECT_EQ(it->first, 3u);
+	EXPECT_EQ(it->second, "s2");
+	EXPECT_EQ(o.find(4), o.end());
+	EXPECT_EQ(o.count(5), 1u);
+	EXPECT_EQ(o.count(0), 0u);
+	EXPECT_EQ(o.at(1), "s1");
+	EXPECT_THROW((void)o.at(2), std::out_of_range);
+}
+
+TEST(SliceOwners, AssignsInsertsAndErasesLikeAMap)
+{
+	SliceOwners o;
+	o[7] = "s3";
+	o[2] = std::string("s1");
+	o[7] = "s1"; // overwrite
+	EXPECT_TRUE(o[7] == "s1");
+	EXPECT_TRUE(o[2] != std::string("s3"));
+	EXPECT_EQ(o.size(), 2u);
+	auto [where, inserted] = o.emplace(2, "s9");
+	EXPECT_FALSE(inserted);
+	EXPECT_EQ(where->second, "s1");
+	EXPECT_EQ(o.erase(2), 1u);
+	EXPECT_EQ(o.erase(2), 0u);
+	EXPECT_EQ(o, (SliceOwners{ { 7, "s1" } }));
+	// Like std::map, reading an absent slice through [] gives it "".
+	EXPECT_TRUE(o[9] == "");
+	EXPECT_EQ(o.size(), 2u);
+}
+
+TEST(SliceOwners, CopiesOfALoadedConfigChangeIndependently)
+{
+	auto result = loadString(kHead + kAddress, "f.toml");
+	ASSERT_TRUE(result.ok());
+	portslice::config::Config copy = *result.config;
+	SliceOwners &mine = copy.addresses[0].owners;
+	mine[0] = "s2";
+	mine[5] = "s-new"; // a name the shared table lacks
+	const SliceOwners &theirs = result.config->addresses[0].owners;
+	EXPECT_EQ(theirs.at(0), "s1");
+	EXPECT_EQ(theirs.count(5), 0u);
+	EXPECT_EQ(mine.at(0), "s2");
+	EXPECT_EQ(mine.at(5), "s-new");
+	EXPECT_FALSE(mine == theirs);
+	mine[0] = "s1";
+	mine.erase(5);
+	EXPECT_EQ(mine, theirs);
 }
 
 } // namespace
