@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 // portsliced: serves org.portslice.Egress1, or `--apply-once` applies the config and exits, `--remove` takes everything out (SPEC §2).
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <string>
@@ -19,7 +21,8 @@ namespace {
 
 int usage()
 {
-	std::cerr << "usage: portsliced [--config FILE] [--state-dir DIR] [--no-xdp | --xdp-pin-dir DIR] [--apply-once | --remove]\n"
+	std::cerr << "usage: portsliced [--config FILE] [--state-dir DIR] [--no-xdp | --xdp-pin-dir DIR] [--drain-seconds N]\n"
+		     "                  [--apply-once | --remove]\n"
 		     "       without --apply-once or --remove: the daemon (D-Bus service org.portslice.Egress1)\n";
 	return 2;
 }
@@ -47,6 +50,7 @@ int main(int argc, char **argv)
 	std::string configFile = "/etc/portslice/portslice.toml";
 	daemon::ApplierOptions options;
 	bool applyOnce = false, remove = false;
+	long drainSeconds = 60;
 	for (int i = 1; i < argc; i++) {
 		std::string a = argv[i];
 		if (a == "--config" && i + 1 < argc)
@@ -57,7 +61,15 @@ int main(int argc, char **argv)
 			options.xdp = false; // NAT only: no forwarder on the uplink
 		else if (a == "--xdp-pin-dir" && i + 1 < argc)
 			options.xdpPinDir = argv[++i]; // bpffs directory of the forwarder's maps and link
-		else if (a == "--apply-once")
+		else if (a == "--drain-seconds" && i + 1 < argc) {
+			// How long the old owner of a slice moved over D-Bus keeps its flows (0: not at all).
+			char *end = nullptr;
+			drainSeconds = std::strtol(argv[++i], &end, 10);
+			if (*end != '\0' || end == argv[i] || drainSeconds < 0 || drainSeconds > 86400) {
+				std::cerr << "portsliced: --drain-seconds wants 0 to 86400\n";
+				return 2;
+			}
+		} else if (a == "--apply-once")
 			applyOnce = true;
 		else if (a == "--remove")
 			remove = true;
@@ -75,7 +87,9 @@ int main(int argc, char **argv)
 	if (!applyOnce && !remove) {
 #ifdef PORTSLICE_HAVE_DBUS
 		daemon::KernelBackend backend(*applier, options.xdp, options.xdpPinDir);
-		return daemon::serve({configFile, options.stateDir}, backend);
+		daemon::ServeOptions serveOptions{configFile, options.stateDir};
+		serveOptions.drain = std::chrono::seconds(drainSeconds);
+		return daemon::serve(serveOptions, backend);
 #else
 		std::cerr << "portsliced: built without D-Bus support (sdbus-c++, libsystemd): "
 			     "only --apply-once and --remove\n";

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// One thread, one poll loop: the bus, signals (signalfd), nftables events and a timer for the periodic drift check.
+// One thread, one poll loop: the bus, signals (signalfd), nftables events and a timer for the drift check and drain deadlines.
 #include "daemon/serve.h"
 
 #include <cerrno>
@@ -133,7 +133,7 @@ int serve(const ServeOptions &options, dbus::Backend &backend)
 	}
 
 	DaemonListener listener;
-	dbus::Service service({options.configPath, options.stateDir}, backend, listener);
+	dbus::Service service({options.configPath, options.stateDir, options.drain, {}}, backend, listener);
 	dbus::BusObject bus(*connection, service);
 	listener.attach(&bus, &service);
 
@@ -200,6 +200,8 @@ int serve(const ServeOptions &options, dbus::Backend &backend)
 			uint64_t expirations;
 			(void)!::read(timer->get(), &expirations, sizeof(expirations));
 			service.repairDrift("periodic check");
+			// A drain deadline passed: the previous owner is dropped (one generation).
+			service.expireDrains();
 		}
 		while (connection->processPendingRequest()) {
 		}

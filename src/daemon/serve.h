@@ -15,6 +15,8 @@ struct ServeOptions {
 	// How often the kernel state is compared with the plan even without an
 	// event (XDP detach has no event; lost netlink events).
 	std::chrono::milliseconds checkInterval{1000};
+	// How long the old owner of a slice moved by SetSliceOwner drains (0: not at all).
+	std::chrono::seconds drain{60};
 };
 
 // Runs until SIGTERM or SIGINT; returns the process exit code.

@@ -86,6 +86,7 @@ Answer<uint64_t> Service::start()
 	if (!persisted)
 		return fail({Fault::InvalidConfig, persisted.error().message()}, true);
 	overlay_ = persisted->overlay;
+	drains_ = persisted->drains;
 	generation_ = std::max(persisted->generation, backend_.appliedGeneration().value_or(0));
 	if (!overlay_.empty())
 		listener_.log("re-applying " + std::to_string(overlay_.size()) + " slice owner change(s) from " +
@@ -101,11 +102,15 @@ Answer<uint64_t> Service::reload()
 	OverlayResult laid = applyOverlay(*loaded.config, overlay_);
 	for (const std::string &why : laid.dropped)
 		listener_.log("dropping persisted slice owner " + why);
+	DrainResult drained = applyDrains(laid.config, drains_, now());
+	for (const std::string &why : drained.dropped)
+		listener_.log("ending " + why);
 	std::vector<config::Diagnostic> errors = config::validate(laid.config);
 	if (config::hasErrors(errors))
 		return fail({Fault::InvalidConfig, errorLines(errors)}, true);
-	bool persist = laid.kept != overlay_;
-	Answer<uint64_t> answer = commit(std::move(laid.config), std::move(laid.kept), persist, Fault::InvalidConfig);
+	bool persist = laid.kept != overlay_ || drained.kept != drains_;
+	Answer<uint64_t> answer = commit(std::move(laid.config), std::move(laid.kept), std::move(drained.kept), persist,
+					 Fault::InvalidConfig);
 	if (answer.ok())
 		file_ = std::move(*loaded.config);
 	return answer;
@@ -143,8 +148,22 @@ Answer<uint64_t> Service::setSliceOwner(std::string_view addressText, uint32_t s
 			     joinNames(known) + ")"}, false);
 	}
 	auto current = address->owners.find(slice);
-	if (current != address->owners.end() && current->second == server)
+	// The old owner drains: the new owner's forwarder sends packets of flows
+	// it has no state for on to it (docs/operations.md "Moving a slice").
+	// Moving again during a drain replaces it; setting the owner the slice
+	// already has ends it now (a dead old owner has nothing to drain).
+	Drains drains = drains_;
+	bool drainEnds = std::erase_if(drains, [&](const SliceDrain &d) { return d.address == *ip && d.slice == slice; });
+	std::optional<std::string> previous; // after the call: the drain's, else the file's
+	bool same = current != address->owners.end() && current->second == server;
+	if (same && !drainEnds)
 		return generation_; // already so: nothing to apply, nothing to persist
+	if (!same && current != address->owners.end() && options_.drain.count() > 0) {
+		setDrain(drains, SliceDrain{*ip, slice, current->second, now() + options_.drain.count()});
+		previous = current->second;
+	} else if (const config::Address *inFile = file_->findAddress(*ip); inFile && inFile->previous.count(slice)) {
+		previous = inFile->previous.at(slice);
+	}
 
 	Overlay overlay = overlay_;
 	// A change the file already says needs no overlay entry: it retires.
@@ -159,19 +178,26 @@ Answer<uint64_t> Service::setSliceOwner(std::string_view addressText, uint32_t s
 		setOverride(overlay, *ip, slice, server);
 
 	auto index = static_cast<uint32_t>(address - config_->addresses.data());
-	if (std::optional<Answer<uint64_t>> moved = moveSlice(index, slice, server, overlay))
-		return *moved;
+	if (!same) {
+		if (std::optional<Answer<uint64_t>> moved = moveSlice(index, slice, server, overlay, drains, previous))
+			return *moved;
+	}
 
 	config::Config next = *config_;
 	next.addresses[index].owners[slice] = server;
+	if (previous)
+		next.addresses[index].previous[slice] = *previous;
+	else
+		next.addresses[index].previous.erase(slice);
 	std::vector<config::Diagnostic> errors = config::validate(next);
 	if (config::hasErrors(errors))
 		return fail({Fault::InvalidArgument, errorLines(errors)}, false);
-	return commit(std::move(next), std::move(overlay), overlay != overlay_, Fault::InvalidArgument, true);
+	bool persist = overlay != overlay_ || drains != drains_;
+	return commit(std::move(next), std::move(overlay), std::move(drains), persist, Fault::InvalidArgument, true);
 }
 
 std::optional<Answer<uint64_t>> Service::moveSlice(uint32_t address, uint32_t slice, const std::string &server,
-						    Overlay overlay)
+						    Overlay overlay, Drains drains, const std::optional<std::string> &previous)
 {
 	if (!plan_ || state_ != State::Applied)
 		return std::nullopt;
@@ -184,14 +210,12 @@ std::optional<Answer<uint64_t>> Service::moveSlice(uint32_t address, uint32_t sl
 		return plan::kNoServer;
 	};
 	config::Address &a = config_->addresses[address];
-	auto previous = a.previous.find(slice);
-	std::optional<plan::SliceMove> move =
-		plan::moveSlice(*plan_, address, slice, serverIndex(server),
-				previous == a.previous.end() ? plan::kNoServer : serverIndex(previous->second));
+	std::optional<plan::SliceMove> move = plan::moveSlice(*plan_, address, slice, serverIndex(server),
+							      previous ? serverIndex(*previous) : plan::kNoServer);
 	if (!move)
 		return std::nullopt; // candidates change: plan the fleet anew
 	Clock::time_point t1 = Clock::now();
-	if (Status saved = store_.save({overlay, generation_ + 1}); !saved) {
+	if (Status saved = store_.save({overlay, generation_ + 1, drains}); !saved) {
 		plan::undoMove(*plan_, std::move(*move));
 		return fail({Fault::ApplyFailed, saved.error().wrap("keeping the slice owners").message() +
 			     "; nothing was applied"}, false);
@@ -199,7 +223,7 @@ std::optional<Answer<uint64_t>> Service::moveSlice(uint32_t address, uint32_t sl
 	Clock::time_point t2 = Clock::now();
 	if (Status applied = backend_.applyMove(*plan_, *move, generation_ + 1); !applied) {
 		plan::undoMove(*plan_, std::move(*move));
-		if (Status back = store_.save({overlay_, generation_}); !back)
+		if (Status back = store_.save({overlay_, generation_, drains_}); !back)
 			listener_.log("restoring " + store_.path() + ": " + back.error().message());
 		if (Status back = backend_.apply(*plan_, nullptr, generation_); !back)
 			listener_.log("restoring generation " + std::to_string(generation_) + ": " + back.error().message());
@@ -207,7 +231,12 @@ std::optional<Answer<uint64_t>> Service::moveSlice(uint32_t address, uint32_t sl
 	}
 	Clock::time_point t3 = Clock::now();
 	a.owners[slice] = server;
+	if (previous)
+		a.previous[slice] = *previous;
+	else
+		a.previous.erase(slice);
 	overlay_ = std::move(overlay);
+	drains_ = std::move(drains);
 	++generation_;
 	std::vector<std::string> properties{"Generation"};
 	if (!lastError_.empty())
@@ -225,7 +254,32 @@ std::optional<Answer<uint64_t>> Service::moveSlice(uint32_t address, uint32_t sl
 	return generation_;
 }
 
-Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, bool persist, Fault planFault, bool changed)
+int64_t Service::now() const
+{
+	if (options_.clock)
+		return options_.clock();
+	return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+		.count();
+}
+
+void Service::expireDrains()
+{
+	if (!file_ || !config_ || state_ == State::Failed)
+		return;
+	int64_t t = now();
+	if (std::none_of(drains_.begin(), drains_.end(), [&](const SliceDrain &d) { return d.until <= t; }))
+		return;
+	// The file and the owner changes as they are, without the ended drains.
+	OverlayResult laid = applyOverlay(*file_, overlay_);
+	DrainResult drained = applyDrains(laid.config, drains_, t);
+	for (const std::string &why : drained.dropped)
+		listener_.log("ending " + why);
+	(void)commit(std::move(laid.config), std::move(laid.kept), std::move(drained.kept), true, Fault::ApplyFailed,
+		     true);
+}
+
+Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, Drains drains, bool persist, Fault planFault,
+				 bool changed)
 {
 	using Clock = std::chrono::steady_clock;
 	auto ms = [](Clock::time_point from, Clock::time_point to) {
@@ -247,7 +301,7 @@ Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, bool pe
 	// new state on start, never loses a change a caller was told about.
 	persist = persist || !same;
 	if (persist) {
-		if (Status saved = store_.save({overlay, same ? generation_ : generation_ + 1}); !saved)
+		if (Status saved = store_.save({overlay, same ? generation_ : generation_ + 1, drains}); !saved)
 			return fail({Fault::ApplyFailed, saved.error().wrap("keeping the slice owners").message() +
 				     "; nothing was applied"}, false);
 	}
@@ -256,7 +310,7 @@ Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, bool pe
 		Status applied = backend_.apply(*planned.plan, plan_ ? &*plan_ : nullptr, generation_ + 1);
 		if (!applied) {
 			if (persist) {
-				if (Status back = store_.save({overlay_, generation_}); !back)
+				if (Status back = store_.save({overlay_, generation_, drains_}); !back)
 					listener_.log("restoring " + store_.path() + ": " + back.error().message());
 			}
 			// A backend may fail half-way (the table applied, the forwarder
@@ -290,6 +344,7 @@ Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, bool pe
 	plan_ = std::move(planned.plan);
 	config_ = std::move(config);
 	overlay_ = std::move(overlay);
+	drains_ = std::move(drains);
 	if (!same) {
 		listener_.log("applied generation " + std::to_string(generation_) + " (server " + server_ + ", " +
 			      std::to_string(plan_->sources.size()) + " sources, " +

@@ -2,7 +2,9 @@
 // The state behind org.portslice.Egress1: config, overlay, plan, generation; every change validated, applied, announced.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -59,6 +61,11 @@ public:
 	struct Options {
 		std::string configPath;
 		std::string stateDir;
+		// How long the old owner of a slice moved by SetSliceOwner stays its
+		// `previous` (draining) owner; 0: no drain, the move is immediate.
+		std::chrono::seconds drain{60};
+		// Unix time in seconds (the drain deadlines are persisted); empty: the system clock.
+		std::function<int64_t()> clock;
 	};
 
 	Service(Options options, Backend &backend, Listener &listener);
@@ -80,6 +87,9 @@ public:
 	void repairDrift(std::string_view why);
 	// Restore the applied plan in full: `what` says what changed it.
 	void restore(std::string_view what);
+	// Drop the drains whose deadline has passed and apply the plan without
+	// them (a new generation). Called by the daemon's periodic timer.
+	void expireDrains();
 
 	const std::string &server() const { return server_; }
 	uint64_t generation() const { return generation_; }
@@ -87,18 +97,21 @@ public:
 	const std::string &lastError() const { return lastError_; }
 	const plan::Plan *currentPlan() const { return plan_ ? &*plan_ : nullptr; }
 	const Overlay &overlay() const { return overlay_; }
+	const Drains &drains() const { return drains_; }
 
 private:
 	// Plan `config` and apply it incrementally; on success the new state
 	// becomes current and is announced.
 	// `changed`: the caller knows the plan differs (a slice changed owner).
-	Answer<uint64_t> commit(config::Config config, Overlay overlay, bool persist, Fault planFault,
+	Answer<uint64_t> commit(config::Config config, Overlay overlay, Drains drains, bool persist, Fault planFault,
 				bool changed = false);
+	int64_t now() const;
 	// SetSliceOwner without planning the fleet again: the plan follows the
 	// one slice and the backend changes only what that touches. Nothing when
 	// the move needs a full plan (see plan::moveSlice).
+	// `previous`: the slice's previous owner after the move (a drain, or the file's).
 	std::optional<Answer<uint64_t>> moveSlice(uint32_t address, uint32_t slice, const std::string &server,
-						  Overlay overlay);
+						  Overlay overlay, Drains drains, const std::optional<std::string> &previous);
 	Failure fail(Failure failure, bool degrade);
 	void recovered(); // a repair worked: leave the degraded state it caused
 
@@ -111,6 +124,7 @@ private:
 	std::optional<config::Config> config_; // file_ with the overlay laid over it
 	std::optional<plan::Plan> plan_;       // what is applied
 	Overlay overlay_;                      // persisted SetSliceOwner changes
+	Drains drains_;                        // persisted old owners still draining, with their deadlines
 	std::string server_;
 	uint64_t generation_ = 0;
 	bool repairFailed_ = false; // the last drift repair failed: State is degraded because of it

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// The orchestration overlay file: one "ADDRESS SLICE SERVER" line per moved slice, replaced atomically.
+// The orchestration overlay file: one "ADDRESS SLICE SERVER" line per moved slice and one "drain" line per draining old owner, replaced atomically.
 #include "dbus/state_store.h"
 
 #include <algorithm>
@@ -7,6 +7,7 @@
 #include <charconv>
 #include <fcntl.h>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -25,6 +26,47 @@ void setOverride(Overlay &overlay, Ipv4 address, uint32_t slice, const std::stri
 		it->server = server;
 	else
 		overlay.insert(it, OwnerOverride{address, slice, server});
+}
+
+void setDrain(Drains &drains, SliceDrain drain)
+{
+	auto less = [](const SliceDrain &d, std::pair<Ipv4, uint32_t> key) { return std::pair{d.address, d.slice} < key; };
+	auto it = std::lower_bound(drains.begin(), drains.end(), std::pair{drain.address, drain.slice}, less);
+	if (it != drains.end() && it->address == drain.address && it->slice == drain.slice)
+		*it = std::move(drain);
+	else
+		drains.insert(it, std::move(drain));
+}
+
+void clearDrain(Drains &drains, Ipv4 address, uint32_t slice)
+{
+	std::erase_if(drains, [&](const SliceDrain &d) { return d.address == address && d.slice == slice; });
+}
+
+DrainResult applyDrains(config::Config &config, const Drains &drains, int64_t now)
+{
+	DrainResult result;
+	for (const SliceDrain &d : drains) {
+		std::string what = "drain of " + d.address.str() + " slice " + std::to_string(d.slice) + " by " + d.previous;
+		config::Address *address = config.findAddress(d.address);
+		if (d.until <= now)
+			result.dropped.push_back(what + ": its deadline has passed");
+		else if (!address)
+			result.dropped.push_back(what + ": the config no longer has this address");
+		else if (d.slice >= address->sliceCount())
+			result.dropped.push_back(what + ": the address has only " +
+						 std::to_string(address->sliceCount()) + " slices now");
+		else if (!config.findServer(d.previous))
+			result.dropped.push_back(what + ": the config no longer has this server");
+		else if (auto owner = address->owners.find(d.slice);
+			 owner != address->owners.end() && owner->second == d.previous)
+			result.dropped.push_back(what + ": it owns the slice again");
+		else {
+			address->previous[d.slice] = d.previous;
+			result.kept.push_back(d);
+		}
+	}
+	return result;
 }
 
 OverlayResult applyOverlay(const config::Config &file, const Overlay &overlay)
@@ -57,6 +99,23 @@ OverlayResult applyOverlay(const config::Config &file, const Overlay &overlay)
 	return result;
 }
 
+namespace {
+
+template<class T>
+std::optional<T> wholeNumber(const std::string &text)
+{
+	T value{};
+	auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+	if (text.empty() || ec != std::errc() || end != text.data() + text.size())
+		return std::nullopt;
+	return value;
+}
+
+std::optional<uint32_t> number32(const std::string &text) { return wholeNumber<uint32_t>(text); }
+std::optional<int64_t> number64(const std::string &text) { return wholeNumber<int64_t>(text); }
+
+} // namespace
+
 Result<Persisted> StateStore::load() const
 {
 	std::ifstream in(path());
@@ -74,6 +133,21 @@ Result<Persisted> StateStore::load() const
 		std::istringstream words(line);
 		std::string address, slice, server, extra;
 		words >> address >> slice >> server >> extra;
+		if (address == "drain") {
+			// drain ADDRESS SLICE PREVIOUS UNTIL
+			std::vector<std::string> w;
+			std::istringstream all(line);
+			for (std::string word; all >> word;)
+				w.push_back(word);
+			auto ip = w.size() == 5 ? Ipv4::parse(w[1]) : std::nullopt;
+			std::optional<uint32_t> index = ip ? number32(w[2]) : std::nullopt;
+			std::optional<int64_t> until = ip ? number64(w[4]) : std::nullopt;
+			if (!ip || !index || !until)
+				return Error(path() + ":" + std::to_string(number) +
+					     ": expected \"drain ADDRESS SLICE PREVIOUS UNTIL\"; fix or delete the line, then restart");
+			setDrain(state.drains, SliceDrain{*ip, *index, w[3], *until});
+			continue;
+		}
 		if (address == "generation" && server.empty()) {
 			auto [end, ec] = std::from_chars(slice.data(), slice.data() + slice.size(), state.generation);
 			if (ec == std::errc() && end == slice.data() + slice.size())
@@ -112,10 +186,15 @@ Status writeAll(int fd, const std::string &text, const std::string &what)
 Status StateStore::save(const Persisted &state) const
 {
 	std::string text = "# portsliced: slice owners set over D-Bus (SetSliceOwner), laid over the config file.\n"
-			   "# ADDRESS SLICE SERVER. Written by the daemon; edit only while it is stopped.\n"
+			   "# ADDRESS SLICE SERVER; drain ADDRESS SLICE PREVIOUS UNTIL (Unix time). Written by the daemon;"
+			   " edit only while it is stopped.\n"
 			   "generation " + std::to_string(state.generation) + "\n";
 	for (const OwnerOverride &o : state.overlay)
 		text += o.address.str() + " " + std::to_string(o.slice) + " " + o.server + "\n";
+	// drain ADDRESS SLICE PREVIOUS UNTIL: the old owner drains until Unix time UNTIL.
+	for (const SliceDrain &d : state.drains)
+		text += "drain " + d.address.str() + " " + std::to_string(d.slice) + " " + d.previous + " " +
+			std::to_string(d.until) + "\n";
 
 	if (::mkdir(dir_.c_str(), 0700) < 0 && errno != EEXIST)
 		return Error(errno, "creating state directory " + dir_);

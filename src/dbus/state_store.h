@@ -30,6 +30,35 @@ struct OverlayResult {
 	std::vector<std::string> dropped;  // why each other entry was dropped, for the log
 };
 
+// A slice that moved away from `previous` over D-Bus: until `until` (Unix
+// time, seconds) the plan names `previous` as the slice's draining previous
+// owner, so flows it opened before the move finish (docs/operations.md).
+struct SliceDrain {
+	Ipv4 address;
+	uint32_t slice = 0;
+	std::string previous;
+	int64_t until = 0;
+	auto operator<=>(const SliceDrain &) const = default;
+};
+
+using Drains = std::vector<SliceDrain>; // sorted by (address, slice), unique
+
+// Set or replace the drain of (drain.address, drain.slice), keeping `drains` sorted.
+void setDrain(Drains &drains, SliceDrain drain);
+// Forget the drain of (address, slice), if any.
+void clearDrain(Drains &drains, Ipv4 address, uint32_t slice);
+
+struct DrainResult {
+	Drains kept;                       // still draining, laid over the config
+	std::vector<std::string> dropped;  // why each other entry was dropped, for the log
+};
+
+// Name each drain's previous owner as `previous` of its slice in `config`
+// (over what the file says). Drains whose deadline is not after `now`, or
+// that name an address, slice or server the config no longer has, or whose
+// previous owner owns the slice again, are dropped.
+DrainResult applyDrains(config::Config &config, const Drains &drains, int64_t now);
+
 // Lay the overlay over a config from the file. Entries that name an address,
 // slice or server the file no longer has are dropped (the file is the
 // operator's word); entries the file now agrees with are retired.
@@ -41,6 +70,7 @@ OverlayResult applyOverlay(const config::Config &file, const Overlay &overlay);
 struct Persisted {
 	Overlay overlay;
 	uint64_t generation = 0;
+	Drains drains;
 	bool operator==(const Persisted &) const = default;
 };
 

@@ -2,6 +2,7 @@
 // The service state machine with a recording backend: validation first, one generation per change, persistence, drift.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -129,9 +130,10 @@ protected:
 	void writeConfig(const std::string &text) { std::ofstream(configPath()) << text; }
 	std::string configPath() const { return (dir_ / "portslice.toml").string(); }
 	std::string stateDir() const { return (dir_ / "state").string(); }
-	std::unique_ptr<Service> makeService()
+	std::unique_ptr<Service> makeService(std::chrono::seconds drain = std::chrono::seconds(60))
 	{
-		return std::make_unique<Service>(Service::Options{configPath(), stateDir()}, backend_, listener_);
+		return std::make_unique<Service>(Service::Options{configPath(), stateDir(), drain, [this] { return now_; }},
+						 backend_, listener_);
 	}
 	std::string stateFile() const
 	{
@@ -142,6 +144,7 @@ protected:
 	}
 
 	fs::path dir_;
+	int64_t now_ = 1'700'000'000; // Unix time the service sees
 	RecordingBackend backend_;
 	RecordingListener listener_;
 };
@@ -279,9 +282,105 @@ TEST_F(ServiceTest, AnOwnerChangeRetiresWhenTheFileSaysTheSame)
 	writeConfig(updated);
 	ASSERT_TRUE(service->reload().ok());
 	EXPECT_TRUE(service->overlay().empty());
-	EXPECT_EQ(stateFile().find("198.51.100.1"), std::string::npos);
+	EXPECT_EQ(stateFile().find("198.51.100.1 1 s1"), std::string::npos) << stateFile();
+	// The old owner still drains until its deadline, whoever said the move.
+	EXPECT_NE(stateFile().find("drain 198.51.100.1 1 s2 "), std::string::npos) << stateFile();
 	// The file changed but the plan did not: no new generation.
 	EXPECT_EQ(service->generation(), 2u);
+}
+
+int32_t previousOf(const Service &service, uint32_t slice)
+{
+	return service.currentPlan()->addresses.at(0).previous.at(slice);
+}
+
+TEST_F(ServiceTest, TheOldOwnerDrainsTheMovedSliceUntilItsDeadlineThenANewGenerationDropsIt)
+{
+	auto service = makeService();
+	ASSERT_TRUE(service->start().ok());
+	ASSERT_TRUE(service->setSliceOwner("198.51.100.1", 1, "s1").ok());
+	EXPECT_EQ(previousOf(*service, 1), 1); // s2, index 1 of [[servers]]
+	EXPECT_EQ(previousOf(*service, 0), plan::kNoServer);
+	ASSERT_EQ(service->drains().size(), 1u);
+	EXPECT_EQ(service->drains()[0].until, now_ + 60);
+	EXPECT_NE(stateFile().find("drain 198.51.100.1 1 s2 " + std::to_string(now_ + 60) + "\n"), std::string::npos)
+		<< stateFile();
+
+	now_ += 59;
+	service->expireDrains();
+	EXPECT_EQ(service->generation(), 2u);
+	EXPECT_EQ(backend_.calls.size(), 2u);
+
+	now_ += 1;
+	service->expireDrains();
+	EXPECT_EQ(service->generation(), 3u);
+	ASSERT_EQ(backend_.calls.size(), 3u);
+	EXPECT_TRUE(backend_.calls[2].incremental);
+	EXPECT_EQ(backend_.calls[2].mySlices, (std::vector<uint32_t>{0, 1}));
+	EXPECT_EQ(previousOf(*service, 1), plan::kNoServer);
+	EXPECT_TRUE(service->drains().empty());
+	EXPECT_EQ(stateFile().find("\ndrain "), std::string::npos) << stateFile();
+	EXPECT_NE(stateFile().find("198.51.100.1 1 s1\n"), std::string::npos) << stateFile();
+	EXPECT_EQ(listener_.applieds.back(), 3u);
+}
+
+TEST_F(ServiceTest, ADrainSurvivesARestartUntilItsDeadlineAndEndsOnStartAfterIt)
+{
+	auto service = makeService();
+	ASSERT_TRUE(service->start().ok());
+	ASSERT_TRUE(service->setSliceOwner("198.51.100.1", 1, "s1").ok());
+
+	now_ += 30;
+	auto restarted = makeService();
+	ASSERT_TRUE(restarted->start().ok());
+	EXPECT_EQ(previousOf(*restarted, 1), 1);
+
+	now_ += 30;
+	auto late = makeService();
+	ASSERT_TRUE(late->start().ok());
+	EXPECT_EQ(previousOf(*late, 1), plan::kNoServer);
+	EXPECT_EQ(late->currentPlan()->addresses.at(0).mySlices, (std::vector<uint32_t>{0, 1}));
+	EXPECT_EQ(stateFile().find("\ndrain "), std::string::npos) << stateFile();
+}
+
+TEST_F(ServiceTest, MovingTheSliceAgainDuringADrainReplacesIt)
+{
+	auto service = makeService();
+	ASSERT_TRUE(service->start().ok());
+	ASSERT_TRUE(service->setSliceOwner("198.51.100.1", 1, "s1").ok());
+	now_ += 10;
+	ASSERT_TRUE(service->setSliceOwner("198.51.100.1", 1, "s3").ok());
+	ASSERT_EQ(service->drains().size(), 1u);
+	EXPECT_EQ(service->drains()[0].previous, "s1");
+	EXPECT_EQ(service->drains()[0].until, now_ + 60);
+	EXPECT_EQ(previousOf(*service, 1), 0);
+}
+
+TEST_F(ServiceTest, SettingTheSameOwnerAgainEndsTheDrainAtOnce)
+{
+	auto service = makeService();
+	ASSERT_TRUE(service->start().ok());
+	ASSERT_TRUE(service->setSliceOwner("198.51.100.1", 1, "s1").ok());
+	Answer<uint64_t> ended = service->setSliceOwner("198.51.100.1", 1, "s1");
+	ASSERT_TRUE(ended.ok()) << ended.failure().message;
+	EXPECT_EQ(ended.value(), 3u);
+	EXPECT_EQ(previousOf(*service, 1), plan::kNoServer);
+	EXPECT_TRUE(service->drains().empty());
+	EXPECT_EQ(stateFile().find("\ndrain "), std::string::npos) << stateFile();
+	EXPECT_EQ(service->overlay().size(), 1u);
+	// Without a drain it is the no-op it always was.
+	EXPECT_EQ(service->setSliceOwner("198.51.100.1", 1, "s1").value(), 3u);
+	EXPECT_EQ(backend_.calls.size(), 3u);
+}
+
+TEST_F(ServiceTest, NoDrainMovesAtOnceAsBefore)
+{
+	auto service = makeService(std::chrono::seconds(0));
+	ASSERT_TRUE(service->start().ok());
+	ASSERT_TRUE(service->setSliceOwner("198.51.100.1", 1, "s1").ok());
+	EXPECT_EQ(previousOf(*service, 1), plan::kNoServer);
+	EXPECT_TRUE(service->drains().empty());
+	EXPECT_EQ(stateFile().find("\ndrain "), std::string::npos) << stateFile();
 }
 
 TEST_F(ServiceTest, SettingTheOwnerTheFileAlreadyHasIsANoOp)
@@ -365,6 +464,19 @@ TEST(StateStore, KeepsOwnersAcrossSaveAndLoad)
 	EXPECT_EQ(loaded->generation, 17u);
 	EXPECT_EQ(loaded->overlay[0].server, "s2");
 	EXPECT_FALSE(fs::exists(store.path() + ".tmp"));
+
+	// Drains: old owner and deadline, sorted by address and slice.
+	Persisted withDrains{overlay, 18, {}};
+	setDrain(withDrains.drains, {*Ipv4::parse("198.51.100.2"), 7, "s1", 1'700'000'060});
+	setDrain(withDrains.drains, {*Ipv4::parse("198.51.100.1"), 1, "s3", 1'700'000'000});
+	setDrain(withDrains.drains, {*Ipv4::parse("198.51.100.1"), 1, "s2", 1'700'000'001});
+	ASSERT_EQ(withDrains.drains.size(), 2u);
+	ASSERT_TRUE(store.save(withDrains).ok());
+	Result<Persisted> reloaded = store.load();
+	ASSERT_TRUE(reloaded.ok()) << reloaded.error().message();
+	EXPECT_EQ(*reloaded, withDrains);
+	EXPECT_EQ(reloaded->drains[0].previous, "s2");
+	ASSERT_TRUE(store.save({overlay, 17}).ok());
 
 	std::ofstream(store.path(), std::ios::app) << "198.51.100.3 x s1\n";
 	Result<Persisted> damaged = store.load();
