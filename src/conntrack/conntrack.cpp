@@ -2,6 +2,7 @@
 // libnetfilter_conntrack dump + delete of moved-away NAT entries, and /proc/sys tuning with a saved copy of the old values.
 #include "conntrack/conntrack.h"
 
+#include <algorithm>
 #include <arpa/inet.h>
 #include <cerrno>
 #include <filesystem>
@@ -152,20 +153,32 @@ Status restore(const std::string &stateDir)
 	return storeSaved(stateDir, {});
 }
 
-Result<size_t> deleteMovedAway(const plan::Plan &plan)
+namespace {
+
+// Dump the NAT entries of the plan's shared addresses: those on slices this
+// server drains go to `draining` (if given), those outside the ports it still
+// sends from to `doomed` (if given).
+Status scan(const plan::Plan &plan, std::vector<DrainingFlow> *draining, std::vector<NfConntrack> *doomed)
 {
-	// address (network order) -> the port runs of this server on it.
-	std::map<uint32_t, const plan::PlannedAddress *> shared;
+	// address (network order) -> the address, and the ports this server still
+	// sends from: its slices and those it drains as previous owner.
+	struct Shared {
+		const plan::PlannedAddress *address;
+		std::vector<config::PortRange> keep;
+	};
+	std::map<uint32_t, Shared> shared;
 	for (const plan::PlannedAddress &a : plan.addresses)
-		shared[a.address.networkOrder()] = &a;
+		shared[a.address.networkOrder()] = Shared{&a, a.guardRuns(plan.serverIndex)};
 
 	NfctHandle dump(nfct_open(CONNTRACK, 0));
 	if (!dump)
 		return Error(errno, "opening conntrack");
 	struct Ctx {
-		const std::map<uint32_t, const plan::PlannedAddress *> *shared;
-		std::vector<NfConntrack> doomed;
-	} ctx{&shared, {}};
+		const std::map<uint32_t, Shared> *shared;
+		uint32_t self;
+		std::vector<NfConntrack> *doomed;
+		std::vector<DrainingFlow> *draining;
+	} ctx{&shared, plan.serverIndex, doomed, draining};
 
 	auto cb = [](enum nf_conntrack_msg_type, struct nf_conntrack *ct, void *data) -> int {
 		auto *c = static_cast<Ctx *>(data);
@@ -182,10 +195,18 @@ Result<size_t> deleteMovedAway(const plan::Plan &plan)
 		if (it == c->shared->end())
 			return NFCT_CB_CONTINUE;
 		uint16_t port = ntohs(nfct_get_attr_u16(ct, ATTR_REPL_PORT_DST));
-		for (const config::PortRange &run : it->second->myRuns)
-			if (port >= run.lo && port <= run.hi)
-				return NFCT_CB_CONTINUE;
-		c->doomed.emplace_back(nfct_clone(ct));
+		for (const config::PortRange &run : it->second.keep) {
+			if (port < run.lo || port > run.hi)
+				continue;
+			std::optional<uint32_t> slice = it->second.address->sliceOf(port);
+			if (c->draining && slice && it->second.address->drainedBy(*slice, c->self)) {
+				uint16_t zone = nfct_attr_is_set(ct, ATTR_ZONE) > 0 ? nfct_get_attr_u16(ct, ATTR_ZONE) : 0;
+				c->draining->push_back({it->second.address->address, port, zone});
+			}
+			return NFCT_CB_CONTINUE;
+		}
+		if (c->doomed)
+			c->doomed->emplace_back(nfct_clone(ct));
 		return NFCT_CB_CONTINUE;
 	};
 	nfct_callback_register(dump.get(), NFCT_T_ALL, cb, &ctx);
@@ -193,11 +214,50 @@ Result<size_t> deleteMovedAway(const plan::Plan &plan)
 	if (nfct_query(dump.get(), NFCT_Q_DUMP, &family) < 0)
 		return Error(errno, "dumping conntrack");
 
+	if (draining) {
+		// One element per answer address and port: flows to several
+		// destinations may share a port (in the same zone, as it is the
+		// source's share that held the port).
+		std::sort(draining->begin(), draining->end());
+		draining->erase(std::unique(draining->begin(), draining->end(), [](const DrainingFlow &x, const DrainingFlow &y) {
+			return x.address == y.address && x.port == y.port;
+		}), draining->end());
+	}
+
+	return {};
+}
+
+} // namespace
+
+bool drainsAny(const plan::Plan &plan)
+{
+	for (const plan::PlannedAddress &a : plan.addresses)
+		if (std::find(a.previous.begin(), a.previous.end(), static_cast<int32_t>(plan.serverIndex)) !=
+		    a.previous.end())
+			return true;
+	return false;
+}
+
+Result<std::vector<DrainingFlow>> drainingFlows(const plan::Plan &plan)
+{
+	std::vector<DrainingFlow> flows;
+	if (Status s = scan(plan, &flows, nullptr); !s)
+		return s.error();
+	return flows;
+}
+
+Result<size_t> deleteMovedAway(const plan::Plan &plan, std::vector<DrainingFlow> *draining)
+{
+	std::vector<NfConntrack> doomed;
+	if (draining)
+		draining->clear();
+	if (Status s = scan(plan, draining, &doomed); !s)
+		return s.error();
 	size_t deleted = 0;
 	NfctHandle del(nfct_open(CONNTRACK, 0));
 	if (!del)
 		return Error(errno, "opening conntrack");
-	for (const NfConntrack &ct : ctx.doomed) {
+	for (const NfConntrack &ct : doomed) {
 		if (nfct_query(del.get(), NFCT_Q_DESTROY, ct.get()) == 0)
 			deleted++;
 		else if (errno != ENOENT) // gone by itself meanwhile

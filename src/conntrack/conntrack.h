@@ -36,9 +36,26 @@ Result<TuneReport> tune(const config::ConntrackTuning &tuning, const std::string
 // Put back every value tune() changed, and forget them.
 Status restore(const std::string &stateDir);
 
+// A live NAT flow on a slice this server drains as previous owner: its
+// answers come to address:port (host byte order) and belong to zone.
+struct DrainingFlow {
+	Ipv4 address;
+	uint16_t port = 0;
+	uint16_t zone = 0;
+	auto operator<=>(const DrainingFlow &) const = default;
+};
+
 // Delete the conntrack entries (all zones) whose NAT source is a shared
 // address of the plan with a port outside this server's slices of it: a slice
 // moved away, its flows now belong to another server. Returns how many.
-Result<size_t> deleteMovedAway(const plan::Plan &plan);
+// Entries of slices this server drains as their previous owner stay; with
+// `draining`, they are listed there (sorted, unique).
+Result<size_t> deleteMovedAway(const plan::Plan &plan, std::vector<DrainingFlow> *draining = nullptr);
+
+// The live flows of the slices this server drains in `plan`, deleting nothing.
+Result<std::vector<DrainingFlow>> drainingFlows(const plan::Plan &plan);
+
+// Whether this server drains any slice as previous owner in `plan`.
+bool drainsAny(const plan::Plan &plan);
 
 } // namespace portslice::conntrack

@@ -3,6 +3,7 @@
 #include "daemon/applier.h"
 
 #include <chrono>
+#include "nft/model.h"
 
 #ifdef PORTSLICE_HAVE_XDP
 #include "xdp/forwarder.h"
@@ -18,9 +19,66 @@ Result<Applier> Applier::open(ApplierOptions options)
 	return Applier(std::move(options), std::move(*nft));
 }
 
+namespace {
+
+// drain_zone as the model declares it, with one element per draining flow.
+nft::Set drainZone(const std::vector<conntrack::DrainingFlow> &flows)
+{
+	nft::Set set = nft::drainZoneSet();
+	for (const conntrack::DrainingFlow &f : flows)
+		set.elements.push_back({{{nft::FieldType::Ipv4, f.address.value, f.address.value, {}},
+					 {nft::FieldType::Port, f.port, f.port, {}}},
+					{{nft::FieldType::Zone, f.zone, f.zone, {}}},
+					{}});
+	return set;
+}
+
+} // namespace
+
 Result<ApplyResult> Applier::apply(const plan::Plan &next, const plan::Plan *current, uint64_t generation)
 {
 	ApplyResult result;
+#ifdef PORTSLICE_HAVE_XDP
+	auto syncXdp = [&]() -> Status {
+		if (!options_.xdp)
+			return {};
+		Status x = options_.xdpPinDir.empty() ? xdp::applyForwarder(next)
+						      : xdp::applyForwarder(next, options_.xdpPinDir);
+		if (!x)
+			return x.error().wrap("XDP forwarder on " + next.uplink);
+		result.xdp = true;
+		return {};
+	};
+	// A change of a running state: the forwarder learns a slice this server
+	// gains before the table hands out its ports, so that the answers of its
+	// first flows that land here are kept, not sent to the old owner. (On
+	// an error the service puts the previous plan back in full.) A full
+	// apply keeps the table first: a failure there changes nothing.
+	if (current) {
+		if (Status x = syncXdp(); !x)
+			return x.error();
+	}
+#endif
+
+	// On the previous owner of a draining slice, answers find their zone in
+	// drain_zone (their ports left ret_zone with the slice): filled before
+	// the table changes, so that no answer meets neither map, and again
+	// after it, for flows opened meanwhile or when the table was replaced.
+	bool drains = conntrack::drainsAny(next);
+	if (drains || drainFilled_) {
+		std::vector<conntrack::DrainingFlow> flows;
+		if (drains) {
+			auto listed = conntrack::drainingFlows(next);
+			if (!listed)
+				return listed.error().wrap("listing the flows of draining slices");
+			flows = std::move(*listed);
+		}
+		// A table without drain_zone (none yet, or an older one) gets it
+		// with this apply; filled below.
+		auto filled = nft_.fillSet(drainZone(flows));
+		drainFilled_ = filled && *filled > 0;
+	}
+
 	auto report = nft_.apply(next, current, generation);
 	if (!report)
 		return report.error();
@@ -32,11 +90,20 @@ Result<ApplyResult> Applier::apply(const plan::Plan &next, const plan::Plan *cur
 	result.tuning = *tuned;
 
 	// Flows of slices that moved away would keep their old NAT port here;
-	// their answers now go to the new owner.
-	auto deleted = conntrack::deleteMovedAway(next);
+	// their answers now go to the new owner. Those of slices this server
+	// still drains stay, and their answers' zones fill drain_zone.
+	std::vector<conntrack::DrainingFlow> draining;
+	auto deleted = conntrack::deleteMovedAway(next, &draining);
 	if (!deleted)
 		return deleted.error();
 	result.conntrackDeleted = *deleted;
+	if (drains) {
+		auto filled = nft_.fillSet(drainZone(draining));
+		if (!filled)
+			return filled.error();
+		result.drainingFlows = *filled;
+		drainFilled_ = *filled > 0;
+	}
 
 	// Answers of iifname sources leave by their interface (fwmark routing).
 	auto routes = applyRoutes(next);
@@ -45,12 +112,9 @@ Result<ApplyResult> Applier::apply(const plan::Plan &next, const plan::Plan *cur
 	result.routes = *routes;
 
 #ifdef PORTSLICE_HAVE_XDP
-	if (options_.xdp) {
-		Status x = options_.xdpPinDir.empty() ? xdp::applyForwarder(next)
-						      : xdp::applyForwarder(next, options_.xdpPinDir);
-		if (!x)
-			return x.error().wrap("XDP forwarder on " + next.uplink);
-		result.xdp = true;
+	if (!current) {
+		if (Status x = syncXdp(); !x)
+			return x.error();
 	}
 #endif
 	return result;
@@ -64,24 +128,13 @@ Result<ApplyResult> Applier::applyMove(const plan::Plan &plan, const plan::Slice
 	};
 	ApplyResult result;
 	Clock::time_point t = Clock::now();
-	nft::MoveDelta delta = nft::moveDelta(plan, move);
-	auto report = nft_.applyDelta(delta.before, delta.after);
-	if (!report)
-		return report.error();
-	result.nft = *report;
-	result.nftMs = ms(t);
-
 	const auto self = static_cast<int32_t>(plan.serverIndex);
-	if (move.before.owner[move.slice] == self && plan.addresses[move.address].owner[move.slice] != self) {
-		t = Clock::now();
-		auto deleted = conntrack::deleteMovedAway(plan);
-		if (!deleted)
-			return deleted.error();
-		result.conntrackDeleted = *deleted;
-		result.conntrackMs = ms(t);
-	}
+	const plan::PlannedAddress &now = plan.addresses[move.address];
+	bool gains = move.before.owner[move.slice] != self && now.owner[move.slice] == self;
 #ifdef PORTSLICE_HAVE_XDP
-	if (options_.xdp) {
+	auto syncXdp = [&]() -> Status {
+		if (!options_.xdp)
+			return {};
 		t = Clock::now();
 		std::vector<xdp::SliceRef> changed{{move.address, move.slice}};
 		Status x = options_.xdpPinDir.empty() ? xdp::applyForwarderSlices(plan, changed)
@@ -90,6 +143,56 @@ Result<ApplyResult> Applier::applyMove(const plan::Plan &plan, const plan::Slice
 			return x.error().wrap("XDP forwarder on " + plan.uplink);
 		result.xdp = true;
 		result.xdpMs = ms(t);
+		return {};
+	};
+	// A slice this server gains: the forwarder keeps its answers before the
+	// table hands out its ports (see apply()).
+	if (gains) {
+		if (Status x = syncXdp(); !x)
+			return x.error();
+	}
+#endif
+	// This server starts draining the slice: its flows' answers get their
+	// zones before the slice leaves ret_zone (see apply()).
+	bool drains = now.drainedBy(move.slice, plan.serverIndex);
+	bool drainWork = drains || move.before.drainedBy(move.slice, plan.serverIndex) || drainFilled_;
+	if (drains) {
+		auto listed = conntrack::drainingFlows(plan);
+		if (!listed)
+			return listed.error().wrap("listing the flows of draining slices");
+		auto filled = nft_.fillSet(drainZone(*listed));
+		if (!filled)
+			return filled.error();
+	}
+
+	t = Clock::now();
+	nft::MoveDelta delta = nft::moveDelta(plan, move);
+	auto report = nft_.applyDelta(delta.before, delta.after);
+	if (!report)
+		return report.error();
+	result.nft = *report;
+	result.nftMs = ms(t);
+
+	if ((move.before.owner[move.slice] == self && now.owner[move.slice] != self) || drainWork) {
+		t = Clock::now();
+		std::vector<conntrack::DrainingFlow> draining;
+		auto deleted = conntrack::deleteMovedAway(plan, &draining);
+		if (!deleted)
+			return deleted.error();
+		result.conntrackDeleted = *deleted;
+		if (drainWork) {
+			auto filled = nft_.fillSet(drainZone(draining));
+			if (!filled)
+				return filled.error();
+			result.drainingFlows = *filled;
+			drainFilled_ = *filled > 0;
+		}
+		result.conntrackMs = ms(t);
+	}
+#ifdef PORTSLICE_HAVE_XDP
+	if (!gains) {
+		if (Status x = syncXdp(); !x)
+			return x.error();
 	}
 #endif
 	return result;

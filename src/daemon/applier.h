@@ -27,6 +27,7 @@ struct ApplyResult {
 	nft::ApplyReport nft;
 	conntrack::TuneReport tuning;
 	size_t conntrackDeleted = 0; // entries whose NAT port this server no longer owns
+	size_t drainingFlows = 0;    // drain_zone elements: flows of slices this server drains
 	RoutesReport routes;         // return routing of iifname sources
 	bool xdp = false;            // the forwarder was attached and synced
 	// Milliseconds spent in each part, for the log.
@@ -59,6 +60,7 @@ private:
 
 	ApplierOptions options_;
 	nft::NftApplier nft_;
+	bool drainFilled_ = false; // drain_zone holds elements (flushed when no slice drains here)
 };
 
 } // namespace portslice::daemon

@@ -27,6 +27,7 @@ Status KernelBackend::apply(const plan::Plan &plan, const plan::Plan *old, uint6
 		  << ", +" << r.nft.elementsAdded << " -" << r.nft.elementsDeleted << " elements in " << r.nft.messages
 		  << " messages (" << r.nft.bytes << " bytes); " << r.conntrackDeleted
 		  << " conntrack entries of moved slices deleted"
+		  << (r.drainingFlows ? "; " + std::to_string(r.drainingFlows) + " flows of draining slices kept" : "")
 		  << (r.xdp ? "; XDP forwarder maps synced" : "") << std::endl;
 	for (const conntrack::SysctlChange &c : r.tuning.changed)
 		std::cerr << c.name << " = " << c.value << " (was " << c.previous << ")" << std::endl;

@@ -1029,10 +1029,12 @@ void buildRule(RuleBuilder &r, TableWriter &w, const std::string &text, const st
 		r.lookup("sl_return", w.idOf("sl_return"), kReg1);
 		r.payloadWriteAddress(16);
 		r.notrack();
-	} else if (text == "meta l4proto { tcp, udp } ct zone set ip daddr . th dport map @ret_zone") {
+	} else if (text == "meta l4proto { tcp, udp } ct zone set ip daddr . th dport map @ret_zone" ||
+		   text == "meta l4proto { tcp, udp } ct zone set ip daddr . th dport map @drain_zone") {
+		std::string set = text.substr(text.find(" map @") + 6);
 		w.l4protoTcpUdp(r);
 		r.loadKey({C::IpDaddr, C::ThDport});
-		r.lookup("ret_zone", w.idOf("ret_zone"), kReg1);
+		r.lookup(set, w.idOf(set), kReg1);
 		r.ctSet(NFT_CT_ZONE, kReg1);
 	} else if (text == "icmp type { destination-unreachable, time-exceeded } ct zone set ip daddr . @th,224,16 map @icmp_zone") {
 		// The IPv4 check comes with `icmp type`: the key is loaded without
@@ -1336,6 +1338,23 @@ Result<ApplyReport> NftApplier::applyDelta(const std::vector<Set> &before, const
 		return s.error().wrap("changing elements of table portslice");
 	report.bytes = batch.bytes();
 	return report;
+}
+
+Result<size_t> NftApplier::fillSet(const Set &set)
+{
+	Batch batch;
+	TableWriter w(batch);
+	// A DELSETELEM without elements flushes the set.
+	nlmsghdr *nlh = batch.message(NFT_MSG_DELSETELEM, NFPROTO_INET, 0, "flushing set " + set.name);
+	mnl_attr_put_strz(nlh, NFTA_SET_ELEM_LIST_TABLE, kTableName);
+	mnl_attr_put_strz(nlh, NFTA_SET_ELEM_LIST_SET, set.name.c_str());
+	batch.commit();
+	size_t added = 0;
+	w.elements(set, set.elements, false, &added);
+	batch.finish();
+	if (Status s = sock_.send(batch); !s)
+		return s.error().wrap("filling set " + set.name + " of table portslice");
+	return added;
 }
 
 Status NftApplier::remove()

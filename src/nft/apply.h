@@ -56,6 +56,11 @@ public:
 	// had, when the table is missing or does not hold `before`.
 	Result<ApplyReport> applyDelta(const std::vector<Set> &before, const std::vector<Set> &after);
 
+	// Replace every element of the existing set `set.name` with `set.elements`
+	// (flush and add in one transaction). For the sets the model leaves empty
+	// and the daemon fills from the kernel (drain_zone). Returns how many.
+	Result<size_t> fillSet(const Set &set);
+
 	// Delete the table (nothing to do when absent).
 	Status remove();
 

@@ -173,12 +173,17 @@ struct PortSets {
 	// One element per slice, not per run of adjacent slices: gaining a slice
 	// is then a pure add, and the kernel's pipapo sets pay a deletion with
 	// a walk over the whole set.
-	void address(const plan::PlannedAddress &a)
+	// The previous owner (`self`) of a draining slice keeps its ports here:
+	// its flows' packets still leave.
+	void address(const plan::PlannedAddress &a, uint32_t self)
 	{
 		if (!filled_[0])
 			return;
 		for (uint32_t slice : a.mySlices)
 			myPorts.elements.push_back({ { ip(a.address), port(a.slice(slice)) }, {}, {} });
+		for (uint32_t slice = 0; slice < a.previous.size(); slice++)
+			if (a.drainedBy(slice, self))
+				myPorts.elements.push_back({ { ip(a.address), port(a.slice(slice)) }, {}, {} });
 	}
 
 	// `assignments`: the source's, now or before a move.
@@ -232,6 +237,12 @@ void PortSets::take(std::vector<Set> &out)
 
 } // namespace
 
+Set drainZoneSet()
+{
+	return makeSet("drain_zone", SetKind::Map, { FieldType::Ipv4, FieldType::Port }, { FieldType::Zone }, false,
+		       "typeof ip daddr . th dport : ct zone");
+}
+
 bool isPortSet(std::string_view name)
 {
 	for (Set *s : PortSets("-").all())
@@ -244,7 +255,7 @@ std::vector<Element> portSetElements(const Plan &plan, std::string_view name)
 {
 	PortSets ports(name);
 	for (const plan::PlannedAddress &a : plan.addresses)
-		ports.address(a);
+		ports.address(a, plan.serverIndex);
 	for (const PlannedSource &s : plan.sources)
 		ports.source(plan, s, s.assignments);
 	for (Set *s : ports.all())
@@ -286,7 +297,7 @@ TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
 	for (const plan::PlannedAddress &a : plan.addresses) {
 		shared.elements.push_back({ { ip(a.address) }, {}, {} });
 		countAddr.elements.push_back({ { ip(a.address) }, {}, "addr_" + a.address.str() });
-		ports.address(a);
+		ports.address(a, plan.serverIndex);
 	}
 	m.sets.push_back(std::move(shared));
 	m.sets.push_back(std::move(ports.myPorts));
@@ -310,6 +321,10 @@ TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
 
 	Set ctMarks = makeSet("ct_marks", SetKind::Map, { F::Zone }, { F::Mark }, false, "typeof ct zone : ct mark");
 	Set routeMarks = makeSet("route_marks", SetKind::Set, { F::Mark }, {}, false, "type mark");
+	// Answers of flows a previous owner still drains: their ports left
+	// ret_zone with the slice; the daemon fills one element per live flow
+	// from the conntrack table when it applies (src/daemon/applier.cpp).
+	Set drainZone = drainZoneSet();
 	Set countMark = makeSet("count_mark", SetKind::CounterMap, { F::Mark }, {}, false, "type mark : counter");
 	Set countSl = makeSet("count_sl", SetKind::CounterMap, { F::Ipv4 }, {}, true, "type ipv4_addr : counter");
 	Set guardMark = makeSet("guard_mark", SetKind::CounterMap, { F::Mark }, {}, false, "type mark : counter");
@@ -330,8 +345,8 @@ TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
 		}
 		ports.source(plan, s, s.assignments);
 	}
-	for (Set *s : { &ctMarks, &routeMarks, &ports.natPort, &ports.natAddr, &ports.retZone, &ports.icmpZone,
-			&ports.slEgress, &ports.slReturn, &countMark, &countSl, &guardMark, &guardSl })
+	for (Set *s : { &ctMarks, &routeMarks, &ports.natPort, &ports.natAddr, &ports.retZone, &drainZone,
+			&ports.icmpZone, &ports.slEgress, &ports.slReturn, &countMark, &countSl, &guardMark, &guardSl })
 		m.sets.push_back(std::move(*s));
 	m.sets.push_back(std::move(countAddr));
 
@@ -343,8 +358,8 @@ TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
 MoveDelta moveDelta(const Plan &plan, const plan::SliceMove &move)
 {
 	PortSets before, after;
-	before.address(move.before);
-	after.address(plan.addresses[move.address]);
+	before.address(move.before, plan.serverIndex);
+	after.address(plan.addresses[move.address], plan.serverIndex);
 	for (const plan::SliceMove::Source &s : move.sources) {
 		before.source(plan, plan.sources[s.index], s.assignments);
 		after.source(plan, plan.sources[s.index], plan.sources[s.index].assignments);

@@ -103,4 +103,8 @@ MoveDelta moveDelta(const plan::Plan &plan, const plan::SliceMove &move);
 
 std::string tableComment(const plan::Plan &plan, uint64_t generation);
 
+// drain_zone, empty: the model never fills it; on the previous owner of a
+// draining slice the daemon puts one element per live flow in it.
+Set drainZoneSet();
+
 } // namespace portslice::nft

@@ -111,6 +111,7 @@ std::vector<Chain> chains(const TableModel &m)
 	out.push_back({ "from_uplink", "", "", "", 0,
 			{ "meta l4proto { tcp, udp } ip daddr set ip daddr . th dport map @sl_return notrack",
 			  "meta l4proto { tcp, udp } ct zone set ip daddr . th dport map @ret_zone",
+			  "meta l4proto { tcp, udp } ct zone set ip daddr . th dport map @drain_zone",
 			  "icmp type { destination-unreachable, time-exceeded } ct zone set ip daddr . @th,224,16 map @icmp_zone" } });
 	out.push_back({ "mark_prerouting", "prerouting", "filter", "mangle", -150,
 			{ "ct state new ct mark set ct zone map @ct_marks",

@@ -21,6 +21,23 @@ std::optional<uint32_t> PlannedAddress::sliceOf(uint16_t port) const
 	return index;
 }
 
+std::vector<PortRange> PlannedAddress::guardRuns(uint32_t self) const
+{
+	if (std::find(previous.begin(), previous.end(), static_cast<int32_t>(self)) == previous.end())
+		return myRuns; // nothing drains here: the common case
+	std::vector<PortRange> runs;
+	for (uint32_t i = 0; i < sliceCount; i++) {
+		if (owner[i] != static_cast<int32_t>(self) && !drainedBy(i, self))
+			continue;
+		PortRange r = slice(i);
+		if (!runs.empty() && uint32_t{ runs.back().hi } + 1 == r.lo)
+			runs.back().hi = r.hi;
+		else
+			runs.push_back(r);
+	}
+	return runs;
+}
+
 namespace {
 
 bool wants(const config::Tags &want, const config::Tags &tags)

@@ -49,6 +49,14 @@ struct PlannedAddress {
 	}
 	// The slice a port falls in, or nullopt outside the usable slices.
 	std::optional<uint32_t> sliceOf(uint16_t port) const;
+	// Whether server `self` is the draining previous owner of slice `index`.
+	bool drainedBy(uint32_t index, uint32_t self) const
+	{
+		return index < previous.size() && previous[index] == static_cast<int32_t>(self);
+	}
+	// What server `self` may still send from: its slices and those it drains
+	// as previous owner, adjacent ones merged (the leak guard's ports).
+	std::vector<PortRange> guardRuns(uint32_t self) const;
 };
 
 // A run of inside addresses [first, last] translated to ports [ports.lo,
