@@ -255,8 +255,11 @@ protected:
 	std::string env() const { return "DBUS_SYSTEM_BUS_ADDRESS=" + quote(busAddress_) + " "; }
 
 	// Start portsliced in the server namespace and wait until it owns its name.
-	void startDaemon()
+	// `drainSeconds`: how long the old owner of a moved slice drains; these
+	// tests look at the move itself, so none unless a test asks.
+	void startDaemon(int drainSeconds = 0)
 	{
+		std::string drain = std::to_string(drainSeconds);
 		daemonPid_ = ::fork();
 		if (daemonPid_ == 0) {
 			::setenv("DBUS_SYSTEM_BUS_ADDRESS", busAddress_.c_str(), 1);
@@ -265,8 +268,8 @@ protected:
 			::dup2(log, 2);
 			std::string daemon = bin("src/daemon/portsliced");
 			::execlp("ip", "ip", "netns", "exec", ns_.c_str(), daemon.c_str(), "--config", configPath().c_str(),
-				 "--state-dir", stateDir().c_str(), "--xdp-pin-dir", pinDir().c_str(),
-				 static_cast<char *>(nullptr));
+				 "--state-dir", stateDir().c_str(), "--xdp-pin-dir", pinDir().c_str(), "--drain-seconds",
+				 drain.c_str(), static_cast<char *>(nullptr));
 			::_exit(127);
 		}
 		for (int i = 0; i < 250; ++i) {

@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: MIT
 # The README's demo: three portslice servers in network namespaces, real TCP and UDP from every workload, a slice moved under traffic, a report.
 #
-# sudo tests/lab/demo.sh [--build-dir DIR] [--flows N] [--no-move] [--report FILE]
+# sudo tests/lab/demo.sh [--build-dir DIR] [--flows N] [--no-move] [--drain-seconds N] [--report FILE]
 #
 # Installs missing Debian packages (.ci/install-deps), builds what it runs,
 # builds the lab of DESIGN.md (tests/lab/lib/lab.sh) with a router that
@@ -13,7 +13,9 @@
 # run, and prints: what each workload left with as seen by the internet host,
 # how many flows succeeded, which server's XDP forwarder passed or forwarded
 # the return traffic, leak-guard drops, and s1's `nft list table inet
-# portslice`. Everything is removed at the end, also on error or Ctrl-C.
+# portslice`. The old owner drains the moved slice (portsliced --drain-seconds,
+# default 60; 0 shows the move without a drain). Everything is removed at the
+# end, also on error or Ctrl-C.
 # Exit 0 when every check of the report holds ("RESULT: PASS").
 set -euo pipefail
 
@@ -23,13 +25,15 @@ BUILD=$REPO/build
 FLOWS=40
 MOVE=1
 REPORT=''
+DRAIN=60
 while (($#)); do
 	case $1 in
 	--build-dir) BUILD=$(realpath -m "$2"); shift 2 ;;
 	--flows) FLOWS=$2; shift 2 ;;
 	--no-move) MOVE=0; shift ;;
+	--drain-seconds) DRAIN=$2; shift 2 ;;
 	--report) REPORT=$(realpath -m "$2"); shift 2 ;;
-	*) sed -n '3,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+	*) sed -n '3,19p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 	esac
 done
 [[ $FLOWS =~ ^[0-9]+$ ]] && ((FLOWS >= 1 && FLOWS <= 1000)) || { echo "demo: --flows wants 1..1000" >&2; exit 2; }
@@ -112,7 +116,7 @@ ONLINE=1
 for s in "${SERVERS[@]}"; do
 	cp "$WORK/$s.toml" "$LAB_DIR/$s/portslice.toml"
 	lab_exec "$s" "$PORTSLICED" --config "$LAB_DIR/$s/portslice.toml" --state-dir "$LAB_DIR/$s/state" \
-		>"$WORK/$s.portsliced.log" 2>&1 &
+		--drain-seconds "$DRAIN" >"$WORK/$s.portsliced.log" 2>&1 &
 	echo $! >"$WORK/$s.pid"
 done
 step "starting portsliced on s1 s2 s3"
@@ -166,6 +170,9 @@ if ((MOVE)); then
 		lab_exec "$s" "$CTL" set-owner "$MOVED_ADDR" "$MOVED_SLICE" "$MOVED_TO" >"$WORK/$s.setowner" 2>&1 ||
 			{ cat "$WORK/$s.setowner" >&2; echo "demo: set-owner failed on $s" >&2; exit 1; }
 	done
+	# The old owner keeps the slice's live flows: one drain_zone element each.
+	lab_exec "$MOVED_FROM" nft -j list map inet portslice drain_zone |
+		jq '[.nftables[] | .map? | select(. != null) | (.elem // []) | length] | add // 0' >"$WORK/draining"
 	wait "${pids[@]}" || true
 fi
 
@@ -176,17 +183,18 @@ guard_drops() {
 		jq '[.nftables[] | .counter? | select(. != null) | select(.name | startswith("guard_")) | .packets] | add // 0'
 }
 
-# xdp_verdicts SERVER: "pass_own forward decap" packets, summed over CPUs, from the
-# forwarder's pinned per-verdict counters (enum fwd_verdict: 1 pass own, 2 forward, 5 decap).
+# xdp_verdicts SERVER: "pass_own forward decap second_hop" packets, summed over CPUs, from the
+# forwarder's pinned per-verdict counters (enum fwd_verdict: 1 pass own, 2 forward, 5 decap,
+# 3 second hop: the new owner has no state for the flow and sends it on to the draining old owner).
 xdp_verdicts() {
 	local map
 	map=$(lab_exec "$1" sh -c 'ls -d /sys/fs/bpf/portslice/*counters* 2>/dev/null | head -1')
-	[[ -n $map ]] || { echo "- - -"; return; }
+	[[ -n $map ]] || { echo "- - - -"; return; }
 	lab_exec "$1" bpftool -j map dump pinned "$map" | jq -r '
 		[.[] | (.formatted // .) | {key: (.key | tostring | tonumber? // 0),
 			packets: ([.values[] | .value.packets // 0] | add)}] as $v
 		| def n(k): ([$v[] | select(.key == k) | .packets] | add // 0);
-		"\(n(1)) \(n(2)) \(n(5))"'
+		"\(n(1)) \(n(2)) \(n(5)) \(n(3))"'
 }
 
 # --- report ---------------------------------------------------------------------------
@@ -272,10 +280,8 @@ lab_exec s1 nft list table inet portslice >"$WORK/s1.nft"
 				printf "check: timed out during the move, by workload:%s\n", line ? line : " none"
 				printf "check: timed out during the move outside the moved slice'"'"'s workloads (%s): %d\n", ENVIRON["DEMO_MOVED_WORKLOADS"], elsewhere2 + 0
 			}
-			# Known gaps, counted: a flow in flight on the moved slice when its old
-			# owner deletes its conntrack entries (no handover drain yet), and a
-			# first flow of the new owner between its nft and XDP updates, can time
-			# out: at most the 2 in flight per sender of w1 and w2.
+			# The old owner drains the moved slice (set-owner names it previous):
+			# flows in flight on it complete, none may time out.
 			ok_all = (all == 6 * 2 * want_flows && good == all && bad == 0 && err2 + wrong2 + elsewhere2 == 0 &&
 				  to2 <= 4 && (!t2 || ok2 > 0))
 			print (ok_all ? "flows: PASS" : "flows: FAIL")
@@ -284,13 +290,14 @@ lab_exec s1 nft list table inet portslice >"$WORK/s1.nft"
 		echo
 		echo "slice move: $MOVED_ADDR slice $MOVED_SLICE (ports $((10000 + MOVED_SLICE * 1000))-$((10999 + MOVED_SLICE * 1000))) $MOVED_FROM -> $MOVED_TO with portslicectl set-owner on $MOVED_FROM, s3, $MOVED_TO (in that order) during phase 2"
 		for s in "${SERVERS[@]}"; do printf '  %s: %s\n' "$s" "$(tr '\n' ' ' <"$WORK/$s.setowner")"; done
+		echo "  $MOVED_FROM drains the slice: $(<"$WORK/draining") flows in flight kept (drain_zone elements right after the move)"
 	fi
 	echo
-	echo "return traffic at each server's XDP forwarder (packets): passed (own slice) / forwarded to the owner / received from a peer"
+	echo "return traffic at each server's XDP forwarder (packets): passed (own slice) / forwarded to the owner / received from a peer / second hop to a draining old owner"
 	fwd_total=0
 	for s in "${SERVERS[@]}"; do
-		read -r own fwd decap <<<"${XDP[$s]}"
-		printf '  %s: passed %s, forwarded %s, received %s\n' "$s" "$own" "$fwd" "$decap"
+		read -r own fwd decap second <<<"${XDP[$s]}"
+		printf '  %s: passed %s, forwarded %s, received %s, second hop %s\n' "$s" "$own" "$fwd" "$decap" "$second"
 		[[ $fwd =~ ^[0-9]+$ ]] && fwd_total=$((fwd_total + fwd))
 	done
 	echo "check: return packets forwarded between servers: $fwd_total"
