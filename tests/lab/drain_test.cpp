@@ -1,0 +1,231 @@
+// SPDX-License-Identifier: MIT
+// Slice handover in the lab: established TCP connections on a moved slice keep carrying bytes both ways while the old owner drains, and the drain ends by itself at its deadline.
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+#include "lab_fixture.h"
+
+using portslice::lab::buildPath;
+using portslice::lab::LabFixture;
+using portslice::lab::LabOptions;
+using portslice::lab::sourcePath;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Slice 0 of 198.51.100.1 in the lab fleet (tests/lab/lib/fleet.sh): s1's.
+constexpr int kSlice0Lo = 10000, kSlice0Hi = 10999;
+constexpr int kDrainSeconds = 5;
+
+// inet: one thread per connection; the first line is answered with the
+// source port the server saw, every later line is sent back whole. Bounded:
+// 60 s, and 3 s of silence per read once the test is over.
+constexpr const char *kServer = R"PY(
+import socket, sys, threading, time
+end = time.time() + 60
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", 7200))
+srv.listen(64)
+srv.settimeout(1)
+print("listening", flush=True)
+def serve(c, peer):
+    c.settimeout(30)
+    f = c.makefile("rb")
+    first = True
+    try:
+        for line in f:
+            c.sendall(("port %d\n" % peer[1]).encode() if first else line)
+            first = False
+    except OSError:
+        pass
+    c.close()
+while time.time() < end:
+    try:
+        c, peer = srv.accept()
+    except socket.timeout:
+        continue
+    threading.Thread(target=serve, args=(c, peer), daemon=True).start()
+)PY";
+
+// w1: opens connections to the four inet addresses (the router hashes the
+// answers of each to another server), learns each one's shared port, says
+// "ready PORT...", waits for the go file, then sends 1000 bytes on each and
+// expects them back: "done OK FAILED MOVED_OK MOVED".
+constexpr const char *kClient = R"PY(
+import os, socket, sys, time
+go = sys.argv[1]
+conns = []
+for k in range(24):
+    s = socket.create_connection(("203.0.113.%d" % (10 + k % 4), 7200), timeout=5)
+    f = s.makefile("rb")
+    s.sendall(b"hello\n")
+    conns.append((s, f, int(f.readline().split()[1])))
+print("ready", " ".join(str(p) for _, _, p in conns), flush=True)
+end = time.time() + 30
+while not os.path.exists(go) and time.time() < end:
+    time.sleep(0.05)
+ok = failed = moved_ok = moved = 0
+payload = b"x" * 999 + b"\n"
+for s, f, port in conns:
+    on_slice = 10000 <= port <= 10999
+    moved += on_slice
+    try:
+        s.sendall(payload)
+        good = f.readline() == payload
+    except OSError:
+        good = False
+    ok += good
+    failed += not good
+    moved_ok += good and on_slice
+    print("conn", port, "ok" if good else "FAILED", flush=True)
+print("done", ok, failed, moved_ok, moved, flush=True)
+)PY";
+
+class Drain : public LabFixture {
+protected:
+	LabOptions labOptions() const override
+	{
+		LabOptions o;
+		o.prefix = "psd";
+		o.steer = "hash";
+		o.workloads = {"s1:w1:100.64.1.0/24", "s2:w2:100.64.2.0/24", "s3:w3:100.64.3.0/24"};
+		return o;
+	}
+
+	std::string ctl() const { return buildPath("src/ctl/portslicectl"); }
+
+	void startServer(const std::string &s)
+	{
+		std::string config = labDir() + "/" + s + "/portslice.toml";
+		auto r = run(sourcePath("tests/lab/lib/fleet.sh") + " --server " + s + " > " + config);
+		ASSERT_TRUE(r.ok()) << r.output;
+		startInNode(s, buildPath("src/daemon/portsliced") + " --config " + config +
+				       " --state-dir \"$LAB_STATE_DIR\" --drain-seconds " + std::to_string(kDrainSeconds),
+			    labDir() + "/" + s + "/portsliced.log");
+		for (int i = 0; i < 100; ++i) {
+			if (inNode(s, ctl() + " status").ok())
+				return;
+			std::this_thread::sleep_for(std::chrono::milliseconds(100));
+		}
+		FAIL() << s << ": portsliced not ready:\n" << run("cat " + labDir() + "/" + s + "/portsliced.log").output;
+	}
+
+	std::string write(const std::string &name, const std::string &text)
+	{
+		std::string path = labDir() + "/" + name;
+		std::ofstream(path) << text;
+		return path;
+	}
+
+	// Waits (bounded) until `file` has a line starting with `word`; returns that line.
+	std::string waitForLine(const std::string &file, const std::string &word, int seconds)
+	{
+		auto end = Clock::now() + std::chrono::seconds(seconds);
+		while (Clock::now() < end) {
+			std::ifstream in(file);
+			for (std::string line; std::getline(in, line);)
+				if (line.rfind(word, 0) == 0)
+					return line;
+			std::this_thread::sleep_for(std::chrono::milliseconds(50));
+		}
+		return {};
+	}
+
+	uint64_t generation(const std::string &s)
+	{
+		std::smatch m;
+		std::string out = inNode(s, ctl() + " status").output;
+		return std::regex_search(out, m, std::regex(R"(generation: (\d+))")) ? std::stoull(m[1]) : 0;
+	}
+
+	// The applied plan (D-Bus Plan()), as busctl prints it.
+	std::string plan(const std::string &s)
+	{
+		return inNode(s, "busctl --system call org.portslice.Egress1 /org/portslice/Egress1 "
+				 "org.portslice.Egress1 Plan").output;
+	}
+
+	long drainElements(const std::string &s)
+	{
+		std::string out = inNode(s, "nft -j list map inet portslice drain_zone | jq '[.nftables[] | .map? | "
+					    "select(. != null) | (.elem // []) | length] | add // 0'").output;
+		return out.empty() ? -1 : std::stol(out);
+	}
+
+	uint64_t secondHops(const std::string &s)
+	{
+		std::string out = inNode(s, ctl() + " stats --json | jq '[.[] | select(.kind == \"xdp\" and .name == "
+					    "\"second_hop\" and .counter == \"packets\") | .value] | add // 0'").output;
+		return out.empty() ? 0 : std::stoull(out);
+	}
+};
+
+TEST_F(Drain, EstablishedConnectionsOnAMovedSliceKeepWorkingAndTheDrainEndsAtItsDeadline)
+{
+	for (const char *s : {"s1", "s2", "s3"})
+		ASSERT_NO_FATAL_FAILURE(startServer(s));
+	std::string serverLog = labDir() + "/inet-server.log", clientLog = labDir() + "/w1-client.log";
+	std::string go = labDir() + "/go";
+	startInNode("inet", "python3 " + write("server.py", kServer), serverLog);
+	ASSERT_FALSE(waitForLine(serverLog, "listening", 10).empty()) << run("cat " + serverLog).output;
+	startInNode("w1", "python3 " + write("client.py", kClient) + " " + go, clientLog);
+	std::string ready = waitForLine(clientLog, "ready", 20);
+	ASSERT_FALSE(ready.empty()) << run("cat " + clientLog).output;
+	int onSlice = 0;
+	std::istringstream ports(ready.substr(6));
+	for (int p; ports >> p;)
+		onSlice += p >= kSlice0Lo && p <= kSlice0Hi;
+	ASSERT_GT(onSlice, 0) << "no connection of w1 on slice 0: " << ready;
+	uint64_t before1 = generation("s1"), before2 = generation("s2");
+
+	// Slice 0 of 198.51.100.1 goes from s1 to s2: the loser first, the new owner last.
+	for (const char *s : {"s1", "s3", "s2"}) {
+		auto r = inNode(s, ctl() + " set-owner 198.51.100.1 0 s2");
+		ASSERT_TRUE(r.ok()) << s << ": " << r.output;
+	}
+	auto moved = Clock::now();
+	// s1 keeps the flows: one drain_zone element per connection (at least), and every server names it previous.
+	EXPECT_GE(drainElements("s1"), onSlice);
+	for (const char *s : {"s1", "s2", "s3"})
+		EXPECT_NE(plan(s).find(R"(\"previous\": \"s1\")"), std::string::npos) << s << ": " << plan(s);
+	EXPECT_NE(inNode("s1", "conntrack -L 2>/dev/null | grep -c 'dport=1[0][0-9][0-9][0-9] '").output, "0\n");
+
+	// Bytes both ways on every connection, after set-owner on all three servers.
+	std::ofstream(go) << "go\n";
+	std::string done = waitForLine(clientLog, "done", 40);
+	ASSERT_FALSE(done.empty()) << run("cat " + clientLog).output;
+	int ok = 0, failed = 0, movedOk = 0, movedTotal = 0;
+	std::istringstream(done.substr(5)) >> ok >> failed >> movedOk >> movedTotal;
+	EXPECT_EQ(failed, 0) << run("cat " + clientLog).output;
+	EXPECT_EQ(movedTotal, onSlice);
+	EXPECT_EQ(movedOk, onSlice) << "connections on the moved slice stopped working";
+	uint64_t hops = secondHops("s2");
+	std::printf("drain: %d connections, %d on the moved slice, %d answered after the move (%d of the moved); "
+		    "s1 drain_zone elements %ld; s2 second hops %llu\n",
+		    ok + failed, onSlice, ok, movedOk, drainElements("s1"), static_cast<unsigned long long>(hops));
+	EXPECT_GT(hops, 0u) << "no answer took the new owner's second hop to s1";
+
+	// The deadline passes: every server drops the previous owner in a new generation.
+	bool ended = false;
+	while (!ended && Clock::now() - moved < std::chrono::seconds(kDrainSeconds + 8)) {
+		std::this_thread::sleep_for(std::chrono::milliseconds(250));
+		ended = plan("s1").find("previous") == std::string::npos && plan("s2").find("previous") == std::string::npos;
+	}
+	double seconds = std::chrono::duration<double>(Clock::now() - moved).count();
+	EXPECT_TRUE(ended) << "the drain did not end: " << plan("s1");
+	EXPECT_GE(seconds, kDrainSeconds - 1.0);
+	std::printf("drain: ended %.2f s after the move (--drain-seconds %d)\n", seconds, kDrainSeconds);
+	EXPECT_GT(generation("s1"), before1 + 1) << "the drain's end is a generation of its own on s1";
+	EXPECT_GT(generation("s2"), before2 + 1);
+	EXPECT_EQ(drainElements("s1"), 0);
+	std::string myPorts = inNode("s1", "nft list set inet portslice my_ports").output;
+	EXPECT_EQ(myPorts.find("198.51.100.1 . 10000-10999"), std::string::npos) << myPorts;
+	EXPECT_EQ(inNode("s1", "cat \"$LAB_STATE_DIR\"/owners").output.find("\ndrain "), std::string::npos);
+}
+
+} // namespace
