@@ -63,7 +63,6 @@ struct icmp_echo_hdr {
 #define IP_MF 0x2000
 #define IP_DF 0x4000
 #define IP_OFFSET 0x1fff
-#define OUTER_TTL 64
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -214,7 +213,7 @@ static __always_inline int encapsulate(struct xdp_md *ctx, __u32 slot, __u32 v, 
 	outer->tot_len = bpf_htons(bpf_ntohs(inner_len) + sizeof(struct iphdr));
 	outer->id = inner_id;
 	outer->frag_off = df; // RFC 2003 3.1: copy DF so path MTU discovery works through the tunnel
-	outer->ttl = OUTER_TTL;
+	outer->ttl = v == FWD_V_SECOND_HOP ? FWD_OUTER_TTL_LAST : FWD_OUTER_TTL;
 	outer->protocol = IPPROTO_IPIP;
 	outer->check = 0;
 	outer->saddr = cfg->self_addr;
@@ -320,6 +319,7 @@ int portslice_fwd(struct xdp_md *ctx)
 	__u64 len = end - data;
 	__u32 zero = 0;
 	int tunnelled = 0;
+	int last_hop = 0; // tunnelled as a second hop: passed here whatever our view
 
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > end)
@@ -337,6 +337,7 @@ int portslice_fwd(struct xdp_md *ctx)
 	if (cfg && ip->daddr == cfg->self_addr && bpf_map_lookup_elem(&FWD_MAP_PEERS, &ip->saddr)) {
 		if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
 			return verdict(FWD_V_FRAGMENT, len, XDP_PASS);
+		last_hop = ip->ttl == FWD_OUTER_TTL_LAST;
 		__u32 outer_len = ip->ihl * 4;
 		struct iphdr *in = (void *)ip + outer_len;
 		if ((void *)(in + 1) > end || in->version != 4 || in->ihl < 5)
@@ -441,17 +442,23 @@ int portslice_fwd(struct xdp_md *ctx)
 	if (sl.s.flags & FWD_SLICE_OWNER_SELF) {
 		// Handover: flows the new owner has no state for belong to the
 		// previous owner, which is still draining them. ICMP stays.
-		if ((sl.s.flags & FWD_SLICE_PREVIOUS) && !(sl.s.flags & FWD_SLICE_PREVIOUS_SELF) &&
+		if ((sl.s.flags & FWD_SLICE_PREVIOUS) && !(sl.s.flags & FWD_SLICE_PREVIOUS_SELF) && !last_hop &&
 		    ip->protocol != IPPROTO_ICMP && !has_state(ctx, ip, peer_port, port, zone_of(sl.s.zones, p)))
 			return encapsulate(ctx, sl.s.previous, FWD_V_SECOND_HOP, len);
 		if (tunnelled)
 			return verdict(FWD_V_DECAP, len, XDP_PASS);
 		return verdict(icmp_error ? FWD_V_ICMP_PASS : FWD_V_PASS_OWN, len, XDP_PASS);
 	}
-	// Someone sent it to us on purpose (we are the draining previous owner,
-	// or our view is stale): take it rather than bounce it around.
-	if (tunnelled)
+	// Someone sent it to us on purpose. As the draining previous owner we
+	// take it. Otherwise the sender and we disagree about the owner: one of
+	// us has not applied the latest move yet (during set-owner on the fleet,
+	// the old owner's answers reach the new owner before it knows). Send it
+	// on once, to the owner we know, as the last hop.
+	if (tunnelled) {
+		if (!last_hop && !(sl.s.flags & FWD_SLICE_PREVIOUS_SELF))
+			return encapsulate(ctx, sl.s.owner, FWD_V_SECOND_HOP, len);
 		return verdict(FWD_V_DECAP, len, XDP_PASS);
+	}
 	return encapsulate(ctx, sl.s.owner, icmp_error ? FWD_V_ICMP_FORWARD : FWD_V_FORWARD, len);
 }
 

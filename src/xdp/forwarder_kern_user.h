@@ -115,13 +115,22 @@ struct fwd_peer {
 	__u32 server;  // host order: index in the plan's server list (informational)
 };
 
+// Outer TTL of the IPIP header a forwarder adds. A packet sent on a second
+// time (the handover's second hop, or on from a server whose view of the
+// owner is newer or older than the sender's) carries FWD_OUTER_TTL_LAST:
+// its receiver passes it, never sends it on again, so views that disagree
+// for a moment cannot make a loop.
+#define FWD_OUTER_TTL 64
+#define FWD_OUTER_TTL_LAST 63
+
 // FWD_MAP_COUNTERS: per-CPU array indexed by verdict. Every packet the
 // program sees increments exactly one verdict.
 enum fwd_verdict {
 	FWD_V_PASS_OTHER = 0,   // not for a shared address: passed untouched
 	FWD_V_PASS_OWN,         // for this server's slice: passed
 	FWD_V_FORWARD,          // encapsulated to the slice owner, XDP_TX
-	FWD_V_SECOND_HOP,       // handover: new owner without state, encapsulated to the previous owner
+	FWD_V_SECOND_HOP,       // sent on a second time (outer TTL FWD_OUTER_TTL_LAST): handover, new owner without
+	                        // state, to the previous owner; or tunnelled here but owned elsewhere, to that owner
 	FWD_V_REMOTE_DC,        // address of another data centre: encapsulated to its gateway
 	FWD_V_DECAP,            // IPIP from a peer: outer header stripped, passed
 	FWD_V_ICMP_PASS,        // ICMP error about this server's slice: passed

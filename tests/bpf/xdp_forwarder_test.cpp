@@ -119,9 +119,9 @@ Bytes toUs(const Bytes &ipPacket)
 	return ethernet(kS1Mac, kRouterMac, kEthIpv4, ipPacket);
 }
 
-Bytes tunnelled(Ipv4 from, const Bytes &innerIp)
+Bytes tunnelled(Ipv4 from, const Bytes &innerIp, uint8_t ttl = FWD_OUTER_TTL)
 {
-	return ethernet(kS1Mac, kS2Mac, kEthIpv4, ipv4(from, kS1, kProtoIpip, innerIp, {.ttl = 64}));
+	return ethernet(kS1Mac, kS2Mac, kEthIpv4, ipv4(from, kS1, kProtoIpip, innerIp, {.ttl = ttl}));
 }
 
 struct Case {
@@ -256,6 +256,17 @@ TEST_F(XdpForwarder, RoutesEachVerdictAsTheFixtureTableSays)
 		 ethernet(kS1Mac, kS2Mac, kEthIpv4, innerOwn), FWD_V_DECAP},
 		{"IPIP from s2 for a slice we drain is taken, not bounced", tunnelled(kS2, drainingInner), XDP_PASS,
 		 ethernet(kS1Mac, kS2Mac, kEthIpv4, drainingInner), FWD_V_DECAP},
+		{"IPIP for s2's slice, which we neither own nor drain: the sender's view or ours is behind, on to s2 once",
+		 tunnelled(kS3, s2Inner), XDP_TX,
+		 encapsulated(ethernet(kS1Mac, kS2Mac, kEthIpv4, s2Inner), kS2Mac, kS1Mac, kS1, kS2, FWD_OUTER_TTL_LAST),
+		 FWD_V_SECOND_HOP},
+		{"IPIP from s2 for s2's slice goes back to s2 once too (s2 moved it; we have not yet)",
+		 tunnelled(kS2, s2Inner), XDP_TX,
+		 encapsulated(ethernet(kS1Mac, kS2Mac, kEthIpv4, s2Inner), kS2Mac, kS1Mac, kS1, kS2, FWD_OUTER_TTL_LAST),
+		 FWD_V_SECOND_HOP},
+		{"IPIP for s2's slice already on its last hop is taken, never sent on again",
+		 tunnelled(kS3, s2Inner, FWD_OUTER_TTL_LAST), XDP_PASS, ethernet(kS1Mac, kS2Mac, kEthIpv4, s2Inner),
+		 FWD_V_DECAP},
 		{"IPIP from a stranger is not ours to strip", tunnelled(kInet, s2Inner), XDP_PASS,
 		 tunnelled(kInet, s2Inner), FWD_V_PASS_OTHER},
 		{"ICMP frag-needed goes to the server of the quoted source port (s3)", fragNeeded, XDP_TX,
@@ -305,10 +316,13 @@ TEST_F(XdpForwarder, RoutesEachVerdictAsTheFixtureTableSays)
 		{"s4's MAC is unknown and the FIB has no neighbour", toUs(ipv4(kInet, kShared, kProtoTcp, tcp(1, port(6)))),
 		 XDP_PASS, toUs(ipv4(kInet, kShared, kProtoTcp, tcp(1, port(6)))), FWD_V_NO_NEIGH},
 		{"handover: no conntrack state, second hop to the previous owner s2", handoverNoState, XDP_TX,
-		 encapsulated(handoverNoState, kS2Mac, kS1Mac, kS1, kS2), FWD_V_SECOND_HOP},
+		 encapsulated(handoverNoState, kS2Mac, kS1Mac, kS1, kS2, FWD_OUTER_TTL_LAST), FWD_V_SECOND_HOP},
 		{"handover: tunnelled from s3 without state, on to s2", tunnelled(kS3, handoverInner), XDP_TX,
-		 encapsulated(ethernet(kS1Mac, kS2Mac, kEthIpv4, handoverInner), kS2Mac, kS1Mac, kS1, kS2),
+		 encapsulated(ethernet(kS1Mac, kS2Mac, kEthIpv4, handoverInner), kS2Mac, kS1Mac, kS1, kS2,
+			      FWD_OUTER_TTL_LAST),
 		 FWD_V_SECOND_HOP},
+		{"handover: already a second hop, taken here even without state", tunnelled(kS3, handoverInner, FWD_OUTER_TTL_LAST),
+		 XDP_PASS, ethernet(kS1Mac, kS2Mac, kEthIpv4, handoverInner), FWD_V_DECAP},
 		{"handover: a stateless share keeps its packets", handoverStateless, XDP_PASS, handoverStateless,
 		 FWD_V_PASS_OWN},
 		{"a slice we drain for s2 goes to s2", draining, XDP_TX, encapsulated(draining, kS2Mac, kS1Mac, kS1, kS2),
@@ -327,7 +341,7 @@ TEST_F(XdpForwarder, KeepsFlowsWithConntrackStateDuringHandover)
 	// Same ports, another peer: no state, so it belongs to the previous owner.
 	const Bytes unknown = toUs(ipv4(ip("203.0.113.11"), kShared, kProtoTcp, tcp(443, port(3, 76), 0x10)));
 	run({"handover: another peer, no state: second hop", unknown, XDP_TX,
-	     encapsulated(unknown, kS2Mac, kS1Mac, kS1, kS2), FWD_V_SECOND_HOP});
+	     encapsulated(unknown, kS2Mac, kS1Mac, kS1, kS2, FWD_OUTER_TTL_LAST), FWD_V_SECOND_HOP});
 }
 
 TEST_F(XdpForwarder, MovesASliceWithOneMapUpdate)

@@ -136,7 +136,9 @@ inline Bytes quote(const Bytes &ipPacket)
 // What the forwarder must transmit for `frame`: a new Ethernet header and an
 // outer IPv4 header (tos, id and DF of the inner packet, TTL 64, IPIP),
 // computed here independently of the BPF code.
-inline Bytes encapsulated(const Bytes &frame, const Mac &dst, const Mac &src, Ipv4 outerSrc, Ipv4 outerDst)
+// `ttl`: the outer TTL, FWD_OUTER_TTL (64) or, sent on a second time, FWD_OUTER_TTL_LAST (63).
+inline Bytes encapsulated(const Bytes &frame, const Mac &dst, const Mac &src, Ipv4 outerSrc, Ipv4 outerDst,
+			  uint8_t ttl = 64)
 {
 	Bytes inner(frame.begin() + 14, frame.end());
 	uint16_t innerLen = static_cast<uint16_t>(inner[2] << 8 | inner[3]);
@@ -144,7 +146,7 @@ inline Bytes encapsulated(const Bytes &frame, const Mac &dst, const Mac &src, Ip
 	o.tos = inner[1];
 	o.id = static_cast<uint16_t>(inner[4] << 8 | inner[5]);
 	o.fragOff = static_cast<uint16_t>((inner[6] << 8 | inner[7]) & kDf);
-	o.ttl = 64;
+	o.ttl = ttl;
 	Bytes outer = ipv4(outerSrc, outerDst, kProtoIpip, inner, o);
 	// The outer length counts the inner packet's own length, not trailing padding.
 	outer[2] = static_cast<uint8_t>((innerLen + 20) >> 8);

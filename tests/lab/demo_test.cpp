@@ -76,10 +76,10 @@ TEST(Demo, EveryWorkloadLeavesInsideItsServersSlicesAndTheMoveLosesNoFlow)
 	// The old owner drains the slice (SetSliceOwner names it `previous`): a
 	// flow in flight on the moved slice completes, through the new owner's
 	// second hop and the old owner's drain_zone. None may time out.
-	// Still open: answers that land on the old or a bystander server between
-	// their set-owner and the new owner's reach a new owner that does not know
-	// yet (it passes them, without state); at most the 2 in flight per sender.
-	EXPECT_LE(move[3], 4) << "more flows timed out than were in flight on the moved slice";
+	// Answers that land on the old owner or a bystander between its set-owner
+	// and the new owner's reach a new owner that has not heard of the move
+	// yet: its forwarder sends them on to the owner it knows, once.
+	EXPECT_EQ(move[3], 0) << "flows timed out during the move";
 	EXPECT_EQ(numbers(text, R"(check: timed out during the move outside the moved slice's workloads \(w1 w2\): (\d+))"),
 		  std::vector<long>{0});
 
