@@ -164,11 +164,20 @@ Status scan(const plan::Plan &plan, std::vector<DrainingFlow> *draining, std::ve
 	// sends from: its slices and those it drains as previous owner.
 	struct Shared {
 		const plan::PlannedAddress *address;
-		std::vector<config::PortRange> keep;
+		const std::vector<config::PortRange> *keep; // myRuns, or drained below
+		std::vector<config::PortRange> drained;     // guardRuns when this server drains a slice here
 	};
 	std::map<uint32_t, Shared> shared;
-	for (const plan::PlannedAddress &a : plan.addresses)
-		shared[a.address.networkOrder()] = Shared{&a, a.guardRuns(plan.serverIndex)};
+	const auto self = static_cast<int32_t>(plan.serverIndex);
+	for (const plan::PlannedAddress &a : plan.addresses) {
+		Shared &entry = shared[a.address.networkOrder()];
+		entry.address = &a;
+		entry.keep = &a.myRuns;
+		if (std::find(a.previous.begin(), a.previous.end(), self) != a.previous.end()) {
+			entry.drained = a.guardRuns(plan.serverIndex);
+			entry.keep = &entry.drained;
+		}
+	}
 
 	NfctHandle dump(nfct_open(CONNTRACK, 0));
 	if (!dump)
@@ -195,7 +204,7 @@ Status scan(const plan::Plan &plan, std::vector<DrainingFlow> *draining, std::ve
 		if (it == c->shared->end())
 			return NFCT_CB_CONTINUE;
 		uint16_t port = ntohs(nfct_get_attr_u16(ct, ATTR_REPL_PORT_DST));
-		for (const config::PortRange &run : it->second.keep) {
+		for (const config::PortRange &run : *it->second.keep) {
 			if (port < run.lo || port > run.hi)
 				continue;
 			std::optional<uint32_t> slice = it->second.address->sliceOf(port);
