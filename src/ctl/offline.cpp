@@ -69,7 +69,7 @@ int runDump(const OfflineOptions &o, std::ostream &out, std::ostream &err)
 		return 1;
 	// Offline there is no daemon generation: a dump shows generation 1,
 	// which is what `portsliced --apply-once` writes on a fresh machine.
-	out << nft::render(nft::buildModel(*plan, 1));
+	out << nft::render(nft::buildModel(*plan, 1, false), &*plan);
 	return 0;
 }
 

@@ -112,10 +112,10 @@ Result<std::vector<dbus::StatRow>> KernelBackend::stats(const plan::Plan &plan)
 std::string KernelBackend::dump(const plan::Plan &plan, uint64_t generation)
 {
 	// The comment the kernel holds (a delta keeps the last full replace's).
-	nft::TableModel model = nft::buildModel(plan, generation);
+	nft::TableModel model = nft::buildModel(plan, generation, false);
 	if (!comment_.empty())
 		model.comment = comment_;
-	return nft::render(model);
+	return nft::render(model, &plan);
 }
 
 std::optional<uint64_t> KernelBackend::appliedGeneration()

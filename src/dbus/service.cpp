@@ -99,7 +99,10 @@ Answer<uint64_t> Service::reload()
 	config::LoadResult loaded = config::loadFile(options_.configPath);
 	if (!loaded.ok())
 		return fail({Fault::InvalidConfig, errorLines(loaded.diagnostics)}, true);
-	OverlayResult laid = applyOverlay(*loaded.config, overlay_);
+	decltype(fileSlices_) fileSlices;
+	for (const config::Address &a : loaded.config->addresses)
+		fileSlices.emplace(a.address.value, FileSlices{a.owners, a.previous});
+	OverlayResult laid = applyOverlay(std::move(*loaded.config), overlay_);
 	for (const std::string &why : laid.dropped)
 		listener_.log("dropping persisted slice owner " + why);
 	DrainResult drained = applyDrains(laid.config, drains_, now());
@@ -112,13 +115,13 @@ Answer<uint64_t> Service::reload()
 	Answer<uint64_t> answer = commit(std::move(laid.config), std::move(laid.kept), std::move(drained.kept), persist,
 					 Fault::InvalidConfig);
 	if (answer.ok())
-		file_ = std::move(*loaded.config);
+		fileSlices_ = std::move(fileSlices);
 	return answer;
 }
 
 Answer<uint64_t> Service::setSliceOwner(std::string_view addressText, uint32_t slice, std::string_view serverName)
 {
-	if (!config_ || !file_)
+	if (!config_)
 		return fail({Fault::InvalidConfig, "no configuration is applied (" + lastError_ +
 			     "); fix " + options_.configPath + " and reload first"}, false);
 	std::optional<Ipv4> ip = Ipv4::parse(addressText);
@@ -161,16 +164,17 @@ Answer<uint64_t> Service::setSliceOwner(std::string_view addressText, uint32_t s
 	if (!same && current != address->owners.end() && options_.drain.count() > 0) {
 		setDrain(drains, SliceDrain{*ip, slice, current->second, now() + options_.drain.count()});
 		previous = current->second;
-	} else if (const config::Address *inFile = file_->findAddress(*ip); inFile && inFile->previous.count(slice)) {
-		previous = inFile->previous.at(slice);
+	} else if (auto inFile = fileSlices_.find(ip->value);
+		   inFile != fileSlices_.end() && inFile->second.previous.count(slice)) {
+		previous = inFile->second.previous.at(slice);
 	}
 
 	Overlay overlay = overlay_;
 	// A change the file already says needs no overlay entry: it retires.
 	bool fileAgrees = false;
-	if (const config::Address *inFile = file_->findAddress(*ip)) {
-		auto it = inFile->owners.find(slice);
-		fileAgrees = it != inFile->owners.end() && it->second == server;
+	if (auto inFile = fileSlices_.find(ip->value); inFile != fileSlices_.end()) {
+		auto it = inFile->second.owners.find(slice);
+		fileAgrees = it != inFile->second.owners.end() && it->second == server;
 	}
 	if (fileAgrees)
 		std::erase_if(overlay, [&](const OwnerOverride &o) { return o.address == *ip && o.slice == slice; });
@@ -264,18 +268,32 @@ int64_t Service::now() const
 
 void Service::expireDrains()
 {
-	if (!file_ || !config_ || state_ == State::Failed)
+	if (!config_ || state_ == State::Failed)
 		return;
 	int64_t t = now();
 	if (std::none_of(drains_.begin(), drains_.end(), [&](const SliceDrain &d) { return d.until <= t; }))
 		return;
-	// The file and the owner changes as they are, without the ended drains.
-	OverlayResult laid = applyOverlay(*file_, overlay_);
-	DrainResult drained = applyDrains(laid.config, drains_, t);
-	for (const std::string &why : drained.dropped)
-		listener_.log("ending " + why);
-	(void)commit(std::move(laid.config), std::move(laid.kept), std::move(drained.kept), true, Fault::ApplyFailed,
-		     true);
+	// The applied config without the ended drains: those slices get back the
+	// previous owner the file names, if any.
+	config::Config next = *config_;
+	Drains kept;
+	for (const SliceDrain &d : drains_) {
+		if (d.until > t) {
+			kept.push_back(d);
+			continue;
+		}
+		listener_.log("ending drain of " + d.address.str() + " slice " + std::to_string(d.slice) + " by " +
+			      d.previous + ": its deadline has passed");
+		config::Address *address = next.findAddress(d.address);
+		if (!address)
+			continue;
+		auto inFile = fileSlices_.find(d.address.value);
+		if (inFile != fileSlices_.end() && inFile->second.previous.count(d.slice))
+			address->previous[d.slice] = inFile->second.previous.at(d.slice);
+		else
+			address->previous.erase(d.slice);
+	}
+	(void)commit(std::move(next), overlay_, std::move(kept), true, Fault::ApplyFailed, true);
 }
 
 Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, Drains drains, bool persist, Fault planFault,

@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -120,8 +121,15 @@ private:
 	Listener &listener_;
 	StateStore store_;
 
-	std::optional<config::Config> file_;   // the file as last loaded successfully
-	std::optional<config::Config> config_; // file_ with the overlay laid over it
+	std::optional<config::Config> config_; // the file as last loaded, the overlay laid over it
+	// The file's own slice owners and previous owners by address (not a
+	// second copy of the whole config): an overlay entry the file agrees
+	// with retires, and an ended drain gives the slice the file's previous.
+	struct FileSlices {
+		decltype(config::Address::owners) owners;
+		decltype(config::Address::previous) previous;
+	};
+	std::unordered_map<uint32_t, FileSlices> fileSlices_;
 	std::optional<plan::Plan> plan_;       // what is applied
 	Overlay overlay_;                      // persisted SetSliceOwner changes
 	Drains drains_;                        // persisted old owners still draining, with their deadlines

@@ -69,9 +69,9 @@ DrainResult applyDrains(config::Config &config, const Drains &drains, int64_t no
 	return result;
 }
 
-OverlayResult applyOverlay(const config::Config &file, const Overlay &overlay)
+OverlayResult applyOverlay(config::Config file, const Overlay &overlay)
 {
-	OverlayResult result{file, {}, {}};
+	OverlayResult result{std::move(file), {}, {}};
 	for (const OwnerOverride &o : overlay) {
 		config::Address *address = result.config.findAddress(o.address);
 		std::string what = o.address.str() + " slice " + std::to_string(o.slice) + " -> " + o.server;
@@ -84,7 +84,7 @@ OverlayResult applyOverlay(const config::Config &file, const Overlay &overlay)
 						 std::to_string(address->sliceCount()) + " slices now");
 			continue;
 		}
-		if (!file.findServer(o.server)) {
+		if (!result.config.findServer(o.server)) {
 			result.dropped.push_back(what + ": the config no longer has this server");
 			continue;
 		}

@@ -61,8 +61,9 @@ DrainResult applyDrains(config::Config &config, const Drains &drains, int64_t no
 
 // Lay the overlay over a config from the file. Entries that name an address,
 // slice or server the file no longer has are dropped (the file is the
-// operator's word); entries the file now agrees with are retired.
-OverlayResult applyOverlay(const config::Config &file, const Overlay &overlay);
+// operator's word); entries the file now agrees with are retired. The
+// config is taken (and returned in the result), not copied.
+OverlayResult applyOverlay(config::Config file, const Overlay &overlay);
 
 // What the state directory keeps: the overlay, and the last generation, so
 // that generations keep growing across restarts (the table's comment only

@@ -1227,47 +1227,65 @@ Result<std::optional<TableState>> NftApplier::readState()
 
 Result<ApplyReport> NftApplier::apply(const plan::Plan &next, const plan::Plan *current, uint64_t generation)
 {
-	if (!current) {
-		TableModel model = buildModel(next, generation, false);
-		return replace(model, &next);
-	}
-	TableModel nextModel = buildModel(next, generation);
-	TableModel currentModel = buildModel(*current, 0);
-	return applyModel(nextModel, &currentModel);
+	TableModel nextModel = buildModel(next, generation, false);
+	if (!current)
+		return replace(nextModel, &next);
+	TableModel currentModel = buildModel(*current, 0, false);
+	return delta(nextModel, currentModel, &next, current);
 }
 
 Result<ApplyReport> NftApplier::applyModel(const TableModel &next, const TableModel *current)
 {
+	TableModel nextCopy = next;
+	if (!current)
+		return replace(nextCopy, nullptr);
+	TableModel currentCopy = *current;
+	return delta(nextCopy, currentCopy, nullptr, nullptr);
+}
+
+Result<ApplyReport> NftApplier::delta(TableModel &next, TableModel &current, const plan::Plan *nextPlan,
+				      const plan::Plan *currentPlan)
+{
 	auto exists = readState();
 	if (!exists)
 		return exists.error().wrap("applying table portslice");
-	if (!current || !exists->has_value() || !sameStructure(next, *current)) {
-		TableModel copy = next;
-		return replace(copy, nullptr);
-	}
+	if (!exists->has_value() || !sameStructure(next, current))
+		return replace(next, nextPlan);
 
 	// Element delta: counters first (elements refer to them), deleted
-	// elements before added ones, stale counters last.
+	// elements before added ones, stale counters last. With plans, the port
+	// sets are built one at a time on both sides and freed once compared.
 	// The kernel ignores new user data on an existing table (checked on
 	// 6.18), so the comment keeps the generation of the last full
 	// replace; the daemon holds the current one.
 	ApplyReport report;
 	Batch batch;
 	TableWriter w(batch);
-	bool sameCounters = current->counters == next.counters;
+	bool sameCounters = current.counters == next.counters;
 	std::set<std::string> oldCounters, newCounters;
 	if (!sameCounters) {
-		oldCounters.insert(current->counters.begin(), current->counters.end());
+		oldCounters.insert(current.counters.begin(), current.counters.end());
 		newCounters.insert(next.counters.begin(), next.counters.end());
 		for (const std::string &c : next.counters)
 			if (!oldCounters.count(c))
 				w.counter(c);
 	}
-	for (size_t i = 0; i < next.sets.size(); i++)
-		if (!sameElements(current->sets[i].elements, next.sets[i].elements))
-			w.delta(current->sets[i], next.sets[i], report);
+	for (size_t i = 0; i < next.sets.size(); i++) {
+		Set &n = next.sets[i], &o = current.sets[i];
+		bool built = nextPlan && currentPlan && isPortSet(n.name);
+		if (built) {
+			n.elements = portSetElements(*nextPlan, n.name);
+			o.elements = portSetElements(*currentPlan, o.name);
+		}
+		if (!sameElements(o.elements, n.elements))
+			w.delta(o, n, report);
+		if (built) {
+			std::vector<Element>().swap(n.elements);
+			std::vector<Element>().swap(o.elements);
+		}
+	}
 	if (!sameCounters)
-		for (const std::string &c : current->counters)
+		for (const std::string &c : current.counters)
 			if (!newCounters.count(c))
 				w.counter(c, true);
 	batch.finish();
@@ -1275,8 +1293,7 @@ Result<ApplyReport> NftApplier::applyModel(const TableModel &next, const TableMo
 	if (Status s = sock_.send(batch); !s) {
 		// A delta assumes the kernel holds `current`; when it does not
 		// (someone changed the table), replace the table instead.
-		TableModel copy = next;
-		return replace(copy, nullptr);
+		return replace(next, nextPlan);
 	}
 	report.bytes = batch.bytes();
 	return report;

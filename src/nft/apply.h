@@ -76,6 +76,10 @@ private:
 	// and each set's elements are freed once encoded: a large table is never
 	// held whole beside its batch.
 	Result<ApplyReport> replace(TableModel &model, const plan::Plan *plan);
+	// Only the elements and counters that differ, when the structure is the
+	// same (else replace). With both plans, port sets are built from them.
+	Result<ApplyReport> delta(TableModel &next, TableModel &current, const plan::Plan *nextPlan,
+				  const plan::Plan *currentPlan);
 
 	explicit NftApplier(Socket sock) : sock_(std::move(sock)) {}
 

@@ -134,7 +134,7 @@ std::vector<Chain> chains(const TableModel &m)
 	return out;
 }
 
-std::string render(const TableModel &m)
+std::string render(const TableModel &m, const plan::Plan *plan)
 {
 	std::string out;
 	out.reserve(4096);
@@ -152,14 +152,18 @@ std::string render(const TableModel &m)
 	}
 	for (const Set &s : m.sets) {
 		separate();
+		std::vector<Element> built; // a port set left empty: built now, freed after
+		if (plan && s.elements.empty() && isPortSet(s.name))
+			built = portSetElements(*plan, s.name);
+		const std::vector<Element> &elements = built.empty() ? s.elements : built;
 		out += s.kind == SetKind::Set ? "\tset " : "\tmap ";
 		out += s.name + " {\n\t\t" + s.declaration + "\n";
 		if (s.interval)
 			out += "\t\tflags interval\n";
-		if (!s.elements.empty()) {
+		if (!elements.empty()) {
 			out += "\t\telements = { ";
 			int perLine = elementsPerLine(s), onLine = 0;
-			for (size_t i = 0; i < s.elements.size(); i++) {
+			for (size_t i = 0; i < elements.size(); i++) {
 				if (i > 0) {
 					if (onLine >= perLine) {
 						out += ",\n\t\t\t     ";
@@ -168,7 +172,7 @@ std::string render(const TableModel &m)
 						out += ", ";
 					}
 				}
-				out += formatElement(s, s.elements[i]);
+				out += formatElement(s, elements[i]);
 				onLine++;
 			}
 			out += " }\n";

@@ -23,6 +23,8 @@ struct Chain {
 std::vector<Chain> chains(const TableModel &model);
 
 std::string formatElement(const Set &set, const Element &element);
-std::string render(const TableModel &model);
+// With `plan`, the port sets that `model` leaves empty (buildModel(…, false))
+// are built from it one at a time, so a large table is never held whole.
+std::string render(const TableModel &model, const plan::Plan *plan = nullptr);
 
 } // namespace portslice::nft
