@@ -1319,8 +1319,11 @@ Result<ApplyReport> NftApplier::replace(TableModel &model, const plan::Plan *pla
 	for (Set &set : model.sets) {
 		w.set(set.name, declOf(set));
 		if (plan && set.elements.empty() && isPortSet(set.name))
-			set.elements = portSetElements(*plan, set.name);
-		w.elements(set, set.elements, false, &report.elementsAdded);
+			portSetChunks(*plan, set.name, 4096, [&](const std::vector<Element> &some) {
+				w.elements(set, some, false, &report.elementsAdded);
+			});
+		else
+			w.elements(set, set.elements, false, &report.elementsAdded);
 		std::vector<Element>().swap(set.elements); // encoded: the batch holds it now
 	}
 	for (const Chain &c : chainList)

@@ -3,6 +3,7 @@
 #include "nft/model.h"
 
 #include <algorithm>
+#include <functional>
 #include <cstdio>
 #include <set>
 
@@ -249,6 +250,33 @@ bool isPortSet(std::string_view name)
 		if (s->name == name)
 			return true;
 	return false;
+}
+
+void portSetChunks(const Plan &plan, std::string_view name, size_t chunk,
+		   const std::function<void(const std::vector<Element> &)> &take)
+{
+	PortSets ports(name);
+	Set *target = nullptr;
+	for (Set *s : ports.all())
+		if (s->name == name)
+			target = s;
+	if (!target)
+		return;
+	auto flush = [&](size_t atLeast) {
+		if (!target->elements.empty() && target->elements.size() >= atLeast) {
+			take(target->elements);
+			target->elements.clear();
+		}
+	};
+	for (const plan::PlannedAddress &a : plan.addresses) {
+		ports.address(a, plan.serverIndex);
+		flush(chunk);
+	}
+	for (const PlannedSource &s : plan.sources) {
+		ports.source(plan, s, s.assignments);
+		flush(chunk);
+	}
+	flush(1);
 }
 
 std::vector<Element> portSetElements(const Plan &plan, std::string_view name)

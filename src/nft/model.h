@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -92,6 +93,10 @@ struct TableModel {
 TableModel buildModel(const plan::Plan &plan, uint64_t generation, bool portElements = true);
 bool isPortSet(std::string_view name);
 std::vector<Element> portSetElements(const plan::Plan &plan, std::string_view name);
+// The same elements in pieces of about `chunk`, in no particular order (what
+// a full replace needs: the kernel does not care), never all at once.
+void portSetChunks(const plan::Plan &plan, std::string_view name, size_t chunk,
+		   const std::function<void(const std::vector<Element> &)> &take);
 
 // What a slice move changes in the table: my_ports of the moved address and
 // the NAT maps' elements of its users, as they were and as they are now

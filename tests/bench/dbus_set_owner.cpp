@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Benchmark: one SetSliceOwner over D-Bus against a running portsliced vs the nft CLI changing one element of the same table.
 //
-// dbus_set_owner [--sources 6250] [--pairs 5] [--no-xdp] [--tmpfs-state]
+// dbus_set_owner [--sources 6250] [--pairs 5] [--no-xdp] [--tmpfs-state] [--drain-seconds S]
 // Needs root. The process moves into a network namespace of its own (it dies
 // with the process), starts a private dbus-daemon and portsliced there, and
 // prints the figures; it asserts nothing. 6250 sources make about 237k elements.
@@ -143,6 +143,7 @@ int main(int argc, char **argv)
 	int pairs = 5;
 	bool xdp = true;
 	bool tmpfsState = false; // state directory on /dev/shm: the fsync of the overlay costs nothing
+	std::string drainSeconds; // empty: the daemon's default
 	for (int i = 1; i < argc; ++i) {
 		std::string a = argv[i];
 		if (a == "--sources" && i + 1 < argc)
@@ -153,8 +154,11 @@ int main(int argc, char **argv)
 			xdp = false;
 		else if (a == "--tmpfs-state")
 			tmpfsState = true;
+		else if (a == "--drain-seconds" && i + 1 < argc)
+			drainSeconds = argv[++i];
 		else {
-			std::fprintf(stderr, "usage: dbus_set_owner [--sources N] [--pairs K] [--no-xdp] [--tmpfs-state]\n");
+			std::fprintf(stderr, "usage: dbus_set_owner [--sources N] [--pairs K] [--no-xdp] [--tmpfs-state] "
+					     "[--drain-seconds S]\n");
 			return 2;
 		}
 	}
@@ -203,6 +207,10 @@ int main(int argc, char **argv)
 		daemonArgs.push_back((dir / "bpf" / "portslice").string());
 	} else {
 		daemonArgs.push_back("--no-xdp");
+	}
+	if (!drainSeconds.empty()) {
+		daemonArgs.push_back("--drain-seconds");
+		daemonArgs.push_back(drainSeconds);
 	}
 	auto started = Clock::now();
 	pid_t daemon = spawn(daemonArgs, log);
@@ -298,11 +306,15 @@ int main(int argc, char **argv)
 			sp.xdp.push_back(parts[i][2]);
 		}
 	}
-	std::printf("SetSliceOwner %u sources (%zu elements, xdp %s), D-Bus round trip, median of %d pairs:\n"
+	// With a drain (the daemon's default), a loss starts one (s1 keeps the
+	// slice's flows) and the next gain ends it: both walk the conntrack table.
+	std::printf("SetSliceOwner %u sources (%zu elements, xdp %s, drain %s), D-Bus round trip, median of %d pairs:\n"
 		    "  gain (s1 takes the slice): %.2f ms; nft add element %.1f ms; ratio %.4f\n"
 		    "  loss (s1 gives it back): %.2f ms; nft delete element %.1f ms; ratio %.4f\n"
 		    "  daemon start to applied %.2f s; daemon peak RSS%s\n",
-		    sources, elements, xdp ? "on" : "off", pairs, median(gain) * 1e3, median(addB) * 1e3,
+		    sources, elements, xdp ? "on" : "off",
+		    drainSeconds.empty() ? "default" : (drainSeconds + " s").c_str(), pairs, median(gain) * 1e3,
+		    median(addB) * 1e3,
 		    median(gain) / median(addB), median(loss) * 1e3, median(delB) * 1e3, median(loss) / median(delB),
 		    startSeconds, peakRss(daemon).c_str());
 	for (int w = 0; w < 2; w++) {
