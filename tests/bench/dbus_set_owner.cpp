@@ -248,7 +248,12 @@ int main(int argc, char **argv)
 	// B runs on a copy of the table in a namespace of its own: the daemon
 	// would (rightly) restore its table after the CLI's change.
 	std::string refNs = "psd-bref-" + std::to_string(::getpid());
-	std::ofstream(dir / "table.nft") << proxy.Dump();
+	// The copy comes from the offline `portslicectl dump` of the same file, so
+	// that the daemon's peak RSS below is that of holding the plan; a Dump()
+	// over the bus (the whole table as text) is measured after, on its own.
+	timedRun({"sh", "-c", std::string(PSD_BUILD_ROOT) + "/src/ctl/portslicectl dump --config " +
+				      (dir / "fleet.toml").string() + " > " + (dir / "table.nft").string()},
+		 log);
 	timedRun({"ip", "netns", "add", refNs}, log);
 	timedRun({"ip", "netns", "exec", refNs, "nft", "-f", (dir / "table.nft").string()}, log);
 	std::vector<std::string> nsenter = {"nsenter", "--net=/run/netns/" + refNs, "nft"};
@@ -308,15 +313,20 @@ int main(int argc, char **argv)
 	}
 	// With a drain (the daemon's default), a loss starts one (s1 keeps the
 	// slice's flows) and the next gain ends it: both walk the conntrack table.
+	std::string holding = peakRss(daemon);
+	auto dumpStart = Clock::now();
+	size_t dumpBytes = proxy.Dump().size();
+	double dumpSeconds = std::chrono::duration<double>(Clock::now() - dumpStart).count();
 	std::printf("SetSliceOwner %u sources (%zu elements, xdp %s, drain %s), D-Bus round trip, median of %d pairs:\n"
 		    "  gain (s1 takes the slice): %.2f ms; nft add element %.1f ms; ratio %.4f\n"
 		    "  loss (s1 gives it back): %.2f ms; nft delete element %.1f ms; ratio %.4f\n"
-		    "  daemon start to applied %.2f s; daemon peak RSS%s\n",
+		    "  daemon start to applied %.2f s; daemon peak RSS after start and the calls:%s\n"
+		    "  then one Dump() (%zu bytes, %.2f s): daemon peak RSS%s\n",
 		    sources, elements, xdp ? "on" : "off",
 		    drainSeconds.empty() ? "default" : (drainSeconds + " s").c_str(), pairs, median(gain) * 1e3,
 		    median(addB) * 1e3,
 		    median(gain) / median(addB), median(loss) * 1e3, median(delB) * 1e3, median(loss) / median(delB),
-		    startSeconds, peakRss(daemon).c_str());
+		    startSeconds, holding.c_str(), dumpBytes, dumpSeconds, peakRss(daemon).c_str());
 	for (int w = 0; w < 2; w++) {
 		const Split &sp = split[w];
 		if (sp.plan.empty() || sp.nft.empty())
