@@ -240,11 +240,10 @@ int main(int argc, char **argv)
 		}
 	}
 
-	// A: s1 takes slice 1 of the first address from s2, then gives it back
+	// A: s1 takes a slice of the first address from its owner, then gives it back
 	// (each call one SetSliceOwner: validate, plan, persist, element delta, conntrack clean-up, XDP maps).
 	// B: the nft CLI adding one my_ports element of the same move, and deleting it.
 	std::string first = Ipv4{198u << 24 | 18u << 16}.str();
-	std::string element = "{ " + first + " . 3072-5119 }";
 	// B runs on a copy of the table in a namespace of its own: the daemon
 	// would (rightly) restore its table after the CLI's change.
 	std::string refNs = "psd-bref-" + std::to_string(::getpid());
@@ -262,13 +261,19 @@ int main(int argc, char **argv)
 		return timedRun(args, log);
 	};
 	std::vector<double> gain, loss, addB, delB;
+	// Pair i moves slice k = i + 1 (owned by server k + 1): s1 has never
+	// held it, so the gain is a plain gain, not the end of s1's own drain.
 	for (int i = 0; i < pairs; ++i) {
+		uint32_t k = 1 + static_cast<uint32_t>(i) % 30;
+		std::string element = "{ " + first + " . " + std::to_string(1024 + k * 2048) + "-" +
+				      std::to_string(1024 + k * 2048 + 2047) + " }";
 		addB.push_back(nft({"add", "element", "inet", "portslice", "my_ports", element}));
 		delB.push_back(nft({"delete", "element", "inet", "portslice", "my_ports", element}));
-		for (const char *to : {"s1", "s2"}) {
+		std::string owner = "s" + std::to_string(k + 1);
+		for (const std::string &to : {std::string("s1"), owner}) {
 			auto t0 = Clock::now();
-			proxy.SetSliceOwner(first, 1, to);
-			(to[1] == '1' ? gain : loss).push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+			proxy.SetSliceOwner(first, k, to);
+			(to == "s1" ? gain : loss).push_back(std::chrono::duration<double>(Clock::now() - t0).count());
 		}
 	}
 	timedRun({"ip", "netns", "del", refNs}, log);
@@ -284,7 +289,7 @@ int main(int argc, char **argv)
 			size_t at = line.find("; ms: plan ");
 			if (at == std::string::npos || line.find(": slice ") == std::string::npos)
 				continue;
-			int which = line.find(" to s1 ") != std::string::npos ? 0 : 1;
+			int which = line.find(" to s1 ") != std::string::npos ? 0 : 1; // else back to its owner
 			double p = 0, f = 0, y = 0;
 			if (std::sscanf(line.c_str() + at, "; ms: plan %lf, persist %lf, apply %lf", &p, &f, &y) == 3) {
 				split[which].plan.push_back(p);
