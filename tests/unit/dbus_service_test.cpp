@@ -373,6 +373,27 @@ TEST_F(ServiceTest, SettingTheSameOwnerAgainEndsTheDrainAtOnce)
 	EXPECT_EQ(backend_.calls.size(), 3u);
 }
 
+TEST_F(ServiceTest, AReloadEndsADrainWhoseServerOrSliceTheFileNoLongerHas)
+{
+	auto service = makeService();
+	ASSERT_TRUE(service->start().ok());
+	ASSERT_TRUE(service->setSliceOwner("198.51.100.1", 1, "s1").ok());
+	ASSERT_EQ(service->drains().size(), 1u);
+	// s2, the draining old owner, leaves the fleet file.
+	std::string without = kFleet;
+	without.erase(without.find("[[servers]]\nname = \"s2\""), std::string("[[servers]]\nname = \"s2\"\naddress = \"192.0.2.12\"\ndatacenter = \"lab1\"\n\n").size());
+	without.replace(without.find("s1 = 0, s2 = 1"), 14, "s1 = [0, 1]");
+	writeConfig(without);
+	Answer<uint64_t> reloaded = service->reload();
+	ASSERT_TRUE(reloaded.ok()) << reloaded.failure().message;
+	EXPECT_TRUE(service->drains().empty());
+	EXPECT_EQ(stateFile().find("\ndrain "), std::string::npos) << stateFile();
+	bool logged = false;
+	for (const std::string &line : listener_.logs)
+		logged = logged || line.find("the config no longer has this server") != std::string::npos;
+	EXPECT_TRUE(logged);
+}
+
 TEST_F(ServiceTest, NoDrainMovesAtOnceAsBefore)
 {
 	auto service = makeService(std::chrono::seconds(0));
@@ -476,6 +497,13 @@ TEST(StateStore, KeepsOwnersAcrossSaveAndLoad)
 	ASSERT_TRUE(reloaded.ok()) << reloaded.error().message();
 	EXPECT_EQ(*reloaded, withDrains);
 	EXPECT_EQ(reloaded->drains[0].previous, "s2");
+	ASSERT_TRUE(store.save({overlay, 17}).ok());
+
+	std::ofstream(store.path(), std::ios::app) << "drain 198.51.100.3 1 s1 soon\n";
+	Result<Persisted> badDrain = store.load();
+	ASSERT_FALSE(badDrain.ok());
+	EXPECT_NE(badDrain.error().message().find("drain ADDRESS SLICE PREVIOUS UNTIL"), std::string::npos)
+		<< badDrain.error().message();
 	ASSERT_TRUE(store.save({overlay, 17}).ok());
 
 	std::ofstream(store.path(), std::ios::app) << "198.51.100.3 x s1\n";
