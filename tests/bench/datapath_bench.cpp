@@ -2,6 +2,9 @@
 // Benchmark: packets per second through a server namespace running portsliced's table (BENCHMARKS.md "datapath scaling", "stateless vs conntrack").
 //
 // datapath_bench [--pairs 3] [--frames 2000000] [--seconds 3] [--sources 10000]
+//                [--rows scaling,stateless,reference] [--tweak FILE]
+// --rows runs only the named rows; --tweak FILE is an `nft -f` script applied in the
+// server namespace after every apply (to measure what one set or rule costs).
 // Needs root. Builds sender --veth--> server (eth0 uplink) --veth--> sink in
 // namespaces psp-PID-{snd,srv,snk}, deleted on every way out (also SIGINT/SIGTERM).
 // An AF_PACKET socket in the sender sends prebuilt Ethernet/IPv4/UDP frames with
@@ -236,8 +239,14 @@ public:
 			fail("cannot open the AF_PACKET socket in the sender namespace");
 	}
 
-	// Sends until maxFrames or maxSeconds; returns {frames sent, seconds}.
-	std::pair<uint64_t, double> send(bool newFlows, uint64_t maxFrames, double maxSeconds)
+	struct Sent {
+		uint64_t frames;
+		double seconds;
+		double cpuSeconds; // this thread's CPU time: sendmmsg runs the whole forwarding path inline
+	};
+
+	// Sends until maxFrames or maxSeconds.
+	Sent send(bool newFlows, uint64_t maxFrames, double maxSeconds)
 	{
 		std::vector<uint8_t> frames(kBatch * kFrameLen);
 		std::array<iovec, kBatch> iov{};
@@ -248,6 +257,7 @@ public:
 			msgs[j].msg_hdr.msg_iovlen = 1;
 		}
 		uint64_t sent = 0;
+		double cpu0 = threadCpuSeconds();
 		auto t0 = Clock::now();
 		double elapsed = 0;
 		while (sent < maxFrames && elapsed < maxSeconds && !gStop) {
@@ -267,10 +277,17 @@ public:
 			sent += done;
 			elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
 		}
-		return {sent, elapsed};
+		return {sent, elapsed, threadCpuSeconds() - cpu0};
 	}
 
 private:
+	static double threadCpuSeconds()
+	{
+		timespec ts{};
+		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+		return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+	}
+
 	portslice::UniqueFd fd_;
 	std::array<uint8_t, 6> dst_{}, src_{};
 };
@@ -306,11 +323,13 @@ std::string writeRulePerSource(uint32_t n)
 struct Run {
 	double pps;
 	double sendPps;
+	double cpuNs; // sender CPU time per delivered frame, less sensitive to other load than pps
 	long conntrack;
 };
 
 uint64_t gFrames = 2000000;
 double gSeconds = 3;
+std::string gTweak; // nft -f script applied after every apply, empty: none
 
 Run measure(const Lab &l, Sender &s, const std::string &cfg, bool newFlows)
 {
@@ -320,17 +339,19 @@ Run measure(const Lab &l, Sender &s, const std::string &cfg, bool newFlows)
 	else
 		must("ip netns exec " + l.srv + " " + kBuild + "/src/daemon/portsliced --config " + cfg +
 		     " --apply-once --no-xdp --state-dir " + gTmp + "/state");
+	if (!gTweak.empty())
+		must("ip netns exec " + l.srv + " nft -f " + gTweak);
 	sh("ip netns exec " + l.srv + " conntrack -F");
 	usleep(200000);
 	uint64_t before = sinkPackets(l);
-	auto [sent, secs] = s.send(newFlows, gFrames, gSeconds);
+	auto [sent, secs, cpuSecs] = s.send(newFlows, gFrames, gSeconds);
 	usleep(300000);
 	uint64_t after = sinkPackets(l);
 	if (gStop)
 		fail("interrupted");
 	std::string c = capture("ip netns exec " + l.srv + " conntrack -C");
 	Run r{static_cast<double>(after - before) / secs, static_cast<double>(sent) / secs,
-	      c.empty() ? -1 : std::stol(c)};
+	      cpuSecs * 1e9 / static_cast<double>(std::max<uint64_t>(1, after - before)), c.empty() ? -1 : std::stol(c)};
 	if (after - before < sent / 100)
 		fail("the sink saw " + std::to_string(after - before) + " of " + std::to_string(sent) +
 		     " frames through " + cfg + ": the server does not forward");
@@ -340,22 +361,27 @@ Run measure(const Lab &l, Sender &s, const std::string &cfg, bool newFlows)
 void compare(const Lab &l, Sender &s, int pairs, const std::string &name, const std::string &aName,
 	     const std::string &aCfg, const std::string &bName, const std::string &bCfg, bool newFlows, double target)
 {
-	std::vector<double> a, b, ratio;
+	std::vector<double> a, b, ratio, cpuA, cpuB, cpuRatio;
 	long ctA = 0;
 	for (int i = 0; i < pairs; i++) {
 		Run ra = measure(l, s, aCfg, newFlows);
 		Run rb = measure(l, s, bCfg, newFlows);
-		std::printf("  %s pair %d: %s %.0f pps (sent %.0f/s, %ld conntrack), %s %.0f pps (sent %.0f/s, %ld conntrack)\n",
-			    name.c_str(), i + 1, aName.c_str(), ra.pps, ra.sendPps, ra.conntrack, bName.c_str(), rb.pps,
-			    rb.sendPps, rb.conntrack);
+		std::printf("  %s pair %d: %s %.0f pps (sent %.0f/s, %.0f ns CPU/frame, %ld conntrack), %s %.0f pps (sent "
+			    "%.0f/s, %.0f ns CPU/frame, %ld conntrack)\n",
+			    name.c_str(), i + 1, aName.c_str(), ra.pps, ra.sendPps, ra.cpuNs, ra.conntrack, bName.c_str(),
+			    rb.pps, rb.sendPps, rb.cpuNs, rb.conntrack);
 		std::fflush(stdout);
 		a.push_back(ra.pps);
 		b.push_back(rb.pps);
 		ratio.push_back(ra.pps / rb.pps);
+		cpuA.push_back(ra.cpuNs);
+		cpuB.push_back(rb.cpuNs);
+		cpuRatio.push_back(rb.cpuNs / ra.cpuNs);
 		ctA = std::max(ctA, ra.conntrack);
 	}
-	std::printf("| %s | %s %.0f pps | %s %.0f pps | %.3f | >= %.2f | %ld |\n", name.c_str(), aName.c_str(), median(a),
-		    bName.c_str(), median(b), median(ratio), target, ctA);
+	std::printf("| %s | %s %.0f pps, %.0f ns | %s %.0f pps, %.0f ns | %.3f | %.3f | >= %.2f | %ld |\n", name.c_str(),
+		    aName.c_str(), median(a), median(cpuA), bName.c_str(), median(b), median(cpuB), median(ratio),
+		    median(cpuRatio), target, ctA);
 	std::fflush(stdout);
 }
 
@@ -365,6 +391,7 @@ int main(int argc, char **argv)
 {
 	int pairs = 3;
 	uint32_t sources = 10000;
+	std::string rows = "scaling,stateless,reference";
 	for (int i = 1; i + 1 < argc; i += 2) {
 		std::string a = argv[i];
 		if (a == "--pairs")
@@ -375,8 +402,13 @@ int main(int argc, char **argv)
 			gSeconds = std::atof(argv[i + 1]);
 		else if (a == "--sources")
 			sources = static_cast<uint32_t>(std::atol(argv[i + 1]));
+		else if (a == "--rows")
+			rows = argv[i + 1];
+		else if (a == "--tweak")
+			gTweak = argv[i + 1];
 		else {
-			std::fprintf(stderr, "usage: datapath_bench [--pairs 3] [--frames 2000000] [--seconds 3] [--sources 10000]\n");
+			std::fprintf(stderr, "usage: datapath_bench [--pairs 3] [--frames 2000000] [--seconds 3] [--sources 10000]"
+					     " [--rows scaling,stateless,reference] [--tweak FILE]\n");
 			return 2;
 		}
 	}
@@ -400,14 +432,20 @@ int main(int argc, char **argv)
 	std::string ct10 = writeFleet(10, true), ctN = writeFleet(sources, true), sl10 = writeFleet(10, false);
 	std::printf("datapath_bench: %d pairs, at most %llu frames or %.1f s per run, %ld CPUs\n", pairs,
 		    static_cast<unsigned long long>(gFrames), gSeconds, sysconf(_SC_NPROCESSORS_ONLN));
-	std::printf("| what | A | B | median A/B | target | conntrack entries after A |\n| --- | --- | --- | --- | --- | --- |\n");
+	std::printf("| what | A (pps, CPU ns/frame) | B (pps, CPU ns/frame) | median A/B pps | median A/B per CPU (B ns / A ns) "
+		    "| target | conntrack entries after A |\n| --- | --- | --- | --- | --- | --- | --- |\n");
 	std::fflush(stdout);
-	compare(l, s, pairs, "datapath scaling (fixed 5-tuples)", std::to_string(sources) + " conntrack sources", ctN,
-		"10 conntrack sources", ct10, false, 0.95);
-	compare(l, s, pairs, "stateless vs conntrack (new flow per packet)", "stateless", sl10, "conntrack", ct10, true,
-		1.3);
-	compare(l, s, pairs, "vs one rule per source (new flow per packet)", std::to_string(sources) + " conntrack sources",
-		ctN, "nft, " + std::to_string(sources) + " rules, match last", writeRulePerSource(sources), true, 10);
+	auto wanted = [&](const std::string &row) { return ("," + rows + ",").find("," + row + ",") != std::string::npos; };
+	if (wanted("scaling"))
+		compare(l, s, pairs, "datapath scaling (fixed 5-tuples)", std::to_string(sources) + " conntrack sources",
+			ctN, "10 conntrack sources", ct10, false, 0.95);
+	if (wanted("stateless"))
+		compare(l, s, pairs, "stateless vs conntrack (new flow per packet)", "stateless", sl10, "conntrack", ct10,
+			true, 1.3);
+	if (wanted("reference"))
+		compare(l, s, pairs, "vs one rule per source (new flow per packet)",
+			std::to_string(sources) + " conntrack sources", ctN,
+			"nft, " + std::to_string(sources) + " rules, match last", writeRulePerSource(sources), true, 10);
 	cleanup();
 	return 0;
 }
