@@ -631,15 +631,17 @@ public:
 		add(std::move(e));
 	}
 	void notrack() { add(expr("notrack")); }
-	void bitwiseMask(uint32_t mask)
+	void bitwiseMask(uint32_t mask) { bitwiseAnd(kReg1, &mask, 4); }
+	// reg = reg & mask, len bytes (1 to 4).
+	void bitwiseAnd(uint32_t reg, const void *mask, uint32_t len)
 	{
 		auto e = expr("bitwise");
 		uint32_t zero = 0;
-		nftnl_expr_set_u32(e.get(), NFTNL_EXPR_BITWISE_SREG, kReg1);
-		nftnl_expr_set_u32(e.get(), NFTNL_EXPR_BITWISE_DREG, kReg1);
-		nftnl_expr_set_u32(e.get(), NFTNL_EXPR_BITWISE_LEN, 4);
-		nftnl_expr_set(e.get(), NFTNL_EXPR_BITWISE_MASK, &mask, 4);
-		nftnl_expr_set(e.get(), NFTNL_EXPR_BITWISE_XOR, &zero, 4);
+		nftnl_expr_set_u32(e.get(), NFTNL_EXPR_BITWISE_SREG, reg);
+		nftnl_expr_set_u32(e.get(), NFTNL_EXPR_BITWISE_DREG, reg);
+		nftnl_expr_set_u32(e.get(), NFTNL_EXPR_BITWISE_LEN, len);
+		nftnl_expr_set(e.get(), NFTNL_EXPR_BITWISE_MASK, mask, len);
+		nftnl_expr_set(e.get(), NFTNL_EXPR_BITWISE_XOR, &zero, len);
 		add(std::move(e));
 	}
 	void snat(bool withPorts)
@@ -1076,19 +1078,28 @@ void buildRule(RuleBuilder &r, TableWriter &w, const std::string &text, const st
 		r.loadKey({C::IpSaddr, C::ThSport});
 		r.lookup("sl_egress", w.idOf("sl_egress"), kReg1);
 		r.payloadWriteAddress(12);
-	} else if (text == "meta l4proto { tcp, udp } ip saddr . th sport != @my_ports ip saddr @shared counter name ct mark map @guard_mark drop" ||
-		   text == "meta l4proto { tcp, udp } ip saddr . th sport != @my_ports ip saddr @shared counter name \"guard_other\" drop") {
+	} else if (text == "meta l4proto { tcp, udp } ip saddr . th sport & " + std::to_string(kPortBlockMask) +
+				   " != @my_blocks jump port_guard") {
 		w.l4protoTcpUdp(r);
 		r.loadKey({C::IpSaddr, C::ThSport});
-		r.lookup("my_ports", w.idOf("my_ports"), std::nullopt, true);
-		r.payloadLoad(NFT_PAYLOAD_NETWORK_HEADER, 12, 4, kReg1);
-		r.lookup("shared", w.idOf("shared"), std::nullopt);
-		if (text.find("guard_other") != std::string::npos) {
-			r.objrefName("guard_other");
-		} else {
-			r.ctLoad(NFT_CT_MARK, kReg1);
-			r.objrefMap("guard_mark", w.idOf("guard_mark"));
-		}
+		uint16_t mask = htons(static_cast<uint16_t>(kPortBlockMask));
+		r.bitwiseAnd(regAt(1), &mask, 2); // the port, the key's second word
+		r.lookup("my_blocks", w.idOf("my_blocks"), std::nullopt, true);
+		r.verdict(NFT_JUMP, "port_guard");
+	} else if (text == "ip saddr != @shared return") {
+		r.loadKey({C::IpSaddr});
+		r.lookup("shared", w.idOf("shared"), std::nullopt, true);
+		r.verdict(NFT_RETURN);
+	} else if (text == "ip saddr . th sport @my_ports return") {
+		r.loadKey({C::IpSaddr, C::ThSport});
+		r.lookup("my_ports", w.idOf("my_ports"), std::nullopt);
+		r.verdict(NFT_RETURN);
+	} else if (text == "counter name ct mark map @guard_mark drop") {
+		r.ctLoad(NFT_CT_MARK, kReg1);
+		r.objrefMap("guard_mark", w.idOf("guard_mark"));
+		r.verdict(NF_DROP);
+	} else if (text == "counter name \"guard_other\" drop") {
+		r.objrefName("guard_other");
 		r.verdict(NF_DROP);
 	} else if (text == "ip saddr != @shared counter name ct mark map @guard_mark drop") {
 		r.loadKey({C::IpSaddr});

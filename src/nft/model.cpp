@@ -147,6 +147,7 @@ Set makeSet(std::string name, SetKind kind, std::vector<FieldType> key, std::vec
 struct PortSets {
 	using F = FieldType;
 	Set myPorts = makeSet("my_ports", SetKind::Set, { F::Ipv4, F::Port }, {}, true, "typeof ip saddr . th sport");
+	Set myBlocks = makeSet("my_blocks", SetKind::Set, { F::Ipv4, F::Port }, {}, false, "typeof ip saddr . th sport");
 	Set natPort = makeSet("nat_port", SetKind::Map, { F::Mark, F::Ipv4 }, { F::Ipv4, F::Port }, true,
 			      "type mark . ipv4_addr : interval ipv4_addr . inet_service");
 	Set natAddr = makeSet("nat_addr", SetKind::Map, { F::Mark, F::Ipv4 }, { F::Ipv4 }, true,
@@ -178,13 +179,24 @@ struct PortSets {
 	// its flows' packets still leave.
 	void address(const plan::PlannedAddress &a, uint32_t self)
 	{
-		if (!filled_[0])
-			return;
+		auto add = [&](uint32_t slice) {
+			config::PortRange ports = a.slice(slice);
+			if (filled_[0])
+				myPorts.elements.push_back({ { ip(a.address), port(ports) }, {}, {} });
+			if (!filled_[7])
+				return;
+			// The guard's fast path: blocks wholly inside the slice, by their first port.
+			uint32_t first = (uint32_t{ ports.lo } + kPortBlock - 1) / kPortBlock * kPortBlock;
+			for (uint32_t b = first; b + kPortBlock - 1 <= ports.hi; b += kPortBlock) {
+				auto p = static_cast<uint16_t>(b);
+				myBlocks.elements.push_back({ { ip(a.address), port({ p, p }) }, {}, {} });
+			}
+		};
 		for (uint32_t slice : a.mySlices)
-			myPorts.elements.push_back({ { ip(a.address), port(a.slice(slice)) }, {}, {} });
+			add(slice);
 		for (uint32_t slice = 0; slice < a.previous.size(); slice++)
 			if (a.drainedBy(slice, self))
-				myPorts.elements.push_back({ { ip(a.address), port(a.slice(slice)) }, {}, {} });
+				add(slice);
 	}
 
 	// `assignments`: the source's, now or before a move.
@@ -214,7 +226,10 @@ struct PortSets {
 	void take(std::vector<Set> &out);
 
 	// In the order of filled_.
-	std::vector<Set *> all() { return { &myPorts, &natPort, &natAddr, &retZone, &icmpZone, &slEgress, &slReturn }; }
+	std::vector<Set *> all()
+	{
+		return { &myPorts, &natPort, &natAddr, &retZone, &icmpZone, &slEgress, &slReturn, &myBlocks };
+	}
 
 private:
 	std::vector<bool> filled_;
@@ -329,6 +344,7 @@ TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
 	}
 	m.sets.push_back(std::move(shared));
 	m.sets.push_back(std::move(ports.myPorts));
+	m.sets.push_back(std::move(ports.myBlocks));
 
 	for (const Shape &shape : m.shapes) {
 		Set zones = makeSet("zone_" + shape.name(), SetKind::Map, shape.types(), { F::Zone }, shape.saddr,

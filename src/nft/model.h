@@ -14,6 +14,15 @@ namespace portslice::nft {
 
 inline constexpr const char *kTableName = "portslice";
 
+// The leak guard's fast path: `my_blocks` holds the aligned blocks of this
+// many ports that lie wholly inside this server's slices, so that a packet in
+// one costs a hash lookup (`th sport & kPortBlockMask`), whatever the number
+// of addresses; only the other ports pay the concatenated interval lookup in
+// `my_ports` (pipapo, linear in its size). 1024 divides the default slices
+// (1024-65535, 2048 ports), so there every port of a slice is in a block.
+inline constexpr uint32_t kPortBlock = 1024;
+inline constexpr uint32_t kPortBlockMask = 0x10000 - kPortBlock; // 64512, as nft prints it
+
 // One field of a key or of map data. Ranges (lo < hi) only in interval sets.
 enum class FieldType : uint8_t {
 	IfName, // iifname: string, NUL padded to 16 bytes
@@ -98,7 +107,7 @@ std::vector<Element> portSetElements(const plan::Plan &plan, std::string_view na
 void portSetChunks(const plan::Plan &plan, std::string_view name, size_t chunk,
 		   const std::function<void(const std::vector<Element> &)> &take);
 
-// What a slice move changes in the table: my_ports of the moved address and
+// What a slice move changes in the table: my_ports and my_blocks of the moved address and
 // the NAT maps' elements of its users, as they were and as they are now
 // (`plan` is after the move). Same sets, same order, on both sides.
 struct MoveDelta {

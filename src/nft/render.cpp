@@ -121,16 +121,24 @@ std::vector<Chain> chains(const TableModel &m)
 	out.push_back({ "postrouting", "postrouting", "nat", "srcnat", 100,
 			{ "oifname " + up + " meta l4proto { tcp, udp } snat ip to ct mark . ip saddr map @nat_port",
 			  "oifname " + up + " snat ip to ct mark . ip saddr map @nat_addr" } });
+	// The leak guard: a port in one of this server's whole blocks passes with
+	// one hash lookup; any other goes through port_guard, which drops it when
+	// its address is shared and the port is outside this server's slices.
 	out.push_back({ "egress", "postrouting", "filter", "srcnat + 10", 110,
 			{ "oifname != " + up + " accept",
 			  "counter name ct mark map @count_mark",
 			  "counter name ip saddr map @count_sl",
 			  "meta l4proto { tcp, udp } ip saddr set ip saddr . th sport map @sl_egress",
-			  "meta l4proto { tcp, udp } ip saddr . th sport != @my_ports ip saddr @shared counter name ct mark map @guard_mark drop",
-			  "meta l4proto { tcp, udp } ip saddr . th sport != @my_ports ip saddr @shared counter name \"guard_other\" drop",
+			  "meta l4proto { tcp, udp } ip saddr . th sport & " + std::to_string(kPortBlockMask) +
+				  " != @my_blocks jump port_guard",
 			  "ip saddr != @shared counter name ct mark map @guard_mark drop",
 			  "counter name ip saddr map @guard_sl drop",
 			  "counter name ip saddr map @count_addr" } });
+	out.push_back({ "port_guard", "", "", "", 0,
+			{ "ip saddr != @shared return",
+			  "ip saddr . th sport @my_ports return",
+			  "counter name ct mark map @guard_mark drop",
+			  "counter name \"guard_other\" drop" } });
 	return out;
 }
 
