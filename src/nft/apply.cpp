@@ -1013,6 +1013,18 @@ void buildRule(RuleBuilder &r, TableWriter &w, const std::string &text, const st
 	if (text == "iifname " + up + " jump from_uplink") {
 		r.ifname(NFT_META_IIFNAME, NFT_CMP_EQ, uplink);
 		r.verdict(NFT_JUMP, "from_uplink");
+	} else if (text.rfind("ct zone set ip saddr", 0) == 0 && text.find(" map @zone_saddr_") != std::string::npos) {
+		// zoneSaddrRule(): the address, masked to the map's prefix length.
+		size_t at = text.find(" map @");
+		std::string set = text.substr(at + 6);
+		int length = std::stoi(set.substr(std::string("zone_saddr_").size()));
+		r.loadKey({C::IpSaddr});
+		if (length < 32) {
+			uint32_t mask = htonl(length == 0 ? 0u : ~uint32_t{0} << (32 - length));
+			r.bitwiseAnd(kReg1, &mask, 4);
+		}
+		r.lookup(set, w.idOf(set), kReg1);
+		r.ctSet(NFT_CT_ZONE, kReg1);
 	} else if (text.rfind("ct zone set ", 0) == 0 && text.find(" map @zone_") != std::string::npos) {
 		size_t at = text.find(" map @");
 		r.loadKey(compsOf(text.substr(12, at - 12)));

@@ -90,6 +90,20 @@ std::string tableComment(const Plan &plan, uint64_t generation)
 	return "portslice generation " + std::to_string(generation) + " plan " + hash + " server " + plan.server;
 }
 
+std::string zoneSaddrMap(uint8_t length)
+{
+	return "zone_saddr_" + std::to_string(length);
+}
+
+std::string zoneSaddrRule(uint8_t length)
+{
+	// nft prints a /32 mask as the bare address, and keeps it: leave it out.
+	std::string key = "ip saddr";
+	if (length < 32)
+		key += " & " + Ipv4{ length == 0 ? 0u : ~uint32_t{ 0 } << (32 - length) }.str();
+	return "ct zone set " + key + " map @" + zoneSaddrMap(length);
+}
+
 namespace {
 
 Field ip(Ipv4 a) { return { FieldType::Ipv4, a.value, a.value, {} }; }
@@ -346,7 +360,35 @@ TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
 	m.sets.push_back(std::move(ports.myPorts));
 	m.sets.push_back(std::move(ports.myBlocks));
 
+	const Shape saddrOnly = [] {
+		Shape s;
+		s.saddr = true;
+		return s;
+	}();
+	std::set<uint8_t> zoneLengths;
+	for (const PlannedSource &s : plan.sources)
+		if (s.mode == NatMode::Conntrack && Shape::of(s.match) == saddrOnly)
+			zoneLengths.insert(s.match.saddr->length);
+	m.zoneSaddrLengths.assign(zoneLengths.begin(), zoneLengths.end());
+
 	for (const Shape &shape : m.shapes) {
+		if (shape == saddrOnly) {
+			for (uint8_t length : m.zoneSaddrLengths) {
+				Set zones = makeSet(zoneSaddrMap(length), SetKind::Map, { F::Ipv4 }, { F::Zone }, false,
+						    "typeof ip saddr : ct zone");
+				for (const PlannedSource &s : plan.sources)
+					if (s.mode == NatMode::Conntrack && Shape::of(s.match) == shape &&
+					    s.match.saddr->length == length)
+						zones.elements.push_back({ { ip(s.match.saddr->first()) }, { zone(s.zone) }, {} });
+				m.sets.push_back(std::move(zones));
+			}
+			Set stateless = makeSet("stateless_saddr", SetKind::Set, shape.types(), {}, true, "typeof ip saddr");
+			for (const PlannedSource &s : plan.sources)
+				if (s.mode == NatMode::Stateless && Shape::of(s.match) == shape)
+					stateless.elements.push_back({ matchKey(s.match), {}, {} });
+			m.sets.push_back(std::move(stateless));
+			continue;
+		}
 		Set zones = makeSet("zone_" + shape.name(), SetKind::Map, shape.types(), { F::Zone }, shape.saddr,
 				    "typeof " + shape.keyExpr() + " : ct zone");
 		Set stateless = makeSet("stateless_" + shape.name(), SetKind::Set, shape.types(), {}, shape.saddr,

@@ -88,6 +88,11 @@ struct TableModel {
 	std::string comment; // "portslice generation G plan HASH server NAME"
 	std::string uplink;
 	std::vector<Shape> shapes; // in use, ordered
+	// Prefix lengths of the conntrack sources matched by saddr alone,
+	// ascending: one exact-match map zone_saddr_<length> each, keyed on the
+	// masked address (a hash lookup, where an interval map of all prefixes
+	// costs a search that grows with their number).
+	std::vector<uint8_t> zoneSaddrLengths;
 	std::vector<std::string> counters; // named counters, creation order
 	std::vector<Set> sets;             // creation order
 
@@ -120,5 +125,9 @@ std::string tableComment(const plan::Plan &plan, uint64_t generation);
 // drain_zone, empty: the model never fills it; on the previous owner of a
 // draining slice the daemon puts one element per live flow in it.
 Set drainZoneSet();
+
+// "zone_saddr_24"; the rule "ct zone set ip saddr & 255.255.255.0 map @zone_saddr_24".
+std::string zoneSaddrMap(uint8_t length);
+std::string zoneSaddrRule(uint8_t length);
 
 } // namespace portslice::nft

@@ -2,8 +2,11 @@
 // Text rendering of the table, byte for byte in the layout `nft -s list table` prints.
 #include "nft/render.h"
 
+#include <algorithm>
 #include <bit>
 #include <cstdio>
+#include <string_view>
+#include <utility>
 
 namespace portslice::nft {
 
@@ -75,6 +78,51 @@ int elementsPerLine(const Set &set)
 	}
 }
 
+// nft lists the elements of a concatenated hash set (my_blocks) in its
+// mergesort order: the key's bytes as on the wire, read as one little-endian
+// number, so the last byte weighs most. Only keys of addresses and ports, the
+// only such set of the table, whose bytes are all big-endian.
+bool listedByWireBytes(const Set &set)
+{
+	if (set.interval || set.keyTypes.size() < 2)
+		return false;
+	for (FieldType t : set.keyTypes)
+		if (t != FieldType::Ipv4 && t != FieldType::Port)
+			return false;
+	return true;
+}
+
+std::string reversedWireBytes(const Element &e)
+{
+	std::string bytes;
+	for (const Field &f : e.key) {
+		int n = f.type == FieldType::Ipv4 ? 4 : 2;
+		for (int i = 0; i < n; i++) // big-endian
+			bytes += static_cast<char>((f.lo >> (8 * (n - 1 - i))) & 0xff);
+	}
+	return { bytes.rbegin(), bytes.rend() };
+}
+
+std::vector<const Element *> listingOrder(const Set &set, const std::vector<Element> &elements)
+{
+	std::vector<const Element *> out;
+	out.reserve(elements.size());
+	for (const Element &e : elements)
+		out.push_back(&e);
+	if (listedByWireBytes(set)) {
+		std::vector<std::pair<std::string, const Element *>> keyed;
+		keyed.reserve(out.size());
+		for (const Element *e : out)
+			keyed.emplace_back(reversedWireBytes(*e), e);
+		std::sort(keyed.begin(), keyed.end(), [](const auto &a, const auto &b) {
+			return static_cast<std::string_view>(a.first).compare(b.first) < 0;
+		});
+		for (size_t i = 0; i < keyed.size(); i++)
+			out[i] = keyed[i].second;
+	}
+	return out;
+}
+
 } // namespace
 
 std::string formatElement(const Set &set, const Element &e)
@@ -96,10 +144,14 @@ std::vector<Chain> chains(const TableModel &m)
 	pre.rules.push_back("iifname " + up + " jump from_uplink");
 	Chain output{ "output", "output", "filter", "raw", -300, {} };
 	for (const Shape &s : m.shapes) {
-		std::vector<std::string> rules = {
-			s.keyExpr() + " @stateless_" + s.name() + " notrack",
-			"ct zone set " + s.keyExpr() + " map @zone_" + s.name(),
-		};
+		std::vector<std::string> rules = { s.keyExpr() + " @stateless_" + s.name() + " notrack" };
+		if (s.name() == "saddr") {
+			// Longest prefix last: its `ct zone set` wins.
+			for (uint8_t length : m.zoneSaddrLengths)
+				rules.push_back(zoneSaddrRule(length));
+		} else {
+			rules.push_back("ct zone set " + s.keyExpr() + " map @zone_" + s.name());
+		}
 		if (s.inPrerouting())
 			pre.rules.insert(pre.rules.end(), rules.begin(), rules.end());
 		if (s.inOutput())
@@ -171,7 +223,8 @@ std::string render(const TableModel &m, const plan::Plan *plan)
 		if (!elements.empty()) {
 			out += "\t\telements = { ";
 			int perLine = elementsPerLine(s), onLine = 0;
-			for (size_t i = 0; i < elements.size(); i++) {
+			std::vector<const Element *> listed = listingOrder(s, elements);
+			for (size_t i = 0; i < listed.size(); i++) {
 				if (i > 0) {
 					if (onLine >= perLine) {
 						out += ",\n\t\t\t     ";
@@ -180,7 +233,7 @@ std::string render(const TableModel &m, const plan::Plan *plan)
 						out += ", ";
 					}
 				}
-				out += formatElement(s, elements[i]);
+				out += formatElement(s, *listed[i]);
 				onLine++;
 			}
 			out += " }\n";
