@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <arpa/inet.h>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <linux/icmp.h>
@@ -827,6 +828,27 @@ public:
 		return id;
 	}
 
+	// All rules of a chain, in the transaction (a DELRULE without a handle).
+	void flushChain(const std::string &name)
+	{
+		NftnlRule r(nftnl_rule_alloc());
+		nftnl_rule_set_str(r.get(), NFTNL_RULE_TABLE, kTableName);
+		nftnl_rule_set_str(r.get(), NFTNL_RULE_CHAIN, name.c_str());
+		nlmsghdr *nlh = batch_.message(NFT_MSG_DELRULE, NFPROTO_INET, 0, "flushing chain " + name);
+		nftnl_rule_nlmsg_build_payload(nlh, r.get());
+		batch_.commit();
+	}
+
+	void deleteSet(const std::string &name)
+	{
+		NftnlSet s(nftnl_set_alloc());
+		nftnl_set_set_str(s.get(), NFTNL_SET_TABLE, kTableName);
+		nftnl_set_set_str(s.get(), NFTNL_SET_NAME, name.c_str());
+		nlmsghdr *nlh = batch_.message(NFT_MSG_DELSET, NFPROTO_INET, 0, "deleting set " + name);
+		nftnl_set_nlmsg_build_payload(nlh, s.get());
+		batch_.commit();
+	}
+
 	uint32_t idOf(const std::string &name) const
 	{
 		auto it = ids_.find(name);
@@ -1003,6 +1025,22 @@ bool endsWith(const std::string &s, const std::string &tail)
 	return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
 }
 
+// The prefix length of a zoneSaddrRule() text, or nullopt for any other rule.
+std::optional<uint8_t> zoneSaddrLength(const std::string &text)
+{
+	const std::string tag = " map @zone_saddr_";
+	size_t at = text.rfind(tag);
+	if (at == std::string::npos || text.rfind("ct zone set ip saddr", 0) != 0)
+		return std::nullopt;
+	std::string digits = text.substr(at + tag.size());
+	if (digits.empty() || digits.size() > 2 || !std::all_of(digits.begin(), digits.end(), ::isdigit))
+		return std::nullopt;
+	int length = std::stoi(digits);
+	if (length > 32 || text != zoneSaddrRule(static_cast<uint8_t>(length)))
+		return std::nullopt;
+	return static_cast<uint8_t>(length);
+}
+
 // The expressions of one rule of render.cpp's chains(), as nft 1.0.6 compiles
 // that text. Rules are matched by their text, so a rule the renderer gains
 // without a netlink twin here is an error, never a silent difference.
@@ -1013,14 +1051,12 @@ void buildRule(RuleBuilder &r, TableWriter &w, const std::string &text, const st
 	if (text == "iifname " + up + " jump from_uplink") {
 		r.ifname(NFT_META_IIFNAME, NFT_CMP_EQ, uplink);
 		r.verdict(NFT_JUMP, "from_uplink");
-	} else if (text.rfind("ct zone set ip saddr", 0) == 0 && text.find(" map @zone_saddr_") != std::string::npos) {
+	} else if (auto length = zoneSaddrLength(text); length) {
 		// zoneSaddrRule(): the address, masked to the map's prefix length.
-		size_t at = text.find(" map @");
-		std::string set = text.substr(at + 6);
-		int length = std::stoi(set.substr(std::string("zone_saddr_").size()));
+		std::string set = zoneSaddrMap(*length);
 		r.loadKey({C::IpSaddr});
-		if (length < 32) {
-			uint32_t mask = htonl(length == 0 ? 0u : ~uint32_t{0} << (32 - length));
+		if (*length < 32) {
+			uint32_t mask = htonl(*length == 0 ? 0u : ~uint32_t{0} << (32 - *length));
 			r.bitwiseAnd(kReg1, &mask, 4);
 		}
 		r.lookup(set, w.idOf(set), kReg1);
@@ -1132,16 +1168,34 @@ void buildRule(RuleBuilder &r, TableWriter &w, const std::string &text, const st
 	}
 }
 
-// Same sets, chains and rules: an element delta suffices. Counters are
-// objects, added and deleted like elements.
+bool isZoneSaddrMap(const Set &s) { return s.name.rfind("zone_saddr_", 0) == 0; }
+
+// The indexes of the sets other than the per-length zone maps, in order.
+std::vector<size_t> fixedSets(const TableModel &m)
+{
+	std::vector<size_t> out;
+	for (size_t i = 0; i < m.sets.size(); i++)
+		if (!isZoneSaddrMap(m.sets[i]))
+			out.push_back(i);
+	return out;
+}
+
+// Same sets, chains and rules, except perhaps the prefix lengths of the zone
+// maps: an element delta suffices (plus, for other lengths, new zone maps and
+// new rules in the raw chains). Counters are objects, added and deleted like
+// elements.
 bool sameStructure(const TableModel &a, const TableModel &b)
 {
-	if (a.uplink != b.uplink || a.shapes != b.shapes || a.sets.size() != b.sets.size())
+	if (a.uplink != b.uplink || a.shapes != b.shapes)
 		return false;
-	for (size_t i = 0; i < a.sets.size(); i++)
-		if (a.sets[i].name != b.sets[i].name || a.sets[i].declaration != b.sets[i].declaration ||
-		    a.sets[i].interval != b.sets[i].interval)
+	std::vector<size_t> x = fixedSets(a), y = fixedSets(b);
+	if (x.size() != y.size())
+		return false;
+	for (size_t i = 0; i < x.size(); i++) {
+		const Set &p = a.sets[x[i]], &q = b.sets[y[i]];
+		if (p.name != q.name || p.declaration != q.declaration || p.interval != q.interval)
 			return false;
+	}
 	return true;
 }
 
@@ -1293,8 +1347,29 @@ Result<ApplyReport> NftApplier::delta(TableModel &next, TableModel &current, con
 			if (!oldCounters.count(c))
 				w.counter(c);
 	}
-	for (size_t i = 0; i < next.sets.size(); i++) {
-		Set &n = next.sets[i], &o = current.sets[i];
+	// Other prefix lengths: the raw chains' rules and all zone maps are
+	// made again (they are the last sets, so the table lists as a fresh one
+	// would), in the same transaction, the rest untouched.
+	bool newLengths = current.zoneSaddrLengths != next.zoneSaddrLengths;
+	std::vector<Chain> rawChains;
+	if (newLengths) {
+		for (const Chain &c : chains(next))
+			if (c.name == "prerouting" || c.name == "output") {
+				w.flushChain(c.name);
+				rawChains.push_back(c);
+			}
+		for (const Set &s : current.sets)
+			if (isZoneSaddrMap(s))
+				w.deleteSet(s.name);
+		for (const Set &s : next.sets)
+			if (isZoneSaddrMap(s)) {
+				w.set(s.name, declOf(s));
+				w.elements(s, s.elements, false, &report.elementsAdded);
+			}
+	}
+	std::vector<size_t> before = fixedSets(current), after = fixedSets(next);
+	for (size_t i = 0; i < after.size(); i++) {
+		Set &n = next.sets[after[i]], &o = current.sets[before[i]];
 		bool built = nextPlan && currentPlan && isPortSet(n.name);
 		if (built) {
 			n.elements = portSetElements(*nextPlan, n.name);
@@ -1307,6 +1382,16 @@ Result<ApplyReport> NftApplier::delta(TableModel &next, TableModel &current, con
 			std::vector<Element>().swap(o.elements);
 		}
 	}
+	if (!newLengths)
+		for (size_t i = 0; i < next.sets.size(); i++)
+			if (isZoneSaddrMap(next.sets[i]) && !sameElements(current.sets[i].elements, next.sets[i].elements))
+				w.delta(current.sets[i], next.sets[i], report);
+	for (const Chain &c : rawChains)
+		for (const std::string &text : c.rules) {
+			RuleBuilder r(c.name.c_str());
+			buildRule(r, w, text, next.uplink);
+			w.rule(r);
+		}
 	if (!sameCounters)
 		for (const std::string &c : current.counters)
 			if (!newCounters.count(c))

@@ -370,18 +370,22 @@ TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
 		if (s.mode == NatMode::Conntrack && Shape::of(s.match) == saddrOnly)
 			zoneLengths.insert(s.match.saddr->length);
 	m.zoneSaddrLengths.assign(zoneLengths.begin(), zoneLengths.end());
+	// The last sets of the table, so that a delta can make them again and
+	// the table still lists as a fresh one (nft lists sets in creation order).
+	std::vector<Set> zoneMaps;
+	for (uint8_t length : m.zoneSaddrLengths)
+		zoneMaps.push_back(makeSet(zoneSaddrMap(length), SetKind::Map, { F::Ipv4 }, { F::Zone }, false,
+					   "typeof ip saddr : ct zone"));
+	for (const PlannedSource &s : plan.sources)
+		if (s.mode == NatMode::Conntrack && Shape::of(s.match) == saddrOnly) {
+			auto at = std::lower_bound(m.zoneSaddrLengths.begin(), m.zoneSaddrLengths.end(), s.match.saddr->length);
+			zoneMaps[static_cast<size_t>(at - m.zoneSaddrLengths.begin())].elements.push_back(
+				{ { ip(s.match.saddr->first()) }, { zone(s.zone) }, {} });
+		}
 
 	for (const Shape &shape : m.shapes) {
 		if (shape == saddrOnly) {
-			for (uint8_t length : m.zoneSaddrLengths) {
-				Set zones = makeSet(zoneSaddrMap(length), SetKind::Map, { F::Ipv4 }, { F::Zone }, false,
-						    "typeof ip saddr : ct zone");
-				for (const PlannedSource &s : plan.sources)
-					if (s.mode == NatMode::Conntrack && Shape::of(s.match) == shape &&
-					    s.match.saddr->length == length)
-						zones.elements.push_back({ { ip(s.match.saddr->first()) }, { zone(s.zone) }, {} });
-				m.sets.push_back(std::move(zones));
-			}
+			// Its zone maps go last (zoneMaps below).
 			Set stateless = makeSet("stateless_saddr", SetKind::Set, shape.types(), {}, true, "typeof ip saddr");
 			for (const PlannedSource &s : plan.sources)
 				if (s.mode == NatMode::Stateless && Shape::of(s.match) == shape)
@@ -435,6 +439,8 @@ TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
 			&ports.icmpZone, &ports.slEgress, &ports.slReturn, &countMark, &countSl, &guardMark, &guardSl })
 		m.sets.push_back(std::move(*s));
 	m.sets.push_back(std::move(countAddr));
+	for (Set &s : zoneMaps)
+		m.sets.push_back(std::move(s));
 
 	for (Set &s : m.sets)
 		sortElements(s);
