@@ -5,10 +5,12 @@
 //                [--rows scaling,stateless,reference] [--tweak FILE]
 // --rows runs only the named rows; --tweak FILE is an `nft -f` script applied in the
 // server namespace after every apply (to measure what one set or rule costs).
-// Needs root. Builds sender --veth--> server (eth0 uplink) --veth--> sink in
-// namespaces psp-PID-{snd,srv,snk}, deleted on every way out (also SIGINT/SIGTERM).
-// An AF_PACKET socket in the sender sends prebuilt Ethernet/IPv4/UDP frames with
-// sendmmsg; the sink veth's rx_packets counts what the server forwarded.
+// Needs root. Builds two lanes, A and B, each sender --veth--> server (eth0 uplink)
+// --veth--> sink in namespaces psp-PID-LANE-{snd,srv,snk}, deleted on every way out
+// (also SIGINT/SIGTERM). An AF_PACKET socket in each sender sends prebuilt
+// Ethernet/IPv4/UDP frames with sendmmsg; the sink veth's rx_packets counts what the
+// server forwarded. A pair applies A's table in lane A and B's in lane B, then sends
+// in 12 alternating turns (A B, B A, ...), so both tables see the same machine load.
 // Rows: 10 vs N conntrack sources, stateless vs conntrack on new flows, and N conntrack
 // sources vs a one-rule-per-source nft table (the second reference of BENCHMARKS.md).
 // Prints the figures; it asserts nothing.
@@ -118,9 +120,10 @@ std::array<uint8_t, 6> parseMac(const std::string &s)
 	return m;
 }
 
-Lab makeLab()
+// One lane: sender, server and sink namespaces. The bench runs two, A and B.
+Lab makeLab(const std::string &lane)
 {
-	std::string base = "psp-" + std::to_string(getpid());
+	std::string base = "psp-" + std::to_string(getpid()) + "-" + lane;
 	Lab l{base + "-snd", base + "-srv", base + "-snk"};
 	for (const auto &ns : {l.snd, l.srv, l.snk}) {
 		must("ip netns add " + ns);
@@ -245,7 +248,10 @@ public:
 		double cpuSeconds; // this thread's CPU time: sendmmsg runs the whole forwarding path inline
 	};
 
-	// Sends until maxFrames or maxSeconds.
+	// Frame numbers start again at 0 (a new 5-tuple per frame counts from here).
+	void restart() { next_ = 0; }
+
+	// Sends until maxFrames or maxSeconds, continuing the frame numbers.
 	Sent send(bool newFlows, uint64_t maxFrames, double maxSeconds)
 	{
 		std::vector<uint8_t> frames(kBatch * kFrameLen);
@@ -263,7 +269,7 @@ public:
 		while (sent < maxFrames && elapsed < maxSeconds && !gStop) {
 			size_t n = static_cast<size_t>(std::min<uint64_t>(kBatch, maxFrames - sent));
 			for (size_t j = 0; j < n; j++)
-				fillFrame(frames.data() + j * kFrameLen, sent + j, newFlows, dst_, src_);
+				fillFrame(frames.data() + j * kFrameLen, next_ + sent + j, newFlows, dst_, src_);
 			size_t done = 0;
 			while (done < n && !gStop) {
 				int r = sendmmsg(fd_.get(), msgs.data() + done, static_cast<unsigned>(n - done), 0);
@@ -277,6 +283,7 @@ public:
 			sent += done;
 			elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
 		}
+		next_ += sent;
 		return {sent, elapsed, threadCpuSeconds() - cpu0};
 	}
 
@@ -290,6 +297,7 @@ private:
 
 	portslice::UniqueFd fd_;
 	std::array<uint8_t, 6> dst_{}, src_{};
+	uint64_t next_ = 0;
 };
 
 // generatedFleet makes stateless sources; the conntrack variant is the same fleet with nat = "conntrack".
@@ -331,41 +339,78 @@ uint64_t gFrames = 2000000;
 double gSeconds = 3;
 std::string gTweak; // nft -f script applied after every apply, empty: none
 
-Run measure(const Lab &l, Sender &s, const std::string &cfg, bool newFlows)
+// A fresh table (and tweak) and an empty conntrack table in a lane's server.
+void prepare(const Lab &l, const std::string &cfg)
 {
 	must("ip netns exec " + l.srv + " nft flush ruleset");
 	if (cfg.ends_with(".nft"))
 		must("ip netns exec " + l.srv + " nft -f " + cfg);
 	else
 		must("ip netns exec " + l.srv + " " + kBuild + "/src/daemon/portsliced --config " + cfg +
-		     " --apply-once --no-xdp --state-dir " + gTmp + "/state");
+		     " --apply-once --no-xdp --state-dir " + gTmp + "/state-" + l.srv);
 	if (!gTweak.empty())
 		must("ip netns exec " + l.srv + " nft -f " + gTweak);
 	sh("ip netns exec " + l.srv + " conntrack -F");
-	usleep(200000);
-	uint64_t before = sinkPackets(l);
-	auto [sent, secs, cpuSecs] = s.send(newFlows, gFrames, gSeconds);
-	usleep(300000);
-	uint64_t after = sinkPackets(l);
-	if (gStop)
-		fail("interrupted");
-	std::string c = capture("ip netns exec " + l.srv + " conntrack -C");
-	Run r{static_cast<double>(after - before) / secs, static_cast<double>(sent) / secs,
-	      cpuSecs * 1e9 / static_cast<double>(std::max<uint64_t>(1, after - before)), c.empty() ? -1 : std::stol(c)};
-	if (after - before < sent / 100)
-		fail("the sink saw " + std::to_string(after - before) + " of " + std::to_string(sent) +
-		     " frames through " + cfg + ": the server does not forward");
-	return r;
 }
 
-void compare(const Lab &l, Sender &s, int pairs, const std::string &name, const std::string &aName,
-	     const std::string &aCfg, const std::string &bName, const std::string &bCfg, bool newFlows, double target)
+struct Lane {
+	const Lab &lab;
+	Sender &sender;
+	std::string cfg;
+	uint64_t sent = 0, before = 0;
+	double seconds = 0, cpuSeconds = 0;
+
+	void send(bool newFlows, uint64_t frames, double secs)
+	{
+		auto r = sender.send(newFlows, frames, secs);
+		sent += r.frames;
+		seconds += r.seconds;
+		cpuSeconds += r.cpuSeconds;
+	}
+	Run result()
+	{
+		uint64_t got = sinkPackets(lab) - before;
+		std::string c = capture("ip netns exec " + lab.srv + " conntrack -C");
+		if (got < sent / 100)
+			fail("the sink saw " + std::to_string(got) + " of " + std::to_string(sent) + " frames through " + cfg +
+			     ": the server does not forward");
+		return {static_cast<double>(got) / seconds, static_cast<double>(sent) / seconds,
+			cpuSeconds * 1e9 / static_cast<double>(std::max<uint64_t>(1, got)), c.empty() ? -1 : std::stol(c)};
+	}
+};
+
+// One pair: A and B each get gFrames frames or gSeconds, in kSlices turns that
+// alternate (A B, B A, ...), so that both see the same load of the machine.
+constexpr int kSlices = 12;
+
+std::pair<Run, Run> measurePair(Lane a, Lane b, bool newFlows)
+{
+	prepare(a.lab, a.cfg);
+	prepare(b.lab, b.cfg);
+	a.sender.restart();
+	b.sender.restart();
+	usleep(200000);
+	a.before = sinkPackets(a.lab);
+	b.before = sinkPackets(b.lab);
+	for (int k = 0; k < kSlices && !gStop; k++) {
+		Lane &first = k % 2 ? b : a, &second = k % 2 ? a : b;
+		first.send(newFlows, gFrames / kSlices, gSeconds / kSlices);
+		second.send(newFlows, gFrames / kSlices, gSeconds / kSlices);
+	}
+	usleep(300000);
+	if (gStop)
+		fail("interrupted");
+	return {a.result(), b.result()};
+}
+
+void compare(const Lab &la, Sender &sa, const Lab &lb, Sender &sb, int pairs, const std::string &name,
+	     const std::string &aName, const std::string &aCfg, const std::string &bName, const std::string &bCfg,
+	     bool newFlows, double target)
 {
 	std::vector<double> a, b, ratio, cpuA, cpuB, cpuRatio;
 	long ctA = 0;
 	for (int i = 0; i < pairs; i++) {
-		Run ra = measure(l, s, aCfg, newFlows);
-		Run rb = measure(l, s, bCfg, newFlows);
+		auto [ra, rb] = measurePair(Lane{la, sa, aCfg}, Lane{lb, sb, bCfg}, newFlows);
 		std::printf("  %s pair %d: %s %.0f pps (sent %.0f/s, %.0f ns CPU/frame, %ld conntrack), %s %.0f pps (sent "
 			    "%.0f/s, %.0f ns CPU/frame, %ld conntrack)\n",
 			    name.c_str(), i + 1, aName.c_str(), ra.pps, ra.sendPps, ra.cpuNs, ra.conntrack, bName.c_str(),
@@ -427,8 +472,8 @@ int main(int argc, char **argv)
 		fail("mkdtemp");
 	gTmp = tmpl;
 
-	Lab l = makeLab();
-	Sender s(l);
+	Lab la = makeLab("a"), lb = makeLab("b");
+	Sender sa(la), sb(lb);
 	std::string ct10 = writeFleet(10, true), ctN = writeFleet(sources, true), sl10 = writeFleet(10, false);
 	std::printf("datapath_bench: %d pairs, at most %llu frames or %.1f s per run, %ld CPUs\n", pairs,
 		    static_cast<unsigned long long>(gFrames), gSeconds, sysconf(_SC_NPROCESSORS_ONLN));
@@ -437,13 +482,13 @@ int main(int argc, char **argv)
 	std::fflush(stdout);
 	auto wanted = [&](const std::string &row) { return ("," + rows + ",").find("," + row + ",") != std::string::npos; };
 	if (wanted("scaling"))
-		compare(l, s, pairs, "datapath scaling (fixed 5-tuples)", std::to_string(sources) + " conntrack sources",
+		compare(la, sa, lb, sb, pairs, "datapath scaling (fixed 5-tuples)", std::to_string(sources) + " conntrack sources",
 			ctN, "10 conntrack sources", ct10, false, 0.95);
 	if (wanted("stateless"))
-		compare(l, s, pairs, "stateless vs conntrack (new flow per packet)", "stateless", sl10, "conntrack", ct10,
+		compare(la, sa, lb, sb, pairs, "stateless vs conntrack (new flow per packet)", "stateless", sl10, "conntrack", ct10,
 			true, 1.3);
 	if (wanted("reference"))
-		compare(l, s, pairs, "vs one rule per source (new flow per packet)",
+		compare(la, sa, lb, sb, pairs, "vs one rule per source (new flow per packet)",
 			std::to_string(sources) + " conntrack sources", ctN,
 			"nft, " + std::to_string(sources) + " rules, match last", writeRulePerSource(sources), true, 10);
 	cleanup();
