@@ -78,10 +78,10 @@ int elementsPerLine(const Set &set)
 	}
 }
 
-// nft lists the elements of a concatenated hash set (my_blocks) in its
-// mergesort order: the key's bytes as on the wire, read as one little-endian
-// number, so the last byte weighs most. Only keys of addresses and ports, the
-// only such set of the table, whose bytes are all big-endian.
+// nft lists the elements of a concatenated hash set (my_blocks, drain_zone)
+// in its mergesort order: the key's bytes as on the wire, read as one
+// little-endian number, so the last byte weighs most. Only keys of addresses
+// and ports (the table's only such sets), whose bytes are all big-endian.
 bool listedByWireBytes(const Set &set)
 {
 	if (set.interval || set.keyTypes.size() < 2)
