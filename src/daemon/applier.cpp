@@ -152,25 +152,45 @@ Result<ApplyResult> Applier::applyMove(const plan::Plan &plan, const plan::Slice
 			return x.error();
 	}
 #endif
-	// This server starts draining the slice: its flows' answers get their
-	// zones before the slice leaves ret_zone (see apply()).
 	bool drains = now.drainedBy(move.slice, plan.serverIndex);
 	bool drainWork = drains || move.before.drainedBy(move.slice, plan.serverIndex) || drainFilled_;
-	if (drains) {
-		auto listed = conntrack::drainingFlows(plan);
-		if (!listed)
-			return listed.error().wrap("listing the flows of draining slices");
-		auto filled = nft_.fillSet(drainZone(*listed));
-		if (!filled)
-			return filled.error();
-	}
 
 	t = Clock::now();
 	nft::MoveDelta delta = nft::moveDelta(plan, move);
-	auto report = nft_.applyDelta(delta.before, delta.after);
-	if (!report)
-		return report.error();
-	result.nft = *report;
+	if (drains) {
+		// This server starts draining the slice. First no new flow takes
+		// its ports (the egress maps), then the flows that exist now are
+		// listed, and their answers' zones (drain_zone) come in the same
+		// transaction as the slice leaves ret_zone: no answer meets
+		// neither map.
+		std::vector<nft::Set> egressBefore, egressAfter, restBefore, restAfter;
+		for (size_t i = 0; i < delta.after.size(); i++) {
+			bool egress = delta.after[i].name == "nat_port" || delta.after[i].name == "nat_addr" ||
+				      delta.after[i].name == "sl_egress";
+			(egress ? egressBefore : restBefore).push_back(std::move(delta.before[i]));
+			(egress ? egressAfter : restAfter).push_back(std::move(delta.after[i]));
+		}
+		auto stopped = nft_.applyDelta(egressBefore, egressAfter);
+		if (!stopped)
+			return stopped.error();
+		auto listed = conntrack::drainingFlows(plan);
+		if (!listed)
+			return listed.error().wrap("listing the flows of draining slices");
+		nft::Set zones = drainZone(*listed);
+		auto report = nft_.applyDelta(restBefore, restAfter, &zones);
+		if (!report)
+			return report.error();
+		result.nft = *report;
+		result.nft.elementsAdded += stopped->elementsAdded;
+		result.nft.elementsDeleted += stopped->elementsDeleted;
+		result.nft.messages += stopped->messages;
+		result.nft.bytes += stopped->bytes;
+	} else {
+		auto report = nft_.applyDelta(delta.before, delta.after);
+		if (!report)
+			return report.error();
+		result.nft = *report;
+	}
 	result.nftMs = ms(t);
 
 	if ((move.before.owner[move.slice] == self && now.owner[move.slice] != self) || drainWork) {

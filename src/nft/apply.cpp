@@ -1448,7 +1448,23 @@ Result<ApplyReport> NftApplier::replace(TableModel &model, const plan::Plan *pla
 	return report;
 }
 
-Result<ApplyReport> NftApplier::applyDelta(const std::vector<Set> &before, const std::vector<Set> &after)
+namespace {
+
+// Flush set `set.name` and add set's elements, in `batch`.
+void flushAndFill(Batch &batch, TableWriter &w, const Set &set, size_t *added)
+{
+	// A DELSETELEM without elements flushes the set.
+	nlmsghdr *nlh = batch.message(NFT_MSG_DELSETELEM, NFPROTO_INET, 0, "flushing set " + set.name);
+	mnl_attr_put_strz(nlh, NFTA_SET_ELEM_LIST_TABLE, kTableName);
+	mnl_attr_put_strz(nlh, NFTA_SET_ELEM_LIST_SET, set.name.c_str());
+	batch.commit();
+	w.elements(set, set.elements, false, added);
+}
+
+} // namespace
+
+Result<ApplyReport> NftApplier::applyDelta(const std::vector<Set> &before, const std::vector<Set> &after,
+					   const Set *fill)
 {
 	if (before.size() != after.size())
 		throw std::logic_error("nft delta: before and after differ in their sets");
@@ -1458,7 +1474,9 @@ Result<ApplyReport> NftApplier::applyDelta(const std::vector<Set> &before, const
 	for (size_t i = 0; i < after.size(); i++)
 		if (!sameElements(before[i].elements, after[i].elements))
 			w.delta(before[i], after[i], report);
-	if (report.elementsAdded + report.elementsDeleted == 0)
+	if (fill)
+		flushAndFill(batch, w, *fill, &report.elementsAdded);
+	else if (report.elementsAdded + report.elementsDeleted == 0)
 		return report;
 	batch.finish();
 	report.messages = batch.messages();
@@ -1472,13 +1490,8 @@ Result<size_t> NftApplier::fillSet(const Set &set)
 {
 	Batch batch;
 	TableWriter w(batch);
-	// A DELSETELEM without elements flushes the set.
-	nlmsghdr *nlh = batch.message(NFT_MSG_DELSETELEM, NFPROTO_INET, 0, "flushing set " + set.name);
-	mnl_attr_put_strz(nlh, NFTA_SET_ELEM_LIST_TABLE, kTableName);
-	mnl_attr_put_strz(nlh, NFTA_SET_ELEM_LIST_SET, set.name.c_str());
-	batch.commit();
 	size_t added = 0;
-	w.elements(set, set.elements, false, &added);
+	flushAndFill(batch, w, set, &added);
 	batch.finish();
 	if (Status s = sock_.send(batch); !s)
 		return s.error().wrap("filling set " + set.name + " of table portslice");

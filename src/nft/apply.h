@@ -54,7 +54,10 @@ public:
 	// (the same sets of the applied table, in the same order): one small
 	// transaction, never a replace. Fails, and the kernel keeps what it
 	// had, when the table is missing or does not hold `before`.
-	Result<ApplyReport> applyDelta(const std::vector<Set> &before, const std::vector<Set> &after);
+	// With `fill`: in the same transaction, the set `fill->name` is flushed
+	// and given fill's elements (see fillSet).
+	Result<ApplyReport> applyDelta(const std::vector<Set> &before, const std::vector<Set> &after,
+				       const Set *fill = nullptr);
 
 	// Replace every element of the existing set `set.name` with `set.elements`
 	// (flush and add in one transaction). For the sets the model leaves empty
