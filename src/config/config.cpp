@@ -18,6 +18,12 @@
 
 namespace portslice::config {
 
+const std::string &FileName::empty()
+{
+	static const std::string kEmpty;
+	return kEmpty;
+}
+
 std::string Diagnostic::str() const
 {
 	std::string out = where.file;
@@ -724,7 +730,7 @@ public:
 	}
 
 private:
-	std::string file_;
+	FileName file_; // one string for all the Locations
 	uint32_t lineOffset_ = 0;
 	Location serverNameWhere_;
 	bool serverSeen_ = false;
@@ -860,6 +866,8 @@ LoadResult loadString(std::string_view text, const std::string &name, size_t chu
 {
 	// Chunks keep toml++'s document (about 20 times the text) to one chunk
 	// at a time: docs/performance.md, "Memory".
+	if (chunkBytes == 0)
+		chunkBytes = std::max(kChunkBytes, text.size() / kMaxChunks);
 	if (auto chunks = splitChunks(text, chunkBytes); chunks && chunks->size() > 1)
 		if (auto result = loadChunks(*chunks, name))
 			return std::move(*result);

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -14,9 +15,24 @@
 
 namespace portslice::config {
 
+// The name of a config file, shared by every Location of one load (a fleet
+// has four per address and source: a copy each was 48 bytes of heap).
+class FileName {
+public:
+	FileName() = default;
+	FileName(std::string name) : name_(std::make_shared<const std::string>(std::move(name))) {}
+	FileName(const char *name) : FileName(std::string(name)) {}
+	const std::string &str() const { return name_ ? *name_ : empty(); }
+	operator const std::string &() const { return str(); }
+
+private:
+	static const std::string &empty();
+	std::shared_ptr<const std::string> name_;
+};
+
 // Where a key or table stands in its file; line and column count from 1.
 struct Location {
-	std::string file;
+	FileName file;
 	uint32_t line = 0;
 	uint32_t column = 0;
 };
@@ -150,9 +166,14 @@ struct LoadResult {
 // table headers, so that toml++'s document of the whole file never exists at
 // once; the result, diagnostics included, is the same as with one chunk
 // (which the loader falls back to whenever it cannot be sure of that).
+// chunkBytes 0: kChunkBytes, or a kMaxChunks-th of the text if that is more
+// (each chunk's document freed in a heap full of holes costs time in malloc:
+// reloading a 100k-source file in 200 chunks took 3 times as long as in one;
+// docs/performance.md, "Memory").
 inline constexpr size_t kChunkBytes = 256 * 1024;
+inline constexpr size_t kMaxChunks = 16;
 LoadResult loadFile(const std::string &path);
-LoadResult loadString(std::string_view text, const std::string &name, size_t chunkBytes = kChunkBytes);
+LoadResult loadString(std::string_view text, const std::string &name, size_t chunkBytes = 0);
 
 // The fleet-wide rules on an already built Config (after an orchestration
 // overlay such as SetSliceOwner): owners known, no slice beyond the range.
