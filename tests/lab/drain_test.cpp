@@ -189,8 +189,13 @@ TEST_F(Drain, EstablishedConnectionsOnAMovedSliceKeepWorkingAndTheDrainEndsAtIts
 		ASSERT_TRUE(r.ok()) << s << ": " << r.output;
 	}
 	auto moved = Clock::now();
-	// s1 keeps the flows: one drain_zone element per connection (at least), and every server names it previous.
-	EXPECT_GE(drainElements("s1"), onSlice);
+	// s1 keeps the flows in drain_zone, keyed by shared address and port:
+	// flows to different peers may share a NAT port, so there are at most as
+	// many elements as connections (that every one still works is checked
+	// below). Every server names s1 previous.
+	long kept = drainElements("s1");
+	EXPECT_GT(kept, 0);
+	EXPECT_LE(kept, onSlice);
 	for (const char *s : {"s1", "s2", "s3"})
 		EXPECT_NE(plan(s).find(R"(\"previous\": \"s1\")"), std::string::npos) << s << ": " << plan(s);
 	EXPECT_NE(inNode("s1", "conntrack -L 2>/dev/null | grep -c 'dport=1[0][0-9][0-9][0-9] '").output, "0\n");
