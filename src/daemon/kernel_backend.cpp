@@ -81,12 +81,12 @@ Result<std::string> KernelBackend::drift(const plan::Plan &plan, uint64_t genera
 	return std::string();
 }
 
-Result<std::vector<dbus::StatRow>> KernelBackend::stats(const plan::Plan &plan)
+Result<std::vector<service::StatRow>> KernelBackend::stats(const plan::Plan &plan)
 {
 	Result<std::vector<nft::CounterValue>> counters = applier_.nft().readCounters();
 	if (!counters)
 		return counters.error().wrap("reading the counters of table inet portslice");
-	std::vector<dbus::StatRow> rows;
+	std::vector<service::StatRow> rows;
 	for (const nft::CounterValue &c : *counters)
 		addCounterRows(rows, c.name, c.packets, c.bytes);
 #ifdef PORTSLICE_HAVE_XDP
@@ -102,7 +102,7 @@ Result<std::vector<dbus::StatRow>> KernelBackend::stats(const plan::Plan &plan)
 		}
 	}
 #endif
-	Result<std::vector<dbus::StatRow>> use = readConntrackUse(plan);
+	Result<std::vector<service::StatRow>> use = readConntrackUse(plan);
 	if (!use)
 		return use;
 	rows.insert(rows.end(), use->begin(), use->end());

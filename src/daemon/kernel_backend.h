@@ -3,11 +3,11 @@
 #pragma once
 
 #include "daemon/applier.h"
-#include "dbus/backend.h"
+#include "service/backend.h"
 
 namespace portslice::daemon {
 
-class KernelBackend final : public dbus::Backend {
+class KernelBackend final : public service::Backend {
 public:
 	// `xdp`: the Applier attaches the forwarder, pinned in `xdpPinDir` (empty: its default).
 	KernelBackend(Applier &applier, bool xdp, std::string xdpPinDir)
@@ -21,7 +21,7 @@ public:
 	// table keep the comment; the nftables event monitor catches those.
 	// With the forwarder: no XDP program on the uplink is drift too.
 	Result<std::string> drift(const plan::Plan &plan, uint64_t generation) override;
-	Result<std::vector<dbus::StatRow>> stats(const plan::Plan &plan) override;
+	Result<std::vector<service::StatRow>> stats(const plan::Plan &plan) override;
 	std::string dump(const plan::Plan &plan, uint64_t generation) override;
 	std::optional<uint64_t> appliedGeneration() override;
 

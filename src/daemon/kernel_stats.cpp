@@ -21,7 +21,7 @@ using NfctHandle = Handle<nfct_handle, nfct_close>;
 } // namespace
 
 // src_NAME -> (source, NAME), addr_A -> (address, A), guard_X -> (guard, X).
-void addCounterRows(std::vector<dbus::StatRow> &rows, const std::string &name, uint64_t packets, uint64_t bytes)
+void addCounterRows(std::vector<service::StatRow> &rows, const std::string &name, uint64_t packets, uint64_t bytes)
 {
 	struct Prefix {
 		const char *prefix;
@@ -65,7 +65,7 @@ int conntrackCallback(nf_conntrack_msg_type, nf_conntrack *ct, void *data)
 
 } // namespace
 
-Result<std::vector<dbus::StatRow>> readConntrackUse(const plan::Plan &plan)
+Result<std::vector<service::StatRow>> readConntrackUse(const plan::Plan &plan)
 {
 	NfctHandle handle(nfct_open(CONNTRACK, 0));
 	if (!handle)
@@ -76,7 +76,7 @@ Result<std::vector<dbus::StatRow>> readConntrackUse(const plan::Plan &plan)
 	if (nfct_query(handle.get(), NFCT_Q_DUMP, &family) < 0)
 		return Error(errno, "dumping conntrack");
 
-	std::vector<dbus::StatRow> rows;
+	std::vector<service::StatRow> rows;
 	std::set<uint16_t> zones;
 	for (const plan::PlannedSource &s : plan.sources)
 		if (s.mode == plan::NatMode::Conntrack)

@@ -18,7 +18,7 @@
 #include "common/handle.h"
 #include "daemon/nft_monitor.h"
 #include "dbus/bus_object.h"
-#include "dbus/service.h"
+#include "service/service.h"
 
 namespace portslice::daemon {
 
@@ -28,9 +28,9 @@ constexpr uint8_t kFamilyInet = 1; // NFPROTO_INET
 constexpr const char *kTable = "portslice";
 
 // Logs to stderr (the journal under systemd), forwards signals to the bus and STATUS= to systemd.
-class DaemonListener final : public dbus::Listener {
+class DaemonListener final : public service::Listener {
 public:
-	void attach(dbus::BusObject *bus, const dbus::Service *service)
+	void attach(dbus::BusObject *bus, const service::Service *service)
 	{
 		bus_ = bus;
 		service_ = service;
@@ -60,7 +60,7 @@ public:
 	{
 		if (!service_)
 			return;
-		std::string status = "STATUS=" + std::string(dbus::stateName(service_->state())) + ", generation " +
+		std::string status = "STATUS=" + std::string(service::stateName(service_->state())) + ", generation " +
 				     std::to_string(service_->generation());
 		if (!service_->lastError().empty()) {
 			std::string first = service_->lastError().substr(0, service_->lastError().find('\n'));
@@ -71,7 +71,7 @@ public:
 
 private:
 	dbus::BusObject *bus_ = nullptr;
-	const dbus::Service *service_ = nullptr;
+	const service::Service *service_ = nullptr;
 };
 
 Result<UniqueFd> blockSignals()
@@ -105,7 +105,7 @@ Result<UniqueFd> periodicTimer(std::chrono::milliseconds interval)
 
 } // namespace
 
-int serve(const ServeOptions &options, dbus::Backend &backend)
+int serve(const ServeOptions &options, service::Backend &backend)
 {
 	Result<UniqueFd> signals = blockSignals();
 	if (!signals) {
@@ -133,14 +133,14 @@ int serve(const ServeOptions &options, dbus::Backend &backend)
 	}
 
 	DaemonListener listener;
-	dbus::Service service({options.configPath, options.stateDir, options.drain, {}}, backend, listener);
+	service::Service service({options.configPath, options.stateDir, options.drain, {}}, backend, listener);
 	dbus::BusObject bus(*connection, service);
 	listener.attach(&bus, &service);
 
 	// Apply before taking the name: a caller that finds the name finds a state.
 	// The unit is active only after the first apply: a file that cannot be
 	// applied at start is an exit 1 with the errors in the journal.
-	dbus::Answer<uint64_t> started = service.start();
+	service::Answer<uint64_t> started = service.start();
 	if (!started.ok()) {
 		std::cerr << "portsliced: nothing applied: " << started.failure().message << std::endl;
 		return 1;

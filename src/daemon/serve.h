@@ -5,7 +5,7 @@
 #include <chrono>
 #include <string>
 
-#include "dbus/backend.h"
+#include "service/backend.h"
 
 namespace portslice::daemon {
 
@@ -20,6 +20,6 @@ struct ServeOptions {
 };
 
 // Runs until SIGTERM or SIGINT; returns the process exit code.
-int serve(const ServeOptions &options, dbus::Backend &backend);
+int serve(const ServeOptions &options, service::Backend &backend);
 
 } // namespace portslice::daemon

@@ -6,6 +6,10 @@
 
 namespace portslice::dbus {
 
+using service::Answer;
+using service::faultName;
+using service::StatRow;
+
 namespace {
 
 template<class T>

@@ -5,9 +5,11 @@
 #include <sdbus-c++/sdbus-c++.h>
 
 #include "dbus/egress1_adaptor.h"
-#include "dbus/service.h"
+#include "service/service.h"
 
 namespace portslice::dbus {
+
+using service::Service;
 
 inline constexpr const char *kBusName = "org.portslice.Egress1";
 inline constexpr const char *kObjectPath = "/org/portslice/Egress1";

@@ -12,7 +12,7 @@
 
 #include "config/config.h"
 #include "dbus/egress1_proxy.h"
-#include "dbus/state_store.h"
+#include "service/state_store.h"
 #include "plan/plan.h"
 
 namespace portslice::dbuslab {
@@ -91,9 +91,9 @@ protected:
 	{
 		config::LoadResult loaded = config::loadFile(configPath());
 		EXPECT_TRUE(loaded.ok());
-		Result<dbus::Persisted> persisted = dbus::StateStore(stateDir()).load();
+		Result<service::Persisted> persisted = service::StateStore(stateDir()).load();
 		EXPECT_TRUE(persisted.ok());
-		dbus::OverlayResult laid = dbus::applyOverlay(*loaded.config, persisted->overlay);
+		service::OverlayResult laid = service::applyOverlay(*loaded.config, persisted->overlay);
 		plan::PlanResult planned = plan::makePlan(laid.config);
 		EXPECT_TRUE(planned.ok());
 		return plan::toJson(*planned.plan);

@@ -10,7 +10,7 @@
 #include "common/result.h"
 #include "plan/plan.h"
 
-namespace portslice::dbus {
+namespace portslice::service {
 
 // One row of Stats(): (kind, name, counter, value), as the D-Bus a(ssst).
 struct StatRow {
@@ -51,4 +51,4 @@ public:
 	virtual std::optional<uint64_t> appliedGeneration() { return std::nullopt; }
 };
 
-} // namespace portslice::dbus
+} // namespace portslice::service

@@ -14,11 +14,11 @@
 #include <vector>
 
 #include "config/config.h"
-#include "dbus/backend.h"
-#include "dbus/state_store.h"
+#include "service/backend.h"
+#include "service/state_store.h"
 #include "plan/plan.h"
 
-namespace portslice::dbus {
+namespace portslice::service {
 
 // The org.portslice.Error.* a failed call maps to.
 enum class Fault { InvalidArgument, InvalidConfig, ApplyFailed, NotFound };
@@ -140,4 +140,4 @@ private:
 	std::string lastError_ = "not started";
 };
 
-} // namespace portslice::dbus
+} // namespace portslice::service

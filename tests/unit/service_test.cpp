@@ -8,10 +8,10 @@
 #include <fstream>
 #include <sstream>
 
-#include "dbus/service.h"
-#include "dbus/state_store.h"
+#include "service/service.h"
+#include "service/state_store.h"
 
-namespace portslice::dbus {
+namespace portslice::service {
 namespace {
 
 namespace fs = std::filesystem;
@@ -514,4 +514,4 @@ TEST(StateStore, KeepsOwnersAcrossSaveAndLoad)
 }
 
 } // namespace
-} // namespace portslice::dbus
+} // namespace portslice::service

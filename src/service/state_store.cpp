@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // The orchestration overlay file: one "ADDRESS SLICE SERVER" line per moved slice and one "drain" line per draining old owner, replaced atomically.
-#include "dbus/state_store.h"
+#include "service/state_store.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -14,7 +14,7 @@
 
 #include "common/handle.h"
 
-namespace portslice::dbus {
+namespace portslice::service {
 
 void setOverride(Overlay &overlay, Ipv4 address, uint32_t slice, const std::string &server)
 {
@@ -215,4 +215,4 @@ Status StateStore::save(const Persisted &state) const
 	return {};
 }
 
-} // namespace portslice::dbus
+} // namespace portslice::service

@@ -10,7 +10,7 @@
 #include "common/result.h"
 #include "config/config.h"
 
-namespace portslice::dbus {
+namespace portslice::service {
 
 struct OwnerOverride {
 	Ipv4 address;
@@ -92,4 +92,4 @@ private:
 	std::string dir_;
 };
 
-} // namespace portslice::dbus
+} // namespace portslice::service

@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: MIT
 // The service state machine: load, overlay, validate, plan, persist, apply, announce; nothing changes on failure.
-#include "dbus/service.h"
+#include "service/service.h"
 
 #include <algorithm>
 #include <chrono>
 
-namespace portslice::dbus {
+namespace portslice::service {
 
 std::string_view faultName(Fault fault)
 {
@@ -465,4 +465,4 @@ void Service::recovered()
 	}
 }
 
-} // namespace portslice::dbus
+} // namespace portslice::service
