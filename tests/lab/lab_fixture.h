@@ -147,6 +147,9 @@ struct LabOptions {
 	// Attach the build's tests/lab/xdp_pass.bpf.o (when built) to the bridge's
 	// server ports, so XDP_TX frames of a server's forwarder are flushed at once.
 	bool xdpPass = true;
+	// An etcd cluster of this many members (0..3): nodes etcd1..etcdN at
+	// 192.0.2.(99+K), client URLs in etcdEndpoints(); SetUp waits until healthy.
+	int etcd = 0;
 };
 
 class LabFixture : public ::testing::Test {
@@ -179,6 +182,10 @@ protected:
 			args.push_back("--no-bus");
 		args.push_back("--dc-mtu");
 		args.push_back(std::to_string(options_.dcMtu));
+		if (options_.etcd > 0) {
+			args.push_back("--etcd");
+			args.push_back(std::to_string(options_.etcd));
+		}
 		if (options_.xdpPass && access(buildPath("tests/lab/xdp_pass.bpf.o").c_str(), R_OK) == 0) {
 			args.push_back("--xdp-pass");
 			args.push_back(buildPath("tests/lab/xdp_pass.bpf.o"));
@@ -289,6 +296,24 @@ protected:
 
 	// Re-steers the router: "s2", "hash", "hash:s1,s2".
 	CommandResult steer(const std::string &mode) { return lab({"steer", mode}, 30); }
+
+	// The etcd cluster (LabOptions::etcd): "stop K" (SIGTERM), "kill K"
+	// (SIGKILL), "start K" (on its own data), "leader" (prints etcdK),
+	// "wait SECONDS" (until every member answers healthy).
+	CommandResult etcd(const std::vector<std::string> &args, int timeoutSeconds = 40)
+	{
+		std::vector<std::string> a = {"etcd"};
+		a.insert(a.end(), args.begin(), args.end());
+		return lab(a, timeoutSeconds);
+	}
+	// "http://192.0.2.100:2379,...": the members' client URLs.
+	std::string etcdEndpoints() const
+	{
+		std::string out;
+		for (int k = 1; k <= options_.etcd; ++k)
+			out += (k > 1 ? "," : "") + std::string("http://192.0.2.") + std::to_string(99 + k) + ":2379";
+		return out;
+	}
 
 	// Runs a command in the root namespace (e.g. building, reading files); never
 	// use it to change the host's network configuration.

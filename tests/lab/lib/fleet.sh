@@ -3,6 +3,12 @@
 # Prints the lab fleet's portslice.toml as one server sees it (the same fleet table on every server, only [server] differs).
 #
 # fleet.sh --server sN [--uplink IF] [--servers N] [--move ADDRESS:SLICE:SERVER]...
+#          [--etcd URL[,URL...] [--fleet-prefix P] [--lease-seconds N] [--return-home-seconds N]]
+#
+# --etcd adds the [fleet] section of fleet mode (SPEC section 6) for
+# portslice-fleetd: the lab's etcd members (lab.sh up --etcd N prints them in
+# LAB_ETCD_ENDPOINTS), key space P (default /portslice/lab1), lease 2 s and
+# return home after 60 s unless given.
 #
 # Two shared addresses of data centre lab1, six 1000-port slices each in
 # 10000-15999, dealt round robin: sK owns slices K-1 and K-1+N (N = servers).
@@ -15,6 +21,7 @@ set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
 server='' uplink=eth0 servers=3
+etcd='' fleet_prefix=/portslice/lab1 lease=2 return_home=60
 moves=()
 while (($#)); do
 	case $1 in
@@ -22,11 +29,16 @@ while (($#)); do
 	--uplink) uplink=$2; shift 2 ;;
 	--servers) servers=$2; shift 2 ;;
 	--move) moves+=("$2"); shift 2 ;;
+	--etcd) etcd=$2; shift 2 ;;
+	--fleet-prefix) fleet_prefix=$2; shift 2 ;;
+	--lease-seconds) lease=$2; shift 2 ;;
+	--return-home-seconds) return_home=$2; shift 2 ;;
 	*) lab_die "unknown argument $1" ;;
 	esac
 done
 [[ $servers =~ ^[1-6]$ ]] || lab_die "--servers wants 1..6 (six slices per address)"
 [[ $server =~ ^s([1-9])$ ]] && ((BASH_REMATCH[1] <= servers)) || lab_die "--server wants s1..s$servers"
+[[ $lease =~ ^[0-9]+$ && $return_home =~ ^[0-9]+$ ]] || lab_die "--lease-seconds and --return-home-seconds want whole seconds"
 
 # owner ADDRESS SLICE: the server of a slice, round robin unless moved.
 owner() {
@@ -61,6 +73,22 @@ slice_size = 1000
 name = "lab1"
 gateway = "192.0.2.1"
 TOML
+if [[ -n $etcd ]]; then
+	IFS=, read -r -a urls <<<"$etcd"
+	quoted=()
+	for u in "${urls[@]}"; do quoted+=("\"$u\""); done
+	cat <<TOML
+
+[fleet]
+etcd = [$(
+		IFS=,
+		echo "${quoted[*]}" | sed 's/,/, /g'
+	)]
+prefix = "$fleet_prefix"
+lease_seconds = $lease
+return_home_seconds = $return_home
+TOML
+fi
 for ((k = 1; k <= servers; k++)); do
 	cat <<TOML
 

@@ -7,6 +7,7 @@
 #                lab.sh exec --prefix P --id ID NODE CMD...  (on a server: its own bus and bpffs, see lab_exec)
 #                lab.sh steer --prefix P --id ID MODE        (s2 | hash | hash:s1,s2)
 #                lab.sh env  --prefix P --id ID               (the lab's facts, KEY=VALUE)
+#                lab.sh etcd --prefix P --id ID start|stop|kill K | endpoints | leader | wait [SECONDS]
 #                lab.sh gc   --prefix P                       (remove labs of P whose owner process is gone)
 # As a library:  . lab.sh; LAB_PREFIX=P LAB_ID=ID; lab_up [options]; lab_exec s1 ...; lab_down
 #
@@ -30,11 +31,16 @@
 #                          tests/lab/xdp_pass.bpf.o) to the bridge's server ports: veth flushes
 #                          XDP_TX frames to a peer at once only when the peer runs XDP
 #   --owner PID            the process that owns the lab, for gc (default: the caller)
+#   --etcd N               an etcd cluster of N members (1..3; default none): nodes etcd1..etcdN at
+#                          192.0.2.(99+K) on the DC bridge, client URL http://192.0.2.(99+K):2379, data in
+#                          the lab directory; up waits until every member is healthy. `lab.sh etcd`
+#                          stops (SIGTERM), kills (SIGKILL) and restarts members on their own data.
 #
-# Nodes and names: namespace "P-ID-NODE" for NODE in inet, rtr, dc, s1..sN and every workload.
+# Nodes and names: namespace "P-ID-NODE" for NODE in inet, rtr, dc, s1..sN, etcd1..etcdN and every workload.
 # Interfaces: inet eth0 203.0.113.10/24 | rtr eth0 203.0.113.1/24, rtr eth1 192.0.2.1/24 (MAC
 # 02:00:00:00:00:01) | dc br0 with ports rtr, s1..sN | sN eth0 192.0.2.(10+N)/24, NAME per workload
-# | workload eth0. Files: $TMPDIR/P-ID/ (lab.env, netns, pids, and per server bus/, state/, bpf/).
+# | workload eth0 | etcdK eth0 192.0.2.(99+K)/24. Files: $TMPDIR/P-ID/ (lab.env, netns, pids, per
+# server bus/, state/, bpf/, per etcd member etcdK/ with data/, etcd.log, pid).
 # Lab-only settings: GRO (and with --xdp-pass a pass program) on the DC ports so XDP_TX on a
 # server's veth reaches the bridge, MTU 1600 on the DC fabric, and TX checksum offload off on every
 # veth so packets carry full checksums when XDP rewrites them.
@@ -148,7 +154,7 @@ _lab_bus_up() {
 lab_up() {
 	_lab_names || return 1
 	LAB_SERVERS=3
-	local steer=s1 inet_addrs=4 bus=1 owner=$PPID
+	local steer=s1 inet_addrs=4 bus=1 owner=$PPID etcd=0
 	LAB_DC_MTU=1600 LAB_XDP_PASS=''
 	local workloads=()
 	LAB_BUS_POLICY=''
@@ -164,6 +170,7 @@ lab_up() {
 		--dc-mtu) LAB_DC_MTU=$2; shift 2 ;;
 		--xdp-pass) LAB_XDP_PASS=$(realpath "$2"); shift 2 ;;
 		--owner) owner=$2; shift 2 ;;
+		--etcd) etcd=$2; shift 2 ;;
 		*) _lab_err "up: unknown option $1"; return 1 ;;
 		esac
 	done
@@ -172,6 +179,11 @@ lab_up() {
 	[[ -z $LAB_BUS_POLICY || -f $LAB_BUS_POLICY ]] || { _lab_err "bus policy $LAB_BUS_POLICY not found"; return 1; }
 	[[ -z $LAB_XDP_PASS || -f $LAB_XDP_PASS ]] || { _lab_err "XDP object $LAB_XDP_PASS not found"; return 1; }
 	[[ $LAB_DC_MTU =~ ^[0-9]+$ ]] && ((LAB_DC_MTU >= 1280 && LAB_DC_MTU <= 9000)) || { _lab_err "--dc-mtu wants 1280..9000"; return 1; }
+	[[ $etcd =~ ^[0-3]$ ]] || { _lab_err "--etcd wants 0..3"; return 1; }
+	if ((etcd)) && ! command -v etcd >/dev/null; then
+		_lab_err "--etcd: no etcd binary (Debian: apt-get install etcd-server etcd-client, see .ci/install-deps)"
+		return 1
+	fi
 	if ((!${#workloads[@]})); then
 		for ((s = 1; s <= LAB_SERVERS; s++)); do workloads+=("s$s:w$s:100.64.$s.0/24"); done
 	fi
@@ -182,16 +194,25 @@ lab_up() {
 	mkdir -p "$LAB_DIR" && chmod 755 "$LAB_DIR" && : >"$LAB_DIR/netns" && : >"$LAB_DIR/pids" && : >"$LAB_DIR/mounts" || return 1
 	# A process of its own, so that errexit holds even when our caller tests our status.
 	if ! LAB_SERVERS=$LAB_SERVERS LAB_BUS_POLICY=$LAB_BUS_POLICY LAB_DC_MTU=$LAB_DC_MTU LAB_XDP_PASS=$LAB_XDP_PASS bash -eu -o pipefail "$LAB_LIB/lab.sh" _build \
-		--prefix "$LAB_PREFIX" --id "$LAB_ID" "$steer" "$inet_addrs" "$bus" "$owner" "${workloads[@]}"; then
+		--prefix "$LAB_PREFIX" --id "$LAB_ID" "$steer" "$inet_addrs" "$bus" "$owner" "$etcd" "${workloads[@]}"; then
 		_lab_err "building lab $LAB_NAME failed; removing it"
+		lab_down
+		return 1
+	fi
+	if ((etcd)) && ! lab_etcd wait 30; then
+		_lab_err "the etcd cluster of lab $LAB_NAME did not become healthy; removing the lab"
+		local k
+		for ((k = 1; k <= etcd; k++)); do
+			[[ -f $LAB_DIR/etcd$k/etcd.log ]] && { echo "--- etcd$k:"; tail -n 20 "$LAB_DIR/etcd$k/etcd.log"; } >&2
+		done
 		lab_down
 		return 1
 	fi
 }
 
 _lab_build() {
-	local steer=$1 inet_addrs=$2 bus=$3 owner=$4
-	shift 4
+	local steer=$1 inet_addrs=$2 bus=$3 owner=$4 etcd=$5
+	shift 5
 	local s node hops
 	hops=$(_lab_hops "$steer")
 	local wl_names=() wl_servers=() wl_prefixes=() wl_hosts=() wl_ranges=()
@@ -214,11 +235,19 @@ _lab_build() {
 		echo "LAB_STEER=$steer"
 		echo "LAB_WORKLOADS=\"${*}\""
 		echo "LAB_BUS_POLICY=$LAB_BUS_POLICY"
+		echo "LAB_ETCD=$etcd"
+		local eps=() k
+		for ((k = 1; k <= etcd; k++)); do eps+=("http://192.0.2.$((99 + k)):2379"); done
+		echo "LAB_ETCD_ENDPOINTS=$(
+			IFS=,
+			echo "${eps[*]}"
+		)"
 	} >"$LAB_DIR/lab.env"
 
 	for node in inet rtr dc; do _lab_netns_add "$node"; done
 	for ((s = 1; s <= LAB_SERVERS; s++)); do _lab_netns_add "s$s"; done
 	for name in "${wl_names[@]}"; do _lab_netns_add "$name"; done
+	for ((s = 1; s <= etcd; s++)); do _lab_netns_add "etcd$s"; done
 
 	ip -n "$(lab_ns dc)" link set lo up
 	ip -n "$(lab_ns dc)" link add br0 mtu "$LAB_DC_MTU" type bridge forward_delay 0 stp_state 0
@@ -237,6 +266,10 @@ _lab_build() {
 	done
 	for i in "${!wl_names[@]}"; do
 		_lab_link "${wl_servers[i]}" "${wl_names[i]}" "${wl_names[i]}" eth0
+	done
+	for ((s = 1; s <= etcd; s++)); do
+		_lab_link "etcd$s" eth0 dc "etcd$s"
+		ip -n "$(lab_ns dc)" link set "etcd$s" mtu "$LAB_DC_MTU" master br0 up
 	done
 
 	local inet_args=(--if eth0 --gw 203.0.113.1)
@@ -261,7 +294,97 @@ _lab_build() {
 		[[ -n ${wl_ranges[i]} ]] && args+=(--port-range "${wl_ranges[i]}")
 		_lab_role "${wl_names[i]}" workload "${args[@]}"
 	done
+	for ((s = 1; s <= etcd; s++)); do
+		_lab_role "etcd$s" etcd --if eth0 --addr "192.0.2.$((99 + s))/24" --mtu "$LAB_DC_MTU"
+		mkdir -p "$LAB_DIR/etcd$s/data"
+		chmod 700 "$LAB_DIR/etcd$s/data"
+	done
+	for ((s = 1; s <= etcd; s++)); do LAB_ETCD=$etcd _lab_etcd_start "$s"; done
 	return 0
+}
+
+# _lab_etcd_start K: start member K on its data directory (a new cluster the
+# first time; on a restart etcd ignores the initial-cluster flags and rejoins).
+_lab_etcd_start() {
+	local k=$1 dir="$LAB_DIR/etcd$1" cluster=() j pid
+	[[ $k =~ ^[1-9]$ ]] && ((k <= LAB_ETCD)) || { _lab_err "etcd: no member $k (the lab has $LAB_ETCD)"; return 1; }
+	if [[ -f $dir/pid ]] && kill -0 "$(<"$dir/pid")" 2>/dev/null; then
+		_lab_err "etcd: member $k is running already"
+		return 1
+	fi
+	for ((j = 1; j <= LAB_ETCD; j++)); do cluster+=("etcd$j=http://192.0.2.$((99 + j)):2380"); done
+	local ip="192.0.2.$((99 + k))"
+	# setsid: the member outlives the shell that started it; lab_down kills it
+	# (it is listed in pids and lives in the lab's namespace).
+	(
+		IFS=,
+		exec setsid ip netns exec "$(lab_ns "etcd$k")" env -i PATH="$PATH" etcd \
+			--name "etcd$k" --data-dir "$dir/data" \
+			--listen-client-urls "http://$ip:2379" --advertise-client-urls "http://$ip:2379" \
+			--listen-peer-urls "http://$ip:2380" --initial-advertise-peer-urls "http://$ip:2380" \
+			--initial-cluster "${cluster[*]}" --initial-cluster-state new \
+			--initial-cluster-token "$LAB_NAME" \
+			--logger zap --log-outputs stderr </dev/null >>"$dir/etcd.log" 2>&1
+	) &
+	pid=$!
+	echo "$pid" >"$dir/pid"
+	echo "$pid" >>"$LAB_DIR/pids"
+}
+
+# _lab_etcd_stop K SIGNAL: stop member K and wait until it is gone (SIGKILL after 5 s).
+_lab_etcd_stop() {
+	local k=$1 sig=$2 dir="$LAB_DIR/etcd$1" pid
+	[[ $k =~ ^[1-9]$ ]] && ((k <= LAB_ETCD)) || { _lab_err "etcd: no member $k (the lab has $LAB_ETCD)"; return 1; }
+	[[ -f $dir/pid ]] || return 0
+	pid=$(<"$dir/pid")
+	kill "-$sig" "$pid" 2>/dev/null || { rm -f "$dir/pid"; return 0; }
+	for _ in $(seq 1 50); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -KILL "$pid" 2>/dev/null
+	rm -f "$dir/pid"
+	return 0
+}
+
+# _lab_etcd_ctl ARGS...: etcdctl against every member, run from the first
+# server's namespace (or the first member's when the lab has no server).
+_lab_etcd_ctl() {
+	local node=s1
+	[[ -e /run/netns/$(lab_ns s1) ]] || node=etcd1
+	ip netns exec "$(lab_ns "$node")" env -i PATH="$PATH" ETCDCTL_API=3 etcdctl \
+		--endpoints "$LAB_ETCD_ENDPOINTS" --dial-timeout 1s --command-timeout 2s "$@"
+}
+
+# lab_etcd start|stop|kill K | endpoints | leader | wait [SECONDS]
+lab_etcd() {
+	_lab_load || return 1
+	((LAB_ETCD > 0)) || { _lab_err "lab $LAB_NAME has no etcd cluster (up --etcd N)"; return 1; }
+	local cmd=${1:-}
+	shift || true
+	case $cmd in
+	start) _lab_etcd_start "$@" ;;
+	stop) _lab_etcd_stop "$1" TERM ;;
+	kill) _lab_etcd_stop "$1" KILL ;;
+	endpoints) echo "$LAB_ETCD_ENDPOINTS" ;;
+	leader)
+		# The member whose own id is the leader id it reports: etcd1..etcdN.
+		_lab_etcd_ctl endpoint status -w json 2>/dev/null |
+			jq -r '.[] | select(.Status.header.member_id == .Status.leader) | .Endpoint' |
+			sed -n 's|^http://192\.0\.2\.\([0-9]*\):2379$|\1|p' | head -1 |
+			while read -r last; do echo "etcd$((last - 99))"; done
+		;;
+	wait)
+		local deadline=$((SECONDS + ${1:-30}))
+		while ((SECONDS < deadline)); do
+			_lab_etcd_ctl endpoint health >/dev/null 2>&1 && return 0
+			sleep 0.2
+		done
+		_lab_etcd_ctl endpoint health >&2
+		return 1
+		;;
+	*) _lab_err "etcd: want start|stop|kill K, endpoints, leader or wait [SECONDS]"; return 1 ;;
+	esac
 }
 
 # lab_down: remove exactly what lab_up made (its namespaces, the processes in
@@ -315,6 +438,7 @@ _lab_load() {
 	_lab_names || return 1
 	[[ -f $LAB_DIR/lab.env ]] || { _lab_err "lab $LAB_NAME is not up"; return 1; }
 	# shellcheck disable=SC1091
+	LAB_ETCD=0 LAB_ETCD_ENDPOINTS=''
 	. "$LAB_DIR/lab.env"
 }
 
@@ -387,8 +511,9 @@ _lab_main() {
 	exec) LAB_EXEC_REPLACE=1 lab_exec "${rest[@]}" ;;
 	steer) lab_steer "${rest[@]}" ;;
 	env) _lab_load && cat "$LAB_DIR/lab.env" ;;
+	etcd) lab_etcd "${rest[@]}" ;;
 	gc) [[ -n $LAB_PREFIX ]] || { _lab_err "gc needs --prefix"; exit 2; }; lab_gc ;;
-	*) sed -n '3,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+	*) sed -n '3,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 	esac
 }
 
