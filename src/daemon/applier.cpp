@@ -137,6 +137,15 @@ Result<ApplyResult> Applier::applyMove(const plan::Plan &plan, const plan::Slice
 			return {};
 		t = Clock::now();
 		std::vector<xdp::SliceRef> changed{{move.address, move.slice}};
+		// Slices this server takes over from a draining owner carry the
+		// zones of their ports: those of addresses handed out again change.
+		for (uint32_t ai : move.reallocated) {
+			const plan::PlannedAddress &a = plan.addresses[ai];
+			for (uint32_t i = 0; i < a.sliceCount; i++)
+				if (a.owner[i] == self && a.previous[i] != plan::kNoServer &&
+				    !(ai == move.address && i == move.slice))
+					changed.push_back({ai, i});
+		}
 		Status x = options_.xdpPinDir.empty() ? xdp::applyForwarderSlices(plan, changed)
 						      : xdp::applyForwarderSlices(plan, changed, options_.xdpPinDir);
 		if (!x)

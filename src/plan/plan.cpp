@@ -277,6 +277,31 @@ void assignZones(const config::Config &config, std::vector<PlannedSource> &sourc
 	}
 }
 
+Diagnostic droppedWarning(const Plan &plan, const PlannedSource &s)
+{
+	return { Diagnostic::Severity::Warning, s.where,
+		 "source '" + s.name + "' has no candidate address on server '" + plan.server +
+			 "': its traffic is dropped and counted" };
+}
+
+// A conntrack source's assignments and return route follow from its shares.
+void settle(PlannedSource &s)
+{
+	if (s.mode != NatMode::Conntrack)
+		return;
+	s.routeMark.reset();
+	s.routeTable.reset();
+	if (s.shares.empty()) {
+		s.assignments.clear();
+		return;
+	}
+	spread(s);
+	if (s.match.iifname) {
+		s.routeMark = kRouteMarkBase + s.zone;
+		s.routeTable = kRouteTableBase + s.zone;
+	}
+}
+
 } // namespace
 
 PlanResult makePlan(const config::Config &config, std::string_view server)
@@ -397,17 +422,9 @@ PlanResult makePlan(const config::Config &config, std::string_view server)
 		error(e.block ? config.sources[e.source].blockWhere : plan.sources[e.source].where, std::move(e.message));
 
 	for (PlannedSource &s : plan.sources) {
-		if (s.mode == NatMode::Conntrack && !s.shares.empty()) {
-			spread(s);
-			if (s.match.iifname) {
-				s.routeMark = kRouteMarkBase + s.zone;
-				s.routeTable = kRouteTableBase + s.zone;
-			}
-		}
+		settle(s);
 		if (s.dropped())
-			plan.warnings.push_back({ Diagnostic::Severity::Warning, s.where,
-						  "source '" + s.name + "' has no candidate address on server '" +
-							  plan.server + "': its traffic is dropped and counted" });
+			plan.warnings.push_back(droppedWarning(plan, s));
 	}
 	for (const Diagnostic &w : plan.warnings)
 		diagnostics.push_back(w);
@@ -421,63 +438,144 @@ std::optional<SliceMove> moveSlice(Plan &plan, uint32_t address, uint32_t slice,
 	PlannedAddress &a = plan.addresses.at(address);
 	if (slice >= a.sliceCount)
 		return std::nullopt;
-	SliceMove move{ address, slice, a, {} };
+	SliceMove move{ address, slice, a, {}, false, {}, {} };
 	a.owner[slice] = owner;
 	a.previous[slice] = previous != owner ? previous : kNoServer;
 	deriveSlices(a, plan.serverIndex);
-	if (usable(a) != usable(move.before)) {
-		a = std::move(move.before);
-		return std::nullopt;
-	}
-	if (!usable(a) || a.myRuns == move.before.myRuns)
+	const bool nowUsable = usable(a);
+	move.candidatesChanged = nowUsable != usable(move.before);
+	if (!move.candidatesChanged && (!nowUsable || a.myRuns == move.before.myRuns))
 		return move; // no source's ports change
 
-	std::vector<User> users;
+	// Sources whose candidates change: those that want the address gain it
+	// (in address order, as makePlan lists candidates) or lose it. A stateless
+	// one spreads its inside addresses over its candidates, so its ports on
+	// every other candidate change too; a conntrack one only spreads over
+	// its shares again.
+	std::vector<uint32_t> reallocate{ address };
+	if (move.candidatesChanged) {
+		for (uint32_t si = 0; si < plan.sources.size(); si++) {
+			const PlannedSource &s = plan.sources[si];
+			bool has = std::binary_search(s.candidates.begin(), s.candidates.end(), address);
+			if (nowUsable ? has || !wants(s.want, a.tags) : !has)
+				continue;
+			// A conntrack source matched by iifname that gets its first
+			// address or loses its last: its return route appears or goes,
+			// which is the full apply's to do.
+			if (s.mode == NatMode::Conntrack && s.match.iifname && s.candidates.size() == (nowUsable ? 0u : 1u)) {
+				undoMove(plan, std::move(move));
+				return std::nullopt;
+			}
+			move.sources.push_back({ si, s.assignments, s.shares, s.candidates });
+			if (s.mode == NatMode::Stateless)
+				reallocate.insert(reallocate.end(), s.candidates.begin(), s.candidates.end());
+		}
+		move.warnings = plan.warnings;
+		for (const SliceMove::Source &kept : move.sources) {
+			std::vector<uint32_t> &c = plan.sources[kept.index].candidates;
+			auto at = std::lower_bound(c.begin(), c.end(), address);
+			if (nowUsable)
+				c.insert(at, address);
+			else
+				c.erase(at);
+			if (nowUsable && plan.sources[kept.index].mode == NatMode::Stateless)
+				reallocate.insert(reallocate.end(), c.begin(), c.end());
+		}
+		std::sort(reallocate.begin(), reallocate.end());
+		reallocate.erase(std::unique(reallocate.begin(), reallocate.end()), reallocate.end());
+	}
+
+	// The users of every address handed out again, in file order, with the
+	// address's place in each one's candidates; one walk over the sources.
+	std::vector<std::vector<User>> users(reallocate.size());
 	for (size_t si = 0; si < plan.sources.size(); si++) {
 		const std::vector<uint32_t> &candidates = plan.sources[si].candidates;
-		for (size_t j = 0; j < candidates.size(); j++)
-			if (candidates[j] == address)
-				users.push_back({ si, j });
-	}
-	std::vector<AllocationError> errors;
-	Allocation got = allocate(plan, address, users, errors);
-	if (!errors.empty()) {
-		a = std::move(move.before);
-		return std::nullopt;
-	}
-	// Each user's ports on this address are replaced where they stood (its
-	// assignments and shares are ordered by address, as makePlan makes them).
-	// allocate() hands out in the users' order, so each user's part is the
-	// next run of `got`.
-	auto onAddress = [address](const auto &x) { return x.address == address; };
-	auto after = [address](const auto &x) { return x.address > address; };
-	size_t nextBlock = 0, nextShare = 0;
-	for (const User &user : users) {
-		PlannedSource &s = plan.sources[user.source];
-		move.sources.push_back({ static_cast<uint32_t>(user.source), s.assignments, s.shares });
-		if (s.mode == NatMode::Conntrack) {
-			std::erase_if(s.shares, onAddress);
-			auto at = std::find_if(s.shares.begin(), s.shares.end(), after);
-			size_t from = nextShare;
-			while (nextShare < got.shares.size() && got.shares[nextShare].first == user.source)
-				nextShare++;
-			std::vector<Share> mine;
-			for (size_t i = from; i < nextShare; i++)
-				mine.push_back(got.shares[i].second);
-			s.shares.insert(at, mine.begin(), mine.end());
-			spread(s);
-		} else {
-			std::erase_if(s.assignments, onAddress);
-			auto at = std::find_if(s.assignments.begin(), s.assignments.end(), after);
-			size_t from = nextBlock;
-			while (nextBlock < got.blocks.size() && got.blocks[nextBlock].first == user.source)
-				nextBlock++;
-			std::vector<Assignment> mine;
-			for (size_t i = from; i < nextBlock; i++)
-				mine.push_back(got.blocks[i].second);
-			s.assignments.insert(at, mine.begin(), mine.end());
+		for (size_t j = 0; j < candidates.size(); j++) {
+			auto at = std::lower_bound(reallocate.begin(), reallocate.end(), candidates[j]);
+			if (at != reallocate.end() && *at == candidates[j])
+				users[static_cast<size_t>(at - reallocate.begin())].push_back({ si, j });
 		}
 	}
+	std::vector<Allocation> got(reallocate.size());
+	std::vector<AllocationError> errors;
+	for (size_t r = 0; r < reallocate.size() && errors.empty(); r++)
+		got[r] = allocate(plan, reallocate[r], users[r], errors);
+	if (!errors.empty()) {
+		undoMove(plan, std::move(move));
+		return std::nullopt;
+	}
+
+	// Every other source whose ports are handed out again, as it was.
+	{
+		std::vector<uint32_t> known;
+		for (const SliceMove::Source &s : move.sources)
+			known.push_back(s.index);
+		std::sort(known.begin(), known.end());
+		for (const std::vector<User> &list : users)
+			for (const User &user : list) {
+				auto si = static_cast<uint32_t>(user.source);
+				auto at = std::lower_bound(known.begin(), known.end(), si);
+				if (at != known.end() && *at == si)
+					continue;
+				known.insert(at, si);
+				const PlannedSource &s = plan.sources[si];
+				move.sources.push_back({ si, s.assignments, s.shares, std::nullopt });
+			}
+	}
+
+	// A lost address leaves its former users' ports.
+	if (move.candidatesChanged && !nowUsable)
+		for (const SliceMove::Source &kept : move.sources) {
+			if (!kept.candidates)
+				continue;
+			PlannedSource &s = plan.sources[kept.index];
+			std::erase_if(s.assignments, [address](const Assignment &x) { return x.address == address; });
+			std::erase_if(s.shares, [address](const Share &x) { return x.address == address; });
+		}
+	// Each user's ports on an address are replaced where they stood (its
+	// assignments and shares are ordered by address, as makePlan makes them).
+	// allocate() hands out in the users' order, so each user's part is the
+	// next run of its allocation.
+	for (size_t r = 0; r < reallocate.size(); r++) {
+		const uint32_t ai = reallocate[r];
+		auto onAddress = [ai](const auto &x) { return x.address == ai; };
+		auto after = [ai](const auto &x) { return x.address > ai; };
+		size_t nextBlock = 0, nextShare = 0;
+		for (const User &user : users[r]) {
+			PlannedSource &s = plan.sources[user.source];
+			if (s.mode == NatMode::Conntrack) {
+				std::erase_if(s.shares, onAddress);
+				auto at = std::find_if(s.shares.begin(), s.shares.end(), after);
+				size_t from = nextShare;
+				while (nextShare < got[r].shares.size() && got[r].shares[nextShare].first == user.source)
+					nextShare++;
+				std::vector<Share> mine;
+				for (size_t i = from; i < nextShare; i++)
+					mine.push_back(got[r].shares[i].second);
+				s.shares.insert(at, mine.begin(), mine.end());
+			} else {
+				std::erase_if(s.assignments, onAddress);
+				auto at = std::find_if(s.assignments.begin(), s.assignments.end(), after);
+				size_t from = nextBlock;
+				while (nextBlock < got[r].blocks.size() && got[r].blocks[nextBlock].first == user.source)
+					nextBlock++;
+				std::vector<Assignment> mine;
+				for (size_t i = from; i < nextBlock; i++)
+					mine.push_back(got[r].blocks[i].second);
+				s.assignments.insert(at, mine.begin(), mine.end());
+			}
+		}
+	}
+	for (const SliceMove::Source &s : move.sources)
+		settle(plan.sources[s.index]);
+	if (move.candidatesChanged) {
+		// Who is dropped changed: the warnings as makePlan lists them.
+		plan.warnings.clear();
+		for (const PlannedSource &s : plan.sources)
+			if (s.dropped())
+				plan.warnings.push_back(droppedWarning(plan, s));
+	}
+	move.reallocated = std::move(reallocate);
 	return move;
 }
 
@@ -485,9 +583,14 @@ void undoMove(Plan &plan, SliceMove &&move)
 {
 	plan.addresses.at(move.address) = std::move(move.before);
 	for (SliceMove::Source &s : move.sources) {
-		plan.sources[s.index].assignments = std::move(s.assignments);
-		plan.sources[s.index].shares = std::move(s.shares);
+		PlannedSource &now = plan.sources[s.index];
+		now.assignments = std::move(s.assignments);
+		now.shares = std::move(s.shares);
+		if (s.candidates)
+			now.candidates = std::move(*s.candidates);
 	}
+	if (move.warnings)
+		plan.warnings = std::move(*move.warnings);
 }
 
 } // namespace portslice::plan

@@ -126,10 +126,14 @@ PlanResult makePlan(const config::Config &config, std::string_view server = {});
 
 // One slice changed owner: the plan follows without planning the fleet
 // again. `before` keeps what changed, to undo it and to tell the table's
-// delta. Same result as makePlan of the changed config, or nothing when the
-// move changes which addresses are candidates of a source (this server got
-// its first or lost its last slice of a local address) or a share no longer
-// fits: then the caller plans the fleet anew (and reports its errors).
+// delta. Same result as makePlan of the changed config. When the move
+// changes which addresses a source may use (this server got its first or
+// lost its last slice of a local address), the sources that want the
+// address gain or lose it as a candidate, and the addresses whose users'
+// ports that moves are handed out again: nothing else. Nothing when a share
+// no longer fits, or a conntrack source matched by iifname gains or loses
+// its only address (its return route changes): then the caller plans the
+// fleet anew (and reports the errors).
 struct SliceMove {
 	uint32_t address = 0; // index into Plan::addresses
 	uint32_t slice = 0;
@@ -138,8 +142,16 @@ struct SliceMove {
 		uint32_t index; // into Plan::sources
 		std::vector<Assignment> assignments;
 		std::vector<Share> shares;
+		std::optional<std::vector<uint32_t>> candidates; // only when they changed
 	};
-	std::vector<Source> sources; // the address's users, as they were
+	std::vector<Source> sources; // the sources whose ports were handed out again, as they were
+	// The move changed sources' candidates: `candidates` of those sources and
+	// the plan's warnings (who is dropped) are kept as they were.
+	bool candidatesChanged = false;
+	std::optional<std::vector<config::Diagnostic>> warnings;
+	// Addresses whose users' ports changed, ascending (the moved one among
+	// them when its runs changed): their handover slices may see other zones.
+	std::vector<uint32_t> reallocated;
 };
 
 std::optional<SliceMove> moveSlice(Plan &plan, uint32_t address, uint32_t slice, int32_t owner,

@@ -251,8 +251,8 @@ std::optional<Answer<uint64_t>> Service::moveSlice(uint32_t address, uint32_t sl
 	};
 	listener_.log("applied generation " + std::to_string(generation_) + ": slice " + std::to_string(slice) + " of " +
 		      a.address.str() + " to " + server + " (" + std::to_string(move->sources.size()) +
-		      " sources re-planned; ms: plan " + ms(t0, t1) + ", persist " + ms(t1, t2) + ", apply " +
-		      ms(t2, t3) + ")");
+		      " sources re-planned" + (move->candidatesChanged ? ", candidates changed" : "") +
+		      "; ms: plan " + ms(t0, t1) + ", persist " + ms(t1, t2) + ", apply " + ms(t2, t3) + ")");
 	listener_.applied(generation_);
 	listener_.propertiesChanged(properties);
 	return generation_;
