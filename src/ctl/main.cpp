@@ -1,95 +1,110 @@
 // SPDX-License-Identifier: MIT
-// portslicectl: offline commands on a config file, online commands over D-Bus.
-#include <cstdio>
-#include <cstring>
+// portslicectl: offline commands on a config file, online commands over D-Bus; one CLI11 subcommand each.
+#include <functional>
 #include <iostream>
 #include <string>
 #include <vector>
 
+#include "common/cli.h"
 #include "ctl/offline.h"
 #include "ctl/online.h"
 
+using namespace portslice;
+using namespace portslice::ctl;
+
 namespace {
 
-constexpr const char *kUsage =
-	"usage: portslicectl COMMAND [OPTIONS]\n"
-	"\n"
-	"offline, on a config file (--config PATH, default /etc/portslice/portslice.toml;\n"
-	"--server NAME plans as another server of the fleet):\n"
-	"  check                    validate; print errors and warnings\n"
-	"  plan [--json]            this server's slices, each source's address, ports, zone, mode\n"
-	"  dump                     the nftables table, in nft -f syntax, as it will be applied\n"
-	"  owner ADDRESS:PORT       which server owns that port (and which inside address)\n"
-	"  geofeed                  RFC 8805 CSV of the shared addresses\n"
-	"\n"
-	"online, over D-Bus (org.portslice.Egress1 on the system bus):\n"
-	"  status                   state, generation, server, last error\n"
-	"  reload                   re-read the config file\n"
-	"  set-owner ADDRESS SLICE SERVER   move a slice (persisted)\n"
-	"  stats [--json|--prometheus]      counters per source and address, ports in use\n";
+// Every command: its CLI11 subcommand and what runs when it was given.
+// To add one: addCommand() it in main(), give it its options, and a run
+// function returning the exit code; --help works without a daemon for free.
+struct Command {
+	CLI::App *app;
+	std::function<int()> run;
+};
+
+// --config and --server, shared by the offline commands.
+void addFileOptions(CLI::App &command, OfflineOptions &offline)
+{
+	command.add_option("--config", offline.config, "the config file (default: " + offline.config + ")")
+		->type_name("FILE");
+	command.add_option("--server", offline.server, "plan as server NAME of the fleet, not the file's [server].name")
+		->type_name("NAME");
+}
 
 } // namespace
 
 int main(int argc, char **argv)
 {
-	using namespace portslice::ctl;
-	std::vector<std::string> args(argv + 1, argv + argc);
-	if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
-		std::fputs(kUsage, args.empty() ? stderr : stdout);
-		return args.empty() ? 2 : 0;
-	}
-	const std::string command = args[0];
-	if (command == "status" || command == "reload" || command == "set-owner" || command == "stats")
-		return runOnline(args);
+	CLI::App app{"Check and explain a portslice config (offline, on a file); control portsliced (online, over "
+		     "D-Bus: org.portslice.Egress1 on the system bus).",
+		     "portslicectl"};
+	cli::setUp(app);
+	app.require_subcommand(1);
 
-	OfflineOptions options;
-	std::vector<std::string> positional;
-	for (size_t i = 1; i < args.size(); i++) {
-		const std::string &a = args[i];
-		auto value = [&](const char *flag) -> const std::string * {
-			if (i + 1 >= args.size()) {
-				std::fprintf(stderr, "portslicectl: %s needs a value\n", flag);
-				return nullptr;
-			}
-			return &args[++i];
+	OfflineOptions offline;
+	OnlineOptions online;
+	std::vector<Command> commands;
+	auto add = [&](const std::string &name, const std::string &description, std::function<int()> run) {
+		CLI::App *command = cli::addCommand(app, name, description);
+		commands.push_back({command, std::move(run)});
+		return command;
+	};
+	auto runOnlineCommand = [&](const std::string &name) {
+		return [&online, name] {
+			online.command = name;
+			return runOnline(online);
 		};
-		if (a == "--config" || a == "--server") {
-			const std::string *v = value(a.c_str());
-			if (!v)
-				return 2;
-			(a == "--config" ? options.config : options.server) = *v;
-		} else if (a.rfind("--config=", 0) == 0) {
-			options.config = a.substr(9);
-		} else if (a.rfind("--server=", 0) == 0) {
-			options.server = a.substr(9);
-		} else if (a == "--json" && command == "plan") {
-			options.json = true;
-		} else if (a.size() > 1 && a[0] == '-') {
-			std::fprintf(stderr, "portslicectl %s: unknown option '%s'\n", command.c_str(), a.c_str());
-			return 2;
-		} else {
-			positional.push_back(a);
-		}
-	}
-	size_t wanted = command == "owner" ? 1 : 0;
-	if (positional.size() != wanted) {
-		std::fprintf(stderr, "portslicectl %s: %s\n", command.c_str(),
-			     wanted ? "expected one argument ADDRESS:PORT" : "takes no arguments");
-		return 2;
-	}
-	if (wanted)
-		options.argument = positional[0];
+	};
 
-	if (command == "check")
-		return runCheck(options, std::cout, std::cerr);
-	if (command == "plan")
-		return runPlan(options, std::cout, std::cerr);
-	if (command == "dump")
-		return runDump(options, std::cout, std::cerr);
-	if (command == "owner")
-		return runOwner(options, std::cout, std::cerr);
-	if (command == "geofeed")
-		return runGeofeed(options, std::cout, std::cerr);
-	std::fprintf(stderr, "portslicectl: unknown command '%s'\n\n%s", command.c_str(), kUsage);
-	return 2;
+	// Offline: on a config file, never touching the kernel or the daemon.
+	CLI::App *check = add("check", "validate the file; print errors and warnings; exit 0 valid, 1 invalid",
+			      [&] { return runCheck(offline, std::cout, std::cerr); });
+	addFileOptions(*check, offline);
+
+	CLI::App *plan = add("plan", "this server's slices, each source's address, ports, zone and mode",
+			     [&] { return runPlan(offline, std::cout, std::cerr); });
+	addFileOptions(*plan, offline);
+	plan->add_flag("--json", offline.json, "print the plan as stable, sorted JSON");
+
+	CLI::App *dump = add("dump", "the nftables table, in nft -f syntax, as it will be applied",
+			     [&] { return runDump(offline, std::cout, std::cerr); });
+	addFileOptions(*dump, offline);
+
+	CLI::App *owner = add("owner", "which server owns ADDRESS:PORT, which source, and for a stateless source "
+				       "which inside address",
+			      [&] { return runOwner(offline, std::cout, std::cerr); });
+	owner->add_option("ADDRESS_PORT", offline.argument, "a shared address and one of its ports")
+		->required()
+		->type_name("ADDRESS:PORT");
+	addFileOptions(*owner, offline);
+
+	CLI::App *geofeed = add("geofeed", "RFC 8805 CSV of the shared addresses from their country tags",
+				[&] { return runGeofeed(offline, std::cout, std::cerr); });
+	addFileOptions(*geofeed, offline);
+
+	// Online: over D-Bus to the running portsliced.
+	add("status", "the daemon's state, generation, server and last error", runOnlineCommand("status"));
+
+	add("reload", "make the daemon re-read its config file; on error the applied state stays",
+	    runOnlineCommand("reload"));
+
+	CLI::App *setOwner = add("set-owner", "move slice SLICE of ADDRESS to SERVER (persisted across restarts)",
+				 runOnlineCommand("set-owner"));
+	setOwner->add_option("ADDRESS", online.address, "the shared address")->required()->type_name("ADDRESS");
+	setOwner->add_option("SLICE", online.slice, "the slice index (0, 1, ...)")->required()->type_name("SLICE");
+	setOwner->add_option("SERVER", online.server, "the server that owns it from now on")
+		->required()
+		->type_name("SERVER");
+
+	CLI::App *stats = add("stats", "counters per source and address, ports in use, NAT failures",
+			      runOnlineCommand("stats"));
+	CLI::Option *statsJson = stats->add_flag("--json", online.json, "print JSON");
+	stats->add_flag("--prometheus", online.prometheus, "print the Prometheus text format (not with --json)")->excludes(statsJson);
+
+	if (std::optional<int> code = cli::parse(app, argc, argv))
+		return *code;
+	for (const Command &command : commands)
+		if (command.app->parsed())
+			return command.run();
+	return cli::kExitUsage; // unreachable: require_subcommand(1)
 }

@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cctype>
-#include <charconv>
 #include <cstdio>
 #include <iostream>
 #include <map>
@@ -46,15 +45,6 @@ struct StatRow {
 	uint64_t value = 0;
 };
 using StatRows = std::vector<StatRow>;
-
-int usage()
-{
-	std::cerr << "usage: portslicectl status\n"
-		     "       portslicectl reload\n"
-		     "       portslicectl set-owner ADDRESS SLICE SERVER\n"
-		     "       portslicectl stats [--json | --prometheus]\n";
-	return kExitUsage;
-}
 
 // Turn a D-Bus error into a sentence and an exit code.
 int explain(const sdbus::Error &e, const std::string &command)
@@ -172,25 +162,14 @@ void printTable(const StatRows &rows)
 		std::cout << pad(kind, kindWidth) << pad(name, nameWidth) << pad(what, counterWidth) << value << "\n";
 }
 
-int stats(Egress1 &proxy, const std::vector<std::string> &args)
+int stats(Egress1 &proxy, const OnlineOptions &options)
 {
-	bool json = false, prometheus = false;
-	for (size_t i = 1; i < args.size(); ++i) {
-		if (args[i] == "--json")
-			json = true;
-		else if (args[i] == "--prometheus")
-			prometheus = true;
-		else
-			return usage();
-	}
-	if (json && prometheus)
-		return usage();
 	StatRows rows;
 	for (const auto &row : proxy.Stats())
 		rows.push_back({row.get<0>(), row.get<1>(), row.get<2>(), row.get<3>()});
-	if (json)
+	if (options.json)
 		printJson(rows);
-	else if (prometheus)
+	else if (options.prometheus)
 		printPrometheus(rows);
 	else
 		printTable(rows);
@@ -211,35 +190,19 @@ int reload(Egress1 &proxy)
 	}
 }
 
-int setOwner(Egress1 &proxy, const std::vector<std::string> &args)
+int setOwner(Egress1 &proxy, const OnlineOptions &options)
 {
-	if (args.size() != 4)
-		return usage();
-	uint32_t slice = 0;
-	const std::string &text = args[2];
-	auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), slice);
-	if (ec != std::errc() || end != text.data() + text.size()) {
-		std::cerr << "portslicectl: set-owner: SLICE must be a slice index (0, 1, ...), not \"" << text << "\"\n";
-		return kExitUsage;
-	}
-	uint64_t generation = proxy.SetSliceOwner(args[1], slice, args[3]);
-	std::cout << "slice " << slice << " of " << args[1] << " now belongs to " << args[3] << ": generation "
-		  << generation << "\n";
+	uint64_t generation = proxy.SetSliceOwner(options.address, options.slice, options.server);
+	std::cout << "slice " << options.slice << " of " << options.address << " now belongs to " << options.server
+		  << ": generation " << generation << "\n";
 	return 0;
 }
 
 } // namespace
 
-int runOnline(const std::vector<std::string> &args)
+int runOnline(const OnlineOptions &options)
 {
-	if (args.empty())
-		return usage();
-	const std::string &command = args[0];
-	if (command != "status" && command != "reload" && command != "set-owner" && command != "stats")
-		return usage();
-	if ((command == "status" || command == "reload") && args.size() != 1)
-		return usage();
-
+	const std::string &command = options.command;
 	std::unique_ptr<sdbus::IConnection> connection;
 	try {
 		connection = sdbus::createSystemBusConnection();
@@ -255,8 +218,11 @@ int runOnline(const std::vector<std::string> &args)
 		if (command == "reload")
 			return reload(proxy);
 		if (command == "set-owner")
-			return setOwner(proxy, args);
-		return stats(proxy, args);
+			return setOwner(proxy, options);
+		if (command == "stats")
+			return stats(proxy, options);
+		std::cerr << "portslicectl: unknown online command " << command << "\n";
+		return kExitUsage;
 	} catch (const sdbus::Error &e) {
 		return explain(e, command);
 	}

@@ -2,12 +2,22 @@
 // The online commands of portslicectl (status, reload, set-owner, stats), spoken over D-Bus.
 #pragma once
 
+#include <cstdint>
 #include <string>
-#include <vector>
 
 namespace portslice::ctl {
 
-// args[0] is the command name. Returns the process exit code.
-int runOnline(const std::vector<std::string> &args);
+// What main() parsed for an online command; each command reads the fields it has.
+struct OnlineOptions {
+	std::string command; // status, reload, set-owner, stats
+	bool json = false;
+	bool prometheus = false;
+	std::string address; // set-owner
+	uint32_t slice = 0;  // set-owner
+	std::string server;  // set-owner
+};
+
+// Returns the process exit code.
+int runOnline(const OnlineOptions &options);
 
 } // namespace portslice::ctl

@@ -6,10 +6,10 @@
 
 namespace portslice::ctl {
 
-int runOnline(const std::vector<std::string> &args)
+int runOnline(const OnlineOptions &options)
 {
 	std::fprintf(stderr, "portslicectl %s: this build has no D-Bus support (sdbus-c++ was not found at build time)\n",
-		     args.empty() ? "" : args[0].c_str());
+		     options.command.c_str());
 	return 1;
 }
 

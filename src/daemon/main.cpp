@@ -7,6 +7,7 @@
 #include <iostream>
 #include <string>
 
+#include "common/cli.h"
 #include "config/config.h"
 #include "daemon/applier.h"
 #ifdef PORTSLICE_HAVE_DBUS
@@ -18,14 +19,6 @@
 using namespace portslice;
 
 namespace {
-
-int usage()
-{
-	std::cerr << "usage: portsliced [--config FILE] [--state-dir DIR] [--no-xdp | --xdp-pin-dir DIR] [--drain-seconds N]\n"
-		     "                  [--apply-once | --remove]\n"
-		     "       without --apply-once or --remove: the daemon (D-Bus service org.portslice.Egress1)\n";
-	return 2;
-}
 
 // Parse, validate and plan; on any error print them all and return nullopt.
 std::optional<plan::Plan> load(const std::string &file)
@@ -47,37 +40,33 @@ std::optional<plan::Plan> load(const std::string &file)
 
 int main(int argc, char **argv)
 {
+	CLI::App app{"Share egress IPv4 addresses across a fleet by port slices. Without --apply-once or --remove: the "
+		     "daemon, serving org.portslice.Egress1 on the system bus (systemd Type=notify; SIGHUP reloads).",
+		     "portsliced"};
+	cli::setUp(app);
 	std::string configFile = "/etc/portslice/portslice.toml";
 	daemon::ApplierOptions options;
-	bool applyOnce = false, remove = false;
+	bool applyOnce = false, remove = false, noXdp = false;
 	long drainSeconds = 60;
-	for (int i = 1; i < argc; i++) {
-		std::string a = argv[i];
-		if (a == "--config" && i + 1 < argc)
-			configFile = argv[++i];
-		else if (a == "--state-dir" && i + 1 < argc)
-			options.stateDir = argv[++i];
-		else if (a == "--no-xdp")
-			options.xdp = false; // NAT only: no forwarder on the uplink
-		else if (a == "--xdp-pin-dir" && i + 1 < argc)
-			options.xdpPinDir = argv[++i]; // bpffs directory of the forwarder's maps and link
-		else if (a == "--drain-seconds" && i + 1 < argc) {
-			// How long the old owner of a slice moved over D-Bus keeps its flows (0: not at all).
-			char *end = nullptr;
-			drainSeconds = std::strtol(argv[++i], &end, 10);
-			if (*end != '\0' || end == argv[i] || drainSeconds < 0 || drainSeconds > 86400) {
-				std::cerr << "portsliced: --drain-seconds wants 0 to 86400\n";
-				return 2;
-			}
-		} else if (a == "--apply-once")
-			applyOnce = true;
-		else if (a == "--remove")
-			remove = true;
-		else
-			return usage();
-	}
-	if (applyOnce && remove)
-		return usage();
+	app.add_option("--config", configFile, "the config file (default: " + configFile + ")")->type_name("FILE");
+	app.add_option("--state-dir", options.stateDir,
+		       "where orchestration changes and restorable values are kept (default: " + options.stateDir + ")")
+		->type_name("DIR");
+	CLI::Option *noXdpFlag = app.add_flag("--no-xdp", noXdp, "NAT only: no XDP forwarder on the uplink (not with --xdp-pin-dir)");
+	app.add_option("--xdp-pin-dir", options.xdpPinDir,
+		       "bpffs directory of the forwarder's maps and link (default: under /sys/fs/bpf)")
+		->type_name("DIR")
+		->excludes(noXdpFlag);
+	app.add_option("--drain-seconds", drainSeconds,
+		       "seconds the old owner of a slice moved over D-Bus keeps its flows, 0 to 86400 (default: 60)")
+		->type_name("N")
+		->check(CLI::Range(0L, 86400L).description(""));
+	CLI::Option *applyOnceFlag =
+		app.add_flag("--apply-once", applyOnce, "apply the file and exit 0, or exit 1 changing nothing (not with --remove)");
+	app.add_flag("--remove", remove, "delete everything portslice applied and exit")->excludes(applyOnceFlag);
+	if (std::optional<int> code = cli::parse(app, argc, argv))
+		return *code;
+	options.xdp = !noXdp;
 
 	auto applier = daemon::Applier::open(options);
 	if (!applier) {
