@@ -60,6 +60,7 @@ int main(int argc, char **argv)
 	CLI::App *check = add("check", "validate the file; print errors and warnings; exit 0 valid, 1 invalid",
 			      [&] { return runCheck(offline, std::cout, std::cerr); });
 	addFileOptions(*check, offline);
+	check->add_flag("--json", offline.json, "print the verdict, counts, errors and warnings as JSON");
 
 	CLI::App *plan = add("plan", "this server's slices, each source's address, ports, zone and mode",
 			     [&] { return runPlan(offline, std::cout, std::cerr); });
@@ -69,6 +70,8 @@ int main(int argc, char **argv)
 	CLI::App *dump = add("dump", "the nftables table, in nft -f syntax, as it will be applied",
 			     [&] { return runDump(offline, std::cout, std::cerr); });
 	addFileOptions(*dump, offline);
+	dump->add_flag("--json", offline.json, "print what the table holds (generation, plan hash, sets and their "
+					       "element counts) as JSON, not the table");
 
 	CLI::App *owner = add("owner", "which server owns ADDRESS:PORT, which source, and for a stateless source "
 				       "which inside address",
@@ -77,13 +80,17 @@ int main(int argc, char **argv)
 		->required()
 		->type_name("ADDRESS:PORT");
 	addFileOptions(*owner, offline);
+	owner->add_flag("--json", offline.json, "print the answer as JSON");
 
 	CLI::App *geofeed = add("geofeed", "RFC 8805 CSV of the shared addresses from their country tags",
 				[&] { return runGeofeed(offline, std::cout, std::cerr); });
-	addFileOptions(*geofeed, offline);
+	geofeed->add_option("--config", offline.config, "the config file (default: " + offline.config + ")")
+		->type_name("FILE");
 
 	// Online: over D-Bus to the running portsliced.
-	add("status", "the daemon's state, generation, server and last error", runOnlineCommand("status"));
+	CLI::App *status = add("status", "the daemon's state, generation, server and last error; exit 1 unless applied",
+			       runOnlineCommand("status"));
+	status->add_flag("--json", online.json, "print JSON");
 
 	add("reload", "make the daemon re-read its config file; on error the applied state stays",
 	    runOnlineCommand("reload"));

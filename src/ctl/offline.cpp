@@ -3,7 +3,9 @@
 #include "ctl/offline.h"
 
 #include <charconv>
+#include <cstdio>
 
+#include "common/json.h"
 #include "config/config.h"
 #include "nft/model.h"
 #include "nft/render.h"
@@ -34,10 +36,73 @@ std::optional<plan::Plan> loadPlan(const OfflineOptions &o, std::ostream &err, b
 	return std::move(planned.plan);
 }
 
+void writeDiagnostics(JsonWriter &w, const std::vector<config::Diagnostic> &diagnostics,
+		      config::Diagnostic::Severity severity)
+{
+	w.beginArray();
+	for (const config::Diagnostic &d : diagnostics) {
+		if (d.severity != severity)
+			continue;
+		w.beginObject().key("file").value(d.where.file.str());
+		if (d.where.line > 0)
+			w.key("line").value(d.where.line).key("column").value(d.where.column);
+		w.key("message").value(d.message).endObject();
+	}
+	w.endArray();
+}
+
+// check --json: the verdict, the counts and every diagnostic as data.
+int runCheckJson(const OfflineOptions &o, std::ostream &out)
+{
+	std::vector<config::Diagnostic> diagnostics;
+	std::optional<plan::Plan> plan;
+	config::LoadResult loaded = config::loadFile(o.config);
+	diagnostics = loaded.diagnostics;
+	if (loaded.ok()) {
+		plan::PlanResult planned = plan::makePlan(*loaded.config, o.server);
+		diagnostics.insert(diagnostics.end(), planned.diagnostics.begin(), planned.diagnostics.end());
+		plan = std::move(planned.plan);
+	}
+	JsonWriter w;
+	w.beginObject().key("config").value(o.config).key("valid").value(plan.has_value());
+	if (plan) {
+		size_t mine = 0;
+		for (const plan::PlannedAddress &a : plan->addresses)
+			mine += a.mySlices.size();
+		w.key("server").value(plan->server);
+		w.key("servers").value(uint64_t{plan->servers.size()});
+		w.key("addresses").value(uint64_t{plan->addresses.size()});
+		w.key("sources").value(uint64_t{plan->sources.size()});
+		w.key("my_slices").value(uint64_t{mine});
+	}
+	w.key("errors");
+	writeDiagnostics(w, diagnostics, config::Diagnostic::Severity::Error);
+	w.key("warnings");
+	writeDiagnostics(w, diagnostics, config::Diagnostic::Severity::Warning);
+	w.endObject();
+	out << w.str() << "\n";
+	return plan ? 0 : 1;
+}
+
+const char *setKindName(nft::SetKind kind)
+{
+	switch (kind) {
+	case nft::SetKind::Set:
+		return "set";
+	case nft::SetKind::Map:
+		return "map";
+	case nft::SetKind::CounterMap:
+		return "counter map";
+	}
+	return "set";
+}
+
 } // namespace
 
 int runCheck(const OfflineOptions &o, std::ostream &out, std::ostream &err)
 {
+	if (o.json)
+		return runCheckJson(o, out);
 	auto plan = loadPlan(o, err, true);
 	if (!plan)
 		return 1;
@@ -69,7 +134,28 @@ int runDump(const OfflineOptions &o, std::ostream &out, std::ostream &err)
 		return 1;
 	// Offline there is no daemon generation: a dump shows generation 1,
 	// which is what `portsliced --apply-once` writes on a fresh machine.
-	out << nft::render(nft::buildModel(*plan, 1, false), &*plan);
+	if (!o.json) {
+		out << nft::render(nft::buildModel(*plan, 1, false), &*plan);
+		return 0;
+	}
+	// --json: what the table holds, not its text.
+	nft::TableModel model = nft::buildModel(*plan, 1, true);
+	char hash[17];
+	std::snprintf(hash, sizeof(hash), "%016llx", static_cast<unsigned long long>(plan->hash()));
+	JsonWriter w;
+	w.beginObject().key("family").value("inet").key("table").value("portslice");
+	w.key("generation").value(uint64_t{1}).key("plan_hash").value(hash).key("server").value(plan->server);
+	w.key("comment").value(model.comment);
+	w.key("counters").beginArray();
+	for (const std::string &counter : model.counters)
+		w.value(counter);
+	w.endArray();
+	w.key("sets").beginArray();
+	for (const nft::Set &set : model.sets)
+		w.beginObject().key("name").value(set.name).key("kind").value(setKindName(set.kind))
+			.key("elements").value(uint64_t{set.elements.size()}).endObject();
+	w.endArray().endObject();
+	out << w.str() << "\n";
 	return 0;
 }
 
@@ -86,7 +172,7 @@ int runOwner(const OfflineOptions &o, std::ostream &out, std::ostream &err)
 			address.reset();
 	}
 	if (!address) {
-		err << "portslicectl owner: expected ADDRESS:PORT, e.g. 198.51.100.1:40000, not '" << o.argument << "'\n";
+		err << "portslicectl: owner: expected ADDRESS:PORT, e.g. 198.51.100.1:40000, not '" << o.argument << "'\n";
 		return 2;
 	}
 	config::LoadResult loaded = config::loadFile(o.config);
@@ -99,6 +185,32 @@ int runOwner(const OfflineOptions &o, std::ostream &out, std::ostream &err)
 	if (!answer) {
 		err << address->str() << " is not a shared address of " << o.config << "\n";
 		return 1;
+	}
+	if (o.json) {
+		JsonWriter w;
+		w.beginObject().key("address").value(address->str()).key("port").value(port);
+		w.key("slice");
+		answer->slice ? w.value(*answer->slice) : w.null();
+		w.key("server");
+		answer->server.empty() ? w.null() : w.value(answer->server);
+		w.key("source");
+		answer->source.empty() ? w.null() : w.value(answer->source);
+		// Stateless: the one inside host; conntrack: the range whose
+		// host only that server's connection table knows.
+		w.key("inside");
+		if (answer->inside)
+			w.beginObject().key("first").value(answer->inside->str()).key("last")
+				.value((answer->insideLast ? *answer->insideLast : *answer->inside).str()).endObject();
+		else
+			w.null();
+		w.key("nat");
+		if (answer->source.empty())
+			w.null();
+		else
+			w.value(answer->insideLast ? "conntrack" : "stateless");
+		w.endObject();
+		out << w.str() << "\n";
+		return 0;
 	}
 	out << o.argument << ": ";
 	if (!answer->slice) {

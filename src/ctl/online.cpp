@@ -70,16 +70,25 @@ int explain(const sdbus::Error &e, const std::string &command)
 	return kExitFailed;
 }
 
-int status(Egress1 &proxy)
+int status(Egress1 &proxy, const OnlineOptions &options)
 {
 	std::string state = proxy.State();
 	uint64_t generation = proxy.Generation();
 	std::string server = proxy.Server();
 	std::string error = proxy.LastError();
-	std::cout << "state:      " << state << "\n"
-		  << "generation: " << generation << "\n"
-		  << "server:     " << server << "\n"
-		  << "last error: " << (error.empty() ? "none" : error) << "\n";
+	if (options.json) {
+		JsonWriter w;
+		w.beginObject().key("state").value(state).key("generation").value(generation);
+		w.key("server").value(server).key("last_error");
+		error.empty() ? w.null() : w.value(error);
+		w.endObject();
+		std::cout << w.str() << "\n";
+	} else {
+		std::cout << "state:      " << state << "\n"
+			  << "generation: " << generation << "\n"
+			  << "server:     " << server << "\n"
+			  << "last error: " << (error.empty() ? "none" : error) << "\n";
+	}
 	return state == "applied" ? 0 : kExitFailed;
 }
 
@@ -214,7 +223,7 @@ int runOnline(const OnlineOptions &options)
 	try {
 		Egress1 proxy(*connection);
 		if (command == "status")
-			return status(proxy);
+			return status(proxy, options);
 		if (command == "reload")
 			return reload(proxy);
 		if (command == "set-owner")

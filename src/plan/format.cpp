@@ -49,11 +49,26 @@ void writeTags(JsonWriter &w, const config::Tags &tags)
 	w.endObject();
 }
 
+// What writePlan writes for: `plan --json` (ranges as numbers, warnings) or
+// the hash in the table comment. The hash keeps the form it was first
+// defined on (ranges as "LO-HI" text, no warnings) so that a daemon upgrade
+// does not see every applied table as another plan.
+enum class Form { Json, Hash };
+
+// A range as {"first": LO, "last": HI} in JSON, "LO-HI" in the hash's form.
+void writeRange(JsonWriter &w, Form form, uint64_t lo, uint64_t hi)
+{
+	if (form == Form::Hash)
+		w.value(std::to_string(lo) + "-" + std::to_string(hi));
+	else
+		w.beginObject().key("first").value(lo).key("last").value(hi).endObject();
+}
+
 // The canonical JSON of a plan. `piece` is called after each address and
 // each source, so that a caller can take the text so far and hash it instead
 // of holding the whole document (hundreds of megabytes for 100k sources).
 template<class Piece>
-void writePlan(const Plan &plan, bool withWarnings, JsonWriter &w, Piece &&piece)
+void writePlan(const Plan &plan, Form form, JsonWriter &w, Piece &&piece)
 {
 	w.beginObject();
 	w.key("server").value(plan.server);
@@ -67,7 +82,8 @@ void writePlan(const Plan &plan, bool withWarnings, JsonWriter &w, Piece &&piece
 		w.key("local").value(a.local);
 		w.key("tags");
 		writeTags(w, a.tags);
-		w.key("port_range").value(rangeStr(a.portRange));
+		w.key("port_range");
+		writeRange(w, form, a.portRange.lo, a.portRange.hi);
 		w.key("slice_size").value(a.sliceSize);
 		w.key("slice_count").value(a.sliceCount);
 		w.key("my_slices").beginArray();
@@ -76,7 +92,7 @@ void writePlan(const Plan &plan, bool withWarnings, JsonWriter &w, Piece &&piece
 		w.endArray();
 		w.key("my_ports").beginArray();
 		for (const PortRange &r : a.myRuns)
-			w.value(rangeStr(r));
+			writeRange(w, form, r.lo, r.hi);
 		w.endArray();
 		// Owners as runs of equal owner: compact for fleets of many slices.
 		w.key("owners").beginArray();
@@ -85,7 +101,11 @@ void writePlan(const Plan &plan, bool withWarnings, JsonWriter &w, Piece &&piece
 			while (j + 1 < a.sliceCount && a.owner[j + 1] == a.owner[i] && a.previous[j + 1] == a.previous[i])
 				j++;
 			w.beginObject();
-			w.key("slices").value(i == j ? std::to_string(i) : std::to_string(i) + "-" + std::to_string(j));
+			w.key("slices");
+			if (form == Form::Hash && i == j)
+				w.value(std::to_string(i));
+			else
+				writeRange(w, form, i, j);
 			if (a.owner[i] == kNoServer)
 				w.key("server").null();
 			else
@@ -137,10 +157,16 @@ void writePlan(const Plan &plan, bool withWarnings, JsonWriter &w, Piece &&piece
 		w.key("assignments").beginArray();
 		for (const Assignment &as : s.assignments) {
 			w.beginObject();
-			w.key("inside").value(as.first == as.last ? as.first.str()
-								  : as.first.str() + "-" + as.last.str());
+			if (form == Form::Hash) {
+				w.key("inside").value(as.first == as.last ? as.first.str()
+									  : as.first.str() + "-" + as.last.str());
+			} else {
+				w.key("inside").beginObject().key("first").value(as.first.str());
+				w.key("last").value(as.last.str()).endObject();
+			}
 			w.key("address").value(plan.addresses[as.address].address.str());
-			w.key("ports").value(rangeStr(as.ports));
+			w.key("ports");
+			writeRange(w, form, as.ports.lo, as.ports.hi);
 			w.endObject();
 		}
 		w.endArray();
@@ -149,7 +175,7 @@ void writePlan(const Plan &plan, bool withWarnings, JsonWriter &w, Piece &&piece
 	}
 	w.endArray();
 	w.key("warnings").beginArray();
-	if (withWarnings)
+	if (form == Form::Json)
 		for (const config::Diagnostic &d : plan.warnings)
 			w.value(d.str());
 	w.endArray();
@@ -161,7 +187,7 @@ void writePlan(const Plan &plan, bool withWarnings, JsonWriter &w, Piece &&piece
 std::string toJson(const Plan &plan)
 {
 	JsonWriter w;
-	writePlan(plan, true, w, [](JsonWriter &) {});
+	writePlan(plan, Form::Json, w, [](JsonWriter &) {});
 	return w.str();
 }
 
@@ -175,7 +201,7 @@ uint64_t Plan::hash() const
 			h = (h ^ static_cast<uint8_t>(c)) * 1099511628211ull;
 	};
 	JsonWriter w;
-	writePlan(*this, false, w, fold);
+	writePlan(*this, Form::Hash, w, fold);
 	fold(w);
 	return h;
 }

@@ -374,6 +374,11 @@ TEST_F(ServiceLab, PortslicectlSpeaksToTheDaemonAndSaysWhenItIsNotRunning)
 	EXPECT_TRUE(status.ok()) << status.out;
 	EXPECT_NE(status.out.find("state:      applied"), std::string::npos) << status.out;
 	EXPECT_NE(status.out.find("server:     s1"), std::string::npos) << status.out;
+	Outcome statusJson = ctl("status --json");
+	EXPECT_TRUE(statusJson.ok()) << statusJson.out;
+	EXPECT_NE(statusJson.out.find("\"state\": \"applied\""), std::string::npos) << statusJson.out;
+	EXPECT_NE(statusJson.out.find("\"generation\": 1,"), std::string::npos) << statusJson.out;
+	EXPECT_NE(statusJson.out.find("\"last_error\": null"), std::string::npos) << statusJson.out;
 
 	Outcome moved = ctl("set-owner 198.51.100.2 1 s1");
 	EXPECT_TRUE(moved.ok()) << moved.out;

@@ -2,7 +2,10 @@
 // Both programs' command lines as an operator meets them: --version, --help to stdout with exit 0, every command's --help without a daemon, usage errors to stderr with exit 2.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
+#include <map>
+#include <set>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -145,6 +148,170 @@ TEST(Cli, OptionsTakeTheirValueAfterAnEqualsSignOrASpace)
 	EXPECT_EQ(spaced.status, 0) << spaced.err;
 	EXPECT_EQ(spaced.out, equals.out);
 	EXPECT_EQ(spaced.out.substr(0, 1), "{") << spaced.out;
+}
+
+// jq -e: exit 0 when the filter's result is true, so each check is one line.
+bool jq(const std::string &json, const std::string &filter)
+{
+	std::string file = std::filesystem::temp_directory_path() / ("portslice-cli-json-" + std::to_string(::getpid()));
+	std::ofstream(file) << json;
+	Outcome r = run("jq -e '" + filter + "' " + file + " >/dev/null");
+	std::filesystem::remove(file);
+	return r.status == 0;
+}
+
+TEST(Cli, EveryOfflineCommandThatPrintsDataPrintsJsonWithRangesAsNumbers)
+{
+	if (run("jq --version").status != 0)
+		GTEST_SKIP() << "jq is not installed: cannot check the JSON";
+	const std::string config = " --config " + std::string(RULES_DIR) + "/three-servers.toml";
+	Outcome check = run(kCtl + " check --json" + config);
+	EXPECT_EQ(check.status, 0) << check.err;
+	EXPECT_TRUE(jq(check.out, ".valid == true and .servers == 3 and .errors == [] and (.my_slices | type) == \"number\""))
+		<< check.out;
+
+	Outcome plan = run(kCtl + " plan --json" + config);
+	EXPECT_EQ(plan.status, 0) << plan.err;
+	EXPECT_TRUE(jq(plan.out, "[.addresses[].port_range, .addresses[].my_ports[], .addresses[].owners[].slices, "
+				 ".sources[].assignments[].ports] | length > 0 and all(.first <= .last and "
+				 "(.first | type) == \"number\" and (.last | type) == \"number\")"))
+		<< plan.out;
+	EXPECT_TRUE(jq(plan.out, ".addresses[0].port_range == {\"first\": 1024, \"last\": 65535}")) << plan.out;
+
+	Outcome dump = run(kCtl + " dump --json" + config);
+	EXPECT_EQ(dump.status, 0) << dump.err;
+	EXPECT_TRUE(jq(dump.out, ".table == \"portslice\" and .generation == 1 and "
+				 "(.sets[] | select(.name == \"my_ports\") | .elements) == 3"))
+		<< dump.out;
+
+	Outcome owner = run(kCtl + " owner --json 198.51.100.1:1500" + config);
+	EXPECT_EQ(owner.status, 0) << owner.err;
+	EXPECT_TRUE(jq(owner.out, ".port == 1500 and .slice == 0 and .server == \"s1\"")) << owner.out;
+
+	// An invalid file: exit 1 and the error as data, with its line and column.
+	std::string bad = std::filesystem::temp_directory_path() / ("portslice-cli-bad-" + std::to_string(::getpid()));
+	std::ofstream(bad) << "[server]\nname = \"s1\"\nnonsense = 1\n";
+	Outcome invalid = run(kCtl + " check --json --config " + bad);
+	std::filesystem::remove(bad);
+	EXPECT_EQ(invalid.status, 1) << invalid.out;
+	EXPECT_TRUE(jq(invalid.out, ".valid == false and (.errors | length) > 0 and (.errors[0].line | type) == \"number\""))
+		<< invalid.out;
+}
+
+// What a usage says a command takes: its options, each with the name of
+// its value if it takes one ("--config FILE", "--json"), and its positionals.
+struct Usage {
+	std::set<std::string> options;
+	std::vector<std::string> positionals;
+	bool operator==(const Usage &) const = default;
+};
+
+std::ostream &operator<<(std::ostream &out, const Usage &u)
+{
+	out << "options {";
+	for (const std::string &o : u.options)
+		out << " [" << o << "]";
+	out << " } positionals {";
+	for (const std::string &p : u.positionals)
+		out << " " << p;
+	return out << " }";
+}
+
+bool isValueName(const std::string &word)
+{
+	return !word.empty() && word[0] != '-' &&
+	       std::all_of(word.begin(), word.end(), [](char c) { return std::isupper(c) || c == '_' || c == ':'; });
+}
+
+// The SYNOPSIS of a man page in scdoc, per command: "portslicectl owner ..."
+// gives "owner"; a program without commands is "" (the union of its lines).
+// The lines for --help and --version alone are left out.
+std::map<std::string, Usage> manSynopsis(const std::string &page, const std::string &program, bool commands)
+{
+	std::map<std::string, Usage> usages;
+	std::istringstream lines(readFile(page));
+	bool inSynopsis = false;
+	for (std::string line; std::getline(lines, line);) {
+		if (line.starts_with("# ")) {
+			inSynopsis = line == "# SYNOPSIS";
+			continue;
+		}
+		if (!inSynopsis || !line.starts_with("*" + program + "*"))
+			continue;
+		std::string plain;
+		for (char c : line)
+			plain += (c == '*' || c == '_') ? "" : (c == '[' || c == ']' || c == '|') ? " " : std::string(1, c);
+		std::istringstream words(plain);
+		std::vector<std::string> w;
+		for (std::string word; words >> word;)
+			w.push_back(word);
+		size_t i = 1;
+		std::string command;
+		if (commands) {
+			if (i >= w.size() || w[i].starts_with("-") || w[i] == "COMMAND")
+				continue;
+			command = w[i++];
+		}
+		Usage &u = usages[command];
+		for (; i < w.size(); i++) {
+			if (w[i] == "--help" || w[i] == "--version")
+				continue;
+			if (w[i].starts_with("--")) {
+				std::string option = w[i];
+				if (i + 1 < w.size() && isValueName(w[i + 1]))
+					option += " " + w[++i];
+				u.options.insert(option);
+			} else {
+				u.positionals.push_back(w[i]);
+			}
+		}
+	}
+	return usages;
+}
+
+// The same from a --help text.
+Usage helpUsage(const std::string &help)
+{
+	Usage u;
+	std::istringstream lines(help);
+	for (std::string line; std::getline(lines, line);) {
+		if (line.starts_with("Usage:")) {
+			size_t p = line.find("[OPTIONS]");
+			std::istringstream words(p == std::string::npos ? "" : line.substr(p + 9));
+			for (std::string word; words >> word;)
+				u.positionals.push_back(word);
+		} else if (line.starts_with("  -")) {
+			std::string option = line.substr(2, line.find("  ", 2) - 2);
+			if (option.starts_with("-h,"))
+				option = option.substr(3);
+			if (option != "--help" && option != "--version")
+				u.options.insert(option);
+		}
+	}
+	return u;
+}
+
+TEST(Cli, ManPageSynopsesMatchWhatTheProgramsAccept)
+{
+	std::map<std::string, Usage> man = manSynopsis(std::string(DOCS_DIR) + "/portslicectl.8.scd", "portslicectl", true);
+	std::vector<std::string> commands = listedCommands(run(kCtl + " --help").out);
+	ASSERT_FALSE(commands.empty());
+	for (const std::string &command : commands) {
+		Usage help = helpUsage(run(kCtl + " " + command + " --help").out);
+		auto it = man.find(command);
+		if (it == man.end()) {
+			ADD_FAILURE() << "portslicectl " << command << " has no line in the SYNOPSIS of portslicectl.8.scd";
+			continue;
+		}
+		EXPECT_EQ(it->second, help) << "portslicectl " << command << ": the man page (left) and --help (right) differ";
+		man.erase(it);
+	}
+	for (const auto &[command, usage] : man)
+		ADD_FAILURE() << "portslicectl.8.scd names a command the program does not have: " << command;
+
+	std::map<std::string, Usage> daemon = manSynopsis(std::string(DOCS_DIR) + "/portsliced.8.scd", "portsliced", false);
+	EXPECT_EQ(daemon[""], helpUsage(run(kDaemon + " --help").out))
+		<< "portsliced: the man page (left) and --help (right) differ";
 }
 
 } // namespace
