@@ -34,6 +34,7 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 std::string gBuild = PORTSLICE_BUILD_ROOT;
+long gChildPeakKb = 0; // peak RSS of the last child run() waited for (ip netns exec execs its command)
 
 int run(const std::vector<std::string> &argv, bool quiet = true)
 {
@@ -52,8 +53,10 @@ int run(const std::vector<std::string> &argv, bool quiet = true)
 	if (rc != 0)
 		return -1;
 	int status = 0;
-	while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+	rusage usage{};
+	while (wait4(pid, &status, 0, &usage) < 0 && errno == EINTR) {
 	}
+	gChildPeakKb = usage.ru_maxrss;
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
@@ -116,22 +119,27 @@ void fullApply(uint32_t n, int pairs, const std::string &dir)
 		while (std::getline(in, l))
 			lines++;
 	}
-	std::vector<double> a, b, ca, cb;
+	std::vector<double> a, b, ca, cb, ra, rb, ratios;
 	for (int i = 0; i < pairs; i++) {
 		std::string ns = freshNs();
 		a.push_back(timed({"ip", "netns", "exec", ns, gBuild + "/src/daemon/portsliced", "--no-xdp", "--state-dir",
 				   dir + "/state", "--config", toml, "--apply-once"}));
 		ca.push_back(gChildCpu);
+		ra.push_back(static_cast<double>(gChildPeakKb) / 1024);
 		dropNs(ns);
 		ns = freshNs();
 		b.push_back(timed({"ip", "netns", "exec", ns, "nft", "-f", dump}));
 		cb.push_back(gChildCpu);
+		rb.push_back(static_cast<double>(gChildPeakKb) / 1024);
 		dropNs(ns);
+		ratios.push_back(a.back() / b.back());
 	}
 	double ma = median(a), mb = median(b);
-	std::printf("full apply  %6u sources (%zu dump lines): wall portsliced %.3f s, nft -f %.3f s, ratio %.2f; "
-		    "cpu (user+sys) %.3f s vs %.3f s, ratio %.2f (median of %d pairs)\n",
-		    n, lines, ma, mb, ma / mb, median(ca), median(cb), median(ca) / median(cb), pairs);
+	std::printf("full apply  %6u sources (%zu dump lines): wall portsliced %.3f s, nft -f %.3f s, ratio %.2f "
+		    "(median of the pairs' ratios %.2f); cpu (user+sys) %.3f s vs %.3f s, ratio %.2f; peak RSS %.1f MB "
+		    "vs %.1f MB (median of %d pairs)\n",
+		    n, lines, ma, mb, ma / mb, median(ratios), median(ca), median(cb), median(ca) / median(cb), median(ra),
+		    median(rb), pairs);
 	std::fflush(stdout);
 }
 

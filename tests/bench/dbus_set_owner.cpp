@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: MIT
 // Benchmark: one SetSliceOwner over D-Bus against a running portsliced vs the nft CLI changing one element of the same table.
 //
-// dbus_set_owner [--sources 6250] [--pairs 5] [--no-xdp] [--tmpfs-state] [--drain-seconds S]
+// dbus_set_owner [--sources 10000] [--pairs 5] [--no-xdp] [--tmpfs-state] [--drain-seconds S] [--drift-pairs 3] [--daemon PATH]
 // Needs root. The process moves into a network namespace of its own (it dies
 // with the process), starts a private dbus-daemon and portsliced there, and
-// prints the figures; it asserts nothing. 6250 sources make about 237k elements.
+// prints the figures; it asserts nothing. 10,000 sources make about 375k
+// elements. The three move cases of BENCHMARKS.md, peak RSS, a Dump(), then
+// drift repair (element deleted, set flushed, table deleted).
 // KEEP=1 keeps its directory (the daemon's log) and prints where.
 #include <algorithm>
 #include <array>
@@ -113,14 +115,16 @@ double median(std::vector<double> v)
 	return v[v.size() / 2];
 }
 
-std::string peakRss(pid_t pid)
+std::string statusField(pid_t pid, const std::string &field)
 {
 	std::ifstream in("/proc/" + std::to_string(pid) + "/status");
 	for (std::string line; std::getline(in, line);)
-		if (line.starts_with("VmHWM:"))
-			return line.substr(6);
+		if (line.starts_with(field + ":"))
+			return line.substr(field.size() + 1);
 	return "?";
 }
+std::string peakRss(pid_t pid) { return statusField(pid, "VmHWM"); }
+std::string rss(pid_t pid) { return statusField(pid, "VmRSS"); }
 
 class Egress1 final : public sdbus::ProxyInterfaces<org::portslice::Egress1_proxy> {
 public:
@@ -139,11 +143,15 @@ private:
 
 int main(int argc, char **argv)
 {
-	uint32_t sources = 6250;
+	uint32_t sources = 10000;
 	int pairs = 5;
+	int driftPairs = 3;
 	bool xdp = true;
 	bool tmpfsState = false; // state directory on /dev/shm: the fsync of the overlay costs nothing
-	std::string drainSeconds; // empty: the daemon's default
+	// Long enough that no drain ends during the run (an ended drain is a
+	// generation of its own, not one of the cases measured).
+	std::string drainSeconds = "3600";
+	std::string daemonPath = std::string(PSD_BUILD_ROOT) + "/src/daemon/portsliced"; // another build's, to compare
 	for (int i = 1; i < argc; ++i) {
 		std::string a = argv[i];
 		if (a == "--sources" && i + 1 < argc)
@@ -156,9 +164,13 @@ int main(int argc, char **argv)
 			tmpfsState = true;
 		else if (a == "--drain-seconds" && i + 1 < argc)
 			drainSeconds = argv[++i];
+		else if (a == "--daemon" && i + 1 < argc)
+			daemonPath = argv[++i];
+		else if (a == "--drift-pairs" && i + 1 < argc)
+			driftPairs = std::stoi(argv[++i]);
 		else {
 			std::fprintf(stderr, "usage: dbus_set_owner [--sources N] [--pairs K] [--no-xdp] [--tmpfs-state] "
-					     "[--drain-seconds S]\n");
+					     "[--drain-seconds S] [--drift-pairs K] [--daemon PATH]\n");
 			return 2;
 		}
 	}
@@ -200,7 +212,7 @@ int main(int argc, char **argv)
 			return 1;
 		stateDir = shm;
 	}
-	std::vector<std::string> daemonArgs = {std::string(PSD_BUILD_ROOT) + "/src/daemon/portsliced", "--config",
+	std::vector<std::string> daemonArgs = {daemonPath, "--config",
 					       (dir / "fleet.toml").string(), "--state-dir", stateDir};
 	if (xdp) {
 		daemonArgs.push_back("--xdp-pin-dir");
@@ -208,10 +220,8 @@ int main(int argc, char **argv)
 	} else {
 		daemonArgs.push_back("--no-xdp");
 	}
-	if (!drainSeconds.empty()) {
-		daemonArgs.push_back("--drain-seconds");
-		daemonArgs.push_back(drainSeconds);
-	}
+	daemonArgs.push_back("--drain-seconds");
+	daemonArgs.push_back(drainSeconds);
 	auto started = Clock::now();
 	pid_t daemon = spawn(daemonArgs, log);
 	gChildren.push_back(daemon);
@@ -240,16 +250,12 @@ int main(int argc, char **argv)
 		}
 	}
 
-	// A: s1 takes a slice of the first address from its owner, then gives it back
-	// (each call one SetSliceOwner: validate, plan, persist, element delta, conntrack clean-up, XDP maps).
-	// B: the nft CLI adding one my_ports element of the same move, and deleting it.
-	std::string first = Ipv4{198u << 24 | 18u << 16}.str();
 	// B runs on a copy of the table in a namespace of its own: the daemon
-	// would (rightly) restore its table after the CLI's change.
+	// would (rightly) restore its table after the CLI's change. The copy
+	// comes from the offline `portslicectl dump` of the same file, so that
+	// the daemon's peak RSS below is that of holding what a move needs; a
+	// Dump() over the bus (the whole table as text) is measured after.
 	std::string refNs = "psd-bref-" + std::to_string(::getpid());
-	// The copy comes from the offline `portslicectl dump` of the same file, so
-	// that the daemon's peak RSS below is that of holding the plan; a Dump()
-	// over the bus (the whole table as text) is measured after, on its own.
 	timedRun({"sh", "-c", std::string(PSD_BUILD_ROOT) + "/src/ctl/portslicectl dump --config " +
 				      (dir / "fleet.toml").string() + " > " + (dir / "table.nft").string()},
 		 log);
@@ -260,86 +266,138 @@ int main(int argc, char **argv)
 		args.insert(args.begin(), nsenter.begin(), nsenter.end());
 		return timedRun(args, log);
 	};
-	std::vector<double> gain, loss, addB, delB;
-	// Pair i moves slice k = i + 1 (owned by server k + 1): s1 has never
-	// held it, so the gain is a plain gain, not the end of s1's own drain.
+	auto addressOf = [](uint32_t index) { return Ipv4{(198u << 24 | 18u << 16) + index}.str(); };
+	auto sliceText = [](uint32_t k) {
+		return std::to_string(1024 + k * 2048) + "-" + std::to_string(1024 + k * 2048 + 2047);
+	};
+	auto call = [&](const std::string &shared, uint32_t slice, const std::string &to) {
+		auto t0 = Clock::now();
+		proxy.SetSliceOwner(shared, slice, to);
+		return std::chrono::duration<double>(Clock::now() - t0).count();
+	};
+	// BENCHMARKS.md's three cases, each on addresses of its own (pair i):
+	// gain: s1 takes slice k of address 1+i from s(k+1) (s1 keeps its slice 0);
+	// loss: s1's only slice of address n/2+i (slice 0) goes to s2;
+	// other: slice 5 of address n/4+i goes from s6 to s7 (s1 only learns of it).
+	// Each is undone by a second call (timed too: giving back a slice that is
+	// not the last, and a first slice arriving). A = the call, B = the nft CLI
+	// changing the same my_ports element on the copy, alternating A B A B.
+	enum { Gain, GiveBack, Loss, FirstBack, Other, OtherBack, Cases };
+	const char *caseNames[Cases] = {"gain (s1 takes a second slice of an address)",
+					"give back (s1 loses a slice that is not its last)",
+					"loss (s1's only slice of an address goes)",
+					"first slice back (s1 gets a first slice of an address)",
+					"other (a move between two other servers)",
+					"other, back"};
+	std::vector<double> a[Cases], addB, delB, otherB, listB;
 	for (int i = 0; i < pairs; ++i) {
 		uint32_t k = 1 + static_cast<uint32_t>(i) % 30;
-		std::string element = "{ " + first + " . " + std::to_string(1024 + k * 2048) + "-" +
-				      std::to_string(1024 + k * 2048 + 2047) + " }";
-		addB.push_back(nft({"add", "element", "inet", "portslice", "my_ports", element}));
-		delB.push_back(nft({"delete", "element", "inet", "portslice", "my_ports", element}));
-		std::string owner = "s" + std::to_string(k + 1);
-		for (const std::string &to : {std::string("s1"), owner}) {
-			auto t0 = Clock::now();
-			proxy.SetSliceOwner(first, k, to);
-			(to == "s1" ? gain : loss).push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-		}
+		std::string g = addressOf(1 + static_cast<uint32_t>(i));
+		std::string l = addressOf(sources / 2 + static_cast<uint32_t>(i));
+		std::string o = addressOf(sources / 4 + static_cast<uint32_t>(i));
+		a[Gain].push_back(call(g, k, "s1"));
+		addB.push_back(nft({"add", "element", "inet", "portslice", "my_ports", "{ " + g + " . " + sliceText(k) + " }"}));
+		a[GiveBack].push_back(call(g, k, "s" + std::to_string(k + 1)));
+		nft({"delete", "element", "inet", "portslice", "my_ports", "{ " + g + " . " + sliceText(k) + " }"});
+		a[Loss].push_back(call(l, 0, "s2"));
+		delB.push_back(nft({"delete", "element", "inet", "portslice", "my_ports", "{ " + l + " . " + sliceText(0) + " }"}));
+		a[FirstBack].push_back(call(l, 0, "s1"));
+		nft({"add", "element", "inet", "portslice", "my_ports", "{ " + l + " . " + sliceText(0) + " }"});
+		a[Other].push_back(call(o, 5, "s7"));
+		otherB.push_back(nft({"add", "element", "inet", "portslice", "my_ports", "{ " + o + " . " + sliceText(5) + " }"}));
+		a[OtherBack].push_back(call(o, 5, "s6"));
+		nft({"delete", "element", "inet", "portslice", "my_ports", "{ " + o + " . " + sliceText(5) + " }"});
+		// The first step of any nft CLI change of a large set: listing it.
+		listB.push_back(nft({"list", "map", "inet", "portslice", "sl_egress"}));
 	}
 	timedRun({"ip", "netns", "del", refNs}, log);
-	// The daemon's own account of each SetSliceOwner (its log): plan, persist, apply.
-	// The daemon's log splits each call: plan, persist, apply (and the apply
-	// into nft, conntrack and XDP).
-	struct Split {
-		std::vector<double> plan, persist, apply, nft, conntrack, xdp;
-	} split[2]; // gain, loss
-	{
-		std::ifstream in(log);
-		for (std::string line; std::getline(in, line);) {
-			size_t at = line.find("; ms: plan ");
-			if (at == std::string::npos || line.find(": slice ") == std::string::npos)
-				continue;
-			int which = line.find(" to s1 ") != std::string::npos ? 0 : 1; // else back to its owner
-			double p = 0, f = 0, y = 0;
-			if (std::sscanf(line.c_str() + at, "; ms: plan %lf, persist %lf, apply %lf", &p, &f, &y) == 3) {
-				split[which].plan.push_back(p);
-				split[which].persist.push_back(f);
-				split[which].apply.push_back(y);
-			}
-		}
-		// The backend's lines (nft, conntrack, XDP), in call order: gain, loss, gain, ...
-		std::ifstream again(log);
-		std::vector<std::array<double, 3>> parts;
-		for (std::string line; std::getline(again, line);) {
-			size_t at = line.find(": slice move, ");
-			if (at == std::string::npos)
-				continue;
-			size_t m = line.find(" bytes, "), cm = line.find("deleted ("), xm = line.find("slice synced (");
-			parts.push_back({m == std::string::npos ? 0 : std::atof(line.c_str() + m + 8),
-					 cm == std::string::npos ? 0 : std::atof(line.c_str() + cm + 9),
-					 xm == std::string::npos ? 0 : std::atof(line.c_str() + xm + 14)});
-		}
-		for (size_t i = 0; i < parts.size(); i++) {
-			Split &sp = split[i % 2]; // gain, loss, gain, ...
-			sp.nft.push_back(parts[i][0]);
-			sp.conntrack.push_back(parts[i][1]);
-			sp.xdp.push_back(parts[i][2]);
-		}
-	}
-	// With a drain (the daemon's default), a loss starts one (s1 keeps the
-	// slice's flows) and the next gain ends it: both walk the conntrack table.
 	std::string holding = peakRss(daemon);
+	std::string resident = rss(daemon);
 	auto dumpStart = Clock::now();
 	size_t dumpBytes = proxy.Dump().size();
 	double dumpSeconds = std::chrono::duration<double>(Clock::now() - dumpStart).count();
-	std::printf("SetSliceOwner %u sources (%zu elements, xdp %s, drain %s), D-Bus round trip, median of %d pairs:\n"
-		    "  gain (s1 takes the slice): %.2f ms; nft add element %.1f ms; ratio %.4f\n"
-		    "  loss (s1 gives it back): %.2f ms; nft delete element %.1f ms; ratio %.4f\n"
-		    "  daemon start to applied %.2f s; daemon peak RSS after start and the calls:%s\n"
-		    "  then one Dump() (%zu bytes, %.2f s): daemon peak RSS%s\n",
-		    sources, elements, xdp ? "on" : "off",
-		    drainSeconds.empty() ? "default" : (drainSeconds + " s").c_str(), pairs, median(gain) * 1e3,
-		    median(addB) * 1e3,
-		    median(gain) / median(addB), median(loss) * 1e3, median(delB) * 1e3, median(loss) / median(delB),
-		    startSeconds, holding.c_str(), dumpBytes, dumpSeconds, peakRss(daemon).c_str());
-	for (int w = 0; w < 2; w++) {
-		const Split &sp = split[w];
-		if (sp.plan.empty() || sp.nft.empty())
-			continue;
-		std::printf("  inside the daemon, %s (median): plan %.2f ms, persist (write, fsync, rename; state on %s) "
-			    "%.2f ms, apply %.2f ms = nft delta %.2f + conntrack clean-up %.2f + XDP slice %.2f\n",
-			    w == 0 ? "gain" : "loss", median(sp.plan), tmpfsState ? "tmpfs" : "disk", median(sp.persist),
-			    median(sp.apply), median(sp.nft), median(sp.conntrack), median(sp.xdp));
+	std::string afterDump = peakRss(daemon);
+
+	std::printf("SetSliceOwner, %u sources (%zu elements, xdp %s, drain %s), D-Bus round trip, median of %d pairs:\n",
+		    sources, elements, xdp ? "on" : "off", drainSeconds.c_str(), pairs);
+	const std::vector<double> *refs[Cases] = {&addB, &addB, &delB, &delB, &otherB, &otherB};
+	const char *refNames[Cases] = {"nft add element", "nft add element", "nft delete element",
+				       "nft delete element", "nft add element", "nft add element"};
+	for (int c = 0; c < Cases; ++c) {
+		std::vector<double> ratios, listRatios;
+		for (size_t i = 0; i < a[c].size(); ++i) {
+			ratios.push_back(a[c][i] / (*refs[c])[i]);
+			listRatios.push_back(a[c][i] / listB[i]);
+		}
+		std::printf("  %-56s %8.2f ms; %s %6.1f ms, ratio %.4f; nft list map sl_egress %6.1f ms, ratio %.4f\n",
+			    caseNames[c], median(a[c]) * 1e3, refNames[c], median(*refs[c]) * 1e3, median(ratios),
+			    median(listB) * 1e3, median(listRatios));
+	}
+	std::printf("  daemon start to applied %.2f s; daemon peak RSS after start and %d calls of each case:%s "
+		    "(resident now:%s)\n  then one Dump() (%zu bytes, %.2f s): daemon peak RSS%s\n",
+		    startSeconds, pairs, holding.c_str(), resident.c_str(), dumpBytes, dumpSeconds, afterDump.c_str());
+	// The daemon's own account of each SetSliceOwner (its log): plan, persist, apply.
+	{
+		std::ifstream in(log);
+		std::vector<std::string> lines;
+		for (std::string line; std::getline(in, line);)
+			if (line.find("; ms: plan ") != std::string::npos)
+				lines.push_back(line);
+		std::printf("  inside the daemon (its log), the calls of the last pair:\n");
+		for (size_t i = lines.size() >= Cases ? lines.size() - Cases : 0; i < lines.size(); ++i)
+			std::printf("    %s\n", lines[i].c_str());
+	}
+	std::fflush(stdout);
+
+	// Drift repair: an outside change to the live table until the daemon has
+	// restored it (its log says "restored generation"), against a full apply
+	// (the deleted table, which the daemon applies whole), alternating.
+	if (driftPairs > 0) {
+		auto restoredCount = [&] {
+			std::ifstream in(log);
+			size_t n = 0;
+			for (std::string line; std::getline(in, line);)
+				if (line.find("restored generation") != std::string::npos)
+					n++;
+			return n;
+		};
+		auto repair = [&](std::vector<std::string> change) -> double {
+			size_t before = restoredCount();
+			change.insert(change.begin(), "nft");
+			auto t0 = Clock::now();
+			timedRun(change, log);
+			for (int w = 0; w < 60000; ++w) {
+				if (restoredCount() > before)
+					return std::chrono::duration<double>(Clock::now() - t0).count();
+				std::this_thread::sleep_for(std::chrono::milliseconds(1));
+			}
+			fail("the daemon did not restore the table within 60 s (see " + log + ")");
+		};
+		std::string last = addressOf(sources - 1);
+		std::vector<double> element, flushSmall, flushLarge, table;
+		for (int i = 0; i < driftPairs; ++i) {
+			element.push_back(repair({"delete", "element", "inet", "portslice", "my_ports", "{ " + last + " . " + sliceText(0) + " }"}));
+			table.push_back(repair({"delete", "table", "inet", "portslice"}));
+			flushSmall.push_back(repair({"flush", "set", "inet", "portslice", "my_ports"}));
+			table.push_back(repair({"delete", "table", "inet", "portslice"}));
+			flushLarge.push_back(repair({"flush", "map", "inet", "portslice", "sl_egress"}));
+			table.push_back(repair({"delete", "table", "inet", "portslice"}));
+		}
+		std::vector<double> re, rs, rl;
+		for (int i = 0; i < driftPairs; ++i) {
+			re.push_back(element[i] / table[3 * i]);
+			rs.push_back(flushSmall[i] / table[3 * i + 1]);
+			rl.push_back(flushLarge[i] / table[3 * i + 2]);
+		}
+		std::printf("Drift repair (nft change until restored), median of %d pairs against the deleted table "
+			    "(a full apply) %.1f ms:\n"
+			    "  element deleted (my_ports) %8.1f ms, ratio %.4f\n"
+			    "  set flushed (my_ports, %u elements) %8.1f ms, ratio %.4f\n"
+			    "  set flushed (sl_egress, %u elements) %8.1f ms, ratio %.4f\n"
+			    "  daemon peak RSS after the repairs:%s\n",
+			    driftPairs, median(table) * 1e3, median(element) * 1e3, median(re), sources,
+			    median(flushSmall) * 1e3, median(rs), sources * 16, median(flushLarge) * 1e3, median(rl),
+			    peakRss(daemon).c_str());
 	}
 
 	::kill(daemon, SIGTERM);
