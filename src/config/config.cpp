@@ -94,7 +94,7 @@ using Keys = std::initializer_list<std::string_view>;
 
 // The order in which the loader reports errors: by part of the file (the
 // unknown top-level keys in key order), then in file order within a part.
-enum class Phase : uint8_t { TopLevel, Server, Defaults, Conntrack, Datacenters, Servers, Addresses, Sources, Final };
+enum class Phase : uint8_t { TopLevel, Server, Defaults, Conntrack, Fleet, Datacenters, Servers, Addresses, Sources, Final };
 
 // Builds a Config from a parsed document, or from the chunks of one parsed in
 // file order, collecting every error on the way.
@@ -354,7 +354,8 @@ public:
 			if (!topKeys_.emplace(key.str()).second)
 				continue;
 			topKey_ = key.str();
-			checkKey(key, { "server", "defaults", "conntrack", "datacenters", "servers", "addresses", "sources" },
+			checkKey(key, { "server", "defaults", "conntrack", "fleet", "datacenters", "servers", "addresses",
+					 "sources" },
 				 "the top level");
 		}
 		topKey_.clear();
@@ -406,6 +407,10 @@ public:
 			c.conntrack.udpStream = u32("udp_timeout_stream");
 		}
 
+		phase_ = Phase::Fleet;
+		if (const auto *fleet = table(root.get("fleet"), "fleet"))
+			loadFleet(c, *fleet);
+
 		phase_ = Phase::Datacenters;
 		forEachTable(root, "datacenters", [&](const toml::table &t) { loadDatacenter(c, t); });
 		phase_ = Phase::Servers;
@@ -414,6 +419,62 @@ public:
 		forEachTable(root, "addresses", [&](const toml::table &t) { loadAddress(c, t); });
 		phase_ = Phase::Sources;
 		forEachTable(root, "sources", [&](const toml::table &t) { loadSource(c, t); });
+	}
+
+	void loadFleet(Config &c, const toml::table &t)
+	{
+		checkKeys(t, { "etcd", "prefix", "lease_seconds", "return_home_seconds", "ca_file", "cert_file",
+			       "key_file" },
+			  "[fleet]");
+		Fleet f;
+		f.where = at(t.source());
+		if (const toml::node *n = require(t, "etcd", "[fleet]")) {
+			const auto *arr = n->as_array();
+			if (!arr || arr->empty()) {
+				error(n->source(), "'etcd' must be a non-empty array of endpoint URLs, e.g. "
+						   "[\"http://192.0.2.100:2379\"]");
+			} else {
+				for (const toml::node &e : *arr) {
+					auto url = string(&e, "etcd");
+					if (!url)
+						continue;
+					if (std::string why = checkEtcdUrl(*url); !why.empty())
+						error(e.source(), "'etcd': " + why);
+					else
+						f.etcd.push_back(*url);
+				}
+			}
+		}
+		if (auto p = string(require(t, "prefix", "[fleet]"), "prefix")) {
+			if (p->size() < 2 || p->front() != '/' || p->back() == '/' ||
+			    std::any_of(p->begin(), p->end(), [](char ch) {
+				    return static_cast<unsigned char>(ch) <= ' ' || ch == 0x7f;
+			    }))
+				error(t.get("prefix")->source(), "'prefix' must start with '/', not end with '/' and hold "
+								 "no space or control character, e.g. \"/portslice/lab1\", not '" +
+								 *p + "'");
+			else
+				f.prefix = *p;
+		}
+		if (auto v = integer(t.get("lease_seconds"), "lease_seconds", 1, 3600))
+			f.leaseSeconds = static_cast<uint32_t>(*v);
+		if (auto v = integer(t.get("return_home_seconds"), "return_home_seconds", 0, 86400 * 7))
+			f.returnHomeSeconds = static_cast<uint32_t>(*v);
+		auto path = [&](const char *key, std::string &out) {
+			if (auto v = string(t.get(key), key)) {
+				if (v->empty() || v->front() != '/')
+					error(t.get(key)->source(), "'" + std::string(key) + "' must be an absolute path, not '" +
+									  *v + "'");
+				else
+					out = *v;
+			}
+		};
+		path("ca_file", f.caFile);
+		path("cert_file", f.certFile);
+		path("key_file", f.keyFile);
+		if (f.certFile.empty() != f.keyFile.empty())
+			error(t.source(), "[fleet] needs both 'cert_file' and 'key_file' for a client certificate, or neither");
+		c.fleet = std::move(f);
 	}
 
 	// After the last chunk: what needs the whole file.
@@ -753,6 +814,54 @@ private:
 };
 
 } // namespace
+
+std::string checkEtcdUrl(std::string_view url)
+{
+	std::string quoted = "'" + std::string(url.substr(0, 200)) + "'";
+	std::string_view rest;
+	if (url.starts_with("http://"))
+		rest = url.substr(7);
+	else if (url.starts_with("https://"))
+		rest = url.substr(8);
+	else
+		return quoted + " is not an http:// or https:// URL (e.g. \"http://192.0.2.100:2379\")";
+	if (rest.ends_with('/'))
+		rest.remove_suffix(1);
+	if (rest.find_first_of("/?#@ ") != std::string_view::npos)
+		return quoted + ": give only the scheme, host and port, e.g. \"https://etcd1.example:2379\"";
+	std::string_view host = rest, port;
+	if (rest.starts_with('[')) {
+		size_t close = rest.find(']');
+		if (close == std::string_view::npos)
+			return quoted + ": unclosed '[' of an IPv6 address";
+		host = rest.substr(0, close + 1);
+		std::string_view after = rest.substr(close + 1);
+		if (!after.empty()) {
+			if (after.front() != ':')
+				return quoted + ": expected ':PORT' after the IPv6 address";
+			port = after.substr(1);
+		}
+	} else if (size_t colon = rest.rfind(':'); colon != std::string_view::npos) {
+		host = rest.substr(0, colon);
+		port = rest.substr(colon + 1);
+		if (port.empty())
+			return quoted + ": empty port after ':'";
+	}
+	if (host.empty() || host == "[]")
+		return quoted + " names no host";
+	for (char ch : host)
+		if (!(std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '-' || ch == '_' || ch == '[' ||
+		      ch == ']' || ch == ':'))
+			return quoted + ": invalid character '" + std::string(1, ch) + "' in the host";
+	if (!port.empty()) {
+		if (port.size() > 5 || !std::all_of(port.begin(), port.end(), [](char ch) { return ch >= '0' && ch <= '9'; }))
+			return quoted + ": the port must be a number from 1 to 65535";
+		unsigned long p = std::stoul(std::string(port));
+		if (p == 0 || p > 65535)
+			return quoted + ": the port must be a number from 1 to 65535";
+	}
+	return {};
+}
 
 std::vector<Diagnostic> validate(const Config &config)
 {

@@ -132,6 +132,25 @@ struct ConntrackTuning {
 	}
 };
 
+// [fleet]: fleet mode through etcd (SPEC §6); read by portslice-fleetd and
+// portslicectl set-owner --fleet, ignored by portsliced's plan.
+struct Fleet {
+	std::vector<std::string> etcd; // endpoint URLs, http:// or https://, tried in turn
+	std::string prefix;            // the fleet's key space, "/portslice/lab1" (no trailing '/')
+	uint32_t leaseSeconds = 2;
+	uint32_t returnHomeSeconds = 60;
+	// TLS to etcd: a CA bundle to verify the endpoints (default: the system's),
+	// and a client certificate and key (PEM) when etcd asks for one.
+	std::string caFile;
+	std::string certFile;
+	std::string keyFile;
+	Location where;
+};
+
+// "http://HOST[:PORT]" or "https://HOST[:PORT]" (an optional trailing '/'):
+// empty when `url` is one, else what is wrong with it.
+std::string checkEtcdUrl(std::string_view url);
+
 struct Config {
 	std::string file;
 	std::string serverName;
@@ -144,6 +163,7 @@ struct Config {
 	std::vector<Address> addresses;
 	std::vector<Source> sources;
 	ConntrackTuning conntrack;
+	std::optional<Fleet> fleet;
 
 	const Server *findServer(std::string_view name) const;
 	const Datacenter *findDatacenter(std::string_view name) const;

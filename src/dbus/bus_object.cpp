@@ -79,6 +79,16 @@ uint64_t BusObject::SetSliceOwner(const std::string &address, const uint32_t &sl
 	return replyOrThrow(service_.setSliceOwner(address, slice, server));
 }
 
+uint64_t BusObject::SetSliceOwners(const std::vector<sdbus::Struct<std::string, uint32_t, std::string>> &moves,
+				   const uint32_t &drainSeconds)
+{
+	std::vector<service::OwnerMove> list;
+	list.reserve(moves.size());
+	for (const auto &m : moves)
+		list.push_back({m.get<0>(), m.get<1>(), m.get<2>()});
+	return replyOrThrow(service_.setSliceOwners(list, drainSeconds));
+}
+
 std::string BusObject::Plan()
 {
 	return replyOrThrow(service_.planJson());

@@ -27,6 +27,8 @@ public:
 private:
 	uint64_t Reload() override;
 	uint64_t SetSliceOwner(const std::string &address, const uint32_t &slice, const std::string &server) override;
+	uint64_t SetSliceOwners(const std::vector<sdbus::Struct<std::string, uint32_t, std::string>> &moves,
+				const uint32_t &drainSeconds) override;
 	std::string Plan() override;
 	std::string Dump() override;
 	std::tuple<std::string, std::string> Owner(const std::string &address, const uint16_t &port) override;

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
+#include <set>
 
 namespace portslice::service {
 
@@ -119,37 +121,161 @@ Answer<uint64_t> Service::reload()
 	return answer;
 }
 
+std::optional<Failure> Service::checkMove(std::string_view addressText, uint32_t slice, std::string_view serverName,
+					  const std::unordered_map<uint32_t, uint32_t> *index, uint32_t *addressIndex,
+					  Ipv4 *ipOut) const
+{
+	std::optional<Ipv4> ip = Ipv4::parse(addressText);
+	if (!ip)
+		return Failure{Fault::InvalidArgument, "\"" + std::string(addressText.substr(0, 200)) +
+			       "\" is not an IPv4 address; give a shared address such as 198.51.100.1"};
+	const config::Address *address = nullptr;
+	if (index) {
+		if (auto it = index->find(ip->value); it != index->end())
+			address = &config_->addresses[it->second];
+	} else {
+		address = config_->findAddress(*ip);
+	}
+	if (!address) {
+		std::vector<std::string> known;
+		for (const config::Address &a : config_->addresses) {
+			if (known.size() == 20) {
+				known.push_back("...");
+				break;
+			}
+			known.push_back(a.address.str());
+		}
+		return Failure{Fault::InvalidArgument, ip->str() + " is not a shared address of " + options_.configPath +
+			       " (it has: " + joinNames(known) + ")"};
+	}
+	if (slice >= address->sliceCount())
+		return Failure{Fault::InvalidArgument, "slice " + std::to_string(slice) + " of " + ip->str() +
+			       " does not exist: its port range " + std::to_string(address->portRange.lo) + "-" +
+			       std::to_string(address->portRange.hi) + " in slices of " +
+			       std::to_string(address->sliceSize) + " ports has slices 0 to " +
+			       std::to_string(int64_t{address->sliceCount()} - 1)};
+	if (!config_->findServer(serverName)) {
+		std::vector<std::string> known;
+		for (const config::Server &s : config_->servers)
+			known.push_back(s.name);
+		return Failure{Fault::InvalidArgument, "\"" + std::string(serverName.substr(0, 200)) +
+			       "\" is not a server of the fleet (it has: " + joinNames(known) + ")"};
+	}
+	*addressIndex = static_cast<uint32_t>(address - config_->addresses.data());
+	*ipOut = *ip;
+	return std::nullopt;
+}
+
 Answer<uint64_t> Service::setSliceOwner(std::string_view addressText, uint32_t slice, std::string_view serverName)
+{
+	return setSliceOwnerDraining(addressText, slice, serverName, options_.drain);
+}
+
+Answer<uint64_t> Service::setSliceOwners(const std::vector<OwnerMove> &moves, uint32_t drainSeconds)
 {
 	if (!config_)
 		return fail({Fault::InvalidConfig, "no configuration is applied (" + lastError_ +
 			     "); fix " + options_.configPath + " and reload first"}, false);
-	std::optional<Ipv4> ip = Ipv4::parse(addressText);
-	if (!ip)
-		return fail({Fault::InvalidArgument, "\"" + std::string(addressText) +
-			     "\" is not an IPv4 address; give a shared address such as 198.51.100.1"}, false);
-	const config::Address *address = config_->findAddress(*ip);
-	if (!address) {
-		std::vector<std::string> known;
-		for (const config::Address &a : config_->addresses)
-			known.push_back(a.address.str());
-		return fail({Fault::InvalidArgument, ip->str() + " is not a shared address of " + options_.configPath +
-			     " (it has: " + joinNames(known) + ")"}, false);
+	if (moves.empty())
+		return generation_;
+	if (moves.size() == 1)
+		return setSliceOwnerDraining(moves[0].address, moves[0].slice, moves[0].server,
+					     std::chrono::seconds(drainSeconds));
+
+	std::unordered_map<uint32_t, uint32_t> index;
+	index.reserve(config_->addresses.size());
+	for (size_t i = 0; i < config_->addresses.size(); i++)
+		index.emplace(config_->addresses[i].address.value, static_cast<uint32_t>(i));
+	// Overlay and drains as maps while the batch changes them (the sorted
+	// vectors would shift on every insert of a big batch).
+	using Key = std::pair<Ipv4, uint32_t>;
+	std::map<Key, std::string> overlay;
+	for (const OwnerOverride &o : overlay_)
+		overlay.emplace(Key{o.address, o.slice}, o.server);
+	std::map<Key, SliceDrain> drains;
+	for (const SliceDrain &d : drains_)
+		drains.emplace(Key{d.address, d.slice}, d);
+
+	config::Config next = *config_;
+	std::set<Key> seen;
+	bool changed = false;
+	int64_t t = now();
+	for (size_t m = 0; m < moves.size(); m++) {
+		const OwnerMove &move = moves[m];
+		uint32_t at = 0;
+		Ipv4 ip;
+		if (std::optional<Failure> bad = checkMove(move.address, move.slice, move.server, &index, &at, &ip)) {
+			bad->message = "move " + std::to_string(m + 1) + " of " + std::to_string(moves.size()) + ": " +
+				       bad->message + "; nothing was moved";
+			return fail(*bad, false);
+		}
+		Key key{ip, move.slice};
+		if (!seen.insert(key).second)
+			return fail({Fault::InvalidArgument, "move " + std::to_string(m + 1) + " of " +
+				     std::to_string(moves.size()) + ": slice " + std::to_string(move.slice) + " of " +
+				     ip.str() + " is moved twice in one call; nothing was moved"}, false);
+		config::Address &address = next.addresses[at];
+		auto current = address.owners.find(move.slice);
+		bool same = current != address.owners.end() && current->second == move.server;
+		bool drainEnds = drains.erase(key) > 0;
+		if (same && !drainEnds)
+			continue;
+		changed = true;
+		std::optional<std::string> previous;
+		auto inFile = fileSlices_.find(ip.value);
+		if (!same && current != address.owners.end() && drainSeconds > 0) {
+			drains[key] = SliceDrain{ip, move.slice, current->second, t + int64_t{drainSeconds}};
+			previous = current->second;
+		} else if (inFile != fileSlices_.end() && inFile->second.previous.count(move.slice)) {
+			previous = inFile->second.previous.at(move.slice);
+		}
+		bool fileAgrees = false;
+		if (inFile != fileSlices_.end()) {
+			auto it = inFile->second.owners.find(move.slice);
+			fileAgrees = it != inFile->second.owners.end() && it->second == move.server;
+		}
+		if (fileAgrees)
+			overlay.erase(key);
+		else
+			overlay[key] = move.server;
+		address.owners[move.slice] = move.server;
+		if (previous)
+			address.previous[move.slice] = *previous;
+		else
+			address.previous.erase(move.slice);
 	}
-	if (slice >= address->sliceCount())
-		return fail({Fault::InvalidArgument, "slice " + std::to_string(slice) + " of " + ip->str() +
-			     " does not exist: its port range " + std::to_string(address->portRange.lo) + "-" +
-			     std::to_string(address->portRange.hi) + " in slices of " +
-			     std::to_string(address->sliceSize) + " ports has slices 0 to " +
-			     std::to_string(int64_t{address->sliceCount()} - 1)}, false);
+	if (!changed)
+		return generation_; // already so: nothing to apply, nothing to persist
+	std::vector<config::Diagnostic> errors = config::validate(next);
+	if (config::hasErrors(errors))
+		return fail({Fault::InvalidArgument, errorLines(errors)}, false);
+	Overlay nextOverlay;
+	nextOverlay.reserve(overlay.size());
+	for (auto &[key, server] : overlay)
+		nextOverlay.push_back(OwnerOverride{key.first, key.second, std::move(server)});
+	Drains nextDrains;
+	nextDrains.reserve(drains.size());
+	for (auto &[key, drain] : drains)
+		nextDrains.push_back(std::move(drain));
+	listener_.log("moving " + std::to_string(moves.size()) + " slices in one generation" +
+		      (drainSeconds ? " (old owners drain " + std::to_string(drainSeconds) + " s)" : ""));
+	return commit(std::move(next), std::move(nextOverlay), std::move(nextDrains), true, Fault::InvalidArgument,
+		      true);
+}
+
+Answer<uint64_t> Service::setSliceOwnerDraining(std::string_view addressText, uint32_t slice,
+						 std::string_view serverName, std::chrono::seconds drain)
+{
+	if (!config_)
+		return fail({Fault::InvalidConfig, "no configuration is applied (" + lastError_ +
+			     "); fix " + options_.configPath + " and reload first"}, false);
+	uint32_t index = 0;
+	Ipv4 checked;
+	if (std::optional<Failure> bad = checkMove(addressText, slice, serverName, nullptr, &index, &checked))
+		return fail(*bad, false);
+	const Ipv4 *ip = &checked;
+	const config::Address *address = &config_->addresses[index];
 	std::string server(serverName);
-	if (!config_->findServer(server)) {
-		std::vector<std::string> known;
-		for (const config::Server &s : config_->servers)
-			known.push_back(s.name);
-		return fail({Fault::InvalidArgument, "\"" + server + "\" is not a server of the fleet (it has: " +
-			     joinNames(known) + ")"}, false);
-	}
 	auto current = address->owners.find(slice);
 	// The old owner drains: the new owner's forwarder sends packets of flows
 	// it has no state for on to it (docs/operations.md "Moving a slice").
@@ -161,8 +287,8 @@ Answer<uint64_t> Service::setSliceOwner(std::string_view addressText, uint32_t s
 	bool same = current != address->owners.end() && current->second == server;
 	if (same && !drainEnds)
 		return generation_; // already so: nothing to apply, nothing to persist
-	if (!same && current != address->owners.end() && options_.drain.count() > 0) {
-		setDrain(drains, SliceDrain{*ip, slice, current->second, now() + options_.drain.count()});
+	if (!same && current != address->owners.end() && drain.count() > 0) {
+		setDrain(drains, SliceDrain{*ip, slice, current->second, now() + drain.count()});
 		previous = current->second;
 	} else if (auto inFile = fileSlices_.find(ip->value);
 		   inFile != fileSlices_.end() && inFile->second.previous.count(slice)) {
@@ -181,7 +307,6 @@ Answer<uint64_t> Service::setSliceOwner(std::string_view addressText, uint32_t s
 	else
 		setOverride(overlay, *ip, slice, server);
 
-	auto index = static_cast<uint32_t>(address - config_->addresses.data());
 	if (!same) {
 		if (std::optional<Answer<uint64_t>> moved = moveSlice(index, slice, server, overlay, drains, previous))
 			return *moved;

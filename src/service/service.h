@@ -55,6 +55,13 @@ public:
 };
 
 enum class State { Applied, Degraded, Failed };
+
+// One move of SetSliceOwners: slice `slice` of `address` to `server`.
+struct OwnerMove {
+	std::string address;
+	uint32_t slice = 0;
+	std::string server;
+};
 std::string_view stateName(State state);
 
 class Service {
@@ -77,6 +84,12 @@ public:
 	Answer<uint64_t> start();
 	Answer<uint64_t> reload();
 	Answer<uint64_t> setSliceOwner(std::string_view address, uint32_t slice, std::string_view server);
+	// Many moves in one generation, all or nothing: a bad move rejects the
+	// call and changes nothing. The old owner of each moved slice drains for
+	// `drainSeconds` (0: no drain). One move goes the way of setSliceOwner
+	// (an element delta of that slice); more are planned and applied as one
+	// delta, one kernel transaction.
+	Answer<uint64_t> setSliceOwners(const std::vector<OwnerMove> &moves, uint32_t drainSeconds);
 
 	Answer<std::string> planJson() const;
 	Answer<std::string> dump() const;
@@ -107,6 +120,13 @@ private:
 	Answer<uint64_t> commit(config::Config config, Overlay overlay, Drains drains, bool persist, Fault planFault,
 				bool changed = false);
 	int64_t now() const;
+	Answer<uint64_t> setSliceOwnerDraining(std::string_view address, uint32_t slice, std::string_view server,
+					       std::chrono::seconds drain);
+	// Why `move` cannot be made on the applied config, or nullopt; `index`
+	// maps a shared address to its index in config_->addresses.
+	std::optional<Failure> checkMove(std::string_view addressText, uint32_t slice, std::string_view serverName,
+					 const std::unordered_map<uint32_t, uint32_t> *index, uint32_t *addressIndex,
+					 Ipv4 *ip) const;
 	// SetSliceOwner without planning the fleet again: the plan follows the
 	// one slice and the backend changes only what that touches. Nothing when
 	// the move needs a full plan (see plan::moveSlice).

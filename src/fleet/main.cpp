@@ -1,0 +1,664 @@
+// SPDX-License-Identifier: MIT
+// portslice-fleetd: keeps this server's membership in etcd, leads when elected, and hands every ownership change to the local portsliced.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+#include <curl/curl.h>
+#include <nlohmann/json.hpp>
+#include <sdbus-c++/sdbus-c++.h>
+
+#include "config/config.h"
+#include "dbus/egress1_proxy.h"
+#include "fleet/etcd.h"
+#include "fleet/ownership.h"
+#include "fleet/status.h"
+#include "fleet/view.h"
+
+#ifndef PORTSLICE_VERSION
+#define PORTSLICE_VERSION "unknown"
+#endif
+
+namespace portslice::fleet {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+using nlohmann::json;
+
+constexpr const char *kUsage =
+	"usage: portslice-fleetd [--config PATH] [--status-file PATH] [--drain-seconds N]\n"
+	"\n"
+	"Fleet mode (SPEC section 6): keeps this server's member key in etcd (lease\n"
+	"with keep-alive), takes part in the leader election, and hands every\n"
+	"ownership change it watches to the local portsliced (SetSliceOwners).\n"
+	"\n"
+	"  --config PATH        the fleet table with its [fleet] section\n"
+	"                       (default /etc/portslice/portslice.toml)\n"
+	"  --status-file PATH   where the fleet link is kept for portslicectl status\n"
+	"                       (default /run/portslice/fleetd.json)\n"
+	"  --drain-seconds N    how long a live old owner drains a slice moved away\n"
+	"                       from it (default 60)\n"
+	"  --version, --help\n";
+
+std::atomic<bool> gStop{false};
+
+void onSignal(int)
+{
+	gStop = true;
+}
+
+int64_t unixNow()
+{
+	return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+		.count();
+}
+
+void log(const std::string &line)
+{
+	std::cerr << line << std::endl;
+}
+
+struct Options {
+	std::string config = "/etc/portslice/portslice.toml";
+	std::string statusFile = kDefaultStatusFile;
+	uint32_t drainSeconds = 60;
+};
+
+// What the threads share, under `mutex`.
+struct Shared {
+	std::mutex mutex;
+	std::condition_variable changed;
+	uint64_t version = 0; // grows with every change of `view`
+	View view;
+	bool listed = false;  // the view was read from etcd at least once
+	LinkStatus status;
+};
+
+class Egress1 final : public sdbus::ProxyInterfaces<org::portslice::Egress1_proxy> {
+public:
+	explicit Egress1(sdbus::IConnection &connection)
+		: ProxyInterfaces(connection, "org.portslice.Egress1", "/org/portslice/Egress1")
+	{
+		registerProxy();
+	}
+	~Egress1() { unregisterProxy(); }
+
+private:
+	void onApplied(const uint64_t &) override {}
+	void onApplyFailed(const std::string &) override {}
+};
+
+class Fleetd {
+public:
+	Fleetd(Options options, config::Config config)
+		: options_(std::move(options)), config_(std::move(config)), fleet_(*config_.fleet),
+		  self_(config_.serverName)
+	{
+		for (size_t i = 0; i < config_.addresses.size(); i++)
+			addressIndex_.emplace(config_.addresses[i].address.value, i);
+		for (size_t i = 0; i < config_.servers.size(); i++)
+			serverIndex_.emplace(config_.servers[i].name, static_cast<int32_t>(i));
+		std::lock_guard lock(shared_.mutex);
+		shared_.status.server = self_;
+		shared_.status.pid = getpid();
+		shared_.status.leaseSeconds = fleet_.leaseSeconds;
+		shared_.status.error = "not connected to etcd yet";
+	}
+
+	int run()
+	{
+		writeStatus();
+		std::thread watcher([this] { watchLoop(); });
+		std::thread session([this] { sessionLoop(); });
+		applyLoop();
+		gStop = true;
+		shared_.changed.notify_all();
+		watcher.join();
+		session.join();
+		return 0;
+	}
+
+private:
+	EtcdOptions etcdOptions() const
+	{
+		EtcdOptions o;
+		o.endpoints = fleet_.etcd;
+		o.caFile = fleet_.caFile;
+		o.certFile = fleet_.certFile;
+		o.keyFile = fleet_.keyFile;
+		// A request must end well within a lease, so that a keep-alive
+		// can still go to the next endpoint in time.
+		auto lease = milliseconds(fleet_.leaseSeconds * 1000);
+		o.requestTimeout = std::min(milliseconds(1000), lease / 3);
+		o.connectTimeout = std::min(milliseconds(300), o.requestTimeout);
+		return o;
+	}
+
+	// Sleep for `d` or until stopped; false when stopped.
+	bool pause(milliseconds d)
+	{
+		std::unique_lock lock(shared_.mutex);
+		return !shared_.changed.wait_for(lock, d, [] { return gStop.load(); });
+	}
+
+	void etcdUp(const std::string &endpoint)
+	{
+		std::lock_guard lock(shared_.mutex);
+		shared_.status.etcdReachable = true;
+		shared_.status.endpoint = endpoint;
+		shared_.status.error.clear();
+		shared_.status.lastContact = unixNow();
+	}
+
+	void etcdDown(const std::string &why)
+	{
+		bool was;
+		{
+			std::lock_guard lock(shared_.mutex);
+			was = shared_.status.etcdReachable || shared_.status.error != why;
+			shared_.status.etcdReachable = false;
+			shared_.status.error = why;
+		}
+		if (was)
+			log("etcd: " + why);
+	}
+
+	void writeStatus()
+	{
+		LinkStatus s;
+		{
+			std::lock_guard lock(shared_.mutex);
+			s = shared_.status;
+			s.updated = unixNow();
+			const View &v = shared_.view;
+			s.leader = v.leader;
+			s.revision = v.revision;
+			s.liveServers.clear();
+			s.members.clear();
+			if (v.live)
+				s.liveServers.assign(v.live->servers.begin(), v.live->servers.end());
+			for (const auto &[name, m] : v.members)
+				s.members.push_back(name);
+			s.live = v.live && v.live->servers.count(self_);
+		}
+		if (Status w = writeStatusFile(options_.statusFile, s); !w) {
+			if (!statusWarned_.exchange(true))
+				log("status: " + w.error().message());
+		}
+	}
+
+	// The watcher: list the prefix, then watch it from the next revision;
+	// after a compaction list again; after an error resume from the last
+	// revision seen, with a backoff.
+	void watchLoop()
+	{
+		Etcd etcd(etcdOptions());
+		std::string from = fleet_.prefix + "/";
+		std::string to = prefixEnd(from);
+		int64_t revision = 0; // the last revision in the view; 0: list first
+		milliseconds backoff(100);
+		while (!gStop) {
+			if (revision == 0) {
+				Result<RangeAnswer> listed = etcd.range(from, to);
+				if (!listed) {
+					etcdDown(listed.error().message());
+					pause(backoff);
+					backoff = std::min(backoff * 2, milliseconds(2000));
+					continue;
+				}
+				etcdUp(etcd.endpoint());
+				View view;
+				for (const KeyValue &kv : listed->kvs) {
+					std::string why = view.put(fleet_.prefix, kv.key, kv.value, kv.modRevision, kv.lease);
+					if (!why.empty())
+						log("ignoring etcd key " + kv.key + ": " + why);
+				}
+				view.revision = listed->revision;
+				revision = listed->revision;
+				{
+					std::lock_guard lock(shared_.mutex);
+					shared_.view = std::move(view);
+					shared_.listed = true;
+					shared_.version++;
+				}
+				shared_.changed.notify_all();
+				log("etcd: listed " + std::to_string(listed->kvs.size()) + " keys of " + fleet_.prefix +
+				    " at revision " + std::to_string(revision));
+			}
+			auto onEvents = [&](const std::vector<WatchEvent> &events, int64_t atRevision) {
+				{
+					std::lock_guard lock(shared_.mutex);
+					for (const WatchEvent &e : events) {
+						if (e.deleted) {
+							shared_.view.erase(fleet_.prefix, e.kv.key);
+						} else {
+							std::string why = shared_.view.put(fleet_.prefix, e.kv.key, e.kv.value,
+											   e.kv.modRevision, e.kv.lease);
+							if (!why.empty())
+								log("ignoring etcd key " + e.kv.key + ": " + why);
+						}
+						revision = std::max(revision, e.kv.modRevision);
+					}
+					revision = std::max(revision, atRevision);
+					shared_.view.revision = revision;
+					shared_.version++;
+					shared_.status.lastContact = unixNow();
+				}
+				shared_.changed.notify_all();
+			};
+			Result<int64_t> ended = etcd.watch(from, to, revision + 1, onEvents, gStop);
+			if (gStop)
+				break;
+			if (ended && *ended > 0) {
+				log("etcd: revision " + std::to_string(revision + 1) + " was compacted (to " +
+				    std::to_string(*ended) + "): listing " + fleet_.prefix + " again");
+				revision = 0;
+				continue;
+			}
+			if (!ended)
+				etcdDown(ended.error().message());
+			pause(backoff);
+			backoff = std::min(backoff * 2, milliseconds(2000));
+			if (ended)
+				backoff = milliseconds(100);
+		}
+	}
+
+	// Membership and leadership: a lease kept alive, the member key bound to
+	// it, the leader key won with a create-if-absent transaction, and as
+	// leader the `live` key kept up to date.
+	void sessionLoop()
+	{
+		Etcd etcd(etcdOptions());
+		int64_t lease = 0, ttl = fleet_.leaseSeconds;
+		Clock::time_point lastKeepAlive{};
+		Clock::time_point leaderSince{};
+		bool leading = false;
+		uint64_t seen = 0;
+		milliseconds backoff(100);
+		while (!gStop) {
+			if (!lease) {
+				Result<int64_t> granted = etcd.grant(fleet_.leaseSeconds, &ttl);
+				if (!granted) {
+					etcdDown(granted.error().message());
+					writeStatus();
+					pause(backoff);
+					backoff = std::min(backoff * 2, milliseconds(2000));
+					continue;
+				}
+				lease = *granted;
+				if (ttl != fleet_.leaseSeconds)
+					log("etcd granted a lease of " + std::to_string(ttl) + " s (lease_seconds is " +
+					    std::to_string(fleet_.leaseSeconds) + ")");
+				Member me;
+				me.address = config_.findServer(self_) ? config_.findServer(self_)->address.str() : "";
+				me.since = unixNow();
+				me.version = PORTSLICE_VERSION;
+				Result<int64_t> put = etcd.put(memberKey(fleet_.prefix, self_), encodeMember(me), lease);
+				if (!put) {
+					etcdDown(put.error().message());
+					lease = 0;
+					pause(backoff);
+					backoff = std::min(backoff * 2, milliseconds(2000));
+					continue;
+				}
+				etcdUp(etcd.endpoint());
+				lastKeepAlive = Clock::now();
+				log("etcd: member " + self_ + " with lease " + std::to_string(lease) + " (" +
+				    std::to_string(ttl) + " s) via " + etcd.endpoint());
+				{
+					std::lock_guard lock(shared_.mutex);
+					shared_.status.lease = lease;
+				}
+			}
+			milliseconds interval = std::clamp(milliseconds(ttl * 1000 / 3), milliseconds(200), milliseconds(5000));
+			if (Clock::now() - lastKeepAlive >= interval) {
+				Result<int64_t> left = etcd.keepAlive(lease);
+				if (!left) {
+					etcdDown(left.error().message());
+					// Keep the lease: etcd may come back before it expires.
+					if (Clock::now() - lastKeepAlive > milliseconds(ttl * 1000 + 1000))
+						lease = 0;
+				} else if (*left <= 0) {
+					log("etcd: lease " + std::to_string(lease) + " expired; joining again");
+					lease = 0;
+					leading = false;
+					{
+						std::lock_guard lock(shared_.mutex);
+						shared_.status.lease = 0;
+					}
+					continue;
+				} else {
+					etcdUp(etcd.endpoint());
+					lastKeepAlive = Clock::now();
+					backoff = milliseconds(100);
+				}
+				writeStatus();
+			}
+
+			// Leadership and `live`, on what the watcher last saw.
+			View view;
+			bool listed;
+			{
+				std::lock_guard lock(shared_.mutex);
+				view = shared_.view;
+				listed = shared_.listed;
+				seen = shared_.version;
+			}
+			if (listed && lease && view.leader.empty()) {
+				json compare = json::array({{{"target", "CREATE"}, {"key", base64Encode(leaderKey(fleet_.prefix))},
+							     {"create_revision", "0"}}});
+				json success = json::array({{{"request_put", {{"key", base64Encode(leaderKey(fleet_.prefix))},
+										  {"value", base64Encode(self_)},
+										  {"lease", std::to_string(lease)}}}}});
+				Result<TxnAnswer> won = etcd.txn(compare, success);
+				if (won && won->succeeded)
+					log("etcd: elected leader of " + fleet_.prefix + " at revision " +
+					    std::to_string(won->revision));
+				else if (!won)
+					etcdDown(won.error().message());
+			}
+			bool nowLeading = view.leader == self_ && lease;
+			if (nowLeading && !leading)
+				leaderSince = Clock::now();
+			leading = nowLeading;
+			{
+				std::lock_guard lock(shared_.mutex);
+				shared_.status.leader = view.leader;
+			}
+			if (leading && listed)
+				lead(etcd, view, leaderSince, lease);
+
+			// Until the next keep-alive, or a change the leader must act on.
+			std::unique_lock lock(shared_.mutex);
+			auto next = lastKeepAlive + interval;
+			if (!shared_.status.etcdReachable)
+				next = Clock::now() + backoff;
+			shared_.changed.wait_until(lock, next, [&] { return gStop.load() || shared_.version != seen; });
+			if (!shared_.status.etcdReachable)
+				backoff = std::min(backoff * 2, milliseconds(2000));
+		}
+	}
+
+	// The leader's one duty: `live` = the members still alive, plus those
+	// back for return_home_seconds. The first `live` of a fleet waits one
+	// lease after the election, so that servers starting together all enter it.
+	void lead(Etcd &etcd, const View &view, Clock::time_point leaderSince, int64_t lease)
+	{
+		(void)lease;
+		int64_t now = unixNow();
+		std::set<std::string> next;
+		for (const auto &[name, member] : view.members) {
+			if (!config_.findServer(name))
+				continue; // not a server of this fleet table
+			bool wasLive = view.live && view.live->servers.count(name);
+			if (!view.live || wasLive || now - member.since >= int64_t{fleet_.returnHomeSeconds})
+				next.insert(name);
+		}
+		if (!view.live && Clock::now() - leaderSince < milliseconds(fleet_.leaseSeconds * 1000))
+			return;
+		if (view.live && view.live->servers == next)
+			return;
+		Live live{next, now};
+		json compare = json::array(
+			{{{"target", "VALUE"}, {"key", base64Encode(leaderKey(fleet_.prefix))}, {"value", base64Encode(self_)}},
+			 {{"target", "MOD"}, {"key", base64Encode(liveKey(fleet_.prefix))},
+			  {"mod_revision", std::to_string(view.liveModRevision)}}});
+		json success = json::array({{{"request_put", {{"key", base64Encode(liveKey(fleet_.prefix))},
+							       {"value", base64Encode(encodeLive(live))}}}}});
+		Result<TxnAnswer> wrote = etcd.txn(compare, success);
+		if (!wrote) {
+			etcdDown(wrote.error().message());
+			return;
+		}
+		std::string list;
+		for (const std::string &s : next)
+			list += (list.empty() ? "" : ", ") + s;
+		if (wrote->succeeded)
+			log("leader: live = [" + list + "] at revision " + std::to_string(wrote->revision));
+	}
+
+	// The daemon's owners, from its Plan(): per address of the file, per slice, a server index or -1.
+	bool readDaemon(Egress1 &proxy)
+	{
+		std::string text = proxy.Plan();
+		json plan = json::parse(text, nullptr, false);
+		if (plan.is_discarded() || !plan.contains("addresses"))
+			return false;
+		daemonOwners_.assign(config_.addresses.size(), {});
+		for (size_t i = 0; i < config_.addresses.size(); i++)
+			daemonOwners_[i].assign(config_.addresses[i].sliceCount(), -1);
+		for (const json &a : plan["addresses"]) {
+			std::optional<Ipv4> ip = Ipv4::parse(a.value("address", ""));
+			if (!ip)
+				continue;
+			auto at = addressIndex_.find(ip->value);
+			if (at == addressIndex_.end())
+				continue;
+			std::vector<int32_t> &owners = daemonOwners_[at->second];
+			for (const json &run : a.value("owners", json::array())) {
+				std::string slices = run.value("slices", "");
+				uint32_t lo = 0, hi = 0;
+				if (std::sscanf(slices.c_str(), "%u-%u", &lo, &hi) == 1)
+					hi = lo;
+				int32_t owner = -1;
+				if (run.contains("server") && run["server"].is_string()) {
+					auto s = serverIndex_.find(run["server"].get<std::string>());
+					owner = s == serverIndex_.end() ? -1 : s->second;
+				}
+				for (uint32_t s = lo; s <= hi && s < owners.size(); s++)
+					owners[s] = owner;
+			}
+		}
+		return true;
+	}
+
+	void applyFailed(const std::string &why)
+	{
+		bool fresh;
+		{
+			std::lock_guard lock(shared_.mutex);
+			fresh = shared_.status.applyError != why;
+			shared_.status.applyError = why;
+		}
+		if (fresh)
+			log("portsliced: " + why);
+		writeStatus();
+	}
+
+	// The applier: each new view becomes the daemon's ownership, in one
+	// SetSliceOwners per drain length (usually one call).
+	void applyLoop()
+	{
+		std::unique_ptr<sdbus::IConnection> connection;
+		std::unique_ptr<Egress1> proxy;
+		bool known = false; // daemonOwners_ holds the daemon's owners as of daemonGeneration_
+		uint64_t seen = 0;
+		milliseconds backoff(200);
+		bool retry = false;
+		while (!gStop) {
+			View view;
+			{
+				std::unique_lock lock(shared_.mutex);
+				shared_.changed.wait_for(lock, retry ? backoff : milliseconds(1000),
+							 [&] { return gStop.load() || shared_.version != seen; });
+				if (gStop)
+					break;
+				if (shared_.version == seen && !retry)
+					continue;
+				seen = shared_.version;
+				view = shared_.view;
+			}
+			if (!view.live) {
+				retry = false;
+				continue; // no fleet decision yet: the daemon keeps what it has
+			}
+			try {
+				if (!proxy) {
+					connection = sdbus::createSystemBusConnection();
+					proxy = std::make_unique<Egress1>(*connection);
+					known = false;
+				}
+				uint64_t generation = proxy->Generation();
+				if (!known || generation != daemonGeneration_) {
+					if (!readDaemon(*proxy)) {
+						applyFailed("its Plan() is not the JSON expected");
+						retry = true;
+						continue;
+					}
+					daemonGeneration_ = generation;
+					known = true;
+				}
+				Ownership ownership(config_, view.live->servers, view.owners);
+				int64_t now = unixNow();
+				std::map<uint32_t, std::vector<sdbus::Struct<std::string, uint32_t, std::string>>> byDrain;
+				std::map<uint32_t, std::vector<std::pair<size_t, uint32_t>>> moved;
+				for (size_t a = 0; a < config_.addresses.size(); a++) {
+					const config::Address &address = config_.addresses[a];
+					for (uint32_t s = 0; s < address.sliceCount(); s++) {
+						int32_t want = ownership.owner(a, s);
+						int32_t have = daemonOwners_[a][s];
+						if (want < 0 || want == have)
+							continue;
+						// A live old owner drains (its flows finish); a dead one has nothing to drain.
+						uint32_t drain = 0;
+						if (have >= 0 && ownership.live(have)) {
+							drain = options_.drainSeconds;
+							auto key = view.owners.find({address.address.value, s});
+							if (key != view.owners.end() && key->second.until > 0 &&
+							    key->second.previous == config_.servers[static_cast<size_t>(have)].name)
+								drain = static_cast<uint32_t>(std::max<int64_t>(key->second.until - now, 0));
+						}
+						byDrain[drain].emplace_back(address.address.str(), s,
+									    config_.servers[static_cast<size_t>(want)].name);
+						moved[drain].emplace_back(a, s);
+					}
+				}
+				for (auto &[drain, moves] : byDrain) {
+					auto t0 = Clock::now();
+					uint64_t g = proxy->SetSliceOwners(moves, drain);
+					double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+					for (size_t i = 0; i < moves.size(); i++) {
+						const auto &[a, s] = moved[drain][i];
+						daemonOwners_[a][s] = serverIndex_.at(moves[i].get<2>());
+					}
+					daemonGeneration_ = g;
+					log("portsliced: " + std::to_string(moves.size()) + " slice(s) moved (drain " +
+					    std::to_string(drain) + " s) in generation " + std::to_string(g) + " for revision " +
+					    std::to_string(view.revision) + " in " + std::to_string(ms) + " ms");
+				}
+				{
+					std::lock_guard lock(shared_.mutex);
+					shared_.status.appliedRevision = view.revision;
+					shared_.status.appliedGeneration = daemonGeneration_;
+					shared_.status.applyError.clear();
+				}
+				writeStatus();
+				retry = false;
+				backoff = milliseconds(200);
+			} catch (const sdbus::Error &e) {
+				applyFailed(e.getName() + ": " + e.getMessage());
+				proxy.reset();
+				connection.reset();
+				known = false;
+				retry = true;
+				backoff = std::min(backoff * 2, milliseconds(5000));
+			}
+		}
+	}
+
+	Options options_;
+	config::Config config_;
+	config::Fleet fleet_;
+	std::string self_;
+	std::unordered_map<uint32_t, size_t> addressIndex_;
+	std::unordered_map<std::string, int32_t> serverIndex_;
+	std::vector<std::vector<int32_t>> daemonOwners_;
+	uint64_t daemonGeneration_ = 0;
+	Shared shared_;
+	std::atomic<bool> statusWarned_{false};
+};
+
+} // namespace
+} // namespace portslice::fleet
+
+int main(int argc, char **argv)
+{
+	using namespace portslice;
+	fleet::Options options;
+	for (int i = 1; i < argc; i++) {
+		std::string a = argv[i];
+		auto value = [&](std::string &out) {
+			if (i + 1 >= argc) {
+				std::fprintf(stderr, "portslice-fleetd: %s needs a value\n", a.c_str());
+				std::exit(2);
+			}
+			out = argv[++i];
+		};
+		if (a == "--help" || a == "-h") {
+			std::fputs(fleet::kUsage, stdout);
+			return 0;
+		}
+		if (a == "--version") {
+			std::printf("portslice-fleetd %s\n", PORTSLICE_VERSION);
+			return 0;
+		}
+		if (a == "--config") {
+			value(options.config);
+		} else if (a.rfind("--config=", 0) == 0) {
+			options.config = a.substr(9);
+		} else if (a == "--status-file") {
+			value(options.statusFile);
+		} else if (a.rfind("--status-file=", 0) == 0) {
+			options.statusFile = a.substr(14);
+		} else if (a == "--drain-seconds" || a.rfind("--drain-seconds=", 0) == 0) {
+			std::string v;
+			if (a == "--drain-seconds")
+				value(v);
+			else
+				v = a.substr(16);
+			char *end = nullptr;
+			unsigned long n = std::strtoul(v.c_str(), &end, 10);
+			if (v.empty() || *end || n > 86400) {
+				std::fprintf(stderr, "portslice-fleetd: --drain-seconds takes 0 to 86400, not '%s'\n", v.c_str());
+				return 2;
+			}
+			options.drainSeconds = static_cast<uint32_t>(n);
+		} else {
+			std::fprintf(stderr, "portslice-fleetd: unknown argument '%s'\n\n%s", a.c_str(), fleet::kUsage);
+			return 2;
+		}
+	}
+	config::LoadResult loaded = config::loadFile(options.config);
+	for (const config::Diagnostic &d : loaded.diagnostics)
+		std::cerr << d.str() << std::endl;
+	if (!loaded.ok())
+		return 1;
+	if (!loaded.config->fleet) {
+		std::cerr << options.config << ": no [fleet] section: fleet mode needs its etcd endpoints and prefix "
+			  << "(see portslice-fleetd(8))" << std::endl;
+		return 1;
+	}
+	std::signal(SIGTERM, fleet::onSignal);
+	std::signal(SIGINT, fleet::onSignal);
+	std::signal(SIGPIPE, SIG_IGN);
+	curl_global_init(CURL_GLOBAL_DEFAULT);
+	fleet::Fleetd fleetd(options, std::move(*loaded.config));
+	int rc = fleetd.run();
+	curl_global_cleanup();
+	return rc;
+}
