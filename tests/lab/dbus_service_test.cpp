@@ -134,6 +134,7 @@ TEST_F(ServiceLab, IntrospectionShowsExactlyTheSpecMembers)
 		".Server property s",   ".Generation property t", ".State property s", ".LastError property s",
 		".Reload method - t",   ".SetSliceOwner method sus t", ".Plan method - s", ".Dump method - s",
 		".Owner method sq ss",  ".Stats method - a(ssst)", ".Applied signal t", ".ApplyFailed signal s",
+		".SetSliceOwners method a(sus)u t",
 	};
 	EXPECT_EQ(members, spec) << r.out;
 }

@@ -466,6 +466,73 @@ TEST_F(ServiceTest, AnInvalidFileAtStartLeavesTheServiceUpInStateFailed)
 	EXPECT_EQ(service->state(), State::Applied);
 }
 
+TEST_F(ServiceTest, SetSliceOwnersMovesManySlicesInOneGenerationAndOneKernelChange)
+{
+	auto service = makeService();
+	ASSERT_TRUE(service->start().ok());
+	Answer<uint64_t> moved = service->setSliceOwners(
+		{{"198.51.100.1", 1, "s1"}, {"198.51.100.1", 2, "s1"}, {"198.51.100.1", 3, "s2"}}, 0);
+	ASSERT_TRUE(moved.ok()) << moved.failure().message;
+	EXPECT_EQ(moved.value(), 2u);
+	ASSERT_EQ(backend_.calls.size(), 2u); // one apply for the three moves
+	EXPECT_TRUE(backend_.calls[1].incremental);
+	EXPECT_EQ(backend_.calls[1].mySlices, (std::vector<uint32_t>{0, 1, 2}));
+	EXPECT_EQ(listener_.applieds, (std::vector<uint64_t>{1, 2}));
+	EXPECT_TRUE(service->drains().empty()); // drain_seconds 0: no drain
+	EXPECT_NE(stateFile().find("198.51.100.1 2 s1\n"), std::string::npos) << stateFile();
+	EXPECT_NE(stateFile().find("198.51.100.1 3 s2\n"), std::string::npos) << stateFile();
+
+	// Survives a restart like SetSliceOwner.
+	auto restarted = makeService();
+	ASSERT_TRUE(restarted->start().ok());
+	EXPECT_EQ(restarted->currentPlan()->addresses.at(0).mySlices, (std::vector<uint32_t>{0, 1, 2}));
+}
+
+TEST_F(ServiceTest, SetSliceOwnersWithABadMoveMovesNothing)
+{
+	auto service = makeService();
+	ASSERT_TRUE(service->start().ok());
+	std::string persisted = stateFile();
+	struct Case {
+		std::vector<OwnerMove> moves;
+		const char *says;
+	};
+	for (const Case &c : {Case{{{"198.51.100.1", 1, "s1"}, {"198.51.100.1", 9, "s1"}}, "move 2 of 2: slice 9"},
+			      Case{{{"198.51.100.1", 1, "s1"}, {"198.51.100.1", 2, "s7"}}, "\"s7\" is not a server"},
+			      Case{{{"198.51.100.1", 1, "s1"}, {"198.51.100.1", 1, "s3"}}, "moved twice"},
+			      Case{{{"198.51.100.7", 1, "s1"}, {"198.51.100.1", 2, "s1"}}, "move 1 of 2: 198.51.100.7"}}) {
+		Answer<uint64_t> answer = service->setSliceOwners(c.moves, 0);
+		ASSERT_FALSE(answer.ok()) << c.says;
+		EXPECT_EQ(answer.failure().fault, Fault::InvalidArgument);
+		EXPECT_NE(answer.failure().message.find(c.says), std::string::npos) << answer.failure().message;
+		EXPECT_NE(answer.failure().message.find("nothing was moved"), std::string::npos) << answer.failure().message;
+	}
+	EXPECT_EQ(service->generation(), 1u);
+	EXPECT_EQ(backend_.calls.size(), 1u);
+	EXPECT_EQ(service->currentPlan()->addresses.at(0).mySlices, std::vector<uint32_t>{0});
+	EXPECT_EQ(stateFile(), persisted);
+}
+
+TEST_F(ServiceTest, SetSliceOwnersDrainsEachOldOwnerForTheSecondsGiven)
+{
+	auto service = makeService();
+	ASSERT_TRUE(service->start().ok());
+	ASSERT_TRUE(service->setSliceOwners({{"198.51.100.1", 1, "s1"}, {"198.51.100.1", 2, "s1"}}, 5).ok());
+	ASSERT_EQ(service->drains().size(), 2u);
+	EXPECT_EQ(service->drains()[0].previous, "s2");
+	EXPECT_EQ(service->drains()[0].until, now_ + 5);
+	EXPECT_EQ(service->drains()[1].previous, "s3");
+	EXPECT_EQ(previousOf(*service, 1), 1);
+	EXPECT_EQ(previousOf(*service, 2), 2);
+	// Moves that change nothing are no generation at all.
+	uint64_t before = service->generation();
+	ASSERT_TRUE(service->setSliceOwners({{"198.51.100.1", 0, "s1"}, {"198.51.100.1", 3, "s3"}}, 5).ok());
+	EXPECT_EQ(service->generation(), before);
+	// An empty call is a no-op too.
+	ASSERT_TRUE(service->setSliceOwners({}, 0).ok());
+	EXPECT_EQ(service->generation(), before);
+}
+
 TEST(StateStore, KeepsOwnersAcrossSaveAndLoad)
 {
 	std::string pattern = (fs::temp_directory_path() / "psd-store-XXXXXX").string();
