@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "common/cli.h"
+#include "ctl/fleet.h"
 #include "ctl/offline.h"
 #include "ctl/online.h"
 
@@ -91,17 +92,32 @@ int main(int argc, char **argv)
 	CLI::App *status = add("status", "the daemon's state, generation, server and last error; exit 1 unless applied",
 			       runOnlineCommand("status"));
 	status->add_flag("--json", online.json, "print JSON");
+	status->add_option("--fleet-status", online.fleetStatus,
+			   "portslice-fleetd's status file, for the fleet link (default: " + online.fleetStatus + ")")
+		->type_name("FILE");
 
 	add("reload", "make the daemon re-read its config file; on error the applied state stays",
 	    runOnlineCommand("reload"));
 
-	CLI::App *setOwner = add("set-owner", "move slice SLICE of ADDRESS to SERVER (persisted across restarts)",
-				 runOnlineCommand("set-owner"));
+	CLI::App *setOwner = add("set-owner", "move slice SLICE of ADDRESS to SERVER (persisted across restarts); "
+					      "with --fleet for the whole fleet, through etcd",
+				 [&] {
+					 online.command = "set-owner";
+					 return online.fleet ? runFleetSetOwner(online) : runOnline(online);
+				 });
 	setOwner->add_option("ADDRESS", online.address, "the shared address")->required()->type_name("ADDRESS");
 	setOwner->add_option("SLICE", online.slice, "the slice index (0, 1, ...)")->required()->type_name("SLICE");
 	setOwner->add_option("SERVER", online.server, "the server that owns it from now on")
 		->required()
 		->type_name("SERVER");
+	setOwner->add_flag("--fleet", online.fleet,
+			   "write the owner key in etcd (compare-and-swap) so that every server moves the slice");
+	setOwner->add_option("--config", online.config,
+			     "with --fleet: the file whose [fleet] names etcd (default: " + online.config + ")")
+		->type_name("FILE");
+	setOwner->add_option("--drain-seconds", online.drainSeconds,
+			     "with --fleet: how long the old owner drains, in the key's `until` (default: 60)")
+		->type_name("N");
 
 	CLI::App *stats = add("stats", "counters per source and address, ports in use, NAT failures",
 			      runOnlineCommand("stats"));

@@ -12,6 +12,7 @@
 #include <sdbus-c++/sdbus-c++.h>
 
 #include "common/json.h"
+#include "ctl/fleet.h"
 #include "dbus/egress1_proxy.h"
 
 namespace portslice::ctl {
@@ -81,6 +82,7 @@ int status(Egress1 &proxy, const OnlineOptions &options)
 		w.beginObject().key("state").value(state).key("generation").value(generation);
 		w.key("server").value(server).key("last_error");
 		error.empty() ? w.null() : w.value(error);
+		printFleetLink(options, &w);
 		w.endObject();
 		std::cout << w.str() << "\n";
 	} else {
@@ -88,6 +90,7 @@ int status(Egress1 &proxy, const OnlineOptions &options)
 			  << "generation: " << generation << "\n"
 			  << "server:     " << server << "\n"
 			  << "last error: " << (error.empty() ? "none" : error) << "\n";
+		printFleetLink(options, nullptr);
 	}
 	return state == "applied" ? 0 : kExitFailed;
 }

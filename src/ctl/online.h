@@ -15,6 +15,12 @@ struct OnlineOptions {
 	std::string address; // set-owner
 	uint32_t slice = 0;  // set-owner
 	std::string server;  // set-owner
+	// set-owner --fleet: the move goes to etcd (the file's [fleet]), not to the local daemon.
+	bool fleet = false;
+	std::string config = "/etc/portslice/portslice.toml";
+	uint32_t drainSeconds = 60;
+	// status: where portslice-fleetd keeps the fleet link.
+	std::string fleetStatus = "/run/portslice/fleetd.json";
 };
 
 // Returns the process exit code.

@@ -1,0 +1,158 @@
+// SPDX-License-Identifier: MIT
+// set-owner --fleet through the etcd gateway client, and the fleet link lines of status from fleetd's status file.
+#include "ctl/fleet.h"
+
+#include <chrono>
+#include <filesystem>
+#include <iostream>
+
+#include <curl/curl.h>
+#include <nlohmann/json.hpp>
+
+#include "config/config.h"
+#include "fleet/etcd.h"
+#include "fleet/status.h"
+#include "fleet/view.h"
+
+namespace portslice::ctl {
+
+namespace {
+
+constexpr int kExitRefused = 1;
+constexpr int kExitUnreachable = 3;
+
+int64_t unixNow()
+{
+	return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+		.count();
+}
+
+} // namespace
+
+int runFleetSetOwner(const OnlineOptions &options)
+{
+	config::LoadResult loaded = config::loadFile(options.config);
+	if (!loaded.ok()) {
+		for (const config::Diagnostic &d : loaded.diagnostics)
+			std::cerr << d.str() << "\n";
+		return kExitRefused;
+	}
+	const config::Config &c = *loaded.config;
+	if (!c.fleet) {
+		std::cerr << "portslicectl: set-owner --fleet: " << options.config
+			  << " has no [fleet] section (etcd endpoints and prefix); without --fleet the move is local\n";
+		return kExitRefused;
+	}
+	std::optional<Ipv4> ip = Ipv4::parse(options.address);
+	const config::Address *address = ip ? c.findAddress(*ip) : nullptr;
+	if (!address) {
+		std::cerr << "portslicectl: set-owner --fleet: \"" << options.address.substr(0, 200)
+			  << "\" is not a shared address of " << options.config << "\n";
+		return kExitRefused;
+	}
+	if (options.slice >= address->sliceCount()) {
+		std::cerr << "portslicectl: set-owner --fleet: slice " << options.slice << " of " << ip->str()
+			  << " does not exist: it has slices 0 to " << int64_t{address->sliceCount()} - 1 << "\n";
+		return kExitRefused;
+	}
+	if (!c.findServer(options.server)) {
+		std::cerr << "portslicectl: set-owner --fleet: \"" << options.server.substr(0, 200)
+			  << "\" is not a server of " << options.config << "\n";
+		return kExitRefused;
+	}
+
+	curl_global_init(CURL_GLOBAL_DEFAULT);
+	fleet::EtcdOptions eo;
+	eo.endpoints = c.fleet->etcd;
+	eo.caFile = c.fleet->caFile;
+	eo.certFile = c.fleet->certFile;
+	eo.keyFile = c.fleet->keyFile;
+	fleet::Etcd etcd(eo);
+	std::string key = fleet::ownerKey(c.fleet->prefix, *ip, options.slice);
+	auto inFile = address->owners.find(options.slice);
+	std::string fileOwner = inFile == address->owners.end() ? std::string() : std::string(inFile->second);
+	// Read, decide, write if the key is still as read; again if another writer came in between.
+	for (int attempt = 0; attempt < 5; attempt++) {
+		Result<fleet::RangeAnswer> read = etcd.range(key);
+		if (!read) {
+			std::cerr << "portslicectl: set-owner --fleet: " << read.error().message()
+				  << "; nothing was written\n";
+			return kExitUnreachable;
+		}
+		int64_t modRevision = 0;
+		std::string current = fileOwner;
+		if (!read->kvs.empty()) {
+			modRevision = read->kvs[0].modRevision;
+			if (std::optional<fleet::OwnerKey> k = fleet::decodeOwner(read->kvs[0].value))
+				current = k->owner;
+		}
+		fleet::OwnerKey value{options.server, current != options.server ? current : "", 0};
+		if (!value.previous.empty())
+			value.until = unixNow() + int64_t{options.drainSeconds};
+		nlohmann::json compare = nlohmann::json::array({{{"target", "MOD"},
+								 {"key", fleet::base64Encode(key)},
+								 {"mod_revision", std::to_string(modRevision)}}});
+		nlohmann::json success = nlohmann::json::array(
+			{{{"request_put",
+			   {{"key", fleet::base64Encode(key)}, {"value", fleet::base64Encode(fleet::encodeOwner(value))}}}}});
+		Result<fleet::TxnAnswer> wrote = etcd.txn(compare, success);
+		if (!wrote) {
+			std::cerr << "portslicectl: set-owner --fleet: " << wrote.error().message()
+				  << "; nothing was written\n";
+			return kExitUnreachable;
+		}
+		if (!wrote->succeeded)
+			continue;
+		std::cout << "slice " << options.slice << " of " << ip->str() << " -> " << options.server
+			  << " for the fleet (" << key << " at etcd revision " << wrote->revision << ")";
+		if (!value.previous.empty())
+			std::cout << "; " << value.previous << " drains it for " << options.drainSeconds << " s";
+		std::cout << "\n";
+		return 0;
+	}
+	std::cerr << "portslicectl: set-owner --fleet: " << key
+		  << " kept changing under this write (5 tries); nothing was written, try again\n";
+	return kExitRefused;
+}
+
+void printFleetLink(const OnlineOptions &options, JsonWriter *json)
+{
+	std::error_code ec;
+	if (!std::filesystem::exists(options.fleetStatus, ec))
+		return;
+	Result<fleet::LinkStatus> s = fleet::readStatusFile(options.fleetStatus);
+	if (json) {
+		json->key("fleet");
+		if (!s) {
+			json->beginObject().key("error").value(s.error().message()).endObject();
+			return;
+		}
+		int64_t now = unixNow();
+		bool running = now - s->updated <= 3 * std::max<int64_t>(s->leaseSeconds, 1) + 5;
+		json->beginObject()
+			.key("fleetd_running").value(running)
+			.key("etcd_reachable").value(running && s->etcdReachable)
+			.key("endpoint").value(s->endpoint)
+			.key("error").value(s->error)
+			.key("leader").value(s->leader)
+			.key("live").beginArray();
+		for (const std::string &l : s->liveServers)
+			json->value(l);
+		json->endArray()
+			.key("this_server_live").value(s->live)
+			.key("revision").value(s->revision)
+			.key("applied_revision").value(s->appliedRevision)
+			.key("applied_generation").value(s->appliedGeneration)
+			.key("apply_error").value(s->applyError)
+			.key("updated").value(s->updated)
+			.endObject();
+		return;
+	}
+	if (!s) {
+		std::cout << "fleet: unknown: " << s.error().message() << "\n";
+		return;
+	}
+	std::cout << fleet::describeStatus(*s, unixNow());
+}
+
+} // namespace portslice::ctl
