@@ -437,8 +437,17 @@ private:
 	{
 		std::string text = proxy.Plan();
 		json plan = json::parse(text, nullptr, false);
-		if (plan.is_discarded() || !plan.contains("addresses"))
+		if (plan.is_discarded() || !plan.contains("addresses") || !plan["addresses"].is_array())
 			return false;
+		try {
+			return readOwners(plan);
+		} catch (const json::exception &) {
+			return false;
+		}
+	}
+
+	bool readOwners(const json &plan)
+	{
 		daemonOwners_.assign(config_.addresses.size(), {});
 		for (size_t i = 0; i < config_.addresses.size(); i++)
 			daemonOwners_[i].assign(config_.addresses[i].sliceCount(), -1);
@@ -451,10 +460,19 @@ private:
 				continue;
 			std::vector<int32_t> &owners = daemonOwners_[at->second];
 			for (const json &run : a.value("owners", json::array())) {
-				std::string slices = run.value("slices", "");
+				// {"first": 0, "last": 3}, or "0-3" from an older daemon.
 				uint32_t lo = 0, hi = 0;
-				if (std::sscanf(slices.c_str(), "%u-%u", &lo, &hi) == 1)
-					hi = lo;
+				const json &slices = run.contains("slices") ? run["slices"] : json();
+				if (slices.is_object()) {
+					lo = slices.value("first", 0u);
+					hi = slices.value("last", 0u);
+				} else if (slices.is_string()) {
+					std::string text = slices.get<std::string>();
+					if (std::sscanf(text.c_str(), "%u-%u", &lo, &hi) == 1)
+						hi = lo;
+				} else {
+					continue;
+				}
 				int32_t owner = -1;
 				if (run.contains("server") && run["server"].is_string()) {
 					auto s = serverIndex_.find(run["server"].get<std::string>());

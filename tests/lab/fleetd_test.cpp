@@ -1,0 +1,343 @@
+// SPDX-License-Identifier: MIT
+// portslice-fleetd against a real single-member etcd in the test's namespace and a real portsliced on a private bus: lease expiry, return home, set-owner --fleet, etcd down.
+#include "dbus_lab.h"
+
+#include <map>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "config/config.h"
+#include "fleet/ownership.h"
+
+namespace portslice::dbuslab {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using Owners = std::map<std::pair<std::string, uint32_t>, std::string>; // (address, slice) -> owner
+
+constexpr const char *kEtcd = "http://192.0.2.100:2379";
+constexpr const char *kPrefix = "/portslice/test";
+
+class FleetdLab : public DbusLab {
+protected:
+	void SetUp() override
+	{
+		DbusLab::SetUp();
+		if (IsSkipped() || HasFatalFailure())
+			return;
+		if (!sh("command -v etcd && command -v etcdctl").ok())
+			GTEST_SKIP() << "fleet lab test: etcd and etcdctl are not installed (Debian etcd-server, etcd-client)";
+		std::string fleet = std::string("[fleet]\netcd = [\"") + kEtcd + "\"]\nprefix = \"" + kPrefix +
+				    "\"\nlease_seconds = 2\nreturn_home_seconds = 3\n\n";
+		std::string text = kLabFleet;
+		text.insert(text.find("[defaults]"), fleet);
+		writeConfig(text);
+		// etcd on an address of its own in the server's namespace.
+		Outcome added = inNs("ip addr add 192.0.2.100/32 dev lo");
+		ASSERT_TRUE(added.ok()) << added.out;
+		startEtcd();
+	}
+
+	void TearDown() override
+	{
+		stopFleetd();
+		for (auto &[name, pid] : members_)
+			killGroup(pid);
+		members_.clear();
+		killGroup(etcdPid_);
+		DbusLab::TearDown();
+	}
+
+	static void killGroup(pid_t &pid)
+	{
+		if (pid <= 0)
+			return;
+		::kill(-pid, SIGKILL);
+		::waitpid(pid, nullptr, 0);
+		pid = -1;
+	}
+
+	// `command` in the namespace, as the leader of a process group of its own (killed whole).
+	pid_t spawn(const std::string &command, const std::string &log)
+	{
+		pid_t pid = ::fork();
+		if (pid == 0) {
+			::setpgid(0, 0);
+			::setenv("DBUS_SYSTEM_BUS_ADDRESS", busAddress_.c_str(), 1);
+			int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+			::dup2(fd, 1);
+			::dup2(fd, 2);
+			::execlp("ip", "ip", "netns", "exec", ns_.c_str(), "sh", "-c", command.c_str(),
+				 static_cast<char *>(nullptr));
+			::_exit(127);
+		}
+		::setpgid(pid, pid);
+		return pid;
+	}
+
+	void startEtcd()
+	{
+		std::string data = (dir_ / "etcd").string();
+		etcdPid_ = spawn("exec etcd --name e1 --data-dir " + quote(data) + " --listen-client-urls " + kEtcd +
+					 " --advertise-client-urls " + kEtcd +
+					 " --listen-peer-urls http://192.0.2.100:2380"
+					 " --initial-advertise-peer-urls http://192.0.2.100:2380"
+					 " --initial-cluster e1=http://192.0.2.100:2380",
+				 (dir_ / "etcd.log").string());
+		for (int i = 0; i < 100; i++) {
+			if (etcdctl("endpoint health").ok())
+				return;
+			std::this_thread::sleep_for(std::chrono::milliseconds(100));
+		}
+		FAIL() << "etcd did not become healthy in 10 s:\n" << readFile((dir_ / "etcd.log").string());
+	}
+
+	Outcome etcdctl(const std::string &args, int timeout = 10) const
+	{
+		return inNs("ETCDCTL_API=3 etcdctl --dial-timeout=1s --command-timeout=2s --endpoints " +
+				    std::string(kEtcd) + " " + args,
+			    timeout);
+	}
+
+	std::string fleetdLog() const { return readFile((dir_ / "fleetd.log").string()); }
+	std::string statusFile() const { return (dir_ / "fleetd.json").string(); }
+
+	void startFleetd()
+	{
+		fleetdPid_ = spawn("exec " + bin("src/fleet/portslice-fleetd") + " --config " + quote(configPath()) +
+					   " --status-file " + quote(statusFile()) + " --drain-seconds 30",
+				   (dir_ / "fleetd.log").string());
+	}
+	void stopFleetd() { killGroup(fleetdPid_); }
+
+	// Another server of the fleet, as etcd sees it: a member key on a lease
+	// of 2 s that a loop keeps alive until stopMember (its "death").
+	void startMember(const std::string &name)
+	{
+		Outcome granted = etcdctl("lease grant 2");
+		ASSERT_TRUE(granted.ok()) << granted.out;
+		std::istringstream words(granted.out);
+		std::string word, id;
+		words >> word >> id; // "lease 694d7f5e3c1b2a07 granted with TTL(2s)"
+		ASSERT_EQ(word, "lease") << granted.out;
+		std::string value = "{\"address\": \"192.0.2.1" + name.substr(1) + "\", \"since\": " +
+				    std::to_string(std::time(nullptr)) + ", \"version\": \"test\"}";
+		Outcome put = etcdctl("put --lease=" + id + " " + std::string(kPrefix) + "/members/" + name + " " +
+				      quote(value));
+		ASSERT_TRUE(put.ok()) << put.out;
+		members_[name] = spawn("while :; do ETCDCTL_API=3 etcdctl --endpoints " + std::string(kEtcd) +
+					       " lease keep-alive --once " + id + " >/dev/null 2>&1; sleep 0.4; done",
+				       "/dev/null");
+	}
+	void stopMember(const std::string &name) { killGroup(members_[name]); }
+
+	std::set<std::string> live() const
+	{
+		Outcome got = etcdctl("get --print-value-only " + std::string(kPrefix) + "/live");
+		nlohmann::json j = nlohmann::json::parse(got.out, nullptr, false);
+		if (j.is_discarded() || !j.contains("servers"))
+			return {};
+		return j["servers"].get<std::set<std::string>>();
+	}
+
+	// The daemon's owners, from its Plan().
+	Owners owners() const
+	{
+		Outcome r = busctl("--json=short call org.portslice.Egress1 /org/portslice/Egress1 "
+				   "org.portslice.Egress1 Plan");
+		Owners out;
+		nlohmann::json reply = nlohmann::json::parse(r.out, nullptr, false);
+		if (reply.is_discarded() || !reply.contains("data"))
+			return out;
+		if (!reply["data"].is_array() || reply["data"].empty() || !reply["data"][0].is_string()) {
+			ADD_FAILURE() << "Plan() answered " << r.out.substr(0, 300);
+			return out;
+		}
+		nlohmann::json plan = nlohmann::json::parse(reply["data"][0].get<std::string>());
+		for (const nlohmann::json &a : plan["addresses"])
+			for (const nlohmann::json &run : a["owners"]) {
+				unsigned lo = run["slices"]["first"], hi = run["slices"]["last"];
+				for (unsigned s = lo; s <= hi; s++)
+					out[{a["address"].get<std::string>(), s}] =
+						run["server"].is_string() ? run["server"].get<std::string>() : "";
+			}
+		return out;
+	}
+
+	// What every fleetd computes for these live servers (the file's owners when all are live).
+	Owners expected(const std::set<std::string> &liveServers) const
+	{
+		config::LoadResult loaded = config::loadFile(configPath());
+		Owners out;
+		fleet::OwnerKeys keys;
+		fleet::Ownership o(*loaded.config, liveServers, keys);
+		for (size_t a = 0; a < loaded.config->addresses.size(); a++)
+			for (uint32_t s = 0; s < loaded.config->addresses[a].sliceCount(); s++) {
+				int32_t w = o.owner(a, s);
+				out[{loaded.config->addresses[a].address.str(), s}] =
+					w < 0 ? "" : loaded.config->servers[static_cast<size_t>(w)].name;
+			}
+		return out;
+	}
+
+	template<class F>
+	bool waitFor(F &&condition, std::chrono::milliseconds limit)
+	{
+		auto until = Clock::now() + limit;
+		while (Clock::now() < until) {
+			if (condition())
+				return true;
+			std::this_thread::sleep_for(std::chrono::milliseconds(50));
+		}
+		return condition();
+	}
+
+	// s1 (this daemon and its fleetd), s2 and s3 (member keys) all live.
+	void startFleet()
+	{
+		startMember("s2");
+		startMember("s3");
+		ASSERT_FALSE(HasFatalFailure());
+		startDaemon();
+		ASSERT_FALSE(HasFatalFailure());
+		startFleetd();
+		ASSERT_TRUE(waitFor([&] { return live() == std::set<std::string>{"s1", "s2", "s3"}; },
+				    std::chrono::seconds(10)))
+			<< fleetdLog();
+	}
+
+	pid_t etcdPid_ = -1;
+	pid_t fleetdPid_ = -1;
+	std::map<std::string, pid_t> members_;
+};
+
+TEST_F(FleetdLab, AMemberWhoseLeaseExpiresLosesItsSlicesInOneGenerationAndGetsThemBackAfterReturnHome)
+{
+	startFleet();
+	ASSERT_FALSE(HasFatalFailure());
+	Owners file = owners();
+	ASSERT_EQ(file, expected({"s1", "s2", "s3"}));
+	ASSERT_EQ(file.at({"198.51.100.1", 2}), "s3");
+	uint64_t before = generation();
+
+	// s3 dies: its lease expires, the leader (this fleetd) writes live, every slice of s3 moves at once.
+	auto cut = Clock::now();
+	stopMember("s3");
+	Owners after = expected({"s1", "s2"});
+	ASSERT_TRUE(waitFor([&] { return owners() == after; }, std::chrono::seconds(6)))
+		<< "owners stayed\n" << fleetdLog();
+	double seconds = std::chrono::duration<double>(Clock::now() - cut).count();
+	std::printf("s3's slices moved %.2f s after its last keep-alive (lease 2 s)\n", seconds);
+	EXPECT_LT(seconds, 2 + 1 + 0.6); // lease + 1 s, and the 0.4 s between keep-alives
+	EXPECT_EQ(live(), (std::set<std::string>{"s1", "s2"}));
+	EXPECT_EQ(generation(), before + 1) << "one SetSliceOwners, one generation\n" << fleetdLog();
+	for (const auto &[slice, owner] : after) {
+		EXPECT_NE(owner, "s3") << slice.first << "/" << slice.second;
+		if (file.at(slice) != "s3") {
+			EXPECT_EQ(owner, file.at(slice)) << "a live server's slice moved";
+		}
+	}
+	Outcome status = ctl("status --fleet-status " + quote(statusFile()));
+	EXPECT_NE(status.out.find("fleet: etcd reachable (http://192.0.2.100:2379)"), std::string::npos) << status.out;
+	EXPECT_NE(status.out.find("fleet leader: s1"), std::string::npos) << status.out;
+	EXPECT_NE(status.out.find("fleet live: s1, s2\n"), std::string::npos) << status.out;
+
+	// s3 comes back: after return_home_seconds (3) alive it is live again and gets its slices back.
+	startMember("s3");
+	auto back = Clock::now();
+	ASSERT_TRUE(waitFor([&] { return owners() == file; }, std::chrono::seconds(8))) << fleetdLog();
+	double home = std::chrono::duration<double>(Clock::now() - back).count();
+	std::printf("s3 got its slices back %.2f s after it returned (return_home_seconds 3)\n", home);
+	EXPECT_GE(home, 2.5);
+	EXPECT_EQ(live(), (std::set<std::string>{"s1", "s2", "s3"}));
+}
+
+TEST_F(FleetdLab, SetOwnerFleetIsACompareAndSwapOfTheKeyAndTheDaemonFollowsWithinASecond)
+{
+	startFleet();
+	ASSERT_FALSE(HasFatalFailure());
+	ASSERT_EQ(owners().at({"198.51.100.1", 1}), "s2");
+	uint64_t before = generation();
+	auto t0 = Clock::now();
+	Outcome set = inNs(bin("src/ctl/portslicectl") + " set-owner 198.51.100.1 1 s1 --fleet --config " +
+			   quote(configPath()));
+	ASSERT_TRUE(set.ok()) << set.out;
+	EXPECT_NE(set.out.find("s2 drains it for 60 s"), std::string::npos) << set.out;
+	ASSERT_TRUE(waitFor([&] { return owners().at({"198.51.100.1", 1}) == "s1"; }, std::chrono::seconds(1)))
+		<< fleetdLog();
+	std::printf("set-owner --fleet applied %.3f s after the command started\n",
+		    std::chrono::duration<double>(Clock::now() - t0).count());
+	EXPECT_EQ(generation(), before + 1);
+	Outcome key = etcdctl("get -w json " + std::string(kPrefix) + "/owners/198.51.100.1/1");
+	nlohmann::json kv = nlohmann::json::parse(key.out)["kvs"][0];
+	EXPECT_EQ(kv["version"], 1);
+	nlohmann::json value = nlohmann::json::parse(dbuslab::sh("echo " + kv["value"].get<std::string>() + " | base64 -d").out);
+	EXPECT_EQ(value["owner"], "s1");
+	EXPECT_EQ(value["previous"], "s2");
+	EXPECT_GT(value["until"].get<int64_t>(), std::time(nullptr) + 50);
+
+	// Someone else writes the key meanwhile: the next set-owner reads it again (its previous is
+	// what etcd holds now, not what this server applied).
+	ASSERT_TRUE(etcdctl("put " + std::string(kPrefix) + "/owners/198.51.100.1/1 " +
+			    quote("{\"owner\": \"s3\", \"previous\": \"s1\", \"until\": 0}")).ok());
+	ASSERT_TRUE(waitFor([&] { return owners().at({"198.51.100.1", 1}) == "s3"; }, std::chrono::seconds(1)));
+	set = inNs(bin("src/ctl/portslicectl") + " set-owner 198.51.100.1 1 s2 --fleet --config " + quote(configPath()));
+	ASSERT_TRUE(set.ok()) << set.out;
+	EXPECT_NE(set.out.find("s3 drains it"), std::string::npos) << set.out;
+	ASSERT_TRUE(waitFor([&] { return owners().at({"198.51.100.1", 1}) == "s2"; }, std::chrono::seconds(1)));
+
+	// A bad slice is refused before etcd is touched.
+	Outcome bad = inNs(bin("src/ctl/portslicectl") + " set-owner 198.51.100.1 9 s2 --fleet --config " +
+			   quote(configPath()));
+	EXPECT_EQ(bad.status, 1) << bad.out;
+	EXPECT_NE(bad.out.find("slice 9 of 198.51.100.1 does not exist"), std::string::npos) << bad.out;
+}
+
+TEST_F(FleetdLab, WithEtcdDownTheStateStaysStatusSaysWhyAndNothingMovesWhenItComesBack)
+{
+	startFleet();
+	ASSERT_FALSE(HasFatalFailure());
+	Owners file = owners();
+	uint64_t before = generation();
+	std::string tableBefore = normalized(table());
+
+	killGroup(etcdPid_);
+	ASSERT_TRUE(waitFor(
+		[&] {
+			return ctl("status --fleet-status " + quote(statusFile())).out.find("fleet: etcd unreachable") !=
+			       std::string::npos;
+		},
+		std::chrono::seconds(5)))
+		<< fleetdLog();
+	Outcome status = ctl("status --fleet-status " + quote(statusFile()));
+	EXPECT_NE(status.out.find("no etcd endpoint answers (http://192.0.2.100:2379: "), std::string::npos) << status.out;
+	EXPECT_NE(status.out.find("no move can happen; the applied state stays"), std::string::npos) << status.out;
+	// Longer than a lease: nothing moves, the table is as it was.
+	std::this_thread::sleep_for(std::chrono::seconds(4));
+	EXPECT_EQ(generation(), before);
+	EXPECT_EQ(owners(), file);
+	EXPECT_EQ(normalized(table()), tableBefore);
+
+	// etcd back (same data): the leases were renewed, nobody left, nothing moves.
+	startEtcd();
+	ASSERT_FALSE(HasFatalFailure());
+	ASSERT_TRUE(waitFor(
+		[&] {
+			return ctl("status --fleet-status " + quote(statusFile())).out.find("fleet: etcd reachable") !=
+			       std::string::npos;
+		},
+		std::chrono::seconds(8)))
+		<< fleetdLog();
+	std::this_thread::sleep_for(std::chrono::seconds(3));
+	EXPECT_EQ(live(), (std::set<std::string>{"s1", "s2", "s3"}));
+	EXPECT_EQ(generation(), before) << fleetdLog();
+	EXPECT_EQ(owners(), file);
+
+	// And moves resume.
+	stopMember("s2");
+	ASSERT_TRUE(waitFor([&] { return owners() == expected({"s1", "s3"}); }, std::chrono::seconds(6))) << fleetdLog();
+}
+
+} // namespace
+} // namespace portslice::dbuslab
