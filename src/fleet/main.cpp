@@ -5,6 +5,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <csignal>
+#include <filesystem>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -21,6 +22,8 @@
 #include <nlohmann/json.hpp>
 #include <sdbus-c++/sdbus-c++.h>
 
+#include "common/cli.h"
+#include "common/version.h"
 #include "config/config.h"
 #include "dbus/egress1_proxy.h"
 #include "fleet/etcd.h"
@@ -28,9 +31,6 @@
 #include "fleet/status.h"
 #include "fleet/view.h"
 
-#ifndef PORTSLICE_VERSION
-#define PORTSLICE_VERSION "unknown"
-#endif
 
 namespace portslice::fleet {
 namespace {
@@ -38,21 +38,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 using nlohmann::json;
-
-constexpr const char *kUsage =
-	"usage: portslice-fleetd [--config PATH] [--status-file PATH] [--drain-seconds N]\n"
-	"\n"
-	"Fleet mode (SPEC section 6): keeps this server's member key in etcd (lease\n"
-	"with keep-alive), takes part in the leader election, and hands every\n"
-	"ownership change it watches to the local portsliced (SetSliceOwners).\n"
-	"\n"
-	"  --config PATH        the fleet table with its [fleet] section\n"
-	"                       (default /etc/portslice/portslice.toml)\n"
-	"  --status-file PATH   where the fleet link is kept for portslicectl status\n"
-	"                       (default /run/portslice/fleetd.json)\n"
-	"  --drain-seconds N    how long a live old owner drains a slice moved away\n"
-	"                       from it (default 60)\n"
-	"  --version, --help\n";
 
 std::atomic<bool> gStop{false};
 
@@ -195,6 +180,8 @@ private:
 				s.members.push_back(name);
 			s.live = v.live && v.live->servers.count(self_);
 		}
+		std::error_code ec;
+		std::filesystem::create_directories(std::filesystem::path(options_.statusFile).parent_path(), ec);
 		if (Status w = writeStatusFile(options_.statusFile, s); !w) {
 			if (!statusWarned_.exchange(true))
 				log("status: " + w.error().message());
@@ -617,50 +604,24 @@ private:
 int main(int argc, char **argv)
 {
 	using namespace portslice;
+	CLI::App app{"Fleet mode (SPEC section 6): keep this server's member key in etcd (a lease kept alive), take part "
+		     "in the leader election, and hand every ownership change watched in etcd to the local portsliced "
+		     "(SetSliceOwners).",
+		     "portslice-fleetd"};
+	cli::setUp(app);
 	fleet::Options options;
-	for (int i = 1; i < argc; i++) {
-		std::string a = argv[i];
-		auto value = [&](std::string &out) {
-			if (i + 1 >= argc) {
-				std::fprintf(stderr, "portslice-fleetd: %s needs a value\n", a.c_str());
-				std::exit(2);
-			}
-			out = argv[++i];
-		};
-		if (a == "--help" || a == "-h") {
-			std::fputs(fleet::kUsage, stdout);
-			return 0;
-		}
-		if (a == "--version") {
-			std::printf("portslice-fleetd %s\n", PORTSLICE_VERSION);
-			return 0;
-		}
-		if (a == "--config") {
-			value(options.config);
-		} else if (a.rfind("--config=", 0) == 0) {
-			options.config = a.substr(9);
-		} else if (a == "--status-file") {
-			value(options.statusFile);
-		} else if (a.rfind("--status-file=", 0) == 0) {
-			options.statusFile = a.substr(14);
-		} else if (a == "--drain-seconds" || a.rfind("--drain-seconds=", 0) == 0) {
-			std::string v;
-			if (a == "--drain-seconds")
-				value(v);
-			else
-				v = a.substr(16);
-			char *end = nullptr;
-			unsigned long n = std::strtoul(v.c_str(), &end, 10);
-			if (v.empty() || *end || n > 86400) {
-				std::fprintf(stderr, "portslice-fleetd: --drain-seconds takes 0 to 86400, not '%s'\n", v.c_str());
-				return 2;
-			}
-			options.drainSeconds = static_cast<uint32_t>(n);
-		} else {
-			std::fprintf(stderr, "portslice-fleetd: unknown argument '%s'\n\n%s", a.c_str(), fleet::kUsage);
-			return 2;
-		}
-	}
+	app.add_option("--config", options.config,
+		       "the fleet table with its [fleet] section (default: " + options.config + ")")
+		->type_name("FILE");
+	app.add_option("--status-file", options.statusFile,
+		       "where the fleet link is kept for portslicectl status (default: " + options.statusFile + ")")
+		->type_name("FILE");
+	app.add_option("--drain-seconds", options.drainSeconds,
+		       "seconds a live old owner drains a slice moved away from it, 0 to 86400 (default: 60)")
+		->type_name("N")
+		->check(CLI::Range(0u, 86400u).description(""));
+	if (std::optional<int> code = cli::parse(app, argc, argv))
+		return *code;
 	config::LoadResult loaded = config::loadFile(options.config);
 	for (const config::Diagnostic &d : loaded.diagnostics)
 		std::cerr << d.str() << std::endl;
