@@ -25,7 +25,6 @@
 #include "common/cli.h"
 #include "common/version.h"
 #include "config/config.h"
-#include "dbus/egress1_proxy.h"
 #include "fleet/etcd.h"
 #include "fleet/ownership.h"
 #include "fleet/status.h"
@@ -73,18 +72,39 @@ struct Shared {
 	LinkStatus status;
 };
 
-class Egress1 final : public sdbus::ProxyInterfaces<org::portslice::Egress1_proxy> {
+// The daemon's org.portslice.Egress1, called by name: fleetd uses three
+// members and is not rebuilt when the interface gains others.
+class Daemon {
 public:
-	explicit Egress1(sdbus::IConnection &connection)
-		: ProxyInterfaces(connection, "org.portslice.Egress1", "/org/portslice/Egress1")
+	explicit Daemon(sdbus::IConnection &connection)
+		: proxy_(sdbus::createProxy(connection, "org.portslice.Egress1", "/org/portslice/Egress1"))
 	{
-		registerProxy();
 	}
-	~Egress1() { unregisterProxy(); }
+
+	uint64_t generation()
+	{
+		return proxy_->getProperty("Generation").onInterface(kInterface).get<uint64_t>();
+	}
+	std::string plan()
+	{
+		std::string text;
+		proxy_->callMethod("Plan").onInterface(kInterface).storeResultsTo(text);
+		return text;
+	}
+	uint64_t setSliceOwners(const std::vector<sdbus::Struct<std::string, uint32_t, std::string>> &moves,
+				uint32_t drainSeconds)
+	{
+		uint64_t generation = 0;
+		proxy_->callMethod("SetSliceOwners")
+			.onInterface(kInterface)
+			.withArguments(moves, drainSeconds)
+			.storeResultsTo(generation);
+		return generation;
+	}
 
 private:
-	void onApplied(const uint64_t &) override {}
-	void onApplyFailed(const std::string &) override {}
+	static constexpr const char *kInterface = "org.portslice.Egress1";
+	std::unique_ptr<sdbus::IProxy> proxy_;
 };
 
 class Fleetd {
@@ -420,9 +440,9 @@ private:
 	}
 
 	// The daemon's owners, from its Plan(): per address of the file, per slice, a server index or -1.
-	bool readDaemon(Egress1 &proxy)
+	bool readDaemon(Daemon &daemon)
 	{
-		std::string text = proxy.Plan();
+		std::string text = daemon.plan();
 		json plan = json::parse(text, nullptr, false);
 		if (plan.is_discarded() || !plan.contains("addresses") || !plan["addresses"].is_array())
 			return false;
@@ -490,7 +510,7 @@ private:
 	void applyLoop()
 	{
 		std::unique_ptr<sdbus::IConnection> connection;
-		std::unique_ptr<Egress1> proxy;
+		std::unique_ptr<Daemon> proxy;
 		bool known = false; // daemonOwners_ holds the daemon's owners as of daemonGeneration_
 		uint64_t seen = 0;
 		milliseconds backoff(200);
@@ -515,10 +535,10 @@ private:
 			try {
 				if (!proxy) {
 					connection = sdbus::createSystemBusConnection();
-					proxy = std::make_unique<Egress1>(*connection);
+					proxy = std::make_unique<Daemon>(*connection);
 					known = false;
 				}
-				uint64_t generation = proxy->Generation();
+				uint64_t generation = proxy->generation();
 				if (!known || generation != daemonGeneration_) {
 					if (!readDaemon(*proxy)) {
 						applyFailed("its Plan() is not the JSON expected");
@@ -555,7 +575,7 @@ private:
 				}
 				for (auto &[drain, moves] : byDrain) {
 					auto t0 = Clock::now();
-					uint64_t g = proxy->SetSliceOwners(moves, drain);
+					uint64_t g = proxy->setSliceOwners(moves, drain);
 					double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
 					for (size_t i = 0; i < moves.size(); i++) {
 						const auto &[a, s] = moved[drain][i];
