@@ -2,6 +2,8 @@
 // Benchmark: one SetSliceOwner over D-Bus against a running portsliced vs the nft CLI changing one element of the same table.
 //
 // dbus_set_owner [--sources 10000] [--pairs 5] [--no-xdp] [--tmpfs-state] [--drain-seconds S] [--drift-pairs 3] [--daemon PATH]
+// dbus_set_owner --batch [--sources 10000]: instead, one SetSliceOwners of a fleet failover (s31's slice of every
+// address to the 30 others, s1 included, no drain) and of its return home (all back to s31, drained).
 // Needs root. The process moves into a network namespace of its own (it dies
 // with the process), starts a private dbus-daemon and portsliced there, and
 // prints the figures; it asserts nothing. 10,000 sources make about 375k
@@ -146,6 +148,7 @@ int main(int argc, char **argv)
 	uint32_t sources = 10000;
 	int pairs = 5;
 	int driftPairs = 3;
+	bool batch = false;
 	bool xdp = true;
 	bool tmpfsState = false; // state directory on /dev/shm: the fsync of the overlay costs nothing
 	// Long enough that no drain ends during the run (an ended drain is a
@@ -168,9 +171,11 @@ int main(int argc, char **argv)
 			daemonPath = argv[++i];
 		else if (a == "--drift-pairs" && i + 1 < argc)
 			driftPairs = std::stoi(argv[++i]);
+		else if (a == "--batch")
+			batch = true;
 		else {
 			std::fprintf(stderr, "usage: dbus_set_owner [--sources N] [--pairs K] [--no-xdp] [--tmpfs-state] "
-					     "[--drain-seconds S] [--drift-pairs K] [--daemon PATH]\n");
+					     "[--drain-seconds S] [--drift-pairs K] [--daemon PATH] [--batch]\n");
 			return 2;
 		}
 	}
@@ -248,6 +253,37 @@ int main(int argc, char **argv)
 			if (at != std::string::npos)
 				elements = std::stoul(line.substr(at + 17));
 		}
+	}
+
+	if (batch) {
+		// What portslice-fleetd hands over when s31 dies and when it comes back.
+		std::vector<sdbus::Struct<std::string, uint32_t, std::string>> away, home;
+		for (uint32_t i = 0; i < sources; i++) {
+			std::string shared = Ipv4{(198u << 24 | 18u << 16) + i}.str();
+			away.emplace_back(shared, 30u, "s" + std::to_string(1 + i % 30));
+			home.emplace_back(shared, 30u, std::string("s31"));
+		}
+		auto t0 = Clock::now();
+		uint64_t g1 = proxy.SetSliceOwners(away, 0);
+		double failover = std::chrono::duration<double>(Clock::now() - t0).count();
+		t0 = Clock::now();
+		uint64_t g2 = proxy.SetSliceOwners(home, 60);
+		double back = std::chrono::duration<double>(Clock::now() - t0).count();
+		std::printf("SetSliceOwners, %u sources (%zu elements, xdp %s), one call each, D-Bus round trip:\n", sources,
+			    elements, xdp ? "on" : "off");
+		std::printf("  failover: %u slices of s31 to the 30 others (s1 gains %u), no drain: %.3f s (%.1f us a slice), "
+			    "generation %llu\n",
+			    sources, (sources + 29) / 30, failover, failover * 1e6 / sources, static_cast<unsigned long long>(g1));
+		std::printf("  return home: the %u slices back to s31, drained 60 s: %.3f s (%.1f us a slice), generation %llu\n",
+			    sources, back, back * 1e6 / sources, static_cast<unsigned long long>(g2));
+		std::printf("  daemon start (full apply): %.2f s; peak RSS %s\n", startSeconds, peakRss(daemon).c_str());
+		std::ifstream in(log);
+		for (std::string line; std::getline(in, line);)
+			if (line.find("moving ") != std::string::npos || line.find("applied generation") != std::string::npos)
+				std::printf("  log: %s\n", line.c_str());
+		for (pid_t pid : gChildren)
+			::kill(pid, SIGTERM);
+		return 0;
 	}
 
 	// B runs on a copy of the table in a namespace of its own: the daemon
