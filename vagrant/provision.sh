@@ -6,6 +6,10 @@
 # provision.sh router --steer sN|hash   (which servers get the shared range's return traffic)
 # provision.sh server N                 (sN: 192.0.2.(10+N), workloads wN and vN in namespaces, build, config)
 #
+# PSL_STAGE (server): a directory of the synced tree holding portslice as
+# `meson install --destdir` left it on the host; copied to / instead of
+# building here.
+#
 # Interfaces are found by the MACs the Vagrantfile gives them and renamed so
 # the configuration does not depend on the box's naming: inet0 (inet side),
 # dc0 (data centre side). Idempotent: run again after a reboot (the
@@ -55,6 +59,10 @@ workload() {
 install "${packages[@]}"
 case $role in
 inet)
+	# The lab's traffic tool (vagrant/test.sh serves answers from here).
+	if [[ -n ${PSL_STAGE:-} && -x $REPO/$PSL_STAGE/usr/local/bin/labtraffic ]]; then
+		cp "$REPO/$PSL_STAGE/usr/local/bin/labtraffic" /usr/local/bin/
+	fi
 	rename_by_mac 02:00:00:00:01:10 inet0
 	"$LIB/inet.sh" --if inet0 --gw 203.0.113.1 \
 		--addr 203.0.113.10/24 --addr 203.0.113.11/24 --addr 203.0.113.12/24 --addr 203.0.113.13/24
@@ -79,16 +87,23 @@ server)
 	workload "v$n" "100.64.$((10 + n)).0/28" 4
 	"$LIB/server.sh" --uplink dc0 --mtu 1600 --addr "192.0.2.$((10 + n))/24" --gw 192.0.2.1 --shared 198.51.100.0/24 \
 		--workload "w$n=100.64.$n.0/24" --workload "v$n=100.64.$((10 + n)).0/28"
-	install "${build_packages[@]}"
-	# Build out of the synced tree, so `meson test -C /var/tmp/portslice-build --suite lab` runs here.
-	if [[ ! -d /var/tmp/portslice-build ]]; then
-		meson setup /var/tmp/portslice-build "$REPO" --prefix=/usr --sysconfdir=/etc
+	if [[ -n ${PSL_STAGE:-} ]]; then
+		# Built once on the host (same Debian release) and installed there into
+		# a staging directory (meson install --destdir): copied as it is.
+		[[ -x $REPO/$PSL_STAGE/usr/sbin/portsliced ]] || { echo "provision: no usr/sbin/portsliced in $REPO/$PSL_STAGE" >&2; exit 1; }
+		tar -C "$REPO/$PSL_STAGE" -cf - . | tar -C / -xf - --keep-directory-symlink --no-same-owner
+	else
+		install "${build_packages[@]}"
+		# Build out of the synced tree, so `meson test -C /var/tmp/portslice-build --suite lab` runs here.
+		if [[ ! -d /var/tmp/portslice-build ]]; then
+			meson setup /var/tmp/portslice-build "$REPO" --prefix=/usr --sysconfdir=/etc
+		fi
+		ninja -C /var/tmp/portslice-build -j2
+		# Installed as an operator would (docs/operations.md): binaries, unit, bus policy, man pages.
+		meson install -C /var/tmp/portslice-build --quiet
 	fi
-	ninja -C /var/tmp/portslice-build -j2
 	mkdir -p /etc/portslice
 	"$LIB/fleet.sh" --server "s$n" --uplink dc0 >/etc/portslice/portslice.toml
-	# Installed as an operator would (docs/operations.md): binaries, unit, bus policy, man pages.
-	meson install -C /var/tmp/portslice-build --quiet
 	getent group portslice >/dev/null || groupadd --system portslice
 	if systemctl cat portsliced.service >/dev/null 2>&1; then
 		systemctl daemon-reload
