@@ -104,6 +104,13 @@ server)
 	fi
 	mkdir -p /etc/portslice
 	"$LIB/fleet.sh" --server "s$n" --uplink dc0 >/etc/portslice/portslice.toml
+	# vN is a stateless source: its first inside address keeps to the port
+	# block the plan gives it (as in tests/lab/demo.sh), else the leak guard
+	# drops what it sends from other ports.
+	block=$(portslicectl plan --json --config /etc/portslice/portslice.toml |
+		jq -r --arg i "100.64.$((10 + n)).2" '.sources[] | .assignments[]? | select(.inside == $i) | .ports')
+	[[ $block =~ ^[0-9]+-[0-9]+$ ]] || { echo "provision: no port block for 100.64.$((10 + n)).2 in the plan" >&2; exit 1; }
+	ip netns exec "v$n" sysctl -qw net.ipv4.ip_local_port_range="${block/-/ }"
 	getent group portslice >/dev/null || groupadd --system portslice
 	if systemctl cat portsliced.service >/dev/null 2>&1; then
 		systemctl daemon-reload

@@ -1,0 +1,362 @@
+#!/bin/bash
+# SPDX-License-Identifier: MIT
+# The Vagrant lab for real: builds the box if missing, boots inet, rtr and s1-s3 as VMs in a namespaced libvirt, runs the demo's traffic and checks, destroys everything.
+#
+# sudo vagrant/test.sh [--build-dir DIR] [--flows N] [--ns NAME] [--timeout SECONDS] [--keep] [--report FILE]
+#
+# 1. box: portslice/bookworm-lab (vagrant/build-box.sh) unless Vagrant has it
+# 2. build: portslice on the host (DIR, default build-vagrant: prefix /usr,
+#    as the servers run it), `meson install --destdir` into vagrant/.stage
+# 3. libvirtd in network namespace NAME (vagrant/libvirt-ns.sh, default psl-vlab)
+# 4. `vagrant up`: inet, rtr (steering all of 198.51.100.0/24 to s1), s1-s3
+#    with portsliced under systemd; QEMU's driver is kvm when /dev/kvm starts a
+#    guest, else qemu (TCG, software emulation); 1 vCPU, 512/384 MiB each
+# 5. checks, over ssh from inside the namespace:
+#    - portsliced active on every server, its XDP forwarder on the virtio NIC
+#      (which attach mode the kernel chose: native or generic)
+#    - phase 1: N TCP + N UDP flows from every workload (w1-w3 conntrack NAT,
+#      v1-v3 stateless) to inet: all complete, every port seen by inet in the
+#      slices of the server the workload is on
+#    - XDP: s1 gets all return traffic and forwards what belongs to s2 and s3
+#    - phase 2: slice 0 of 198.51.100.1 moves s1 -> s2 (portslicectl
+#      set-owner on s1, s3, s2) while flows run: all complete, none outside
+#      their server's slices
+#    - failover: s3's VM is destroyed (virsh destroy), s1 and s2 take its
+#      slices (docs/operations.md's set-owner passes): the daemons' plans hold
+#      them with no drain left, and every flow of s1's and s2's workloads completes
+#    - no leak-guard drop on any server
+# 6. a summary like the demo's, each phase's duration; then `vagrant destroy`,
+#    libvirtd stopped, the namespace deleted (also on failure or Ctrl-C;
+#    --keep leaves the lab up for a look, libvirt-ns.sh down removes it).
+# Bounded: the whole run is killed after --timeout seconds (default 2400).
+# Exit 0 when every check holds ("RESULT: PASS"), 77 when this machine cannot
+# run it (not root, no QEMU/Vagrant/libvirt), 1 otherwise.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+BUILD=$REPO/build-vagrant
+FLOWS=10
+NS=psl-vlab
+TIMEOUT=2400
+KEEP=0
+REPORT=''
+BOX=portslice/bookworm-lab
+while (($#)); do
+	case $1 in
+	--build-dir) BUILD=$(realpath -m "$2"); shift 2 ;;
+	--flows) FLOWS=$2; shift 2 ;;
+	--ns) NS=$2; shift 2 ;;
+	--timeout) TIMEOUT=$2; shift 2 ;;
+	--keep) KEEP=1; shift ;;
+	--report) REPORT=$(realpath -m "$2"); shift 2 ;;
+	*) sed -n '3,34p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+	esac
+done
+[[ $FLOWS =~ ^[0-9]+$ ]] && ((FLOWS >= 1 && FLOWS <= 200)) || { echo "vagrant test: --flows wants 1..200" >&2; exit 2; }
+[[ $TIMEOUT =~ ^[0-9]+$ ]] || { echo "vagrant test: --timeout wants seconds" >&2; exit 2; }
+
+skip() { echo "vagrant test: SKIP: $*" >&2; exit 77; }
+[[ $(id -u) == 0 ]] || skip "not root (network namespace, libvirtd)"
+for t in qemu-system-x86_64:qemu-system-x86 vagrant:vagrant libvirtd:libvirt-daemon-system virsh:libvirt-clients \
+	mmdebstrap:mmdebstrap qemu-img:qemu-utils dnsmasq:dnsmasq-base; do
+	command -v "${t%%:*}" >/dev/null || skip "no ${t%%:*} (Debian package ${t#*:}; .ci/install-deps installs it)"
+done
+vagrant plugin list 2>/dev/null | grep -q vagrant-libvirt || skip "Vagrant has no vagrant-libvirt plugin"
+
+started=$SECONDS
+step() { printf '\033[1m== %s\033[0m (%d s)\n' "$*" $((SECONDS - started)) >&2; }
+declare -A TOOK
+ORDER=()
+phase_t0=0
+phase() { phase_t0=$SECONDS; ORDER+=("$1"); step "$2"; }
+took() { TOOK[${ORDER[-1]}]=$((SECONDS - phase_t0)); }
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/portslice-vagrant.XXXXXX")
+SSHCFG=$WORK/ssh_config
+STAGE_REL=vagrant/.stage
+
+# The VMs' settings (vagrant/Vagrantfile reads them).
+export VAGRANT_CWD=$HERE VAGRANT_DEFAULT_PROVIDER=libvirt PSL_BOX=$BOX PSL_STAGE=$STAGE_REL
+export PSL_CPUS=1 PSL_SERVER_MEMORY=512 PSL_MEMORY=384 PSL_STEER=s1
+
+in_ns() { "$HERE/libvirt-ns.sh" exec --ns "$NS" "$@"; }
+
+cleanup() {
+	local rc=$?
+	trap - EXIT INT TERM
+	[[ -n ${WATCHDOG:-} ]] && kill "$WATCHDOG" 2>/dev/null
+	if ((KEEP)); then
+		echo "vagrant test: --keep: the lab stays up; remove it with: sudo $HERE/libvirt-ns.sh down --ns $NS" >&2
+	else
+		local t=$SECONDS
+		step "destroying the VMs and the namespace"
+		if [[ -e /run/netns/$NS ]]; then
+			timeout 300 "$HERE/libvirt-ns.sh" exec --ns "$NS" vagrant destroy -f >"$WORK/destroy.log" 2>&1 || true
+		fi
+		"$HERE/libvirt-ns.sh" down --ns "$NS" >>"$WORK/destroy.log" 2>&1 || true
+		echo "vagrant test: cleanup took $((SECONDS - t)) s" >&2
+	fi
+	rm -rf "$WORK"
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'echo "vagrant test: timed out after $TIMEOUT s" >&2; exit 124' TERM
+# The whole run is bounded: the watchdog ends it, cleanup still runs.
+(sleep "$TIMEOUT" && kill -TERM $$) >/dev/null 2>&1 &
+WATCHDOG=$!
+
+# --- 1. box ---------------------------------------------------------------------
+phase box "box $BOX"
+if vagrant box list 2>/dev/null | grep -q "^$BOX "; then
+	echo "vagrant test: box $BOX is there" >&2
+else
+	"$HERE/build-box.sh" --name "$BOX" >&2
+fi
+# KVM when it boots the box's kernel here (its first line on the serial console
+# within 15 s), else QEMU's software emulation (TCG).
+driver=qemu
+kernel=$(find "${VAGRANT_HOME:-$HOME/.vagrant.d}/boxes/${BOX//\//-VAGRANTSLASH-}" -name vmlinuz -path '*libvirt*' 2>/dev/null | head -1)
+if [[ -w /dev/kvm && -n $kernel ]]; then
+	timeout 15 qemu-system-x86_64 -machine accel=kvm -m 128 -display none -nodefaults -no-reboot \
+		-serial "file:$WORK/kvm-probe.log" -kernel "$kernel" -append "console=ttyS0 panic=-1" >/dev/null 2>&1 || true
+	grep -q 'Linux version' "$WORK/kvm-probe.log" 2>/dev/null && driver=kvm
+fi
+export PSL_LIBVIRT_DRIVER=$driver
+echo "vagrant test: QEMU driver $driver ($([[ $driver == kvm ]] && echo "KVM booted the box's kernel" || echo "KVM absent or it did not boot a guest within 15 s: software emulation"))" >&2
+took
+
+# --- 2. build on the host ---------------------------------------------------------
+phase build "building portslice on the host into $BUILD, staging it in $STAGE_REL"
+if [[ ! -f $BUILD/build.ninja ]]; then
+	cc=() && command -v ccache >/dev/null && cc=(env CC="ccache gcc" CXX="ccache g++")
+	"${cc[@]}" meson setup "$BUILD" "$REPO" --prefix=/usr --sysconfdir=/etc -Dtests=enabled >"$WORK/setup.log" ||
+		{ cat "$WORK/setup.log" >&2; exit 1; }
+fi
+# What `meson install` installs (configured files exist already) and the traffic tool.
+targets=()
+while read -r f; do
+	[[ -e $f ]] || targets+=("${f#"$BUILD"/}")
+done < <(meson introspect "$BUILD" --installed | jq -r 'keys[]' | grep "^$BUILD/")
+ninja -C "$BUILD" "${targets[@]}" tests/lab/labtraffic >"$WORK/ninja.log" || { tail -30 "$WORK/ninja.log" >&2; exit 1; }
+rm -rf "${REPO:?}/$STAGE_REL"
+meson install -C "$BUILD" --no-rebuild --quiet --destdir "$REPO/$STAGE_REL" >/dev/null
+install -D -m 755 "$BUILD/tests/lab/labtraffic" "$REPO/$STAGE_REL/usr/local/bin/labtraffic"
+CTL=$BUILD/src/ctl/portslicectl
+took
+
+# --- 3. libvirt in its namespace ------------------------------------------------------
+phase libvirt "libvirtd in network namespace $NS (QEMU driver: $driver)"
+"$HERE/libvirt-ns.sh" up --ns "$NS"
+took
+
+# --- 4. the VMs -----------------------------------------------------------------------
+phase up "vagrant up: inet rtr s1 s2 s3 ($driver, 1 vCPU each)"
+if ! in_ns vagrant up >"$WORK/up.log" 2>&1; then
+	tail -40 "$WORK/up.log" >&2
+	echo "vagrant test: vagrant up failed" >&2
+	exit 1
+fi
+in_ns vagrant ssh-config >"$SSHCFG"
+took
+
+# on NODE SCRIPT: SCRIPT as root on NODE (from inside the namespace).
+on() { in_ns ssh -F "$SSHCFG" -o LogLevel=error "$1" sudo bash -s <<<"$2"; }
+
+phase checks "checks"
+SERVERS=(s1 s2 s3)
+declare -A XDPMODE ACTIVE
+for s in "${SERVERS[@]}"; do
+	ACTIVE[$s]=$(on "$s" 'systemctl is-active portsliced || true')
+	# The kernel's attach mode (IFLA_XDP_ATTACHED): 1 driver (native), 2 generic (skb), 3 offloaded.
+	XDPMODE[$s]=$(on "$s" 'ip -j -d link show dc0 | jq -r ".[0].xdp.mode // 0 | if . == 1 then \"native\" elif . == 2 then \"generic\" elif . == 3 then \"offload\" else \"none\" end"
+		echo "mode, driver $(ethtool -i dc0 | sed -n "s/^driver: //p")"' | paste -sd' ')
+done
+
+# Ports each server owns, before and after the move (the same fleet.sh configs the VMs have).
+MOVED_ADDR=198.51.100.1 MOVED_SLICE=0 MOVED_FROM=s1 MOVED_TO=s2
+owners() {
+	local s
+	for s in "${SERVERS[@]}"; do
+		"$REPO/tests/lab/lib/fleet.sh" --server "$s" --uplink dc0 "$@" >"$WORK/$s.toml"
+		"$CTL" plan --json --config "$WORK/$s.toml" |
+			jq -r --arg s "$s" '.addresses[] | .address as $a | .my_ports[] | "\($a) \(.) \($s)"'
+	done
+}
+owners >"$WORK/owners.before"
+owners --move "$MOVED_ADDR:$MOVED_SLICE:$MOVED_TO" >"$WORK/owners.after"
+
+TARGETS=203.0.113.10:7000,203.0.113.11:7000,203.0.113.12:7000,203.0.113.13:7000
+# A bounded answering server on inet for the whole of the checks.
+in_ns ssh -F "$SSHCFG" -o LogLevel=error inet \
+	"sudo setsid labtraffic serve --port 7000 --seconds 600 --quiet >/tmp/serve.log 2>&1 </dev/null &"
+sleep 1
+
+# traffic PHASE FLOWS GAP WORKLOAD...: flows from each workload at once; lines
+# "WORKLOAD SERVER PHASE PROTO OUTCOME [ADDR:PORT]" appended to $WORK/flows.
+traffic() {
+	local phase=$1 n=$2 gap=$3 w pids=()
+	shift 3
+	for w in "$@"; do
+		local s=s${w#?}
+		on "$s" "ip netns exec $w labtraffic send --to $TARGETS --tcp $n --udp $n --parallel 2 --gap-ms $gap --timeout-ms 8000" \
+			>"$WORK/$w.phase$phase" 2>&1 &
+		pids+=($!)
+	done
+	wait "${pids[@]}" || true
+	for w in "$@"; do
+		grep -E '^(tcp|udp) ' "$WORK/$w.phase$phase" | sed "s/^/$w s${w#?} $phase /" >>"$WORK/flows" || true
+	done
+}
+: >"$WORK/flows"
+
+step "phase 1: $FLOWS TCP + $FLOWS UDP flows from each of w1 v1 w2 v2 w3 v3"
+traffic 1 "$FLOWS" 0 w1 v1 w2 v2 w3 v3
+
+step "phase 2: slice $MOVED_SLICE of $MOVED_ADDR moves $MOVED_FROM -> $MOVED_TO while flows run"
+traffic 2 "$FLOWS" 200 w1 v1 w2 v2 w3 v3 &
+tpid=$!
+sleep 3
+for s in "$MOVED_FROM" s3 "$MOVED_TO"; do
+	on "$s" "portslicectl set-owner $MOVED_ADDR $MOVED_SLICE $MOVED_TO" >"$WORK/$s.setowner" 2>&1 || echo "set-owner failed" >>"$WORK/$s.setowner"
+done
+wait "$tpid" || true
+
+# xdp_verdicts SERVER: "passed forwarded received second-hop" packets of the forwarder's counters.
+xdp_verdicts() {
+	on "$1" 'map=$(ls -d /sys/fs/bpf/portslice/*counters* 2>/dev/null | head -1)
+		[[ -n $map ]] || { echo "- - - -"; exit 0; }
+		bpftool -j map dump pinned "$map" | jq -r "
+			[.[] | (.formatted // .) | {key: (.key | tostring | tonumber? // 0),
+				packets: ([.values[] | .value.packets // 0] | add)}] as \$v
+			| def n(k): ([\$v[] | select(.key == k) | .packets] | add // 0);
+			\"\(n(1)) \(n(2)) \(n(5)) \(n(3))\""'
+}
+guard_drops() {
+	on "$1" 'nft -j list counters table inet portslice | jq "[.nftables[] | .counter? | select(. != null) | select(.name | startswith(\"guard_\")) | .packets] | add // 0"'
+}
+declare -A XDP GUARD
+for s in "${SERVERS[@]}"; do
+	XDP[$s]=$(xdp_verdicts "$s")
+	GUARD[$s]=$(guard_drops "$s")
+done
+
+step "failover: s3's VM is destroyed, s1 and s2 take its slices"
+dom=$(in_ns virsh -q list --name | grep '_s3$' | head -1)
+in_ns virsh -q destroy "$dom" >/dev/null
+for pass in 1 2; do
+	for a in 198.51.100.1 198.51.100.2; do
+		for step_ in "s2 2 s1" "s1 2 s1" "s1 5 s2" "s2 5 s2"; do
+			read -r h slice owner <<<"$step_"
+			on "$h" "portslicectl set-owner $a $slice $owner" >>"$WORK/failover.setowner" 2>&1 ||
+				echo "set-owner $a $slice $owner on $h failed" >>"$WORK/failover.errors"
+		done
+	done
+done
+# The daemons' applied plans (D-Bus Plan): s3 gone, no drain left.
+for s in s1 s2; do
+	on "$s" 'busctl --system --json=short call org.portslice.Egress1 /org/portslice/Egress1 org.portslice.Egress1 Plan' \
+		>"$WORK/$s.plan" 2>&1 || true
+done
+traffic 3 "$FLOWS" 0 w1 v1 w2 v2
+s3_ping=$(on rtr 'ping -c 2 -W 1 -q 192.0.2.13 >/dev/null 2>&1 && echo answers || echo silent')
+took
+
+# --- 5. report --------------------------------------------------------------------
+{
+	echo "portslice Vagrant lab: inet, rtr, s1-s3 as VMs ($driver, Debian $(on s1 'uname -r')), rtr steering 198.51.100.0/24 to s1"
+	echo
+	for s in "${SERVERS[@]}"; do echo "  $s: portsliced ${ACTIVE[$s]}, XDP forwarder on dc0: ${XDPMODE[$s]}"; done
+	native=1
+	for s in "${SERVERS[@]}"; do
+		[[ ${ACTIVE[$s]} == active ]] || native=0
+		[[ ${XDPMODE[$s]} == native* || ${XDPMODE[$s]} == generic* ]] || native=0
+	done
+	echo "check: portsliced active with its XDP forwarder attached on every server: $( ((native)) && echo yes || echo NO)"
+	echo
+	printf '%-8s %-6s %-6s %-9s %-13s %-12s %-13s %-7s %-7s\n' workload server phase NAT "shared addr" "ports seen" "in own slices" "TCP ok" "UDP ok"
+	awk -v flows="$FLOWS" '
+		FILENAME == ARGV[1] || FILENAME == ARGV[2] {
+			split($2, r, "-"); n++; oa[n] = $1; lo[n] = r[1]; hi[n] = r[2]; os[n] = $3
+			ow[n] = (FILENAME == ARGV[1]) ? "before" : "after"; next
+		}
+		# phase 1 owns by the file; phase 2 by either (the move happens during it);
+		# phase 3 by either or the dead server s3 (its slices went to s1 and s2).
+		function owned(addr, port, server, phase,   i) {
+			for (i = 1; i <= n; i++)
+				if (oa[i] == addr && port >= lo[i] && port <= hi[i] &&
+				    (os[i] == server || (phase == 3 && os[i] == "s3")) &&
+				    (ow[i] == "before" || phase >= 2))
+					return 1
+			return 0
+		}
+		{
+			k = $1 SUBSEP $3; key[k] = 1; srv[k] = $2; tot[k, $4]++; all[$3]++
+			if ($5 == "ok") {
+				ok[k, $4]++; good[$3]++; split($6, ap, ":"); port = ap[2] + 0
+				if (index(addrs[k], ap[1]) == 0) addrs[k] = addrs[k] (addrs[k] ? "," : "") ap[1]
+				if (!(k in minp) || port < minp[k]) minp[k] = port
+				if (!(k in maxp) || port > maxp[k]) maxp[k] = port
+				if (owned(ap[1], port, $2, $3)) inside[k]++; else { outside[k]++; bad[$3]++ }
+			}
+			if (!(k in order)) { order[k] = ++nk; byorder[nk] = k }
+		}
+		END {
+			for (i = 1; i <= nk; i++) {
+				k = byorder[i]; split(k, p, SUBSEP)
+				printf "%-8s %-6s %-6s %-9s %-13s %-12s %-13s %-7s %-7s\n", p[1], srv[k], p[2],
+					(substr(p[1], 1, 1) == "v" ? "stateless" : "conntrack"), addrs[k] ? addrs[k] : "-",
+					(k in minp) ? minp[k] "-" maxp[k] : "-", outside[k] ? "NO (" outside[k] ")" : (inside[k] ? "yes" : "-"),
+					ok[k, "tcp"] + 0 "/" tot[k, "tcp"] + 0, ok[k, "udp"] + 0 "/" tot[k, "udp"] + 0
+			}
+			want[1] = 6 * 2 * flows; want[2] = 6 * 2 * flows; want[3] = 4 * 2 * flows
+			name[1] = "phase 1"; name[2] = "phase 2 (slice move under traffic)"; name[3] = "phase 3 (after s3 failed)"
+			pass = 1
+			for (ph = 1; ph <= 3; ph++) {
+				printf "check: %s flows completed: %d/%d, outside their server'"'"'s slices: %d\n", name[ph], good[ph], want[ph], bad[ph]
+				if (all[ph] != want[ph] || good[ph] != want[ph] || bad[ph] > 0) pass = 0
+			}
+			print (pass ? "flows: PASS" : "flows: FAIL")
+		}' "$WORK/owners.before" "$WORK/owners.after" "$WORK/flows"
+	echo
+	echo "slice move: $MOVED_ADDR slice $MOVED_SLICE $MOVED_FROM -> $MOVED_TO with portslicectl set-owner on $MOVED_FROM, s3, $MOVED_TO during phase 2"
+	for s in "$MOVED_FROM" s3 "$MOVED_TO"; do printf '  %s: %s\n' "$s" "$(tr '\n' ' ' <"$WORK/$s.setowner")"; done
+	echo
+	echo "return traffic at each server's XDP forwarder (packets, after phase 2): passed (own slice) / forwarded to the owner / received from a peer / second hop"
+	fwd=0 recv=0
+	for s in "${SERVERS[@]}"; do
+		read -r p f r h <<<"${XDP[$s]}"
+		printf '  %s: passed %s, forwarded %s, received %s, second hop %s\n' "$s" "$p" "$f" "$r" "$h"
+		[[ $f =~ ^[0-9]+$ ]] && fwd=$((fwd + f))
+		[[ $r =~ ^[0-9]+$ && $s != s1 ]] && recv=$((recv + r))
+	done
+	echo "check: return packets forwarded between servers by XDP: $fwd (received by s2 and s3: $recv)"
+	echo
+	plans_ok=1
+	for s in s1 s2; do
+		grep -q owners "$WORK/$s.plan" || plans_ok=0
+		grep -q previous "$WORK/$s.plan" && plans_ok=0
+		grep -q '"s3"' "$WORK/$s.plan" && plans_ok=0
+	done
+	[[ -s $WORK/failover.errors ]] && plans_ok=0
+	echo "failover: s3's VM destroyed ($dom); rtr's ping of s3: $s3_ping; set-owner passes on s1 and s2: $([[ -s $WORK/failover.errors ]] && cat "$WORK/failover.errors" || echo ok)"
+	echo "check: s1's and s2's plans hold s3's slices, no drain left: $( ((plans_ok)) && echo yes || echo NO)"
+	echo
+	echo "check: leak-guard drops: $((${GUARD[s1]:-0} + ${GUARD[s2]:-0} + ${GUARD[s3]:-0})) (s1 ${GUARD[s1]}, s2 ${GUARD[s2]}, s3 ${GUARD[s3]})"
+	echo
+	echo "phases (s):$(for p in "${ORDER[@]}"; do printf ' %s %s' "$p" "${TOOK[$p]}"; done)"
+	echo "elapsed before destroy: $((SECONDS - started)) s"
+} >"$WORK/report"
+
+pass=1
+grep -q '^check: portsliced active with its XDP forwarder attached on every server: yes$' "$WORK/report" || pass=0
+grep -q '^flows: PASS$' "$WORK/report" || pass=0
+grep -q '^check: return packets forwarded between servers by XDP: [1-9]' "$WORK/report" || pass=0
+grep -q '^check: s1.s and s2.s plans hold s3.s slices, no drain left: yes$' "$WORK/report" || pass=0
+grep -q '^check: leak-guard drops: 0 ' "$WORK/report" || pass=0
+[[ $s3_ping == silent ]] || pass=0
+if ((pass)); then echo "RESULT: PASS" >>"$WORK/report"; else echo "RESULT: FAIL" >>"$WORK/report"; fi
+cat "$WORK/report"
+[[ -n $REPORT ]] && cp "$WORK/report" "$REPORT"
+((pass))
