@@ -7,9 +7,13 @@
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <linux/netfilter/nf_tables.h>
+#include <linux/netfilter.h>
 #include <linux/netfilter/nfnetlink.h>
+#include <cstring>
 #include <unistd.h>
 #include <vector>
+
+#include "nft/netlink.h"
 
 namespace portslice::daemon {
 
@@ -59,6 +63,7 @@ struct Parse {
 	uint32_t self;
 	bool *touched;
 	std::optional<ForeignChange> *foreign;
+	NftMonitor::Commit *commit;
 };
 
 int attrCallback(const nlattr *attr, void *data)
@@ -92,10 +97,17 @@ int messageCallback(const nlmsghdr *nlh, void *data)
 				if (attrs[NFTA_GEN_PROC_NAME] &&
 				    mnl_attr_validate(attrs[NFTA_GEN_PROC_NAME], MNL_TYPE_NUL_STRING) == 0)
 					process = mnl_attr_get_str(attrs[NFTA_GEN_PROC_NAME]);
-				*p->foreign = ForeignChange{pid, process};
+				ForeignChange change{pid, process, false, {}};
+				NftMonitor::Commit &c = *p->commit;
+				change.onlyElements = !c.other && !c.overflow && !c.edits.empty() && !*p->foreign &&
+						      c.port == nlh->nlmsg_pid;
+				if (change.onlyElements)
+					change.edits = std::move(c.edits);
+				*p->foreign = std::move(change);
 			}
 		}
 		*p->touched = false;
+		p->commit->clear();
 		return MNL_CB_OK;
 	}
 	switch (type) {
@@ -113,8 +125,33 @@ int messageCallback(const nlmsghdr *nlh, void *data)
 	if (gen->nfgen_family != p->family || !attrs[kTableAttr] ||
 	    mnl_attr_validate(attrs[kTableAttr], MNL_TYPE_NUL_STRING) < 0)
 		return MNL_CB_OK;
-	if (*p->table == mnl_attr_get_str(attrs[kTableAttr]))
-		*p->touched = true;
+	if (*p->table != mnl_attr_get_str(attrs[kTableAttr]))
+		return MNL_CB_OK;
+	*p->touched = true;
+	NftMonitor::Commit &c = *p->commit;
+	if (c.port && *c.port != nlh->nlmsg_pid)
+		c.clear(); // the commit before ended unseen: its NEWGEN was lost
+	c.port = nlh->nlmsg_pid;
+	if (type != NFT_MSG_NEWSETELEM && type != NFT_MSG_DELSETELEM) {
+		c.other = true;
+		return MNL_CB_OK;
+	}
+	// Element events: NFTA_SET_ELEM_LIST_SET (2) and _ELEMENTS (3) are
+	// attributes 2 and 3 too, which attrCallback keeps.
+	static_assert(NFTA_SET_ELEM_LIST_SET == 2 && NFTA_SET_ELEM_LIST_ELEMENTS == 3);
+	const nlattr *set = attrs[NFTA_SET_ELEM_LIST_SET], *elements = attrs[NFTA_SET_ELEM_LIST_ELEMENTS];
+	if (!set || mnl_attr_validate(set, MNL_TYPE_NUL_STRING) < 0 || !elements || c.overflow) {
+		c.overflow = c.overflow || !set || !elements; // a flush without elements: undo unknown
+		return MNL_CB_OK;
+	}
+	c.bytes += elements->nla_len;
+	if (c.bytes > NftMonitor::kMaxEditBytes) {
+		c.overflow = true;
+		std::vector<ElementEdit>().swap(c.edits);
+		return MNL_CB_OK;
+	}
+	c.edits.push_back({type == NFT_MSG_NEWSETELEM, mnl_attr_get_str(set),
+			   std::string(reinterpret_cast<const char *>(elements), elements->nla_len)});
 	return MNL_CB_OK;
 }
 
@@ -124,7 +161,7 @@ Result<std::optional<ForeignChange>> NftMonitor::read()
 {
 	std::optional<ForeignChange> foreign;
 	std::vector<char> buffer(MNL_SOCKET_BUFFER_SIZE * 4);
-	Parse parse{family_, &table_, self_, &touched_, &foreign};
+	Parse parse{family_, &table_, self_, &touched_, &foreign, &commit_};
 	for (;;) {
 		ssize_t n = mnl_socket_recvfrom(socket_.get(), buffer.data(), buffer.size());
 		if (n < 0) {
@@ -134,6 +171,7 @@ Result<std::optional<ForeignChange>> NftMonitor::read()
 				continue;
 			if (errno == ENOBUFS) {
 				touched_ = false;
+				commit_.clear();
 				if (!foreign)
 					foreign = ForeignChange{};
 				continue;
@@ -143,6 +181,50 @@ Result<std::optional<ForeignChange>> NftMonitor::read()
 		// Events are not answers to our requests: sequence and port id 0.
 		mnl_cb_run(buffer.data(), static_cast<size_t>(n), 0, 0, messageCallback, &parse);
 	}
+}
+
+Status undoElementEdits(const std::vector<ElementEdit> &edits)
+{
+	Result<nft::Socket> sock = nft::Socket::open();
+	if (!sock)
+		return sock.error();
+	nft::Batch batch;
+	// Runs of edits of one set and kind, last run first (an element added
+	// and then deleted again comes back). Within a run the order is kept:
+	// nft lists a concatenated interval set in the order of insertion, so a
+	// flushed set refilled in the order its elements left lists as before.
+	// A run's element lists are joined in messages well under the 64 KiB
+	// of an attribute.
+	constexpr size_t kMessageBytes = 32 * 1024;
+	for (size_t end = edits.size(); end > 0;) {
+		const ElementEdit &last = edits[end - 1];
+		size_t begin = end - 1;
+		while (begin > 0 && edits[begin - 1].added == last.added && edits[begin - 1].set == last.set)
+			begin--;
+		for (size_t i = begin; i < end;) {
+			nlmsghdr *nlh = batch.message(last.added ? NFT_MSG_DELSETELEM : NFT_MSG_NEWSETELEM, NFPROTO_INET,
+						      last.added ? 0 : NLM_F_CREATE,
+						      (last.added ? "deleting elements added to set " : "adding back elements of set ") +
+							      last.set);
+			mnl_attr_put_strz(nlh, NFTA_SET_ELEM_LIST_TABLE, "portslice");
+			mnl_attr_put_strz(nlh, NFTA_SET_ELEM_LIST_SET, last.set.c_str());
+			nlattr *list = mnl_attr_nest_start(nlh, NFTA_SET_ELEM_LIST_ELEMENTS);
+			size_t bytes = 0;
+			while (i < end && (bytes == 0 || bytes + edits[i].elements.size() < kMessageBytes)) {
+				const std::string &attr = edits[i].elements; // header, then the LIST_ELEM nests
+				size_t payload = attr.size() - MNL_ATTR_HDRLEN;
+				std::memcpy(mnl_nlmsg_put_extra_header(nlh, MNL_ALIGN(payload)), attr.data() + MNL_ATTR_HDRLEN,
+					    payload);
+				bytes += attr.size();
+				i++;
+			}
+			mnl_attr_nest_end(nlh, list);
+			batch.commit();
+		}
+		end = begin;
+	}
+	batch.finish();
+	return sock->send(batch);
 }
 
 } // namespace portslice::daemon

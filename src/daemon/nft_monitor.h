@@ -6,6 +6,7 @@
 #include <libmnl/libmnl.h>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "common/handle.h"
 #include "common/result.h"
@@ -14,10 +15,23 @@ namespace portslice::daemon {
 
 using MnlSocket = Handle<mnl_socket, mnl_socket_close>;
 
+// Elements added to or deleted from a set of the watched table, as the
+// kernel announced them: `elements` is the NFTA_SET_ELEM_LIST_ELEMENTS
+// attribute of the event, header included, byte for byte.
+struct ElementEdit {
+	bool added = false;
+	std::string set;
+	std::string elements;
+};
+
 // A commit by someone else that changed the watched table.
 struct ForeignChange {
 	uint32_t pid = 0;     // 0 when events were lost
 	std::string process;  // comm of the committing process, if the kernel said
+	// The commit only added or deleted elements, and every one of them is
+	// here, in commit order: undoing them restores the table (a delta).
+	bool onlyElements = false;
+	std::vector<ElementEdit> edits;
 	// The socket overflowed (our own full replace of a large table does
 	// that): who changed what is unknown, the table must be compared.
 	bool lost() const { return pid == 0; }
@@ -33,8 +47,24 @@ public:
 
 	// Read every pending event (non-blocking). Returns the last foreign
 	// commit that touched the table, if any, or a lost() change when the
-	// socket overflowed (ENOBUFS).
+	// socket overflowed (ENOBUFS). A later foreign commit in the same read
+	// replaces an earlier one's edits: then it is not onlyElements.
 	Result<std::optional<ForeignChange>> read();
+
+	// What the commit being read so far did to the table.
+	struct Commit {
+		std::vector<ElementEdit> edits;
+		size_t bytes = 0;
+		bool other = false;    // a table, chain, rule, set or object changed
+		bool overflow = false; // more element bytes than kept: not recorded
+		// Netlink port of the committing socket, which every event of a
+		// commit carries: an event of another port starts another commit
+		// (the NEWGEN of the one before was lost in an overflow).
+		std::optional<uint32_t> port;
+		void clear() { *this = Commit{}; }
+	};
+	// Element bytes of one commit kept for an undo; past it, a full restore.
+	static constexpr size_t kMaxEditBytes = 16u << 20;
 
 private:
 	NftMonitor(MnlSocket socket, uint8_t family, std::string table)
@@ -45,6 +75,11 @@ private:
 	std::string table_;
 	uint32_t self_ = 0;
 	bool touched_ = false; // an object of the table changed since the last NEWGEN
+	Commit commit_;
 };
+
+// Undo `edits` (delete what was added, add what was deleted) in table
+// inet portslice, in one transaction.
+Status undoElementEdits(const std::vector<ElementEdit> &edits);
 
 } // namespace portslice::daemon

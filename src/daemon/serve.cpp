@@ -193,6 +193,12 @@ int serve(const ServeOptions &options, service::Backend &backend)
 				std::cerr << "portsliced: " << change.error().message() << std::endl;
 			else if (*change && (*change)->lost())
 				service.repairDrift("nftables events were lost");
+			else if (*change && (*change)->onlyElements)
+				// Only elements changed: put them back as they were (a
+				// delta), not the whole table.
+				service.restoreBy("table inet portslice changed by " + (*change)->str(),
+						  "undoing its " + std::to_string((*change)->edits.size()) + " element changes",
+						  [&] { return undoElementEdits((*change)->edits); });
 			else if (*change)
 				service.restore("table inet portslice changed by " + (*change)->str());
 		}

@@ -578,6 +578,25 @@ void Service::restore(std::string_view what)
 	recovered();
 }
 
+void Service::restoreBy(std::string_view what, std::string_view how, const std::function<Status()> &undo)
+{
+	if (!plan_ || state_ == State::Failed)
+		return;
+	using Clock = std::chrono::steady_clock;
+	Clock::time_point t0 = Clock::now();
+	Status undone = undo();
+	if (!undone) {
+		listener_.log("drift: " + std::string(what) + "; " + std::string(how) + " failed (" +
+			      undone.error().message() + "), restoring in full");
+		restore(what);
+		return;
+	}
+	double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+	listener_.log("drift: " + std::string(what) + "; restored generation " + std::to_string(generation_) + " by " +
+		      std::string(how) + " (" + std::to_string(ms) + " ms)");
+	recovered();
+}
+
 void Service::recovered()
 {
 	if (!repairFailed_)

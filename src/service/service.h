@@ -101,6 +101,9 @@ public:
 	void repairDrift(std::string_view why);
 	// Restore the applied plan in full: `what` says what changed it.
 	void restore(std::string_view what);
+	// Restore it by `undo` (a delta that reverses what someone changed,
+	// `how` says what it does); in full if that fails.
+	void restoreBy(std::string_view what, std::string_view how, const std::function<Status()> &undo);
 	// Drop the drains whose deadline has passed and apply the plan without
 	// them (a new generation). Called by the daemon's periodic timer.
 	void expireDrains();

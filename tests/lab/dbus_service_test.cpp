@@ -337,6 +337,46 @@ TEST_F(ServiceLab, ATableDeletedOrEditedByHandIsRestoredWithinTwoSeconds)
 	EXPECT_EQ(generation(), 1u);
 }
 
+// Element changes by hand are undone as they were made, not by replacing
+// the table: the element deleted is added back, the one added deleted, a
+// flushed map refilled, each in a transaction of its own elements.
+TEST_F(ServiceLab, AnElementDeletedOrAddedOrAMapFlushedByHandIsPutBackAsADelta)
+{
+	startDaemon();
+	std::string applied = table();
+	ASSERT_NE(applied.find("198.51.100.2 . 1024-3071"), std::string::npos) << applied;
+	auto restoredWithin2s = [&] {
+		auto start = std::chrono::steady_clock::now();
+		while (std::chrono::steady_clock::now() - start < std::chrono::seconds(2)) {
+			if (table() == applied)
+				return true;
+			std::this_thread::sleep_for(std::chrono::milliseconds(20));
+		}
+		return false;
+	};
+	auto count = [](const std::string &text, const std::string &what) {
+		size_t n = 0;
+		for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1))
+			n++;
+		return n;
+	};
+
+	ASSERT_TRUE(inNs("nft delete element inet portslice my_ports '{ 198.51.100.2 . 1024-3071 }'").ok());
+	EXPECT_TRUE(restoredWithin2s()) << table();
+	ASSERT_TRUE(inNs("nft add element inet portslice my_ports '{ 198.51.100.2 . 5120-7167 }'").ok());
+	EXPECT_TRUE(restoredWithin2s()) << table();
+	// The stateless source's 16 blocks (two addresses, 8 inside addresses each).
+	ASSERT_NE(applied.find("map sl_egress"), std::string::npos);
+	ASSERT_TRUE(inNs("nft flush map inet portslice sl_egress").ok());
+	EXPECT_TRUE(restoredWithin2s()) << table();
+
+	std::string log = readFile(logPath());
+	EXPECT_EQ(count(log, "by undoing its 1 element changes"), 2u) << log;
+	EXPECT_EQ(count(log, "by undoing its 16 element changes"), 1u) << log;
+	EXPECT_EQ(log.find("restoring generation"), std::string::npos) << "a full restore:\n" << log;
+	EXPECT_EQ(generation(), 1u);
+}
+
 TEST_F(ServiceLab, AReloadWithABrokenFileKeepsTheOldStateAndSignalsFileAndLine)
 {
 	startDaemon();
