@@ -156,6 +156,37 @@ int serve(const ServeOptions &options, service::Backend &backend)
 	sd_notify(0, "READY=1");
 	listener.notifyStatus();
 
+	// Read the table's events and answer a foreign change. `afterOwnWork`:
+	// read right after this turn's own commits, so lost events (the socket
+	// overflowed) are most likely ours: compare the table's comment. Read
+	// after waiting idle, lost events are someone else's large commit (a set
+	// of ours flushed, say): restore in full. True when it repaired.
+	auto readEvents = [&](bool afterOwnWork) {
+		Result<std::optional<ForeignChange>> change = monitor->read();
+		if (!change) {
+			std::cerr << "portsliced: " << change.error().message() << std::endl;
+			return false;
+		}
+		if (!*change)
+			return false;
+		if ((*change)->lost() && afterOwnWork)
+			service.repairDrift("nftables events were lost");
+		else if ((*change)->lost())
+			service.restore("nftables events were lost while nothing of ours was applied");
+		else if ((*change)->onlyElements)
+			// Only elements changed: put them back as they were (a
+			// delta), not the whole table.
+			service.restoreBy("table inet portslice changed by " + (*change)->str(),
+					  "undoing its " + std::to_string((*change)->edits.size()) + " element changes",
+					  [&] { return undoElementEdits((*change)->edits); });
+		else
+			service.restore("table inet portslice changed by " + (*change)->str());
+		return true;
+	};
+
+	// The start's own apply: its events are ours.
+	for (int turn = 0; turn < 3 && readEvents(true); turn++) {
+	}
 	for (;;) {
 		sdbus::IConnection::PollData bus_poll = connection->getEventLoopPollData();
 		pollfd fds[4] = {
@@ -187,21 +218,8 @@ int serve(const ServeOptions &options, service::Backend &backend)
 				}
 			}
 		}
-		if (fds[2].revents & POLLIN) {
-			Result<std::optional<ForeignChange>> change = monitor->read();
-			if (!change)
-				std::cerr << "portsliced: " << change.error().message() << std::endl;
-			else if (*change && (*change)->lost())
-				service.repairDrift("nftables events were lost");
-			else if (*change && (*change)->onlyElements)
-				// Only elements changed: put them back as they were (a
-				// delta), not the whole table.
-				service.restoreBy("table inet portslice changed by " + (*change)->str(),
-						  "undoing its " + std::to_string((*change)->edits.size()) + " element changes",
-						  [&] { return undoElementEdits((*change)->edits); });
-			else if (*change)
-				service.restore("table inet portslice changed by " + (*change)->str());
-		}
+		if (fds[2].revents & POLLIN)
+			(void)readEvents(false);
 		if (fds[3].revents & POLLIN) {
 			uint64_t expirations;
 			(void)!::read(timer->get(), &expirations, sizeof(expirations));
@@ -210,6 +228,11 @@ int serve(const ServeOptions &options, service::Backend &backend)
 			service.expireDrains();
 		}
 		while (connection->processPendingRequest()) {
+		}
+		// The events of what we applied in this turn, read now: an overflow
+		// among them is our own large commit's. A repair is a commit of
+		// ours too (bounded: someone may be fighting us).
+		for (int turn = 0; turn < 3 && readEvents(true); turn++) {
 		}
 	}
 }
