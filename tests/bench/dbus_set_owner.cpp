@@ -23,6 +23,7 @@
 #include <spawn.h>
 #include <sstream>
 #include <string>
+#include <sys/mount.h>
 #include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
@@ -68,12 +69,21 @@ std::string fleet(uint32_t n)
 
 // dbus-daemon and portsliced: stopped on every way out, also on errors.
 std::vector<pid_t> gChildren;
+// Undone on a failure too: the bpffs mount (in the host's mount namespace)
+// and the state directory on /dev/shm; the work directory is kept for its log.
+std::string gBpfMount, gShmDir;
 
 [[noreturn]] void fail(const std::string &why)
 {
 	std::fprintf(stderr, "%s\n", why.c_str());
 	for (pid_t pid : gChildren)
 		::kill(pid, SIGKILL);
+	for (pid_t pid : gChildren)
+		::waitpid(pid, nullptr, 0);
+	if (!gBpfMount.empty())
+		::umount2(gBpfMount.c_str(), MNT_DETACH);
+	if (!gShmDir.empty())
+		fs::remove_all(gShmDir);
 	std::exit(1);
 }
 
@@ -198,6 +208,8 @@ int main(int argc, char **argv)
 	fs::create_directory(dir / "bpf");
 	if (xdp)
 		timedRun({"mount", "-t", "bpf", "bpf", (dir / "bpf").string()}, log);
+	if (xdp)
+		gBpfMount = (dir / "bpf").string();
 	std::ofstream(dir / "fleet.toml") << fleet(sources);
 	std::ofstream(dir / "bus.conf") << "<busconfig><type>system</type><listen>unix:path=" << (dir / "bus").string()
 					<< "</listen><auth>EXTERNAL</auth><policy context=\"default\"><allow user=\"*\"/>"
@@ -216,6 +228,7 @@ int main(int argc, char **argv)
 		if (!::mkdtemp(shm.data()))
 			return 1;
 		stateDir = shm;
+		gShmDir = shm;
 	}
 	std::vector<std::string> daemonArgs = {daemonPath, "--config",
 					       (dir / "fleet.toml").string(), "--state-dir", stateDir};
