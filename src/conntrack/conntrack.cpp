@@ -155,10 +155,10 @@ Status restore(const std::string &stateDir)
 
 namespace {
 
-// Dump the NAT entries of the plan's shared addresses: those on slices this
+// Walk the NAT entries of the plan's shared addresses: those on slices this
 // server drains go to `draining` (if given), those outside the ports it still
-// sends from to `doomed` (if given).
-Status scan(const plan::Plan &plan, std::vector<DrainingFlow> *draining, std::vector<NfConntrack> *doomed)
+// sends from are deleted when `deleteOutside` (and counted in deletedCount).
+Status scan(const plan::Plan &plan, std::vector<DrainingFlow> *draining, bool deleteOutside, size_t *deletedCount)
 {
 	// address (network order) -> the address, and the ports this server still
 	// sends from: its slices and those it drains as previous owner.
@@ -168,60 +168,40 @@ Status scan(const plan::Plan &plan, std::vector<DrainingFlow> *draining, std::ve
 		std::vector<config::PortRange> drained;     // guardRuns when this server drains a slice here
 	};
 	std::map<uint32_t, Shared> shared;
-	const auto self = static_cast<int32_t>(plan.serverIndex);
 	for (const plan::PlannedAddress &a : plan.addresses) {
 		Shared &entry = shared[a.address.networkOrder()];
 		entry.address = &a;
 		entry.keep = &a.myRuns;
-		if (std::find(a.previous.begin(), a.previous.end(), self) != a.previous.end()) {
+		if (std::find(a.previous.begin(), a.previous.end(), static_cast<int32_t>(plan.serverIndex)) !=
+		    a.previous.end()) {
 			entry.drained = a.guardRuns(plan.serverIndex);
 			entry.keep = &entry.drained;
 		}
 	}
 
-	NfctHandle dump(nfct_open(CONNTRACK, 0));
-	if (!dump)
-		return Error(errno, "opening conntrack");
-	struct Ctx {
-		const std::map<uint32_t, Shared> *shared;
-		uint32_t self;
-		std::vector<NfConntrack> *doomed;
-		std::vector<DrainingFlow> *draining;
-	} ctx{&shared, plan.serverIndex, doomed, draining};
-
-	auto cb = [](enum nf_conntrack_msg_type, struct nf_conntrack *ct, void *data) -> int {
-		auto *c = static_cast<Ctx *>(data);
-		if (nfct_get_attr_u8(ct, ATTR_ORIG_L3PROTO) != AF_INET)
-			return NFCT_CB_CONTINUE;
-		uint8_t proto = nfct_get_attr_u8(ct, ATTR_ORIG_L4PROTO);
-		if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
-			return NFCT_CB_CONTINUE;
-		if (!(nfct_get_attr_u32(ct, ATTR_STATUS) & IPS_SRC_NAT))
-			return NFCT_CB_CONTINUE;
+	const auto self = plan.serverIndex;
+	Result<size_t> deleted = walk([&](const Entry &e) {
+		if (!e.srcNat || (e.l4proto != IPPROTO_TCP && e.l4proto != IPPROTO_UDP))
+			return false;
 		// The answer comes back to the NAT source: reply destination.
-		uint32_t addr = nfct_get_attr_u32(ct, ATTR_REPL_IPV4_DST);
-		auto it = c->shared->find(addr);
-		if (it == c->shared->end())
-			return NFCT_CB_CONTINUE;
-		uint16_t port = ntohs(nfct_get_attr_u16(ct, ATTR_REPL_PORT_DST));
+		auto it = shared.find(e.replyDst.networkOrder());
+		if (it == shared.end())
+			return false;
+		uint16_t port = e.replyDstPort;
 		for (const config::PortRange &run : *it->second.keep) {
 			if (port < run.lo || port > run.hi)
 				continue;
 			std::optional<uint32_t> slice = it->second.address->sliceOf(port);
-			if (c->draining && slice && it->second.address->drainedBy(*slice, c->self)) {
-				uint16_t zone = nfct_attr_is_set(ct, ATTR_ZONE) > 0 ? nfct_get_attr_u16(ct, ATTR_ZONE) : 0;
-				c->draining->push_back({it->second.address->address, port, zone});
-			}
-			return NFCT_CB_CONTINUE;
+			if (draining && slice && it->second.address->drainedBy(*slice, self))
+				draining->push_back({it->second.address->address, port, e.zone});
+			return false;
 		}
-		if (c->doomed)
-			c->doomed->emplace_back(nfct_clone(ct));
-		return NFCT_CB_CONTINUE;
-	};
-	nfct_callback_register(dump.get(), NFCT_T_ALL, cb, &ctx);
-	uint32_t family = AF_INET;
-	if (nfct_query(dump.get(), NFCT_Q_DUMP, &family) < 0)
-		return Error(errno, "dumping conntrack");
+		return deleteOutside;
+	});
+	if (!deleted)
+		return deleted.error();
+	if (deletedCount)
+		*deletedCount = *deleted;
 
 	if (draining) {
 		// One element per answer address and port: flows to several
@@ -250,23 +230,56 @@ bool drainsAny(const plan::Plan &plan)
 Result<std::vector<DrainingFlow>> drainingFlows(const plan::Plan &plan)
 {
 	std::vector<DrainingFlow> flows;
-	if (Status s = scan(plan, &flows, nullptr); !s)
+	if (Status s = scan(plan, &flows, false, nullptr); !s)
 		return s.error();
 	return flows;
 }
 
 Result<size_t> deleteMovedAway(const plan::Plan &plan, std::vector<DrainingFlow> *draining)
 {
-	std::vector<NfConntrack> doomed;
 	if (draining)
 		draining->clear();
-	if (Status s = scan(plan, draining, &doomed); !s)
+	size_t deleted = 0;
+	if (Status s = scan(plan, draining, true, &deleted); !s)
 		return s.error();
+	return deleted;
+}
+
+Result<size_t> walk(const std::function<bool(const Entry &)> &visit)
+{
+	NfctHandle dump(nfct_open(CONNTRACK, 0));
+	if (!dump)
+		return Error(errno, "opening conntrack");
+	struct Ctx {
+		const std::function<bool(const Entry &)> *visit;
+		std::vector<NfConntrack> doomed;
+	} ctx{&visit, {}};
+	auto cb = [](enum nf_conntrack_msg_type, struct nf_conntrack *ct, void *data) -> int {
+		auto *c = static_cast<Ctx *>(data);
+		if (nfct_get_attr_u8(ct, ATTR_ORIG_L3PROTO) != AF_INET)
+			return NFCT_CB_CONTINUE;
+		Entry e;
+		e.l4proto = nfct_get_attr_u8(ct, ATTR_ORIG_L4PROTO);
+		e.zone = nfct_attr_is_set(ct, ATTR_ZONE) > 0 ? nfct_get_attr_u16(ct, ATTR_ZONE) : 0;
+		e.srcNat = (nfct_get_attr_u32(ct, ATTR_STATUS) & IPS_SRC_NAT) != 0;
+		e.replyDst = Ipv4{ntohl(nfct_get_attr_u32(ct, ATTR_REPL_IPV4_DST))};
+		if (nfct_attr_is_set(ct, ATTR_REPL_PORT_DST) > 0)
+			e.replyDstPort = ntohs(nfct_get_attr_u16(ct, ATTR_REPL_PORT_DST));
+		if ((*c->visit)(e))
+			c->doomed.emplace_back(nfct_clone(ct));
+		return NFCT_CB_CONTINUE;
+	};
+	nfct_callback_register(dump.get(), NFCT_T_ALL, cb, &ctx);
+	uint32_t family = AF_INET;
+	if (nfct_query(dump.get(), NFCT_Q_DUMP, &family) < 0)
+		return Error(errno, "dumping conntrack");
+	if (ctx.doomed.empty())
+		return size_t{0};
 	size_t deleted = 0;
 	NfctHandle del(nfct_open(CONNTRACK, 0));
 	if (!del)
 		return Error(errno, "opening conntrack");
-	for (const NfConntrack &ct : doomed) {
+	for (const NfConntrack &ct : ctx.doomed) {
 		if (nfct_query(del.get(), NFCT_Q_DESTROY, ct.get()) == 0)
 			deleted++;
 		else if (errno != ENOENT) // gone by itself meanwhile

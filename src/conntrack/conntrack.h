@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,20 @@ Result<TuneReport> tune(const config::ConntrackTuning &tuning, const std::string
 
 // Put back every value tune() changed, and forget them.
 Status restore(const std::string &stateDir);
+
+// One IPv4 conntrack entry, as much of it as portslice reads.
+struct Entry {
+	uint8_t l4proto = 0;  // IPPROTO_TCP, IPPROTO_UDP, ...
+	uint16_t zone = 0;
+	bool srcNat = false;  // IPS_SRC_NAT: its source was translated
+	Ipv4 replyDst;        // where answers go: the NAT source address
+	uint16_t replyDstPort = 0; // host order; 0 when the protocol has no ports
+};
+
+// The one conntrack table walk of portslice: one dump of the IPv4 entries,
+// `visit` called for each; those it returns true for are deleted after the
+// dump. Returns how many were deleted (entries gone meanwhile not counted).
+Result<size_t> walk(const std::function<bool(const Entry &)> &visit);
 
 // A live NAT flow on a slice this server drains as previous owner: its
 // answers come to address:port (host byte order) and belong to zone.

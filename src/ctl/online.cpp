@@ -12,7 +12,9 @@
 #include <sdbus-c++/sdbus-c++.h>
 
 #include "common/json.h"
+#include "common/version.h"
 #include "ctl/fleet.h"
+#include "service/metrics.h"
 #include "dbus/egress1_proxy.h"
 
 namespace portslice::ctl {
@@ -95,58 +97,12 @@ int status(Egress1 &proxy, const OnlineOptions &options)
 	return state == "applied" ? 0 : kExitFailed;
 }
 
-bool isCounter(const std::string &counter)
+void printPrometheus(const StatRows &rows, const std::string &server, const std::string &state)
 {
-	return counter == "packets" || counter == "bytes" || counter == "drops" || counter.ends_with("_total") ||
-	       counter == "pass" || counter == "tx" || counter == "forward" || counter == "drop" ||
-	       counter == "aborted" || counter == "redirect";
-}
-
-std::string metricPart(const std::string &text)
-{
-	std::string out;
-	for (char c : text)
-		out += (std::isalnum(static_cast<unsigned char>(c)) ? c : '_');
-	return out;
-}
-
-std::string labelValue(const std::string &text)
-{
-	std::string out;
-	for (char c : text) {
-		if (c == '\\' || c == '"')
-			out += '\\';
-		if (c == '\n') {
-			out += "\\n";
-			continue;
-		}
-		out += c;
-	}
-	return out;
-}
-
-void printPrometheus(const StatRows &rows)
-{
-	// Group by metric so that each gets one HELP and TYPE line, as the format wants.
-	std::map<std::string, std::vector<const StatRow *>> metrics;
-	std::map<std::string, bool> counter;
-	for (const auto &row : rows) {
-		const auto &[kind, name, what, value] = row;
-		std::string metric = "portslice_" + metricPart(kind) + "_" + metricPart(what);
-		bool isCount = isCounter(what);
-		if (isCount && !metric.ends_with("_total"))
-			metric += "_total";
-		metrics[metric].push_back(&row);
-		counter[metric] = isCount;
-	}
-	for (const auto &[metric, entries] : metrics) {
-		const auto &first = *entries.front();
-		std::cout << "# HELP " << metric << " portsliced " << first.kind << " " << first.counter << "\n"
-			  << "# TYPE " << metric << " " << (counter[metric] ? "counter" : "gauge") << "\n";
-		for (const auto *row : entries)
-			std::cout << metric << "{" << metricPart(row->kind) << "=\"" << labelValue(row->name) << "\"} "
-				  << row->value << "\n";
-	}
+	std::vector<service::StatRow> serviceRows;
+	for (const auto &[kind, name, what, value] : rows)
+		serviceRows.push_back({kind, name, what, value});
+	std::cout << service::prometheusText({PORTSLICE_VERSION, server, state}, serviceRows);
 }
 
 void printJson(const StatRows &rows)
@@ -182,7 +138,7 @@ int stats(Egress1 &proxy, const OnlineOptions &options)
 	if (options.json)
 		printJson(rows);
 	else if (options.prometheus)
-		printPrometheus(rows);
+		printPrometheus(rows, proxy.Server(), proxy.State());
 	else
 		printTable(rows);
 	return 0;

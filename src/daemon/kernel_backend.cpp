@@ -19,6 +19,7 @@ namespace portslice::daemon {
 
 Status KernelBackend::apply(const plan::Plan &plan, const plan::Plan *old, uint64_t generation)
 {
+	conntrackUse_.reset();
 	Result<ApplyResult> result = applier_.apply(plan, old, generation);
 	if (!result)
 		return result.error();
@@ -43,6 +44,7 @@ Status KernelBackend::apply(const plan::Plan &plan, const plan::Plan *old, uint6
 
 Status KernelBackend::applyMove(const plan::Plan &plan, const plan::SliceMove &move, uint64_t generation)
 {
+	conntrackUse_.reset();
 	Result<ApplyResult> result = applier_.applyMove(plan, move);
 	if (!result)
 		return result.error();
@@ -102,10 +104,14 @@ Result<std::vector<service::StatRow>> KernelBackend::stats(const plan::Plan &pla
 		}
 	}
 #endif
-	Result<std::vector<service::StatRow>> use = readConntrackUse(plan);
-	if (!use)
-		return use;
-	rows.insert(rows.end(), use->begin(), use->end());
+	auto now = std::chrono::steady_clock::now();
+	if (!conntrackUse_ || now - conntrackUse_->when >= kConntrackUseMaxAge) {
+		Result<std::vector<service::StatRow>> use = readConntrackUse(plan);
+		if (!use)
+			return use;
+		conntrackUse_ = ConntrackUse{now, std::move(*use)};
+	}
+	rows.insert(rows.end(), conntrackUse_->rows.begin(), conntrackUse_->rows.end());
 	return rows;
 }
 

@@ -2,6 +2,9 @@
 // The service's Backend on the real kernel: the Applier (nft delta or replace, conntrack clean-up), counters, drift.
 #pragma once
 
+#include <chrono>
+#include <optional>
+
 #include "daemon/applier.h"
 #include "service/backend.h"
 
@@ -30,6 +33,17 @@ private:
 	bool xdp_;
 	std::string xdpPinDir_;
 	std::string comment_; // what the table's comment is after our last apply
+
+	// Stats() at 100k conntrack entries: the table walk runs at most once
+	// per kConntrackUseMaxAge however often Stats() is called (callers get
+	// a snapshot at most that old); an apply starts afresh. The nft counters
+	// are read on every call.
+	static constexpr std::chrono::seconds kConntrackUseMaxAge{1};
+	struct ConntrackUse {
+		std::chrono::steady_clock::time_point when;
+		std::vector<service::StatRow> rows;
+	};
+	std::optional<ConntrackUse> conntrackUse_;
 };
 
 } // namespace portslice::daemon

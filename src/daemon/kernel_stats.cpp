@@ -1,24 +1,13 @@
 // SPDX-License-Identifier: MIT
-// Stats rows from nft counters, and one libnetfilter_conntrack table dump for use per zone and per slice.
+// Stats rows from nft counters, and from one conntrack walk: use per zone, per source and address, per slice.
 #include "daemon/kernel_stats.h"
 
-#include <arpa/inet.h>
-#include <cerrno>
-#include <libnetfilter_conntrack/libnetfilter_conntrack.h>
-#include <linux/netfilter.h>
+#include <algorithm>
 #include <map>
 #include <set>
-#include <unistd.h>
-
-#include "common/handle.h"
+#include <unordered_map>
 
 namespace portslice::daemon {
-
-namespace {
-
-using NfctHandle = Handle<nfct_handle, nfct_close>;
-
-} // namespace
 
 // src_NAME -> (source, NAME), addr_A -> (address, A), guard_X -> (guard, X).
 void addCounterRows(std::vector<service::StatRow> &rows, const std::string &name, uint64_t packets, uint64_t bytes)
@@ -43,38 +32,35 @@ void addCounterRows(std::vector<service::StatRow> &rows, const std::string &name
 	rows.push_back({"counter", name, "packets", packets});
 }
 
-namespace {
-
-struct ConntrackScan {
-	std::map<uint16_t, uint64_t> perZone;
-	// (address in host order, port) -> seen, for the reply direction's destination
-	std::map<uint32_t, std::set<uint16_t>> portsByAddress;
-};
-
-int conntrackCallback(nf_conntrack_msg_type, nf_conntrack *ct, void *data)
+std::vector<service::StatRow> conntrackUseRows(const plan::Plan &plan, const std::vector<conntrack::Entry> &entries)
 {
-	auto *scan = static_cast<ConntrackScan *>(data);
-	uint16_t zone = nfct_attr_is_set(ct, ATTR_ZONE) > 0 ? nfct_get_attr_u16(ct, ATTR_ZONE) : 0;
-	++scan->perZone[zone];
-	if (nfct_get_attr_u8(ct, ATTR_L3PROTO) == AF_INET && nfct_attr_is_set(ct, ATTR_REPL_PORT_DST) > 0) {
-		uint32_t address = ntohl(nfct_get_attr_u32(ct, ATTR_REPL_IPV4_DST));
-		scan->portsByAddress[address].insert(ntohs(nfct_get_attr_u16(ct, ATTR_REPL_PORT_DST)));
+	// Ports of each shared address handed to conntrack sources, as sorted
+	// runs (lo, hi, source): a NAT port names its source by the run it is in.
+	struct Run {
+		uint16_t lo, hi;
+		uint32_t source;
+	};
+	std::unordered_map<uint32_t, std::vector<Run>> runs; // address (host order) -> runs
+	std::map<uint16_t, uint32_t> sourceOfZone;
+	for (uint32_t i = 0; i < plan.sources.size(); ++i) {
+		const plan::PlannedSource &s = plan.sources[i];
+		if (s.mode != plan::NatMode::Conntrack)
+			continue;
+		sourceOfZone.emplace(s.zone, i);
+		for (const plan::Share &share : s.shares)
+			runs[plan.addresses[share.address].address.value].push_back({share.ports.lo, share.ports.hi, i});
 	}
-	return NFCT_CB_CONTINUE;
-}
+	for (auto &[address, list] : runs)
+		std::sort(list.begin(), list.end(), [](const Run &x, const Run &y) { return x.lo < y.lo; });
 
-} // namespace
-
-Result<std::vector<service::StatRow>> readConntrackUse(const plan::Plan &plan)
-{
-	NfctHandle handle(nfct_open(CONNTRACK, 0));
-	if (!handle)
-		return Error(errno, "opening conntrack");
-	ConntrackScan scan;
-	nfct_callback_register(handle.get(), NFCT_T_ALL, conntrackCallback, &scan);
-	uint32_t family = AF_INET;
-	if (nfct_query(handle.get(), NFCT_Q_DUMP, &family) < 0)
-		return Error(errno, "dumping conntrack");
+	std::map<uint16_t, uint64_t> perZone;
+	// Distinct (address, port) in use: several flows to different peers may share a NAT port.
+	std::unordered_map<uint32_t, std::set<uint16_t>> portsByAddress;
+	for (const conntrack::Entry &e : entries) {
+		++perZone[e.zone];
+		if (e.replyDstPort != 0)
+			portsByAddress[e.replyDst.value].insert(e.replyDstPort);
+	}
 
 	std::vector<service::StatRow> rows;
 	std::set<uint16_t> zones;
@@ -82,9 +68,44 @@ Result<std::vector<service::StatRow>> readConntrackUse(const plan::Plan &plan)
 		if (s.mode == plan::NatMode::Conntrack)
 			zones.insert(s.zone);
 	for (uint16_t zone : zones)
-		rows.push_back({"zone", std::to_string(zone), "entries", scan.perZone[zone]});
+		rows.push_back({"zone", std::to_string(zone), "entries", perZone[zone]});
+	for (const plan::PlannedSource &s : plan.sources)
+		if (s.mode == plan::NatMode::Conntrack)
+			rows.push_back({"source", s.name, "conntrack_entries", perZone[s.zone]});
+
+	// Per source and address: its own ports there, and how many are in use.
+	std::map<std::pair<uint32_t, uint32_t>, std::pair<uint64_t, uint64_t>> use; // (source, address index) -> (in use, ports)
+	for (uint32_t i = 0; i < plan.sources.size(); ++i)
+		for (const plan::Share &share : plan.sources[i].shares)
+			use[{i, share.address}].second += share.ports.size();
+	std::unordered_map<uint32_t, uint32_t> addressIndex;
+	for (uint32_t i = 0; i < plan.addresses.size(); ++i)
+		addressIndex.emplace(plan.addresses[i].address.value, i);
+	for (const auto &[address, ports] : portsByAddress) {
+		auto list = runs.find(address);
+		if (list == runs.end())
+			continue;
+		uint32_t index = addressIndex.at(address);
+		for (uint16_t port : ports) {
+			auto run = std::upper_bound(list->second.begin(), list->second.end(), port,
+						    [](uint16_t p, const Run &r) { return p < r.lo; });
+			if (run == list->second.begin())
+				continue;
+			--run;
+			if (port <= run->hi)
+				++use[{run->source, index}].first;
+		}
+	}
+	for (const auto &[key, counts] : use) {
+		std::string name = plan.sources[key.first].name + " " + plan.addresses[key.second].address.str();
+		rows.push_back({"source_address", name, "ports_in_use", counts.first});
+		rows.push_back({"source_address", name, "ports", counts.second});
+	}
+
 	for (const plan::PlannedAddress &a : plan.addresses) {
-		const std::set<uint16_t> &used = scan.portsByAddress[a.address.value];
+		auto found = portsByAddress.find(a.address.value);
+		static const std::set<uint16_t> none;
+		const std::set<uint16_t> &used = found == portsByAddress.end() ? none : found->second;
 		for (uint32_t slice : a.mySlices) {
 			plan::PortRange range = a.slice(slice);
 			auto from = used.lower_bound(range.lo);
@@ -93,9 +114,26 @@ Result<std::vector<service::StatRow>> readConntrackUse(const plan::Plan &plan)
 			std::string name = a.address.str() + "/" + std::to_string(slice);
 			rows.push_back({"slice", name, "ports_in_use", inUse});
 			rows.push_back({"slice", name, "percent_in_use", inUse * 100 / range.size()});
+			rows.push_back({"slice", name, "ports", range.size()});
 		}
 	}
 	return rows;
+}
+
+Result<std::vector<service::StatRow>> readConntrackUse(const plan::Plan &plan)
+{
+	// Only what the rows need: NAT entries keep their port, the others count per zone.
+	std::vector<conntrack::Entry> entries;
+	Result<size_t> walked = conntrack::walk([&](const conntrack::Entry &e) {
+		conntrack::Entry kept = e;
+		if (!e.srcNat)
+			kept.replyDstPort = 0;
+		entries.push_back(kept);
+		return false;
+	});
+	if (!walked)
+		return walked.error();
+	return conntrackUseRows(plan, entries);
 }
 
 } // namespace portslice::daemon

@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: MIT
-// Counters for Stats(): named nft counters as rows, conntrack entries per zone, ports in use per slice.
+// Counters for Stats(): named nft counters as rows; conntrack entries per source, ports in use per source range and per slice.
 #pragma once
 
 #include <vector>
 
 #include "common/result.h"
+#include "conntrack/conntrack.h"
 #include "service/backend.h"
 #include "plan/plan.h"
 
@@ -14,9 +15,15 @@ namespace portslice::daemon {
 // source), addr_* (per shared address), guard_* (leak-guard drops).
 void addCounterRows(std::vector<service::StatRow> &rows, const std::string &name, uint64_t packets, uint64_t bytes);
 
-// One pass over the conntrack table: entries per zone of the plan's sources,
-// and for each slice this server owns, the distinct reply ports in use
-// (absolute and in percent of the slice), so that exhaustion shows early.
+// What one conntrack walk tells about the plan's sources, as Stats() rows:
+// entries per zone and per conntrack source; for each conntrack source and
+// address, the distinct NAT ports in use and the ports of its own range there
+// (source_address "SOURCE ADDRESS" ports_in_use / ports: exhaustion of its
+// range shows before its flows fail); for each slice this server owns, the
+// ports in use (absolute and percent).
+std::vector<service::StatRow> conntrackUseRows(const plan::Plan &plan, const std::vector<conntrack::Entry> &entries);
+
+// The same from one walk of the kernel's table.
 Result<std::vector<service::StatRow>> readConntrackUse(const plan::Plan &plan);
 
 } // namespace portslice::daemon

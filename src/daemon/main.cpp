@@ -61,6 +61,11 @@ int main(int argc, char **argv)
 		       "seconds the old owner of a slice moved over D-Bus keeps its flows, 0 to 86400 (default: 60)")
 		->type_name("N")
 		->check(CLI::Range(0L, 86400L).description(""));
+	std::string metricsFile;
+	app.add_option("--metrics-file", metricsFile,
+		       "keep a node_exporter textfile of the metrics there, replaced atomically every 15 s and "
+		       "after each apply")
+		->type_name("PATH");
 	CLI::Option *applyOnceFlag =
 		app.add_flag("--apply-once", applyOnce, "apply the file and exit 0, or exit 1 changing nothing (not with --remove)");
 	app.add_flag("--remove", remove, "delete everything portslice applied and exit")->excludes(applyOnceFlag);
@@ -78,6 +83,7 @@ int main(int argc, char **argv)
 		daemon::KernelBackend backend(*applier, options.xdp, options.xdpPinDir);
 		daemon::ServeOptions serveOptions{configFile, options.stateDir};
 		serveOptions.drain = std::chrono::seconds(drainSeconds);
+		serveOptions.metricsFile = metricsFile;
 		return daemon::serve(serveOptions, backend);
 #else
 		std::cerr << "portsliced: built without D-Bus support (sdbus-c++, libsystemd): "

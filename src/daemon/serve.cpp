@@ -18,6 +18,8 @@
 #include "common/handle.h"
 #include "daemon/nft_monitor.h"
 #include "dbus/bus_object.h"
+#include "common/version.h"
+#include "service/metrics.h"
 #include "service/service.h"
 
 namespace portslice::daemon {
@@ -73,6 +75,18 @@ private:
 	dbus::BusObject *bus_ = nullptr;
 	const service::Service *service_ = nullptr;
 };
+
+// The metrics file of --metrics-file, from the same rows as Stats().
+void writeMetrics(const std::string &path, service::Service &service)
+{
+	service::Answer<std::vector<service::StatRow>> rows = service.stats();
+	std::vector<service::StatRow> none;
+	std::string text = service::prometheusText(
+		{PORTSLICE_VERSION, service.server(), std::string(service::stateName(service.state()))},
+		rows.ok() ? rows.value() : none);
+	if (Status s = service::writeFileAtomically(path, text); !s)
+		std::cerr << "portsliced: metrics file: " << s.error().message() << std::endl;
+}
 
 Result<UniqueFd> blockSignals()
 {
@@ -155,6 +169,10 @@ int serve(const ServeOptions &options, service::Backend &backend)
 	}
 	sd_notify(0, "READY=1");
 	listener.notifyStatus();
+	auto metricsWritten = std::chrono::steady_clock::now();
+	uint64_t metricsGeneration = service.generation();
+	if (!options.metricsFile.empty())
+		writeMetrics(options.metricsFile, service);
 
 	// Read the table's events and answer a foreign change. `afterOwnWork`:
 	// read right after this turn's own commits, so lost events (the socket
@@ -226,6 +244,14 @@ int serve(const ServeOptions &options, service::Backend &backend)
 			service.repairDrift("periodic check");
 			// A drain deadline passed: the previous owner is dropped (one generation).
 			service.expireDrains();
+		}
+		if (!options.metricsFile.empty()) {
+			auto now = std::chrono::steady_clock::now();
+			if (now - metricsWritten >= options.metricsInterval || service.generation() != metricsGeneration) {
+				writeMetrics(options.metricsFile, service);
+				metricsWritten = now;
+				metricsGeneration = service.generation();
+			}
 		}
 		while (connection->processPendingRequest()) {
 		}

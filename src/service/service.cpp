@@ -2,6 +2,8 @@
 // The service state machine: load, overlay, validate, plan, persist, apply, announce; nothing changes on failure.
 #include "service/service.h"
 
+#include "common/version.h"
+
 #include <algorithm>
 #include <chrono>
 #include <map>
@@ -77,6 +79,7 @@ Failure Service::fail(Failure failure, bool degrade)
 		changed.push_back("State");
 	}
 	listener_.log(std::string(faultName(failure.fault)) + ": " + failure.message);
+	++applyFailures_;
 	listener_.applyFailed(failure.message);
 	listener_.propertiesChanged(changed);
 	return failure;
@@ -378,6 +381,7 @@ std::optional<Answer<uint64_t>> Service::moveSlice(uint32_t address, uint32_t sl
 		      a.address.str() + " to " + server + " (" + std::to_string(move->sources.size()) +
 		      " sources re-planned" + (move->candidatesChanged ? ", candidates changed" : "") +
 		      "; ms: plan " + ms(t0, t1) + ", persist " + ms(t1, t2) + ", apply " + ms(t2, t3) + ")");
+	lastApplied_ = now();
 	listener_.applied(generation_);
 	listener_.propertiesChanged(properties);
 	return generation_;
@@ -493,6 +497,7 @@ Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, Drains 
 			      std::to_string(plan_->sources.size()) + " sources, " +
 			      std::to_string(plan_->addresses.size()) + " addresses; ms: plan " + ms(t0, t1) +
 			      ", persist " + ms(t1, t2) + ", apply " + ms(t2, t3) + ")");
+		lastApplied_ = now();
 		listener_.applied(generation_);
 	}
 	if (!properties.empty())
@@ -545,6 +550,10 @@ Answer<std::vector<StatRow>> Service::stats()
 		return Failure{Fault::ApplyFailed, rows.error().wrap("reading counters").message()};
 	std::vector<StatRow> out = std::move(*rows);
 	out.push_back({"daemon", server_, "generation", generation_});
+	out.push_back({"daemon", server_, "apply_failures", applyFailures_});
+	out.push_back({"daemon", PORTSLICE_VERSION, "version", 1});
+	out.push_back({"daemon", server_, "last_apply_timestamp_seconds",
+		       static_cast<uint64_t>(std::max<int64_t>(lastApplied_, 0))});
 	return out;
 }
 

@@ -139,6 +139,9 @@ private:
 	Failure fail(Failure failure, bool degrade);
 	void recovered(); // a repair worked: leave the degraded state it caused
 
+	uint64_t applyFailures_ = 0; // ApplyFailed signals since start
+	int64_t lastApplied_ = 0;    // Unix seconds of the last apply that changed the kernel (0: none yet)
+
 	Options options_;
 	Backend &backend_;
 	Listener &listener_;

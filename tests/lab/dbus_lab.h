@@ -248,6 +248,7 @@ protected:
 	std::string configPath() const { return (dir_ / "portslice.toml").string(); }
 	std::string stateDir() const { return (dir_ / "state").string(); }
 	std::string logPath() const { return (dir_ / "portsliced.log").string(); }
+	std::string metricsPath() const { return (dir_ / "portslice.prom").string(); }
 	// The forwarder's maps and link, pinned in a bpffs of this test: parallel
 	// runs never share them, and `ip netns exec` (which remounts /sys) sees it.
 	std::string pinDir() const { return (dir_ / "bpf" / "portslice").string(); }
@@ -269,7 +270,7 @@ protected:
 			std::string daemon = bin("src/daemon/portsliced");
 			::execlp("ip", "ip", "netns", "exec", ns_.c_str(), daemon.c_str(), "--config", configPath().c_str(),
 				 "--state-dir", stateDir().c_str(), "--xdp-pin-dir", pinDir().c_str(), "--drain-seconds",
-				 drain.c_str(), static_cast<char *>(nullptr));
+				 drain.c_str(), "--metrics-file", metricsPath().c_str(), static_cast<char *>(nullptr));
 			::_exit(127);
 		}
 		for (int i = 0; i < 250; ++i) {

@@ -437,6 +437,20 @@ TEST_F(ServiceLab, PortslicectlSpeaksToTheDaemonAndSaysWhenItIsNotRunning)
 		<< prometheus.out;
 	EXPECT_NE(prometheus.out.find("portslice_source_packets_total{source=\"warp-gb\"}"), std::string::npos)
 		<< prometheus.out;
+	if (sh("promtool --version").ok()) {
+		std::ofstream(metricsPath() + ".ctl") << prometheus.out;
+		for (const std::string &file : {metricsPath() + ".ctl", metricsPath()}) {
+			Outcome checked = sh("promtool check metrics < " + file);
+			EXPECT_TRUE(checked.ok() && checked.out.empty()) << file << ": " << checked.out << readFile(file);
+		}
+	}
+	EXPECT_NE(prometheus.out.find("portslice_state{state=\"applied\"} 1"), std::string::npos) << prometheus.out;
+	// The daemon's --metrics-file: the same metrics, written without a caller.
+	std::string file = readFile(metricsPath());
+	EXPECT_NE(file.find("portslice_info{version=\""), std::string::npos) << file;
+	EXPECT_NE(file.find("portslice_source_ports_in_use_ratio{source=\"warp-gb\",address=\"198.51.100."),
+		  std::string::npos)
+		<< file;
 	Outcome json = ctl("stats --json");
 	EXPECT_TRUE(json.ok()) << json.out;
 	EXPECT_EQ(json.out.substr(0, 1), "[") << json.out;
@@ -467,6 +481,9 @@ TEST_F(ServiceLab, LosingASliceRemovesItsConntrackEntriesAndStatsCountTheRest)
 	Outcome flows = inNs("conntrack -L 2>/dev/null");
 	ASSERT_NE(flows.out.find("dst=198.51.100.1"), std::string::npos) << flows.out << table();
 
+	// Stats() answers from a conntrack walk at most 1 s old (the daemon's
+	// metrics file may just have made one).
+	std::this_thread::sleep_for(std::chrono::milliseconds(1100));
 	std::map<std::string, uint64_t> stats;
 	for (const auto &row : proxy_->Stats())
 		stats[row.get<0>() + " " + row.get<1>() + " " + row.get<2>()] = row.get<3>();
