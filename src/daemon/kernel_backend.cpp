@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <iostream>
 
+#include "common/log.h"
 #include "daemon/kernel_stats.h"
 #ifdef PORTSLICE_HAVE_XDP
 #include <bpf/libbpf.h>
@@ -24,14 +25,14 @@ Status KernelBackend::apply(const plan::Plan &plan, const plan::Plan *old, uint6
 	if (!result)
 		return result.error();
 	const ApplyResult &r = *result;
-	std::cerr << "generation " << generation << ": " << (r.nft.fullReplace ? "table replaced" : "element delta")
+	log::Line(log::Priority::Info) << "generation " << generation << ": " << (r.nft.fullReplace ? "table replaced" : "element delta")
 		  << ", +" << r.nft.elementsAdded << " -" << r.nft.elementsDeleted << " elements in " << r.nft.messages
 		  << " messages (" << r.nft.bytes << " bytes); " << r.conntrackDeleted
 		  << " conntrack entries of moved slices deleted"
 		  << (r.drainingFlows ? "; " + std::to_string(r.drainingFlows) + " flows of draining slices kept" : "")
-		  << (r.xdp ? "; XDP forwarder maps synced" : "") << std::endl;
+		  << (r.xdp ? "; XDP forwarder maps synced" : "");
 	for (const conntrack::SysctlChange &c : r.tuning.changed)
-		std::cerr << c.name << " = " << c.value << " (was " << c.previous << ")" << std::endl;
+		log::Line(log::Priority::Info) << c.name << " = " << c.value << " (was " << c.previous << ")";
 	if (r.nft.fullReplace) {
 		comment_ = nft::tableComment(plan, generation);
 	} else if (comment_.empty()) {
@@ -49,11 +50,11 @@ Status KernelBackend::applyMove(const plan::Plan &plan, const plan::SliceMove &m
 	if (!result)
 		return result.error();
 	const ApplyResult &r = *result;
-	std::cerr << "generation " << generation << ": slice move, +" << r.nft.elementsAdded << " -"
+	log::Line(log::Priority::Info) << "generation " << generation << ": slice move, +" << r.nft.elementsAdded << " -"
 		  << r.nft.elementsDeleted << " elements in " << r.nft.messages << " messages (" << r.nft.bytes
 		  << " bytes, " << r.nftMs << " ms); " << r.conntrackDeleted
 		  << " conntrack entries of the lost slice deleted (" << r.conntrackMs << " ms)"
-		  << (r.xdp ? "; XDP forwarder slice synced (" + std::to_string(r.xdpMs) + " ms)" : "") << std::endl;
+		  << (r.xdp ? "; XDP forwarder slice synced (" + std::to_string(r.xdpMs) + " ms)" : "");
 	return {};
 }
 

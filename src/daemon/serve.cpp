@@ -18,6 +18,7 @@
 #include "common/handle.h"
 #include "daemon/nft_monitor.h"
 #include "dbus/bus_object.h"
+#include "common/log.h"
 #include "common/version.h"
 #include "service/metrics.h"
 #include "service/service.h"
@@ -56,7 +57,15 @@ public:
 			bus_->announceChanged(names);
 		notifyStatus();
 	}
-	void log(const std::string &line) override { std::cerr << line << std::endl; }
+	void log(const std::string &line) override { log::write(log::Priority::Info, line); }
+	void logEvent(int priority, const std::string &line,
+		      const std::vector<std::pair<std::string, std::string>> &fields) override
+	{
+		std::vector<log::Field> f;
+		for (const auto &[name, value] : fields)
+			f.push_back({name, value});
+		log::write(static_cast<log::Priority>(priority), line, f);
+	}
 
 	void notifyStatus()
 	{
@@ -85,7 +94,7 @@ void writeMetrics(const std::string &path, service::Service &service)
 		{PORTSLICE_VERSION, service.server(), std::string(service::stateName(service.state()))},
 		rows.ok() ? rows.value() : none);
 	if (Status s = service::writeFileAtomically(path, text); !s)
-		std::cerr << "portsliced: metrics file: " << s.error().message() << std::endl;
+		log::Line(log::Priority::Warning) << "portsliced: metrics file: " << s.error().message();
 }
 
 Result<UniqueFd> blockSignals()
@@ -123,17 +132,17 @@ int serve(const ServeOptions &options, service::Backend &backend)
 {
 	Result<UniqueFd> signals = blockSignals();
 	if (!signals) {
-		std::cerr << "portsliced: " << signals.error().message() << std::endl;
+		log::Line(log::Priority::Err) << "portsliced: " << signals.error().message();
 		return 1;
 	}
 	Result<UniqueFd> timer = periodicTimer(options.checkInterval);
 	if (!timer) {
-		std::cerr << "portsliced: " << timer.error().message() << std::endl;
+		log::Line(log::Priority::Err) << "portsliced: " << timer.error().message();
 		return 1;
 	}
 	Result<NftMonitor> monitor = NftMonitor::open(kFamilyInet, kTable);
 	if (!monitor) {
-		std::cerr << "portsliced: " << monitor.error().message() << std::endl;
+		log::Line(log::Priority::Err) << "portsliced: " << monitor.error().message();
 		return 1;
 	}
 
@@ -141,8 +150,8 @@ int serve(const ServeOptions &options, service::Backend &backend)
 	try {
 		connection = sdbus::createSystemBusConnection();
 	} catch (const sdbus::Error &e) {
-		std::cerr << "portsliced: cannot connect to the system bus (" << e.getMessage()
-			  << "); is dbus running, and DBUS_SYSTEM_BUS_ADDRESS right if set?" << std::endl;
+		log::Line(log::Priority::Err) << "portsliced: cannot connect to the system bus (" << e.getMessage()
+			  << "); is dbus running, and DBUS_SYSTEM_BUS_ADDRESS right if set?";
 		return 1;
 	}
 
@@ -156,15 +165,14 @@ int serve(const ServeOptions &options, service::Backend &backend)
 	// applied at start is an exit 1 with the errors in the journal.
 	service::Answer<uint64_t> started = service.start();
 	if (!started.ok()) {
-		std::cerr << "portsliced: nothing applied: " << started.failure().message << std::endl;
+		log::Line(log::Priority::Err) << "portsliced: nothing applied: " << started.failure().message;
 		return 1;
 	}
 	try {
 		connection->requestName(dbus::kBusName);
 	} catch (const sdbus::Error &e) {
-		std::cerr << "portsliced: cannot own " << dbus::kBusName << " on the system bus (" << e.getMessage()
-			  << "); is another portsliced running, and is dbus/org.portslice.Egress1.conf installed?"
-			  << std::endl;
+		log::Line(log::Priority::Err) << "portsliced: cannot own " << dbus::kBusName << " on the system bus (" << e.getMessage()
+			  << "); is another portsliced running, and is dbus/org.portslice.Egress1.conf installed?";
 		return 1;
 	}
 	sd_notify(0, "READY=1");
@@ -182,7 +190,7 @@ int serve(const ServeOptions &options, service::Backend &backend)
 	auto readEvents = [&](bool afterOwnWork) {
 		Result<std::optional<ForeignChange>> change = monitor->read();
 		if (!change) {
-			std::cerr << "portsliced: " << change.error().message() << std::endl;
+			log::Line(log::Priority::Err) << "portsliced: " << change.error().message();
 			return false;
 		}
 		if (!*change)
@@ -215,7 +223,7 @@ int serve(const ServeOptions &options, service::Backend &backend)
 		};
 		int n = ::poll(fds, 4, bus_poll.getPollTimeout());
 		if (n < 0 && errno != EINTR) {
-			std::cerr << "portsliced: poll: " << std::strerror(errno) << std::endl;
+			log::Line(log::Priority::Err) << "portsliced: poll: " << std::strerror(errno);
 			return 1;
 		}
 		if (fds[1].revents & POLLIN) {
@@ -223,15 +231,15 @@ int serve(const ServeOptions &options, service::Backend &backend)
 			while (::read(signals->get(), &info, sizeof(info)) == sizeof(info)) {
 				if (info.ssi_signo == SIGHUP) {
 					sd_notify(0, "RELOADING=1");
-					std::cerr << "portsliced: SIGHUP: reloading " << options.configPath << std::endl;
+					log::Line(log::Priority::Notice) << "portsliced: SIGHUP: reloading " << options.configPath;
 					(void)service.reload();
 					sd_notify(0, "READY=1");
 					listener.notifyStatus();
 				} else {
 					// The table stays: egress must keep working while the daemon restarts.
 					sd_notify(0, "STOPPING=1");
-					std::cerr << "portsliced: " << strsignal(static_cast<int>(info.ssi_signo))
-						  << ": exiting, the applied table stays in place" << std::endl;
+					log::Line(log::Priority::Notice) << "portsliced: " << strsignal(static_cast<int>(info.ssi_signo))
+						  << ": exiting, the applied table stays in place";
 					return 0;
 				}
 			}

@@ -4,6 +4,8 @@
 
 #include <iostream>
 
+#include "common/log.h"
+
 namespace portslice::dbus {
 
 using service::Answer;
@@ -39,7 +41,7 @@ void BusObject::announceApplied(uint64_t generation)
 	try {
 		emitApplied(generation);
 	} catch (const sdbus::Error &e) {
-		std::cerr << "emitting Applied: " << e.getMessage() << std::endl;
+		log::Line(log::Priority::Warning) << "emitting Applied: " << e.getMessage();
 	}
 }
 
@@ -48,7 +50,7 @@ void BusObject::announceApplyFailed(const std::string &error)
 	try {
 		emitApplyFailed(error);
 	} catch (const sdbus::Error &e) {
-		std::cerr << "emitting ApplyFailed: " << e.getMessage() << std::endl;
+		log::Line(log::Priority::Warning) << "emitting ApplyFailed: " << e.getMessage();
 	}
 }
 
@@ -65,23 +67,40 @@ void BusObject::announceChanged(const std::vector<std::string> &names)
 	try {
 		getObject().emitPropertiesChangedSignal(kInterface, emitted);
 	} catch (const sdbus::Error &e) {
-		std::cerr << "emitting PropertiesChanged: " << e.getMessage() << std::endl;
+		log::Line(log::Priority::Warning) << "emitting PropertiesChanged: " << e.getMessage();
 	}
+}
+
+// Who asked for a change, in the journal (CALLER_UID): the bus says which uid sent the call.
+void BusObject::logCaller(const char *member)
+{
+	std::string uid = "unknown";
+	try {
+		if (const sdbus::Message *m = getObject().getCurrentlyProcessedMessage())
+			uid = std::to_string(m->getCredsUid());
+	} catch (const sdbus::Error &) {
+		// The bus would not tell: log the call without it.
+	}
+	log::write(log::Priority::Notice, std::string(member) + " called by uid " + uid,
+		   {{"CALLER_UID", uid}, {"DBUS_MEMBER", member}});
 }
 
 uint64_t BusObject::Reload()
 {
+	logCaller("Reload");
 	return replyOrThrow(service_.reload());
 }
 
 uint64_t BusObject::SetSliceOwner(const std::string &address, const uint32_t &slice, const std::string &server)
 {
+	logCaller("SetSliceOwner");
 	return replyOrThrow(service_.setSliceOwner(address, slice, server));
 }
 
 uint64_t BusObject::SetSliceOwners(const std::vector<sdbus::Struct<std::string, uint32_t, std::string>> &moves,
 				   const uint32_t &drainSeconds)
 {
+	logCaller("SetSliceOwners");
 	std::vector<service::OwnerMove> list;
 	list.reserve(moves.size());
 	for (const auto &m : moves)

@@ -25,6 +25,7 @@ public:
 	void announceChanged(const std::vector<std::string> &names);
 
 private:
+	void logCaller(const char *member);
 	uint64_t Reload() override;
 	uint64_t SetSliceOwner(const std::string &address, const uint32_t &slice, const std::string &server) override;
 	uint64_t SetSliceOwners(const std::vector<sdbus::Struct<std::string, uint32_t, std::string>> &moves,

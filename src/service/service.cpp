@@ -78,7 +78,8 @@ Failure Service::fail(Failure failure, bool degrade)
 		state_ = State::Degraded;
 		changed.push_back("State");
 	}
-	listener_.log(std::string(faultName(failure.fault)) + ": " + failure.message);
+	listener_.logEvent(3, std::string(faultName(failure.fault)) + ": " + failure.message,
+			   {{"PORTSLICE_ERROR", std::string(faultName(failure.fault))}});
 	++applyFailures_;
 	listener_.applyFailed(failure.message);
 	listener_.propertiesChanged(changed);
@@ -356,9 +357,10 @@ std::optional<Answer<uint64_t>> Service::moveSlice(uint32_t address, uint32_t sl
 	if (Status applied = backend_.applyMove(*plan_, *move, generation_ + 1); !applied) {
 		plan::undoMove(*plan_, std::move(*move));
 		if (Status back = store_.save({overlay_, generation_, drains_}); !back)
-			listener_.log("restoring " + store_.path() + ": " + back.error().message());
+			listener_.logEvent(3, "restoring " + store_.path() + ": " + back.error().message(), {});
 		if (Status back = backend_.apply(*plan_, nullptr, generation_); !back)
-			listener_.log("restoring generation " + std::to_string(generation_) + ": " + back.error().message());
+			listener_.logEvent(3, "restoring generation " + std::to_string(generation_) + ": " +
+						      back.error().message(), {});
 		return fail({Fault::ApplyFailed, applied.error().message() + "; the previous state stays applied"}, true);
 	}
 	Clock::time_point t3 = Clock::now();
@@ -377,10 +379,13 @@ std::optional<Answer<uint64_t>> Service::moveSlice(uint32_t address, uint32_t sl
 	auto ms = [](Clock::time_point from, Clock::time_point to) {
 		return std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(to - from).count() / 1000.0);
 	};
-	listener_.log("applied generation " + std::to_string(generation_) + ": slice " + std::to_string(slice) + " of " +
-		      a.address.str() + " to " + server + " (" + std::to_string(move->sources.size()) +
-		      " sources re-planned" + (move->candidatesChanged ? ", candidates changed" : "") +
-		      "; ms: plan " + ms(t0, t1) + ", persist " + ms(t1, t2) + ", apply " + ms(t2, t3) + ")");
+	listener_.logEvent(6, "applied generation " + std::to_string(generation_) + ": slice " + std::to_string(slice) +
+				      " of " + a.address.str() + " to " + server + " (" +
+				      std::to_string(move->sources.size()) + " sources re-planned" +
+				      (move->candidatesChanged ? ", candidates changed" : "") + "; ms: plan " + ms(t0, t1) +
+				      ", persist " + ms(t1, t2) + ", apply " + ms(t2, t3) + ")",
+			   {{"GENERATION", std::to_string(generation_)}, {"PLAN_MS", ms(t0, t1)},
+			    {"PERSIST_MS", ms(t1, t2)}, {"APPLY_MS", ms(t2, t3)}});
 	lastApplied_ = now();
 	listener_.applied(generation_);
 	listener_.propertiesChanged(properties);
@@ -458,14 +463,14 @@ Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, Drains 
 		if (!applied) {
 			if (persist) {
 				if (Status back = store_.save({overlay_, generation_, drains_}); !back)
-					listener_.log("restoring " + store_.path() + ": " + back.error().message());
+					listener_.logEvent(3, "restoring " + store_.path() + ": " + back.error().message(), {});
 			}
 			// A backend may fail half-way (the table applied, the forwarder
 			// not): put the previous plan back in full.
 			if (plan_ && state_ != State::Failed) {
 				if (Status back = backend_.apply(*plan_, nullptr, generation_); !back)
-					listener_.log("restoring generation " + std::to_string(generation_) + ": " +
-						      back.error().message());
+					listener_.logEvent(3, "restoring generation " + std::to_string(generation_) + ": " +
+								   back.error().message(), {});
 			}
 			return fail({Fault::ApplyFailed, applied.error().message() +
 				     "; the previous state stays applied"}, true);
@@ -493,10 +498,12 @@ Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, Drains 
 	overlay_ = std::move(overlay);
 	drains_ = std::move(drains);
 	if (!same) {
-		listener_.log("applied generation " + std::to_string(generation_) + " (server " + server_ + ", " +
-			      std::to_string(plan_->sources.size()) + " sources, " +
-			      std::to_string(plan_->addresses.size()) + " addresses; ms: plan " + ms(t0, t1) +
-			      ", persist " + ms(t1, t2) + ", apply " + ms(t2, t3) + ")");
+		listener_.logEvent(6, "applied generation " + std::to_string(generation_) + " (server " + server_ + ", " +
+					      std::to_string(plan_->sources.size()) + " sources, " +
+					      std::to_string(plan_->addresses.size()) + " addresses; ms: plan " + ms(t0, t1) +
+					      ", persist " + ms(t1, t2) + ", apply " + ms(t2, t3) + ")",
+				   {{"GENERATION", std::to_string(generation_)}, {"PLAN_MS", ms(t0, t1)},
+				    {"PERSIST_MS", ms(t1, t2)}, {"APPLY_MS", ms(t2, t3)}});
 		lastApplied_ = now();
 		listener_.applied(generation_);
 	}
@@ -563,7 +570,7 @@ void Service::repairDrift(std::string_view why)
 		return;
 	Result<std::string> drift = backend_.drift(*plan_, generation_);
 	if (!drift) {
-		listener_.log("checking for drift (" + std::string(why) + "): " + drift.error().message());
+		listener_.logEvent(4, "checking for drift (" + std::string(why) + "): " + drift.error().message(), {});
 		return;
 	}
 	if (!drift->empty())
@@ -576,7 +583,7 @@ void Service::restore(std::string_view what)
 {
 	if (!plan_ || state_ == State::Failed)
 		return;
-	listener_.log("drift: " + std::string(what) + "; restoring generation " + std::to_string(generation_));
+	listener_.logEvent(4, "drift: " + std::string(what) + "; restoring generation " + std::to_string(generation_), {});
 	Status restored = backend_.apply(*plan_, nullptr, generation_);
 	if (!restored) {
 		repairFailed_ = true;

@@ -52,6 +52,15 @@ public:
 	virtual void applyFailed(const std::string &error) = 0;
 	virtual void propertiesChanged(const std::vector<std::string> &names) = 0;
 	virtual void log(const std::string &line) = 0;
+	// A line with a syslog priority (3 error, 4 warning, 5 notice, 6 info)
+	// and journal fields (GENERATION, PLAN_MS, ...); by default the plain line.
+	virtual void logEvent(int priority, const std::string &line,
+			      const std::vector<std::pair<std::string, std::string>> &fields)
+	{
+		(void)priority;
+		(void)fields;
+		log(line);
+	}
 };
 
 enum class State { Applied, Degraded, Failed };

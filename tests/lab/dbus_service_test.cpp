@@ -454,6 +454,17 @@ TEST_F(ServiceLab, PortslicectlSpeaksToTheDaemonAndSaysWhenItIsNotRunning)
 	Outcome json = ctl("stats --json");
 	EXPECT_TRUE(json.ok()) << json.out;
 	EXPECT_EQ(json.out.substr(0, 1), "[") << json.out;
+
+	// Not under systemd, the log is standard error with sd-daemon priorities:
+	// every line has one, applies are info, the caller of a change is noted.
+	std::string log = readFile(logPath());
+	EXPECT_NE(log.find("<6>applied generation 1 "), std::string::npos) << log;
+	EXPECT_NE(log.find("<5>SetSliceOwner called by uid 0"), std::string::npos) << log;
+	EXPECT_NE(log.find("<5>Reload called by uid 0"), std::string::npos) << log;
+	std::istringstream lines(log);
+	for (std::string line; std::getline(lines, line);)
+		EXPECT_TRUE(line.size() > 3 && line[0] == '<' && line[2] == '>' && line[1] >= '0' && line[1] <= '7')
+			<< "a log line without a priority: " << line;
 }
 
 // One real UDP datagram from inside address `from` (on lo of the server

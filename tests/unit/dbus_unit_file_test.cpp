@@ -86,4 +86,64 @@ TEST(SystemdUnit, IsATypeNotifyServiceOwningTheBusName)
 	EXPECT_EQ(valueOf(activation, "User"), "root");
 }
 
+TEST(SystemdUnit, ActivationStartsTheDaemonAsTheUnitDoes)
+{
+	EXPECT_EQ(valueOf(readFile(PSD_ACTIVATION), "Exec"), valueOf(readFile(PSD_UNIT), "ExecStart"));
+}
+
+// Every value of a key, in order (Wants= and After= may be given more than once).
+std::string valuesOf(const std::string &text, const std::string &key)
+{
+	std::istringstream lines(text);
+	std::string all;
+	for (std::string line; std::getline(lines, line);)
+		if (line.starts_with(key + "="))
+			all += " " + line.substr(key.size() + 1);
+	return all + " ";
+}
+
+long seconds(const std::string &value)
+{
+	return std::stol(value); // "5s" or "120": both in seconds here
+}
+
+TEST(SystemdUnit, NeitherUnitRestartsWithDbusNorInATightLoop)
+{
+	for (const char *path : {PSD_UNIT, PSD_FLEETD_UNIT}) {
+		std::string unit = readFile(path);
+		ASSERT_FALSE(unit.empty()) << path;
+		EXPECT_EQ(valuesOf(unit, "Requires"), " ") << path << ": Requires= would restart it with what it names";
+		EXPECT_EQ(valuesOf(unit, "BindsTo"), " ") << path;
+		EXPECT_NE(valuesOf(unit, "Wants").find(" dbus.service "), std::string::npos) << path;
+		EXPECT_NE(valuesOf(unit, "After").find(" dbus.service "), std::string::npos) << path;
+		ASSERT_FALSE(valueOf(unit, "RestartSec").empty()) << path;
+		ASSERT_FALSE(valueOf(unit, "StartLimitBurst").empty()) << path;
+		ASSERT_FALSE(valueOf(unit, "StartLimitIntervalSec").empty()) << path;
+		long restartSec = seconds(valueOf(unit, "RestartSec"));
+		long burst = std::stol(valueOf(unit, "StartLimitBurst"));
+		long interval = seconds(valueOf(unit, "StartLimitIntervalSec"));
+		EXPECT_GE(restartSec, 2) << path;
+		// The limit must be reachable: restarting every RestartSec, `burst`
+		// starts fall within the interval, so a crash loop stops.
+		EXPECT_GT(interval, restartSec * burst) << path;
+	}
+}
+
+// systemd-analyze security's overall exposure (lower is better); the limits
+// are the scores the units had when this test was written, so hardening may
+// only improve: portsliced 2.4 before, 1.9 now; portslice-fleetd 2.0 before, 1.4 now.
+TEST(SystemdUnit, ExposureScoresStayAtMostWhatTheyWere)
+{
+	if (run("systemd-analyze --version").status != 0)
+		GTEST_SKIP() << "systemd-analyze is not installed: cannot score the units";
+	for (auto [path, limit] : {std::pair{PSD_UNIT, 1.9}, std::pair{PSD_FLEETD_UNIT, 1.4}}) {
+		Outcome scored = run(std::string("systemd-analyze security --offline=true --no-pager ") + path);
+		size_t at = scored.out.find("Overall exposure level for ");
+		ASSERT_NE(at, std::string::npos) << scored.out;
+		size_t colon = scored.out.find(": ", at);
+		double score = std::stod(scored.out.substr(colon + 2));
+		EXPECT_LE(score, limit) << path << "\n" << scored.out;
+	}
+}
+
 } // namespace
