@@ -43,6 +43,18 @@ public:
 
 	virtual Result<std::vector<StatRow>> stats(const plan::Plan &plan) = 0;
 
+	// The live kernel against `plan`, one line per difference (object and
+	// element); empty when equal. By default: what drift() tells.
+	virtual Result<std::vector<std::string>> audit(const plan::Plan &plan, uint64_t generation)
+	{
+		Result<std::string> drifted = drift(plan, generation);
+		if (!drifted)
+			return drifted.error();
+		if (drifted->empty())
+			return std::vector<std::string>{};
+		return std::vector<std::string>{*drifted};
+	}
+
 	// The table as applied, in `nft -f` syntax (what `portslicectl dump` prints).
 	virtual std::string dump(const plan::Plan &plan, uint64_t generation) = 0;
 

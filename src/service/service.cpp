@@ -6,8 +6,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <fstream>
 #include <map>
 #include <set>
+#include <sstream>
+
+#include "journal/sha256.h"
 
 namespace portslice::service {
 
@@ -66,7 +70,8 @@ std::string joinNames(const std::vector<std::string> &names)
 } // namespace
 
 Service::Service(Options options, Backend &backend, Listener &listener)
-	: options_(std::move(options)), backend_(backend), listener_(listener), store_(options_.stateDir)
+	: options_(std::move(options)), backend_(backend), listener_(listener), store_(options_.stateDir),
+	  journal_(options_.stateDir, options_.journalDays)
 {
 }
 
@@ -102,7 +107,17 @@ Answer<uint64_t> Service::start()
 
 Answer<uint64_t> Service::reload()
 {
-	config::LoadResult loaded = config::loadFile(options_.configPath);
+	// The bytes hashed and kept are the bytes loaded.
+	std::ifstream in(options_.configPath, std::ios::binary);
+	std::ostringstream text;
+	text << in.rdbuf();
+	config::LoadResult loaded = in ? config::loadString(text.str(), options_.configPath)
+				       : config::loadFile(options_.configPath);
+	if (loaded.ok()) {
+		pendingText_ = text.str();
+		pendingHash_ = journal::sha256Hex(pendingText_);
+	}
+	why_ = "file";
 	if (!loaded.ok())
 		return fail({Fault::InvalidConfig, errorLines(loaded.diagnostics)}, true);
 	decltype(fileSlices_) fileSlices;
@@ -118,10 +133,13 @@ Answer<uint64_t> Service::reload()
 	if (config::hasErrors(errors))
 		return fail({Fault::InvalidConfig, errorLines(errors)}, true);
 	bool persist = laid.kept != overlay_ || drained.kept != drains_;
+	std::swap(fileSlices_, fileSlices); // the journal's file record compares with the new file
 	Answer<uint64_t> answer = commit(std::move(laid.config), std::move(laid.kept), std::move(drained.kept), persist,
 					 Fault::InvalidConfig);
-	if (answer.ok())
+	if (!answer.ok())
 		fileSlices_ = std::move(fileSlices);
+	pendingText_.clear();
+	pendingHash_.clear();
 	return answer;
 }
 
@@ -172,6 +190,7 @@ std::optional<Failure> Service::checkMove(std::string_view addressText, uint32_t
 
 Answer<uint64_t> Service::setSliceOwner(std::string_view addressText, uint32_t slice, std::string_view serverName)
 {
+	why_ = "set-owner";
 	return setSliceOwnerDraining(addressText, slice, serverName, options_.drain);
 }
 
@@ -182,6 +201,7 @@ Answer<uint64_t> Service::setSliceOwners(const std::vector<OwnerMove> &moves, ui
 			     "); fix " + options_.configPath + " and reload first"}, false);
 	if (moves.empty())
 		return generation_;
+	why_ = "fleet"; // SetSliceOwners: the fleet's moves (portslice-fleetd)
 	if (moves.size() == 1)
 		return setSliceOwnerDraining(moves[0].address, moves[0].slice, moves[0].server,
 					     std::chrono::seconds(drainSeconds));
@@ -348,13 +368,39 @@ std::optional<Answer<uint64_t>> Service::moveSlice(uint32_t address, uint32_t sl
 	if (!move)
 		return std::nullopt; // candidates change: plan the fleet anew
 	Clock::time_point t1 = Clock::now();
+	// The journal holds the one slice, before and after.
+	journal::SliceMap before, after;
+	{
+		journal::SliceKey key{a.address.value, slice};
+		journal::SliceState was, will{server, previous.value_or(""), 0};
+		if (auto it = a.owners.find(slice); it != a.owners.end())
+			was.owner = it->second;
+		if (auto it = a.previous.find(slice); it != a.previous.end())
+			was.previous = it->second;
+		for (const SliceDrain &d : drains_)
+			if (d.address == a.address && d.slice == slice)
+				was.until = d.until;
+		for (const SliceDrain &d : drains)
+			if (d.address == a.address && d.slice == slice)
+				will.until = d.until;
+		before.emplace(key, was);
+		after.emplace(key, will);
+	}
+	Result<std::vector<journal::Change>> journaled = journalChange(before, after, generation_ + 1, false);
+	if (!journaled) {
+		plan::undoMove(*plan_, std::move(*move));
+		return fail({Fault::ApplyFailed, journaled.error().wrap("writing the ownership journal").message() +
+			     "; nothing was applied"}, false);
+	}
 	if (Status saved = store_.save({overlay, generation_ + 1, drains}); !saved) {
 		plan::undoMove(*plan_, std::move(*move));
+		journalOutcome(generation_ + 1, saved, {});
 		return fail({Fault::ApplyFailed, saved.error().wrap("keeping the slice owners").message() +
 			     "; nothing was applied"}, false);
 	}
 	Clock::time_point t2 = Clock::now();
 	if (Status applied = backend_.applyMove(*plan_, *move, generation_ + 1); !applied) {
+		journalOutcome(generation_ + 1, applied, {});
 		plan::undoMove(*plan_, std::move(*move));
 		if (Status back = store_.save({overlay_, generation_, drains_}); !back)
 			listener_.logEvent(3, "restoring " + store_.path() + ": " + back.error().message(), {});
@@ -387,9 +433,131 @@ std::optional<Answer<uint64_t>> Service::moveSlice(uint32_t address, uint32_t sl
 			   {{"GENERATION", std::to_string(generation_)}, {"PLAN_MS", ms(t0, t1)},
 			    {"PERSIST_MS", ms(t1, t2)}, {"APPLY_MS", ms(t2, t3)}});
 	lastApplied_ = now();
+	journalOutcome(generation_, {}, *journaled);
 	listener_.applied(generation_);
 	listener_.propertiesChanged(properties);
 	return generation_;
+}
+
+int64_t Service::nowUs() const
+{
+	if (options_.clock)
+		return options_.clock() * 1000000;
+	return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
+		.count();
+}
+
+journal::SliceMap Service::slicesOf(const config::Config &config, const Drains &drains)
+{
+	journal::SliceMap map = journal::ownershipOf(config);
+	for (const SliceDrain &d : drains)
+		if (auto it = map.find(journal::SliceKey{d.address.value, d.slice}); it != map.end())
+			it->second.until = d.until;
+	return map;
+}
+
+Result<std::vector<journal::Change>> Service::journalChange(const journal::SliceMap &before,
+							    const journal::SliceMap &after, uint64_t generation,
+							    bool fileChanged)
+{
+	using journal::Record;
+	int64_t t = nowUs();
+	std::vector<Record> records;
+	// What the file says of one slice, against which a file record lists exceptions.
+	auto exceptions = [&](const journal::SliceMap &state) {
+		journal::Ownership out;
+		for (const auto &[key, slice] : state) {
+			journal::SliceState inFile;
+			if (auto f = fileSlices_.find(key.address); f != fileSlices_.end()) {
+				if (auto o = f->second.owners.find(key.slice); o != f->second.owners.end())
+					inFile.owner = o->second;
+				if (auto p = f->second.previous.find(key.slice); p != f->second.previous.end())
+					inFile.previous = p->second;
+			}
+			if (!(inFile == slice))
+				out.emplace_back(key, slice);
+		}
+		return out;
+	};
+	if (!fileHash_.empty() && !before.empty() && !fileChanged) {
+		// A new day: the segment rotates, and the new one starts from the applied state.
+		Result<bool> rotated = journal_.rotateIfDue(t, fileHash_);
+		if (!rotated)
+			return rotated.error();
+		if (*rotated && config_) {
+			Record checkpoint{.kind = Record::Kind::File, .timeUs = t, .generation = generation_, .why = "checkpoint"};
+			checkpoint.hash = fileHash_;
+			checkpoint.exceptions = exceptions(slicesOf(*config_, drains_));
+			records.push_back(std::move(checkpoint));
+			records.push_back({.kind = Record::Kind::Outcome, .timeUs = t, .generation = generation_, .applied = true});
+		}
+	}
+	std::vector<journal::Change> changes;
+	std::string hash = pendingHash_.empty() ? fileHash_ : pendingHash_;
+	if ((fileChanged || before.empty()) && !hash.empty()) {
+		if (!pendingText_.empty())
+			if (Status kept = journal_.keepFile(hash, pendingText_); !kept)
+				return kept.error();
+		Record file{.kind = Record::Kind::File, .timeUs = t, .generation = generation, .why = "file", .uid = caller_};
+		file.hash = hash;
+		file.exceptions = exceptions(after);
+		records.push_back(std::move(file));
+		changes.push_back({.timeUs = t, .generation = generation, .why = "file", .uid = caller_, .hash = hash});
+		if (!before.empty()) {
+			for (journal::Change c : journal::diff(before, after)) {
+				c.timeUs = t;
+				c.generation = generation;
+				c.why = "file";
+				c.uid = caller_;
+				changes.push_back(std::move(c));
+			}
+		}
+	} else {
+		for (journal::Change c : journal::diff(before, after)) {
+			Record move{.kind = Record::Kind::Move, .timeUs = t, .generation = generation, .why = why_, .uid = caller_};
+			move.key = *c.key;
+			move.old = c.old;
+			move.after = after.at(*c.key);
+			records.push_back(std::move(move));
+			c.timeUs = t;
+			c.generation = generation;
+			c.why = why_;
+			c.uid = caller_;
+			changes.push_back(std::move(c));
+		}
+	}
+	if (Status written = journal_.append(records); !written)
+		return written.error();
+	return changes;
+}
+
+void Service::journalOutcome(uint64_t generation, const Status &applied, const std::vector<journal::Change> &changes)
+{
+	if (applied && changes.empty())
+		return; // nothing was journaled for it
+	journal::Record outcome{.kind = journal::Record::Kind::Outcome, .timeUs = nowUs(), .generation = generation};
+	outcome.applied = applied.ok();
+	if (!applied)
+		outcome.detail = applied.error().message().substr(0, 200);
+	if (Status written = journal_.append({outcome}); !written)
+		listener_.log("writing the outcome of generation " + std::to_string(generation) + " to " + journal_.path() +
+			      ": " + written.error().message());
+	if (applied)
+		listener_.ownershipChanged(changes);
+}
+
+Result<std::shared_ptr<const config::Config>> Service::keptFile(const std::string &hash) const
+{
+	if (auto it = keptFiles_.find(hash); it != keptFiles_.end())
+		return it->second;
+	std::string path = journal_.filePath(hash);
+	config::LoadResult loaded = config::loadFile(path);
+	if (!loaded.ok())
+		return Error("kept file " + path + " cannot be read: " +
+			     (loaded.diagnostics.empty() ? std::string("invalid") : loaded.diagnostics.front().str()));
+	auto kept = std::make_shared<const config::Config>(std::move(*loaded.config));
+	keptFiles_.emplace(hash, kept);
+	return kept;
 }
 
 int64_t Service::now() const
@@ -427,6 +595,7 @@ void Service::expireDrains()
 		else
 			address->previous.erase(d.slice);
 	}
+	why_ = "drain end";
 	(void)commit(std::move(next), overlay_, std::move(kept), true, Fault::ApplyFailed, true);
 }
 
@@ -452,15 +621,27 @@ Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, Drains 
 	// Persist before the kernel changes: a crash in between re-applies the
 	// new state on start, never loses a change a caller was told about.
 	persist = persist || !same;
+	uint64_t next = same ? generation_ : generation_ + 1;
+	// The journal first, flushed: what follows may fail, never the other way round.
+	bool fileChanged = !pendingHash_.empty() && pendingHash_ != fileHash_;
+	Result<std::vector<journal::Change>> journaled =
+		journalChange(config_ && state_ != State::Failed ? slicesOf(*config_, drains_) : journal::SliceMap{},
+			      slicesOf(config, drains), next, fileChanged);
+	if (!journaled)
+		return fail({Fault::ApplyFailed, journaled.error().wrap("writing the ownership journal").message() +
+			     "; nothing was applied"}, false);
 	if (persist) {
-		if (Status saved = store_.save({overlay, same ? generation_ : generation_ + 1, drains}); !saved)
+		if (Status saved = store_.save({overlay, next, drains}); !saved) {
+			journalOutcome(next, saved, {});
 			return fail({Fault::ApplyFailed, saved.error().wrap("keeping the slice owners").message() +
 				     "; nothing was applied"}, false);
+		}
 	}
 	Clock::time_point t2 = Clock::now();
 	if (!same) {
 		Status applied = backend_.apply(*planned.plan, plan_ ? &*plan_ : nullptr, generation_ + 1);
 		if (!applied) {
+			journalOutcome(next, applied, {});
 			if (persist) {
 				if (Status back = store_.save({overlay_, generation_, drains_}); !back)
 					listener_.logEvent(3, "restoring " + store_.path() + ": " + back.error().message(), {});
@@ -497,6 +678,9 @@ Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, Drains 
 	config_ = std::move(config);
 	overlay_ = std::move(overlay);
 	drains_ = std::move(drains);
+	if (fileChanged)
+		fileHash_ = pendingHash_;
+	journalOutcome(next, {}, *journaled);
 	if (!same) {
 		listener_.logEvent(6, "applied generation " + std::to_string(generation_) + " (server " + server_ + ", " +
 					      std::to_string(plan_->sources.size()) + " sources, " +
@@ -516,7 +700,15 @@ Answer<std::string> Service::planJson() const
 {
 	if (!plan_)
 		return Failure{Fault::NotFound, "nothing is applied: " + lastError_};
-	return plan::toJson(*plan_);
+	// The generation the plan is applied as, first after the opening brace.
+	std::string json = plan::toJson(*plan_);
+	size_t server = json.find("\"server\"");
+	if (server == std::string::npos)
+		return json;
+	size_t line = json.rfind('\n', server);
+	std::string indent = line == std::string::npos ? "" : json.substr(line + 1, server - line - 1);
+	json.insert(server, "\"generation\": " + std::to_string(generation_) + "," + (line == std::string::npos ? " " : "\n" + indent));
+	return json;
 }
 
 Answer<std::string> Service::dump() const
@@ -546,6 +738,85 @@ Answer<std::pair<std::string, std::string>> Service::owner(std::string_view addr
 			inside += "-" + answer->insideLast->str();
 	}
 	return std::pair{answer->server, inside};
+}
+
+Answer<std::vector<OwnerRow>> Service::owners() const
+{
+	if (!config_)
+		return Failure{Fault::NotFound, "nothing is applied: " + lastError_};
+	std::vector<OwnerRow> rows;
+	for (const auto &[key, slice] : slicesOf(*config_, drains_))
+		rows.push_back({Ipv4{key.address}.str(), key.slice, slice.owner, slice.previous,
+				static_cast<uint64_t>(std::max<int64_t>(slice.until, 0))});
+	return rows;
+}
+
+Answer<LiveOwner> Service::ownerNow(std::string_view addressText, uint16_t port) const
+{
+	if (!config_)
+		return Failure{Fault::NotFound, "nothing is applied: " + lastError_};
+	std::optional<Ipv4> ip = Ipv4::parse(addressText);
+	if (!ip)
+		return Failure{Fault::InvalidArgument, "\"" + std::string(addressText.substr(0, 200)) +
+			       "\" is not an IPv4 address"};
+	LiveOwner live;
+	live.now = journal::answerFor(*config_, *ip, port);
+	if (!live.now.shared)
+		return Failure{Fault::NotFound, ip->str() + " is not a shared address of " + options_.configPath};
+	if (live.now.slice && !live.now.previous.empty()) {
+		for (const SliceDrain &d : drains_)
+			if (d.address == *ip && d.slice == *live.now.slice)
+				live.now.drainUntil = d.until;
+		// What the previous owner keeps: the flows it opened as owner, so its plan as owner.
+		config::Config before = *config_;
+		config::Address *a = before.findAddress(*ip);
+		a->owners[*live.now.slice] = live.now.previous;
+		a->previous.erase(*live.now.slice);
+		live.draining = journal::answerFor(before, *ip, port);
+	}
+	return live;
+}
+
+Answer<journal::AnswerAt> Service::ownerAt(std::string_view addressText, uint16_t port, int64_t when) const
+{
+	std::optional<Ipv4> ip = Ipv4::parse(addressText);
+	if (!ip)
+		return Failure{Fault::InvalidArgument, "\"" + std::string(addressText.substr(0, 200)) +
+			       "\" is not an IPv4 address"};
+	journal::Scan scan = journal_.scan();
+	auto load = [this](const std::string &hash) { return keptFile(hash); };
+	Result<std::optional<journal::AnswerAt>> at = journal::ownerAt(scan, load, *ip, port, when);
+	if (!at)
+		return Failure{Fault::NotFound, at.error().wrap("reading the ownership journal").message()};
+	if (!*at)
+		return Failure{Fault::NotFound, "the ownership journal " + journal_.path() + " begins after " +
+			       journal::formatSeconds(when)};
+	if (!(*at)->answer.shared)
+		return Failure{Fault::NotFound, ip->str() + " was not a shared address at " + journal::formatSeconds(when)};
+	if (!(*at)->answer.slice)
+		return Failure{Fault::NotFound, "port " + std::to_string(port) + " of " + ip->str() +
+			       " was outside its usable slices at " + journal::formatSeconds(when)};
+	return **at;
+}
+
+Answer<std::vector<journal::Change>> Service::history(int64_t sinceUs) const
+{
+	journal::Scan scan = journal_.scan();
+	auto load = [this](const std::string &hash) { return keptFile(hash); };
+	Result<std::vector<journal::Change>> lines = journal::history(scan, load, sinceUs);
+	if (!lines)
+		return Failure{Fault::NotFound, lines.error().wrap("reading the ownership journal").message()};
+	return *lines;
+}
+
+Answer<std::vector<std::string>> Service::audit()
+{
+	if (!plan_)
+		return Failure{Fault::NotFound, "nothing is applied: " + lastError_};
+	Result<std::vector<std::string>> differences = backend_.audit(*plan_, generation_);
+	if (!differences)
+		return Failure{Fault::ApplyFailed, differences.error().wrap("reading the live table").message()};
+	return *differences;
 }
 
 Answer<std::vector<StatRow>> Service::stats()

@@ -5,6 +5,8 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -14,6 +16,8 @@
 #include <vector>
 
 #include "config/config.h"
+#include "journal/journal.h"
+#include "journal/replay.h"
 #include "service/backend.h"
 #include "service/state_store.h"
 #include "plan/plan.h"
@@ -61,6 +65,26 @@ public:
 		(void)fields;
 		log(line);
 	}
+	// Slices changed owner (or a drain ended), or a file was applied: once
+	// the change is applied and its outcome journaled. Each has the journal's fields.
+	virtual void ownershipChanged(const std::vector<journal::Change> &changes) { (void)changes; }
+};
+
+// One row of Owners(): a slice of the fleet, its owner, its draining previous owner and the drain's deadline.
+struct OwnerRow {
+	std::string address;
+	uint32_t slice = 0;
+	std::string owner;
+	std::string previous;
+	uint64_t until = 0; // Unix seconds; 0: no deadline
+	auto operator<=>(const OwnerRow &) const = default;
+};
+
+// The daemon's answer for ADDRESS:PORT now: who owns it, and during a drain
+// the previous owner too, with what it keeps (the flows it opened before the move).
+struct LiveOwner {
+	journal::PortAnswer now;
+	std::optional<journal::PortAnswer> draining;
 };
 
 enum class State { Applied, Degraded, Failed };
@@ -83,6 +107,8 @@ public:
 		std::chrono::seconds drain{60};
 		// Unix time in seconds (the drain deadlines are persisted); empty: the system clock.
 		std::function<int64_t()> clock;
+		// How long the ownership journal keeps records (--journal-days).
+		int journalDays = 400;
 	};
 
 	Service(Options options, Backend &backend, Listener &listener);
@@ -104,6 +130,19 @@ public:
 	Answer<std::string> dump() const;
 	Answer<std::pair<std::string, std::string>> owner(std::string_view address, uint16_t port) const;
 	Answer<std::vector<StatRow>> stats();
+	// Every slice of the fleet: owner, previous owner, drain deadline.
+	Answer<std::vector<OwnerRow>> owners() const;
+	Answer<LiveOwner> ownerNow(std::string_view address, uint16_t port) const;
+	// From the ownership journal: the answer at `when` (Unix seconds) and the interval it held.
+	Answer<journal::AnswerAt> ownerAt(std::string_view address, uint16_t port, int64_t when) const;
+	// The journal's changes from `sinceUs` on; damaged records fail the call, naming their offsets.
+	Answer<std::vector<journal::Change>> history(int64_t sinceUs) const;
+	// The live kernel against the plan: one line per difference, none when equal.
+	Answer<std::vector<std::string>> audit();
+
+	// The D-Bus caller of the change being made (its uid goes into the journal).
+	void setCaller(std::optional<uint32_t> uid) { caller_ = uid; }
+	const journal::Journal &ownershipJournal() const { return journal_; }
 
 	// Compare the kernel with the plan and restore it if someone changed it.
 	// `why` names what prompted the check (a netlink event, the timer).
@@ -139,6 +178,17 @@ private:
 	std::optional<Failure> checkMove(std::string_view addressText, uint32_t slice, std::string_view serverName,
 					 const std::unordered_map<uint32_t, uint32_t> *index, uint32_t *addressIndex,
 					 Ipv4 *ip) const;
+	int64_t nowUs() const;
+	// The slices of `config` with the drains' deadlines.
+	static journal::SliceMap slicesOf(const config::Config &config, const Drains &drains);
+	// Journal the change from the applied state to `after` as generation
+	// `generation` (a file record when the file is new, else a record per
+	// slice), flushed; on error nothing may be applied.
+	Result<std::vector<journal::Change>> journalChange(const journal::SliceMap &before, const journal::SliceMap &after,
+							   uint64_t generation, bool fileChanged);
+	// After the kernel: the outcome of the journaled generation, then the announcements.
+	void journalOutcome(uint64_t generation, const Status &applied, const std::vector<journal::Change> &changes);
+	Result<std::shared_ptr<const config::Config>> keptFile(const std::string &hash) const;
 	// SetSliceOwner without planning the fleet again: the plan follows the
 	// one slice and the backend changes only what that touches. Nothing when
 	// the move needs a full plan (see plan::moveSlice).
@@ -155,6 +205,13 @@ private:
 	Backend &backend_;
 	Listener &listener_;
 	StateStore store_;
+	journal::Journal journal_;
+	std::string fileHash_;        // SHA-256 of the applied file ("" before the first apply)
+	std::string pendingHash_;     // of the file being applied by reload()
+	std::string pendingText_;
+	std::string why_ = "file";    // why the change being committed is made
+	std::optional<uint32_t> caller_;
+	mutable std::map<std::string, std::shared_ptr<const config::Config>> keptFiles_;
 
 	std::optional<config::Config> config_; // the file as last loaded, the overlay laid over it
 	// The file's own slice owners and previous owners by address (not a

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "service/service.h"
+#include "journal/sha256.h"
 #include "service/state_store.h"
 
 namespace portslice::service {
@@ -109,7 +110,12 @@ public:
 		changed.insert(changed.end(), names.begin(), names.end());
 	}
 	void log(const std::string &line) override { logs.push_back(line); }
+	void ownershipChanged(const std::vector<journal::Change> &changes) override
+	{
+		owned.insert(owned.end(), changes.begin(), changes.end());
+	}
 
+	std::vector<journal::Change> owned;
 	std::vector<uint64_t> applieds;
 	std::vector<std::string> failures;
 	std::vector<std::string> changed;
@@ -578,6 +584,96 @@ TEST(StateStore, KeepsOwnersAcrossSaveAndLoad)
 	ASSERT_FALSE(damaged.ok());
 	EXPECT_NE(damaged.error().message().find(store.path() + ":6:"), std::string::npos) << damaged.error().message();
 	fs::remove_all(pattern);
+}
+
+
+// The slice lines of the journal's history, as "slice old>new why".
+std::vector<std::string> historyLines(const Service &service)
+{
+	Answer<std::vector<journal::Change>> lines = service.history(0);
+	EXPECT_TRUE(lines.ok()) << (lines.ok() ? "" : lines.failure().message);
+	std::vector<std::string> out;
+	if (lines.ok())
+		for (const journal::Change &c : lines.value())
+			out.push_back(c.key ? std::to_string(c.key->slice) + " " + c.old + ">" + c.now + " " + c.why
+					    : "file " + c.hash.substr(0, 8));
+	return out;
+}
+
+TEST_F(ServiceTest, EveryAppliedChangeIsJournaledWithItsOutcomeAndAnnounced)
+{
+	auto service = makeService();
+	ASSERT_TRUE(service->start().ok());
+	now_ += 10;
+	service->setCaller(1000);
+	ASSERT_TRUE(service->setSliceOwner("198.51.100.1", 1, "s1").ok());
+	service->setCaller(std::nullopt);
+	now_ += 10;
+	backend_.failNext = true; // rolled back: never in the history
+	EXPECT_FALSE(service->setSliceOwner("198.51.100.1", 2, "s1").ok());
+	now_ += 10;
+	std::string moved = kFleet;
+	moved.replace(moved.find("s1 = 0, s2 = 1, s3 = [2, 3]"), 27, "s1 = [0, 3], s2 = 1, s3 = 2");
+	writeConfig(moved);
+	Answer<uint64_t> reloaded = service->reload();
+	ASSERT_TRUE(reloaded.ok()) << reloaded.failure().message;
+	now_ += 100; // the drain of slice 1 by s2 ends
+	service->expireDrains();
+
+	std::string hash0 = journal::sha256Hex(kFleet).substr(0, 8), hash1 = journal::sha256Hex(moved).substr(0, 8);
+	std::vector<std::string> want = {"file " + hash0, "1 s2>s1 set-owner", "file " + hash1, "3 s3>s1 file",
+					 "1 s2>s1 drain end"};
+	EXPECT_EQ(historyLines(*service), want);
+	// The kept files are the applied bytes.
+	EXPECT_TRUE(fs::exists(stateDir() + "/files/" + journal::sha256Hex(moved) + ".toml"));
+	// The listener heard the same, with the caller's uid on the move.
+	ASSERT_EQ(listener_.owned.size(), 5u);
+	EXPECT_EQ(listener_.owned[1].uid, std::optional<uint32_t>(1000));
+	EXPECT_EQ(listener_.owned[1].generation, 2u);
+	// The failed move left a record and its outcome.
+	std::ifstream in(stateDir() + "/journal");
+	std::stringstream text;
+	text << in.rdbuf();
+	EXPECT_NE(text.str().find("\tfailed\t"), std::string::npos) << text.str();
+
+	// Owners(): every slice, the drain gone.
+	Answer<std::vector<OwnerRow>> rows = service->owners();
+	ASSERT_TRUE(rows.ok());
+	std::vector<OwnerRow> wantRows = {{"198.51.100.1", 0, "s1", "", 0}, {"198.51.100.1", 1, "s1", "", 0},
+					  {"198.51.100.1", 2, "s3", "", 0}, {"198.51.100.1", 3, "s1", "", 0}};
+	EXPECT_EQ(rows.value(), wantRows);
+}
+
+TEST_F(ServiceTest, OwnerAtAnswersFromTheJournalWithTheIntervalAndOwnerNowNamesTheDrain)
+{
+	int64_t t0 = now_;
+	auto service = makeService();
+	ASSERT_TRUE(service->start().ok());
+	now_ += 10;
+	ASSERT_TRUE(service->setSliceOwner("198.51.100.1", 0, "s2").ok());
+	uint16_t port = 1024 + 8 * 5; // slice 0, the sixth inside address's block
+	Answer<LiveOwner> live = service->ownerNow("198.51.100.1", port);
+	ASSERT_TRUE(live.ok());
+	EXPECT_EQ(live.value().now.server, "s2");
+	EXPECT_EQ(live.value().now.previous, "s1");
+	EXPECT_EQ(live.value().now.inside, "100.64.1.5");
+	EXPECT_EQ(live.value().now.drainUntil, now_ + 60);
+	ASSERT_TRUE(live.value().draining.has_value());
+	EXPECT_EQ(live.value().draining->server, "s1");
+	EXPECT_EQ(live.value().draining->inside, "100.64.1.5");
+
+	Answer<journal::AnswerAt> before = service->ownerAt("198.51.100.1", port, t0 + 9);
+	ASSERT_TRUE(before.ok()) << before.failure().message;
+	EXPECT_EQ(before.value().answer.server, "s1");
+	EXPECT_EQ(before.value().from, t0);
+	EXPECT_EQ(before.value().until, t0 + 10);
+	Answer<journal::AnswerAt> after = service->ownerAt("198.51.100.1", port, t0 + 10);
+	ASSERT_TRUE(after.ok());
+	EXPECT_EQ(after.value().answer.server, "s2");
+	EXPECT_EQ(after.value().answer.previous, "s1");
+	EXPECT_EQ(after.value().answer.inside, "100.64.1.5");
+	EXPECT_EQ(after.value().until, 0);
+	EXPECT_EQ(service->ownerAt("198.51.100.1", port, t0 - 1).failure().fault, Fault::NotFound);
 }
 
 } // namespace

@@ -1,0 +1,295 @@
+// SPDX-License-Identifier: MIT
+// Replaying the journal: kept files plus the records after them give the state at any moment.
+#include "journal/replay.h"
+
+#include <algorithm>
+
+#include "plan/plan.h"
+
+namespace portslice::journal {
+
+namespace {
+
+int64_t floorSeconds(int64_t timeUs)
+{
+	return timeUs >= 0 ? timeUs / 1000000 : -((-timeUs + 999999) / 1000000);
+}
+
+} // namespace
+
+SliceMap ownershipOf(const config::Config &config)
+{
+	SliceMap map;
+	for (const config::Address &a : config.addresses) {
+		for (uint32_t s = 0; s < a.sliceCount(); s++) {
+			SliceState state;
+			if (auto it = a.owners.find(s); it != a.owners.end())
+				state.owner = it->second;
+			if (auto it = a.previous.find(s); it != a.previous.end())
+				state.previous = it->second;
+			map.emplace_hint(map.end(), SliceKey{a.address.value, s}, std::move(state));
+		}
+	}
+	return map;
+}
+
+Ownership exceptionsAgainst(const config::Config &file, const SliceMap &state)
+{
+	SliceMap base = ownershipOf(file);
+	Ownership out;
+	for (const auto &[key, s] : state) {
+		auto it = base.find(key);
+		if (it == base.end() || !(it->second == s))
+			out.emplace_back(key, s);
+	}
+	return out;
+}
+
+config::Config withOwnership(const config::Config &file, const SliceMap &state)
+{
+	config::Config config = file;
+	for (config::Address &a : config.addresses) {
+		for (uint32_t s = 0; s < a.sliceCount(); s++) {
+			auto it = state.find(SliceKey{a.address.value, s});
+			if (it == state.end())
+				continue;
+			if (it->second.owner.empty())
+				a.owners.erase(s);
+			else
+				a.owners[s] = it->second.owner;
+			if (it->second.previous.empty())
+				a.previous.erase(s);
+			else
+				a.previous[s] = it->second.previous;
+		}
+	}
+	return config;
+}
+
+std::vector<Change> diff(const SliceMap &before, const SliceMap &after)
+{
+	std::vector<Change> out;
+	static const SliceState none;
+	auto add = [&](const SliceKey &key, const SliceState &a, const SliceState &b) {
+		if (a == b)
+			return;
+		Change c;
+		c.key = key;
+		if (a.owner == b.owner && !a.previous.empty() && b.previous.empty()) {
+			c.old = a.previous; // a drain ended: the draining owner lets go
+			c.now = b.owner;
+		} else {
+			c.old = a.owner;
+			c.now = b.owner;
+		}
+		out.push_back(std::move(c));
+	};
+	auto i = before.begin();
+	auto j = after.begin();
+	while (i != before.end() || j != after.end()) {
+		if (j == after.end() || (i != before.end() && i->first < j->first)) {
+			add(i->first, i->second, none);
+			++i;
+		} else if (i == before.end() || j->first < i->first) {
+			add(j->first, none, j->second);
+			++j;
+		} else {
+			add(i->first, i->second, j->second);
+			++i;
+			++j;
+		}
+	}
+	return out;
+}
+
+Status replay(const Scan &scan, const FileLoader &load,
+	      const std::function<void(const Step &, const SliceMap &, const config::Config &file)> &visit)
+{
+	if (!scan.damaged.empty())
+		return Error(scan.damaged.front().str() + (scan.damaged.size() > 1
+			     ? " (and " + std::to_string(scan.damaged.size() - 1) + " more)" : ""));
+	SliceMap state;
+	std::shared_ptr<const config::Config> file;
+	std::string hash;
+	std::vector<const Record *> pending;
+	for (const Record &r : scan.records) {
+		if (r.kind != Record::Kind::Outcome) {
+			// The records of one attempt share generation and time (one append);
+			// an earlier attempt that never got an outcome never took effect.
+			std::erase_if(pending, [&](const Record *p) {
+				return p->generation != r.generation || p->timeUs != r.timeUs;
+			});
+			pending.push_back(&r);
+			continue;
+		}
+		std::vector<const Record *> group;
+		for (const Record *p : pending)
+			if (p->generation == r.generation)
+				group.push_back(p);
+		pending.clear();
+		if (!r.applied || group.empty())
+			continue;
+		Step step;
+		step.timeUs = group.front()->timeUs;
+		step.generation = r.generation;
+		for (const Record *p : group) {
+			step.records.push_back(*p);
+			if (p->kind == Record::Kind::File) {
+				Result<std::shared_ptr<const config::Config>> loaded = load(p->hash);
+				if (!loaded)
+					return loaded.error();
+				bool first = !file;
+				file = *loaded;
+				hash = p->hash;
+				SliceMap next = ownershipOf(*file);
+				for (const auto &[key, s] : p->exceptions)
+					next[key] = s;
+				Change line;
+				line.timeUs = p->timeUs;
+				line.generation = p->generation;
+				line.why = p->why == "checkpoint" ? "file" : p->why;
+				line.uid = p->uid;
+				line.hash = p->hash;
+				if (p->why != "checkpoint")
+					step.changes.push_back(line);
+				if (!first) {
+					for (Change c : diff(state, next)) {
+						c.timeUs = p->timeUs;
+						c.generation = p->generation;
+						c.why = line.why;
+						c.uid = p->uid;
+						step.changes.push_back(std::move(c));
+					}
+				}
+				state = std::move(next);
+			} else if (file) {
+				Change c;
+				c.timeUs = p->timeUs;
+				c.generation = p->generation;
+				c.key = p->key;
+				c.old = p->old;
+				c.now = p->after.owner;
+				c.why = p->why;
+				c.uid = p->uid;
+				step.changes.push_back(std::move(c));
+				state[p->key] = p->after;
+			}
+		}
+		if (!file)
+			continue; // moves before any file (a rotated-away start): nothing to lay them on
+		step.hash = hash;
+		visit(step, state, *file);
+	}
+	return {};
+}
+
+Result<std::vector<Change>> history(const Scan &scan, const FileLoader &load, int64_t sinceUs)
+{
+	std::vector<Change> lines;
+	Status walked = replay(scan, load, [&](const Step &step, const SliceMap &, const config::Config &) {
+		for (const Change &c : step.changes)
+			if (c.timeUs >= sinceUs)
+				lines.push_back(c);
+	});
+	if (!walked)
+		return walked.error();
+	return lines;
+}
+
+PortAnswer answerFor(const config::Config &config, Ipv4 address, uint16_t port)
+{
+	PortAnswer out;
+	std::optional<plan::OwnerAnswer> answer = plan::findOwner(config, address, port);
+	if (!answer)
+		return out;
+	out.shared = true;
+	out.slice = answer->slice;
+	out.server = answer->server;
+	out.source = answer->source;
+	if (answer->inside) {
+		out.inside = answer->inside->str();
+		if (answer->insideLast) {
+			out.mode = "conntrack";
+			if (*answer->insideLast != *answer->inside)
+				out.inside += "-" + answer->insideLast->str();
+		} else {
+			out.mode = "stateless";
+		}
+	}
+	for (const config::Source &s : config.sources)
+		if (s.name == out.source && out.mode == "conntrack" && s.match.saddr)
+			out.insidePrefix = s.match.saddr->str();
+	if (answer->slice) {
+		const config::Address *a = config.findAddress(address);
+		if (auto it = a->previous.find(*answer->slice); it != a->previous.end())
+			out.previous = it->second;
+	}
+	return out;
+}
+
+Result<std::optional<AnswerAt>> ownerAt(const Scan &scan, const FileLoader &load, Ipv4 address, uint16_t port,
+					int64_t when)
+{
+	struct Segment {
+		int64_t from;
+		uint64_t generation;
+		PortAnswer answer;
+	};
+	std::vector<Segment> segments;
+	Status walked = replay(scan, load, [&](const Step &step, const SliceMap &state, const config::Config &file) {
+		// Only a change that can touch this port's answer is planned again:
+		// a new file, a move of its slice, or one to or from its server
+		// (the server's plan, so its sources' addresses, may change).
+		bool relevant = segments.empty();
+		const PortAnswer *last = segments.empty() ? nullptr : &segments.back().answer;
+		for (const Record &r : step.records) {
+			if (relevant)
+				break;
+			if (r.kind == Record::Kind::File) {
+				relevant = true;
+			} else if (last) {
+				auto involved = [&](const std::string &name) {
+					return !name.empty() && (name == last->server || name == last->previous);
+				};
+				relevant = (r.key.address == address.value && last->slice && r.key.slice == *last->slice) ||
+					   involved(r.old) || involved(r.after.owner) || involved(r.after.previous);
+			}
+		}
+		if (!relevant)
+			return;
+		config::Config config = withOwnership(file, state);
+		PortAnswer answer = answerFor(config, address, port);
+		if (answer.slice) {
+			auto it = state.find(SliceKey{address.value, *answer.slice});
+			if (it != state.end())
+				answer.drainUntil = it->second.until;
+		}
+		if (last && *last == answer)
+			return;
+		segments.push_back({step.timeUs, step.generation, std::move(answer)});
+	});
+	if (!walked)
+		return walked.error();
+	// Seconds: of several changes within one second, the last is the answer for that second.
+	std::vector<Segment> bySecond;
+	for (Segment &s : segments) {
+		if (!bySecond.empty() && floorSeconds(bySecond.back().from) == floorSeconds(s.from))
+			bySecond.pop_back();
+		if (!bySecond.empty() && bySecond.back().answer == s.answer)
+			continue;
+		bySecond.push_back(std::move(s));
+	}
+	for (size_t i = bySecond.size(); i-- > 0;) {
+		if (floorSeconds(bySecond[i].from) > when)
+			continue;
+		AnswerAt at;
+		at.answer = bySecond[i].answer;
+		at.from = floorSeconds(bySecond[i].from);
+		at.until = i + 1 < bySecond.size() ? floorSeconds(bySecond[i + 1].from) : 0;
+		at.generation = bySecond[i].generation;
+		return std::optional<AnswerAt>(at);
+	}
+	return std::optional<AnswerAt>();
+}
+
+} // namespace portslice::journal

@@ -1,0 +1,92 @@
+// SPDX-License-Identifier: MIT
+// The journal read back: who owned what when, the history lines, and the abuse-desk answer for a past moment.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "config/config.h"
+#include "journal/journal.h"
+
+namespace portslice::journal {
+
+using SliceMap = std::map<SliceKey, SliceState>;
+
+// Every slice of every address of `config`: its owner and previous owner
+// (`until` from `drains` where one is given, else 0).
+SliceMap ownershipOf(const config::Config &config);
+// The slices of `state` whose state differs from what `file` says.
+Ownership exceptionsAgainst(const config::Config &file, const SliceMap &state);
+// `file` with its owners and previous owners replaced by `state`.
+config::Config withOwnership(const config::Config &file, const SliceMap &state);
+
+// One line of `portslicectl history`.
+struct Change {
+	int64_t timeUs = 0;
+	uint64_t generation = 0;
+	std::optional<SliceKey> key; // none: the line of a newly applied file
+	std::string old;             // who held the slice before (for a drain's end: the draining owner)
+	std::string now;             // who holds it after
+	std::string why;             // file, set-owner, drain end, fleet
+	std::optional<uint32_t> uid;
+	std::string hash; // the file's line: its SHA-256
+	bool operator==(const Change &) const = default;
+};
+
+// The slice changes between two states, in key order (why and time left to the caller).
+std::vector<Change> diff(const SliceMap &before, const SliceMap &after);
+
+// A kept file by hash; errors name the file.
+using FileLoader = std::function<Result<std::shared_ptr<const config::Config>>(const std::string &hash)>;
+
+// One applied step: the state after it, from `timeUs` on.
+struct Step {
+	int64_t timeUs = 0;
+	uint64_t generation = 0;
+	std::string hash;            // the file in force
+	std::vector<Change> changes; // its history lines
+	std::vector<Record> records; // its change records (File, Move)
+};
+
+// Walk the applied steps in order (changes whose outcome is not `applied`
+// never took effect and are left out); `visit` sees each step and the state
+// after it. Fails on a damaged record (with its offset) or a missing kept file.
+Status replay(const Scan &scan, const FileLoader &load,
+	      const std::function<void(const Step &, const SliceMap &, const config::Config &file)> &visit);
+
+Result<std::vector<Change>> history(const Scan &scan, const FileLoader &load, int64_t sinceUs);
+
+// What ADDRESS:PORT meant under one state.
+struct PortAnswer {
+	bool shared = false;            // the address was a shared address
+	std::optional<uint32_t> slice;  // nullopt: outside the usable slices
+	std::string server;             // "" : no owner
+	std::string source;             // "" : no source used the port
+	std::string mode;               // "conntrack" or "stateless"
+	std::string inside;             // stateless: the address; conntrack: "FIRST-LAST" (or one address)
+	std::string insidePrefix;       // conntrack: the source's inside prefix, if it matches on saddr
+	std::string previous;           // the draining previous owner, if any
+	int64_t drainUntil = 0;
+	bool operator==(const PortAnswer &) const = default;
+};
+
+// Plan `config` as the owner of the port (findOwner) and name the answer.
+PortAnswer answerFor(const config::Config &config, Ipv4 address, uint16_t port);
+
+struct AnswerAt {
+	PortAnswer answer;
+	int64_t from = 0;  // Unix seconds: the answer held from here
+	int64_t until = 0; // ... to here, exclusive; 0: still holds
+	uint64_t generation = 0;
+};
+
+// The answer at `when` (Unix seconds: the state after every change made at or
+// before that second) and the interval it held. nullopt: `when` is before the journal.
+Result<std::optional<AnswerAt>> ownerAt(const Scan &scan, const FileLoader &load, Ipv4 address, uint16_t port,
+					int64_t when);
+
+} // namespace portslice::journal

@@ -1,0 +1,315 @@
+// SPDX-License-Identifier: MIT
+// The ownership journal: record lines, damage with offsets, RFC 3339 times, SHA-256, replay, past answers, rotation.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "journal/journal.h"
+#include "journal/replay.h"
+#include "journal/sha256.h"
+
+namespace portslice::journal {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr const char *kFleet = R"([server]
+name = "s1"
+uplink = "eth0"
+
+[defaults]
+port_range = "1024-9215"
+slice_size = 2048
+
+[[datacenters]]
+name = "lab1"
+gateway = "192.0.2.1"
+
+[[servers]]
+name = "s1"
+address = "192.0.2.11"
+datacenter = "lab1"
+
+[[servers]]
+name = "s2"
+address = "192.0.2.12"
+datacenter = "lab1"
+
+[[addresses]]
+address = "198.51.100.1"
+datacenter = "lab1"
+tags = { country = "GB" }
+slices = { s1 = [0, 1], s2 = [2, 3] }
+
+[[sources]]
+name = "warp-gb"
+match = { saddr = "100.64.1.0/24" }
+want = { country = "GB" }
+nat = "stateless"
+block = 8
+)";
+
+const uint32_t kAddress = Ipv4::parse("198.51.100.1")->value;
+
+Record moveRecord(int64_t seconds, uint64_t generation, uint32_t slice, std::string old, std::string owner,
+		  std::string previous = "", int64_t until = 0)
+{
+	Record r{.kind = Record::Kind::Move, .timeUs = seconds * 1000000, .generation = generation, .why = "set-owner"};
+	r.key = {kAddress, slice};
+	r.old = std::move(old);
+	r.after = {std::move(owner), std::move(previous), until};
+	return r;
+}
+
+Record outcome(int64_t seconds, uint64_t generation, bool applied = true)
+{
+	return {.kind = Record::Kind::Outcome, .timeUs = seconds * 1000000 + 500, .generation = generation,
+		.applied = applied};
+}
+
+class JournalTest : public ::testing::Test {
+protected:
+	void SetUp() override
+	{
+		std::string pattern = (fs::temp_directory_path() / "psd-journal-XXXXXX").string();
+		ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
+		dir_ = pattern;
+		config::LoadResult loaded = config::loadString(kFleet, "fleet.toml");
+		ASSERT_TRUE(loaded.ok());
+		files_[sha256Hex(kFleet)] = std::make_shared<const config::Config>(*loaded.config);
+	}
+	void TearDown() override { fs::remove_all(dir_); }
+
+	FileLoader loader()
+	{
+		return [this](const std::string &hash) -> Result<std::shared_ptr<const config::Config>> {
+			auto it = files_.find(hash);
+			if (it == files_.end())
+				return Error("no kept file " + hash);
+			return it->second;
+		};
+	}
+	Record fileRecord(int64_t seconds, uint64_t generation)
+	{
+		Record r{.kind = Record::Kind::File, .timeUs = seconds * 1000000, .generation = generation, .why = "file"};
+		r.hash = sha256Hex(kFleet);
+		return r;
+	}
+
+	fs::path dir_;
+	std::map<std::string, std::shared_ptr<const config::Config>> files_;
+};
+
+TEST(Sha256, MatchesTheFipsExamples)
+{
+	EXPECT_EQ(sha256Hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+	EXPECT_EQ(sha256Hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+	EXPECT_EQ(sha256Hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
+		  "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+	EXPECT_EQ(sha256Hex(std::string(1000000, 'a')),
+		  "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+}
+
+TEST(Times, Rfc3339AndUnixSecondsAreRead)
+{
+	EXPECT_EQ(parseTime("2026-11-29T09:40:00Z"), int64_t{1795945200} * 1000000);
+	EXPECT_EQ(parseTime("1795945200"), int64_t{1795945200} * 1000000);
+	EXPECT_EQ(parseTime("2026-11-29T10:40:00+01:00"), int64_t{1795945200} * 1000000);
+	EXPECT_EQ(parseTime("2026-11-29T09:40:00.25Z"), int64_t{1795945200} * 1000000 + 250000);
+	EXPECT_EQ(formatTime(int64_t{1795945200} * 1000000 + 7), "2026-11-29T09:40:00.000007Z");
+	EXPECT_EQ(formatSeconds(1795945200), "2026-11-29T09:40:00Z");
+	for (const char *bad : {"", "yesterday", "2026-11-29", "2026-11-29T09:40:00", "2026-02-31T00:00:00Z",
+				"2026-11-29T25:00:00Z", "2026-11-29T09:40:00+1", "-5", "99999999999999"})
+		EXPECT_FALSE(parseTime(bad).has_value()) << bad;
+}
+
+TEST(Records, EachKindSurvivesItsLine)
+{
+	Record file{.kind = Record::Kind::File, .timeUs = 1795945200123456, .generation = 7, .why = "file", .uid = 0};
+	file.hash = sha256Hex("x");
+	file.exceptions = {{{kAddress, 3}, {"s 2,;=/%", "s1", 1795945260}}, {{kAddress, 4}, {"", "-", 0}}};
+	Record move = moveRecord(1795945201, 8, 2, "s1", "s2", "s1", 1795945261);
+	move.uid = 1000;
+	Record failed = outcome(1795945202, 8, false);
+	failed.detail = "ENOBUFS\tapplying\nthe table";
+	for (const Record &r : {file, move, outcome(1795945202, 8), failed}) {
+		std::string line = encode(r);
+		ASSERT_EQ(line.back(), '\n');
+		EXPECT_EQ(std::count(line.begin(), line.end(), '\n'), 1) << line;
+		Result<Record> back = decode(std::string_view(line).substr(0, line.size() - 1));
+		ASSERT_TRUE(back.ok()) << line << back.error().message();
+		EXPECT_EQ(*back, r) << line;
+	}
+}
+
+TEST(Records, AChangedByteIsDamage)
+{
+	std::string line = encode(moveRecord(1795945201, 8, 2, "s1", "s2"));
+	line.pop_back();
+	for (size_t i = 0; i < line.size(); i++) {
+		std::string bad = line;
+		bad[i] = bad[i] == 's' ? 't' : 's';
+		EXPECT_FALSE(decode(bad).ok()) << "byte " << i << ": " << bad;
+	}
+}
+
+TEST_F(JournalTest, ADamagedRecordIsReportedWithItsOffsetAndStopsQueries)
+{
+	Journal journal(dir_.string(), 400);
+	ASSERT_TRUE(journal.append({fileRecord(100, 1), outcome(100, 1)}).ok());
+	std::string before;
+	{
+		std::ifstream in(journal.path());
+		std::stringstream text;
+		text << in.rdbuf();
+		before = text.str();
+	}
+	ASSERT_TRUE(journal.append({moveRecord(200, 2, 2, "s2", "s1"), outcome(200, 2)}).ok());
+	// Flip one byte of the move record.
+	{
+		std::fstream io(journal.path(), std::ios::in | std::ios::out | std::ios::binary);
+		io.seekp(static_cast<std::streamoff>(before.size() + 20));
+		io.put('#');
+	}
+	Scan scan = journal.scan();
+	ASSERT_EQ(scan.damaged.size(), 1u);
+	EXPECT_EQ(scan.damaged[0].offset, before.size());
+	EXPECT_EQ(scan.damaged[0].file, journal.path());
+	EXPECT_EQ(scan.records.size(), 3u);
+	Result<std::vector<Change>> lines = history(scan, loader(), 0);
+	ASSERT_FALSE(lines.ok());
+	EXPECT_NE(lines.error().message().find("damaged record at offset " + std::to_string(before.size())),
+		  std::string::npos)
+		<< lines.error().message();
+
+	// A torn last line (a crash mid-write) is damage too; the next record starts on a line of its own.
+	{
+		std::ofstream out(journal.path(), std::ios::app);
+		out << "0badc0de\t2026";
+	}
+	ASSERT_TRUE(journal.append({outcome(300, 3)}).ok());
+	scan = journal.scan();
+	ASSERT_EQ(scan.damaged.size(), 2u);
+	EXPECT_EQ(scan.records.back(), outcome(300, 3));
+}
+
+TEST_F(JournalTest, OnlyAppliedChangesCountAndHistoryNamesEachSlice)
+{
+	Scan scan;
+	scan.records = {
+		fileRecord(100, 1), outcome(100, 1),
+		moveRecord(200, 2, 0, "s1", "s2", "s1", 260), outcome(200, 2),
+		moveRecord(300, 3, 1, "s1", "s2"), outcome(300, 3, false), // rolled back
+		moveRecord(400, 4, 3, "s2", "s1"),                         // crash: no outcome
+		moveRecord(500, 4, 2, "s2", "s1"), outcome(500, 4),         // the same generation, a new attempt
+		moveRecord(600, 5, 0, "s1", "s2"), outcome(600, 5),         // the drain's end
+	};
+	scan.records[9].why = "drain end";
+	scan.records[9].after = {"s2", "", 0};
+	Result<std::vector<Change>> lines = history(scan, loader(), 0);
+	ASSERT_TRUE(lines.ok()) << lines.error().message();
+	ASSERT_EQ(lines->size(), 4u);
+	EXPECT_EQ((*lines)[0].hash, sha256Hex(kFleet));
+	EXPECT_EQ((*lines)[1].key->slice, 0u);
+	EXPECT_EQ((*lines)[1].now, "s2");
+	EXPECT_EQ((*lines)[2].key->slice, 2u);
+	EXPECT_EQ((*lines)[2].timeUs, 500 * 1000000);
+	EXPECT_EQ((*lines)[3].why, "drain end");
+	Result<std::vector<Change>> since = history(scan, loader(), 450 * 1000000);
+	ASSERT_TRUE(since.ok());
+	EXPECT_EQ(since->size(), 2u);
+
+	// Slice 1 stayed with s1 (its move failed), slice 3 with s2 (never confirmed).
+	Result<std::optional<AnswerAt>> one = ownerAt(scan, loader(), Ipv4{kAddress}, 1024 + 2048 + 5, 350);
+	ASSERT_TRUE(one.ok() && one->has_value());
+	EXPECT_EQ((*one)->answer.server, "s1");
+	Result<std::optional<AnswerAt>> three = ownerAt(scan, loader(), Ipv4{kAddress}, 1024 + 3 * 2048, 450);
+	ASSERT_TRUE(three.ok() && three->has_value());
+	EXPECT_EQ((*three)->answer.server, "s2");
+}
+
+TEST_F(JournalTest, AnswersHoldOverTheirIntervalsToTheSecond)
+{
+	Scan scan;
+	scan.records = {
+		fileRecord(100, 1), outcome(100, 1),
+		moveRecord(200, 2, 0, "s1", "s2", "s1", 260), outcome(200, 2),
+		moveRecord(260, 3, 0, "s1", "s2"), outcome(260, 3),
+		moveRecord(300, 4, 0, "s2", "s1"), outcome(300, 4),
+		moveRecord(300, 5, 0, "s1", "s2"), outcome(300, 5), // the same second: the last wins
+		moveRecord(400, 6, 3, "s2", "s1"), outcome(400, 6), // another slice of s1's: s1's plan changes
+	};
+	uint16_t port = 1024 + 8 * 3 + 1; // slice 0, the fourth inside address's block
+	auto at = [&](int64_t when) { return ownerAt(scan, loader(), Ipv4{kAddress}, port, when); };
+	Result<std::optional<AnswerAt>> early = at(99);
+	ASSERT_TRUE(early.ok());
+	EXPECT_FALSE(early->has_value());
+
+	Result<std::optional<AnswerAt>> first = at(100);
+	ASSERT_TRUE(first.ok() && first->has_value());
+	EXPECT_EQ((*first)->answer.server, "s1");
+	EXPECT_EQ((*first)->answer.source, "warp-gb");
+	EXPECT_EQ((*first)->answer.mode, "stateless");
+	EXPECT_EQ((*first)->answer.inside, "100.64.1.3");
+	EXPECT_EQ((*first)->from, 100);
+	EXPECT_EQ((*first)->until, 200);
+	EXPECT_EQ((*at(199))->from, 100);
+
+	AnswerAt draining = **at(200);
+	EXPECT_EQ(draining.answer.server, "s2");
+	EXPECT_EQ(draining.answer.previous, "s1");
+	EXPECT_EQ(draining.answer.drainUntil, 260);
+	EXPECT_EQ(draining.from, 200);
+	EXPECT_EQ(draining.until, 260);
+
+	AnswerAt settled = **at(299);
+	EXPECT_EQ(settled.answer.server, "s2");
+	EXPECT_EQ(settled.answer.previous, "");
+	EXPECT_EQ(settled.from, 260);
+	// At 300 the slice went to s1 and back within the second: s2 still holds it from 260 on.
+	EXPECT_EQ(settled.until, 0);
+	EXPECT_EQ((*at(100000))->from, 260);
+}
+
+TEST_F(JournalTest, RotationKeepsWhatTheDaysAskAndTheFilesStillNamed)
+{
+	Journal journal(dir_.string(), 2);
+	const int64_t day = 86400;
+	int64_t t0 = 20000 * day + 3600;
+	ASSERT_TRUE(journal.keepFile(sha256Hex(kFleet), kFleet).ok());
+	ASSERT_TRUE(journal.keepFile(sha256Hex("old"), "old").ok());
+	ASSERT_TRUE(journal.append({fileRecord(t0, 1), outcome(t0, 1)}).ok());
+	Result<bool> same = journal.rotateIfDue((t0 + 60) * 1000000, sha256Hex(kFleet));
+	ASSERT_TRUE(same.ok());
+	EXPECT_FALSE(*same);
+	for (int d = 1; d <= 4; d++) {
+		Result<bool> rotated = journal.rotateIfDue((t0 + d * day) * 1000000, sha256Hex(kFleet));
+		ASSERT_TRUE(rotated.ok()) << rotated.error().message();
+		EXPECT_TRUE(*rotated) << d;
+		Record checkpoint = fileRecord(t0 + d * day, 1);
+		checkpoint.why = "checkpoint";
+		ASSERT_TRUE(journal.append({checkpoint, outcome(t0 + d * day, 1)}).ok());
+	}
+	std::vector<std::string> names;
+	for (const auto &e : fs::directory_iterator(dir_))
+		names.push_back(e.path().filename().string());
+	std::sort(names.begin(), names.end());
+	// Segments begun on days 0..3 were rotated; the ones wholly older than two days are gone.
+	std::vector<std::string> want = {"files", "journal", "journal-20241006T010000Z", "journal-20241007T010000Z"};
+	EXPECT_EQ(names, want);
+	EXPECT_TRUE(fs::exists(journal.filePath(sha256Hex(kFleet))));
+	EXPECT_FALSE(fs::exists(journal.filePath(sha256Hex("old"))));
+	Scan scan = journal.scan();
+	EXPECT_TRUE(scan.damaged.empty());
+	ASSERT_FALSE(scan.records.empty());
+	EXPECT_EQ(scan.records.front().timeUs, (t0 + 2 * day) * 1000000);
+	Result<std::optional<AnswerAt>> at = ownerAt(scan, loader(), Ipv4{kAddress}, 1024, t0 + 3 * day);
+	ASSERT_TRUE(at.ok() && at->has_value());
+	EXPECT_EQ((*at)->answer.server, "s1");
+}
+
+} // namespace
+} // namespace portslice::journal
