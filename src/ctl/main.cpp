@@ -74,13 +74,33 @@ int main(int argc, char **argv)
 	dump->add_flag("--json", offline.json, "print what the table holds (generation, plan hash, sets and their "
 					       "element counts) as JSON, not the table");
 
-	CLI::App *owner = add("owner", "which server owns ADDRESS:PORT, which source, and for a stateless source "
-				       "which inside address",
-			      [&] { return runOwner(offline, std::cout, std::cerr); });
+	// owner: the running daemon's view (moves and drains included), from the
+	// journal with --at; from the file alone when --config or --server is given.
+	CLI::App *owner = nullptr;
+	owner = add("owner", "which server owns ADDRESS:PORT, which source, and for a stateless source which inside "
+			     "address: the daemon's view, at TIME from the ownership journal, or the file's with --config",
+		    [&]() -> int {
+			    bool fromFile = owner->get_option("--config")->count() > 0 ||
+					    owner->get_option("--server")->count() > 0;
+			    if (fromFile) {
+				    if (!online.at.empty()) {
+					    std::cerr << "portslicectl: owner: --at answers from the daemon's journal, not "
+							 "with --config or --server\n";
+					    return cli::kExitUsage;
+				    }
+				    return runOwner(offline, std::cout, std::cerr);
+			    }
+			    online.command = "owner";
+			    online.argument = offline.argument;
+			    online.json = offline.json;
+			    return runOnline(online);
+		    });
 	owner->add_option("ADDRESS_PORT", offline.argument, "a shared address and one of its ports")
 		->required()
 		->type_name("ADDRESS:PORT");
 	addFileOptions(*owner, offline);
+	owner->add_option("--at", online.at, "the moment to answer for, RFC 3339 or Unix seconds (from the journal)")
+		->type_name("TIME");
 	owner->add_flag("--json", offline.json, "print the answer as JSON");
 
 	CLI::App *geofeed = add("geofeed", "RFC 8805 CSV of the shared addresses from their country tags",
@@ -123,6 +143,16 @@ int main(int argc, char **argv)
 			      runOnlineCommand("stats"));
 	CLI::Option *statsJson = stats->add_flag("--json", online.json, "print JSON");
 	stats->add_flag("--prometheus", online.prometheus, "print the Prometheus text format (not with --json)")->excludes(statsJson);
+
+	CLI::App *history = add("history", "the ownership journal, one line per change (time, generation, address, "
+					   "slice, old owner, new owner, why)",
+				runOnlineCommand("history"));
+	history->add_option("--since", online.since, "only changes from TIME on, RFC 3339 or Unix seconds")
+		->type_name("TIME");
+	history->add_flag("--json", online.json, "print JSON");
+
+	add("audit", "compare the live kernel table with the daemon's plan; exit 1 listing each difference",
+	    runOnlineCommand("audit"));
 
 	if (std::optional<int> code = cli::parse(app, argc, argv))
 		return *code;

@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: MIT
-// portslicectl's online commands (status, reload, set-owner, stats) over D-Bus, through the proxy generated from dbus/*.xml.
+// portslicectl's online commands (status, reload, set-owner, stats, owner, history, audit) over D-Bus, through the proxy generated from dbus/*.xml.
 #include "ctl/online.h"
 
 #include <algorithm>
 #include <cctype>
+#include <charconv>
 #include <cstdio>
 #include <iostream>
 #include <map>
@@ -12,10 +13,12 @@
 #include <sdbus-c++/sdbus-c++.h>
 
 #include "common/json.h"
+#include "common/net.h"
 #include "common/version.h"
 #include "ctl/fleet.h"
 #include "service/metrics.h"
 #include "dbus/egress1_proxy.h"
+#include "journal/journal.h"
 
 namespace portslice::ctl {
 
@@ -41,6 +44,10 @@ public:
 private:
 	void onApplied(const uint64_t &) override {}
 	void onApplyFailed(const std::string &) override {}
+	void onSliceOwnerChanged(const std::string &, const uint32_t &, const std::string &, const std::string &,
+				 const uint64_t &) override
+	{
+	}
 };
 
 struct StatRow {
@@ -166,6 +173,214 @@ int setOwner(Egress1 &proxy, const OnlineOptions &options)
 	return 0;
 }
 
+// "198.51.100.1:7200" -> address and port.
+bool splitAddressPort(const std::string &text, std::string &address, uint16_t &port)
+{
+	size_t colon = text.rfind(':');
+	if (colon == std::string::npos || !Ipv4::parse(std::string_view(text).substr(0, colon)))
+		return false;
+	uint32_t value = 0;
+	const char *begin = text.data() + colon + 1, *end = text.data() + text.size();
+	auto [p, ec] = std::from_chars(begin, end, value);
+	if (ec != std::errc() || p != end || value == 0 || value > 65535)
+		return false;
+	address = text.substr(0, colon);
+	port = static_cast<uint16_t>(value);
+	return true;
+}
+
+std::string field(const std::map<std::string, std::string> &f, const std::string &key)
+{
+	auto it = f.find(key);
+	return it == f.end() ? std::string() : it->second;
+}
+
+// "server s2, source warp-gb (conntrack: inside ...)", as the offline command says it.
+std::string describe(const std::map<std::string, std::string> &f, const std::string &prefix)
+{
+	std::string server = field(f, prefix + "server");
+	if (server.empty())
+		return "owned by no server";
+	std::string text = "server " + server;
+	std::string source = field(f, prefix + "source");
+	if (source.empty())
+		return text + ", not assigned to any source";
+	if (field(f, prefix + "mode") == "stateless")
+		return text + ", source " + source + ", inside " + field(f, prefix + "inside") + " (stateless)";
+	std::string prefixText = field(f, prefix + "inside_prefix");
+	if (field(f, prefix + "inside").empty())
+		return text + ", source " + source + " (conntrack" +
+		       (prefixText.empty() ? "" : ": inside prefix " + prefixText) + "; the connection table of " +
+		       server + " knows which host)";
+	return text + ", source " + source + " (conntrack: inside " + field(f, prefix + "inside") +
+	       (prefixText.empty() ? "" : " of " + prefixText) + "; the connection table of " + server +
+	       " knows which host)";
+}
+
+int owner(Egress1 &proxy, const OnlineOptions &options)
+{
+	const std::string &target = options.argument;
+	const std::string &at = options.at;
+	bool json = options.json;
+	std::string address;
+	uint16_t port = 0;
+	if (!splitAddressPort(target, address, port)) {
+		std::cerr << "portslicectl owner: expected ADDRESS:PORT, e.g. 198.51.100.1:40000, not '" << target << "'\n";
+		return kExitUsage;
+	}
+	uint64_t when = 0;
+	if (!at.empty()) {
+		std::optional<int64_t> us = journal::parseTime(at);
+		if (!us || *us < 1000000) {
+			std::cerr << "portslicectl owner: --at wants RFC 3339 (2026-11-29T09:40:00Z) or Unix seconds, not '"
+				  << at << "'\n";
+			return kExitUsage;
+		}
+		when = static_cast<uint64_t>(*us / 1000000);
+	}
+	std::map<std::string, std::string> f = proxy.OwnerDetails(address, port, when);
+	if (json) {
+		// The shape of the offline `owner --json`, with the daemon's fields after it.
+		auto answer = [&](JsonWriter &w, const std::string &prefix) {
+			std::string server = field(f, prefix + "server"), source = field(f, prefix + "source");
+			std::string inside = field(f, prefix + "inside"), mode = field(f, prefix + "mode");
+			w.key("server");
+			server.empty() ? (void)w.null() : (void)w.value(server);
+			w.key("source");
+			source.empty() ? (void)w.null() : (void)w.value(source);
+			w.key("inside");
+			if (inside.empty()) {
+				w.null();
+			} else {
+				size_t dash = inside.find('-');
+				w.beginObject().key("first").value(inside.substr(0, dash)).key("last")
+					.value(dash == std::string::npos ? inside : inside.substr(dash + 1)).endObject();
+			}
+			w.key("nat");
+			mode.empty() ? (void)w.null() : (void)w.value(mode);
+		};
+		auto number = [&](const std::string &key) { return static_cast<uint64_t>(std::stoull(field(f, key))); };
+		JsonWriter w;
+		w.beginObject().key("address").value(address).key("port").value(port);
+		w.key("slice").value(number("slice"));
+		answer(w, "");
+		w.key("inside_prefix");
+		field(f, "inside_prefix").empty() ? (void)w.null() : (void)w.value(field(f, "inside_prefix"));
+		w.key("generation").value(number("generation"));
+		w.key("at");
+		when ? (void)w.value(journal::formatSeconds(static_cast<int64_t>(when))) : (void)w.null();
+		w.key("from");
+		when ? (void)w.value(number("from")) : (void)w.null();
+		w.key("until");
+		when ? (void)w.value(number("until")) : (void)w.null();
+		w.key("draining");
+		if (field(f, "draining_server").empty()) {
+			w.null();
+		} else {
+			w.beginObject();
+			answer(w, "draining_");
+			w.key("until").value(number("draining_until"));
+			w.endObject();
+		}
+		w.endObject();
+		std::cout << w.str() << "\n";
+		return 0;
+	}
+	std::cout << target;
+	if (when)
+		std::cout << " at " << journal::formatSeconds(static_cast<int64_t>(when));
+	std::cout << ": slice " << field(f, "slice") << ", " << describe(f, "") << "\n";
+	if (!field(f, "draining_server").empty()) {
+		std::string until = field(f, "draining_until");
+		std::cout << "  draining: " << field(f, "draining_server")
+			  << " keeps the flows it opened before the move"
+			  << (until.empty() || until == "0" ? "" : " until " + journal::formatSeconds(std::stoll(until)));
+		if (!field(f, "draining_source").empty() || field(f, "draining_server") != "")
+			if (f.count("draining_source"))
+				std::cout << ": " << describe(f, "draining_");
+		std::cout << "\n";
+	}
+	if (when) {
+		std::string until = field(f, "until");
+		std::cout << "  held from " << journal::formatSeconds(std::stoll(field(f, "from")))
+			  << (until == "0" ? " until now" : " until " + journal::formatSeconds(std::stoll(until)))
+			  << " (generation " << field(f, "generation") << ")\n";
+	}
+	return 0;
+}
+
+int history(Egress1 &proxy, const OnlineOptions &options)
+{
+	const std::string &since = options.since;
+	bool json = options.json;
+	uint64_t from = 0;
+	if (!since.empty()) {
+		std::optional<int64_t> us = journal::parseTime(since);
+		if (!us || *us < 0) {
+			std::cerr << "portslicectl history: --since wants RFC 3339 (2026-11-29T09:40:00Z) or Unix seconds, not '"
+				  << since << "'\n";
+			return kExitUsage;
+		}
+		from = static_cast<uint64_t>(*us / 1000000);
+	}
+	auto rows = proxy.History(from);
+	if (json) {
+		JsonWriter w;
+		w.beginArray();
+		for (const auto &row : rows) {
+			w.beginObject();
+			w.key("time").value(journal::formatTime(static_cast<int64_t>(row.get<0>())));
+			w.key("generation").value(row.get<1>());
+			bool file = row.get<2>().empty();
+			w.key("address");
+			file ? (void)w.null() : (void)w.value(row.get<2>());
+			w.key("slice");
+			file ? (void)w.null() : (void)w.value(row.get<3>());
+			w.key("old").value(row.get<4>()).key("new").value(row.get<5>()).key("why").value(row.get<6>());
+			w.key("uid");
+			row.get<7>().empty() ? (void)w.null() : (void)w.value(static_cast<uint64_t>(std::stoull(row.get<7>())));
+			w.key("file").value(row.get<8>());
+			w.endObject();
+		}
+		w.endArray();
+		std::cout << w.str() << "\n";
+		return 0;
+	}
+	std::cout << "TIME                        GENERATION  ADDRESS          SLICE  OLD        NEW        WHY\n";
+	for (const auto &row : rows) {
+		std::string time = journal::formatTime(static_cast<int64_t>(row.get<0>()));
+		auto pad = [](std::string text, size_t width) {
+			return text.size() >= width ? text + " " : text + std::string(width - text.size(), ' ');
+		};
+		std::cout << pad(time, 28) << pad(std::to_string(row.get<1>()), 12);
+		if (row.get<2>().empty()) {
+			std::cout << pad("-", 17) << pad("-", 7) << pad("-", 11) << pad("-", 11) << "file sha256:" << row.get<8>();
+		} else {
+			auto name = [](const std::string &n) { return n.empty() ? std::string("(none)") : n; };
+			std::cout << pad(row.get<2>(), 17) << pad(std::to_string(row.get<3>()), 7) << pad(name(row.get<4>()), 11)
+				  << pad(name(row.get<5>()), 11) << row.get<6>();
+		}
+		if (!row.get<7>().empty())
+			std::cout << " (uid " << row.get<7>() << ")";
+		std::cout << "\n";
+	}
+	return 0;
+}
+
+int audit(Egress1 &proxy)
+{
+	std::vector<std::string> differences = proxy.Audit();
+	if (differences.empty()) {
+		std::cout << "table inet portslice is what the plan says (generation " << proxy.Generation() << ")\n";
+		return 0;
+	}
+	for (const std::string &d : differences)
+		std::cout << d << "\n";
+	std::cerr << "portslicectl audit: " << differences.size() << " difference" << (differences.size() > 1 ? "s" : "")
+		  << " between the kernel and the plan of generation " << proxy.Generation() << "\n";
+	return kExitFailed;
+}
+
 } // namespace
 
 int runOnline(const OnlineOptions &options)
@@ -189,6 +404,12 @@ int runOnline(const OnlineOptions &options)
 			return setOwner(proxy, options);
 		if (command == "stats")
 			return stats(proxy, options);
+		if (command == "owner")
+			return owner(proxy, options);
+		if (command == "history")
+			return history(proxy, options);
+		if (command == "audit")
+			return audit(proxy);
 		std::cerr << "portslicectl: unknown online command " << command << "\n";
 		return kExitUsage;
 	} catch (const sdbus::Error &e) {

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// The online commands of portslicectl (status, reload, set-owner, stats), spoken over D-Bus.
+// The online commands of portslicectl (status, reload, set-owner, stats, owner, history, audit), spoken over D-Bus.
 #pragma once
 
 #include <cstdint>
@@ -9,7 +9,7 @@ namespace portslice::ctl {
 
 // What main() parsed for an online command; each command reads the fields it has.
 struct OnlineOptions {
-	std::string command; // status, reload, set-owner, stats
+	std::string command; // status, reload, set-owner, stats, owner, history, audit
 	bool json = false;
 	bool prometheus = false;
 	std::string address; // set-owner
@@ -21,6 +21,9 @@ struct OnlineOptions {
 	uint32_t drainSeconds = 60;
 	// status: where portslice-fleetd keeps the fleet link.
 	std::string fleetStatus = "/run/portslice/fleetd.json";
+	std::string argument; // owner: ADDRESS:PORT
+	std::string at;       // owner --at TIME
+	std::string since;    // history --since TIME
 };
 
 // Returns the process exit code.

@@ -15,6 +15,7 @@
 #endif
 #include "nft/model.h"
 #include "nft/render.h"
+#include "service/table_diff.h"
 
 namespace portslice::daemon {
 
@@ -123,6 +124,31 @@ std::string KernelBackend::dump(const plan::Plan &plan, uint64_t generation)
 	if (!comment_.empty())
 		model.comment = comment_;
 	return nft::render(model, &plan);
+}
+
+Result<std::vector<std::string>> KernelBackend::audit(const plan::Plan &plan, uint64_t generation)
+{
+	// The kernel's own listing, as an operator would take it.
+	FILE *pipe = ::popen("nft -s list table inet portslice 2>&1", "r");
+	if (!pipe)
+		return Error(errno, "running nft -s list table inet portslice");
+	std::string live;
+	char buffer[65536];
+	size_t n;
+	while ((n = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0)
+		live.append(buffer, n);
+	int status = ::pclose(pipe);
+	if (status != 0 && live.find("No such file") == std::string::npos)
+		return Error("nft -s list table inet portslice: " + live.substr(0, live.find('\n')));
+	std::vector<std::string> differences = service::compareTables(dump(plan, generation), status == 0 ? live : "");
+	if (differences.empty()) {
+		Result<std::string> drifted = drift(plan, generation);
+		if (!drifted)
+			return drifted.error();
+		if (!drifted->empty())
+			differences.push_back(*drifted);
+	}
+	return differences;
 }
 
 std::optional<uint64_t> KernelBackend::appliedGeneration()

@@ -25,6 +25,9 @@ public:
 	// With the forwarder: no XDP program on the uplink is drift too.
 	Result<std::string> drift(const plan::Plan &plan, uint64_t generation) override;
 	Result<std::vector<service::StatRow>> stats(const plan::Plan &plan) override;
+	// What `nft -s list table inet portslice` lists against dump(): each
+	// object, statement and element that differs; then drift() (the forwarder).
+	Result<std::vector<std::string>> audit(const plan::Plan &plan, uint64_t generation) override;
 	std::string dump(const plan::Plan &plan, uint64_t generation) override;
 	std::optional<uint64_t> appliedGeneration() override;
 

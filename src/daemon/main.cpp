@@ -48,6 +48,8 @@ int main(int argc, char **argv)
 	daemon::ApplierOptions options;
 	bool applyOnce = false, remove = false, noXdp = false;
 	long drainSeconds = 60;
+	long journalDays = 400;
+	bool noRepair = false;
 	app.add_option("--config", configFile, "the config file (default: " + configFile + ")")->type_name("FILE");
 	app.add_option("--state-dir", options.stateDir,
 		       "where orchestration changes and restorable values are kept (default: " + options.stateDir + ")")
@@ -66,6 +68,11 @@ int main(int argc, char **argv)
 		       "keep a node_exporter textfile of the metrics there, replaced atomically every 15 s and "
 		       "after each apply")
 		->type_name("PATH");
+	app.add_option("--journal-days", journalDays,
+		       "days the ownership journal keeps its records, 1 to 36500 (default: 400)")
+		->type_name("N")
+		->check(CLI::Range(1L, 36500L).description(""));
+	app.add_flag("--no-repair", noRepair, "leave a table changed by hand as it is (logged), for portslicectl audit");
 	CLI::Option *applyOnceFlag =
 		app.add_flag("--apply-once", applyOnce, "apply the file and exit 0, or exit 1 changing nothing (not with --remove)");
 	app.add_flag("--remove", remove, "delete everything portslice applied and exit")->excludes(applyOnceFlag);
@@ -84,6 +91,8 @@ int main(int argc, char **argv)
 		daemon::ServeOptions serveOptions{configFile, options.stateDir};
 		serveOptions.drain = std::chrono::seconds(drainSeconds);
 		serveOptions.metricsFile = metricsFile;
+		serveOptions.journalDays = static_cast<int>(journalDays);
+		serveOptions.repair = !noRepair;
 		return daemon::serve(serveOptions, backend);
 #else
 		std::cerr << "portsliced: built without D-Bus support (sdbus-c++, libsystemd): "

@@ -11,6 +11,7 @@
 #include <sys/signalfd.h>
 #include <sys/timerfd.h>
 #include <systemd/sd-daemon.h>
+#include <systemd/sd-journal.h>
 #include <unistd.h>
 
 #include <sdbus-c++/sdbus-c++.h>
@@ -65,6 +66,27 @@ public:
 		for (const auto &[name, value] : fields)
 			f.push_back({name, value});
 		log::write(static_cast<log::Priority>(priority), line, f);
+	}
+	// Each applied change of the ownership journal, to the systemd journal with the same fields.
+	void ownershipChanged(const std::vector<journal::Change> &changes) override
+	{
+		for (const journal::Change &c : changes) {
+			std::string address = c.key ? Ipv4{c.key->address}.str() : "";
+			std::string slice = c.key ? std::to_string(c.key->slice) : "";
+			std::string message = c.key ? "slice " + slice + " of " + address + ": " + (c.old.empty() ? "nobody" : c.old) +
+							      " -> " + (c.now.empty() ? "nobody" : c.now) + " (" + c.why + ")"
+						    : "applied file sha256 " + c.hash;
+			message += ", generation " + std::to_string(c.generation);
+			std::string uid = c.uid ? std::to_string(*c.uid) : "";
+			// 128-bit id of portslice ownership changes (journalctl MESSAGE_ID=...).
+			sd_journal_send("MESSAGE=%s", message.c_str(), "MESSAGE_ID=5c1d7e0a9b3f4e2d8a6c0b1e2f3a4d5c",
+					"PRIORITY=5", "GENERATION=%llu", static_cast<unsigned long long>(c.generation),
+					"ADDRESS=%s", address.c_str(), "SLICE=%s", slice.c_str(), "OLD_OWNER=%s", c.old.c_str(),
+					"NEW_OWNER=%s", c.now.c_str(), "WHY=%s", c.why.c_str(), "FILE_SHA256=%s", c.hash.c_str(),
+					"CALLER_UID=%s", uid.c_str(), nullptr);
+		}
+		if (bus_)
+			bus_->announceOwners(changes);
 	}
 
 	void notifyStatus()
@@ -156,7 +178,8 @@ int serve(const ServeOptions &options, service::Backend &backend)
 	}
 
 	DaemonListener listener;
-	service::Service service({options.configPath, options.stateDir, options.drain, {}}, backend, listener);
+	service::Service service({options.configPath, options.stateDir, options.drain, {}, options.journalDays}, backend,
+				 listener);
 	dbus::BusObject bus(*connection, service);
 	listener.attach(&bus, &service);
 
@@ -195,6 +218,11 @@ int serve(const ServeOptions &options, service::Backend &backend)
 		}
 		if (!*change)
 			return false;
+		if (!options.repair && !afterOwnWork) {
+			std::cerr << "portsliced: table inet portslice changed by " << (*change)->str()
+				  << "; not repaired (--no-repair): see portslicectl audit" << std::endl;
+			return true;
+		}
 		if ((*change)->lost() && afterOwnWork)
 			service.repairDrift("nftables events were lost");
 		else if ((*change)->lost())
@@ -249,7 +277,8 @@ int serve(const ServeOptions &options, service::Backend &backend)
 		if (fds[3].revents & POLLIN) {
 			uint64_t expirations;
 			(void)!::read(timer->get(), &expirations, sizeof(expirations));
-			service.repairDrift("periodic check");
+			if (options.repair)
+				service.repairDrift("periodic check");
 			// A drain deadline passed: the previous owner is dropped (one generation).
 			service.expireDrains();
 		}

@@ -21,6 +21,11 @@ struct ServeOptions {
 	// atomically every metricsInterval and after each apply; empty: none.
 	std::string metricsFile;
 	std::chrono::seconds metricsInterval{15};
+	// How long the ownership journal keeps its records (--journal-days).
+	int journalDays = 400;
+	// Put a table changed by hand back (the default); false (--no-repair): only
+	// log it and leave it for `portslicectl audit` to show.
+	bool repair = true;
 };
 
 // Runs until SIGTERM or SIGINT; returns the process exit code.

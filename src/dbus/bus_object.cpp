@@ -85,15 +85,66 @@ void BusObject::logCaller(const char *member)
 		   {{"CALLER_UID", uid}, {"DBUS_MEMBER", member}});
 }
 
+void BusObject::announceOwners(const std::vector<journal::Change> &changes)
+{
+	for (const journal::Change &c : changes) {
+		if (!c.key || c.drainEnd || c.old == c.now)
+			continue;
+		try {
+			emitSliceOwnerChanged(Ipv4{c.key->address}.str(), c.key->slice, c.old, c.now, c.generation);
+		} catch (const sdbus::Error &e) {
+			std::cerr << "emitting SliceOwnerChanged: " << e.getMessage() << std::endl;
+		}
+	}
+}
+
+std::optional<uint32_t> BusObject::callerUid()
+{
+	try {
+		const sdbus::Message *message = getObject().getCurrentlyProcessedMessage();
+		if (message)
+			return static_cast<uint32_t>(message->getCredsUid());
+	} catch (const sdbus::Error &) {
+	}
+	return std::nullopt;
+}
+
+namespace {
+
+// The caller's uid goes with the change into the journal, and no further.
+class CallerScope {
+public:
+	CallerScope(Service &service, std::optional<uint32_t> uid) : service_(service) { service_.setCaller(uid); }
+	~CallerScope() { service_.setCaller(std::nullopt); }
+	CallerScope(const CallerScope &) = delete;
+	CallerScope &operator=(const CallerScope &) = delete;
+
+private:
+	Service &service_;
+};
+
+void putAnswer(std::map<std::string, std::string> &f, const journal::PortAnswer &a, const std::string &prefix)
+{
+	f[prefix + "server"] = a.server;
+	f[prefix + "source"] = a.source;
+	f[prefix + "mode"] = a.mode;
+	f[prefix + "inside"] = a.inside;
+	f[prefix + "inside_prefix"] = a.insidePrefix;
+}
+
+} // namespace
+
 uint64_t BusObject::Reload()
 {
 	logCaller("Reload");
+	CallerScope caller(service_, callerUid());
 	return replyOrThrow(service_.reload());
 }
 
 uint64_t BusObject::SetSliceOwner(const std::string &address, const uint32_t &slice, const std::string &server)
 {
 	logCaller("SetSliceOwner");
+	CallerScope caller(service_, callerUid());
 	return replyOrThrow(service_.setSliceOwner(address, slice, server));
 }
 
@@ -105,7 +156,77 @@ uint64_t BusObject::SetSliceOwners(const std::vector<sdbus::Struct<std::string, 
 	list.reserve(moves.size());
 	for (const auto &m : moves)
 		list.push_back({m.get<0>(), m.get<1>(), m.get<2>()});
+	CallerScope caller(service_, callerUid());
 	return replyOrThrow(service_.setSliceOwners(list, drainSeconds));
+}
+
+std::vector<sdbus::Struct<std::string, uint32_t, std::string, std::string, uint64_t>> BusObject::Owners()
+{
+	auto answer = service_.owners();
+	std::vector<sdbus::Struct<std::string, uint32_t, std::string, std::string, uint64_t>> rows;
+	for (const service::OwnerRow &r : replyOrThrow(answer))
+		rows.emplace_back(r.address, r.slice, r.owner, r.previous, r.until);
+	return rows;
+}
+
+std::tuple<std::string, std::string, uint64_t, uint64_t> BusObject::OwnerAt(const std::string &address,
+									     const uint16_t &port, const uint64_t &when)
+{
+	auto answer = service_.ownerAt(address, port, static_cast<int64_t>(std::min<uint64_t>(when, INT64_MAX / 1000000)));
+	const journal::AnswerAt &at = replyOrThrow(answer);
+	return {at.answer.server, at.answer.inside, static_cast<uint64_t>(at.from), static_cast<uint64_t>(at.until)};
+}
+
+std::map<std::string, std::string> BusObject::OwnerDetails(const std::string &address, const uint16_t &port,
+							    const uint64_t &when)
+{
+	std::map<std::string, std::string> f;
+	if (when == 0) {
+		auto answer = service_.ownerNow(address, port);
+		const service::LiveOwner &live = replyOrThrow(answer);
+		if (!live.now.slice)
+			throw sdbus::Error(std::string(service::faultName(service::Fault::NotFound)),
+					   "port " + std::to_string(port) + " of " + address + " is outside its usable slices");
+		putAnswer(f, live.now, "");
+		f["slice"] = std::to_string(*live.now.slice);
+		f["generation"] = std::to_string(service_.generation());
+		if (live.draining) {
+			putAnswer(f, *live.draining, "draining_");
+			f["draining_until"] = std::to_string(live.now.drainUntil);
+		}
+	} else {
+		auto answer = service_.ownerAt(address, port, static_cast<int64_t>(std::min<uint64_t>(when, INT64_MAX / 1000000)));
+		const journal::AnswerAt &at = replyOrThrow(answer);
+		putAnswer(f, at.answer, "");
+		f["slice"] = std::to_string(*at.answer.slice);
+		f["generation"] = std::to_string(at.generation);
+		f["from"] = std::to_string(at.from);
+		f["until"] = std::to_string(at.until);
+		if (!at.answer.previous.empty()) {
+			f["draining_server"] = at.answer.previous;
+			f["draining_until"] = std::to_string(at.answer.drainUntil);
+		}
+	}
+	return f;
+}
+
+std::vector<sdbus::Struct<uint64_t, uint64_t, std::string, uint32_t, std::string, std::string, std::string,
+			  std::string, std::string>>
+BusObject::History(const uint64_t &since)
+{
+	auto answer = service_.history(static_cast<int64_t>(std::min<uint64_t>(since, INT64_MAX / 1000000)) * 1000000);
+	std::vector<sdbus::Struct<uint64_t, uint64_t, std::string, uint32_t, std::string, std::string, std::string,
+				  std::string, std::string>>
+		rows;
+	for (const journal::Change &c : replyOrThrow(answer))
+		rows.emplace_back(static_cast<uint64_t>(c.timeUs), c.generation, c.key ? Ipv4{c.key->address}.str() : "",
+				  c.key ? c.key->slice : 0, c.old, c.now, c.why, c.uid ? std::to_string(*c.uid) : "", c.hash);
+	return rows;
+}
+
+std::vector<std::string> BusObject::Audit()
+{
+	return replyOrThrow(service_.audit());
 }
 
 std::string BusObject::Plan()

@@ -23,6 +23,8 @@ public:
 	void announceApplied(uint64_t generation);
 	void announceApplyFailed(const std::string &error);
 	void announceChanged(const std::vector<std::string> &names);
+	// SliceOwnerChanged for each change of owner among `changes`.
+	void announceOwners(const std::vector<journal::Change> &changes);
 
 private:
 	void logCaller(const char *member);
@@ -34,6 +36,17 @@ private:
 	std::string Dump() override;
 	std::tuple<std::string, std::string> Owner(const std::string &address, const uint16_t &port) override;
 	std::vector<sdbus::Struct<std::string, std::string, std::string, uint64_t>> Stats() override;
+	std::vector<sdbus::Struct<std::string, uint32_t, std::string, std::string, uint64_t>> Owners() override;
+	std::tuple<std::string, std::string, uint64_t, uint64_t> OwnerAt(const std::string &address, const uint16_t &port,
+									 const uint64_t &when) override;
+	std::map<std::string, std::string> OwnerDetails(const std::string &address, const uint16_t &port,
+							const uint64_t &when) override;
+	std::vector<sdbus::Struct<uint64_t, uint64_t, std::string, uint32_t, std::string, std::string, std::string,
+				  std::string, std::string>>
+	History(const uint64_t &since) override;
+	std::vector<std::string> Audit() override;
+	// The uid of the caller of the method being answered, if the bus tells it.
+	std::optional<uint32_t> callerUid();
 
 	std::string Server() override;
 	uint64_t Generation() override;

@@ -78,6 +78,7 @@ std::vector<Change> diff(const SliceMap &before, const SliceMap &after)
 		if (a.owner == b.owner && !a.previous.empty() && b.previous.empty()) {
 			c.old = a.previous; // a drain ended: the draining owner lets go
 			c.now = b.owner;
+			c.drainEnd = true;
 		} else {
 			c.old = a.owner;
 			c.now = b.owner;
@@ -171,6 +172,9 @@ Status replay(const Scan &scan, const FileLoader &load,
 				c.now = p->after.owner;
 				c.why = p->why;
 				c.uid = p->uid;
+				auto was = state.find(p->key);
+				c.drainEnd = was != state.end() && was->second.owner == p->after.owner &&
+					     !was->second.previous.empty() && p->after.previous.empty();
 				step.changes.push_back(std::move(c));
 				state[p->key] = p->after;
 			}

@@ -34,6 +34,7 @@ struct Change {
 	std::string why;             // file, set-owner, drain end, fleet
 	std::optional<uint32_t> uid;
 	std::string hash; // the file's line: its SHA-256
+	bool drainEnd = false; // the owner stays; `old` stopped draining (no SliceOwnerChanged)
 	bool operator==(const Change &) const = default;
 };
 

@@ -268,9 +268,15 @@ protected:
 			::dup2(log, 1);
 			::dup2(log, 2);
 			std::string daemon = bin("src/daemon/portsliced");
-			::execlp("ip", "ip", "netns", "exec", ns_.c_str(), daemon.c_str(), "--config", configPath().c_str(),
-				 "--state-dir", stateDir().c_str(), "--xdp-pin-dir", pinDir().c_str(), "--drain-seconds",
-				 drain.c_str(), "--metrics-file", metricsPath().c_str(), static_cast<char *>(nullptr));
+			std::vector<std::string> words = {"ip", "netns", "exec", ns_, daemon, "--config", configPath(),
+							  "--state-dir", stateDir(), "--xdp-pin-dir", pinDir(),
+							  "--drain-seconds", drain, "--metrics-file", metricsPath()};
+			words.insert(words.end(), daemonArgs_.begin(), daemonArgs_.end());
+			std::vector<char *> argv;
+			for (std::string &w : words)
+				argv.push_back(w.data());
+			argv.push_back(nullptr);
+			::execvp("ip", argv.data());
 			::_exit(127);
 		}
 		for (int i = 0; i < 250; ++i) {
@@ -333,6 +339,7 @@ protected:
 	std::string table() const { return inNs("nft -s list table inet portslice").out; }
 
 	static inline int counter_ = 0;
+	std::vector<std::string> daemonArgs_; // more options for portsliced
 	fs::path dir_;
 	std::string ns_;
 	std::string busAddress_;
