@@ -3,6 +3,7 @@
 #include "config/config.h"
 
 #include "config/chunks.h"
+#include "config/geo.h"
 
 #include <algorithm>
 #include <cctype>
@@ -281,6 +282,27 @@ public:
 			return std::nullopt;
 		}
 		return text;
+	}
+
+	// The tags a geofeed publishes (RFC 8805): ISO codes, and a city a line can hold.
+	void geoTags(const toml::table &t)
+	{
+		std::string country;
+		if (const toml::node *n = t.get("country"); n && n->value<std::string>()) {
+			country = *n->value<std::string>();
+			if (std::optional<std::string> wrong = checkCountry(country)) {
+				error(n->source(), "tags." + *wrong);
+				country.clear();
+			}
+		}
+		if (const toml::node *n = t.get("region"); n && n->value<std::string>()) {
+			if (std::optional<std::string> wrong = checkRegion(country, *n->value<std::string>()))
+				error(n->source(), "tags." + *wrong);
+		}
+		if (const toml::node *n = t.get("city"); n && n->value<std::string>()) {
+			if (std::optional<std::string> wrong = checkCity(*n->value<std::string>()))
+				error(n->source(), "tags." + *wrong);
+		}
 	}
 
 	Tags tags(const toml::table &t, std::string_view key)
@@ -604,8 +626,10 @@ public:
 		if (dc && !c.findDatacenter(*dc))
 			error(t.get("datacenter")->source(), "address names unknown data centre '" + *dc + "'" +
 								     knownNames(c.datacenters));
-		if (tagTable)
+		if (tagTable) {
 			a.tags = tags(*tagTable, "tags");
+			geoTags(*tagTable);
+		}
 		std::map<uint32_t, toml::source_region> sliceWhere;
 		if (sliceTable) {
 			a.slicesWhere = at(sliceTable->source());

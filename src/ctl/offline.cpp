@@ -97,6 +97,18 @@ const char *setKindName(nft::SetKind kind)
 	return "set";
 }
 
+// RFC 4180: a field with a comma, a double quote or a line break is quoted,
+// its double quotes doubled; others go as they are.
+std::string csvField(const std::string &text)
+{
+	if (text.find_first_of(",\"\r\n") == std::string::npos)
+		return text;
+	std::string out = "\"";
+	for (char c : text)
+		out += c == '"' ? std::string("\"\"") : std::string(1, c);
+	return out + "\"";
+}
+
 } // namespace
 
 int runCheck(const OfflineOptions &o, std::ostream &out, std::ostream &err)
@@ -254,7 +266,8 @@ int runGeofeed(const OfflineOptions &o, std::ostream &out, std::ostream &err)
 			err << "portslicectl geofeed: " << a.address.str() << " has no 'country' tag; left out\n";
 			continue;
 		}
-		out << a.address.str() << "/32," << country << "," << tag("region") << "," << tag("city") << ",\n";
+		out << a.address.str() << "/32," << csvField(country) << "," << csvField(tag("region")) << ","
+		    << csvField(tag("city")) << ",\n";
 	}
 	return 0;
 }

@@ -1,0 +1,473 @@
+// SPDX-License-Identifier: MIT
+// The abuse desk and the auditor against a real portsliced on a private bus: owner now, owner at any past second, history, Owners, SliceOwnerChanged, audit.
+#include "dbus_lab.h"
+
+#include <cmath>
+#include <map>
+#include <mutex>
+
+#include <sdbus-c++/sdbus-c++.h>
+
+#include "config/config.h"
+#include "dbus/egress1_proxy.h"
+#include "plan/plan.h"
+
+namespace portslice::dbuslab {
+namespace {
+
+struct OwnerSignal {
+	std::string address;
+	uint32_t slice;
+	std::string old, now;
+	uint64_t generation;
+	bool operator==(const OwnerSignal &) const = default;
+};
+
+class Egress1 final : public sdbus::ProxyInterfaces<org::portslice::Egress1_proxy> {
+public:
+	Egress1(sdbus::IConnection &connection)
+		: ProxyInterfaces(connection, "org.portslice.Egress1", "/org/portslice/Egress1")
+	{
+		registerProxy();
+	}
+	~Egress1() { unregisterProxy(); }
+
+	std::vector<OwnerSignal> signals() const
+	{
+		std::lock_guard lock(mutex_);
+		return signals_;
+	}
+
+private:
+	void onApplied(const uint64_t &) override {}
+	void onApplyFailed(const std::string &) override {}
+	void onSliceOwnerChanged(const std::string &address, const uint32_t &slice, const std::string &old,
+				 const std::string &now, const uint64_t &generation) override
+	{
+		std::lock_guard lock(mutex_);
+		signals_.push_back({address, slice, old, now, generation});
+	}
+
+	mutable std::mutex mutex_;
+	std::vector<OwnerSignal> signals_;
+};
+
+using Key = std::pair<std::string, uint32_t>; // address, slice
+
+// The test's own record of who holds each slice: owner and draining previous owner.
+struct Holder {
+	std::string owner, previous;
+	bool operator==(const Holder &) const = default;
+};
+using Model = std::map<Key, Holder>;
+
+// One step of the sequence: when it happened (between `before` and `after`,
+// Unix seconds as the test's clock saw them), the file then in force, the holders after it.
+struct Step {
+	double before = 0, after = 0;
+	std::string file;
+	Model model;
+};
+
+// What the abuse desk is told for one port under one step: server, inside (as OwnerAt says it), draining owner.
+struct Expected {
+	std::string server, inside, previous;
+	bool operator==(const Expected &) const = default;
+};
+
+double unixNow()
+{
+	return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// Sleep into the next whole second, so that no two steps share a second.
+void nextSecond()
+{
+	double now = unixNow();
+	double target = std::floor(now) + 1.05;
+	std::this_thread::sleep_for(std::chrono::duration<double>(target - now));
+}
+
+std::string fileWith(const std::string &from, const std::string &to)
+{
+	std::string text = kLabFleet;
+	size_t at = text.find(from);
+	EXPECT_NE(at, std::string::npos) << from;
+	if (at != std::string::npos)
+		text.replace(at, from.size(), to);
+	return text;
+}
+
+Model modelOf(const std::string &file)
+{
+	config::LoadResult loaded = config::loadString(file, "model.toml");
+	EXPECT_TRUE(loaded.ok());
+	Model model;
+	for (const config::Address &a : loaded.config->addresses)
+		for (uint32_t s = 0; s < a.sliceCount(); s++)
+			model[{a.address.str(), s}] = {a.owners.count(s) ? a.owners.at(s) : "", ""};
+	return model;
+}
+
+// The answer under a step, planned from the step's file with the model's holders laid over it.
+Expected expectedAt(const Step &step, const std::string &address, uint16_t port)
+{
+	config::LoadResult loaded = config::loadString(step.file, "model.toml");
+	EXPECT_TRUE(loaded.ok());
+	config::Config config = *loaded.config;
+	for (config::Address &a : config.addresses) {
+		for (uint32_t s = 0; s < a.sliceCount(); s++) {
+			const Holder &h = step.model.at({a.address.str(), s});
+			a.owners[s] = h.owner;
+			if (h.previous.empty())
+				a.previous.erase(s);
+			else
+				a.previous[s] = h.previous;
+		}
+	}
+	std::optional<plan::OwnerAnswer> answer = plan::findOwner(config, *Ipv4::parse(address), port);
+	EXPECT_TRUE(answer && answer->slice);
+	Expected e;
+	e.server = answer->server;
+	if (answer->inside) {
+		e.inside = answer->inside->str();
+		if (answer->insideLast && *answer->insideLast != *answer->inside)
+			e.inside += "-" + answer->insideLast->str();
+	}
+	e.previous = step.model.at({address, *answer->slice}).previous;
+	return e;
+}
+
+class JournalLab : public DbusLab {
+protected:
+	void connect()
+	{
+		connection_ = sdbus::createSessionBusConnectionWithAddress(busAddress_);
+		connection_->enterEventLoopAsync();
+		proxy_ = std::make_unique<Egress1>(*connection_);
+	}
+	void disconnect()
+	{
+		proxy_.reset();
+		if (connection_)
+			connection_->leaveEventLoop();
+		connection_.reset();
+	}
+	void TearDown() override
+	{
+		disconnect();
+		DbusLab::TearDown();
+	}
+
+	std::unique_ptr<sdbus::IConnection> connection_;
+	std::unique_ptr<Egress1> proxy_;
+};
+
+TEST_F(JournalLab, OwnerIsTheDaemonsViewWithMovesAndDrainsAndTheFileAloneWithConfig)
+{
+	startDaemon(30);
+	// The issue's example: after set-owner, the answer is the daemon's, not the file's.
+	Outcome moved = ctl("set-owner 198.51.100.1 3 s2");
+	ASSERT_TRUE(moved.ok()) << moved.out;
+	Outcome online = ctl("owner 198.51.100.1:7200");
+	ASSERT_TRUE(online.ok()) << online.out;
+	EXPECT_NE(online.out.find("slice 3, server s2"), std::string::npos) << online.out;
+	EXPECT_NE(online.out.find("draining: s3 keeps the flows it opened before the move until "), std::string::npos)
+		<< online.out;
+	Outcome file = ctl("owner 198.51.100.1:7200 --config " + quote(configPath()));
+	ASSERT_TRUE(file.ok()) << file.out;
+	EXPECT_NE(file.out.find("slice 3, server s3"), std::string::npos) << file.out;
+	EXPECT_EQ(file.out.find("draining"), std::string::npos) << file.out;
+	EXPECT_NE(call("Owner", "sq 198.51.100.1 7200").out.find("\"s2\""), std::string::npos);
+
+	// A port of this server's own slice: the same source and inside address online as in the file.
+	for (uint16_t port = 1024; port < 3072; port += 64) {
+		std::string target = "198.51.100.1:" + std::to_string(port);
+		Outcome a = ctl("owner " + target + " --json");
+		Outcome b = ctl("owner " + target + " --json --config " + quote(configPath()));
+		ASSERT_TRUE(a.ok() && b.ok()) << a.out << b.out;
+		// The online answer has the generation and the interval fields besides.
+		for (const char *key : {"\"server\": \"s1\"", "\"source\": ", "\"inside\": "}) {
+			size_t at = b.out.find(key);
+			ASSERT_NE(at, std::string::npos) << b.out;
+			std::string line = b.out.substr(at, b.out.find('\n', at) - at);
+			if (line.ends_with(","))
+				line.pop_back();
+			EXPECT_NE(a.out.find(line), std::string::npos) << line << "\n" << a.out;
+		}
+	}
+	// Losing its own slice 0 to s2: s2 owns it now, s1 keeps its flows for 30 s.
+	ASSERT_TRUE(ctl("set-owner 198.51.100.1 0 s2").ok());
+	Outcome drain = ctl("owner 198.51.100.1:1100 --json");
+	ASSERT_TRUE(drain.ok()) << drain.out;
+	EXPECT_NE(drain.out.find("\"server\": \"s2\""), std::string::npos) << drain.out;
+	EXPECT_NE(drain.out.find("\"draining_server\": \"s1\""), std::string::npos) << drain.out;
+	Outcome bad = ctl("owner 198.51.100.1:80");
+	EXPECT_EQ(bad.status, 1) << bad.out;
+	EXPECT_NE(bad.out.find("outside its usable slices"), std::string::npos) << bad.out;
+}
+
+TEST_F(JournalLab, OwnerAtAnswersEverySecondOfMovesReloadsDrainsAndRestartsAsTheModelSays)
+{
+	startDaemon(2);
+	connect();
+	std::vector<Step> steps;
+	const std::string fileA = kLabFleet;
+	// Step 0: the start.
+	steps.push_back({0, unixNow(), fileA, modelOf(fileA)});
+	steps[0].before = steps[0].after - 5; // before the test looked: the daemon was started
+	std::vector<OwnerSignal> wantSignals;
+
+	auto act = [&](const std::function<void()> &action, const std::string &file,
+		       const std::function<void(Model &)> &change) {
+		nextSecond();
+		Step s;
+		s.before = unixNow();
+		action();
+		s.after = unixNow();
+		s.file = file;
+		s.model = steps.back().model;
+		change(s.model);
+		steps.push_back(std::move(s));
+	};
+	auto setOwner = [&](const std::string &address, uint32_t slice, const std::string &server) {
+		act([&] {
+			Outcome r = ctl("set-owner " + address + " " + std::to_string(slice) + " " + server);
+			ASSERT_TRUE(r.ok()) << r.out;
+		}, steps.back().file, [&](Model &m) {
+			Holder &h = m[{address, slice}];
+			wantSignals.push_back({address, slice, h.owner, server, 0});
+			h.previous = h.owner;
+			h.owner = server;
+		});
+	};
+	// A drain ends by the daemon's timer: the step is bracketed by the last
+	// poll that still saw the previous owner and the first that did not.
+	auto drainEnds = [&](const std::string &address, uint32_t slice) {
+		Step s;
+		s.file = steps.back().file;
+		s.model = steps.back().model;
+		s.model[{address, slice}].previous.clear();
+		bool ended = false;
+		for (int i = 0; i < 100 && !ended; i++) {
+			s.before = unixNow();
+			std::this_thread::sleep_for(std::chrono::milliseconds(50));
+			for (const auto &row : proxy_->Owners())
+				if (row.get<0>() == address && row.get<1>() == slice)
+					ended = row.get<3>().empty();
+		}
+		ASSERT_TRUE(ended);
+		s.after = unixNow();
+		steps.push_back(std::move(s));
+	};
+
+	setOwner("198.51.100.1", 3, "s2");   // 1
+	drainEnds("198.51.100.1", 3);         // 2
+	const std::string fileB = fileWith("slices = { s1 = 0, s2 = 1, s3 = [2, 3] }", "slices = { s1 = [0, 2], s2 = 1, s3 = 3 }");
+	act([&] {                             // 3: a reload; the move of slice 3 stays over the file
+		writeConfig(fileB);
+		Outcome r = ctl("reload");
+		ASSERT_TRUE(r.ok()) << r.out;
+	}, fileB, [&](Model &m) {
+		wantSignals.push_back({"198.51.100.1", 2, "s3", "s1", 0});
+		m[{"198.51.100.1", 2}].owner = "s1";
+	});
+	setOwner("198.51.100.2", 0, "s3");   // 4: this server loses its slice of .2, which drains
+	// 5: a restart after the drain's deadline, with another file.
+	disconnect();
+	stopDaemon(SIGTERM);
+	std::this_thread::sleep_for(std::chrono::milliseconds(2100));
+	const std::string fileC = fileWith("slices = { s1 = 0, s2 = 1, s3 = 2 }", "slices = { s1 = 0, s2 = [1, 2] }");
+	std::string fileCB = fileC;
+	fileCB.replace(fileCB.find("slices = { s1 = 0, s2 = 1, s3 = [2, 3] }"), 40, "slices = { s1 = [0, 2], s2 = 1, s3 = 3 }");
+	act([&] {
+		writeConfig(fileCB);
+		startDaemon(2);
+	}, fileCB, [&](Model &m) {
+		m[{"198.51.100.2", 0}].previous.clear();
+		m[{"198.51.100.2", 2}].owner = "s2";
+	});
+	connect();
+	setOwner("198.51.100.1", 1, "s3");   // 6
+	drainEnds("198.51.100.1", 1);         // 7
+	nextSecond();
+	double end = unixNow();
+
+	// The ports asked about: one in each slice, and a stateless block of s1's slice of .1.
+	std::vector<std::pair<std::string, uint16_t>> ports;
+	for (const char *address : {"198.51.100.1", "198.51.100.2"})
+		for (uint16_t port : {1025, 3073, 5121, 7169})
+			if (!(std::string(address) == "198.51.100.2" && port == 7169))
+				ports.emplace_back(address, port);
+	for (uint16_t port = 1024; port < 3072; port += 64) {
+		Expected e = expectedAt(steps[0], "198.51.100.1", port);
+		if (e.inside.find('-') == std::string::npos && !e.inside.empty()) {
+			ports.emplace_back("198.51.100.1", port + 1);
+			break;
+		}
+	}
+	ASSERT_EQ(ports.size(), 8u) << "no stateless block found on slice 0 of 198.51.100.1";
+
+	auto ownerAt = [&](const std::string &address, uint16_t port, int64_t when) {
+		return proxy_->OwnerAt(address, port, static_cast<uint64_t>(when));
+	};
+	int checked = 0;
+	for (const auto &[address, port] : ports) {
+		std::vector<Expected> answers;
+		for (const Step &s : steps)
+			answers.push_back(expectedAt(s, address, port));
+		for (size_t i = 0; i < steps.size(); i++) {
+			// The interval of the model: from the step where this answer began to the one where it changes.
+			size_t first = i, next = i + 1;
+			while (first > 0 && answers[first - 1] == answers[i])
+				first--;
+			while (next < steps.size() && answers[next] == answers[i])
+				next++;
+			int64_t inside = static_cast<int64_t>(std::floor(steps[i].after));
+			std::string where = address + ":" + std::to_string(port) + " step " + std::to_string(i);
+			auto [server, insideAddress, from, until] = ownerAt(address, port, inside);
+			EXPECT_EQ(server, answers[i].server) << where;
+			EXPECT_EQ(insideAddress, answers[i].inside) << where;
+			if (first > 0) {
+				EXPECT_GE(static_cast<double>(from), std::floor(steps[first].before)) << where;
+				EXPECT_LE(static_cast<double>(from), std::floor(steps[first].after)) << where;
+			}
+			if (next < steps.size()) {
+				EXPECT_GE(static_cast<double>(until), std::floor(steps[next].before)) << where;
+				EXPECT_LE(static_cast<double>(until), std::floor(steps[next].after)) << where;
+			} else {
+				EXPECT_EQ(until, 0u) << where;
+			}
+			// The edges: the answer holds at `from` and at `until - 1`, not a second outside.
+			if (first > 0) {
+				auto [s1, i1, f1, u1] = ownerAt(address, port, static_cast<int64_t>(from));
+				EXPECT_EQ(s1 + " " + i1, answers[i].server + " " + answers[i].inside) << where << " at from";
+				auto [s0, i0, f0, u0] = ownerAt(address, port, static_cast<int64_t>(from) - 1);
+				EXPECT_EQ(s0 + " " + i0, answers[first - 1].server + " " + answers[first - 1].inside)
+					<< where << " before from";
+				EXPECT_EQ(u0, from) << where;
+			}
+			if (until != 0) {
+				auto [s2, i2, f2, u2] = ownerAt(address, port, static_cast<int64_t>(until) - 1);
+				EXPECT_EQ(s2 + " " + i2, answers[i].server + " " + answers[i].inside) << where << " before until";
+				auto [s3, i3, f3, u3] = ownerAt(address, port, static_cast<int64_t>(until));
+				EXPECT_EQ(s3 + " " + i3, answers[next].server + " " + answers[next].inside) << where << " at until";
+				EXPECT_EQ(f3, until) << where;
+			}
+			checked++;
+		}
+	}
+	EXPECT_EQ(checked, 8 * static_cast<int>(steps.size()));
+	// Before the journal began: not found, said so.
+	try {
+		ownerAt("198.51.100.1", 1025, static_cast<int64_t>(steps[1].before) - 3600);
+		ADD_FAILURE() << "an answer before the journal began";
+	} catch (const sdbus::Error &e) {
+		EXPECT_EQ(e.getName(), "org.portslice.Error.NotFound") << e.getMessage();
+	}
+
+	// The command line says the same, with the interval.
+	int64_t t3 = static_cast<int64_t>(std::floor(steps[3].after));
+	Outcome at = ctl("owner 198.51.100.1:5121 --at " + std::to_string(t3));
+	ASSERT_TRUE(at.ok()) << at.out;
+	EXPECT_NE(at.out.find("slice 2, server s1"), std::string::npos) << at.out;
+	EXPECT_NE(at.out.find("held from "), std::string::npos) << at.out;
+
+	// Owners(): every slice of the fleet, as the model's last step.
+	std::map<Key, Holder> owners;
+	for (const auto &row : proxy_->Owners())
+		owners[{row.get<0>(), row.get<1>()}] = {row.get<2>(), row.get<3>()};
+	EXPECT_EQ(owners, steps.back().model);
+
+	// SliceOwnerChanged: one per moved slice, with the generation the change got
+	// (the restart's change is made before a proxy can listen, and is left out).
+	std::vector<OwnerSignal> seen = proxy_->signals();
+	ASSERT_EQ(seen.size(), 1u);
+	EXPECT_EQ((OwnerSignal{seen[0].address, seen[0].slice, seen[0].old, seen[0].now, 0}),
+		  (OwnerSignal{"198.51.100.1", 1, "s2", "s3", 0}));
+	EXPECT_EQ(seen[0].generation, proxy_->Generation() - 1);
+
+	// history: one line per change, why included, and --since cuts.
+	Outcome history = ctl("history --json");
+	ASSERT_TRUE(history.ok()) << history.out;
+	std::vector<std::string> lines;
+	for (size_t at2 = history.out.find("\"why\": "); at2 != std::string::npos; at2 = history.out.find("\"why\": ", at2 + 1))
+		lines.push_back(history.out.substr(at2 + 8, history.out.find('"', at2 + 8) - at2 - 8));
+	std::vector<std::string> whys = {"file", "set-owner", "drain end", "file", "file", "set-owner", "file", "file",
+					 "file", "set-owner", "drain end"};
+	EXPECT_EQ(lines, whys) << history.out;
+	Outcome recent = ctl("history --since " + std::to_string(static_cast<int64_t>(std::floor(steps[6].before))));
+	ASSERT_TRUE(recent.ok()) << recent.out;
+	EXPECT_NE(recent.out.find("198.51.100.1     1      s2         s3         set-owner"), std::string::npos)
+		<< recent.out;
+	EXPECT_EQ(recent.out.find("file sha256"), std::string::npos) << recent.out;
+	(void)end;
+}
+
+TEST_F(JournalLab, ADamagedRecordIsReportedWithItsOffset)
+{
+	startDaemon(0);
+	connect();
+	ASSERT_TRUE(ctl("set-owner 198.51.100.1 3 s2").ok());
+	std::string journal = readFile(stateDir() + "/journal");
+	size_t second = journal.find('\n') + 1;
+	ASSERT_GT(journal.size(), second + 30);
+	// Flip a byte in the second record.
+	Outcome flipped = sh("printf X | dd of=" + quote(stateDir() + "/journal") + " bs=1 seek=" +
+			     std::to_string(second + 25) + " conv=notrunc 2>/dev/null");
+	ASSERT_TRUE(flipped.ok()) << flipped.out;
+	Outcome history = ctl("history");
+	EXPECT_EQ(history.status, 1) << history.out;
+	EXPECT_NE(history.out.find("damaged record at offset " + std::to_string(second)), std::string::npos)
+		<< history.out;
+	Outcome at = ctl("owner 198.51.100.1:7200 --at " + std::to_string(static_cast<int64_t>(unixNow())));
+	EXPECT_EQ(at.status, 1) << at.out;
+	EXPECT_NE(at.out.find("offset " + std::to_string(second)), std::string::npos) << at.out;
+}
+
+TEST_F(JournalLab, AuditNamesExactlyTheElementDeletedByHand)
+{
+	daemonArgs_ = {"--no-repair"};
+	startDaemon(0);
+	ASSERT_TRUE(ctl("set-owner 198.51.100.1 1 s1").ok());
+	Outcome clean = ctl("audit");
+	EXPECT_EQ(clean.status, 0) << clean.out << "\n" << table();
+	// Plan() carries the generation the daemon applied.
+	Outcome plan = call("Plan");
+	EXPECT_NE(plan.out.find("generation\\\": 2,"), std::string::npos) << plan.out.substr(0, 200);
+
+	// Take one element out of a set by hand: the first element of the first set that has some.
+	std::string listed = table();
+	size_t elements = listed.find("elements = { ");
+	ASSERT_NE(elements, std::string::npos) << listed;
+	size_t setAt = listed.rfind("\tset ", elements);
+	size_t mapAt = listed.rfind("\tmap ", elements);
+	size_t objectAt = setAt == std::string::npos ? mapAt : (mapAt == std::string::npos ? setAt : std::max(setAt, mapAt));
+	ASSERT_NE(objectAt, std::string::npos);
+	std::string header = listed.substr(objectAt + 1, listed.find(" {", objectAt) - objectAt - 1); // "set NAME"
+	std::string name = header.substr(header.find(' ') + 1);
+	size_t begin = elements + 13;
+	size_t endAt = listed.find_first_of(",}\n", begin);
+	std::string element = listed.substr(begin, endAt - begin);
+	while (!element.empty() && element.back() == ' ')
+		element.pop_back();
+	// A map element is "key : value"; delete takes the key.
+	std::string key = element.substr(0, element.find(" : "));
+	Outcome deleted = inNs("nft delete element inet portslice " + name + " { " + key + " }");
+	ASSERT_TRUE(deleted.ok()) << deleted.out;
+
+	Outcome drift = ctl("audit");
+	EXPECT_EQ(drift.status, 1) << drift.out;
+	std::vector<std::string> lines;
+	std::istringstream in(drift.out);
+	for (std::string line; std::getline(in, line);)
+		if (!line.starts_with("portslicectl audit:"))
+			lines.push_back(line);
+	ASSERT_EQ(lines.size(), 1u) << drift.out;
+	EXPECT_EQ(lines[0], header + ": element " + element + " missing from the kernel") << drift.out;
+	EXPECT_NE(drift.out.find("1 difference between the kernel and the plan of generation 2"), std::string::npos)
+		<< drift.out;
+}
+
+} // namespace
+} // namespace portslice::dbuslab
