@@ -149,6 +149,10 @@ public:
 private:
 	void onApplied(const uint64_t &) override {}
 	void onApplyFailed(const std::string &) override {}
+	void onSliceOwnerChanged(const std::string &, const uint32_t &, const std::string &, const std::string &,
+				 const uint64_t &) override
+	{
+	}
 };
 
 } // namespace
