@@ -108,7 +108,7 @@ server)
 	# block the plan gives it (as in tests/lab/demo.sh), else the leak guard
 	# drops what it sends from other ports.
 	block=$(portslicectl plan --json --config /etc/portslice/portslice.toml |
-		jq -r --arg i "100.64.$((10 + n)).2" '.sources[] | .assignments[]? | select(.inside == $i) | .ports')
+		jq -r --arg i "100.64.$((10 + n)).2" '.sources[] | .assignments[]? | select(.inside.first == $i and .inside.last == $i) | "\(.ports.first)-\(.ports.last)"')
 	[[ $block =~ ^[0-9]+-[0-9]+$ ]] || { echo "provision: no port block for 100.64.$((10 + n)).2 in the plan" >&2; exit 1; }
 	ip netns exec "v$n" sysctl -qw net.ipv4.ip_local_port_range="${block/-/ }"
 	getent group portslice >/dev/null || groupadd --system portslice

@@ -187,7 +187,7 @@ owners() {
 	for s in "${SERVERS[@]}"; do
 		"$REPO/tests/lab/lib/fleet.sh" --server "$s" --uplink dc0 "$@" >"$WORK/$s.toml"
 		"$CTL" plan --json --config "$WORK/$s.toml" |
-			jq -r --arg s "$s" '.addresses[] | .address as $a | .my_ports[] | "\($a) \(.) \($s)"'
+			jq -r --arg s "$s" '.addresses[] | .address as $a | .my_ports[] | "\($a) \(.first)-\(.last) \($s)"'
 	done
 }
 owners >"$WORK/owners.before"

@@ -87,7 +87,7 @@ done
 owners() {
 	for s in "${SERVERS[@]}"; do
 		"$CTL" plan --json --config "$WORK/$s$1.toml" |
-			jq -r --arg s "$s" '.addresses[] | .address as $a | .my_ports[] | "\($a) \(.) \($s)"'
+			jq -r --arg s "$s" '.addresses[] | .address as $a | .my_ports[] | "\($a) \(.first)-\(.last) \($s)"'
 	done
 }
 owners '' >"$WORK/owners.before"
@@ -99,7 +99,7 @@ workloads=()
 declare -A SERVER_OF SOURCE_OF
 for k in 1 2 3; do
 	block=$("$CTL" plan --json --config "$WORK/s$k.toml" |
-		jq -r --arg i "100.64.$((10 + k)).2" '.sources[] | .assignments[] | select(.inside == $i) | .ports')
+		jq -r --arg i "100.64.$((10 + k)).2" '.sources[] | .assignments[] | select(.inside.first == $i and .inside.last == $i) | "\(.ports.first)-\(.ports.last)"')
 	workloads+=(--workload "s$k:w$k:100.64.$k.0/24" --workload "s$k:v$k:100.64.$((10 + k)).0/28:1:$block")
 	SERVER_OF[w$k]=s$k SOURCE_OF[w$k]=warp-gb$k
 	SERVER_OF[v$k]=s$k SOURCE_OF[v$k]=corp-us$k

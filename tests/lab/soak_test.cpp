@@ -45,7 +45,7 @@ protected:
 		auto owners = run("for s in s1 s2 s3; do " + sourcePath("tests/lab/lib/fleet.sh") + " --server $s > " +
 				  labDir() + "/$s/portslice.toml; " + buildPath("src/ctl/portslicectl") +
 				  " plan --json --config " + labDir() + "/$s/portslice.toml | jq -r --arg s $s "
-				  "'.addresses[] | .address as $a | .my_ports[] | \"\\($s) \\($a) \\(.)\"'; done");
+				  "'.addresses[] | .address as $a | .my_ports[] | \"\\($s) \\($a) \\(.first)-\\(.last)\"'; done");
 		ASSERT_TRUE(owners.ok()) << owners.output;
 		std::istringstream in(owners.output);
 		for (std::string server, address, ports; in >> server >> address >> ports;) {
