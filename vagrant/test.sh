@@ -9,8 +9,9 @@
 #    as the servers run it), `meson install --destdir` into vagrant/.stage
 # 3. libvirtd in network namespace NAME (vagrant/libvirt-ns.sh, default psl-vlab)
 # 4. `vagrant up`: inet, rtr (steering all of 198.51.100.0/24 to s1), s1-s3
-#    with portsliced under systemd; QEMU's driver is kvm when /dev/kvm starts a
-#    guest, else qemu (TCG, software emulation); 1 vCPU, 512/384 MiB each
+#    with portsliced under systemd; QEMU's driver is kvm when KVM boots the
+#    box's kernel within 15 s, else qemu (TCG, software emulation); 1 vCPU,
+#    512/384 MiB each
 # 5. checks, over ssh from inside the namespace:
 #    - portsliced active on every server, its XDP forwarder on the virtio NIC
 #      (which attach mode the kernel chose: native or generic)
@@ -28,7 +29,8 @@
 # 6. a summary like the demo's, each phase's duration; then `vagrant destroy`,
 #    libvirtd stopped, the namespace deleted (also on failure or Ctrl-C;
 #    --keep leaves the lab up for a look, libvirt-ns.sh down removes it).
-# Bounded: the whole run is killed after --timeout seconds (default 2400).
+# Bounded: every step runs under `timeout` with what is left of --timeout
+# seconds (default 2400), each ssh command under at most 600 s; then cleanup.
 # Exit 0 when every check holds ("RESULT: PASS"), 77 when this machine cannot
 # run it (not root, no QEMU/Vagrant/libvirt), 1 otherwise.
 set -euo pipefail
@@ -85,7 +87,6 @@ in_ns() { "$HERE/libvirt-ns.sh" exec --ns "$NS" "$@"; }
 cleanup() {
 	local rc=$?
 	trap - EXIT INT TERM
-	[[ -n ${WATCHDOG:-} ]] && kill "$WATCHDOG" 2>/dev/null
 	if ((KEEP)); then
 		echo "vagrant test: --keep: the lab stays up; remove it with: sudo $HERE/libvirt-ns.sh down --ns $NS" >&2
 	else
@@ -102,17 +103,29 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT
-trap 'echo "vagrant test: timed out after $TIMEOUT s" >&2; exit 124' TERM
-# The whole run is bounded: the watchdog ends it, cleanup still runs.
-(sleep "$TIMEOUT" && kill -TERM $$) >/dev/null 2>&1 &
-WATCHDOG=$!
+trap 'exit 143' TERM
+# bounded CMD...: CMD under what is left of --timeout (124 when that runs out).
+left() {
+	local r=$((TIMEOUT - (SECONDS - started)))
+	((r > 1)) || r=1
+	echo "$r"
+}
+bounded() {
+	local r
+	r=$(left)
+	timeout --foreground -k 10 "$r" "$@" || {
+		local rc=$?
+		((rc == 124 || rc == 137)) && echo "vagrant test: timed out (--timeout $TIMEOUT) in: $*" >&2
+		return "$rc"
+	}
+}
 
 # --- 1. box ---------------------------------------------------------------------
 phase box "box $BOX"
 if vagrant box list 2>/dev/null | grep -q "^$BOX "; then
 	echo "vagrant test: box $BOX is there" >&2
 else
-	"$HERE/build-box.sh" --name "$BOX" >&2
+	bounded "$HERE/build-box.sh" --name "$BOX" >&2
 fi
 # KVM when it boots the box's kernel here (its first line on the serial console
 # within 15 s), else QEMU's software emulation (TCG).
@@ -131,29 +144,32 @@ took
 phase build "building portslice on the host into $BUILD, staging it in $STAGE_REL"
 if [[ ! -f $BUILD/build.ninja ]]; then
 	cc=() && command -v ccache >/dev/null && cc=(env CC="ccache gcc" CXX="ccache g++")
-	"${cc[@]}" meson setup "$BUILD" "$REPO" --prefix=/usr --sysconfdir=/etc -Dtests=enabled >"$WORK/setup.log" ||
+	bounded "${cc[@]}" meson setup "$BUILD" "$REPO" --prefix=/usr --sysconfdir=/etc -Dtests=enabled >"$WORK/setup.log" ||
 		{ cat "$WORK/setup.log" >&2; exit 1; }
 fi
+# Re-configured first when meson.build changed, so the list below is today's.
+bounded ninja -C "$BUILD" build.ninja >"$WORK/ninja.log" || { tail -30 "$WORK/ninja.log" >&2; exit 1; }
 # What `meson install` installs (configured files exist already) and the traffic tool.
 targets=()
 while read -r f; do
 	[[ -e $f ]] || targets+=("${f#"$BUILD"/}")
 done < <(meson introspect "$BUILD" --installed | jq -r 'keys[]' | grep "^$BUILD/")
-ninja -C "$BUILD" "${targets[@]}" tests/lab/labtraffic >"$WORK/ninja.log" || { tail -30 "$WORK/ninja.log" >&2; exit 1; }
+bounded ninja -C "$BUILD" "${targets[@]}" tests/lab/labtraffic >"$WORK/ninja.log" || { tail -30 "$WORK/ninja.log" >&2; exit 1; }
 rm -rf "${REPO:?}/$STAGE_REL"
-meson install -C "$BUILD" --no-rebuild --strip --quiet --destdir "$REPO/$STAGE_REL" >/dev/null
+meson install -C "$BUILD" --no-rebuild --strip --quiet --destdir "$REPO/$STAGE_REL" >"$WORK/install.log" 2>&1 ||
+	{ cat "$WORK/install.log" >&2; exit 1; }
 install -D -s -m 755 "$BUILD/tests/lab/labtraffic" "$REPO/$STAGE_REL/usr/local/bin/labtraffic"
 CTL=$BUILD/src/ctl/portslicectl
 took
 
 # --- 3. libvirt in its namespace ------------------------------------------------------
 phase libvirt "libvirtd in network namespace $NS (QEMU driver: $driver)"
-"$HERE/libvirt-ns.sh" up --ns "$NS"
+bounded "$HERE/libvirt-ns.sh" up --ns "$NS"
 took
 
 # --- 4. the VMs -----------------------------------------------------------------------
 phase up "vagrant up: inet rtr s1 s2 s3 ($driver, 1 vCPU each)"
-if ! in_ns vagrant up >"$WORK/up.log" 2>&1; then
+if ! bounded "$HERE/libvirt-ns.sh" exec --ns "$NS" vagrant up >"$WORK/up.log" 2>&1; then
 	tail -40 "$WORK/up.log" >&2
 	echo "vagrant test: vagrant up failed" >&2
 	exit 1
@@ -163,7 +179,12 @@ took
 
 # on NODE SCRIPT: SCRIPT as root on NODE (from inside the namespace), over one
 # ssh connection per VM (a handshake costs seconds under software emulation).
-on() { in_ns ssh -F "$SSHCFG" -o LogLevel=error -o ControlMaster=no -o ControlPath="$WORK/cm-%n" "$1" sudo bash -s <<<"$2"; }
+on() {
+	local r
+	r=$(left)
+	((r < 600)) || r=600
+	timeout --foreground -k 5 "$r" "$HERE/libvirt-ns.sh" exec --ns "$NS" ssh -F "$SSHCFG" -o LogLevel=error -o ControlMaster=no -o ControlPath="$WORK/cm-%n" "$1" sudo bash -s <<<"$2"
+}
 # One master connection per VM, in the background (stdio on /dev/null), until cleanup.
 for node in inet rtr s1 s2 s3; do
 	in_ns ssh -F "$SSHCFG" -o LogLevel=error -o ControlMaster=yes -o ControlPath="$WORK/cm-%n" -o ControlPersist=1800 -fN "$node" \
