@@ -20,6 +20,7 @@ import argparse
 import os
 import select
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -31,8 +32,15 @@ def serve(args):
     tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     tcp.bind(("0.0.0.0", args.port))
     tcp.listen(256)
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("0.0.0.0", args.port))
+    # One UDP socket per local address: an answer leaves from the address
+    # the datagram came to, so the client's NAT finds its mapping.
+    addrs = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True).stdout
+    udps = []
+    for word in addrs.split():
+        if "/" in word and word[0].isdigit():
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            u.bind((word.split("/")[0], args.port))
+            udps.append(u)
     print("listening", flush=True)
 
     def conn(c, peer):
@@ -46,14 +54,14 @@ def serve(args):
         c.close()
 
     while time.time() < end:
-        ready, _, _ = select.select([tcp, udp], [], [], 0.5)
+        ready, _, _ = select.select([tcp] + udps, [], [], 0.5)
         for s in ready:
             if s is tcp:
                 c, peer = tcp.accept()
                 threading.Thread(target=conn, args=(c, peer), daemon=True).start()
             else:
-                data, peer = udp.recvfrom(2048)
-                udp.sendto(("SEEN %s:%d " % peer).encode() + data, peer)
+                data, peer = s.recvfrom(2048)
+                s.sendto(("SEEN %s:%d " % peer).encode() + data, peer)
 
 
 def endpoints(text):
