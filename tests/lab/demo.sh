@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: MIT
 # The README's demo: three portslice servers in network namespaces, real TCP and UDP from every workload, a slice moved under traffic, a report.
 #
-# sudo tests/lab/demo.sh [--build-dir DIR] [--flows N] [--no-move] [--drain-seconds N] [--report FILE]
+# sudo tests/lab/demo.sh [--build-dir DIR] [--flows N] [--no-move] [--drain-seconds N] [--no-fleet] [--report FILE]
 #
 # Installs missing Debian packages (.ci/install-deps), builds what it runs,
 # builds the lab of DESIGN.md (tests/lab/lib/lab.sh) with a router that
@@ -14,8 +14,13 @@
 # how many flows succeeded, which server's XDP forwarder passed or forwarded
 # the return traffic, leak-guard drops, and s1's `nft list table inet
 # portslice`. The old owner drains the moved slice (portsliced --drain-seconds,
-# default 60; 0 shows the move without a drain). Everything is removed at the
-# end, also on error or Ctrl-C.
+# default 60; 0 shows the move without a drain). Then fleet mode (phase 3,
+# skipped with --no-fleet or when the build has no portslice-fleetd): a
+# three-member etcd cluster started by the demo, portslice-fleetd beside every
+# portsliced, long-lived flows on s1 and s2, s3 killed (daemons SIGKILL, uplink
+# down); it prints when each of s3's slices was taken over and by whom, and
+# whether any flow of s1 or s2 broke. Everything is removed at the end, also
+# on error or Ctrl-C.
 # Exit 0 when every check of the report holds ("RESULT: PASS").
 set -euo pipefail
 
@@ -26,14 +31,16 @@ FLOWS=40
 MOVE=1
 REPORT=''
 DRAIN=60
+FLEET=1
 while (($#)); do
 	case $1 in
 	--build-dir) BUILD=$(realpath -m "$2"); shift 2 ;;
 	--flows) FLOWS=$2; shift 2 ;;
 	--no-move) MOVE=0; shift ;;
 	--drain-seconds) DRAIN=$2; shift 2 ;;
+	--no-fleet) FLEET=0; shift ;;
 	--report) REPORT=$(realpath -m "$2"); shift 2 ;;
-	*) sed -n '3,19p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+	*) sed -n '3,26p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 	esac
 done
 [[ $FLOWS =~ ^[0-9]+$ ]] && ((FLOWS >= 1 && FLOWS <= 1000)) || { echo "demo: --flows wants 1..1000" >&2; exit 2; }
@@ -62,6 +69,21 @@ XDP_PASS=()
 PORTSLICED=$BUILD/src/daemon/portsliced
 CTL=$BUILD/src/ctl/portslicectl
 TRAFFIC=$BUILD/tests/lab/labtraffic
+FLEETD=$BUILD/src/fleet/portslice-fleetd
+if ((FLEET)); then
+	ninja -C "$BUILD" -j2 src/fleet/portslice-fleetd >/dev/null 2>&1 || true # built only with D-Bus support
+	if [[ ! -x $FLEETD ]] || ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
+		echo "demo: no portslice-fleetd in this build or no etcd (Debian etcd-server, etcd-client): no fleet phase" >&2
+		FLEET=0
+	fi
+fi
+# Fleet mode: the lab's three etcd members (lab.sh --etcd 3) and a short lease.
+FLEET_ARGS=()
+ETCD_UP=()
+if ((FLEET)); then
+	FLEET_ARGS=(--etcd http://192.0.2.100:2379,http://192.0.2.101:2379,http://192.0.2.102:2379 --lease-seconds 2)
+	ETCD_UP=(--etcd 3)
+fi
 
 # --- the lab ------------------------------------------------------------------
 . "$HERE/lib/lab.sh"
@@ -78,7 +100,7 @@ MOVED_ADDR=198.51.100.1 MOVED_SLICE=0 MOVED_FROM=s1 MOVED_TO=s2
 export DEMO_MOVED_WORKLOADS="w1 w2"
 
 for s in "${SERVERS[@]}"; do
-	"$HERE/lib/fleet.sh" --server "$s" >"$WORK/$s.toml"
+	"$HERE/lib/fleet.sh" --server "$s" "${FLEET_ARGS[@]}" >"$WORK/$s.toml"
 	"$HERE/lib/fleet.sh" --server "$s" --move "$MOVED_ADDR:$MOVED_SLICE:$MOVED_TO" >"$WORK/$s.moved.toml"
 	"$CTL" check --config "$WORK/$s.toml" >/dev/null
 done
@@ -109,7 +131,7 @@ export DEMO_WORKLOADS="${WORKLOADS[*]}"
 for w in "${WORKLOADS[@]}"; do export "SERVER_$w=${SERVER_OF[$w]}" "SOURCE_$w=${SOURCE_OF[$w]}"; done
 
 step "building the lab: inet, rtr (ECMP by address over s1 s2 s3), dc bridge, 3 servers, 6 workloads"
-lab_up --steer hash --inet-addrs 4 "${XDP_PASS[@]}" "${workloads[@]}"
+lab_up --steer hash --inet-addrs 4 "${XDP_PASS[@]}" "${ETCD_UP[@]}" "${workloads[@]}"
 
 # --- portsliced on every server ---------------------------------------------------
 ONLINE=1
@@ -173,6 +195,83 @@ if ((MOVE)); then
 	# The old owner keeps the slice's live flows: one drain_zone element each.
 	lab_exec "$MOVED_FROM" nft -j list map inet portslice drain_zone |
 		jq '[.nftables[] | .map? | select(. != null) | (.elem // []) | length] | add // 0' >"$WORK/draining"
+	wait "${pids[@]}" || true
+fi
+
+# --- phase 3: fleet mode ---------------------------------------------------------------
+# claims SERVER: "ADDRESS/SLICE" per line, the slices the server's daemon translates into now.
+claims() {
+	lab_exec "$1" busctl --system --json=short --timeout=2 call org.portslice.Egress1 /org/portslice/Egress1 \
+		org.portslice.Egress1 Plan 2>/dev/null |
+		jq -r '.data[0] | fromjson | .addresses[] | .address as $a | .my_slices[] | "\($a)/\(.)"'
+}
+now() { echo "$EPOCHREALTIME"; }
+FLEET_PREFIX=/portslice/lab1
+DEAD=s3
+FLEET_HOLDERS=(w1 v1 w2 v2)
+if ((FLEET && ONLINE)); then
+	step "phase 3: fleet mode: etcd (3 members), portslice-fleetd on s1 s2 s3; long-lived flows on s1 and s2; $DEAD is killed"
+	if ((MOVE)); then
+		# Phase 2's local move, written for the whole fleet: fleet mode keeps it.
+		lab_exec s1 etcdctl --endpoints http://192.0.2.100:2379 put "$FLEET_PREFIX/owners/$MOVED_ADDR/$MOVED_SLICE" \
+			"{\"owner\": \"$MOVED_TO\", \"previous\": \"\", \"until\": 0}" >/dev/null
+	fi
+	for s in "${SERVERS[@]}"; do
+		lab_exec "$s" "$FLEETD" --config "$LAB_DIR/$s/portslice.toml" --status-file "$LAB_DIR/$s/fleetd.json" \
+			--drain-seconds 5 >"$WORK/$s.fleetd.log" 2>&1 &
+		echo $! >"$WORK/$s.fleetd.pid"
+	done
+	live=''
+	for _ in $(seq 1 100); do
+		live=$(lab_exec s1 etcdctl --endpoints http://192.0.2.100:2379 get --print-value-only "$FLEET_PREFIX/live" 2>/dev/null |
+			jq -r '.servers | join(" ")' 2>/dev/null) || true
+		[[ $live == "s1 s2 s3" ]] && break
+		sleep 0.2
+	done
+	echo "$live" >"$WORK/fleet.live"
+	claims "$DEAD" >"$WORK/fleet.dead.slices"
+	lab_exec inet python3 "$HERE/lib/hold.py" serve --port 7300 --seconds 90 >"$WORK/inet.hold.log" 2>&1 &
+	sleep 0.3
+	pids=()
+	for w in "${FLEET_HOLDERS[@]}"; do
+		lab_exec "$w" python3 "$HERE/lib/hold.py" hold --to "${TARGETS//7000/7300}" --tcp 4 --udp 4 \
+			--interval-ms 200 --timeout-ms 4000 --seconds 60 --stop "$WORK/hold.stop" >"$WORK/$w.hold" 2>&1 &
+		pids+=($!)
+	done
+	for w in "${FLEET_HOLDERS[@]}"; do
+		for _ in $(seq 1 50); do grep -q '^ready' "$WORK/$w.hold" 2>/dev/null && break; sleep 0.1; done
+	done
+	sleep 0.5
+	# The kill: daemons first (a dead server claims nothing), then its uplink; the router withdraws it.
+	CUT=$(now)
+	kill -KILL "$(<"$WORK/$DEAD.fleetd.pid")" "$(<"$WORK/$DEAD.pid")" 2>/dev/null || true
+	lab_exec "$DEAD" ip link set eth0 down
+	lab_steer hash:s1,s2
+	# Poll the survivors' claims until they hold every slice of the dead server.
+	: >"$WORK/fleet.taken"
+	declare -A TAKEN_AT=() TAKEN_BY=()
+	deadline=$((SECONDS + 15))
+	while ((SECONDS < deadline)) && ((${#TAKEN_AT[@]} < $(wc -l <"$WORK/fleet.dead.slices"))); do
+		for s in s1 s2; do
+			t=$(now)
+			while read -r slice; do
+				if grep -qx "$slice" "$WORK/fleet.dead.slices" && [[ -z ${TAKEN_AT[$slice]:-} ]]; then
+					TAKEN_AT[$slice]=$(awk -v a="$t" -v b="$CUT" 'BEGIN { printf "%.2f", a - b }')
+					TAKEN_BY[$slice]=$s
+				fi
+			done < <(claims "$s")
+		done
+		sleep 0.1
+	done
+	for slice in $(sort "$WORK/fleet.dead.slices"); do
+		echo "$slice ${TAKEN_BY[$slice]:--} ${TAKEN_AT[$slice]:--}" >>"$WORK/fleet.taken"
+	done
+	# New flows of the survivors' workloads, after the takeover.
+	for w in w1 w2; do
+		lab_exec "$w" "$TRAFFIC" send --to "$TARGETS" --tcp 20 --udp 20 --parallel 4 --timeout-ms 2000 \
+			--from "100.64.${w#w}.2" >"$WORK/$w.phase3" 2>&1 || true
+	done
+	touch "$WORK/hold.stop"
 	wait "${pids[@]}" || true
 fi
 
@@ -301,6 +400,44 @@ lab_exec s1 nft list table inet portslice >"$WORK/s1.nft"
 		[[ $fwd =~ ^[0-9]+$ ]] && fwd_total=$((fwd_total + fwd))
 	done
 	echo "check: return packets forwarded between servers: $fwd_total"
+	if ((FLEET && ONLINE)); then
+		echo
+		echo "phase 3, fleet mode: etcd cluster of 3 (192.0.2.100-102), portslice-fleetd beside each portsliced, lease 2 s; live before: [$(<"$WORK/fleet.live")]"
+		echo "  $DEAD killed (portsliced and portslice-fleetd SIGKILL, uplink down, router withdraws it) at +0.00 s; its slices:"
+		taken=0 total=0 late=0
+		while read -r slice by at; do
+			total=$((total + 1))
+			lo=$((10000 + ${slice#*/} * 1000))
+			if [[ $by == - ]]; then
+				echo "  ${slice%/*} slice ${slice#*/} (ports $lo-$((lo + 999))): NOT taken over within 15 s"
+			else
+				taken=$((taken + 1))
+				awk -v t="$at" 'BEGIN { exit !(t <= 3.0) }' || late=$((late + 1))
+				echo "  ${slice%/*} slice ${slice#*/} (ports $lo-$((lo + 999))): taken over by $by at +$at s"
+			fi
+		done <"$WORK/fleet.taken"
+		echo "check: fleet slices of $DEAD taken over: $taken/$total, later than lease + 1 s (3.0 s): $late"
+		ok3=0 all3=0 inherited=0
+		for w in w1 w2; do
+			while read -r proto outcome seen; do
+				[[ $proto == summary ]] && continue
+				all3=$((all3 + 1))
+				[[ $outcome == ok ]] || continue
+				ok3=$((ok3 + 1))
+				port=${seen#*:} addr=${seen%:*}
+				grep -qx "$addr/$(((port - 10000) / 1000))" "$WORK/fleet.dead.slices" && inherited=$((inherited + 1))
+			done <"$WORK/$w.phase3"
+		done
+		echo "check: fleet new flows of w1 w2 after the takeover: $ok3/$all3 completed, $inherited in $DEAD's former slices"
+		held=0 broke=0
+		for w in "${FLEET_HOLDERS[@]}"; do
+			line=$(grep '^summary' "$WORK/$w.hold" || echo "summary held 0 broken 8")
+			read -r _ _ h _ b _ <<<"$line"
+			held=$((held + h)) broke=$((broke + b))
+			grep '^broken' "$WORK/$w.hold" | sed "s/^/  $w: /" || true
+		done
+		echo "check: fleet long-lived flows of s1 and s2 (${FLEET_HOLDERS[*]}) broken: $broke of $((held + broke))"
+	fi
 	echo
 	guard_total=0
 	for s in "${SERVERS[@]}"; do guard_total=$((guard_total + ${GUARD[$s]:-0})); done
@@ -316,6 +453,11 @@ pass=1
 grep -q '^flows: PASS$' "$WORK/report" || pass=0
 grep -q '^check: leak-guard drops: 0 ' "$WORK/report" || pass=0
 grep -q '^check: return packets forwarded between servers: [1-9]' "$WORK/report" || pass=0
+if ((FLEET && ONLINE)); then
+	grep -Eq '^check: fleet slices of s3 taken over: ([0-9]+)/\1, later than lease \+ 1 s \(3.0 s\): 0$' "$WORK/report" || pass=0
+	grep -Eq '^check: fleet new flows of w1 w2 after the takeover: ([0-9]+)/\1 completed' "$WORK/report" || pass=0
+	grep -Eq '^check: fleet long-lived flows of s1 and s2 \(.*\) broken: 0 of [1-9]' "$WORK/report" || pass=0
+fi
 if ((pass)); then echo "RESULT: PASS" >>"$WORK/report"; else echo "RESULT: FAIL" >>"$WORK/report"; fi
 cat "$WORK/report"
 [[ -n $REPORT ]] && cp "$WORK/report" "$REPORT"

@@ -27,6 +27,8 @@ std::vector<long> numbers(const std::string &text, const std::string &pattern)
 	return out;
 }
 
+void expectFleetPhase(const std::string &text);
+
 TEST(Demo, EveryWorkloadLeavesInsideItsServersSlicesAndTheMoveLosesNoFlow)
 {
 	if (geteuid() != 0)
@@ -83,12 +85,39 @@ TEST(Demo, EveryWorkloadLeavesInsideItsServersSlicesAndTheMoveLosesNoFlow)
 	EXPECT_EQ(numbers(text, R"(check: timed out during the move outside the moved slice's workloads \(w1 w2\): (\d+))"),
 		  std::vector<long>{0});
 
+	// Phase 3, fleet mode (etcd started by the demo, portslice-fleetd on every
+	// server), in every build that has portslice-fleetd: s3 is killed; s1 and s2
+	// take each of its four slices within lease + 1 s, their new flows work and
+	// none of their long-lived flows breaks.
+	if (access((std::string(PORTSLICE_BUILD_ROOT) + "/src/fleet/portslice-fleetd").c_str(), X_OK) == 0)
+		expectFleetPhase(text);
+	else
+		EXPECT_EQ(text.find("phase 3, fleet mode"), std::string::npos);
+
 	EXPECT_NE(text.find("table inet portslice {"), std::string::npos) << "no nft table in the report";
 	auto elapsed = numbers(text, R"(elapsed: (\d+) s)");
 	ASSERT_EQ(elapsed.size(), 1u);
 	EXPECT_LT(elapsed[0], 120) << "the demo must run in under two minutes";
 	EXPECT_NE(text.find("RESULT: PASS"), std::string::npos);
 	EXPECT_EQ(r.status, 0) << r.output;
+}
+
+void expectFleetPhase(const std::string &text)
+{
+	auto taken = numbers(text, R"(check: fleet slices of s3 taken over: (\d+)/(\d+), later than lease \+ 1 s \(3\.0 s\): (\d+))");
+	ASSERT_EQ(taken.size(), 3u) << "no fleet phase in the report";
+	EXPECT_EQ(taken[1], 4) << "s3 owns slices 2 and 5 of both addresses";
+	EXPECT_EQ(taken[0], taken[1]) << "slices of the dead server were not taken over";
+	EXPECT_EQ(taken[2], 0) << "a takeover came later than lease + 1 s";
+	EXPECT_TRUE(std::regex_search(text, std::regex(R"(198\.51\.100\.1 slice 2 \(ports 12000-12999\): taken over by s[12] at \+\d+\.\d+ s)")));
+	auto fresh = numbers(text, R"(check: fleet new flows of w1 w2 after the takeover: (\d+)/(\d+) completed)");
+	ASSERT_EQ(fresh.size(), 2u);
+	EXPECT_EQ(fresh[1], 80);
+	EXPECT_EQ(fresh[0], fresh[1]);
+	auto held = numbers(text, R"(check: fleet long-lived flows of s1 and s2 \(w1 v1 w2 v2\) broken: (\d+) of (\d+))");
+	ASSERT_EQ(held.size(), 2u);
+	EXPECT_EQ(held[1], 32);
+	EXPECT_EQ(held[0], 0) << "a flow of a live server broke when s3 died";
 }
 
 } // namespace
