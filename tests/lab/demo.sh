@@ -137,7 +137,8 @@ lab_up --steer hash --inet-addrs 4 "${XDP_PASS[@]}" "${ETCD_UP[@]}" "${workloads
 ONLINE=1
 for s in "${SERVERS[@]}"; do
 	cp "$WORK/$s.toml" "$LAB_DIR/$s/portslice.toml"
-	lab_exec "$s" "$PORTSLICED" --config "$LAB_DIR/$s/portslice.toml" --state-dir "$LAB_DIR/$s/state" \
+	# LAB_EXEC_REPLACE: the job's pid is the daemon's own, so phase 3 can kill it.
+	LAB_EXEC_REPLACE=1 lab_exec "$s" "$PORTSLICED" --config "$LAB_DIR/$s/portslice.toml" --state-dir "$LAB_DIR/$s/state" \
 		--drain-seconds "$DRAIN" >"$WORK/$s.portsliced.log" 2>&1 &
 	echo $! >"$WORK/$s.pid"
 done
@@ -217,7 +218,7 @@ if ((FLEET && ONLINE)); then
 			"{\"owner\": \"$MOVED_TO\", \"previous\": \"\", \"until\": 0}" >/dev/null
 	fi
 	for s in "${SERVERS[@]}"; do
-		lab_exec "$s" "$FLEETD" --config "$LAB_DIR/$s/portslice.toml" --status-file "$LAB_DIR/$s/fleetd.json" \
+		LAB_EXEC_REPLACE=1 lab_exec "$s" "$FLEETD" --config "$LAB_DIR/$s/portslice.toml" --status-file "$LAB_DIR/$s/fleetd.json" \
 			--drain-seconds 5 >"$WORK/$s.fleetd.log" 2>&1 &
 		echo $! >"$WORK/$s.fleetd.pid"
 	done
