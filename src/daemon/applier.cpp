@@ -3,6 +3,7 @@
 #include "daemon/applier.h"
 
 #include <chrono>
+#include <map>
 #include "nft/model.h"
 
 #ifdef PORTSLICE_HAVE_XDP
@@ -203,6 +204,122 @@ Result<ApplyResult> Applier::applyMove(const plan::Plan &plan, const plan::Slice
 	result.nftMs = ms(t);
 
 	if ((move.before.owner[move.slice] == self && now.owner[move.slice] != self) || drainWork) {
+		t = Clock::now();
+		std::vector<conntrack::DrainingFlow> draining;
+		auto deleted = conntrack::deleteMovedAway(plan, &draining);
+		if (!deleted)
+			return deleted.error();
+		result.conntrackDeleted = *deleted;
+		if (drainWork) {
+			auto filled = nft_.fillSet(drainZone(draining));
+			if (!filled)
+				return filled.error();
+			result.drainingFlows = *filled;
+			drainFilled_ = *filled > 0;
+		}
+		result.conntrackMs = ms(t);
+	}
+#ifdef PORTSLICE_HAVE_XDP
+	if (!gains) {
+		if (Status x = syncXdp(); !x)
+			return x.error();
+	}
+#endif
+	return result;
+}
+
+Result<ApplyResult> Applier::applyMoves(const plan::Plan &plan, const std::vector<plan::SliceMove> &moves)
+{
+	using Clock = std::chrono::steady_clock;
+	auto ms = [](Clock::time_point from) {
+		return std::chrono::duration<double, std::milli>(Clock::now() - from).count();
+	};
+	ApplyResult result;
+	Clock::time_point t = Clock::now();
+	const auto self = static_cast<int32_t>(plan.serverIndex);
+	bool gains = false, loses = false, drains = false, drained = false;
+	// Each address as before its first move (moves of one address follow each other).
+	std::map<uint32_t, const plan::PlannedAddress *> first;
+	for (const plan::SliceMove &m : moves)
+		first.emplace(m.address, &m.before);
+	for (const plan::SliceMove &m : moves) {
+		const plan::PlannedAddress &was = *first.at(m.address);
+		const plan::PlannedAddress &now = plan.addresses[m.address];
+		gains = gains || (was.owner[m.slice] != self && now.owner[m.slice] == self);
+		loses = loses || (was.owner[m.slice] == self && now.owner[m.slice] != self);
+		drains = drains || now.drainedBy(m.slice, plan.serverIndex);
+		drained = drained || was.drainedBy(m.slice, plan.serverIndex);
+	}
+#ifdef PORTSLICE_HAVE_XDP
+	auto syncXdp = [&]() -> Status {
+		if (!options_.xdp)
+			return {};
+		t = Clock::now();
+		// Slice by slice costs a walk of the sources each: past a few
+		// hundred slices one sync of the whole maps is cheaper (40 ms at
+		// 10,000 addresses, docs/performance.md).
+		Status x;
+		if (moves.size() > 256) {
+			x = options_.xdpPinDir.empty() ? xdp::applyForwarder(plan)
+						       : xdp::applyForwarder(plan, options_.xdpPinDir);
+		} else {
+			std::vector<xdp::SliceRef> changed;
+			for (const plan::SliceMove &m : moves)
+				changed.push_back({m.address, m.slice});
+			x = options_.xdpPinDir.empty() ? xdp::applyForwarderSlices(plan, changed)
+						       : xdp::applyForwarderSlices(plan, changed, options_.xdpPinDir);
+		}
+		if (!x)
+			return x.error().wrap("XDP forwarder on " + plan.uplink);
+		result.xdp = true;
+		result.xdpMs = ms(t);
+		return {};
+	};
+	// As applyMove: the forwarder keeps the answers of slices this server gains before the table hands them out.
+	if (gains) {
+		if (Status x = syncXdp(); !x)
+			return x.error();
+	}
+#endif
+	bool drainWork = drains || drained || drainFilled_;
+
+	t = Clock::now();
+	nft::MoveDelta delta = nft::movesDelta(plan, moves);
+	if (drains) {
+		// As applyMove: no new flow takes the draining slices' ports first,
+		// then their flows are listed and drain_zone filled in the
+		// transaction that takes them out of ret_zone.
+		std::vector<nft::Set> egressBefore, egressAfter, restBefore, restAfter;
+		for (size_t i = 0; i < delta.after.size(); i++) {
+			bool egress = delta.after[i].name == "nat_port" || delta.after[i].name == "nat_addr" ||
+				      delta.after[i].name == "sl_egress";
+			(egress ? egressBefore : restBefore).push_back(std::move(delta.before[i]));
+			(egress ? egressAfter : restAfter).push_back(std::move(delta.after[i]));
+		}
+		auto stopped = nft_.applyDelta(egressBefore, egressAfter);
+		if (!stopped)
+			return stopped.error();
+		auto listed = conntrack::drainingFlows(plan);
+		if (!listed)
+			return listed.error().wrap("listing the flows of draining slices");
+		nft::Set zones = drainZone(*listed);
+		auto report = nft_.applyDelta(restBefore, restAfter, &zones);
+		if (!report)
+			return report.error();
+		result.nft = *report;
+		result.nft.elementsAdded += stopped->elementsAdded;
+		result.nft.elementsDeleted += stopped->elementsDeleted;
+		result.nft.messages += stopped->messages;
+		result.nft.bytes += stopped->bytes;
+	} else {
+		auto report = nft_.applyDelta(delta.before, delta.after);
+		if (!report)
+			return report.error();
+		result.nft = *report;
+	}
+	result.nftMs = ms(t);
+
+	if (loses || drainWork) {
 		t = Clock::now();
 		std::vector<conntrack::DrainingFlow> draining;
 		auto deleted = conntrack::deleteMovedAway(plan, &draining);

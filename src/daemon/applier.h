@@ -48,6 +48,10 @@ public:
 	// forwarder's word of that slice. Conntrack tuning and routes do not
 	// depend on slices. A failure in the nftables part changes nothing.
 	Result<ApplyResult> applyMove(const plan::Plan &plan, const plan::SliceMove &move);
+	// Many moves made one after another on `plan` (SetSliceOwners): the same
+	// as applyMove, with one nftables transaction for all of them (two when
+	// this server starts draining a slice: the egress maps first).
+	Result<ApplyResult> applyMoves(const plan::Plan &plan, const std::vector<plan::SliceMove> &moves);
 
 	// Undo everything apply() did: table, routes and rules, sysctls, XDP.
 	// `uplink` (if known) is checked against the forwarder's interface.

@@ -59,6 +59,20 @@ Status KernelBackend::applyMove(const plan::Plan &plan, const plan::SliceMove &m
 	return {};
 }
 
+Status KernelBackend::applyMoves(const plan::Plan &plan, const std::vector<plan::SliceMove> &moves, uint64_t generation)
+{
+	Result<ApplyResult> result = applier_.applyMoves(plan, moves);
+	if (!result)
+		return result.error();
+	const ApplyResult &r = *result;
+	std::cerr << "generation " << generation << ": " << moves.size() << " slice moves, +" << r.nft.elementsAdded
+		  << " -" << r.nft.elementsDeleted << " elements in " << r.nft.messages << " messages (" << r.nft.bytes
+		  << " bytes, " << r.nftMs << " ms); " << r.conntrackDeleted
+		  << " conntrack entries of lost slices deleted (" << r.conntrackMs << " ms)"
+		  << (r.xdp ? "; XDP forwarder slices synced (" + std::to_string(r.xdpMs) + " ms)" : "") << std::endl;
+	return {};
+}
+
 Result<std::string> KernelBackend::drift(const plan::Plan &plan, uint64_t generation)
 {
 	Result<std::optional<nft::TableState>> state = applier_.nft().readState();

@@ -18,6 +18,7 @@ public:
 
 	Status apply(const plan::Plan &plan, const plan::Plan *old, uint64_t generation) override;
 	Status applyMove(const plan::Plan &plan, const plan::SliceMove &move, uint64_t generation) override;
+	Status applyMoves(const plan::Plan &plan, const std::vector<plan::SliceMove> &moves, uint64_t generation) override;
 	// A missing table, or a comment other than the one the last apply left,
 	// is drift. (An element delta keeps the comment of the last full replace:
 	// the kernel cannot update a table's comment in place.) Edits inside the

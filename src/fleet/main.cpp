@@ -335,12 +335,13 @@ private:
 			milliseconds interval = std::clamp(milliseconds(ttl * 1000 / 3), milliseconds(200), milliseconds(5000));
 			if (Clock::now() - lastKeepAlive >= interval) {
 				Result<int64_t> left = etcd.keepAlive(lease);
-				if (!left) {
+				bool gone = !left && left.error().message().find("lease not found") != std::string::npos;
+				if (!left && !gone) {
+					// Keep the lease: etcd may come back before it expires
+					// (a restarted etcd renews every lease), and say so when
+					// it does not.
 					etcdDown(left.error().message());
-					// Keep the lease: etcd may come back before it expires.
-					if (Clock::now() - lastKeepAlive > milliseconds(ttl * 1000 + 1000))
-						lease = 0;
-				} else if (*left <= 0) {
+				} else if (gone || *left <= 0) {
 					log("etcd: lease " + std::to_string(lease) + " expired; joining again");
 					lease = 0;
 					leading = false;
@@ -396,8 +397,10 @@ private:
 			if (!shared_.status.etcdReachable)
 				next = Clock::now() + backoff;
 			shared_.changed.wait_until(lock, next, [&] { return gStop.load() || shared_.version != seen; });
+			// At most a third of the lease between tries: when etcd comes
+			// back, the keep-alive must reach it before the lease ends.
 			if (!shared_.status.etcdReachable)
-				backoff = std::min(backoff * 2, milliseconds(2000));
+				backoff = std::min(backoff * 2, interval);
 		}
 	}
 

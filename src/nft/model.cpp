@@ -2,6 +2,8 @@
 // Plan -> TableModel: every element of the table is decided here, once, for both the text and the netlink paths.
 #include "nft/model.h"
 
+#include <map>
+
 #include <algorithm>
 #include <functional>
 #include <cstdio>
@@ -455,6 +457,30 @@ MoveDelta moveDelta(const Plan &plan, const plan::SliceMove &move)
 	for (const plan::SliceMove::Source &s : move.sources) {
 		before.source(plan, plan.sources[s.index], s.assignments);
 		after.source(plan, plan.sources[s.index], plan.sources[s.index].assignments);
+	}
+	MoveDelta delta;
+	before.take(delta.before);
+	after.take(delta.after);
+	return delta;
+}
+
+MoveDelta movesDelta(const Plan &plan, const std::vector<plan::SliceMove> &moves)
+{
+	std::map<uint32_t, const plan::PlannedAddress *> addresses; // first `before` of each
+	std::map<uint32_t, const std::vector<plan::Assignment> *> users;
+	for (const plan::SliceMove &m : moves) {
+		addresses.emplace(m.address, &m.before);
+		for (const plan::SliceMove::Source &s : m.sources)
+			users.emplace(s.index, &s.assignments);
+	}
+	PortSets before, after;
+	for (const auto &[index, was] : addresses) {
+		before.address(*was, plan.serverIndex);
+		after.address(plan.addresses[index], plan.serverIndex);
+	}
+	for (const auto &[index, was] : users) {
+		before.source(plan, plan.sources[index], *was);
+		after.source(plan, plan.sources[index], plan.sources[index].assignments);
 	}
 	MoveDelta delta;
 	before.take(delta.before);

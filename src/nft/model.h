@@ -119,6 +119,10 @@ struct MoveDelta {
 	std::vector<Set> before, after;
 };
 MoveDelta moveDelta(const plan::Plan &plan, const plan::SliceMove &move);
+// The same for many moves made one after another on `plan` (SetSliceOwners):
+// each address and each user as before the first move that touched it, and
+// as `plan` has them now.
+MoveDelta movesDelta(const plan::Plan &plan, const std::vector<plan::SliceMove> &moves);
 
 std::string tableComment(const plan::Plan &plan, uint64_t generation);
 

@@ -37,6 +37,14 @@ public:
 		return apply(plan, nullptr, generation);
 	}
 
+	// Many slices changed owner (SetSliceOwners): `moves` were made one after
+	// another on `plan`. Same contract; by default the plan is applied whole.
+	virtual Status applyMoves(const plan::Plan &plan, const std::vector<plan::SliceMove> &moves, uint64_t generation)
+	{
+		(void)moves;
+		return apply(plan, nullptr, generation);
+	}
+
 	// How the kernel differs from `plan` (table missing or edited, forwarder
 	// detached); empty when in sync.
 	virtual Result<std::string> drift(const plan::Plan &plan, uint64_t generation) = 0;

@@ -222,6 +222,7 @@ Answer<uint64_t> Service::setSliceOwners(const std::vector<OwnerMove> &moves, ui
 
 	config::Config next = *config_;
 	std::set<Key> seen;
+	std::vector<BatchMove> batch;
 	bool changed = false;
 	int64_t t = now();
 	for (size_t m = 0; m < moves.size(); m++) {
@@ -267,6 +268,7 @@ Answer<uint64_t> Service::setSliceOwners(const std::vector<OwnerMove> &moves, ui
 			address.previous[move.slice] = *previous;
 		else
 			address.previous.erase(move.slice);
+		batch.push_back({at, move.slice, move.server, previous});
 	}
 	if (!changed)
 		return generation_; // already so: nothing to apply, nothing to persist
@@ -281,10 +283,76 @@ Answer<uint64_t> Service::setSliceOwners(const std::vector<OwnerMove> &moves, ui
 	nextDrains.reserve(drains.size());
 	for (auto &[key, drain] : drains)
 		nextDrains.push_back(std::move(drain));
-	listener_.log("moving " + std::to_string(moves.size()) + " slices in one generation" +
+	listener_.log("moving " + std::to_string(batch.size()) + " slices in one generation" +
 		      (drainSeconds ? " (old owners drain " + std::to_string(drainSeconds) + " s)" : ""));
+	if (std::optional<Answer<uint64_t>> moved = moveSlices(batch, next, nextOverlay, nextDrains))
+		return *moved;
 	return commit(std::move(next), std::move(nextOverlay), std::move(nextDrains), true, Fault::InvalidArgument,
 		      true);
+}
+
+std::optional<Answer<uint64_t>> Service::moveSlices(const std::vector<BatchMove> &moves, config::Config &next,
+						     Overlay &overlay, Drains &drains)
+{
+	if (!plan_ || state_ != State::Applied)
+		return std::nullopt;
+	using Clock = std::chrono::steady_clock;
+	Clock::time_point t0 = Clock::now();
+	std::unordered_map<std::string_view, int32_t> servers;
+	for (size_t i = 0; i < plan_->servers.size(); i++)
+		servers.emplace(plan_->servers[i].name, static_cast<int32_t>(i));
+	auto serverIndex = [&](std::string_view name) {
+		auto it = servers.find(name);
+		return it == servers.end() ? plan::kNoServer : it->second;
+	};
+	std::vector<plan::SliceMove> done;
+	done.reserve(moves.size());
+	auto undo = [&] {
+		for (auto it = done.rbegin(); it != done.rend(); ++it)
+			plan::undoMove(*plan_, std::move(*it));
+		done.clear();
+	};
+	for (const BatchMove &m : moves) {
+		std::optional<plan::SliceMove> move = plan::moveSlice(
+			*plan_, m.address, m.slice, serverIndex(m.server), m.previous ? serverIndex(*m.previous) : plan::kNoServer);
+		if (!move) {
+			undo(); // a move needs the fleet planned anew
+			return std::nullopt;
+		}
+		done.push_back(std::move(*move));
+	}
+	Clock::time_point t1 = Clock::now();
+	if (Status saved = store_.save({overlay, generation_ + 1, drains}); !saved) {
+		undo();
+		return fail({Fault::ApplyFailed, saved.error().wrap("keeping the slice owners").message() +
+			     "; nothing was applied"}, false);
+	}
+	Clock::time_point t2 = Clock::now();
+	if (Status applied = backend_.applyMoves(*plan_, done, generation_ + 1); !applied) {
+		undo();
+		if (Status back = store_.save({overlay_, generation_, drains_}); !back)
+			listener_.log("restoring " + store_.path() + ": " + back.error().message());
+		if (Status back = backend_.apply(*plan_, nullptr, generation_); !back)
+			listener_.log("restoring generation " + std::to_string(generation_) + ": " + back.error().message());
+		return fail({Fault::ApplyFailed, applied.error().message() + "; the previous state stays applied"}, true);
+	}
+	Clock::time_point t3 = Clock::now();
+	config_ = std::move(next);
+	overlay_ = std::move(overlay);
+	drains_ = std::move(drains);
+	++generation_;
+	std::vector<std::string> properties{"Generation"};
+	if (!lastError_.empty())
+		properties.push_back("LastError");
+	lastError_.clear();
+	auto ms = [](Clock::time_point from, Clock::time_point to) {
+		return std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(to - from).count() / 1000.0);
+	};
+	listener_.log("applied generation " + std::to_string(generation_) + ": " + std::to_string(moves.size()) +
+		      " slices moved (ms: plan " + ms(t0, t1) + ", persist " + ms(t1, t2) + ", apply " + ms(t2, t3) + ")");
+	listener_.applied(generation_);
+	listener_.propertiesChanged(properties);
+	return generation_;
 }
 
 Answer<uint64_t> Service::setSliceOwnerDraining(std::string_view addressText, uint32_t slice,

@@ -171,6 +171,17 @@ private:
 	Answer<uint64_t> commit(config::Config config, Overlay overlay, Drains drains, bool persist, Fault planFault,
 				bool changed = false);
 	int64_t now() const;
+	// One slice of a SetSliceOwners batch, as validated: config_->addresses[address].
+	struct BatchMove {
+		uint32_t address;
+		uint32_t slice;
+		std::string server;
+		std::optional<std::string> previous;
+	};
+	// SetSliceOwners without planning the fleet again: plan::moveSlice per
+	// move, one Backend::applyMoves. Nothing when a move needs a full plan.
+	std::optional<Answer<uint64_t>> moveSlices(const std::vector<BatchMove> &moves, config::Config &next,
+						   Overlay &overlay, Drains &drains);
 	Answer<uint64_t> setSliceOwnerDraining(std::string_view address, uint32_t slice, std::string_view server,
 					       std::chrono::seconds drain);
 	// Why `move` cannot be made on the applied config, or nullopt; `index`

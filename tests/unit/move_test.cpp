@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <set>
 #include <sstream>
 
 #include "config/config.h"
@@ -330,6 +331,66 @@ TEST(MoveSlice, EqualsAFullPlanAfterManyMovesInARow)
 	EXPECT_GT(tally.firstSlice, 0u);
 	std::printf("moves in a row planned incrementally: %zu (last slice of an address %zu, first slice %zu), by a "
 		    "full plan: %zu\n", tally.fast, tally.lastSlice, tally.firstSlice, tally.full);
+}
+
+// SetSliceOwners: a batch of moves made one after another, then one delta of
+// them all (nft::movesDelta), turns the old table into makePlan's of the
+// changed file.
+TEST(MoveSlice, ABatchOfMovesIsOneDeltaEqualToAFullPlan)
+{
+	std::mt19937 random(29);
+	size_t batches = 0;
+	auto check = [&](const config::Config &config, const std::string &server) {
+		plan::PlanResult first = plan::makePlan(config, server);
+		ASSERT_TRUE(first.ok());
+		const nft::TableModel originalModel = nft::buildModel(*first.plan, 1);
+		for (int round = 0; round < 20; round++) {
+			plan::Plan p = *first.plan;
+			config::Config changed = config;
+			std::vector<plan::SliceMove> moves;
+			std::set<std::pair<uint32_t, uint32_t>> taken;
+			bool incremental = true;
+			size_t want = 2 + random() % 6;
+			for (size_t k = 0; k < want && incremental; k++) {
+				uint32_t ai = static_cast<uint32_t>(random() % p.addresses.size());
+				uint32_t slice = static_cast<uint32_t>(random() % p.addresses[ai].sliceCount);
+				uint32_t to = static_cast<uint32_t>(random() % p.servers.size());
+				if (!taken.insert({ai, slice}).second)
+					continue;
+				std::optional<plan::SliceMove> move = plan::moveSlice(p, ai, slice, static_cast<int32_t>(to));
+				if (!move) {
+					incremental = false;
+					break;
+				}
+				changed.addresses[ai].owners[slice] = p.servers[to].name;
+				moves.push_back(std::move(*move));
+			}
+			if (!incremental || moves.size() < 2)
+				continue;
+			plan::PlanResult full = plan::makePlan(changed, server);
+			ASSERT_TRUE(full.ok());
+			EXPECT_EQ(plan::toJson(p), plan::toJson(*full.plan));
+			std::vector<nft::Set> sets = patched(originalModel, nft::movesDelta(p, moves));
+			nft::TableModel expected = nft::buildModel(*full.plan, 1);
+			ASSERT_EQ(sets.size(), expected.sets.size());
+			for (size_t i = 0; i < sets.size(); i++)
+				EXPECT_EQ(rendered(sets[i]), rendered(expected.sets[i])) << "set " << sets[i].name;
+			batches++;
+		}
+	};
+	for (const auto &entry : std::filesystem::directory_iterator(RULES_DIR)) {
+		if (entry.path().extension() != ".toml")
+			continue;
+		SCOPED_TRACE(entry.path().filename().string());
+		config::Config config = loadFile(entry.path());
+		for (const config::Server &s : config.servers)
+			check(config, s.name);
+	}
+	config::Config mixed = loadText(mixedFleet());
+	for (const config::Server &s : mixed.servers)
+		check(mixed, s.name);
+	EXPECT_GT(batches, 20u);
+	std::printf("batches of moves checked: %zu\n", batches);
 }
 
 TEST(MoveSlice, ReplansOnlyTheUsersOfAnAddressThatComesOrGoes)

@@ -86,6 +86,16 @@ public:
 		calls.push_back({plan.addresses.at(0).mySlices, true, generation});
 		return {};
 	}
+	Status applyMoves(const plan::Plan &plan, const std::vector<plan::SliceMove> &moves, uint64_t generation) override
+	{
+		if (failNext) {
+			failNext = false;
+			return Error(ENOBUFS, "changing elements of table portslice");
+		}
+		calls.push_back({plan.addresses.at(0).mySlices, true, generation});
+		batches.push_back(moves.size());
+		return {};
+	}
 	Result<std::string> drift(const plan::Plan &, uint64_t) override { return driftText; }
 	Result<std::vector<StatRow>> stats(const plan::Plan &plan) override
 	{
@@ -97,6 +107,7 @@ public:
 	}
 
 	std::vector<Call> calls;
+	std::vector<size_t> batches; // moves per applyMoves
 	bool failNext = false;
 	std::string driftText;
 };
@@ -482,6 +493,7 @@ TEST_F(ServiceTest, SetSliceOwnersMovesManySlicesInOneGenerationAndOneKernelChan
 	EXPECT_EQ(moved.value(), 2u);
 	ASSERT_EQ(backend_.calls.size(), 2u); // one apply for the three moves
 	EXPECT_TRUE(backend_.calls[1].incremental);
+	EXPECT_EQ(backend_.batches, std::vector<size_t>{3});
 	EXPECT_EQ(backend_.calls[1].mySlices, (std::vector<uint32_t>{0, 1, 2}));
 	EXPECT_EQ(listener_.applieds, (std::vector<uint64_t>{1, 2}));
 	EXPECT_TRUE(service->drains().empty()); // drain_seconds 0: no drain
@@ -517,6 +529,27 @@ TEST_F(ServiceTest, SetSliceOwnersWithABadMoveMovesNothing)
 	EXPECT_EQ(backend_.calls.size(), 1u);
 	EXPECT_EQ(service->currentPlan()->addresses.at(0).mySlices, std::vector<uint32_t>{0});
 	EXPECT_EQ(stateFile(), persisted);
+}
+
+TEST_F(ServiceTest, ASetSliceOwnersTheKernelRefusesChangesNothing)
+{
+	auto service = makeService();
+	ASSERT_TRUE(service->start().ok());
+	std::string persisted = stateFile();
+	backend_.failNext = true;
+	Answer<uint64_t> moved = service->setSliceOwners({{"198.51.100.1", 1, "s1"}, {"198.51.100.1", 2, "s1"}}, 0);
+	ASSERT_FALSE(moved.ok());
+	EXPECT_EQ(moved.failure().fault, Fault::ApplyFailed);
+	EXPECT_EQ(service->generation(), 1u);
+	EXPECT_EQ(service->currentPlan()->addresses.at(0).mySlices, std::vector<uint32_t>{0});
+	EXPECT_EQ(service->currentPlan()->addresses.at(0).owner, (std::vector<int32_t>{0, 1, 2, 2}));
+	EXPECT_EQ(stateFile(), persisted);
+	// The previous plan was put back in full.
+	EXPECT_FALSE(backend_.calls.back().incremental);
+	EXPECT_EQ(backend_.calls.back().mySlices, std::vector<uint32_t>{0});
+	// And the same call works next time.
+	ASSERT_TRUE(service->setSliceOwners({{"198.51.100.1", 1, "s1"}, {"198.51.100.1", 2, "s1"}}, 0).ok());
+	EXPECT_EQ(service->currentPlan()->addresses.at(0).mySlices, (std::vector<uint32_t>{0, 1, 2}));
 }
 
 TEST_F(ServiceTest, SetSliceOwnersDrainsEachOldOwnerForTheSecondsGiven)
