@@ -20,6 +20,10 @@ else
 fi
 rm -rf "$tree"/build*
 echo "building the packages of portslice $version"
+# ccache when there is one: the package's objects are those of any build of the same tree.
+if command -v ccache >/dev/null; then
+	export CC="ccache gcc" CXX="ccache g++"
+fi
 if ! (cd "$tree" && CCACHE_BASEDIR=$work dpkg-buildpackage -b -us -uc -j"$(nproc)") >"$work/build.log" 2>&1; then
 	tail -50 "$work/build.log"
 	echo "FAIL: dpkg-buildpackage"
@@ -27,7 +31,7 @@ if ! (cd "$tree" && CCACHE_BASEDIR=$work dpkg-buildpackage -b -us -uc -j"$(nproc
 fi
 failed=0
 changes=$(ls "$work"/portslice_*.changes)
-lintian --no-tag-display-limit "$changes" >"$work/lintian.log" 2>&1
+lintian --tag-display-limit 0 "$changes" >"$work/lintian.log" 2>&1
 cat "$work/lintian.log"
 if grep -q '^E: ' "$work/lintian.log"; then
 	echo "FAIL: lintian reports errors"
