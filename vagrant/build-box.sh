@@ -64,7 +64,7 @@ else
 		nftables conntrack ethtool iputils-ping tcpdump jq bpftool xdp-tools
 		# what portsliced, portslicectl and labtraffic link (built on the host)
 		libtomlplusplus3 libnftnl11 libmnl0 libnetfilter-conntrack3 libbpf1 libelf1 zlib1g
-		libsdbus-c++1 libsystemd0 libstdc++6
+		libsdbus-c++1 libsystemd0 libstdc++6 libcurl4
 	)
 	step "mmdebstrap bookworm (${#packages[@]} packages and their dependencies)"
 	# The host's deb822 sources (same mirror and security suite as the host).
@@ -112,6 +112,9 @@ EOF
 		ln -sf /dev/null "$root/etc/systemd/system/$u"
 	done
 	# ssh host keys are made at build time; each box copy shares them (a lab box).
+	# What the box holds, so vagrant/test.sh can tell whether it still has every
+	# library the host's build links (a new dependency means a new box).
+	chroot "$root" dpkg-query -W -f '${Package}\n' | sort >"$box/packages.txt"
 	chroot "$root" apt-get clean
 	rm -rf "$root/var/lib/apt/lists/"* "$root/usr/share/doc/"* "$root/usr/share/man/"* "$root/usr/share/locale/"*
 
@@ -147,7 +150,7 @@ Vagrant.configure("2") do |config|
 end
 EOF
 	step "packing $file"
-	tar -C "$box" -czf "$file.tmp" metadata.json Vagrantfile box.img vmlinuz initrd.img
+	tar -C "$box" -czf "$file.tmp" metadata.json Vagrantfile box.img vmlinuz initrd.img packages.txt
 	mv "$file.tmp" "$file"
 	ls -l "$file" >&2
 fi

@@ -160,6 +160,18 @@ meson install -C "$BUILD" --no-rebuild --strip --quiet --destdir "$REPO/$STAGE_R
 	{ cat "$WORK/install.log" >&2; exit 1; }
 install -D -s -m 755 "$BUILD/tests/lab/labtraffic" "$REPO/$STAGE_REL/usr/local/bin/labtraffic"
 CTL=$BUILD/src/ctl/portslicectl
+# The box must hold the Debian package of every library the staged binaries
+# link (build-box.sh lists its packages in packages.txt); else it is rebuilt.
+boxdir=${VAGRANT_HOME:-$HOME/.vagrant.d}/boxes/${BOX//\//-VAGRANTSLASH-}
+needed=$(find "$REPO/$STAGE_REL" -type f -perm -u+x -exec ldd {} + 2>/dev/null | awk '$3 ~ /^\// { print $3 }' | sort -u |
+	while read -r lib; do dpkg -S "$(readlink -f "$lib")" 2>/dev/null || dpkg -S "$lib" 2>/dev/null; done |
+	cut -d: -f1 | sort -u)
+list=$(find "$boxdir" -name packages.txt -path '*libvirt*' 2>/dev/null | head -1)
+missing=$(if [[ -n $list ]]; then comm -23 <(echo "$needed") "$list"; else echo "(no packages.txt)"; fi)
+if [[ -n $missing ]]; then
+	echo "vagrant test: box $BOX lacks what the build links: $(echo $missing); rebuilding it" >&2
+	bounded "$HERE/build-box.sh" --name "$BOX" --force >&2
+fi
 took
 
 # --- 3. libvirt in its namespace ------------------------------------------------------
