@@ -43,6 +43,57 @@ std::string_view stateName(State state)
 	return "failed";
 }
 
+std::string quoteInput(std::string_view input)
+{
+	std::string out = "\"";
+	size_t used = 0; // characters between the quotes
+	size_t i = 0;
+	for (; i < input.size(); i++) {
+		auto c = static_cast<unsigned char>(input[i]);
+		std::string piece;
+		switch (c) {
+		case '\n':
+			piece = "\\n";
+			break;
+		case '\r':
+			piece = "\\r";
+			break;
+		case '\t':
+			piece = "\\t";
+			break;
+		case '"':
+			piece = "\\\"";
+			break;
+		case '\\':
+			piece = "\\\\";
+			break;
+		default:
+			if (c < 0x20 || c == 0x7f) {
+				static const char hex[] = "0123456789abcdef";
+				piece = std::string("\\x") + hex[c >> 4] + hex[c & 15];
+			} else if (c >= 0x80) {
+				// A UTF-8 sequence goes whole or not at all.
+				size_t n = 1;
+				while (i + n < input.size() && (static_cast<unsigned char>(input[i + n]) & 0xc0) == 0x80 &&
+				       n < 4)
+					n++;
+				piece.assign(input.substr(i, n));
+			} else {
+				piece = static_cast<char>(c);
+			}
+		}
+		if (used + piece.size() > kQuoteLimit)
+			break;
+		out += piece;
+		used += piece.size();
+		i += piece.size() > 1 && c >= 0x80 ? piece.size() - 1 : 0;
+	}
+	out += "\"";
+	if (i < input.size())
+		out += "... (" + std::to_string(input.size()) + " bytes)";
+	return out;
+}
+
 namespace {
 
 // Errors only, one per line, "FILE:LINE:COL: error: ...".
@@ -88,6 +139,12 @@ Failure Service::fail(Failure failure, bool degrade)
 	++applyFailures_;
 	listener_.applyFailed(failure.message);
 	listener_.propertiesChanged(changed);
+	return failure;
+}
+
+Failure Service::reject(Failure failure)
+{
+	listener_.log(std::string(faultName(failure.fault)) + ": " + failure.message);
 	return failure;
 }
 
@@ -149,8 +206,8 @@ std::optional<Failure> Service::checkMove(std::string_view addressText, uint32_t
 {
 	std::optional<Ipv4> ip = Ipv4::parse(addressText);
 	if (!ip)
-		return Failure{Fault::InvalidArgument, "\"" + std::string(addressText.substr(0, 200)) +
-			       "\" is not an IPv4 address; give a shared address such as 198.51.100.1"};
+		return Failure{Fault::InvalidArgument, quoteInput(addressText) +
+			       " is not an IPv4 address; give a shared address such as 198.51.100.1"};
 	const config::Address *address = nullptr;
 	if (index) {
 		if (auto it = index->find(ip->value); it != index->end())
@@ -180,8 +237,8 @@ std::optional<Failure> Service::checkMove(std::string_view addressText, uint32_t
 		std::vector<std::string> known;
 		for (const config::Server &s : config_->servers)
 			known.push_back(s.name);
-		return Failure{Fault::InvalidArgument, "\"" + std::string(serverName.substr(0, 200)) +
-			       "\" is not a server of the fleet (it has: " + joinNames(known) + ")"};
+		return Failure{Fault::InvalidArgument, quoteInput(serverName) +
+			       " is not a server of the fleet (it has: " + joinNames(known) + ")"};
 	}
 	*addressIndex = static_cast<uint32_t>(address - config_->addresses.data());
 	*ipOut = *ip;
@@ -197,8 +254,8 @@ Answer<uint64_t> Service::setSliceOwner(std::string_view addressText, uint32_t s
 Answer<uint64_t> Service::setSliceOwners(const std::vector<OwnerMove> &moves, uint32_t drainSeconds)
 {
 	if (!config_)
-		return fail({Fault::InvalidConfig, "no configuration is applied (" + lastError_ +
-			     "); fix " + options_.configPath + " and reload first"}, false);
+		return reject({Fault::InvalidConfig, "no configuration is applied (" + lastError_ +
+			       "); fix " + options_.configPath + " and reload first"});
 	if (moves.empty())
 		return generation_;
 	why_ = "fleet"; // SetSliceOwners: the fleet's moves (portslice-fleetd)
@@ -232,13 +289,13 @@ Answer<uint64_t> Service::setSliceOwners(const std::vector<OwnerMove> &moves, ui
 		if (std::optional<Failure> bad = checkMove(move.address, move.slice, move.server, &index, &at, &ip)) {
 			bad->message = "move " + std::to_string(m + 1) + " of " + std::to_string(moves.size()) + ": " +
 				       bad->message + "; nothing was moved";
-			return fail(*bad, false);
+			return reject(*bad);
 		}
 		Key key{ip, move.slice};
 		if (!seen.insert(key).second)
-			return fail({Fault::InvalidArgument, "move " + std::to_string(m + 1) + " of " +
-				     std::to_string(moves.size()) + ": slice " + std::to_string(move.slice) + " of " +
-				     ip.str() + " is moved twice in one call; nothing was moved"}, false);
+			return reject({Fault::InvalidArgument, "move " + std::to_string(m + 1) + " of " +
+				       std::to_string(moves.size()) + ": slice " + std::to_string(move.slice) + " of " +
+				       ip.str() + " is moved twice in one call; nothing was moved"});
 		config::Address &address = next.addresses[at];
 		auto current = address.owners.find(move.slice);
 		bool same = current != address.owners.end() && current->second == move.server;
@@ -274,7 +331,7 @@ Answer<uint64_t> Service::setSliceOwners(const std::vector<OwnerMove> &moves, ui
 		return generation_; // already so: nothing to apply, nothing to persist
 	std::vector<config::Diagnostic> errors = config::validate(next);
 	if (config::hasErrors(errors))
-		return fail({Fault::InvalidArgument, errorLines(errors)}, false);
+		return reject({Fault::InvalidArgument, errorLines(errors)});
 	Overlay nextOverlay;
 	nextOverlay.reserve(overlay.size());
 	for (auto &[key, server] : overlay)
@@ -359,12 +416,12 @@ Answer<uint64_t> Service::setSliceOwnerDraining(std::string_view addressText, ui
 						 std::string_view serverName, std::chrono::seconds drain)
 {
 	if (!config_)
-		return fail({Fault::InvalidConfig, "no configuration is applied (" + lastError_ +
-			     "); fix " + options_.configPath + " and reload first"}, false);
+		return reject({Fault::InvalidConfig, "no configuration is applied (" + lastError_ +
+			       "); fix " + options_.configPath + " and reload first"});
 	uint32_t index = 0;
 	Ipv4 checked;
 	if (std::optional<Failure> bad = checkMove(addressText, slice, serverName, nullptr, &index, &checked))
-		return fail(*bad, false);
+		return reject(*bad);
 	const Ipv4 *ip = &checked;
 	const config::Address *address = &config_->addresses[index];
 	std::string server(serverName);
@@ -412,7 +469,7 @@ Answer<uint64_t> Service::setSliceOwnerDraining(std::string_view addressText, ui
 		next.addresses[index].previous.erase(slice);
 	std::vector<config::Diagnostic> errors = config::validate(next);
 	if (config::hasErrors(errors))
-		return fail({Fault::InvalidArgument, errorLines(errors)}, false);
+		return reject({Fault::InvalidArgument, errorLines(errors)});
 	bool persist = overlay != overlay_ || drains != drains_;
 	return commit(std::move(next), std::move(overlay), std::move(drains), persist, Fault::InvalidArgument, true);
 }
@@ -677,15 +734,19 @@ Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, Drains 
 	Clock::time_point t0 = Clock::now();
 	plan::PlanResult planned = plan::makePlan(config);
 	Clock::time_point t1 = Clock::now();
-	if (!planned.ok())
-		return fail({planFault, errorLines(planned.diagnostics)}, planFault != Fault::InvalidArgument);
+	if (!planned.ok()) {
+		if (planFault == Fault::InvalidArgument)
+			return reject({planFault, errorLines(planned.diagnostics)});
+		return fail({planFault, errorLines(planned.diagnostics)}, true);
+	}
 	for (const config::Diagnostic &d : planned.diagnostics)
 		if (d.severity == config::Diagnostic::Severity::Warning)
 			listener_.log(d.str());
 
-	// A slice that changed owner changes the plan; otherwise compare (the
-	// hash renders the whole plan, so it is not done when it is not needed).
-	bool same = !changed && plan_ && state_ != State::Failed && planned.plan->hash() == plan_->hash();
+	// A slice that changed owner changes the plan; otherwise compare all
+	// that reaches the kernel (the identity renders the whole plan, so it is
+	// not done when it is not needed).
+	bool same = !changed && plan_ && state_ != State::Failed && planned.plan->identity() == plan_->identity();
 	// Persist before the kernel changes: a crash in between re-applies the
 	// new state on start, never loses a change a caller was told about.
 	persist = persist || !same;
@@ -792,7 +853,7 @@ Answer<std::pair<std::string, std::string>> Service::owner(std::string_view addr
 		return Failure{Fault::NotFound, "nothing is applied: " + lastError_};
 	std::optional<Ipv4> ip = Ipv4::parse(addressText);
 	if (!ip)
-		return Failure{Fault::InvalidArgument, "\"" + std::string(addressText) + "\" is not an IPv4 address"};
+		return Failure{Fault::InvalidArgument, quoteInput(addressText) + " is not an IPv4 address"};
 	std::optional<plan::OwnerAnswer> answer = plan::findOwner(*config_, *ip, port);
 	if (!answer)
 		return Failure{Fault::NotFound, ip->str() + " is not a shared address of " + options_.configPath};

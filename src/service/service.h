@@ -29,6 +29,13 @@ enum class Fault { InvalidArgument, InvalidConfig, ApplyFailed, NotFound };
 
 std::string_view faultName(Fault fault); // "org.portslice.Error.InvalidArgument", ...
 
+// Caller input as a message quotes it: in double quotes, at most
+// kQuoteLimit characters between them (a longer input is cut, "..." and its
+// length follow), control characters, quotes and backslashes escaped (\n,
+// \x1b), so that no input can forge a log line or fill a journal.
+inline constexpr size_t kQuoteLimit = 200;
+std::string quoteInput(std::string_view input);
+
 struct Failure {
 	Fault fault;
 	std::string message; // for a person: what is wrong and what would fix it
@@ -207,6 +214,10 @@ private:
 	std::optional<Answer<uint64_t>> moveSlice(uint32_t address, uint32_t slice, const std::string &server,
 						  Overlay overlay, Drains drains, const std::optional<std::string> &previous);
 	Failure fail(Failure failure, bool degrade);
+	// A call rejected before anything was tried (InvalidArgument, NotFound):
+	// logged, answered, but neither LastError nor ApplyFailed, which are
+	// about applying.
+	Failure reject(Failure failure);
 	void recovered(); // a repair worked: leave the degraded state it caused
 
 	uint64_t applyFailures_ = 0; // ApplyFailed signals since start

@@ -397,6 +397,51 @@ TEST_F(ServiceLab, AnElementDeletedOrAddedOrAMapFlushedByHandIsPutBackAsADelta)
 	EXPECT_EQ(count(log, "by undoing its 16 element changes"), 1u) << log;
 	EXPECT_EQ(log.find("restoring generation"), std::string::npos) << "a full restore:\n" << log;
 	EXPECT_EQ(generation(), 1u);
+
+TEST_F(ServiceLab, ARejectedCallSetsNeitherLastErrorNorApplyFailedAndQuotesItsInputEscapedAndCut)
+{
+	startDaemon();
+	connect();
+	std::string before = table();
+	// A server name that tries to forge a log line, and one of 5000 characters.
+	std::string forged = "s9\nportsliced: applied generation 99 (forged)";
+	EXPECT_EQ(errorOf([&] { proxy_->SetSliceOwner("198.51.100.1", 1, forged); }),
+		  "org.portslice.Error.InvalidArgument");
+	EXPECT_EQ(lastMessage_.find('\n'), std::string::npos) << lastMessage_;
+	EXPECT_NE(lastMessage_.find("\"s9\\nportsliced: applied generation 99 (forged)\""), std::string::npos)
+		<< lastMessage_;
+	std::string huge(5000, 'x');
+	EXPECT_EQ(errorOf([&] { proxy_->SetSliceOwner(huge, 1, "s2"); }), "org.portslice.Error.InvalidArgument");
+	EXPECT_NE(lastMessage_.find("\"" + std::string(200, 'x') + "\"... (5000 bytes)"), std::string::npos);
+	EXPECT_LT(lastMessage_.size(), 400u);
+	EXPECT_EQ(errorOf([&] { proxy_->SetSliceOwner("198.51.100.1", 9, "s2"); }),
+		  "org.portslice.Error.InvalidArgument");
+	EXPECT_EQ(errorOf([&] { proxy_->Owner(forged, 1024); }), "org.portslice.Error.InvalidArgument");
+	EXPECT_EQ(lastMessage_.find('\n'), std::string::npos) << lastMessage_;
+	EXPECT_EQ(errorOf([&] { proxy_->Owner("203.0.113.1", 2000); }), "org.portslice.Error.NotFound");
+
+	// A round trip to the daemon, so that any signal it sent has arrived.
+	EXPECT_EQ(proxy_->Generation(), 1u);
+	EXPECT_EQ(proxy_->LastError(), "");
+	EXPECT_EQ(proxy_->State(), "applied");
+	EXPECT_TRUE(proxy_->failed().empty()) << proxy_->failed()[0];
+	EXPECT_EQ(table(), before);
+	// The daemon's log holds no line the caller wrote.
+	std::string log = readFile(logPath());
+	EXPECT_EQ(log.find("\nportsliced: applied generation 99"), std::string::npos) << log;
+
+	// A failed apply sets LastError; a rejected call afterwards leaves it.
+	writeConfig(std::string(kLabFleet) + "\n[[sources]]\nname = \"x\"\nmatch = { saddr = \"100.64.7.0/33\" }\n"
+					     "want = { country = \"GB\" }\n");
+	EXPECT_EQ(errorOf([&] { proxy_->Reload(); }), "org.portslice.Error.InvalidConfig");
+	std::string lastError = proxy_->LastError();
+	EXPECT_NE(lastError, "");
+	EXPECT_EQ(errorOf([&] { proxy_->SetSliceOwner("198.51.100.1", 1, "nobody"); }),
+		  "org.portslice.Error.InvalidArgument");
+	EXPECT_EQ(proxy_->LastError(), lastError);
+	ASSERT_TRUE(waitFor([&] { return !proxy_->failed().empty(); }, std::chrono::milliseconds(2000)));
+	std::this_thread::sleep_for(std::chrono::milliseconds(200));
+	EXPECT_EQ(proxy_->failed().size(), 1u); // the reload's, not the rejected call's
 }
 
 TEST_F(ServiceLab, AReloadWithABrokenFileKeepsTheOldStateAndSignalsFileAndLine)
