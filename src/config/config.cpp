@@ -416,17 +416,23 @@ public:
 			checkKeys(*ct, { "max", "buckets", "tcp_timeout_established", "tcp_timeout_time_wait",
 					 "udp_timeout", "udp_timeout_stream" },
 				  "[conntrack]");
-			auto u32 = [&](const char *key) -> std::optional<uint32_t> {
-				if (auto v = integer(ct->get(key), key, 1, 0x7fffffff))
+			auto u32 = [&](const char *key, int64_t hi) -> std::optional<uint32_t> {
+				if (auto v = integer(ct->get(key), key, 1, hi))
 					return static_cast<uint32_t>(*v);
 				return std::nullopt;
 			};
-			c.conntrack.max = u32("max");
-			c.conntrack.buckets = u32("buckets");
-			c.conntrack.tcpEstablished = u32("tcp_timeout_established");
-			c.conntrack.tcpTimeWait = u32("tcp_timeout_time_wait");
-			c.conntrack.udp = u32("udp_timeout");
-			c.conntrack.udpStream = u32("udp_timeout_stream");
+			// The kernel's limits: nf_conntrack_max is an int; the hash
+			// table of nf_conntrack_buckets is one allocation of 8 bytes a
+			// bucket, which the kernel refuses above INT_MAX bytes; a
+			// timeout is kept in jiffies, an int, so the kernel refuses
+			// more than INT_MAX / HZ seconds: 2147483 at HZ=1000, the
+			// largest HZ, is what every kernel accepts.
+			c.conntrack.max = u32("max", kConntrackMaxLimit);
+			c.conntrack.buckets = u32("buckets", kConntrackBucketsLimit);
+			c.conntrack.tcpEstablished = u32("tcp_timeout_established", kConntrackTimeoutLimit);
+			c.conntrack.tcpTimeWait = u32("tcp_timeout_time_wait", kConntrackTimeoutLimit);
+			c.conntrack.udp = u32("udp_timeout", kConntrackTimeoutLimit);
+			c.conntrack.udpStream = u32("udp_timeout_stream", kConntrackTimeoutLimit);
 		}
 
 		phase_ = Phase::Fleet;
@@ -566,6 +572,15 @@ public:
 		Server s;
 		s.where = at(t.source());
 		auto name = string(require(t, "name", "[[servers]]"), "name");
+		// The table's comment names the server, and the kernel keeps at
+		// most 256 bytes of it.
+		if (name && (name->empty() || name->size() > kServerNameLimit)) {
+			error(t.get("name")->source(), "server name '" + name->substr(0, kServerNameLimit) +
+							       (name->size() > kServerNameLimit ? "...'" : "'") + " must be 1-" +
+							       std::to_string(kServerNameLimit) +
+							       " characters (it names the nftables table's comment)");
+			name.reset();
+		}
 		auto address = ipv4(require(t, "address", "[[servers]]"), "address");
 		auto dc = string(require(t, "datacenter", "[[servers]]"), "datacenter");
 		if (const auto *m = t.get("mac")) {

@@ -119,6 +119,13 @@ struct Source {
 };
 
 // [conntrack]: optional sysctl tuning; absent keys leave the kernel's value.
+// The largest values of [conntrack] the kernel accepts (see config.cpp).
+inline constexpr int64_t kConntrackMaxLimit = 0x7fffffff;
+inline constexpr int64_t kConntrackBucketsLimit = 0x7fffffff / 8;
+inline constexpr int64_t kConntrackTimeoutLimit = 0x7fffffff / 1000;
+// A server's name is in the table's comment, which the kernel keeps to 256 bytes.
+inline constexpr size_t kServerNameLimit = 64;
+
 struct ConntrackTuning {
 	std::optional<uint32_t> max;             // net.netfilter.nf_conntrack_max
 	std::optional<uint32_t> buckets;         // net.netfilter.nf_conntrack_buckets

@@ -139,6 +139,27 @@ Result<TuneReport> tune(const config::ConntrackTuning &tuning, const std::string
 			return st.error().wrap("tuning conntrack");
 		report.changed.push_back(SysctlChange{name, saved[name], v});
 	}
+	// A key the config no longer sets gets back the value it had before
+	// portslice first changed it.
+	std::vector<std::pair<std::string, uint32_t>> wanted = sysctlsOf(tuning);
+	for (auto it = saved.begin(); it != saved.end();) {
+		const std::string &name = it->first;
+		if (std::any_of(wanted.begin(), wanted.end(), [&](const auto &w) { return w.first == name; })) {
+			++it;
+			continue;
+		}
+		auto now = readSysctl(name);
+		if (!now || *now != it->second) {
+			Status st = writeSysctl(name, it->second);
+			if (!st)
+				return st.error().wrap("restoring " + name + ", which the config no longer sets");
+			report.changed.push_back(SysctlChange{name, now ? *now : std::string("?"), it->second});
+		}
+		it = saved.erase(it);
+		Status st = storeSaved(stateDir, saved);
+		if (!st)
+			return st.error().wrap("tuning conntrack");
+	}
 	return report;
 }
 
@@ -151,6 +172,33 @@ Status restore(const std::string &stateDir)
 			return st.error().wrap("restoring conntrack sysctls");
 	}
 	return storeSaved(stateDir, {});
+}
+
+TuningSnapshot snapshotTuning(const std::string &stateDir)
+{
+	TuningSnapshot snapshot;
+	config::ConntrackTuning all{1, 1, 1, 1, 1, 1};
+	for (const auto &[name, value] : sysctlsOf(all)) {
+		(void)value;
+		if (auto now = readSysctl(name))
+			snapshot.values.emplace_back(name, *now);
+	}
+	snapshot.saved = loadSaved(stateDir);
+	return snapshot;
+}
+
+Status restoreTuning(const TuningSnapshot &snapshot, const std::string &stateDir)
+{
+	for (const auto &[name, value] : snapshot.values) {
+		auto now = readSysctl(name);
+		if (now && *now == value)
+			continue;
+		if (Status st = writeSysctl(name, value); !st)
+			return st.error().wrap("putting back " + name);
+	}
+	if (loadSaved(stateDir) != snapshot.saved)
+		return storeSaved(stateDir, snapshot.saved);
+	return {};
 }
 
 namespace {

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -50,6 +51,15 @@ struct Entry {
 // `visit` called for each; those it returns true for are deleted after the
 // dump. Returns how many were deleted (entries gone meanwhile not counted).
 Result<size_t> walk(const std::function<bool(const Entry &)> &visit);
+
+// The conntrack sysctls tune() may write and its saved file, as they are:
+// an apply that fails later puts them back with restoreTuning().
+struct TuningSnapshot {
+	std::vector<std::pair<std::string, std::string>> values; // name, value (those readable)
+	std::map<std::string, std::string> saved;
+};
+TuningSnapshot snapshotTuning(const std::string &stateDir);
+Status restoreTuning(const TuningSnapshot &snapshot, const std::string &stateDir);
 
 // A live NAT flow on a slice this server drains as previous owner: its
 // answers come to address:port (host byte order) and belong to zone.

@@ -2,8 +2,11 @@
 // Applier: nftables first (one transaction), then conntrack tuning and clean-up; remove() undoes all of it.
 #include "daemon/applier.h"
 
+#include <cerrno>
 #include <chrono>
 #include <map>
+#include <net/if.h>
+
 #include "nft/model.h"
 
 #ifdef PORTSLICE_HAVE_XDP
@@ -36,15 +39,116 @@ nft::Set drainZone(const std::vector<conntrack::DrainingFlow> &flows)
 
 } // namespace
 
-Result<ApplyResult> Applier::apply(const plan::Plan &next, const plan::Plan *current, uint64_t generation)
+Status Applier::precheck(const plan::Plan &next) const
+{
+#ifdef PORTSLICE_HAVE_XDP
+	if (options_.xdp) {
+		if (::if_nametoindex(next.uplink.c_str()) == 0)
+			return Error("uplink " + next.uplink + " does not exist (the XDP forwarder attaches to it; "
+					     "--no-xdp runs without)");
+		Status pins = xdp::preparePinDir(pinDir());
+		if (!pins)
+			return pins;
+	}
+#else
+	(void)next;
+#endif
+	return {};
+}
+
+std::string Applier::pinDir() const
+{
+#ifdef PORTSLICE_HAVE_XDP
+	return options_.xdpPinDir.empty() ? std::string(xdp::kDefaultPinDir) : options_.xdpPinDir;
+#else
+	return options_.xdpPinDir;
+#endif
+}
+
+Result<ApplyResult> Applier::apply(const plan::Plan &next, const plan::Plan *current, uint64_t generation,
+				   const plan::Plan *previous)
+{
+	// What can be known before the first change is checked first.
+	if (Status ok = precheck(next); !ok)
+		return ok.error();
+	// What a later failure puts back.
+	Before before;
+	before.tuning = conntrack::snapshotTuning(options_.stateDir);
+	auto routes = snapshotRoutes();
+	if (!routes)
+		return routes.error().wrap("reading the routes before the apply");
+	before.routes = std::move(*routes);
+	auto state = nft_.readState();
+	if (!state)
+		return state.error().wrap("reading table inet portslice before the apply");
+	before.table = state->has_value();
+#ifdef PORTSLICE_HAVE_XDP
+	before.forwarder = options_.xdp && xdp::forwarderPinned(pinDir());
+#endif
+	bool drainFilled = drainFilled_;
+
+	Touched touched;
+	Result<ApplyResult> result = applySteps(next, current, generation, touched);
+	if (result)
+		return result;
+	drainFilled_ = drainFilled;
+	Status back = putBack(before, touched, current ? current : previous, generation - 1, next.uplink);
+	if (!back)
+		return Error(result.error().message() + "; putting back the previous state failed too: " +
+			     back.error().message());
+	return result.error();
+}
+
+Status Applier::putBack(const Before &before, const Touched &touched, const plan::Plan *previous,
+			uint64_t previousGeneration, const std::string &uplink)
+{
+	std::string failed;
+	auto note = [&](const Status &s) {
+		if (!s)
+			failed += (failed.empty() ? "" : "; ") + s.error().message();
+	};
+#ifdef PORTSLICE_HAVE_XDP
+	if (touched.xdp) {
+		if (!before.forwarder)
+			note(xdp::removeForwarder(uplink, pinDir()));
+		else if (previous)
+			note(xdp::applyForwarder(*previous, pinDir()));
+		else
+			note(Error("the XDP forwarder's maps of the previous generation are not known here"));
+	}
+#else
+	(void)uplink;
+#endif
+	if (touched.nft) {
+		if (!before.table)
+			note(nft_.remove());
+		else if (previous) {
+			auto replaced = nft_.apply(*previous, nullptr, previousGeneration);
+			if (!replaced)
+				note(replaced.error());
+		}
+		else
+			note(Error("the table of the previous generation is not known here"));
+	}
+	if (touched.routes)
+		note(restoreRoutes(before.routes));
+	if (touched.tuning)
+		note(conntrack::restoreTuning(before.tuning, options_.stateDir));
+	if (!failed.empty())
+		return Error(failed);
+	return {};
+}
+
+Result<ApplyResult> Applier::applySteps(const plan::Plan &next, const plan::Plan *current, uint64_t generation,
+					Touched &touched)
 {
 	ApplyResult result;
 #ifdef PORTSLICE_HAVE_XDP
 	auto syncXdp = [&]() -> Status {
 		if (!options_.xdp)
 			return {};
-		Status x = options_.xdpPinDir.empty() ? xdp::applyForwarder(next)
-						      : xdp::applyForwarder(next, options_.xdpPinDir);
+		touched.xdp = true;
+		Status x = xdp::applyForwarder(next, pinDir());
 		if (!x)
 			return x.error().wrap("XDP forwarder on " + next.uplink);
 		result.xdp = true;
@@ -52,9 +156,8 @@ Result<ApplyResult> Applier::apply(const plan::Plan &next, const plan::Plan *cur
 	};
 	// A change of a running state: the forwarder learns a slice this server
 	// gains before the table hands out its ports, so that the answers of its
-	// first flows that land here are kept, not sent to the old owner. (On
-	// an error the service puts the previous plan back in full.) A full
-	// apply keeps the table first: a failure there changes nothing.
+	// first flows that land here are kept, not sent to the old owner. A full
+	// apply changes the table first, the forwarder last.
 	if (current) {
 		if (Status x = syncXdp(); !x)
 			return x.error();
@@ -76,23 +179,41 @@ Result<ApplyResult> Applier::apply(const plan::Plan &next, const plan::Plan *cur
 		}
 		// A table without drain_zone (none yet, or an older one) gets it
 		// with this apply; filled below.
+		touched.nft = true;
 		auto filled = nft_.fillSet(drainZone(flows));
 		drainFilled_ = filled && *filled > 0;
 	}
 
+	touched.nft = true;
 	auto report = nft_.apply(next, current, generation);
 	if (!report)
 		return report.error();
 	result.nft = *report;
 
+	touched.tuning = true;
 	auto tuned = conntrack::tune(next.conntrack, options_.stateDir);
 	if (!tuned)
 		return tuned.error();
 	result.tuning = *tuned;
 
+	// Answers of iifname sources leave by their interface (fwmark routing).
+	touched.routes = true;
+	auto routes = applyRoutes(next);
+	if (!routes)
+		return routes.error();
+	result.routes = *routes;
+
+#ifdef PORTSLICE_HAVE_XDP
+	if (!current) {
+		if (Status x = syncXdp(); !x)
+			return x.error();
+	}
+#endif
+
 	// Flows of slices that moved away would keep their old NAT port here;
 	// their answers now go to the new owner. Those of slices this server
-	// still drains stay, and their answers' zones fill drain_zone.
+	// still drains stay, and their answers' zones fill drain_zone. Last:
+	// deleted entries cannot be put back.
 	std::vector<conntrack::DrainingFlow> draining;
 	auto deleted = conntrack::deleteMovedAway(next, &draining);
 	if (!deleted)
@@ -105,19 +226,6 @@ Result<ApplyResult> Applier::apply(const plan::Plan &next, const plan::Plan *cur
 		result.drainingFlows = *filled;
 		drainFilled_ = *filled > 0;
 	}
-
-	// Answers of iifname sources leave by their interface (fwmark routing).
-	auto routes = applyRoutes(next);
-	if (!routes)
-		return routes.error();
-	result.routes = *routes;
-
-#ifdef PORTSLICE_HAVE_XDP
-	if (!current) {
-		if (Status x = syncXdp(); !x)
-			return x.error();
-	}
-#endif
 	return result;
 }
 

@@ -39,9 +39,17 @@ public:
 	static Result<Applier> open(ApplierOptions options = {});
 
 	// Apply `next` as `generation`. `current` is what the kernel holds now
-	// (nullptr: unknown, replace everything). The nftables part is one
-	// transaction; it goes first, so a failure there changes nothing else.
-	Result<ApplyResult> apply(const plan::Plan &next, const plan::Plan *current, uint64_t generation);
+	// (nullptr: unknown, replace everything). All or nothing: what can be
+	// checked is checked before the first change (the uplink exists, the pin
+	// directory is on bpffs), and when a later step fails every step done
+	// is put back: the table, sysctls, routes and forwarder as they were
+	// (`current` as generation - 1), or removed when there were none. Only
+	// a table or forwarder that was there while `current` is unknown cannot
+	// be put back; the error then says so.
+	// `previous`: when `current` is unknown, the plan the kernel holds as
+	// far as the caller knows (it is put back on failure, not diffed against).
+	Result<ApplyResult> apply(const plan::Plan &next, const plan::Plan *current, uint64_t generation,
+				  const plan::Plan *previous = nullptr);
 
 	// One slice changed owner (`plan` is after the move): only the elements
 	// the move changed, the conntrack entries of a lost slice and the
@@ -61,6 +69,24 @@ public:
 
 private:
 	Applier(ApplierOptions options, nft::NftApplier nft) : options_(std::move(options)), nft_(std::move(nft)) {}
+
+	// The kernel's portslice state before an apply, to put back.
+	struct Before {
+		conntrack::TuningSnapshot tuning;
+		RoutesSnapshot routes;
+		bool table = false;     // table inet portslice existed
+		bool forwarder = false; // a forwarder link was pinned
+	};
+	// The steps an apply started (each may have changed something).
+	struct Touched {
+		bool nft = false, tuning = false, routes = false, xdp = false;
+	};
+	Status precheck(const plan::Plan &next) const;
+	std::string pinDir() const;
+	Result<ApplyResult> applySteps(const plan::Plan &next, const plan::Plan *current, uint64_t generation,
+				       Touched &touched);
+	Status putBack(const Before &before, const Touched &touched, const plan::Plan *previous,
+		       uint64_t previousGeneration, const std::string &uplink);
 
 	ApplierOptions options_;
 	nft::NftApplier nft_;

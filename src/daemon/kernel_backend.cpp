@@ -34,6 +34,10 @@ Status KernelBackend::apply(const plan::Plan &plan, const plan::Plan *old, uint6
 		  << (r.xdp ? "; XDP forwarder maps synced" : "");
 	for (const conntrack::SysctlChange &c : r.tuning.changed)
 		log::Line(log::Priority::Info) << c.name << " = " << c.value << " (was " << c.previous << ")";
+	for (const std::string &skipped : r.tuning.skipped)
+		log::Line(log::Priority::Info) << "not set: " << skipped;
+	for (const std::string &skipped : r.routes.skipped)
+		log::Line(log::Priority::Info) << "no return route: " << skipped;
 	if (r.nft.fullReplace) {
 		comment_ = nft::tableComment(plan, generation);
 	} else if (comment_.empty()) {

@@ -4,6 +4,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <iostream>
 #include <string>
 
@@ -34,6 +37,31 @@ std::optional<plan::Plan> load(const std::string &file)
 	if (!planned.ok())
 		return std::nullopt;
 	return std::move(*planned.plan);
+}
+
+// A copy of the applied file in the state directory, replaced atomically.
+Status keepCopy(const std::string &from, const std::string &to)
+{
+	std::ifstream in(from, std::ios::binary);
+	std::stringstream text;
+	text << in.rdbuf();
+	if (!in)
+		return Error(errno, "reading " + from);
+	std::error_code ec;
+	std::filesystem::create_directories(std::filesystem::path(to).parent_path(), ec);
+	if (ec)
+		return Error(ec, "creating " + std::filesystem::path(to).parent_path().string());
+	std::string tmp = to + ".tmp";
+	{
+		std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+		out << text.str();
+		out.flush();
+		if (!out)
+			return Error(errno ? errno : EIO, "writing " + tmp);
+	}
+	if (std::rename(tmp.c_str(), to.c_str()) != 0)
+		return Error(errno, "renaming " + tmp);
+	return {};
 }
 
 } // namespace
@@ -106,6 +134,8 @@ int main(int argc, char **argv)
 			std::cerr << "portsliced: " << s.error().message() << "\n";
 			return 1;
 		}
+		std::error_code ec;
+		std::filesystem::remove(options.stateDir + "/applied.toml", ec);
 		return 0;
 	}
 
@@ -119,11 +149,26 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	uint64_t generation = state->has_value() ? (*state)->generation + 1 : 1;
-	auto result = applier->apply(*plan, nullptr, generation);
+	// The file of the last --apply-once, if the table is still its plan: what
+	// a failure puts back.
+	std::string appliedCopy = options.stateDir + "/applied.toml";
+	std::optional<plan::Plan> previous;
+	if (state->has_value() && std::filesystem::exists(appliedCopy)) {
+		config::LoadResult copy = config::loadFile(appliedCopy);
+		if (copy.ok()) {
+			plan::PlanResult planned = plan::makePlan(*copy.config);
+			if (planned.ok() && planned.plan->hash() == (*state)->planHash)
+				previous = std::move(*planned.plan);
+		}
+	}
+	auto result = applier->apply(*plan, nullptr, generation, previous ? &*previous : nullptr);
 	if (!result) {
 		std::cerr << "portsliced: " << result.error().message() << "\n";
 		return 1;
 	}
+	if (Status kept = keepCopy(configFile, appliedCopy); !kept)
+		std::cerr << "portsliced: warning: " << kept.error().message()
+			  << " (a failed --apply-once could not put this generation back)\n";
 	const daemon::ApplyResult &r = *result;
 	std::printf("portsliced: applied generation %llu: %zu elements in %zu messages (%zu bytes); "
 		    "%zu conntrack entries of moved slices deleted\n",

@@ -87,16 +87,11 @@ Attrs parse(const nlmsghdr *nlh, size_t hdrlen)
 	return a;
 }
 
-// Our rules and routes, as messages to send back as deletions.
-Status deleteOurs(Rtnl &rtnl)
+// Our rules and routes, as the dump gives them.
+Status listOurs(Rtnl &rtnl, std::vector<std::vector<char>> &rules, std::vector<std::vector<char>> &routes)
 {
-	std::vector<std::vector<char>> doomed;
-	auto keep = [&](const nlmsghdr *m, uint16_t delType) {
-		std::vector<char> copy(reinterpret_cast<const char *>(m), reinterpret_cast<const char *>(m) + m->nlmsg_len);
-		auto *nlh = reinterpret_cast<nlmsghdr *>(copy.data());
-		nlh->nlmsg_type = delType;
-		nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
-		doomed.push_back(std::move(copy));
+	auto keep = [](std::vector<std::vector<char>> &into, const nlmsghdr *m) {
+		into.emplace_back(reinterpret_cast<const char *>(m), reinterpret_cast<const char *>(m) + m->nlmsg_len);
 	};
 
 	std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
@@ -108,7 +103,7 @@ Status deleteOurs(Rtnl &rtnl)
 	Status s = rtnl.talk(nlh, [&](const nlmsghdr *m) {
 		Attrs a = parse(m, sizeof(fib_rule_hdr));
 		if (a.tb[FRA_TABLE] && ours(mnl_attr_get_u32(a.tb[FRA_TABLE])) && a.tb[FRA_FWMARK])
-			keep(m, RTM_DELRULE);
+			keep(rules, m);
 	});
 	if (!s)
 		return s.error().wrap("listing routing rules");
@@ -121,13 +116,36 @@ Status deleteOurs(Rtnl &rtnl)
 	s = rtnl.talk(nlh, [&](const nlmsghdr *m) {
 		Attrs a = parse(m, sizeof(rtmsg));
 		if (a.tb[RTA_TABLE] && ours(mnl_attr_get_u32(a.tb[RTA_TABLE])))
-			keep(m, RTM_DELROUTE);
+			keep(routes, m);
 	});
 	if (!s)
 		return s.error().wrap("listing routes");
+	return {};
+}
 
-	for (std::vector<char> &m : doomed) {
-		Status d = rtnl.talk(reinterpret_cast<nlmsghdr *>(m.data()));
+// Send `m` again as a request of `type`.
+Status resend(Rtnl &rtnl, const std::vector<char> &m, uint16_t type, uint16_t flags)
+{
+	std::vector<char> copy = m;
+	auto *nlh = reinterpret_cast<nlmsghdr *>(copy.data());
+	nlh->nlmsg_type = type;
+	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+	return rtnl.talk(nlh);
+}
+
+// Delete our rules and routes.
+Status deleteOurs(Rtnl &rtnl)
+{
+	std::vector<std::vector<char>> rules, routes;
+	if (Status s = listOurs(rtnl, rules, routes); !s)
+		return s;
+	std::vector<std::pair<const std::vector<char> *, uint16_t>> doomed;
+	for (const std::vector<char> &m : rules)
+		doomed.emplace_back(&m, RTM_DELRULE);
+	for (const std::vector<char> &m : routes)
+		doomed.emplace_back(&m, RTM_DELROUTE);
+	for (const auto &[m, type] : doomed) {
+		Status d = resend(rtnl, *m, type, 0);
 		if (!d && d.error().code() != std::errc::no_such_file_or_directory &&
 		    d.error().code() != std::errc::no_such_process)
 			return d.error().wrap("deleting a portslice route");
@@ -191,6 +209,33 @@ Result<RoutesReport> applyRoutes(const plan::Plan &plan)
 		report.installed++;
 	}
 	return report;
+}
+
+Result<RoutesSnapshot> snapshotRoutes()
+{
+	Rtnl rtnl;
+	if (Status s = rtnl.open(); !s)
+		return s.error();
+	RoutesSnapshot snapshot;
+	if (Status s = listOurs(rtnl, snapshot.rules, snapshot.routes); !s)
+		return s.error();
+	return snapshot;
+}
+
+Status restoreRoutes(const RoutesSnapshot &snapshot)
+{
+	Rtnl rtnl;
+	if (Status s = rtnl.open(); !s)
+		return s;
+	if (Status s = deleteOurs(rtnl); !s)
+		return s;
+	for (const std::vector<char> &m : snapshot.routes)
+		if (Status s = resend(rtnl, m, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL); !s)
+			return s.error().wrap("putting back a portslice route");
+	for (const std::vector<char> &m : snapshot.rules)
+		if (Status s = resend(rtnl, m, RTM_NEWRULE, NLM_F_CREATE | NLM_F_EXCL); !s)
+			return s.error().wrap("putting back a portslice routing rule");
+	return {};
 }
 
 Status removeRoutes()

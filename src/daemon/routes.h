@@ -25,4 +25,14 @@ Result<RoutesReport> applyRoutes(const plan::Plan &plan);
 // Delete every rule and route in portslice's mark/table ranges.
 Status removeRoutes();
 
+// portslice's rules and routes as they are (rtnetlink messages), so that an
+// apply that fails later puts them back.
+struct RoutesSnapshot {
+	std::vector<std::vector<char>> routes;
+	std::vector<std::vector<char>> rules;
+};
+Result<RoutesSnapshot> snapshotRoutes();
+// Make portslice's rules and routes those of the snapshot again.
+Status restoreRoutes(const RoutesSnapshot &snapshot);
+
 } // namespace portslice::daemon

@@ -206,6 +206,48 @@ uint64_t Plan::hash() const
 	return h;
 }
 
+uint64_t Plan::identity() const
+{
+	JsonWriter w;
+	w.beginObject();
+	w.key("table").value(std::to_string(hash()));
+	// By index: the names are in the table's plan already.
+	w.key("servers").beginArray();
+	for (const PlannedServer &s : servers) {
+		w.beginObject();
+		w.key("address").value(s.address.str());
+		if (s.mac)
+			w.key("mac").value(s.mac->str());
+		w.endObject();
+	}
+	w.endArray();
+	w.key("gateways").beginArray();
+	for (const PlannedDatacenter &d : datacenters) {
+		if (d.gateway)
+			w.value(d.gateway->str());
+		else
+			w.null();
+	}
+	w.endArray();
+	w.key("conntrack").beginObject();
+	auto tuning = [&](const char *key, const std::optional<uint32_t> &v) {
+		if (v)
+			w.key(key).value(*v);
+	};
+	tuning("max", conntrack.max);
+	tuning("buckets", conntrack.buckets);
+	tuning("tcp_timeout_established", conntrack.tcpEstablished);
+	tuning("tcp_timeout_time_wait", conntrack.tcpTimeWait);
+	tuning("udp_timeout", conntrack.udp);
+	tuning("udp_timeout_stream", conntrack.udpStream);
+	w.endObject();
+	w.endObject();
+	uint64_t h = 14695981039346656037ull;
+	for (char c : w.take())
+		h = (h ^ static_cast<uint8_t>(c)) * 1099511628211ull;
+	return h;
+}
+
 std::string toText(const Plan &plan)
 {
 	std::ostringstream out;

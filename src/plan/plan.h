@@ -111,7 +111,15 @@ struct Plan {
 	std::vector<config::Diagnostic> warnings;
 
 	// FNV-1a of the canonical JSON: equal plans, equal hash, on every machine.
+	// It names the nftables table (its comment); the table alone does not
+	// show the servers, data centres and conntrack tuning.
 	uint64_t hash() const;
+	// Everything that reaches the kernel: hash() and what the table does not
+	// hold (conntrack sysctls; servers' addresses and MACs and data centres'
+	// gateways, which the XDP forwarder's maps hold). Equal identities: the
+	// kernel needs no change. (Another server's data centre is not in it:
+	// nothing applied depends on it.)
+	uint64_t identity() const;
 	const PlannedServer &self() const { return servers[serverIndex]; }
 };
 

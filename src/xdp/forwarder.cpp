@@ -19,7 +19,11 @@
 #include <linux/rtnetlink.h>
 #include <net/if.h>
 #include <sys/ioctl.h>
+#include <linux/magic.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -1044,6 +1048,49 @@ Status applyForwarderSlices(const plan::Plan &plan, const std::vector<SliceRef> 
 		}
 	}
 	return applyForwarder(plan, pinDir);
+}
+
+Status preparePinDir(const std::string &pinDir)
+{
+	namespace fs = std::filesystem;
+	fs::path dir = fs::absolute(pinDir).lexically_normal();
+	if (!dir.has_filename())
+		dir = dir.parent_path();
+	// The nearest directory that exists: pins go on its file system.
+	fs::path existing = dir;
+	std::error_code ec;
+	while (!fs::exists(existing, ec) && existing.has_parent_path() && existing != existing.parent_path())
+		existing = existing.parent_path();
+	struct statfs st{};
+	if (::statfs(existing.c_str(), &st) != 0)
+		return errnoError(errno, "looking at the file system of " + existing.string());
+	if (st.f_type == BPF_FS_MAGIC)
+		return {};
+	bool standard = existing == fs::path("/sys/fs/bpf");
+	if (!standard)
+		return Error("the XDP pin directory " + pinDir + " is not on a bpffs (" + existing.string() +
+					     " is not): mount one there (mount -t bpf bpf DIR) or give --xdp-pin-dir "
+					     "a directory on a bpffs");
+	// A bpffs mounted in a private mount namespace lives only as long as the
+	// processes in it: the forwarder's link, pinned there, would be detached
+	// when this process exits.
+	struct stat self{}, init{};
+	bool privateNamespace = ::stat("/proc/self/ns/mnt", &self) == 0 && ::stat("/proc/1/ns/mnt", &init) == 0 &&
+				self.st_ino != init.st_ino;
+	if (privateNamespace)
+		return Error("no bpffs on /sys/fs/bpf, and this process runs in a private mount namespace (as "
+				    "`ip netns exec` makes): a bpffs mounted here would die with it and detach the XDP "
+				    "forwarder; mount a bpffs that outlives it (mount -t bpf bpf /run/portslice-bpf in "
+				    "the host) and give --xdp-pin-dir /run/portslice-bpf/NAME (docs/operations.md)");
+	if (::mount("bpf", existing.c_str(), "bpf", 0, "mode=0700") != 0)
+		return errnoError(errno, "mounting bpffs on " + existing.string() + " for the XDP pins");
+	return {};
+}
+
+bool forwarderPinned(const std::string &pinDir)
+{
+	std::error_code ec;
+	return std::filesystem::exists(pinPath(pinDir, FWD_PIN_LINK), ec);
 }
 
 Status removeForwarder(const std::string &uplink, const std::string &pinDir)

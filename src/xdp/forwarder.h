@@ -172,6 +172,18 @@ Status applyForwarder(const plan::Plan &plan, const std::string &pinDir = kDefau
 Status applyForwarderSlices(const plan::Plan &plan, const std::vector<SliceRef> &changed,
 			    const std::string &pinDir = kDefaultPinDir);
 
+// Make pinDir usable for pins before anything changes: its file system must
+// be bpffs. When the nearest existing directory is /sys/fs/bpf with nothing
+// mounted there, bpffs is mounted on it (as bpftool does). Refused, with an
+// error saying so: a pin directory on another file system; and a bpffs that
+// would have to be mounted inside a private mount namespace (one that
+// `ip netns exec` or `unshare -m` made), where it would die with this
+// process and take the forwarder's link with it.
+Status preparePinDir(const std::string &pinDir = kDefaultPinDir);
+
+// Whether a forwarder link is pinned in pinDir.
+bool forwarderPinned(const std::string &pinDir = kDefaultPinDir);
+
 // Detach the pinned link (if any), unpin the maps and remove pinDir. Not an
 // error when nothing is there. `uplink`, if not empty, must be the interface
 // the link is attached to.

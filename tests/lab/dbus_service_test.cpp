@@ -397,6 +397,7 @@ TEST_F(ServiceLab, AnElementDeletedOrAddedOrAMapFlushedByHandIsPutBackAsADelta)
 	EXPECT_EQ(count(log, "by undoing its 16 element changes"), 1u) << log;
 	EXPECT_EQ(log.find("restoring generation"), std::string::npos) << "a full restore:\n" << log;
 	EXPECT_EQ(generation(), 1u);
+}
 
 TEST_F(ServiceLab, ARejectedCallSetsNeitherLastErrorNorApplyFailedAndQuotesItsInputEscapedAndCut)
 {

@@ -1,0 +1,146 @@
+// SPDX-License-Identifier: MIT
+// A failed apply changes nothing: a failure injected at each step of --apply-once (and of a Reload) leaves the kernel's whole portslice state as it was.
+#include "ns_lab.h"
+
+namespace portslice::dbuslab {
+namespace {
+
+// Generation A: s1 owns slice 0; timeouts set; no iifname source.
+constexpr const char *kFleetA = R"([server]
+name = "s1"
+uplink = "up0"
+
+[defaults]
+port_range = "1024-9215"
+slice_size = 2048
+
+[conntrack]
+tcp_timeout_established = 3600
+udp_timeout = 40
+
+[[datacenters]]
+name = "lab1"
+gateway = "192.0.2.1"
+
+[[servers]]
+name = "s1"
+address = "192.0.2.11"
+datacenter = "lab1"
+
+[[servers]]
+name = "s2"
+address = "192.0.2.12"
+datacenter = "lab1"
+mac = "02:00:00:00:00:12"
+
+[[addresses]]
+address = "198.51.100.1"
+datacenter = "lab1"
+tags = { country = "GB" }
+slices = { s1 = 0, s2 = [1, 2, 3] }
+
+[[sources]]
+name = "warp-gb"
+match = { saddr = "100.64.1.0/24" }
+want = { country = "GB" }
+zone = 10
+)";
+
+// Generation B changes every step: the table (slices, a source), every
+// timeout, a return route (iifname IIF), the forwarder's maps (s2's MAC).
+std::string fleetB(const std::string &iifname = "up2", int udpTimeout = 300, const std::string &uplink = "up0")
+{
+	std::string b = kFleetA;
+	auto swap = [&](const std::string &from, const std::string &to) { b.replace(b.find(from), from.size(), to); };
+	swap("slices = { s1 = 0, s2 = [1, 2, 3] }", "slices = { s1 = [0, 1], s2 = [2, 3] }");
+	swap("tcp_timeout_established = 3600\nudp_timeout = 40",
+	     "tcp_timeout_established = 7200\ntcp_timeout_time_wait = 30\nudp_timeout = " + std::to_string(udpTimeout) +
+		     "\nudp_timeout_stream = 160");
+	swap("mac = \"02:00:00:00:00:12\"", "mac = \"02:00:00:00:00:22\"");
+	swap("uplink = \"up0\"", "uplink = \"" + uplink + "\"");
+	b += "\n[[sources]]\nname = \"via-veth\"\nmatch = { iifname = \"" + iifname +
+	     "\", saddr = \"100.64.2.0/24\" }\nwant = { country = \"GB\" }\nzone = 11\n";
+	return b;
+}
+
+// The sysctl step: nf_conntrack_udp_timeout refuses the value (the kernel's
+// ip_default_ttl, 1-255, is bind-mounted over it in a mount namespace of the
+// run), after tcp_timeout_established and _time_wait were written.
+const std::string kSysctlRefused =
+	"unshare -m sh -c 'mount --bind /proc/sys/net/ipv4/ip_default_ttl "
+	"/proc/sys/net/netfilter/nf_conntrack_udp_timeout && exec \"$0\" \"$@\"'";
+
+struct Injection {
+	const char *step;
+	std::string config; // generation B with the fault
+	std::string wrap;   // around portsliced
+	std::string pins;   // the pin directory ("" the test's bpffs)
+	const char *says;   // in the error
+	std::string setup;  // in the namespace before the run
+};
+
+std::vector<Injection> injections(const std::string &tmpfsPins)
+{
+	return {
+		{"sysctl", fleetB(), kSysctlRefused, "", "nf_conntrack_udp_timeout", ""},
+		{"routes", fleetB("up4"), "", "", "via-veth", ""},
+		{"xdp attach", fleetB("up2", 300, "up2"), "", "", "attaching to up2",
+		 "ip link set dev up2 xdpgeneric obj " + std::string(PSD_BUILD_ROOT) + "/tests/lab/xdp_pass.bpf.o sec xdp"},
+		{"missing uplink (checked first)", fleetB("up2", 300, "nope0"), "", "", "uplink nope0 does not exist", ""},
+		{"pin directory not on bpffs (checked first)", fleetB(), "", tmpfsPins, "is not on a bpffs", ""},
+	};
+}
+
+class RollbackLab : public NsLab {
+protected:
+	void inject(const Injection &i, const std::string &before)
+	{
+		SCOPED_TRACE(i.step);
+		if (!i.setup.empty()) {
+			Outcome set = inNs(i.setup);
+			ASSERT_TRUE(set.ok()) << set.out;
+		}
+		writeConfig(i.config);
+		Outcome run = daemon("--apply-once", i.pins, i.wrap);
+		EXPECT_EQ(run.status, 1) << run.out;
+		EXPECT_NE(run.out.find(i.says), std::string::npos) << run.out;
+		EXPECT_EQ(run.out.find("putting back the previous state failed"), std::string::npos) << run.out;
+		EXPECT_EQ(kernel(), before) << run.out;
+		if (!i.setup.empty())
+			(void)inNs("ip link set dev up2 xdpgeneric off");
+	}
+};
+
+TEST_F(RollbackLab, AFailureAtAnyStepOverAnEmptyKernelLeavesNothing)
+{
+	fs::create_directories(dir_ / "tmpfs");
+	std::string before = kernel();
+	ASSERT_NE(before.find("udp_timeout = 30"), std::string::npos) << before;
+	for (const Injection &i : injections((dir_ / "tmpfs" / "portslice").string()))
+		inject(i, before);
+	// The same file without a fault applies: the injections were the only reason.
+	writeConfig(fleetB());
+	Outcome ok = daemon("--apply-once");
+	EXPECT_TRUE(ok.ok()) << ok.out;
+	EXPECT_NE(kernel(), before);
+}
+
+TEST_F(RollbackLab, AFailureAtAnyStepPutsThePreviousGenerationBack)
+{
+	fs::create_directories(dir_ / "tmpfs");
+	writeConfig(kFleetA);
+	Outcome a = daemon("--apply-once");
+	ASSERT_TRUE(a.ok()) << a.out;
+	std::string before = kernel();
+	ASSERT_NE(before.find("generation 1 "), std::string::npos) << before;
+	ASSERT_NE(before.find("prog/xdp"), std::string::npos) << before;
+	for (const Injection &i : injections((dir_ / "tmpfs" / "portslice").string()))
+		inject(i, before);
+	writeConfig(fleetB());
+	Outcome ok = daemon("--apply-once");
+	EXPECT_TRUE(ok.ok()) << ok.out;
+	EXPECT_NE(ok.out.find("applied generation 2"), std::string::npos) << ok.out;
+}
+
+} // namespace
+} // namespace portslice::dbuslab
