@@ -70,7 +70,7 @@ std::optional<Prefix> Prefix::parse(std::string_view text)
 			return std::nullopt;
 		length = *len;
 	}
-	uint32_t mask = length == 0 ? 0 : ~uint32_t{0} << (32 - length);
+	uint32_t mask = prefixMask(static_cast<uint8_t>(length));
 	if ((address->value & ~mask) != 0)
 		return std::nullopt;
 	return Prefix{*address, static_cast<uint8_t>(length)};

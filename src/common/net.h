@@ -20,6 +20,12 @@ struct Ipv4 {
 	auto operator<=>(const Ipv4 &) const = default;
 };
 
+// The netmask of a prefix length, host byte order: 24 -> 0xffffff00, 0 -> 0.
+constexpr uint32_t prefixMask(uint8_t length)
+{
+	return length == 0 ? 0 : ~uint32_t{0} << (32 - (length > 32 ? 32 : length));
+}
+
 struct Prefix {
 	Ipv4 address; // network address, host bits zero
 	uint8_t length = 32;

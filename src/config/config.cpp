@@ -793,7 +793,7 @@ public:
 			     it != statelessPrefixes_.end() && it->first <= mine.last().value; ++it)
 				overlapping.push_back(it->second);
 			for (uint8_t length = 0; length < mine.length; length++) {
-				uint32_t first = length == 0 ? 0 : mine.first().value & ~((uint32_t{ 1 } << (32 - length)) - 1);
+				uint32_t first = mine.first().value & prefixMask(length);
 				if (first == mine.first().value)
 					continue; // found above
 				auto [lo, hi] = statelessPrefixes_.equal_range(first);
