@@ -28,13 +28,11 @@ namespace {
 // drain_zone as the model declares it, with one element per draining flow.
 nft::Set drainZone(const std::vector<conntrack::DrainingFlow> &flows)
 {
-	nft::Set set = nft::drainZoneSet();
+	std::vector<nft::DrainEntry> entries;
+	entries.reserve(flows.size());
 	for (const conntrack::DrainingFlow &f : flows)
-		set.elements.push_back({{{nft::FieldType::Ipv4, f.address.value, f.address.value, {}},
-					 {nft::FieldType::Port, f.port, f.port, {}}},
-					{{nft::FieldType::Zone, f.zone, f.zone, {}}},
-					{}});
-	return set;
+		entries.push_back({f.address, f.port, f.zone});
+	return nft::drainZoneSet(entries);
 }
 
 } // namespace
@@ -283,8 +281,7 @@ Result<ApplyResult> Applier::applyMove(const plan::Plan &plan, const plan::Slice
 		// neither map.
 		std::vector<nft::Set> egressBefore, egressAfter, restBefore, restAfter;
 		for (size_t i = 0; i < delta.after.size(); i++) {
-			bool egress = delta.after[i].name == "nat_port" || delta.after[i].name == "nat_addr" ||
-				      delta.after[i].name == "sl_egress";
+			bool egress = delta.after[i].egress;
 			(egress ? egressBefore : restBefore).push_back(std::move(delta.before[i]));
 			(egress ? egressAfter : restAfter).push_back(std::move(delta.after[i]));
 		}

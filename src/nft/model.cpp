@@ -41,34 +41,53 @@ std::string Shape::name() const
 	return out;
 }
 
-std::string Shape::keyExpr() const
+std::vector<Selector> Shape::selectors() const
 {
-	std::string out;
-	auto add = [&](bool on, const char *n) {
-		if (on)
-			out += (out.empty() ? "" : " . ") + std::string(n);
-	};
-	add(iifname, "iifname");
-	add(saddr, "ip saddr");
-	add(mark, "meta mark");
-	add(cgroup, "meta cgroup");
-	add(uid, "meta skuid");
+	std::vector<Selector> out;
+	if (iifname)
+		out.push_back(Selector::Iifname);
+	if (saddr)
+		out.push_back(Selector::IpSaddr);
+	if (mark)
+		out.push_back(Selector::MetaMark);
+	if (cgroup)
+		out.push_back(Selector::MetaCgroup);
+	if (uid)
+		out.push_back(Selector::MetaSkuid);
 	return out;
 }
 
 std::vector<FieldType> Shape::types() const
 {
 	std::vector<FieldType> out;
-	if (iifname)
-		out.push_back(FieldType::IfName);
-	if (saddr)
-		out.push_back(FieldType::Ipv4);
-	if (mark)
-		out.push_back(FieldType::Mark);
-	if (cgroup)
-		out.push_back(FieldType::Cgroup);
-	if (uid)
-		out.push_back(FieldType::Uid);
+	for (Selector sel : selectors())
+		out.push_back(fieldType(sel));
+	return out;
+}
+
+FieldType fieldType(Selector s)
+{
+	switch (s) {
+	case Selector::Iifname: return FieldType::IfName;
+	case Selector::IpSaddr:
+	case Selector::IpDaddr: return FieldType::Ipv4;
+	case Selector::ThSport:
+	case Selector::ThDport: return FieldType::Port;
+	case Selector::MetaMark:
+	case Selector::CtMark: return FieldType::Mark;
+	case Selector::MetaCgroup: return FieldType::Cgroup;
+	case Selector::MetaSkuid: return FieldType::Uid;
+	case Selector::CtZone: return FieldType::Zone;
+	case Selector::QuotedSport: return FieldType::QuotedPort;
+	}
+	return FieldType::Zone;
+}
+
+std::vector<FieldType> Set::keyTypes() const
+{
+	std::vector<FieldType> out;
+	for (Selector sel : key)
+		out.push_back(fieldType(sel));
 	return out;
 }
 
@@ -97,13 +116,84 @@ std::string zoneSaddrMap(uint8_t length)
 	return "zone_saddr_" + std::to_string(length);
 }
 
-std::string zoneSaddrRule(uint8_t length)
+bool isZoneSaddrMap(const Set &set)
 {
-	// nft prints a /32 mask as the bare address, and keeps it: leave it out.
-	std::string key = "ip saddr";
-	if (length < 32)
-		key += " & " + Ipv4{ length == 0 ? 0u : ~uint32_t{ 0 } << (32 - length) }.str();
-	return "ct zone set " + key + " map @" + zoneSaddrMap(length);
+	return set.name.rfind("zone_saddr_", 0) == 0;
+}
+
+std::vector<Chain> chains(const TableModel &m)
+{
+	using W = Match::What;
+	using S = Selector;
+	using V = Verdict::Kind;
+	const Match l4{ W::L4ProtoTcpUdp, false, {} };
+	const Match toUplink{ W::Oifname, false, m.uplink };
+	std::vector<Chain> out;
+
+	Chain pre{ "prerouting", "prerouting", "filter", "raw", -300, {} };
+	pre.rules.push_back({ { Match{ W::Iifname, false, m.uplink }, Verdict{ V::Jump, "from_uplink" } } });
+	Chain output{ "output", "output", "filter", "raw", -300, {} };
+	for (const Shape &s : m.shapes) {
+		Key key{ s.selectors(), {} };
+		std::vector<Rule> rules = { { { Lookup{ key, "stateless_" + s.name(), false }, Notrack{} } } };
+		if (s.name() == "saddr") {
+			// Longest prefix last: its `ct zone set` wins. nft prints a /32
+			// mask as the bare address, and keeps it: leave it out.
+			for (uint8_t length : m.zoneSaddrLengths) {
+				Key masked{ { S::IpSaddr }, {} };
+				if (length < 32)
+					masked.mask = prefixMask(length);
+				rules.push_back({ { MapAssign{ Target::CtZone, masked, zoneSaddrMap(length) } } });
+			}
+		} else {
+			rules.push_back({ { MapAssign{ Target::CtZone, key, "zone_" + s.name() } } });
+		}
+		if (s.inPrerouting())
+			pre.rules.insert(pre.rules.end(), rules.begin(), rules.end());
+		if (s.inOutput())
+			output.rules.insert(output.rules.end(), rules.begin(), rules.end());
+	}
+	out.push_back(std::move(pre));
+	out.push_back(std::move(output));
+
+	const Key answer{ { S::IpDaddr, S::ThDport }, {} };
+	out.push_back({ "from_uplink", "", "", "", 0,
+			{ { { l4, MapAssign{ Target::IpDaddr, answer, "sl_return" }, Notrack{} } },
+			  { { l4, MapAssign{ Target::CtZone, answer, "ret_zone" } } },
+			  { { l4, MapAssign{ Target::CtZone, answer, "drain_zone" } } },
+			  { { Match{ W::IcmpErrorTypes, false, {} },
+			      MapAssign{ Target::CtZone, Key{ { S::IpDaddr, S::QuotedSport }, {} }, "icmp_zone" } } } } });
+	const Rule markNew{ { Match{ W::CtStateNew, false, {} }, MapAssign{ Target::CtMark, Key{ { S::CtZone }, {} }, "ct_marks" } } };
+	out.push_back({ "mark_prerouting", "prerouting", "filter", "mangle", -150,
+			{ markNew,
+			  { { Match{ W::CtDirectionReply, false, {} }, Lookup{ Key{ { S::CtMark }, {} }, "route_marks", false },
+			      Assign{ Target::MetaMark, S::CtMark } } } } });
+	out.push_back({ "mark_output", "output", "filter", "mangle", -150, { markNew } });
+	const Key natKey{ { S::CtMark, S::IpSaddr }, {} };
+	out.push_back({ "postrouting", "postrouting", "nat", "srcnat", 100,
+			{ { { toUplink, l4, Snat{ natKey, "nat_port", true } } },
+			  { { toUplink, Snat{ natKey, "nat_addr", false } } } } });
+	// The leak guard: a port in one of this server's whole blocks passes with
+	// one hash lookup; any other goes through port_guard, which drops it when
+	// its address is shared and the port is outside this server's slices.
+	const Key byMark{ { S::CtMark }, {} }, bySaddr{ { S::IpSaddr }, {} };
+	const Lookup notShared{ bySaddr, "shared", true };
+	out.push_back({ "egress", "postrouting", "filter", "srcnat + 10", 110,
+			{ { { Match{ W::Oifname, true, m.uplink }, Verdict{ V::Accept, {} } } },
+			  { { CounterRef{ byMark, "count_mark" } } },
+			  { { CounterRef{ bySaddr, "count_sl" } } },
+			  { { l4, MapAssign{ Target::IpSaddr, Key{ { S::IpSaddr, S::ThSport }, {} }, "sl_egress" } } },
+			  { { l4, Lookup{ Key{ { S::IpSaddr, S::ThSport }, kPortBlockMask }, "my_blocks", true },
+			      Verdict{ V::Jump, "port_guard" } } },
+			  { { notShared, CounterRef{ byMark, "guard_mark" }, Verdict{ V::Drop, {} } } },
+			  { { CounterRef{ bySaddr, "guard_sl" }, Verdict{ V::Drop, {} } } },
+			  { { CounterRef{ bySaddr, "count_addr" } } } } });
+	out.push_back({ "port_guard", "", "", "", 0,
+			{ { { notShared, Verdict{ V::Return, {} } } },
+			  { { Lookup{ Key{ { S::IpSaddr, S::ThSport }, {} }, "my_ports", false }, Verdict{ V::Return, {} } } },
+			  { { CounterRef{ byMark, "guard_mark" }, Verdict{ V::Drop, {} } } },
+			  { { CounterRef{ std::nullopt, "guard_other" }, Verdict{ V::Drop, {} } } } } });
+	return out;
 }
 
 namespace {
@@ -145,45 +235,47 @@ bool keyLess(const Element &a, const Element &b)
 	return a.key.size() < b.key.size();
 }
 
-Set makeSet(std::string name, SetKind kind, std::vector<FieldType> key, std::vector<FieldType> data,
-	    bool interval, std::string declaration)
+struct Decl {
+	std::vector<Selector> key;
+	std::vector<Selector> data = {};
+	bool typeofDecl = true;
+};
+
+Set makeSet(std::string name, SetKind kind, Decl decl, bool interval)
 {
 	Set s;
 	s.name = std::move(name);
 	s.kind = kind;
-	s.keyTypes = std::move(key);
-	s.dataTypes = std::move(data);
+	s.key = std::move(decl.key);
+	s.data = std::move(decl.data);
+	s.typeofDecl = decl.typeofDecl;
 	s.interval = interval;
-	s.declaration = std::move(declaration);
 	return s;
 }
+
+using S = Selector;
 
 // The sets whose elements follow from the addresses' slices and the
 // sources' ports: everything a slice move can change.
 struct PortSets {
-	using F = FieldType;
-	Set myPorts = makeSet("my_ports", SetKind::Set, { F::Ipv4, F::Port }, {}, true, "typeof ip saddr . th sport");
-	Set myBlocks = makeSet("my_blocks", SetKind::Set, { F::Ipv4, F::Port }, {}, false, "typeof ip saddr . th sport");
-	Set natPort = makeSet("nat_port", SetKind::Map, { F::Mark, F::Ipv4 }, { F::Ipv4, F::Port }, true,
-			      "type mark . ipv4_addr : interval ipv4_addr . inet_service");
-	Set natAddr = makeSet("nat_addr", SetKind::Map, { F::Mark, F::Ipv4 }, { F::Ipv4 }, true,
-			      "typeof ct mark . ip saddr : ip saddr");
-	Set retZone = makeSet("ret_zone", SetKind::Map, { F::Ipv4, F::Port }, { F::Zone }, true,
-			      "typeof ip daddr . th dport : ct zone");
+	Set myPorts = makeSet("my_ports", SetKind::Set, { { S::IpSaddr, S::ThSport } }, true);
+	Set myBlocks = makeSet("my_blocks", SetKind::Set, { { S::IpSaddr, S::ThSport } }, false);
+	Set natPort = makeSet("nat_port", SetKind::Map, { { S::MetaMark, S::IpSaddr }, { S::IpSaddr, S::ThSport }, false },
+			      true);
+	Set natAddr = makeSet("nat_addr", SetKind::Map, { { S::CtMark, S::IpSaddr }, { S::IpSaddr } }, true);
+	Set retZone = makeSet("ret_zone", SetKind::Map, { { S::IpDaddr, S::ThDport }, { S::CtZone } }, true);
 	// ICMP errors carry no port of their own: they find the zone of the flow
 	// they quote by its source port (the shared port after SNAT).
-	Set icmpZone = makeSet("icmp_zone", SetKind::Map, { F::Ipv4, F::QuotedPort }, { F::Zone }, true,
-			       "typeof ip daddr . @th,224,16 : ct zone");
-	Set slEgress = makeSet("sl_egress", SetKind::Map, { F::Ipv4, F::Port }, { F::Ipv4 }, true,
-			       "typeof ip saddr . th sport : ip saddr");
-	Set slReturn = makeSet("sl_return", SetKind::Map, { F::Ipv4, F::Port }, { F::Ipv4 }, true,
-			       "typeof ip daddr . th dport : ip daddr");
+	Set icmpZone = makeSet("icmp_zone", SetKind::Map, { { S::IpDaddr, S::QuotedSport }, { S::CtZone } }, true);
+	Set slEgress = makeSet("sl_egress", SetKind::Map, { { S::IpSaddr, S::ThSport }, { S::IpSaddr } }, true);
+	Set slReturn = makeSet("sl_return", SetKind::Map, { { S::IpDaddr, S::ThDport }, { S::IpDaddr } }, true);
 
 	// `only`: fill just the set of that name ("" all, "-" none), so that a
 	// large table can be built and sent one set at a time.
 	explicit PortSets(std::string_view only = {})
 	{
 		natPort.dataInterval = true;
+		natPort.egress = natAddr.egress = slEgress.egress = true;
 		for (Set *s : all())
 			filled_.push_back(only.empty() || s->name == only);
 	}
@@ -269,10 +361,12 @@ void PortSets::take(std::vector<Set> &out)
 
 } // namespace
 
-Set drainZoneSet()
+Set drainZoneSet(const std::vector<DrainEntry> &entries)
 {
-	return makeSet("drain_zone", SetKind::Map, { FieldType::Ipv4, FieldType::Port }, { FieldType::Zone }, false,
-		       "typeof ip daddr . th dport : ct zone");
+	Set set = makeSet("drain_zone", SetKind::Map, { { S::IpDaddr, S::ThDport }, { S::CtZone } }, false);
+	for (const DrainEntry &e : entries)
+		set.elements.push_back({ { ip(e.address), port({ e.port, e.port }) }, { zone(e.zone) }, {} });
+	return set;
 }
 
 bool isPortSet(std::string_view name)
@@ -349,10 +443,9 @@ TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
 		m.counters.push_back("addr_" + a.address.str());
 	m.counters.push_back("guard_other");
 
-	using F = FieldType;
 	PortSets ports(portElements ? "" : "-");
-	Set shared = makeSet("shared", SetKind::Set, { F::Ipv4 }, {}, false, "type ipv4_addr");
-	Set countAddr = makeSet("count_addr", SetKind::CounterMap, { F::Ipv4 }, {}, false, "type ipv4_addr : counter");
+	Set shared = makeSet("shared", SetKind::Set, { { S::IpSaddr }, {}, false }, false);
+	Set countAddr = makeSet("count_addr", SetKind::CounterMap, { { S::IpSaddr }, {}, false }, false);
 	for (const plan::PlannedAddress &a : plan.addresses) {
 		shared.elements.push_back({ { ip(a.address) }, {}, {} });
 		countAddr.elements.push_back({ { ip(a.address) }, {}, "addr_" + a.address.str() });
@@ -376,8 +469,7 @@ TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
 	// the table still lists as a fresh one (nft lists sets in creation order).
 	std::vector<Set> zoneMaps;
 	for (uint8_t length : m.zoneSaddrLengths)
-		zoneMaps.push_back(makeSet(zoneSaddrMap(length), SetKind::Map, { F::Ipv4 }, { F::Zone }, false,
-					   "typeof ip saddr : ct zone"));
+		zoneMaps.push_back(makeSet(zoneSaddrMap(length), SetKind::Map, { { S::IpSaddr }, { S::CtZone } }, false));
 	for (const PlannedSource &s : plan.sources)
 		if (s.mode == NatMode::Conntrack && Shape::of(s.match) == saddrOnly) {
 			auto at = std::lower_bound(m.zoneSaddrLengths.begin(), m.zoneSaddrLengths.end(), s.match.saddr->length);
@@ -388,17 +480,15 @@ TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
 	for (const Shape &shape : m.shapes) {
 		if (shape == saddrOnly) {
 			// Its zone maps go last (zoneMaps below).
-			Set stateless = makeSet("stateless_saddr", SetKind::Set, shape.types(), {}, true, "typeof ip saddr");
+			Set stateless = makeSet("stateless_saddr", SetKind::Set, { shape.selectors() }, true);
 			for (const PlannedSource &s : plan.sources)
 				if (s.mode == NatMode::Stateless && Shape::of(s.match) == shape)
 					stateless.elements.push_back({ matchKey(s.match), {}, {} });
 			m.sets.push_back(std::move(stateless));
 			continue;
 		}
-		Set zones = makeSet("zone_" + shape.name(), SetKind::Map, shape.types(), { F::Zone }, shape.saddr,
-				    "typeof " + shape.keyExpr() + " : ct zone");
-		Set stateless = makeSet("stateless_" + shape.name(), SetKind::Set, shape.types(), {}, shape.saddr,
-					"typeof " + shape.keyExpr());
+		Set zones = makeSet("zone_" + shape.name(), SetKind::Map, { shape.selectors(), { S::CtZone } }, shape.saddr);
+		Set stateless = makeSet("stateless_" + shape.name(), SetKind::Set, { shape.selectors() }, shape.saddr);
 		for (const PlannedSource &s : plan.sources) {
 			if (!(Shape::of(s.match) == shape))
 				continue;
@@ -411,16 +501,16 @@ TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
 		m.sets.push_back(std::move(stateless));
 	}
 
-	Set ctMarks = makeSet("ct_marks", SetKind::Map, { F::Zone }, { F::Mark }, false, "typeof ct zone : ct mark");
-	Set routeMarks = makeSet("route_marks", SetKind::Set, { F::Mark }, {}, false, "type mark");
+	Set ctMarks = makeSet("ct_marks", SetKind::Map, { { S::CtZone }, { S::CtMark } }, false);
+	Set routeMarks = makeSet("route_marks", SetKind::Set, { { S::MetaMark }, {}, false }, false);
 	// Answers of flows a previous owner still drains: their ports left
 	// ret_zone with the slice; the daemon fills one element per live flow
 	// from the conntrack table when it applies (src/daemon/applier.cpp).
 	Set drainZone = drainZoneSet();
-	Set countMark = makeSet("count_mark", SetKind::CounterMap, { F::Mark }, {}, false, "type mark : counter");
-	Set countSl = makeSet("count_sl", SetKind::CounterMap, { F::Ipv4 }, {}, true, "type ipv4_addr : counter");
-	Set guardMark = makeSet("guard_mark", SetKind::CounterMap, { F::Mark }, {}, false, "type mark : counter");
-	Set guardSl = makeSet("guard_sl", SetKind::CounterMap, { F::Ipv4 }, {}, true, "type ipv4_addr : counter");
+	Set countMark = makeSet("count_mark", SetKind::CounterMap, { { S::MetaMark }, {}, false }, false);
+	Set countSl = makeSet("count_sl", SetKind::CounterMap, { { S::IpSaddr }, {}, false }, true);
+	Set guardMark = makeSet("guard_mark", SetKind::CounterMap, { { S::MetaMark }, {}, false }, false);
+	Set guardSl = makeSet("guard_sl", SetKind::CounterMap, { { S::IpSaddr }, {}, false }, true);
 
 	for (const PlannedSource &s : plan.sources) {
 		if (s.mode == NatMode::Conntrack) {
@@ -446,6 +536,7 @@ TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
 
 	for (Set &s : m.sets)
 		sortElements(s);
+	m.chains = chains(m);
 	return m;
 }
 

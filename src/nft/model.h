@@ -6,6 +6,8 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <optional>
+#include <variant>
 #include <vector>
 
 #include "plan/plan.h"
@@ -23,6 +25,24 @@ inline constexpr const char *kTableName = "portslice";
 inline constexpr uint32_t kPortBlock = 1024;
 inline constexpr uint32_t kPortBlockMask = 0x10000 - kPortBlock; // 64512, as nft prints it
 
+// What a key component, map data or a set target reads from a packet: the
+// typed form of the nft expressions the table uses ("ip saddr", "ct zone").
+enum class Selector : uint8_t {
+	Iifname,
+	IpSaddr,
+	IpDaddr,
+	ThSport,
+	ThDport,
+	MetaMark,
+	MetaCgroup,
+	MetaSkuid,
+	CtZone,
+	CtMark,
+	// @th,224,16 of an ICMP error: the source port of the quoted IPv4
+	// packet, a raw 16-bit payload.
+	QuotedSport,
+};
+
 // One field of a key or of map data. Ranges (lo < hi) only in interval sets.
 enum class FieldType : uint8_t {
 	IfName, // iifname: string, NUL padded to 16 bytes
@@ -32,11 +52,12 @@ enum class FieldType : uint8_t {
 	Cgroup, // meta cgroup: host byte order, 32 bits
 	Uid,    // meta skuid: host byte order, 32 bits
 	Zone,   // ct zone: host byte order, 16 bits
-	// @th,224,16 of an ICMP error: the source port of the quoted IPv4
-	// packet, a raw 16-bit payload. Network byte order in the kernel;
-	// nft prints it as a hex integer ("0x400").
+	// The quoted source port: network byte order in the kernel; nft prints
+	// it as a hex integer ("0x400").
 	QuotedPort,
 };
+
+FieldType fieldType(Selector s);
 
 struct Field {
 	FieldType type;
@@ -53,18 +74,128 @@ struct Element {
 
 enum class SetKind : uint8_t { Set, Map, CounterMap };
 
-// A named set or map. `keyExpr`/`dataExpr` are the nft expressions whose
-// types the set carries ("iifname . ip saddr"); `declaration` is the
-// type/typeof line exactly as `nft list` prints it.
+// A named set or map. `key` and `data` are the typed components it carries;
+// `typeofDecl` says whether nft declares it by expressions ("typeof ip saddr
+// . th sport") or by datatypes ("type ipv4_addr"), which changes the user
+// data the kernel keeps for it.
 struct Set {
 	std::string name;
 	SetKind kind = SetKind::Set;
-	std::vector<FieldType> keyTypes;
-	std::vector<FieldType> dataTypes;
+	std::vector<Selector> key;
+	std::vector<Selector> data; // Map only
+	bool typeofDecl = true;
 	bool interval = false;     // flags interval
 	bool dataInterval = false; // map data holds a range (nat port ranges)
-	std::string declaration;
+	// New flows take their source ports from this map (nat_port, nat_addr,
+	// sl_egress): a server that starts draining a slice empties these first.
+	bool egress = false;
 	std::vector<Element> elements; // sorted by key
+
+	std::vector<FieldType> keyTypes() const;
+	bool sameDeclaration(const Set &o) const
+	{
+		return name == o.name && kind == o.kind && key == o.key && data == o.data && typeofDecl == o.typeofDecl &&
+		       interval == o.interval && dataInterval == o.dataInterval;
+	}
+};
+
+// ---- rules: typed statement lists ----
+
+// A key loaded into the registers: one or more selectors, concatenated;
+// `mask` (host order) is ANDed into the last component ("ip saddr &
+// 255.255.255.0", "th sport & 64512").
+struct Key {
+	std::vector<Selector> parts;
+	std::optional<uint32_t> mask;
+	bool operator==(const Key &) const = default;
+};
+
+// A fixed match on packet or connection state.
+struct Match {
+	enum class What : uint8_t {
+		Iifname,          // iifname "NAME" (or != with negate)
+		Oifname,          // oifname "NAME"
+		L4ProtoTcpUdp,    // meta l4proto { tcp, udp }
+		IcmpErrorTypes,   // icmp type { destination-unreachable, time-exceeded }
+		CtStateNew,       // ct state new
+		CtDirectionReply, // ct direction reply
+	};
+	What what;
+	bool negate = false;
+	std::string ifname; // Iifname, Oifname
+	bool operator==(const Match &) const = default;
+};
+
+// KEY @set, or KEY != @set.
+struct Lookup {
+	Key key;
+	std::string set;
+	bool negate = false;
+	bool operator==(const Lookup &) const = default;
+};
+
+// What a statement can write.
+enum class Target : uint8_t { CtZone, CtMark, MetaMark, IpSaddr, IpDaddr };
+
+// TARGET set KEY map @map.
+struct MapAssign {
+	Target target;
+	Key key;
+	std::string map;
+	bool operator==(const MapAssign &) const = default;
+};
+
+// TARGET set SOURCE ("meta mark set ct mark").
+struct Assign {
+	Target target;
+	Selector source;
+	bool operator==(const Assign &) const = default;
+};
+
+// counter name KEY map @map (with key), or counter name "NAME".
+struct CounterRef {
+	std::optional<Key> key;
+	std::string name; // the map, or the counter
+	bool operator==(const CounterRef &) const = default;
+};
+
+// snat ip to KEY map @map; `ports`: the data is address . port range.
+struct Snat {
+	Key key;
+	std::string map;
+	bool ports = false;
+	bool operator==(const Snat &) const = default;
+};
+
+struct Notrack {
+	bool operator==(const Notrack &) const = default;
+};
+
+struct Verdict {
+	enum class Kind : uint8_t { Accept, Drop, Return, Jump };
+	Kind kind;
+	std::string chain; // Jump
+	bool operator==(const Verdict &) const = default;
+};
+
+// Every statement has a text form (render.cpp) and a netlink form
+// (writer.cpp); both visit all alternatives, so a statement without either
+// does not compile.
+using Statement = std::variant<Match, Lookup, MapAssign, Assign, CounterRef, Snat, Notrack, Verdict>;
+
+struct Rule {
+	std::vector<Statement> statements;
+	bool operator==(const Rule &) const = default;
+};
+
+struct Chain {
+	std::string name;
+	std::string hook;     // "" for a regular chain
+	std::string type;     // "filter" or "nat"
+	std::string priority; // as nft prints it: "raw", "srcnat + 10"
+	int priorityValue = 0;
+	std::vector<Rule> rules;
+	bool operator==(const Chain &) const = default;
 };
 
 // Which classification keys a source uses, in the fixed order of FieldType.
@@ -73,7 +204,7 @@ struct Shape {
 
 	static Shape of(const config::Match &match);
 	std::string name() const;    // "iif_saddr"
-	std::string keyExpr() const; // "iifname . ip saddr"
+	std::vector<Selector> selectors() const; // iifname . ip saddr
 	std::vector<FieldType> types() const;
 	bool inPrerouting() const { return !cgroup && !uid; } // no socket on forwarded packets
 	bool inOutput() const { return !iifname; }            // no input interface on local packets
@@ -95,6 +226,7 @@ struct TableModel {
 	std::vector<uint8_t> zoneSaddrLengths;
 	std::vector<std::string> counters; // named counters, creation order
 	std::vector<Set> sets;             // creation order
+	std::vector<Chain> chains;         // creation order; rules in order
 
 	const Set *find(const std::string &name) const;
 };
@@ -126,12 +258,23 @@ MoveDelta movesDelta(const plan::Plan &plan, const std::vector<plan::SliceMove> 
 
 std::string tableComment(const plan::Plan &plan, uint64_t generation);
 
-// drain_zone, empty: the model never fills it; on the previous owner of a
-// draining slice the daemon puts one element per live flow in it.
-Set drainZoneSet();
+// drain_zone: the model never fills it; on the previous owner of a draining
+// slice the daemon puts one element per live flow in it (shared address and
+// port of the flow's answers, its zone).
+struct DrainEntry {
+	Ipv4 address;
+	uint16_t port = 0;
+	uint16_t zone = 0;
+};
+Set drainZoneSet(const std::vector<DrainEntry> &entries = {});
 
-// "zone_saddr_24"; the rule "ct zone set ip saddr & 255.255.255.0 map @zone_saddr_24".
+// "zone_saddr_24", and whether a set is one of those maps.
 std::string zoneSaddrMap(uint8_t length);
-std::string zoneSaddrRule(uint8_t length);
+bool isZoneSaddrMap(const Set &set);
+
+// The fixed chains and rules of a model; they depend only on the uplink, the
+// shapes in use and the zone maps' prefix lengths. buildModel stores them in
+// TableModel::chains.
+std::vector<Chain> chains(const TableModel &model);
 
 } // namespace portslice::nft

@@ -66,9 +66,9 @@ std::string fieldsText(const std::vector<Field> &fields)
 // or one concatenation or string per line.
 int elementsPerLine(const Set &set)
 {
-	if (set.keyTypes.size() != 1)
+	if (set.key.size() != 1)
 		return 1;
-	switch (set.keyTypes[0]) {
+	switch (fieldType(set.key[0])) {
 	case FieldType::Ipv4:
 		return 2;
 	case FieldType::IfName:
@@ -84,9 +84,9 @@ int elementsPerLine(const Set &set)
 // and ports (the table's only such sets), whose bytes are all big-endian.
 bool listedByWireBytes(const Set &set)
 {
-	if (set.interval || set.keyTypes.size() < 2)
+	if (set.interval || set.key.size() < 2)
 		return false;
-	for (FieldType t : set.keyTypes)
+	for (FieldType t : set.keyTypes())
 		if (t != FieldType::Ipv4 && t != FieldType::Port)
 			return false;
 	return true;
@@ -123,7 +123,154 @@ std::vector<const Element *> listingOrder(const Set &set, const std::vector<Elem
 	return out;
 }
 
+template<class... F>
+struct Overloaded : F... {
+	using F::operator()...;
+};
+
+std::string join(const std::vector<std::string> &parts, const char *sep)
+{
+	std::string out;
+	for (const std::string &p : parts)
+		out += (out.empty() ? "" : sep) + p;
+	return out;
+}
+
+// The datatype nft declares a `type` set's component by.
+const char *typeName(Selector s)
+{
+	switch (s) {
+	case Selector::Iifname: return "ifname";
+	case Selector::IpSaddr:
+	case Selector::IpDaddr: return "ipv4_addr";
+	case Selector::ThSport:
+	case Selector::ThDport: return "inet_service";
+	case Selector::MetaMark:
+	case Selector::CtMark: return "mark";
+	case Selector::MetaSkuid: return "uid";
+	case Selector::MetaCgroup:
+	case Selector::CtZone:
+	case Selector::QuotedSport: return "integer";
+	}
+	return "integer";
+}
+
+std::string components(const std::vector<Selector> &parts, bool typeofDecl)
+{
+	std::vector<std::string> words;
+	for (Selector s : parts)
+		words.emplace_back(typeofDecl ? selectorText(s) : typeName(s));
+	return join(words, " . ");
+}
+
+std::string keyText(const Key &key)
+{
+	std::vector<std::string> words;
+	for (Selector s : key.parts)
+		words.emplace_back(selectorText(s));
+	std::string out = join(words, " . ");
+	if (key.mask) {
+		// An address mask prints as an address, others as an integer.
+		bool address = fieldType(key.parts.back()) == FieldType::Ipv4;
+		out += " & " + (address ? Ipv4{ *key.mask }.str() : std::to_string(*key.mask));
+	}
+	return out;
+}
+
+const char *targetText(Target t)
+{
+	switch (t) {
+	case Target::CtZone: return "ct zone";
+	case Target::CtMark: return "ct mark";
+	case Target::MetaMark: return "meta mark";
+	case Target::IpSaddr: return "ip saddr";
+	case Target::IpDaddr: return "ip daddr";
+	}
+	return "";
+}
+
+std::string matchText(const Match &m)
+{
+	const char *neq = m.negate ? "!= " : "";
+	switch (m.what) {
+	case Match::What::Iifname: return std::string("iifname ") + neq + "\"" + m.ifname + "\"";
+	case Match::What::Oifname: return std::string("oifname ") + neq + "\"" + m.ifname + "\"";
+	case Match::What::L4ProtoTcpUdp: return "meta l4proto { tcp, udp }";
+	case Match::What::IcmpErrorTypes: return "icmp type { destination-unreachable, time-exceeded }";
+	case Match::What::CtStateNew: return "ct state new";
+	case Match::What::CtDirectionReply: return "ct direction reply";
+	}
+	return "";
+}
+
+std::string statementText(const Statement &st)
+{
+	return std::visit(
+		Overloaded{
+			[](const Match &m) { return matchText(m); },
+			[](const Lookup &l) { return keyText(l.key) + (l.negate ? " != @" : " @") + l.set; },
+			[](const MapAssign &a) {
+				return std::string(targetText(a.target)) + " set " + keyText(a.key) + " map @" + a.map;
+			},
+			[](const Assign &a) {
+				return std::string(targetText(a.target)) + " set " + selectorText(a.source);
+			},
+			[](const CounterRef &c) {
+				return c.key ? "counter name " + keyText(*c.key) + " map @" + c.name
+					     : "counter name \"" + c.name + "\"";
+			},
+			[](const Snat &n) { return "snat ip to " + keyText(n.key) + " map @" + n.map; },
+			[](const Notrack &) { return std::string("notrack"); },
+			[](const Verdict &v) {
+				switch (v.kind) {
+				case Verdict::Kind::Accept: return std::string("accept");
+				case Verdict::Kind::Drop: return std::string("drop");
+				case Verdict::Kind::Return: return std::string("return");
+				case Verdict::Kind::Jump: return "jump " + v.chain;
+				}
+				return std::string();
+			},
+		},
+		st);
+}
+
 } // namespace
+
+const char *selectorText(Selector s)
+{
+	switch (s) {
+	case Selector::Iifname: return "iifname";
+	case Selector::IpSaddr: return "ip saddr";
+	case Selector::IpDaddr: return "ip daddr";
+	case Selector::ThSport: return "th sport";
+	case Selector::ThDport: return "th dport";
+	case Selector::MetaMark: return "meta mark";
+	case Selector::MetaCgroup: return "meta cgroup";
+	case Selector::MetaSkuid: return "meta skuid";
+	case Selector::CtZone: return "ct zone";
+	case Selector::CtMark: return "ct mark";
+	case Selector::QuotedSport: return "@th,224,16";
+	}
+	return "";
+}
+
+std::string declaration(const Set &s)
+{
+	std::string out = (s.typeofDecl ? "typeof " : "type ") + components(s.key, s.typeofDecl);
+	if (s.kind == SetKind::Map)
+		out += std::string(" : ") + (s.dataInterval ? "interval " : "") + components(s.data, s.typeofDecl);
+	else if (s.kind == SetKind::CounterMap)
+		out += " : counter";
+	return out;
+}
+
+std::string formatRule(const Rule &rule)
+{
+	std::vector<std::string> words;
+	for (const Statement &st : rule.statements)
+		words.push_back(statementText(st));
+	return join(words, " ");
+}
 
 std::string formatElement(const Set &set, const Element &e)
 {
@@ -132,65 +279,6 @@ std::string formatElement(const Set &set, const Element &e)
 		out += " : " + fieldsText(e.data);
 	else if (set.kind == SetKind::CounterMap)
 		out += " : \"" + e.counter + "\"";
-	return out;
-}
-
-std::vector<Chain> chains(const TableModel &m)
-{
-	const std::string up = "\"" + m.uplink + "\"";
-	std::vector<Chain> out;
-
-	Chain pre{ "prerouting", "prerouting", "filter", "raw", -300, {} };
-	pre.rules.push_back("iifname " + up + " jump from_uplink");
-	Chain output{ "output", "output", "filter", "raw", -300, {} };
-	for (const Shape &s : m.shapes) {
-		std::vector<std::string> rules = { s.keyExpr() + " @stateless_" + s.name() + " notrack" };
-		if (s.name() == "saddr") {
-			// Longest prefix last: its `ct zone set` wins.
-			for (uint8_t length : m.zoneSaddrLengths)
-				rules.push_back(zoneSaddrRule(length));
-		} else {
-			rules.push_back("ct zone set " + s.keyExpr() + " map @zone_" + s.name());
-		}
-		if (s.inPrerouting())
-			pre.rules.insert(pre.rules.end(), rules.begin(), rules.end());
-		if (s.inOutput())
-			output.rules.insert(output.rules.end(), rules.begin(), rules.end());
-	}
-	out.push_back(std::move(pre));
-	out.push_back(std::move(output));
-
-	out.push_back({ "from_uplink", "", "", "", 0,
-			{ "meta l4proto { tcp, udp } ip daddr set ip daddr . th dport map @sl_return notrack",
-			  "meta l4proto { tcp, udp } ct zone set ip daddr . th dport map @ret_zone",
-			  "meta l4proto { tcp, udp } ct zone set ip daddr . th dport map @drain_zone",
-			  "icmp type { destination-unreachable, time-exceeded } ct zone set ip daddr . @th,224,16 map @icmp_zone" } });
-	out.push_back({ "mark_prerouting", "prerouting", "filter", "mangle", -150,
-			{ "ct state new ct mark set ct zone map @ct_marks",
-			  "ct direction reply ct mark @route_marks meta mark set ct mark" } });
-	out.push_back({ "mark_output", "output", "filter", "mangle", -150,
-			{ "ct state new ct mark set ct zone map @ct_marks" } });
-	out.push_back({ "postrouting", "postrouting", "nat", "srcnat", 100,
-			{ "oifname " + up + " meta l4proto { tcp, udp } snat ip to ct mark . ip saddr map @nat_port",
-			  "oifname " + up + " snat ip to ct mark . ip saddr map @nat_addr" } });
-	// The leak guard: a port in one of this server's whole blocks passes with
-	// one hash lookup; any other goes through port_guard, which drops it when
-	// its address is shared and the port is outside this server's slices.
-	out.push_back({ "egress", "postrouting", "filter", "srcnat + 10", 110,
-			{ "oifname != " + up + " accept",
-			  "counter name ct mark map @count_mark",
-			  "counter name ip saddr map @count_sl",
-			  "meta l4proto { tcp, udp } ip saddr set ip saddr . th sport map @sl_egress",
-			  "meta l4proto { tcp, udp } ip saddr . th sport & " + std::to_string(kPortBlockMask) +
-				  " != @my_blocks jump port_guard",
-			  "ip saddr != @shared counter name ct mark map @guard_mark drop",
-			  "counter name ip saddr map @guard_sl drop",
-			  "counter name ip saddr map @count_addr" } });
-	out.push_back({ "port_guard", "", "", "", 0,
-			{ "ip saddr != @shared return",
-			  "ip saddr . th sport @my_ports return",
-			  "counter name ct mark map @guard_mark drop",
-			  "counter name \"guard_other\" drop" } });
 	return out;
 }
 
@@ -217,7 +305,7 @@ std::string render(const TableModel &m, const plan::Plan *plan)
 			built = portSetElements(*plan, s.name);
 		const std::vector<Element> &elements = built.empty() ? s.elements : built;
 		out += s.kind == SetKind::Set ? "\tset " : "\tmap ";
-		out += s.name + " {\n\t\t" + s.declaration + "\n";
+		out += s.name + " {\n\t\t" + declaration(s) + "\n";
 		if (s.interval)
 			out += "\t\tflags interval\n";
 		if (!elements.empty()) {
@@ -240,13 +328,13 @@ std::string render(const TableModel &m, const plan::Plan *plan)
 		}
 		out += "\t}\n";
 	}
-	for (const Chain &c : chains(m)) {
+	for (const Chain &c : m.chains) {
 		separate();
 		out += "\tchain " + c.name + " {\n";
 		if (!c.hook.empty())
 			out += "\t\ttype " + c.type + " hook " + c.hook + " priority " + c.priority + "; policy accept;\n";
-		for (const std::string &r : c.rules)
-			out += "\t\t" + r + "\n";
+		for (const Rule &r : c.rules)
+			out += "\t\t" + formatRule(r) + "\n";
 		out += "\t}\n";
 	}
 	out += "}\n";

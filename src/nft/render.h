@@ -9,19 +9,11 @@
 
 namespace portslice::nft {
 
-struct Chain {
-	std::string name;
-	std::string hook;     // "" for a regular chain
-	std::string type;     // "filter" or "nat"
-	std::string priority; // as nft prints it: "raw", "srcnat + 10"
-	int priorityValue = 0;
-	std::vector<std::string> rules; // each as nft prints it
-};
-
-// The fixed chains and rules of a model; they depend only on the uplink and
-// the shapes in use.
-std::vector<Chain> chains(const TableModel &model);
-
+// The text forms nft prints: "ip saddr", "typeof ip saddr . th sport",
+// "ct zone set ip saddr & 255.255.255.0 map @zone_saddr_24".
+const char *selectorText(Selector s);
+std::string declaration(const Set &set);
+std::string formatRule(const Rule &rule);
 std::string formatElement(const Set &set, const Element &element);
 // With `plan`, the port sets that `model` leaves empty (buildModel(…, false))
 // are built from it one at a time, so a large table is never held whole.

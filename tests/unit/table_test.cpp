@@ -163,9 +163,10 @@ TEST(Table, ConntrackSaddrSourcesGetOneExactMapPerPrefixLengthLongestLast)
 	EXPECT_EQ(m.find("zone_saddr"), nullptr);
 
 	std::vector<std::string> prerouting;
-	for (const nft::Chain &c : nft::chains(m))
+	for (const nft::Chain &c : m.chains)
 		if (c.name == "prerouting")
-			prerouting = c.rules;
+			for (const nft::Rule &r : c.rules)
+				prerouting.push_back(nft::formatRule(r));
 	std::vector<std::string> zoneRules;
 	for (const std::string &r : prerouting)
 		if (r.rfind("ct zone set ", 0) == 0)

@@ -1,0 +1,58 @@
+// SPDX-License-Identifier: MIT
+// The batch writer: the model's table, chains, counters, sets, elements and rules as libnftnl messages of one Batch.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "nft/model.h"
+#include "nft/netlink.h"
+#include "nft/wire.h"
+
+namespace portslice::nft {
+
+class TableWriter {
+public:
+	explicit TableWriter(Batch &batch) : batch_(batch) {}
+
+	void table(const std::string &comment);
+	void deleteTable();
+	void chain(const Chain &chain);
+	void counter(const std::string &name, bool remove = false);
+	void set(const Set &set); // the declaration, no elements
+	void deleteSet(const std::string &name);
+	void flushChain(const std::string &name); // all its rules, in the transaction
+	void flushSet(const std::string &name);   // all its elements, in the transaction
+
+	// Every rule of `chain`, appended in order.
+	void rules(const Chain &chain);
+	void rule(const std::string &chain, const Rule &rule);
+
+	// Add `elements` to set `set.name` (created in this batch or not);
+	// counts them into *count.
+	void elements(const Set &set, const std::vector<Element> &elements, size_t *count);
+	// Only the kernel elements that differ between `before` and `after`.
+	void delta(const Set &before, const Set &after, size_t *added, size_t *deleted);
+
+	// The whole table in this batch (after deleteTable() when one exists).
+	// With `plan`, empty port sets of `model` are filled from it one set at
+	// a time, and each set's elements are freed once encoded: a large table
+	// is never held whole beside its batch.
+	void wholeTable(TableModel &model, const plan::Plan *plan, size_t *count);
+
+private:
+	uint32_t idOf(const std::string &name) const;
+	void putElements(uint16_t msgType, const std::string &setName, uint32_t setId,
+			 const std::vector<WireElem> &elems, const char *verb);
+	uint32_t anonymousPair(const std::string &chain, uint32_t keyType, const Udata &typeofExpr, uint32_t byteorder,
+			       uint8_t first, uint8_t second);
+
+	friend class RuleEncoder;
+	Batch &batch_;
+	uint32_t setId_ = 0;
+	std::map<std::string, uint32_t> ids_;
+};
+
+} // namespace portslice::nft
