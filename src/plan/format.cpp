@@ -3,6 +3,8 @@
 #include "common/json.h"
 #include "plan/plan.h"
 
+#include "common/hash.h"
+
 #include <sstream>
 
 namespace portslice::plan {
@@ -195,15 +197,12 @@ uint64_t Plan::hash() const
 {
 	// Warnings name the config file's path: the same plan read from another
 	// path must hash the same, so the hash is that of the JSON without them.
-	uint64_t h = 14695981039346656037ull;
-	auto fold = [&h](JsonWriter &w) {
-		for (char c : w.take())
-			h = (h ^ static_cast<uint8_t>(c)) * 1099511628211ull;
-	};
+	Fnv1a64 h;
+	auto fold = [&h](JsonWriter &w) { h.add(w.take()); };
 	JsonWriter w;
 	writePlan(*this, Form::Hash, w, fold);
 	fold(w);
-	return h;
+	return h.value();
 }
 
 uint64_t Plan::identity() const

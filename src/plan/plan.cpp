@@ -2,6 +2,8 @@
 // The planner: slices, candidate addresses, disjoint port shares and zones of one server, purely.
 #include "plan/plan.h"
 
+#include "common/hash.h"
+
 #include <algorithm>
 #include <map>
 #include <set>
@@ -265,9 +267,7 @@ void assignZones(const config::Config &config, std::vector<PlannedSource> &sourc
 		}
 		if (sources[i].mode != NatMode::Conntrack)
 			continue;
-		uint32_t h = 2166136261u;
-		for (char c : s.name)
-			h = (h ^ static_cast<uint8_t>(c)) * 16777619u;
+		uint32_t h = fnv1a32(s.name);
 		// Zones 1-999 are left to operators who pick zones by hand.
 		uint32_t zone = 1000 + h % 64000;
 		while (used.count(static_cast<uint16_t>(zone)))

@@ -2,6 +2,8 @@
 // Loads the XDP forwarder, keeps it attached through a pinned bpf_link, and syncs its maps from a Plan.
 #include "xdp/forwarder.h"
 
+#include "common/hash.h"
+
 #include <algorithm>
 #include <atomic>
 #include <bit>
@@ -885,12 +887,9 @@ uint64_t ForwarderObject::objectHash()
 {
 	size_t size = 0;
 	const auto *bytes = static_cast<const uint8_t *>(forwarder_bpf__elf_bytes(&size));
-	uint64_t h = 0xcbf29ce484222325ull;
-	for (size_t i = 0; i < size; i++) {
-		h ^= bytes[i];
-		h *= 0x100000001b3ull;
-	}
-	return h;
+	Fnv1a64 h;
+	h.add(bytes, size);
+	return h.value();
 }
 
 namespace {
