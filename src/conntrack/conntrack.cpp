@@ -14,14 +14,11 @@
 
 #include <libnetfilter_conntrack/libnetfilter_conntrack.h>
 
-#include "common/handle.h"
+#include "conntrack/nfct.h"
 
 namespace portslice::conntrack {
 
 namespace {
-
-using NfctHandle = Handle<nfct_handle, nfct_close>;
-using NfConntrack = Handle<nf_conntrack, nfct_destroy>;
 
 const char *const kSavedFile = "conntrack-sysctl.saved";
 
