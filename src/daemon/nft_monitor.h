@@ -3,17 +3,14 @@
 #pragma once
 
 #include <cstdint>
-#include <libmnl/libmnl.h>
 #include <optional>
 #include <string>
 #include <vector>
 
-#include "common/handle.h"
+#include "common/netlink.h"
 #include "common/result.h"
 
 namespace portslice::daemon {
-
-using MnlSocket = Handle<mnl_socket, mnl_socket_close>;
 
 // Elements added to or deleted from a set of the watched table, as the
 // kernel announced them: `elements` is the NFTA_SET_ELEM_LIST_ELEMENTS

@@ -10,15 +10,11 @@
 #include <net/if.h>
 #include <vector>
 
-#include <libmnl/libmnl.h>
-
-#include "common/handle.h"
+#include "common/netlink.h"
 
 namespace portslice::daemon {
 
 namespace {
-
-using MnlSocket = Handle<mnl_socket, mnl_socket_close>;
 
 bool ours(uint32_t table) { return table >= plan::kRouteTableBase && table <= plan::kRouteTableBase + 0xffff; }
 
@@ -26,46 +22,25 @@ class Rtnl {
 public:
 	Status open()
 	{
-		sock_.reset(mnl_socket_open(NETLINK_ROUTE));
-		if (!sock_)
-			return Error(errno, "opening rtnetlink");
-		if (mnl_socket_bind(sock_.get(), 0, MNL_SOCKET_AUTOPID) < 0)
-			return Error(errno, "binding rtnetlink");
+		auto s = NetlinkSocket::open(NETLINK_ROUTE, "rtnetlink");
+		if (!s)
+			return s.error();
+		sock_ = std::move(*s);
 		return {};
 	}
 
 	// Send one request; cb (if any) sees every answer of a dump.
 	Status talk(nlmsghdr *nlh, const std::function<void(const nlmsghdr *)> &cb = {})
 	{
-		nlh->nlmsg_seq = ++seq_;
-		if (mnl_socket_sendto(sock_.get(), nlh, nlh->nlmsg_len) < 0)
-			return Error(errno, "sending to rtnetlink");
-		std::vector<char> buf(1 << 16);
-		struct Ctx {
-			const std::function<void(const nlmsghdr *)> *cb;
-		} ctx{&cb};
-		for (;;) {
-			ssize_t n = mnl_socket_recvfrom(sock_.get(), buf.data(), buf.size());
-			if (n < 0)
-				return Error(errno, "reading rtnetlink");
-			int rc = mnl_cb_run(buf.data(), n, seq_, mnl_socket_get_portid(sock_.get()),
-					    [](const nlmsghdr *m, void *d) -> int {
-						    auto *c = static_cast<Ctx *>(d);
-						    if (*c->cb)
-							    (*c->cb)(m);
-						    return MNL_CB_OK;
-					    },
-					    &ctx);
-			if (rc < 0)
-				return Error(errno, "rtnetlink");
-			if (rc == MNL_CB_STOP)
-				return {};
-		}
+		return sock_.request(nlh, [&](const nlmsghdr *m) {
+			if (cb)
+				cb(m);
+			return MNL_CB_OK;
+		});
 	}
 
 private:
-	MnlSocket sock_;
-	uint32_t seq_ = 0;
+	NetlinkSocket sock_;
 };
 
 struct Attrs {

@@ -77,12 +77,11 @@ const std::string &Batch::labelOf(uint32_t seq) const
 Result<Socket> Socket::open()
 {
 	Socket s;
-	s.sock_.reset(mnl_socket_open(NETLINK_NETFILTER));
-	if (!s.sock_)
-		return Error(errno, "opening netfilter netlink socket");
-	if (mnl_socket_bind(s.sock_.get(), 0, MNL_SOCKET_AUTOPID) < 0)
-		return Error(errno, "binding netfilter netlink socket");
-	int fd = mnl_socket_get_fd(s.sock_.get());
+	auto nl = NetlinkSocket::open(NETLINK_NETFILTER, "netfilter netlink socket");
+	if (!nl)
+		return nl.error();
+	s.sock_ = std::move(*nl);
+	int fd = s.sock_.fd();
 	int one = 1;
 	// Errors carry only the header of the failed message, not all of it.
 	setsockopt(fd, SOL_NETLINK, NETLINK_CAP_ACK, &one, sizeof(one));
@@ -95,7 +94,7 @@ Result<Socket> Socket::open()
 Status Socket::send(Batch &batch)
 {
 	nftnl_batch *b = batch.raw();
-	int fd = mnl_socket_get_fd(sock_.get());
+	int fd = sock_.fd();
 	size_t total = nftnl_batch_buffer_len(b);
 	int iovlen = nftnl_batch_iovec_len(b);
 	std::vector<iovec> iov(iovlen);
@@ -177,30 +176,6 @@ Status Socket::send(Batch &batch)
 		return Error(EPROTO, "transaction of " + std::to_string(batch.messages()) +
 					     " messages: no acknowledgement");
 	return {};
-}
-
-Status Socket::request(nlmsghdr *nlh, const std::function<int(const nlmsghdr *)> &cb)
-{
-	uint32_t seq = nlh->nlmsg_seq;
-	if (mnl_socket_sendto(sock_.get(), nlh, nlh->nlmsg_len) < 0)
-		return Error(errno, "sending request");
-	std::vector<char> buf(1 << 16);
-	struct Ctx {
-		const std::function<int(const nlmsghdr *)> *cb;
-	} ctx{&cb};
-	auto trampoline = [](const nlmsghdr *m, void *data) -> int {
-		return (*static_cast<Ctx *>(data)->cb)(m);
-	};
-	for (;;) {
-		ssize_t n = mnl_socket_recvfrom(sock_.get(), buf.data(), buf.size());
-		if (n < 0)
-			return Error(errno, "reading answer");
-		int ret = mnl_cb_run(buf.data(), n, seq, portId(), trampoline, &ctx);
-		if (ret < 0)
-			return Error(errno, "request");
-		if (ret == MNL_CB_STOP)
-			return {};
-	}
 }
 
 } // namespace portslice::nft

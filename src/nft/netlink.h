@@ -7,7 +7,6 @@
 #include <string>
 #include <vector>
 
-#include <libmnl/libmnl.h>
 #include <libnftnl/batch.h>
 #include <libnftnl/chain.h>
 #include <libnftnl/expr.h>
@@ -17,13 +16,13 @@
 #include <libnftnl/table.h>
 
 #include "common/handle.h"
+#include "common/netlink.h"
 #include "common/result.h"
 
 struct nlmsghdr;
 
 namespace portslice::nft {
 
-using MnlSocket = Handle<mnl_socket, mnl_socket_close>;
 using NftnlTable = Handle<nftnl_table, nftnl_table_free>;
 using NftnlChain = Handle<nftnl_chain, nftnl_chain_free>;
 using NftnlSet = Handle<nftnl_set, nftnl_set_free>;
@@ -72,12 +71,15 @@ public:
 	Status send(Batch &batch);
 
 	// A request with NLM_F_ACK (or a dump); cb sees every answer message.
-	Status request(nlmsghdr *nlh, const std::function<int(const nlmsghdr *)> &cb);
+	Status request(nlmsghdr *nlh, const std::function<int(const nlmsghdr *)> &cb)
+	{
+		return sock_.request(nlh, cb);
+	}
 
-	uint32_t portId() const { return mnl_socket_get_portid(sock_.get()); }
+	uint32_t portId() const { return sock_.portId(); }
 
 private:
-	MnlSocket sock_;
+	NetlinkSocket sock_;
 	size_t sndbuf_ = 0;
 };
 

@@ -3,6 +3,7 @@
 #include "xdp/forwarder.h"
 
 #include "common/hash.h"
+#include "common/netlink.h"
 
 #include <algorithm>
 #include <atomic>
@@ -351,64 +352,52 @@ std::string_view verdictName(uint32_t verdict)
 
 Result<NeighbourTable> readNeighbours(uint32_t ifindex)
 {
-	UniqueFd fd(::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE));
-	if (!fd.isValid())
-		return errnoError(errno, "reading neighbours: netlink socket");
-	struct {
-		nlmsghdr nh;
-		ndmsg nd;
-	} req{};
-	req.nh.nlmsg_len = sizeof(req);
-	req.nh.nlmsg_type = RTM_GETNEIGH;
-	req.nh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-	req.nh.nlmsg_seq = 1;
-	req.nd.ndm_family = AF_INET;
-	if (::send(fd.get(), &req, sizeof(req), 0) < 0)
-		return errnoError(errno, "reading neighbours: send");
+	auto sock = NetlinkSocket::open(NETLINK_ROUTE, "rtnetlink");
+	if (!sock)
+		return sock.error().wrap("reading neighbours");
+	std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
+	nlmsghdr *nlh = mnl_nlmsg_put_header(buf.data());
+	nlh->nlmsg_type = RTM_GETNEIGH;
+	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+	auto *req = static_cast<ndmsg *>(mnl_nlmsg_put_extra_header(nlh, sizeof(ndmsg)));
+	req->ndm_family = AF_INET;
 
 	NeighbourTable table;
-	std::vector<char> buf(32768);
-	for (;;) {
-		ssize_t n = ::recv(fd.get(), buf.data(), buf.size(), 0);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return errnoError(errno, "reading neighbours: recv");
-		}
-		int len = static_cast<int>(n);
-		for (auto *nh = reinterpret_cast<nlmsghdr *>(buf.data()); NLMSG_OK(nh, len); nh = NLMSG_NEXT(nh, len)) {
-			if (nh->nlmsg_type == NLMSG_DONE)
-				return table;
-			if (nh->nlmsg_type == NLMSG_ERROR) {
-				auto *err = static_cast<nlmsgerr *>(NLMSG_DATA(nh));
-				return errnoError(err->error, "reading neighbours");
-			}
-			if (nh->nlmsg_type != RTM_NEWNEIGH)
-				continue;
-			auto *nd = static_cast<ndmsg *>(NLMSG_DATA(nh));
-			if (nd->ndm_family != AF_INET || static_cast<uint32_t>(nd->ndm_ifindex) != ifindex)
-				continue;
-			if (nd->ndm_state & (NUD_INCOMPLETE | NUD_FAILED | NUD_NOARP))
-				continue;
+	Status s = sock->request(nlh, [&](const nlmsghdr *m) {
+		if (m->nlmsg_type != RTM_NEWNEIGH)
+			return MNL_CB_OK;
+		const auto *nd = static_cast<const ndmsg *>(mnl_nlmsg_get_payload(m));
+		if (nd->ndm_family != AF_INET || static_cast<uint32_t>(nd->ndm_ifindex) != ifindex ||
+		    (nd->ndm_state & (NUD_INCOMPLETE | NUD_FAILED | NUD_NOARP)))
+			return MNL_CB_OK;
+		struct Found {
 			std::optional<uint32_t> ip;
 			std::optional<Mac> mac;
-			int alen = static_cast<int>(RTM_PAYLOAD(nh));
-			for (auto *rta = reinterpret_cast<rtattr *>(reinterpret_cast<char *>(nd) + NLMSG_ALIGN(sizeof(*nd)));
-			     RTA_OK(rta, alen); rta = RTA_NEXT(rta, alen)) {
-				if (rta->rta_type == NDA_DST && RTA_PAYLOAD(rta) == 4) {
-					uint32_t be;
-					std::memcpy(&be, RTA_DATA(rta), 4);
-					ip = ntohl(be);
-				} else if (rta->rta_type == NDA_LLADDR && RTA_PAYLOAD(rta) == 6) {
-					Mac m;
-					std::memcpy(m.bytes.data(), RTA_DATA(rta), 6);
-					mac = m;
-				}
-			}
-			if (ip && mac)
-				table[*ip] = *mac;
-		}
-	}
+		} found;
+		mnl_attr_parse(m, sizeof(ndmsg),
+			       [](const nlattr *attr, void *data) -> int {
+				       auto *f = static_cast<Found *>(data);
+				       if (mnl_attr_get_type(attr) == NDA_DST && mnl_attr_get_payload_len(attr) == 4) {
+					       uint32_t be;
+					       std::memcpy(&be, mnl_attr_get_payload(attr), 4);
+					       f->ip = ntohl(be);
+				       } else if (mnl_attr_get_type(attr) == NDA_LLADDR &&
+						  mnl_attr_get_payload_len(attr) == 6) {
+					       Mac mc;
+					       std::memcpy(mc.bytes.data(), mnl_attr_get_payload(attr), 6);
+					       f->mac = mc;
+				       }
+				       return MNL_CB_OK;
+			       },
+			       &found);
+		auto &[ip, mac] = found;
+		if (ip && mac)
+			table[*ip] = *mac;
+		return MNL_CB_OK;
+	});
+	if (!s)
+		return s.error().wrap("reading neighbours");
+	return table;
 }
 
 bool SliceWant::operator==(const SliceWant &o) const
