@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// The validated fleet configuration of SPEC §1: plain structs, no toml++ type leaks out of this module.
+// The validated fleet configuration of docs/config.md: plain structs, no toml++ type leaks out of this module.
 #pragma once
 
 #include <cstddef>

@@ -27,7 +27,7 @@ namespace {
 constexpr const char *kBusName = "org.portslice.Egress1";
 constexpr const char *kObjectPath = "/org/portslice/Egress1";
 
-// Exit codes a script can tell apart; documented in docs/service.md.
+// Exit codes a script can tell apart; documented in docs/portslicectl.8.scd (EXIT STATUS).
 constexpr int kExitFailed = 1;
 constexpr int kExitUsage = 2;
 constexpr int kExitNotRunning = 3;

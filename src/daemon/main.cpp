@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// portsliced: serves org.portslice.Egress1, or `--apply-once` applies the config and exits, `--remove` takes everything out (SPEC §2).
+// portsliced: serves org.portslice.Egress1, or `--apply-once` applies the config and exits, `--remove` takes everything out (docs/portsliced.8.scd).
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: (MIT OR GPL-2.0-only)
 // XDP forwarder on the uplink: return traffic and ICMP errors for a shared address reach the owner of the port's slice.
 //
-// Order of decisions (DESIGN.md "XDP forwarder"):
+// Order of decisions (docs/xdp.md):
 //  1. IPIP from a fleet server to this server: strip the outer header, go on
 //     with the inner packet (it may still need the handover second hop).
 //  2. to a shared address of this data centre: slice = (dport - lo) / size;

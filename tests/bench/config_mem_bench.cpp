@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Memory of the config loader (BENCHMARKS.md "memory"): peak while loading a generated fleet, and the loaded Config.
+// Memory of the config loader (docs/performance.md "Memory"): peak while loading a generated fleet, and the loaded Config.
 //
 // Usage: config_mem_bench [--sizes N,N,...]   (default 4200,10000)
 //

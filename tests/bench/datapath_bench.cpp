@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Benchmark: packets per second through a server namespace running portsliced's table (BENCHMARKS.md "datapath scaling", "stateless vs conntrack").
+// Benchmark: packets per second through a server namespace running portsliced's table (docs/performance.md "Datapath").
 //
 // datapath_bench [--pairs 3] [--frames 2000000] [--seconds 3] [--sources 10000]
 //                [--rows scaling,stateless,reference] [--tweak FILE]
@@ -12,7 +12,7 @@
 // server forwarded. A pair applies A's table in lane A and B's in lane B, then sends
 // in 12 alternating turns (A B, B A, ...), so both tables see the same machine load.
 // Rows: 10 vs N conntrack sources, stateless vs conntrack on new flows, and N conntrack
-// sources vs a one-rule-per-source nft table (the second reference of BENCHMARKS.md).
+// sources vs a one-rule-per-source nft table (the second reference of docs/performance.md).
 // Prints the figures; it asserts nothing.
 #include <algorithm>
 #include <arpa/inet.h>
@@ -314,7 +314,7 @@ std::string writeFleet(uint32_t n, bool conntrack)
 	return path;
 }
 
-// The second reference of BENCHMARKS.md: a hand-written table, one `ip saddr X snat to Y`
+// The second reference of docs/performance.md: a hand-written table, one `ip saddr X snat to Y`
 // rule per source of generatedFleet(n), the traffic's prefix (100.64.0.0/28) last.
 std::string writeRulePerSource(uint32_t n)
 {

@@ -42,7 +42,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// BENCHMARKS.md "Generated fleets": 31 servers, N shared addresses of
+// docs/performance.md "Generated fleets": 31 servers, N shared addresses of
 // 198.18.0.0/15 (one slice each per server), N stateless /28 sources with
 // block 128 (one whole slice each).
 std::string fleet(uint32_t n)

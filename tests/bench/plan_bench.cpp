@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: MIT
-// Planner scaling (BENCHMARKS.md "planner scaling"): check, plan and dump on generated fleets of 1k, 10k and 100k sources.
+// Planner scaling (docs/performance.md "Planner"): check, plan and dump on generated fleets of 1k, 10k and 100k sources.
 //
 // Usage: plan_bench [--runs R] [--sizes N,N,...] [--portslicectl PATH] [--keep DIR]
 //
-// Each fleet follows BENCHMARKS.md "Generated fleets": 31 servers in one data
+// Each fleet follows docs/performance.md "Generated fleets": 31 servers in one data
 // centre, N shared addresses from 198.18.0.0/15 (slice i of every address
 // belongs to server i), N stateless sources of a /28 from 100.64.0.0/10 with
 // block 128 (16 x 128 = one whole slice), source k wanting the tag of

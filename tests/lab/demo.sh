@@ -5,7 +5,7 @@
 # sudo tests/lab/demo.sh [--build-dir DIR] [--flows N] [--no-move] [--drain-seconds N] [--no-fleet] [--report FILE]
 #
 # Installs missing Debian packages (.ci/install-deps), builds what it runs,
-# builds the lab of DESIGN.md (tests/lab/lib/lab.sh) with a router that
+# builds the lab of docs/architecture.md (tests/lab/lib/lab.sh) with a router that
 # hashes return traffic over the three servers by address (as anycast/ECMP
 # does: it never looks at ports), runs portsliced on every server, sends N TCP
 # and N UDP flows from every workload to the internet host, then moves slice 0

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// GoogleTest fixture for lab tests: builds the namespace lab of DESIGN.md with tests/lab/lib/lab.sh in SetUp and always removes it.
+// GoogleTest fixture for lab tests: builds the namespace lab of docs/architecture.md "The lab" with tests/lab/lib/lab.sh in SetUp and always removes it.
 //
 // Use (link `lab_fixture_dep` from tests/lab/meson.build; suite 'lab', is_parallel false):
 //

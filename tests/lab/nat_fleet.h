@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// The generated fleet of BENCHMARKS.md as TOML, shared by tests/bench/apply_bench and the nat lab tests.
+// The generated fleet of docs/performance.md as TOML, shared by tests/bench/apply_bench and the nat lab tests.
 #pragma once
 
 #include <cstdint>
@@ -9,7 +9,7 @@
 
 namespace portslice::testing {
 
-// BENCHMARKS.md "Generated fleets": 31 servers, N shared addresses of
+// docs/performance.md "Generated fleets": 31 servers, N shared addresses of
 // 198.18.0.0/15 (one 2048-port slice each per server), N stateless sources of
 // a /28 with block 128 (one whole slice each), inside addresses in 100.64.0.0/10.
 inline std::string generatedFleet(uint32_t n)

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Every error class of SPEC §1, each reported at its file, line and column.
+// Every error class of docs/config.md "Errors", each reported at its file, line and column.
 #include <gtest/gtest.h>
 
 #include <stdexcept>

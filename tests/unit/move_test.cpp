@@ -252,7 +252,7 @@ TEST(MoveSlice, EqualsAFullPlanWithSharedAddressesAndWeights)
 		    "plan: %zu\n", tally.fast, tally.lastSlice, tally.firstSlice, tally.full);
 }
 
-// BENCHMARKS.md's generated fleet (every server one slice of every address,
+// docs/performance.md's generated fleet (every server one slice of every address,
 // every source one candidate): every slice of two addresses to every
 // server, planned as the first server and the last.
 TEST(MoveSlice, EqualsAFullPlanInTheGeneratedFleet)

@@ -1,6 +1,6 @@
 #!/bin/bash
 # SPDX-License-Identifier: MIT
-# The namespace lab of DESIGN.md "Lab": builds inet, router, DC bridge, servers, workloads and a private bus per server, and removes exactly that.
+# The namespace lab of docs/architecture.md "The lab": builds inet, router, DC bridge, servers, workloads and a private bus per server, and removes exactly that.
 #
 # As a command:  lab.sh up   --prefix P --id ID [options]   (removes what it made if it fails)
 #                lab.sh down --prefix P --id ID
