@@ -396,8 +396,7 @@ Result<ApplyResult> Applier::applyMoves(const plan::Plan &plan, const std::vecto
 		// transaction that takes them out of ret_zone.
 		std::vector<nft::Set> egressBefore, egressAfter, restBefore, restAfter;
 		for (size_t i = 0; i < delta.after.size(); i++) {
-			bool egress = delta.after[i].name == "nat_port" || delta.after[i].name == "nat_addr" ||
-				      delta.after[i].name == "sl_egress";
+			bool egress = delta.after[i].egress;
 			(egress ? egressBefore : restBefore).push_back(std::move(delta.before[i]));
 			(egress ? egressAfter : restAfter).push_back(std::move(delta.after[i]));
 		}
