@@ -371,7 +371,10 @@ Set drainZoneSet(const std::vector<DrainEntry> &entries)
 
 bool isPortSet(std::string_view name)
 {
-	for (Set *s : PortSets("-").all())
+	// Named: a temporary in the range-init would die before the loop body
+	// reads the names through the pointers all() returns.
+	PortSets sets("-");
+	for (const Set *s : sets.all())
 		if (s->name == name)
 			return true;
 	return false;
