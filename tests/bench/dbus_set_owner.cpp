@@ -7,7 +7,7 @@
 // Needs root. The process moves into a network namespace of its own (it dies
 // with the process), starts a private dbus-daemon and portsliced there, and
 // prints the figures; it asserts nothing. 10,000 sources make about 375k
-// elements. The three move cases of BENCHMARKS.md, peak RSS, a Dump(), then
+// elements. The three move cases of docs/performance.md ("Generated fleets"), peak RSS, a Dump(), then
 // drift repair (element deleted, set flushed, table deleted).
 // KEEP=1 keeps its directory (the daemon's log) and prints where.
 #include <algorithm>
@@ -328,7 +328,7 @@ int main(int argc, char **argv)
 		proxy.SetSliceOwner(shared, slice, to);
 		return std::chrono::duration<double>(Clock::now() - t0).count();
 	};
-	// BENCHMARKS.md's three cases, each on addresses of its own (pair i):
+	// The three move cases (docs/performance.md), each on addresses of its own (pair i):
 	// gain: s1 takes slice k of address 1+i from s(k+1) (s1 keeps its slice 0);
 	// loss: s1's only slice of address n/2+i (slice 0) goes to s2;
 	// other: slice 5 of address n/4+i goes from s6 to s7 (s1 only learns of it).

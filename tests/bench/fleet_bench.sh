@@ -1,10 +1,10 @@
 #!/bin/bash
 # SPDX-License-Identifier: MIT
-# Fleet-mode scale benchmark (BENCHMARKS.md "fleet failover"): the generated fleet at N addresses, one etcd member, real daemons applying a dead member's share and a set-owner --fleet.
+# Fleet-mode scale benchmark (docs/performance.md, "Fleet mode at scale"): the generated fleet at N addresses, one etcd member, real daemons applying a dead member's share and a set-owner --fleet.
 #
 # sudo tests/bench/fleet_bench.sh [--build-dir DIR] [--addresses N] [--daemons K] [--members M] [--rounds R]
 #
-# The generated fleet of BENCHMARKS.md (31 servers s1..s31, N shared addresses
+# The generated fleet of docs/performance.md (31 servers s1..s31, N shared addresses
 # of 198.18.0.0/15 with one 2048-port slice each per server, N stateless /28
 # sources) with a [fleet] section (lease_seconds 2; return_home_seconds 1, so
 # members that start after the first `live` enter it at once). In the namespace lab
