@@ -5,6 +5,7 @@
 #include <chrono>
 #include <filesystem>
 #include <iostream>
+#include <thread>
 
 #include <curl/curl.h>
 #include <nlohmann/json.hpp>
@@ -72,11 +73,26 @@ int runFleetSetOwner(const OnlineOptions &options)
 	auto inFile = address->owners.find(options.slice);
 	std::string fileOwner = inFile == address->owners.end() ? std::string() : std::string(inFile->second);
 	// Read, decide, write if the key is still as read; again if another writer came in between.
-	for (int attempt = 0; attempt < 5; attempt++) {
+	// No member answering may be an election (the leader died): it takes
+	// about a second, so unreachable etcd is tried again for a few.
+	using Clock = std::chrono::steady_clock;
+	const Clock::time_point giveUp = Clock::now() + std::chrono::seconds(6);
+	auto again = [&] {
+		if (Clock::now() >= giveUp)
+			return false;
+		std::this_thread::sleep_for(std::chrono::milliseconds(250));
+		return true;
+	};
+	// A write whose answer was lost may have been applied: a later read
+	// that finds this owner already does not write again.
+	bool uncertain = false;
+	for (int attempt = 0; attempt < 5;) {
 		Result<fleet::RangeAnswer> read = etcd.range(key);
 		if (!read) {
+			if (again())
+				continue;
 			std::cerr << "portslicectl: set-owner --fleet: " << read.error().message()
-				  << "; nothing was written\n";
+				  << (uncertain ? "; the write may or may not have been applied\n" : "; nothing was written\n");
 			return kExitUnreachable;
 		}
 		int64_t modRevision = 0;
@@ -85,6 +101,11 @@ int runFleetSetOwner(const OnlineOptions &options)
 			modRevision = read->kvs[0].modRevision;
 			if (std::optional<fleet::OwnerKey> k = fleet::decodeOwner(read->kvs[0].value))
 				current = k->owner;
+		}
+		if (uncertain && current == options.server && !read->kvs.empty()) {
+			std::cout << "slice " << options.slice << " of " << ip->str() << " -> " << options.server
+				  << " for the fleet (" << key << " at etcd revision " << modRevision << ")\n";
+			return 0;
 		}
 		fleet::OwnerKey value{options.server, current != options.server ? current : "", 0};
 		if (!value.previous.empty())
@@ -97,12 +118,17 @@ int runFleetSetOwner(const OnlineOptions &options)
 			   {{"key", fleet::base64Encode(key)}, {"value", fleet::base64Encode(fleet::encodeOwner(value))}}}}});
 		Result<fleet::TxnAnswer> wrote = etcd.txn(compare, success);
 		if (!wrote) {
+			uncertain = true;
+			if (again())
+				continue;
 			std::cerr << "portslicectl: set-owner --fleet: " << wrote.error().message()
-				  << "; nothing was written\n";
+				  << "; the write may or may not have been applied\n";
 			return kExitUnreachable;
 		}
-		if (!wrote->succeeded)
+		if (!wrote->succeeded) {
+			attempt++;
 			continue;
+		}
 		std::cout << "slice " << options.slice << " of " << ip->str() << " -> " << options.server
 			  << " for the fleet (" << key << " at etcd revision " << wrote->revision << ")";
 		if (!value.previous.empty())
