@@ -227,6 +227,41 @@ Result<ApplyResult> Applier::applySteps(const plan::Plan &next, const plan::Plan
 	return result;
 }
 
+// The nftables part of one or many slice moves (`drains`: this server
+// starts draining a slice, so the egress maps go first).
+Result<nft::ApplyReport> Applier::applyDelta(nft::MoveDelta delta, bool drains, const plan::Plan &plan)
+{
+	if (drains) {
+		// This server starts draining the slice. First no new flow takes
+		// its ports (the egress maps), then the flows that exist now are
+		// listed, and their answers' zones (drain_zone) come in the same
+		// transaction as the slice leaves ret_zone: no answer meets
+		// neither map.
+		std::vector<nft::Set> egressBefore, egressAfter, restBefore, restAfter;
+		for (size_t i = 0; i < delta.after.size(); i++) {
+			bool egress = delta.after[i].egress;
+			(egress ? egressBefore : restBefore).push_back(std::move(delta.before[i]));
+			(egress ? egressAfter : restAfter).push_back(std::move(delta.after[i]));
+		}
+		auto stopped = nft_.applyDelta(egressBefore, egressAfter);
+		if (!stopped)
+			return stopped.error();
+		auto listed = conntrack::drainingFlows(plan);
+		if (!listed)
+			return listed.error().wrap("listing the flows of draining slices");
+		nft::Set zones = drainZone(*listed);
+		auto report = nft_.applyDelta(restBefore, restAfter, &zones);
+		if (!report)
+			return report.error();
+		report->elementsAdded += stopped->elementsAdded;
+		report->elementsDeleted += stopped->elementsDeleted;
+		report->messages += stopped->messages;
+		report->bytes += stopped->bytes;
+		return report;
+	}
+	return nft_.applyDelta(delta.before, delta.after);
+}
+
 Result<ApplyResult> Applier::applyMove(const plan::Plan &plan, const plan::SliceMove &move)
 {
 	using Clock = std::chrono::steady_clock;
@@ -272,40 +307,10 @@ Result<ApplyResult> Applier::applyMove(const plan::Plan &plan, const plan::Slice
 	bool drainWork = drains || move.before.drainedBy(move.slice, plan.serverIndex) || drainFilled_;
 
 	t = Clock::now();
-	nft::MoveDelta delta = nft::moveDelta(plan, move);
-	if (drains) {
-		// This server starts draining the slice. First no new flow takes
-		// its ports (the egress maps), then the flows that exist now are
-		// listed, and their answers' zones (drain_zone) come in the same
-		// transaction as the slice leaves ret_zone: no answer meets
-		// neither map.
-		std::vector<nft::Set> egressBefore, egressAfter, restBefore, restAfter;
-		for (size_t i = 0; i < delta.after.size(); i++) {
-			bool egress = delta.after[i].egress;
-			(egress ? egressBefore : restBefore).push_back(std::move(delta.before[i]));
-			(egress ? egressAfter : restAfter).push_back(std::move(delta.after[i]));
-		}
-		auto stopped = nft_.applyDelta(egressBefore, egressAfter);
-		if (!stopped)
-			return stopped.error();
-		auto listed = conntrack::drainingFlows(plan);
-		if (!listed)
-			return listed.error().wrap("listing the flows of draining slices");
-		nft::Set zones = drainZone(*listed);
-		auto report = nft_.applyDelta(restBefore, restAfter, &zones);
-		if (!report)
-			return report.error();
-		result.nft = *report;
-		result.nft.elementsAdded += stopped->elementsAdded;
-		result.nft.elementsDeleted += stopped->elementsDeleted;
-		result.nft.messages += stopped->messages;
-		result.nft.bytes += stopped->bytes;
-	} else {
-		auto report = nft_.applyDelta(delta.before, delta.after);
-		if (!report)
-			return report.error();
-		result.nft = *report;
-	}
+	auto report = applyDelta(nft::moveDelta(plan, move), drains, plan);
+	if (!report)
+		return report.error();
+	result.nft = *report;
 	result.nftMs = ms(t);
 
 	if ((move.before.owner[move.slice] == self && now.owner[move.slice] != self) || drainWork) {
@@ -389,38 +394,10 @@ Result<ApplyResult> Applier::applyMoves(const plan::Plan &plan, const std::vecto
 	bool drainWork = drains || drained || drainFilled_;
 
 	t = Clock::now();
-	nft::MoveDelta delta = nft::movesDelta(plan, moves);
-	if (drains) {
-		// As applyMove: no new flow takes the draining slices' ports first,
-		// then their flows are listed and drain_zone filled in the
-		// transaction that takes them out of ret_zone.
-		std::vector<nft::Set> egressBefore, egressAfter, restBefore, restAfter;
-		for (size_t i = 0; i < delta.after.size(); i++) {
-			bool egress = delta.after[i].egress;
-			(egress ? egressBefore : restBefore).push_back(std::move(delta.before[i]));
-			(egress ? egressAfter : restAfter).push_back(std::move(delta.after[i]));
-		}
-		auto stopped = nft_.applyDelta(egressBefore, egressAfter);
-		if (!stopped)
-			return stopped.error();
-		auto listed = conntrack::drainingFlows(plan);
-		if (!listed)
-			return listed.error().wrap("listing the flows of draining slices");
-		nft::Set zones = drainZone(*listed);
-		auto report = nft_.applyDelta(restBefore, restAfter, &zones);
-		if (!report)
-			return report.error();
-		result.nft = *report;
-		result.nft.elementsAdded += stopped->elementsAdded;
-		result.nft.elementsDeleted += stopped->elementsDeleted;
-		result.nft.messages += stopped->messages;
-		result.nft.bytes += stopped->bytes;
-	} else {
-		auto report = nft_.applyDelta(delta.before, delta.after);
-		if (!report)
-			return report.error();
-		result.nft = *report;
-	}
+	auto report = applyDelta(nft::movesDelta(plan, moves), drains, plan);
+	if (!report)
+		return report.error();
+	result.nft = *report;
 	result.nftMs = ms(t);
 
 	if (loses || drainWork) {

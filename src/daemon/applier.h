@@ -68,6 +68,7 @@ public:
 	nft::NftApplier &nft() { return nft_; }
 
 private:
+	Result<nft::ApplyReport> applyDelta(nft::MoveDelta delta, bool drains, const plan::Plan &plan);
 	Applier(ApplierOptions options, nft::NftApplier nft) : options_(std::move(options)), nft_(std::move(nft)) {}
 
 	// The kernel's portslice state before an apply, to put back.
