@@ -405,8 +405,10 @@ private:
 	}
 
 	// The leader's one duty: `live` = the members still alive, plus those
-	// back for return_home_seconds. The first `live` of a fleet waits one
-	// lease after the election, so that servers starting together all enter it.
+	// back for return_home_seconds. `since` and now are whole seconds, so a
+	// difference of R can be as little as R - 1 s of life; more than R
+	// guarantees R. The first `live` of a fleet waits one lease after the
+	// election, so that servers starting together all enter it.
 	void lead(Etcd &etcd, const View &view, Clock::time_point leaderSince, int64_t lease)
 	{
 		(void)lease;
@@ -416,7 +418,7 @@ private:
 			if (!config_.findServer(name))
 				continue; // not a server of this fleet table
 			bool wasLive = view.live && view.live->servers.count(name);
-			if (!view.live || wasLive || now - member.since >= int64_t{fleet_.returnHomeSeconds})
+			if (!view.live || wasLive || now - member.since > int64_t{fleet_.returnHomeSeconds})
 				next.insert(name);
 		}
 		if (!view.live && Clock::now() - leaderSince < milliseconds(fleet_.leaseSeconds * 1000))
