@@ -76,6 +76,10 @@ Result<ApplyResult> Applier::apply(const plan::Plan &next, const plan::Plan *cur
 	if (!routes)
 		return routes.error().wrap("reading the routes before the apply");
 	before.routes = std::move(*routes);
+	auto neighbours = snapshotNeighbours();
+	if (!neighbours)
+		return neighbours.error().wrap("reading the neighbour entries before the apply");
+	before.neighbours = std::move(*neighbours);
 	auto state = nft_.readState();
 	if (!state)
 		return state.error().wrap("reading table inet portslice before the apply");
@@ -84,12 +88,14 @@ Result<ApplyResult> Applier::apply(const plan::Plan &next, const plan::Plan *cur
 	before.forwarder = options_.xdp && xdp::forwarderPinned(pinDir());
 #endif
 	bool drainFilled = drainFilled_;
+	std::set<Ipv4> neighbourTargets = neighbourTargets_;
 
 	Touched touched;
 	Result<ApplyResult> result = applySteps(next, current, generation, touched);
 	if (result)
 		return result;
 	drainFilled_ = drainFilled;
+	neighbourTargets_ = std::move(neighbourTargets);
 	Status back = putBack(before, touched, current ? current : previous, generation - 1, next.uplink);
 	if (!back)
 		return Error(result.error().message() + "; putting back the previous state failed too: " +
@@ -130,6 +136,8 @@ Status Applier::putBack(const Before &before, const Touched &touched, const plan
 	}
 	if (touched.routes)
 		note(restoreRoutes(before.routes));
+	if (touched.neighbours)
+		note(restoreNeighbours(before.neighbours));
 	if (touched.tuning)
 		note(conntrack::restoreTuning(before.tuning, options_.stateDir));
 	if (!failed.empty())
@@ -141,6 +149,11 @@ Result<ApplyResult> Applier::applySteps(const plan::Plan &next, const plan::Plan
 					Touched &touched)
 {
 	ApplyResult result;
+	// First, so that the kernel resolves the forwarder's targets while the
+	// other steps run: the forwarder reads what is resolved by then.
+	touched.neighbours = true;
+	if (Status n = syncNeighbours(next, &result.neighbours); !n)
+		return n.error();
 #ifdef PORTSLICE_HAVE_XDP
 	auto syncXdp = [&]() -> Status {
 		if (!options_.xdp)
@@ -278,6 +291,8 @@ Result<ApplyResult> Applier::applyMove(const plan::Plan &plan, const plan::Slice
 		if (!options_.xdp)
 			return {};
 		t = Clock::now();
+		if (Status n = addMovedTargets(plan, {&move}); !n)
+			return n;
 		std::vector<xdp::SliceRef> changed{{move.address, move.slice}};
 		// Slices this server takes over from a draining owner carry the
 		// zones of their ports: those of addresses handed out again change.
@@ -365,6 +380,11 @@ Result<ApplyResult> Applier::applyMoves(const plan::Plan &plan, const std::vecto
 		if (!options_.xdp)
 			return {};
 		t = Clock::now();
+		std::vector<const plan::SliceMove *> all;
+		for (const plan::SliceMove &m : moves)
+			all.push_back(&m);
+		if (Status n = addMovedTargets(plan, all); !n)
+			return n;
 		// Slice by slice costs a walk of the sources each: past a few
 		// hundred slices one sync of the whole maps is cheaper (40 ms at
 		// 10,000 addresses, docs/performance.md).
@@ -425,6 +445,48 @@ Result<ApplyResult> Applier::applyMoves(const plan::Plan &plan, const std::vecto
 	return result;
 }
 
+Status Applier::syncNeighbours(const plan::Plan &plan, NeighboursReport *report)
+{
+	// Without the forwarder nothing needs them: portslice's entries go.
+	std::vector<NeighbourTarget> targets;
+	if (options_.xdp)
+		targets = neighbourTargets(plan);
+	auto done = applyNeighbours(plan.uplink, targets);
+	if (!done)
+		return done.error();
+	neighbourTargets_.clear();
+	for (const NeighbourTarget &t : targets)
+		neighbourTargets_.insert(t.address);
+	if (report)
+		*report = std::move(*done);
+	return {};
+}
+
+Status Applier::addMovedTargets(const plan::Plan &plan, const std::vector<const plan::SliceMove *> &moves)
+{
+	// Only the moved slices' servers are looked at: a move costs the same
+	// however big the fleet.
+	bool missing = false;
+	for (const plan::SliceMove *m : moves) {
+		const plan::PlannedAddress &a = plan.addresses[m->address];
+		if (!a.local)
+			continue;
+		for (int32_t s : {a.owner[m->slice], a.previous[m->slice]}) {
+			if (s < 0 || static_cast<size_t>(s) >= plan.servers.size() ||
+			    static_cast<uint32_t>(s) == plan.serverIndex)
+				continue;
+			const plan::PlannedServer &server = plan.servers[static_cast<size_t>(s)];
+			if (!server.mac && !neighbourTargets_.count(server.address))
+				missing = true;
+		}
+	}
+	if (!missing)
+		return {};
+	if (Status n = syncNeighbours(plan, nullptr); !n)
+		return n.error().wrap("managed neighbour entry of a slice's new owner");
+	return {};
+}
+
 Status Applier::remove(const std::string &uplink)
 {
 #ifdef PORTSLICE_HAVE_XDP
@@ -441,6 +503,9 @@ Status Applier::remove(const std::string &uplink)
 	if (!s)
 		return s;
 	s = removeRoutes();
+	if (!s)
+		return s;
+	s = removeNeighbours();
 	if (!s)
 		return s;
 	return conntrack::restore(options_.stateDir);

@@ -4,10 +4,12 @@
 
 #include <cstdint>
 #include <optional>
+#include <set>
 #include <string>
 
 #include "common/result.h"
 #include "conntrack/conntrack.h"
+#include "daemon/neighbours.h"
 #include "daemon/routes.h"
 #include "nft/apply.h"
 #include "plan/plan.h"
@@ -29,6 +31,7 @@ struct ApplyResult {
 	size_t conntrackDeleted = 0; // entries whose NAT port this server no longer owns
 	size_t drainingFlows = 0;    // drain_zone elements: flows of slices this server drains
 	RoutesReport routes;         // return routing of iifname sources
+	NeighboursReport neighbours; // managed neighbour entries of the forwarder's targets
 	bool xdp = false;            // the forwarder was attached and synced
 	// Milliseconds spent in each part, for the log.
 	double nftMs = 0, conntrackMs = 0, xdpMs = 0;
@@ -42,7 +45,8 @@ public:
 	// (nullptr: unknown, replace everything). All or nothing: what can be
 	// checked is checked before the first change (the uplink exists, the pin
 	// directory is on bpffs), and when a later step fails every step done
-	// is put back: the table, sysctls, routes and forwarder as they were
+	// is put back: the table, sysctls, routes, managed neighbour entries
+	// and forwarder as they were
 	// (`current` as generation - 1), or removed when there were none. Only
 	// a table or forwarder that was there while `current` is unknown cannot
 	// be put back; the error then says so.
@@ -54,14 +58,16 @@ public:
 	// One slice changed owner (`plan` is after the move): only the elements
 	// the move changed, the conntrack entries of a lost slice and the
 	// forwarder's word of that slice. Conntrack tuning and routes do not
-	// depend on slices. A failure in the nftables part changes nothing.
+	// depend on slices; a slice's new owner without `mac` that had no
+	// managed neighbour entry gets one (the next apply removes unneeded ones). A failure in the nftables part changes nothing.
 	Result<ApplyResult> applyMove(const plan::Plan &plan, const plan::SliceMove &move);
 	// Many moves made one after another on `plan` (SetSliceOwners): the same
 	// as applyMove, with one nftables transaction for all of them (two when
 	// this server starts draining a slice: the egress maps first).
 	Result<ApplyResult> applyMoves(const plan::Plan &plan, const std::vector<plan::SliceMove> &moves);
 
-	// Undo everything apply() did: table, routes and rules, sysctls, XDP.
+	// Undo everything apply() did: table, routes and rules, managed
+	// neighbour entries, sysctls, XDP.
 	// `uplink` (if known) is checked against the forwarder's interface.
 	Status remove(const std::string &uplink = {});
 
@@ -75,23 +81,28 @@ private:
 	struct Before {
 		conntrack::TuningSnapshot tuning;
 		RoutesSnapshot routes;
+		NeighboursSnapshot neighbours;
 		bool table = false;     // table inet portslice existed
 		bool forwarder = false; // a forwarder link was pinned
 	};
 	// The steps an apply started (each may have changed something).
 	struct Touched {
-		bool nft = false, tuning = false, routes = false, xdp = false;
+		bool nft = false, tuning = false, routes = false, neighbours = false, xdp = false;
 	};
 	Status precheck(const plan::Plan &next) const;
 	std::string pinDir() const;
 	Result<ApplyResult> applySteps(const plan::Plan &next, const plan::Plan *current, uint64_t generation,
 				       Touched &touched);
+	Status syncNeighbours(const plan::Plan &plan, NeighboursReport *report);
+	// After moves: a new forwarding target without a MAC gets its entry.
+	Status addMovedTargets(const plan::Plan &plan, const std::vector<const plan::SliceMove *> &moves);
 	Status putBack(const Before &before, const Touched &touched, const plan::Plan *previous,
 		       uint64_t previousGeneration, const std::string &uplink);
 
 	ApplierOptions options_;
 	nft::NftApplier nft_;
 	bool drainFilled_ = false; // drain_zone holds elements (flushed when no slice drains here)
+	std::set<Ipv4> neighbourTargets_; // targets given managed entries by the last apply
 };
 
 } // namespace portslice::daemon

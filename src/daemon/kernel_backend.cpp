@@ -38,6 +38,8 @@ Status KernelBackend::apply(const plan::Plan &plan, const plan::Plan *old, uint6
 		log::Line(log::Priority::Info) << "not set: " << skipped;
 	for (const std::string &skipped : r.routes.skipped)
 		log::Line(log::Priority::Info) << "no return route: " << skipped;
+	for (const std::string &skipped : r.neighbours.skipped)
+		log::Line(log::Priority::Info) << "no managed neighbour entry: " << skipped;
 	if (r.nft.fullReplace) {
 		comment_ = nft::tableComment(plan, generation);
 	} else if (comment_.empty()) {

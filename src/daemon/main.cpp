@@ -180,5 +180,7 @@ int main(int argc, char **argv)
 		std::printf("portsliced: not set: %s\n", s.c_str());
 	for (const std::string &s : r.routes.skipped)
 		std::printf("portsliced: no return route: %s\n", s.c_str());
+	for (const std::string &s : r.neighbours.skipped)
+		std::printf("portsliced: no managed neighbour entry: %s\n", s.c_str());
 	return 0;
 }

@@ -162,7 +162,9 @@ protected:
 
 	// Everything of portslice in the namespace's kernel: the table (sets in
 	// sorted order), conntrack sysctls, routing rules and routes, whether an
-	// XDP program is on up0, and the forwarder's pinned maps.
+	// XDP program is on up0, portslice's neighbour entries (protocol 80,
+	// address and interface: their state follows ARP), and the forwarder's
+	// pinned maps.
 	std::string kernel() const
 	{
 		std::string pins = pinDir();
@@ -170,7 +172,8 @@ protected:
 			"nft list table inet portslice 2>&1; echo ===; sysctl net.netfilter.nf_conntrack_tcp_timeout_established "
 			"net.netfilter.nf_conntrack_tcp_timeout_time_wait net.netfilter.nf_conntrack_udp_timeout "
 			"net.netfilter.nf_conntrack_udp_timeout_stream; echo rules:; ip rule; echo routes:; "
-			"ip route show table all | grep -v 'table local'; echo xdp:; ip -d link show up0 | grep -o 'prog/xdp'");
+			"ip route show table all | grep -v 'table local'; echo neighbours:; ip -d neigh show | "
+			"awk '/ managed .*proto 80/ { print $1, $3 }' | sort; echo xdp:; ip -d link show up0 | grep -o 'prog/xdp'");
 		size_t split = rest.out.find("===\n");
 		return normalized(rest.out.substr(0, split)) + rest.out.substr(split) + forwarderMaps(pins);
 	}

@@ -5,7 +5,8 @@
 namespace portslice::dbuslab {
 namespace {
 
-// Generation A: s1 owns slice 0; timeouts set; no iifname source.
+// Generation A: s1 owns slice 0; timeouts set; no iifname source; s2 without
+// `mac` (a managed neighbour entry for 192.0.2.12).
 constexpr const char *kFleetA = R"([server]
 name = "s1"
 uplink = "up0"
@@ -31,7 +32,6 @@ datacenter = "lab1"
 name = "s2"
 address = "192.0.2.12"
 datacenter = "lab1"
-mac = "02:00:00:00:00:12"
 
 [[addresses]]
 address = "198.51.100.1"
@@ -47,7 +47,8 @@ zone = 10
 )";
 
 // Generation B changes every step: the table (slices, a source), every
-// timeout, a return route (iifname IIF), the forwarder's maps (s2's MAC).
+// timeout, a return route (iifname IIF), the forwarder's maps (s2's MAC),
+// the neighbour entries (s2's goes, a new server s3 without `mac` gets one).
 std::string fleetB(const std::string &iifname = "up2", int udpTimeout = 300, const std::string &uplink = "up0")
 {
 	std::string b = kFleetA;
@@ -56,7 +57,8 @@ std::string fleetB(const std::string &iifname = "up2", int udpTimeout = 300, con
 	swap("tcp_timeout_established = 3600\nudp_timeout = 40",
 	     "tcp_timeout_established = 7200\ntcp_timeout_time_wait = 30\nudp_timeout = " + std::to_string(udpTimeout) +
 		     "\nudp_timeout_stream = 160");
-	swap("mac = \"02:00:00:00:00:12\"", "mac = \"02:00:00:00:00:22\"");
+	swap("address = \"192.0.2.12\"\n", "address = \"192.0.2.12\"\nmac = \"02:00:00:00:00:22\"\n");
+	swap("\n[[addresses]]", "\n[[servers]]\nname = \"s3\"\naddress = \"192.0.2.13\"\ndatacenter = \"lab1\"\n\n[[addresses]]");
 	swap("uplink = \"up0\"", "uplink = \"" + uplink + "\"");
 	b += "\n[[sources]]\nname = \"via-veth\"\nmatch = { iifname = \"" + iifname +
 	     "\", saddr = \"100.64.2.0/24\" }\nwant = { country = \"GB\" }\nzone = 11\n";
@@ -134,6 +136,7 @@ TEST_F(RollbackLab, AFailureAtAnyStepPutsThePreviousGenerationBack)
 	std::string before = kernel();
 	ASSERT_NE(before.find("generation 1 "), std::string::npos) << before;
 	ASSERT_NE(before.find("prog/xdp"), std::string::npos) << before;
+	ASSERT_NE(before.find("neighbours:\n192.0.2.12 up0\n"), std::string::npos) << before;
 	for (const Injection &i : injections((dir_ / "tmpfs" / "portslice").string()))
 		inject(i, before);
 	writeConfig(fleetB());

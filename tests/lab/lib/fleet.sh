@@ -2,13 +2,16 @@
 # SPDX-License-Identifier: MIT
 # Prints the lab fleet's portslice.toml as one server sees it (the same fleet table on every server, only [server] differs).
 #
-# fleet.sh --server sN [--uplink IF] [--servers N] [--move ADDRESS:SLICE:SERVER]...
+# fleet.sh --server sN [--uplink IF] [--servers N] [--move ADDRESS:SLICE:SERVER]... [--no-mac]
 #          [--etcd URL[,URL...] [--fleet-prefix P] [--lease-seconds N] [--return-home-seconds N]]
 #
 # --etcd adds the [fleet] section of fleet mode (SPEC section 6) for
 # portslice-fleetd: the lab's etcd members (lab.sh up --etcd N prints them in
 # LAB_ETCD_ENDPOINTS), key space P (default /portslice/lab1), lease 2 s and
 # return home after 60 s unless given.
+#
+# --no-mac leaves out the servers' `mac` keys: the forwarder then relies on
+# the kernel's neighbour table (portslice keeps managed entries there).
 #
 # Two shared addresses of data centre lab1, six 1000-port slices each in
 # 10000-15999, dealt round robin: sK owns slices K-1 and K-1+N (N = servers).
@@ -20,7 +23,7 @@
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
-server='' uplink=eth0 servers=3
+server='' uplink=eth0 servers=3 macs=1
 etcd='' fleet_prefix=/portslice/lab1 lease=2 return_home=60
 moves=()
 while (($#)); do
@@ -29,6 +32,7 @@ while (($#)); do
 	--uplink) uplink=$2; shift 2 ;;
 	--servers) servers=$2; shift 2 ;;
 	--move) moves+=("$2"); shift 2 ;;
+	--no-mac) macs=0; shift ;;
 	--etcd) etcd=$2; shift 2 ;;
 	--fleet-prefix) fleet_prefix=$2; shift 2 ;;
 	--lease-seconds) lease=$2; shift 2 ;;
@@ -96,8 +100,8 @@ for ((k = 1; k <= servers; k++)); do
 name = "s$k"
 address = "192.0.2.$((10 + k))"
 datacenter = "lab1"
-mac = "02:00:00:00:00:$((10 + k))"
 TOML
+	((macs)) && echo "mac = \"02:00:00:00:00:$((10 + k))\""
 done
 for a in 1 2; do
 	if ((a == 1)); then tags='{ country = "GB", trust = "untrusted", product = "warp" }'; else tags='{ country = "US", trust = "trusted", product = "corp" }'; fi
