@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <sstream>
 
 #include "lab_fixture.h"
@@ -22,13 +23,12 @@ class Neighbours : public LabFixture {
 protected:
 	// Three servers, workloads w1..w3 behind them; every answer for the
 	// shared range comes back to s1, which must send those of w2's and w3's
-	// slices on to s2 and s3.
+	// slices on to s2 and s3. A private bus per server (for the daemon).
 	LabOptions labOptions() const override
 	{
 		LabOptions o;
 		o.prefix = "psnb";
 		o.steer = "s1";
-		o.bus = false;
 		return o;
 	}
 
@@ -70,6 +70,17 @@ protected:
 	std::string neighbourTable(const std::string &server)
 	{
 		return inNode(server, "ip -d neigh show dev eth0").output;
+	}
+	// Until managed(server) == want, at most 3 s.
+	bool awaitManaged(const std::string &server, const std::vector<std::string> &want)
+	{
+		auto until = Clock::now() + std::chrono::seconds(3);
+		while (managed(server) != want) {
+			if (Clock::now() > until)
+				return false;
+			std::this_thread::sleep_for(std::chrono::milliseconds(50));
+		}
+		return true;
 	}
 };
 
@@ -144,6 +155,53 @@ TEST_F(Neighbours, AnEntryGoesWhenItsTargetLeavesThePlan)
 	ASSERT_TRUE(apply("s1", config("s1")).ok());
 	EXPECT_EQ(managed("s1"), (std::vector<std::string>{"192.0.2.12", "192.0.2.13"})) << neighbourTable("s1");
 	ASSERT_TRUE(daemon("s1", "--remove").ok());
+	EXPECT_EQ(managed("s1"), std::vector<std::string>{}) << neighbourTable("s1");
+}
+
+TEST_F(Neighbours, TheDaemonFollowsAMoveAndAReload)
+{
+	// s3 is in another data centre and owns nothing here: no entry for it.
+	std::string path = config("s1", "--move 198.51.100.1:2:s1 --move 198.51.100.1:5:s1 "
+					"--move 198.51.100.2:2:s1 --move 198.51.100.2:5:s1");
+	std::string text = run("cat " + shellQuote(path)).output;
+	auto replace = [&](const std::string &from, const std::string &to) {
+		size_t at = text.find(from);
+		ASSERT_NE(at, std::string::npos) << from;
+		text.replace(at, from.size(), to);
+	};
+	replace("address = \"192.0.2.13\"\ndatacenter = \"lab1\"", "address = \"192.0.2.13\"\ndatacenter = \"lab2\"");
+	replace("\n[[servers]]", "\n[[datacenters]]\nname = \"lab2\"\n\n[[servers]]");
+	std::ofstream(path, std::ios::trunc) << text;
+	std::string ctl = buildPath("src/ctl/portslicectl");
+	pid_t served = startInNode("s1", buildPath("src/daemon/portsliced") + " --config " + shellQuote(path) +
+						  " --state-dir \"$LAB_STATE_DIR\"",
+				   labDir() + "/s1/portsliced.log");
+	bool ready = false;
+	for (int i = 0; i < 100 && !ready; ++i) {
+		ready = inNode("s1", ctl + " status").ok();
+		if (!ready)
+			std::this_thread::sleep_for(std::chrono::milliseconds(100));
+	}
+	ASSERT_TRUE(ready) << run("cat " + labDir() + "/s1/portsliced.log").output;
+	EXPECT_EQ(managed("s1"), std::vector<std::string>{"192.0.2.12"}) << neighbourTable("s1");
+
+	// A move makes s3 the owner of a slice here: the forwarder may send to it.
+	auto moved = inNode("s1", ctl + " set-owner 198.51.100.1 2 s3");
+	ASSERT_TRUE(moved.ok()) << moved.output;
+	EXPECT_TRUE(awaitManaged("s1", {"192.0.2.12", "192.0.2.13"})) << neighbourTable("s1");
+
+	// A reload that gives s2 a `mac`: its entry goes, s3's stays.
+	auto withMac = run("sed -i '/^address = \"192.0.2.12\"/a mac = \"02:00:00:00:00:12\"' " + shellQuote(path));
+	ASSERT_TRUE(withMac.ok()) << withMac.output;
+	auto reloaded = inNode("s1", ctl + " reload");
+	ASSERT_TRUE(reloaded.ok()) << reloaded.output;
+	EXPECT_TRUE(awaitManaged("s1", {"192.0.2.13"})) << neighbourTable("s1");
+
+	// Stopping the daemon leaves them (the forwarder stays too); --remove takes them.
+	stopInNode(served);
+	EXPECT_EQ(managed("s1"), std::vector<std::string>{"192.0.2.13"}) << neighbourTable("s1");
+	auto removed = daemon("s1", "--remove");
+	EXPECT_TRUE(removed.ok()) << removed.output;
 	EXPECT_EQ(managed("s1"), std::vector<std::string>{}) << neighbourTable("s1");
 }
 
