@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 #include <iostream>
+#include <limits>
 #include <string>
 
 #include "common/cli.h"
@@ -146,6 +147,12 @@ int main(int argc, char **argv)
 	auto state = applier->nft().readState();
 	if (!state) {
 		std::cerr << "portsliced: " << state.error().message() << "\n";
+		return 1;
+	}
+	if (state->has_value() && (*state)->generation == std::numeric_limits<uint64_t>::max()) {
+		std::cerr << "portsliced: the table holds generation " << (*state)->generation
+			  << ", the largest there is (generations never wrap); nothing applied: run portsliced --remove "
+			     "to count from 1 again\n";
 		return 1;
 	}
 	uint64_t generation = state->has_value() ? (*state)->generation + 1 : 1;

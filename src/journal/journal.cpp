@@ -181,8 +181,10 @@ Status makeDir(const std::string &dir)
 
 std::optional<std::string> readWhole(const std::string &path)
 {
-	UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-	if (!fd.isValid())
+	// O_NONBLOCK and a regular file only: a FIFO in the state directory is never waited on.
+	UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+	struct stat st {};
+	if (!fd.isValid() || ::fstat(fd.get(), &st) < 0 || !S_ISREG(st.st_mode))
 		return std::nullopt;
 	std::string text;
 	char buffer[65536];
@@ -398,12 +400,15 @@ Status Journal::append(const std::vector<Record> &records)
 	std::string text;
 	for (const Record &r : records)
 		text += encode(r);
-	UniqueFd fd(::open(path().c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640));
+	// O_NONBLOCK: a FIFO at the path (with no reader) fails the open instead of blocking it.
+	UniqueFd fd(::open(path().c_str(), O_WRONLY | O_APPEND | O_CREAT | O_NONBLOCK | O_CLOEXEC, 0640));
 	if (!fd.isValid())
 		return Error(errno, "opening " + path());
 	struct stat st {};
 	if (::fstat(fd.get(), &st) < 0)
 		return Error(errno, "reading " + path());
+	if (!S_ISREG(st.st_mode))
+		return Error(path() + " is not a regular file; remove it");
 	bool created = st.st_size == 0;
 	if (!created) {
 		// A line torn by a crash stays a damaged record; the next starts on its own line.

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <set>
 #include <sstream>
@@ -128,6 +129,10 @@ Service::Service(Options options, Backend &backend, Listener &listener)
 
 Failure Service::fail(Failure failure, bool degrade)
 {
+	// A retry that fails as the last try did (a drain's end that cannot be
+	// kept) was said once: no line, no ApplyFailed every few seconds.
+	if (quiet_ && failure.message == lastError_)
+		return failure;
 	std::vector<std::string> changed{"LastError"};
 	lastError_ = failure.message;
 	if (degrade && state_ == State::Applied) {
@@ -150,16 +155,41 @@ Failure Service::reject(Failure failure)
 
 Answer<uint64_t> Service::start()
 {
-	Result<Persisted> persisted = store_.load();
-	if (!persisted)
-		return fail({Fault::InvalidConfig, persisted.error().message()}, true);
-	overlay_ = persisted->overlay;
-	drains_ = persisted->drains;
-	generation_ = std::max(persisted->generation, backend_.appliedGeneration().value_or(0));
+	Result<Loaded> loaded = store_.read();
+	if (!loaded)
+		return fail({Fault::InvalidConfig, loaded.error().message()}, true);
+	persisted_ = loaded->state;
+	overlay_ = persisted_.overlay;
+	drains_ = persisted_.drains;
+	// Never below what the kernel holds, nor below what the state directory
+	// says was last applied (the table's comment keeps the generation of the
+	// last full replace, not of the element deltas after it).
+	generation_ = std::max(persisted_.generation, backend_.appliedGeneration().value_or(0));
+	if (loaded->form == Loaded::Form::Legacy)
+		listener_.log(store_.path() + ": read in the format before version 2 (no header, no checksum); the next "
+			      "write replaces it with format " + std::to_string(kOwnersFormat));
 	if (!overlay_.empty())
 		listener_.log("re-applying " + std::to_string(overlay_.size()) + " slice owner change(s) from " +
 			      store_.path());
-	return reload();
+	// What generation G was made of, as this portsliced wrote it: a start
+	// that finds the same file, overlay and drains applies G again and
+	// writes nothing (a read-only state directory is no obstacle then).
+	if (loaded->form == Loaded::Form::Current && loaded->writer == PORTSLICE_VERSION &&
+	    !persisted_.fileHash.empty() && persisted_.generation == generation_)
+		resume_ = persisted_;
+	Answer<uint64_t> answer = reload();
+	resume_.reset();
+	return answer;
+}
+
+std::optional<Failure> Service::lastGeneration()
+{
+	if (generation_ < std::numeric_limits<uint64_t>::max())
+		return std::nullopt;
+	return fail({Fault::ApplyFailed, "generation " + std::to_string(generation_) +
+		     " is the largest there is: no change can have a new one (generations never wrap); nothing "
+		     "was applied. Run portsliced --remove and delete " + store_.path() + " to count from 1 again"},
+		    false);
 }
 
 Answer<uint64_t> Service::reload()
@@ -379,7 +409,12 @@ std::optional<Answer<uint64_t>> Service::moveSlices(const std::vector<BatchMove>
 		done.push_back(std::move(*move));
 	}
 	Clock::time_point t1 = Clock::now();
-	if (Status saved = store_.save({overlay, generation_ + 1, drains}); !saved) {
+	if (std::optional<Failure> last = lastGeneration()) {
+		undo();
+		return *last;
+	}
+	Persisted kept{overlay, generation_ + 1, drains, fileHash_};
+	if (Status saved = store_.save(kept); !saved) {
 		undo();
 		return fail({Fault::ApplyFailed, saved.error().wrap("keeping the slice owners").message() +
 			     "; nothing was applied"}, false);
@@ -387,13 +422,14 @@ std::optional<Answer<uint64_t>> Service::moveSlices(const std::vector<BatchMove>
 	Clock::time_point t2 = Clock::now();
 	if (Status applied = backend_.applyMoves(*plan_, done, generation_ + 1); !applied) {
 		undo();
-		if (Status back = store_.save({overlay_, generation_, drains_}); !back)
+		if (Status back = store_.save(persisted_); !back)
 			listener_.log("restoring " + store_.path() + ": " + back.error().message());
 		if (Status back = backend_.apply(*plan_, nullptr, generation_); !back)
 			listener_.log("restoring generation " + std::to_string(generation_) + ": " + back.error().message());
 		return fail({Fault::ApplyFailed, applied.error().message() + "; the previous state stays applied"}, true);
 	}
 	Clock::time_point t3 = Clock::now();
+	persisted_ = std::move(kept);
 	config_ = std::move(next);
 	overlay_ = std::move(overlay);
 	drains_ = std::move(drains);
@@ -493,6 +529,10 @@ std::optional<Answer<uint64_t>> Service::moveSlice(uint32_t address, uint32_t sl
 	if (!move)
 		return std::nullopt; // candidates change: plan the fleet anew
 	Clock::time_point t1 = Clock::now();
+	if (std::optional<Failure> last = lastGeneration()) {
+		plan::undoMove(*plan_, std::move(*move));
+		return *last;
+	}
 	// The journal holds the one slice, before and after.
 	journal::SliceMap before, after;
 	{
@@ -517,7 +557,8 @@ std::optional<Answer<uint64_t>> Service::moveSlice(uint32_t address, uint32_t sl
 		return fail({Fault::ApplyFailed, journaled.error().wrap("writing the ownership journal").message() +
 			     "; nothing was applied"}, false);
 	}
-	if (Status saved = store_.save({overlay, generation_ + 1, drains}); !saved) {
+	Persisted kept{overlay, generation_ + 1, drains, fileHash_};
+	if (Status saved = store_.save(kept); !saved) {
 		plan::undoMove(*plan_, std::move(*move));
 		journalOutcome(generation_ + 1, saved, {});
 		return fail({Fault::ApplyFailed, saved.error().wrap("keeping the slice owners").message() +
@@ -527,7 +568,7 @@ std::optional<Answer<uint64_t>> Service::moveSlice(uint32_t address, uint32_t sl
 	if (Status applied = backend_.applyMove(*plan_, *move, generation_ + 1); !applied) {
 		journalOutcome(generation_ + 1, applied, {});
 		plan::undoMove(*plan_, std::move(*move));
-		if (Status back = store_.save({overlay_, generation_, drains_}); !back)
+		if (Status back = store_.save(persisted_); !back)
 			listener_.logEvent(3, "restoring " + store_.path() + ": " + back.error().message(), {});
 		if (Status back = backend_.apply(*plan_, nullptr, generation_); !back)
 			listener_.logEvent(3, "restoring generation " + std::to_string(generation_) + ": " +
@@ -540,6 +581,7 @@ std::optional<Answer<uint64_t>> Service::moveSlice(uint32_t address, uint32_t sl
 		a.previous[slice] = *previous;
 	else
 		a.previous.erase(slice);
+	persisted_ = std::move(kept);
 	overlay_ = std::move(overlay);
 	drains_ = std::move(drains);
 	++generation_;
@@ -700,6 +742,11 @@ void Service::expireDrains()
 	int64_t t = now();
 	if (std::none_of(drains_.begin(), drains_.end(), [&](const SliceDrain &d) { return d.until <= t; }))
 		return;
+	// An end that could not be kept (or applied) is tried again after 2 s,
+	// then at doubling intervals up to 5 minutes, not at every tick.
+	if (t < drainRetryAt_)
+		return;
+	bool retry = drainBackoff_ > 0;
 	// The applied config without the ended drains: those slices get back the
 	// previous owner the file names, if any.
 	config::Config next = *config_;
@@ -709,8 +756,9 @@ void Service::expireDrains()
 			kept.push_back(d);
 			continue;
 		}
-		listener_.log("ending drain of " + d.address.str() + " slice " + std::to_string(d.slice) + " by " +
-			      d.previous + ": its deadline has passed");
+		if (!retry)
+			listener_.log("ending drain of " + d.address.str() + " slice " + std::to_string(d.slice) + " by " +
+				      d.previous + ": its deadline has passed");
 		config::Address *address = next.findAddress(d.address);
 		if (!address)
 			continue;
@@ -721,7 +769,25 @@ void Service::expireDrains()
 			address->previous.erase(d.slice);
 	}
 	why_ = "drain end";
-	(void)commit(std::move(next), overlay_, std::move(kept), true, Fault::ApplyFailed, true);
+	quiet_ = retry;
+	Answer<uint64_t> ended = commit(std::move(next), overlay_, std::move(kept), true, Fault::ApplyFailed, true);
+	quiet_ = false;
+	++drainTries_;
+	if (ended.ok()) {
+		if (retry)
+			listener_.log("the end of the drains is kept and applied now, at try " + std::to_string(drainTries_));
+		drainBackoff_ = 0;
+		drainRetryAt_ = 0;
+		drainTries_ = 0;
+		return;
+	}
+	if (!retry)
+		listener_.logEvent(4, "the end of the drains could not be kept or applied (" + ended.failure().message +
+					      "); the drains go on and it is tried again in " +
+					      std::to_string(kDrainRetryFirst) + " s, then at doubling intervals up to " +
+					      std::to_string(kDrainRetryMax) + " s, without a line until it works", {});
+	drainBackoff_ = retry ? std::min(drainBackoff_ * 2, kDrainRetryMax) : kDrainRetryFirst;
+	drainRetryAt_ = t + drainBackoff_;
 }
 
 Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, Drains drains, bool persist, Fault planFault,
@@ -747,20 +813,31 @@ Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, Drains 
 	// that reaches the kernel (the identity renders the whole plan, so it is
 	// not done when it is not needed).
 	bool same = !changed && plan_ && state_ != State::Failed && planned.plan->identity() == plan_->identity();
+	// The start of a daemon that finds the file, overlay and drains its
+	// state directory says the generation was made of: the same generation,
+	// applied again in full (the kernel may have lost it), already journaled
+	// and kept; nothing is written.
+	bool resumed = resume_ && !plan_ && !changed && pendingHash_ == resume_->fileHash &&
+		       overlay == resume_->overlay && drains == resume_->drains;
+	if (!same && !resumed)
+		if (std::optional<Failure> last = lastGeneration())
+			return *last;
 	// Persist before the kernel changes: a crash in between re-applies the
 	// new state on start, never loses a change a caller was told about.
-	persist = persist || !same;
-	uint64_t next = same ? generation_ : generation_ + 1;
+	persist = !resumed && (persist || !same);
+	uint64_t next = same || resumed ? generation_ : generation_ + 1;
 	// The journal first, flushed: what follows may fail, never the other way round.
 	bool fileChanged = !pendingHash_.empty() && pendingHash_ != fileHash_;
 	Result<std::vector<journal::Change>> journaled =
-		journalChange(config_ && state_ != State::Failed ? slicesOf(*config_, drains_) : journal::SliceMap{},
-			      slicesOf(config, drains), next, fileChanged);
+		resumed ? std::vector<journal::Change>{}
+			: journalChange(config_ && state_ != State::Failed ? slicesOf(*config_, drains_) : journal::SliceMap{},
+					slicesOf(config, drains), next, fileChanged);
 	if (!journaled)
 		return fail({Fault::ApplyFailed, journaled.error().wrap("writing the ownership journal").message() +
 			     "; nothing was applied"}, false);
+	Persisted kept{overlay, next, drains, pendingHash_.empty() ? fileHash_ : pendingHash_};
 	if (persist) {
-		if (Status saved = store_.save({overlay, next, drains}); !saved) {
+		if (Status saved = store_.save(kept); !saved) {
 			journalOutcome(next, saved, {});
 			return fail({Fault::ApplyFailed, saved.error().wrap("keeping the slice owners").message() +
 				     "; nothing was applied"}, false);
@@ -768,11 +845,12 @@ Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, Drains 
 	}
 	Clock::time_point t2 = Clock::now();
 	if (!same) {
-		Status applied = backend_.apply(*planned.plan, plan_ ? &*plan_ : nullptr, generation_ + 1);
+		Status applied = backend_.apply(*planned.plan, plan_ ? &*plan_ : nullptr, next);
 		if (!applied) {
-			journalOutcome(next, applied, {});
+			if (!resumed) // the journal has generation `next` applied, from before this start
+				journalOutcome(next, applied, {});
 			if (persist) {
-				if (Status back = store_.save({overlay_, generation_, drains_}); !back)
+				if (Status back = store_.save(persisted_); !back)
 					listener_.logEvent(3, "restoring " + store_.path() + ": " + back.error().message(), {});
 			}
 			// A backend may fail half-way (the table applied, the forwarder
@@ -789,10 +867,12 @@ Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, Drains 
 
 	Clock::time_point t3 = Clock::now();
 	std::vector<std::string> properties;
-	if (!same) {
-		++generation_;
+	if (next != generation_) {
+		generation_ = next;
 		properties.push_back("Generation");
 	}
+	if (persist)
+		persisted_ = std::move(kept);
 	if (state_ != State::Applied)
 		properties.push_back("State");
 	if (!lastError_.empty())
@@ -810,6 +890,9 @@ Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, Drains 
 	if (fileChanged)
 		fileHash_ = pendingHash_;
 	journalOutcome(next, {}, *journaled);
+	if (resumed)
+		listener_.log("generation " + std::to_string(generation_) + " again: the file, slice owners and drains are "
+			      "those " + store_.path() + " keeps for it; nothing written");
 	if (!same) {
 		listener_.logEvent(6, "applied generation " + std::to_string(generation_) + " (server " + server_ + ", " +
 					      std::to_string(plan_->sources.size()) + " sources, " +

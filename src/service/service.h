@@ -214,6 +214,9 @@ private:
 	std::optional<Answer<uint64_t>> moveSlice(uint32_t address, uint32_t slice, const std::string &server,
 						  Overlay overlay, Drains drains, const std::optional<std::string> &previous);
 	Failure fail(Failure failure, bool degrade);
+	// When generation_ is the largest there is: the failure of a change that
+	// would need the next one (generations never wrap).
+	std::optional<Failure> lastGeneration();
 	// A call rejected before anything was tried (InvalidArgument, NotFound):
 	// logged, answered, but neither LastError nor ApplyFailed, which are
 	// about applying.
@@ -221,6 +224,14 @@ private:
 	void recovered(); // a repair worked: leave the degraded state it caused
 
 	uint64_t applyFailures_ = 0; // ApplyFailed signals since start
+	// A drain's end that failed: tried again at drainRetryAt_ (Unix
+	// seconds), the interval doubling from kDrainRetryFirst to kDrainRetryMax.
+	static constexpr int64_t kDrainRetryFirst = 2;
+	static constexpr int64_t kDrainRetryMax = 300;
+	int64_t drainRetryAt_ = 0;
+	int64_t drainBackoff_ = 0;
+	uint64_t drainTries_ = 0;
+	bool quiet_ = false; // fail() stays silent when the message is the last one (a retry)
 	int64_t lastApplied_ = 0;    // Unix seconds of the last apply that changed the kernel (0: none yet)
 
 	Options options_;
@@ -245,6 +256,8 @@ private:
 	};
 	std::unordered_map<uint32_t, FileSlices> fileSlices_;
 	std::optional<plan::Plan> plan_;       // what is applied
+	Persisted persisted_;                  // what the state directory holds (what a failure writes back)
+	std::optional<Persisted> resume_;      // during start(): what the state directory says the generation is
 	Overlay overlay_;                      // persisted SetSliceOwner changes
 	Drains drains_;                        // persisted old owners still draining, with their deadlines
 	std::string server_;

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/net.h"
@@ -72,8 +73,39 @@ struct Persisted {
 	Overlay overlay;
 	uint64_t generation = 0;
 	Drains drains;
+	// SHA-256 of the config file applied as `generation` ("" when not known:
+	// a file of the format before version 2). With the overlay and drains it
+	// says what `generation` is: a start that finds them all unchanged
+	// applies the same generation and writes nothing.
+	std::string fileHash;
 	bool operator==(const Persisted &) const = default;
 };
+
+// The owners file as read: what it keeps, in which form it was, and which
+// portsliced wrote it.
+struct Loaded {
+	enum class Form { Missing, Legacy, Current };
+	Persisted state;
+	Form form = Form::Missing;
+	std::string writer; // PORTSLICE_VERSION of the daemon that wrote it ("" : Legacy, Missing)
+};
+
+// The owners file, format 2 (docs/operations.md "The state directory"):
+//   portslice-owners 2
+//   # comments
+//   writer VERSION
+//   generation G
+//   file SHA256                      (when known)
+//   ADDRESS SLICE SERVER             (one per moved slice)
+//   drain ADDRESS SLICE PREVIOUS UNTIL
+//   end FNV1A64                      (of every byte before this line, 16 hex digits)
+// Nothing may follow the end record. A file without the header line is the
+// format before version 2 (no checksum): read as such, rewritten in format 2
+// by the next write.
+inline constexpr int kOwnersFormat = 2;
+std::string encodeOwners(const Persisted &state, std::string_view writer);
+// `path` names the file in errors: "PATH: offset N: WHAT".
+Result<Loaded> decodeOwners(std::string_view text, const std::string &path);
 
 class StateStore {
 public:
@@ -82,7 +114,11 @@ public:
 	const std::string &dir() const { return dir_; }
 	std::string path() const { return dir_ + "/owners"; }
 
-	// A missing file is an empty overlay; a damaged one is an error naming its line.
+	// A missing file is an empty overlay. A damaged one (empty, cut short,
+	// changed after it was written, a line that does not parse), or a path
+	// that is not a regular file (a FIFO is refused, never waited on), is an
+	// error naming the file and the byte offset.
+	Result<Loaded> read() const;
 	Result<Persisted> load() const;
 	// Write a temporary file, fsync it, rename it over the old one, fsync the
 	// directory: after a crash the file is either the old or the new one.

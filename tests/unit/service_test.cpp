@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <limits>
+#include <sys/stat.h>
 
 #include "service/service.h"
 #include "journal/sha256.h"
@@ -97,6 +99,7 @@ public:
 		return {};
 	}
 	Result<std::string> drift(const plan::Plan &, uint64_t) override { return driftText; }
+	std::optional<uint64_t> appliedGeneration() override { return kernelGeneration; }
 	Result<std::vector<StatRow>> stats(const plan::Plan &plan) override
 	{
 		return std::vector<StatRow>{{"source", plan.sources.at(0).name, "packets", 42}};
@@ -110,6 +113,7 @@ public:
 	std::vector<size_t> batches; // moves per applyMoves
 	bool failNext = false;
 	std::string driftText;
+	std::optional<uint64_t> kernelGeneration; // what the table's comment says, if there is one
 };
 
 class RecordingListener final : public Listener {
@@ -198,8 +202,9 @@ TEST_F(ServiceTest, SetSliceOwnerMovesTheSliceInOneIncrementalGenerationAndPersi
 	auto restarted = makeService();
 	ASSERT_TRUE(restarted->start().ok());
 	EXPECT_EQ(restarted->currentPlan()->addresses.at(0).mySlices, (std::vector<uint32_t>{0, 1}));
-	// Generations keep growing across restarts.
-	EXPECT_EQ(restarted->generation(), 3u);
+	// Nothing changed: the same generation, applied again in full (it only
+	// grows: a changed file would be generation 3).
+	EXPECT_EQ(restarted->generation(), 2u);
 	EXPECT_FALSE(backend_.calls.back().incremental);
 }
 
@@ -573,54 +578,6 @@ TEST_F(ServiceTest, SetSliceOwnersDrainsEachOldOwnerForTheSecondsGiven)
 	EXPECT_EQ(service->generation(), before);
 }
 
-TEST(StateStore, KeepsOwnersAcrossSaveAndLoad)
-{
-	std::string pattern = (fs::temp_directory_path() / "psd-store-XXXXXX").string();
-	ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
-	StateStore store(pattern + "/state");
-	ASSERT_TRUE(store.load().ok());
-	EXPECT_TRUE(store.load()->overlay.empty());
-	Overlay overlay;
-	setOverride(overlay, *Ipv4::parse("198.51.100.2"), 7, "s3");
-	setOverride(overlay, *Ipv4::parse("198.51.100.1"), 1, "s1");
-	setOverride(overlay, *Ipv4::parse("198.51.100.1"), 1, "s2");
-	ASSERT_EQ(overlay.size(), 2u);
-	ASSERT_TRUE(store.save({overlay, 17}).ok());
-	Result<Persisted> loaded = store.load();
-	ASSERT_TRUE(loaded.ok());
-	EXPECT_EQ(loaded->overlay, overlay);
-	EXPECT_EQ(loaded->generation, 17u);
-	EXPECT_EQ(loaded->overlay[0].server, "s2");
-	EXPECT_FALSE(fs::exists(store.path() + ".tmp"));
-
-	// Drains: old owner and deadline, sorted by address and slice.
-	Persisted withDrains{overlay, 18, {}};
-	setDrain(withDrains.drains, {*Ipv4::parse("198.51.100.2"), 7, "s1", 1'700'000'060});
-	setDrain(withDrains.drains, {*Ipv4::parse("198.51.100.1"), 1, "s3", 1'700'000'000});
-	setDrain(withDrains.drains, {*Ipv4::parse("198.51.100.1"), 1, "s2", 1'700'000'001});
-	ASSERT_EQ(withDrains.drains.size(), 2u);
-	ASSERT_TRUE(store.save(withDrains).ok());
-	Result<Persisted> reloaded = store.load();
-	ASSERT_TRUE(reloaded.ok()) << reloaded.error().message();
-	EXPECT_EQ(*reloaded, withDrains);
-	EXPECT_EQ(reloaded->drains[0].previous, "s2");
-	ASSERT_TRUE(store.save({overlay, 17}).ok());
-
-	std::ofstream(store.path(), std::ios::app) << "drain 198.51.100.3 1 s1 soon\n";
-	Result<Persisted> badDrain = store.load();
-	ASSERT_FALSE(badDrain.ok());
-	EXPECT_NE(badDrain.error().message().find("drain ADDRESS SLICE PREVIOUS UNTIL"), std::string::npos)
-		<< badDrain.error().message();
-	ASSERT_TRUE(store.save({overlay, 17}).ok());
-
-	std::ofstream(store.path(), std::ios::app) << "198.51.100.3 x s1\n";
-	Result<Persisted> damaged = store.load();
-	ASSERT_FALSE(damaged.ok());
-	EXPECT_NE(damaged.error().message().find(store.path() + ":6:"), std::string::npos) << damaged.error().message();
-	fs::remove_all(pattern);
-}
-
-
 // The slice lines of the journal's history, as "slice old>new why".
 std::vector<std::string> historyLines(const Service &service)
 {
@@ -708,6 +665,139 @@ TEST_F(ServiceTest, OwnerAtAnswersFromTheJournalWithTheIntervalAndOwnerNowNamesT
 	EXPECT_EQ(after.value().answer.inside, "100.64.1.5");
 	EXPECT_EQ(after.value().until, 0);
 	EXPECT_EQ(service->ownerAt("198.51.100.1", port, t0 - 1).failure().fault, Fault::NotFound);
+}
+
+// Issue 10.6: the state directory is never silently wrong.
+
+TEST_F(ServiceTest, ADamagedStateFileStopsTheStartNamingFileAndOffsetAndAppliesNothing)
+{
+	auto service = makeService();
+	ASSERT_TRUE(service->start().ok());
+	ASSERT_TRUE(service->setSliceOwner("198.51.100.1", 1, "s1").ok());
+	std::string whole = stateFile();
+	std::string path = stateDir() + "/owners";
+	size_t calls = backend_.calls.size();
+	// Cut at a line boundary (the end record lost), and emptied: what today's
+	// file accepted as "no overrides, generation 0".
+	std::string cut = whole.substr(0, whole.rfind("end "));
+	for (const std::string &damaged : {cut, std::string()}) {
+		std::ofstream(path, std::ios::trunc) << damaged;
+		auto restarted = makeService();
+		Answer<uint64_t> started = restarted->start();
+		ASSERT_FALSE(started.ok()) << "accepted:\n" << damaged;
+		EXPECT_EQ(started.failure().fault, Fault::InvalidConfig);
+		EXPECT_NE(started.failure().message.find(path + ": offset " + std::to_string(damaged.size()) + ": "),
+			  std::string::npos)
+			<< started.failure().message;
+		EXPECT_EQ(restarted->generation(), 0u);
+		EXPECT_EQ(restarted->currentPlan(), nullptr);
+		EXPECT_EQ(backend_.calls.size(), calls); // the kernel keeps what it has
+	}
+}
+
+TEST_F(ServiceTest, AStartThatChangesNothingAppliesTheSameGenerationAndWritesNothing)
+{
+	auto service = makeService();
+	ASSERT_TRUE(service->start().ok());
+	ASSERT_TRUE(service->setSliceOwner("198.51.100.1", 1, "s1").ok());
+	ASSERT_EQ(service->generation(), 2u);
+	std::string owners = stateDir() + "/owners", journal = stateDir() + "/journal";
+	struct stat before{}, journalBefore{};
+	ASSERT_EQ(::stat(owners.c_str(), &before), 0);
+	ASSERT_EQ(::stat(journal.c_str(), &journalBefore), 0);
+
+	auto restarted = makeService();
+	Answer<uint64_t> started = restarted->start();
+	ASSERT_TRUE(started.ok()) << started.failure().message;
+	EXPECT_EQ(started.value(), 2u);
+	EXPECT_EQ(backend_.calls.back().generation, 2u); // applied again in full: the kernel may have lost it
+	EXPECT_FALSE(backend_.calls.back().incremental);
+	EXPECT_EQ(restarted->currentPlan()->addresses.at(0).mySlices, (std::vector<uint32_t>{0, 1}));
+	struct stat after{}, journalAfter{};
+	ASSERT_EQ(::stat(owners.c_str(), &after), 0);
+	ASSERT_EQ(::stat(journal.c_str(), &journalAfter), 0);
+	EXPECT_EQ(after.st_ino, before.st_ino); // not replaced
+	EXPECT_EQ(journalAfter.st_size, journalBefore.st_size);
+
+	// It goes on from there as any start would.
+	ASSERT_TRUE(restarted->setSliceOwner("198.51.100.1", 2, "s1").ok());
+	EXPECT_EQ(restarted->generation(), 3u);
+	std::vector<std::string> lines = historyLines(*restarted);
+	ASSERT_FALSE(lines.empty());
+	EXPECT_EQ(lines.back(), "2 s3>s1 set-owner");
+
+	// A file that changed is a new generation, kept.
+	writeConfig(std::string(kFleet) + "# a comment\n");
+	auto changed = makeService();
+	ASSERT_TRUE(changed->start().ok());
+	EXPECT_EQ(changed->generation(), 4u);
+	EXPECT_EQ(StateStore(stateDir()).load()->generation, 4u);
+}
+
+TEST_F(ServiceTest, TheGenerationNeverGoesBelowTheKernelsOrTheFilesAndNeverWraps)
+{
+	fs::create_directories(stateDir());
+	Persisted persisted;
+	persisted.generation = 5;
+	std::ofstream(stateDir() + "/owners") << encodeOwners(persisted, "0");
+	backend_.kernelGeneration = 9;
+	auto service = makeService();
+	ASSERT_TRUE(service->start().ok());
+	EXPECT_EQ(service->generation(), 10u);
+	EXPECT_EQ(StateStore(stateDir()).load()->generation, 10u);
+
+	backend_.kernelGeneration = 3; // the table's comment is older than the file
+	auto restarted = makeService();
+	ASSERT_TRUE(restarted->start().ok());
+	EXPECT_GE(restarted->generation(), 10u);
+
+	persisted.generation = std::numeric_limits<uint64_t>::max();
+	std::ofstream(stateDir() + "/owners", std::ios::trunc) << encodeOwners(persisted, "0");
+	size_t calls = backend_.calls.size();
+	auto last = makeService();
+	Answer<uint64_t> started = last->start();
+	ASSERT_FALSE(started.ok());
+	EXPECT_NE(started.failure().message.find("generation 18446744073709551615 is the largest there is"),
+		  std::string::npos)
+		<< started.failure().message;
+	EXPECT_EQ(backend_.calls.size(), calls);
+	EXPECT_EQ(StateStore(stateDir()).load()->generation, std::numeric_limits<uint64_t>::max());
+}
+
+TEST_F(ServiceTest, ADrainEndThatCannotBeKeptIsTriedAgainWithBackoffAndSaidOnce)
+{
+	auto service = makeService(std::chrono::seconds(5));
+	ASSERT_TRUE(service->start().ok());
+	ASSERT_TRUE(service->setSliceOwner("198.51.100.1", 1, "s1").ok());
+	ASSERT_EQ(service->generation(), 2u);
+	// The temporary file's path taken by a directory: the owners file cannot be replaced.
+	fs::create_directories(stateDir() + "/owners.tmp/blocked");
+	size_t logs = listener_.logs.size();
+	now_ += 5; // the deadline
+	int64_t t0 = now_;
+	std::vector<int64_t> worked;
+	for (; now_ <= t0 + 20; ++now_) {
+		if (now_ == t0 + 7)
+			fs::remove_all(stateDir() + "/owners.tmp"); // fixed between the tries at t0+6 and t0+14
+		uint64_t before = service->generation();
+		service->expireDrains(); // the daemon's timer: every second
+		if (service->generation() != before)
+			worked.push_back(now_ - t0);
+	}
+	// Tried at t0, t0+2, t0+6, t0+14: the fourth try worked.
+	EXPECT_EQ(worked, std::vector<int64_t>{14});
+	EXPECT_EQ(service->generation(), 3u);
+	EXPECT_TRUE(service->drains().empty());
+	EXPECT_EQ(listener_.failures.size(), 1u); // one ApplyFailed, not one per try
+	std::vector<std::string> said(listener_.logs.begin() + static_cast<std::ptrdiff_t>(logs), listener_.logs.end());
+	auto count = [&](const std::string &what) {
+		return std::count_if(said.begin(), said.end(),
+				     [&](const std::string &line) { return line.find(what) != std::string::npos; });
+	};
+	EXPECT_EQ(count("could not be kept"), 1) << ::testing::PrintToString(said);
+	EXPECT_EQ(count("ending drain of"), 1) << ::testing::PrintToString(said);
+	EXPECT_EQ(count("kept and applied now, at try 4"), 1) << ::testing::PrintToString(said);
+	EXPECT_EQ(StateStore(stateDir()).load()->generation, 3u);
 }
 
 } // namespace
