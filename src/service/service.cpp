@@ -740,8 +740,11 @@ void Service::expireDrains()
 	if (!config_ || state_ == State::Failed)
 		return;
 	int64_t t = now();
-	if (std::none_of(drains_.begin(), drains_.end(), [&](const SliceDrain &d) { return d.until <= t; }))
+	if (std::none_of(drains_.begin(), drains_.end(), [&](const SliceDrain &d) { return d.until <= t; })) {
+		drainBackoff_ = drainRetryAt_ = 0; // ended otherwise (a reload, a move): no retry pending
+		drainTries_ = 0;
 		return;
+	}
 	// An end that could not be kept (or applied) is tried again after 2 s,
 	// then at doubling intervals up to 5 minutes, not at every tick.
 	if (t < drainRetryAt_)
