@@ -494,6 +494,19 @@ Scan Journal::scan() const
 	return scan;
 }
 
+std::optional<Record> Journal::last() const
+{
+	std::optional<std::string> text = readWhole(path());
+	if (!text || text->empty() || text->back() != '\n')
+		return std::nullopt; // none, or torn
+	size_t begin = text->rfind('\n', text->size() - 2);
+	begin = begin == std::string::npos ? 0 : begin + 1;
+	Result<Record> record = decode(std::string_view(*text).substr(begin, text->size() - 1 - begin));
+	if (!record)
+		return std::nullopt;
+	return std::move(*record);
+}
+
 Result<bool> Journal::rotateIfDue(int64_t nowUs, const std::string &keepHash)
 {
 	if (!firstUs_) {

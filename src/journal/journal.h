@@ -108,6 +108,9 @@ public:
 
 	// Every record of every segment, oldest first; damaged lines are listed, never skipped silently.
 	Scan scan() const;
+	// The last record of the segment being written; none when it is empty,
+	// missing or its last line is damaged.
+	std::optional<Record> last() const;
 
 private:
 	std::vector<std::string> segments() const; // rotated ones (oldest first), then the current one

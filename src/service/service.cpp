@@ -174,9 +174,17 @@ Answer<uint64_t> Service::start()
 	// What generation G was made of, as this portsliced wrote it: a start
 	// that finds the same file, overlay and drains applies G again and
 	// writes nothing (a read-only state directory is no obstacle then).
+	// Only when the journal's last word is that G was applied: a crash
+	// between keeping G and applying it (no outcome), or a failed G whose
+	// file could not be put back, makes the start a new generation, which
+	// the journal then records.
 	if (loaded->form == Loaded::Form::Current && loaded->writer == PORTSLICE_VERSION &&
-	    !persisted_.fileHash.empty() && persisted_.generation == generation_)
-		resume_ = persisted_;
+	    !persisted_.fileHash.empty() && persisted_.generation == generation_) {
+		std::optional<journal::Record> last = journal_.last();
+		if (last && last->kind == journal::Record::Kind::Outcome && last->applied &&
+		    last->generation == generation_)
+			resume_ = persisted_;
+	}
 	Answer<uint64_t> answer = reload();
 	resume_.reset();
 	return answer;

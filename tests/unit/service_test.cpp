@@ -734,6 +734,35 @@ TEST_F(ServiceTest, AStartThatChangesNothingAppliesTheSameGenerationAndWritesNot
 	EXPECT_EQ(StateStore(stateDir()).load()->generation, 4u);
 }
 
+TEST_F(ServiceTest, AStartAfterACrashBeforeTheOutcomeWasJournaledIsANewGeneration)
+{
+	auto service = makeService();
+	ASSERT_TRUE(service->start().ok());
+	ASSERT_TRUE(service->setSliceOwner("198.51.100.1", 1, "s1").ok());
+	// The crash: generation 2 kept in owners and journaled, its outcome not.
+	std::string journal = stateDir() + "/journal";
+	std::string text;
+	{
+		std::ifstream in(journal);
+		std::stringstream all;
+		all << in.rdbuf();
+		text = all.str();
+	}
+	size_t last = text.rfind('\n', text.size() - 2) + 1;
+	ASSERT_NE(text.find("\tapplied", last), std::string::npos) << text.substr(last);
+	std::ofstream(journal, std::ios::trunc) << text.substr(0, last);
+
+	auto restarted = makeService();
+	ASSERT_TRUE(restarted->start().ok());
+	EXPECT_EQ(restarted->generation(), 3u); // not generation 2 again: the journal never said it was applied
+	EXPECT_EQ(StateStore(stateDir()).load()->generation, 3u);
+	std::vector<std::string> lines = historyLines(*restarted);
+	ASSERT_FALSE(lines.empty());
+	// The move reaches the journal with generation 3's file record.
+	EXPECT_EQ(lines.back(), "1 s2>s1 file") << ::testing::PrintToString(lines);
+	EXPECT_EQ(restarted->currentPlan()->addresses.at(0).mySlices, (std::vector<uint32_t>{0, 1}));
+}
+
 TEST_F(ServiceTest, TheGenerationNeverGoesBelowTheKernelsOrTheFilesAndNeverWraps)
 {
 	fs::create_directories(stateDir());
