@@ -18,6 +18,8 @@
 #include <unistd.h>
 #include <vector>
 
+#include "fixture.h"
+
 #ifndef PSD_SOURCE_ROOT
 #error "PSD_SOURCE_ROOT and PSD_BUILD_ROOT come from tests/lab/meson.build"
 #endif
@@ -103,58 +105,7 @@ inline std::string normalized(const std::string &table)
 }
 
 // The fleet of the lab: this server s1 owns slice 0 of 198.51.100.1 and 198.51.100.2.
-inline constexpr const char *kLabFleet = R"([server]
-name = "s1"
-uplink = "up0"
-
-[defaults]
-port_range = "1024-9215"
-slice_size = 2048
-
-[[datacenters]]
-name = "lab1"
-gateway = "192.0.2.1"
-
-[[servers]]
-name = "s1"
-address = "192.0.2.11"
-datacenter = "lab1"
-
-[[servers]]
-name = "s2"
-address = "192.0.2.12"
-datacenter = "lab1"
-
-[[servers]]
-name = "s3"
-address = "192.0.2.13"
-datacenter = "lab1"
-
-[[addresses]]
-address = "198.51.100.1"
-datacenter = "lab1"
-tags = { country = "GB", trust = "untrusted" }
-slices = { s1 = 0, s2 = 1, s3 = [2, 3] }
-
-[[addresses]]
-address = "198.51.100.2"
-datacenter = "lab1"
-tags = { country = "GB", trust = "untrusted" }
-slices = { s1 = 0, s2 = 1, s3 = 2 }
-
-[[sources]]
-name = "warp-gb"
-match = { saddr = "100.64.1.0/24" }
-want = { country = "GB" }
-zone = 10
-
-[[sources]]
-name = "stateless-gb"
-match = { saddr = "100.64.9.0/28" }
-want = { trust = "untrusted" }
-nat = "stateless"
-block = 64
-)";
+inline const std::string kLabFleet = portslice::test::fixture("dbus-lab.toml");
 
 class DbusLab : public ::testing::Test {
 protected:

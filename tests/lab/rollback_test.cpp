@@ -7,44 +7,7 @@ namespace {
 
 // Generation A: s1 owns slice 0; timeouts set; no iifname source; s2 without
 // `mac` (a managed neighbour entry for 192.0.2.12).
-constexpr const char *kFleetA = R"([server]
-name = "s1"
-uplink = "up0"
-
-[defaults]
-port_range = "1024-9215"
-slice_size = 2048
-
-[conntrack]
-tcp_timeout_established = 3600
-udp_timeout = 40
-
-[[datacenters]]
-name = "lab1"
-gateway = "192.0.2.1"
-
-[[servers]]
-name = "s1"
-address = "192.0.2.11"
-datacenter = "lab1"
-
-[[servers]]
-name = "s2"
-address = "192.0.2.12"
-datacenter = "lab1"
-
-[[addresses]]
-address = "198.51.100.1"
-datacenter = "lab1"
-tags = { country = "GB" }
-slices = { s1 = 0, s2 = [1, 2, 3] }
-
-[[sources]]
-name = "warp-gb"
-match = { saddr = "100.64.1.0/24" }
-want = { country = "GB" }
-zone = 10
-)";
+const std::string kFleetA = portslice::test::fixture("rollback-a.toml");
 
 // Generation B changes every step: the table (slices, a source), every
 // timeout, a return route (iifname IIF), the forwarder's maps (s2's MAC),

@@ -9,75 +9,14 @@
 #include "fleet/ownership.h"
 #include "fleet/status.h"
 #include "fleet/view.h"
+#include "fixture.h"
 
 namespace portslice::fleet {
 namespace {
 
 // Two data centres: lab1 with s1, s2, s3, s4; lab2 with t1. Each lab1 address
 // has four slices, one per lab1 server; slice 3 of .1 has no file owner.
-constexpr const char *kFleet = R"([server]
-name = "s1"
-uplink = "eth0"
-
-[fleet]
-etcd = ["http://192.0.2.100:2379", "https://[2001:db8::1]:2379/", "http://etcd.example"]
-prefix = "/portslice/lab1"
-lease_seconds = 2
-return_home_seconds = 30
-
-[defaults]
-port_range = "1024-9215"
-slice_size = 2048
-
-[[datacenters]]
-name = "lab1"
-
-[[datacenters]]
-name = "lab2"
-
-[[servers]]
-name = "s1"
-address = "192.0.2.11"
-datacenter = "lab1"
-
-[[servers]]
-name = "s2"
-address = "192.0.2.12"
-datacenter = "lab1"
-
-[[servers]]
-name = "s3"
-address = "192.0.2.13"
-datacenter = "lab1"
-
-[[servers]]
-name = "s4"
-address = "192.0.2.14"
-datacenter = "lab1"
-
-[[servers]]
-name = "t1"
-address = "203.0.113.11"
-datacenter = "lab2"
-
-[[addresses]]
-address = "198.51.100.1"
-datacenter = "lab1"
-tags = { country = "GB" }
-slices = { s1 = 0, s2 = 1, s3 = 2 }
-
-[[addresses]]
-address = "198.51.100.2"
-datacenter = "lab1"
-tags = { country = "GB" }
-slices = { s1 = 0, s2 = 1, s3 = 2, s4 = 3 }
-
-[[addresses]]
-address = "203.0.113.100"
-datacenter = "lab2"
-tags = { country = "DE" }
-slices = { t1 = [0, 1, 2, 3] }
-)";
+const std::string kFleet = portslice::test::fixture("fleet.toml");
 
 config::Config load(const std::string &text = kFleet)
 {

@@ -6,30 +6,14 @@
 #include <vector>
 
 #include "config/config.h"
+#include "fixture.h"
 
 namespace {
 
 using portslice::config::Diagnostic;
 using portslice::config::loadString;
 
-const char *kFleet = R"([server]
-name = "s1"
-uplink = "eth0"
-
-[[datacenters]]
-name = "lab1"
-
-[[servers]]
-name = "s1"
-address = "192.0.2.11"
-datacenter = "lab1"
-
-[[addresses]]
-address = "198.51.100.1"
-datacenter = "lab1"
-tags = { country = "GB" }
-slices = { s1 = 0 }
-)";
+const std::string kFleet = portslice::test::fixture("one-slice.toml");
 
 struct Source {
 	std::string name;

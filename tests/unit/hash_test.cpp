@@ -7,6 +7,7 @@
 #include "common/hash.h"
 #include "config/config.h"
 #include "plan/plan.h"
+#include "fixture.h"
 
 namespace {
 
@@ -27,40 +28,7 @@ TEST(Hash, Fnv1aMatchesThePublishedTestVectors)
 	EXPECT_EQ(pieces.value(), fnv1a64("foobar"));
 }
 
-const char *kFleet = R"(
-[server]
-name = "s1"
-uplink = "eth0"
-
-[[datacenters]]
-name = "lab1"
-
-[[servers]]
-name = "s1"
-address = "192.0.2.11"
-datacenter = "lab1"
-
-[[addresses]]
-address = "198.51.100.1"
-datacenter = "lab1"
-tags = { country = "GB" }
-slices = { s1 = [0, 1] }
-
-[[sources]]
-name = "warp"
-match = { saddr = "100.64.1.0/24" }
-want = { country = "GB" }
-
-[[sources]]
-name = "tenant-a"
-match = { saddr = "100.64.3.0/24" }
-want = { country = "GB" }
-
-[[sources]]
-name = "batch"
-match = { saddr = "100.64.4.0/24" }
-want = { country = "GB" }
-)";
+const std::string kFleet = portslice::test::fixture("zones.toml");
 
 TEST(Hash, ConntrackZonesOfNamedSourcesNeverRenumber)
 {

@@ -10,47 +10,14 @@
 #include "journal/journal.h"
 #include "journal/replay.h"
 #include "journal/sha256.h"
+#include "fixture.h"
 
 namespace portslice::journal {
 namespace {
 
 namespace fs = std::filesystem;
 
-constexpr const char *kFleet = R"([server]
-name = "s1"
-uplink = "eth0"
-
-[defaults]
-port_range = "1024-9215"
-slice_size = 2048
-
-[[datacenters]]
-name = "lab1"
-gateway = "192.0.2.1"
-
-[[servers]]
-name = "s1"
-address = "192.0.2.11"
-datacenter = "lab1"
-
-[[servers]]
-name = "s2"
-address = "192.0.2.12"
-datacenter = "lab1"
-
-[[addresses]]
-address = "198.51.100.1"
-datacenter = "lab1"
-tags = { country = "GB" }
-slices = { s1 = [0, 1], s2 = [2, 3] }
-
-[[sources]]
-name = "warp-gb"
-match = { saddr = "100.64.1.0/24" }
-want = { country = "GB" }
-nat = "stateless"
-block = 8
-)";
+const std::string kFleet = portslice::test::fixture("journal.toml");
 
 const uint32_t kAddress = Ipv4::parse("198.51.100.1")->value;
 

@@ -13,53 +13,14 @@
 #include "service/service.h"
 #include "journal/sha256.h"
 #include "service/state_store.h"
+#include "fixture.h"
 
 namespace portslice::service {
 namespace {
 
 namespace fs = std::filesystem;
 
-constexpr const char *kFleet = R"(# two data centres' worth of fleet, one shared address of four slices
-[server]
-name = "s1"
-uplink = "eth0"
-
-[defaults]
-port_range = "1024-9215"
-slice_size = 2048
-
-[[datacenters]]
-name = "lab1"
-gateway = "192.0.2.1"
-
-[[servers]]
-name = "s1"
-address = "192.0.2.11"
-datacenter = "lab1"
-
-[[servers]]
-name = "s2"
-address = "192.0.2.12"
-datacenter = "lab1"
-
-[[servers]]
-name = "s3"
-address = "192.0.2.13"
-datacenter = "lab1"
-
-[[addresses]]
-address = "198.51.100.1"
-datacenter = "lab1"
-tags = { country = "GB" }
-slices = { s1 = 0, s2 = 1, s3 = [2, 3] }
-
-[[sources]]
-name = "warp-gb"
-match = { saddr = "100.64.1.0/24" }
-want = { country = "GB" }
-nat = "stateless"
-block = 8
-)";
+const std::string kFleet = portslice::test::fixture("service.toml");
 
 // Records what the service asked of the kernel; can be told to fail.
 class RecordingBackend final : public Backend {
