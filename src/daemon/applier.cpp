@@ -26,7 +26,7 @@ Result<Applier> Applier::open(ApplierOptions options)
 namespace {
 
 // drain_zone as the model declares it, with one element per draining flow.
-nft::Set drainZone(const std::vector<conntrack::DrainingFlow> &flows)
+nft::Set drainZoneOf(const std::vector<conntrack::DrainingFlow> &flows)
 {
 	std::vector<nft::DrainEntry> entries;
 	entries.reserve(flows.size());
@@ -36,6 +36,14 @@ nft::Set drainZone(const std::vector<conntrack::DrainingFlow> &flows)
 }
 
 } // namespace
+
+Result<size_t> Applier::fillDrainZone(nft::Set zones)
+{
+	Result<size_t> filled = nft_.fillSet(zones);
+	if (filled)
+		drainZone_ = std::move(zones);
+	return filled;
+}
 
 Status Applier::precheck(const plan::Plan &next) const
 {
@@ -89,6 +97,7 @@ Result<ApplyResult> Applier::apply(const plan::Plan &next, const plan::Plan *cur
 #endif
 	bool drainFilled = drainFilled_;
 	std::set<Ipv4> neighbourTargets = neighbourTargets_;
+	nft::Set drainZone = drainZone_;
 
 	Touched touched;
 	Result<ApplyResult> result = applySteps(next, current, generation, touched);
@@ -96,6 +105,7 @@ Result<ApplyResult> Applier::apply(const plan::Plan &next, const plan::Plan *cur
 		return result;
 	drainFilled_ = drainFilled;
 	neighbourTargets_ = std::move(neighbourTargets);
+	drainZone_ = std::move(drainZone);
 	Status back = putBack(before, touched, current ? current : previous, generation - 1, next.uplink);
 	if (!back)
 		return Error(result.error().message() + "; putting back the previous state failed too: " +
@@ -191,7 +201,7 @@ Result<ApplyResult> Applier::applySteps(const plan::Plan &next, const plan::Plan
 		// A table without drain_zone (none yet, or an older one) gets it
 		// with this apply; filled below.
 		touched.nft = true;
-		auto filled = nft_.fillSet(drainZone(flows));
+		auto filled = fillDrainZone(drainZoneOf(flows));
 		drainFilled_ = filled && *filled > 0;
 	}
 
@@ -231,7 +241,7 @@ Result<ApplyResult> Applier::applySteps(const plan::Plan &next, const plan::Plan
 		return deleted.error();
 	result.conntrackDeleted = *deleted;
 	if (drains) {
-		auto filled = nft_.fillSet(drainZone(draining));
+		auto filled = fillDrainZone(drainZoneOf(draining));
 		if (!filled)
 			return filled.error();
 		result.drainingFlows = *filled;
@@ -242,7 +252,8 @@ Result<ApplyResult> Applier::applySteps(const plan::Plan &next, const plan::Plan
 
 // The nftables part of one or many slice moves (`drains`: this server
 // starts draining a slice, so the egress maps go first).
-Result<nft::ApplyReport> Applier::applyDelta(nft::MoveDelta delta, bool drains, const plan::Plan &plan)
+Result<nft::ApplyReport> Applier::applyDelta(nft::MoveDelta delta, bool drains, const plan::Plan &plan,
+					     uint64_t generation)
 {
 	if (drains) {
 		// This server starts draining the slice. First no new flow takes
@@ -256,26 +267,27 @@ Result<nft::ApplyReport> Applier::applyDelta(nft::MoveDelta delta, bool drains, 
 			(egress ? egressBefore : restBefore).push_back(std::move(delta.before[i]));
 			(egress ? egressAfter : restAfter).push_back(std::move(delta.after[i]));
 		}
-		auto stopped = nft_.applyDelta(egressBefore, egressAfter);
+		auto stopped = nft_.applyDelta(egressBefore, egressAfter, std::nullopt);
 		if (!stopped)
 			return stopped.error();
 		auto listed = conntrack::drainingFlows(plan);
 		if (!listed)
 			return listed.error().wrap("listing the flows of draining slices");
-		nft::Set zones = drainZone(*listed);
-		auto report = nft_.applyDelta(restBefore, restAfter, &zones);
+		nft::Set zones = drainZoneOf(*listed);
+		auto report = nft_.applyDelta(restBefore, restAfter, generation, &zones);
 		if (!report)
 			return report.error();
+		drainZone_ = std::move(zones);
 		report->elementsAdded += stopped->elementsAdded;
 		report->elementsDeleted += stopped->elementsDeleted;
 		report->messages += stopped->messages;
 		report->bytes += stopped->bytes;
 		return report;
 	}
-	return nft_.applyDelta(delta.before, delta.after);
+	return nft_.applyDelta(delta.before, delta.after, generation);
 }
 
-Result<ApplyResult> Applier::applyMove(const plan::Plan &plan, const plan::SliceMove &move)
+Result<ApplyResult> Applier::applyMove(const plan::Plan &plan, const plan::SliceMove &move, uint64_t generation)
 {
 	using Clock = std::chrono::steady_clock;
 	auto ms = [](Clock::time_point from) {
@@ -322,7 +334,7 @@ Result<ApplyResult> Applier::applyMove(const plan::Plan &plan, const plan::Slice
 	bool drainWork = drains || move.before.drainedBy(move.slice, plan.serverIndex) || drainFilled_;
 
 	t = Clock::now();
-	auto report = applyDelta(nft::moveDelta(plan, move), drains, plan);
+	auto report = applyDelta(nft::moveDelta(plan, move), drains, plan, generation);
 	if (!report)
 		return report.error();
 	result.nft = *report;
@@ -336,7 +348,7 @@ Result<ApplyResult> Applier::applyMove(const plan::Plan &plan, const plan::Slice
 			return deleted.error();
 		result.conntrackDeleted = *deleted;
 		if (drainWork) {
-			auto filled = nft_.fillSet(drainZone(draining));
+			auto filled = fillDrainZone(drainZoneOf(draining));
 			if (!filled)
 				return filled.error();
 			result.drainingFlows = *filled;
@@ -353,7 +365,8 @@ Result<ApplyResult> Applier::applyMove(const plan::Plan &plan, const plan::Slice
 	return result;
 }
 
-Result<ApplyResult> Applier::applyMoves(const plan::Plan &plan, const std::vector<plan::SliceMove> &moves)
+Result<ApplyResult> Applier::applyMoves(const plan::Plan &plan, const std::vector<plan::SliceMove> &moves,
+					uint64_t generation)
 {
 	using Clock = std::chrono::steady_clock;
 	auto ms = [](Clock::time_point from) {
@@ -414,7 +427,7 @@ Result<ApplyResult> Applier::applyMoves(const plan::Plan &plan, const std::vecto
 	bool drainWork = drains || drained || drainFilled_;
 
 	t = Clock::now();
-	auto report = applyDelta(nft::movesDelta(plan, moves), drains, plan);
+	auto report = applyDelta(nft::movesDelta(plan, moves), drains, plan, generation);
 	if (!report)
 		return report.error();
 	result.nft = *report;
@@ -428,7 +441,7 @@ Result<ApplyResult> Applier::applyMoves(const plan::Plan &plan, const std::vecto
 			return deleted.error();
 		result.conntrackDeleted = *deleted;
 		if (drainWork) {
-			auto filled = nft_.fillSet(drainZone(draining));
+			auto filled = fillDrainZone(drainZoneOf(draining));
 			if (!filled)
 				return filled.error();
 			result.drainingFlows = *filled;

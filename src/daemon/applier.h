@@ -60,11 +60,13 @@ public:
 	// forwarder's word of that slice. Conntrack tuning and routes do not
 	// depend on slices; a slice's new owner without `mac` that had no
 	// managed neighbour entry gets one (the next apply removes unneeded ones). A failure in the nftables part changes nothing.
-	Result<ApplyResult> applyMove(const plan::Plan &plan, const plan::SliceMove &move);
+	// The table's set `generation` becomes `generation` with the elements.
+	Result<ApplyResult> applyMove(const plan::Plan &plan, const plan::SliceMove &move, uint64_t generation);
 	// Many moves made one after another on `plan` (SetSliceOwners): the same
 	// as applyMove, with one nftables transaction for all of them (two when
 	// this server starts draining a slice: the egress maps first).
-	Result<ApplyResult> applyMoves(const plan::Plan &plan, const std::vector<plan::SliceMove> &moves);
+	Result<ApplyResult> applyMoves(const plan::Plan &plan, const std::vector<plan::SliceMove> &moves,
+				       uint64_t generation);
 
 	// Undo everything apply() did: table, routes and rules, managed
 	// neighbour entries, sysctls, XDP.
@@ -72,9 +74,13 @@ public:
 	Status remove(const std::string &uplink = {});
 
 	nft::NftApplier &nft() { return nft_; }
+	// drain_zone as this applier filled it last (from the conntrack table:
+	// the plan alone does not tell its elements).
+	const nft::Set &drainZone() const { return drainZone_; }
 
 private:
-	Result<nft::ApplyReport> applyDelta(nft::MoveDelta delta, bool drains, const plan::Plan &plan);
+	Result<nft::ApplyReport> applyDelta(nft::MoveDelta delta, bool drains, const plan::Plan &plan,
+					    uint64_t generation);
 	Applier(ApplierOptions options, nft::NftApplier nft) : options_(std::move(options)), nft_(std::move(nft)) {}
 
 	// The kernel's portslice state before an apply, to put back.
@@ -103,6 +109,8 @@ private:
 	nft::NftApplier nft_;
 	bool drainFilled_ = false; // drain_zone holds elements (flushed when no slice drains here)
 	std::set<Ipv4> neighbourTargets_; // targets given managed entries by the last apply
+	nft::Set drainZone_ = nft::drainZoneSet();
+	Result<size_t> fillDrainZone(nft::Set zones);
 };
 
 } // namespace portslice::daemon

@@ -53,7 +53,7 @@ Status KernelBackend::apply(const plan::Plan &plan, const plan::Plan *old, uint6
 Status KernelBackend::applyMove(const plan::Plan &plan, const plan::SliceMove &move, uint64_t generation)
 {
 	conntrackUse_.reset();
-	Result<ApplyResult> result = applier_.applyMove(plan, move);
+	Result<ApplyResult> result = applier_.applyMove(plan, move, generation);
 	if (!result)
 		return result.error();
 	const ApplyResult &r = *result;
@@ -67,7 +67,7 @@ Status KernelBackend::applyMove(const plan::Plan &plan, const plan::SliceMove &m
 
 Status KernelBackend::applyMoves(const plan::Plan &plan, const std::vector<plan::SliceMove> &moves, uint64_t generation)
 {
-	Result<ApplyResult> result = applier_.applyMoves(plan, moves);
+	Result<ApplyResult> result = applier_.applyMoves(plan, moves, generation);
 	if (!result)
 		return result.error();
 	const ApplyResult &r = *result;
@@ -140,10 +140,18 @@ Result<std::vector<service::StatRow>> KernelBackend::stats(const plan::Plan &pla
 std::string KernelBackend::dump(const plan::Plan &plan, uint64_t generation)
 {
 	// The comment the kernel holds (a delta keeps the last full replace's).
-	nft::TableModel model = nft::buildModel(plan, generation, false);
+	nft::TableModel model = nft::buildModel(plan, generation, true);
 	if (!comment_.empty())
 		model.comment = comment_;
-	return nft::render(model, &plan);
+	// drain_zone as the applier filled it from the conntrack table.
+	for (nft::Set &set : model.sets)
+		if (set.name == applier_.drainZone().name)
+			set.elements = applier_.drainZone().elements;
+	// The order of a concatenated interval set is the history of its
+	// changes (deltas add at the end): the kernel's, for the plan's elements.
+	if (Status ordered = applier_.nft().orderAsListed(model); !ordered)
+		log::Line(log::Priority::Warning) << "dump: " << ordered.error().message() << "; elements in plan order";
+	return nft::render(model);
 }
 
 Result<std::vector<std::string>> KernelBackend::audit(const plan::Plan &plan, uint64_t generation)

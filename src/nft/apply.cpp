@@ -7,6 +7,7 @@
 #include <linux/netfilter/nf_tables.h>
 #include <set>
 #include <stdexcept>
+#include <unordered_map>
 
 #include "nft/writer.h"
 
@@ -66,6 +67,16 @@ uint64_t parseHex(const std::string &s, bool *ok)
 		}
 	}
 	return v;
+}
+
+// The generation set emptied and given `generation`, in the batch of a
+// delta (not counted as a changed element).
+void putGeneration(TableWriter &w, uint64_t generation)
+{
+	size_t ignored = 0;
+	Set g = generationSet(generation);
+	w.flushSet(g.name);
+	w.elements(g, g.elements, &ignored);
 }
 
 } // namespace
@@ -147,7 +158,113 @@ Result<std::optional<TableState>> NftApplier::readState()
 	}
 	if (seen && !state)
 		state = TableState{}; // a table without our comment: still ours to replace
+	if (seen) {
+		// The comment names the generation of the last full replace; the
+		// set `generation` (absent in tables of older versions) the last
+		// one applied, deltas included. It holds 32 bits: the rest from
+		// the comment's, which is never newer.
+		Result<std::optional<uint64_t>> g = readGeneration();
+		if (!g)
+			return g.error();
+		if (*g) {
+			uint64_t high = state->generation & ~uint64_t{ 0xffffffff };
+			uint64_t at = high | **g;
+			state->generation = at < state->generation ? at + (uint64_t{ 1 } << 32) : at;
+		}
+	}
 	return state;
+}
+
+Result<std::vector<WireElem>> NftApplier::readElements(const std::string &set)
+{
+	std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
+	NftnlSet filter(nftnl_set_alloc());
+	nftnl_set_set_str(filter.get(), NFTNL_SET_TABLE, kTableName);
+	nftnl_set_set_str(filter.get(), NFTNL_SET_NAME, set.c_str());
+	nlmsghdr *nlh = nftnl_nlmsg_build_hdr(buf.data(), NFT_MSG_GETSETELEM, NFPROTO_INET, NLM_F_DUMP, ++seq_);
+	nftnl_set_elems_nlmsg_build_payload(nlh, filter.get());
+	std::vector<WireElem> out;
+	Status s = sock_.request(nlh, [&](const nlmsghdr *m) {
+		NftnlSet got(nftnl_set_alloc());
+		if (nftnl_set_elems_nlmsg_parse(m, got.get()) < 0)
+			return MNL_CB_ERROR;
+		auto bytes = [](nftnl_set_elem *e, uint16_t attr) {
+			if (!nftnl_set_elem_is_set(e, attr))
+				return std::string();
+			uint32_t len = 0;
+			auto *p = static_cast<const char *>(nftnl_set_elem_get(e, attr, &len));
+			return p ? std::string(p, len) : std::string();
+		};
+		// In the order the kernel walks the set, which is the order nft
+		// lists a concatenated interval set in (insertion order).
+		nftnl_set_elems_iter *it = nftnl_set_elems_iter_create(got.get());
+		if (!it)
+			return MNL_CB_ERROR;
+		for (nftnl_set_elem *e = nftnl_set_elems_iter_next(it); e; e = nftnl_set_elems_iter_next(it)) {
+			WireElem w;
+			if (nftnl_set_elem_is_set(e, NFTNL_SET_ELEM_FLAGS))
+				w.flags = nftnl_set_elem_get_u32(e, NFTNL_SET_ELEM_FLAGS);
+			w.key = bytes(e, NFTNL_SET_ELEM_KEY);
+			w.keyEnd = bytes(e, NFTNL_SET_ELEM_KEY_END);
+			w.data = bytes(e, NFTNL_SET_ELEM_DATA);
+			if (nftnl_set_elem_is_set(e, NFTNL_SET_ELEM_OBJREF))
+				w.objref = nftnl_set_elem_get_str(e, NFTNL_SET_ELEM_OBJREF);
+			out.push_back(std::move(w));
+		}
+		nftnl_set_elems_iter_destroy(it);
+		return MNL_CB_OK;
+	});
+	if (!s)
+		return s.error().wrap("reading the elements of set " + set + " of table portslice");
+	return out;
+}
+
+Result<std::optional<uint64_t>> NftApplier::readGeneration()
+{
+	Result<std::vector<WireElem>> got = readElements(kGenerationSet);
+	if (!got) {
+		if (got.error().code() == std::errc::no_such_file_or_directory)
+			return std::optional<uint64_t>{};
+		return got.error();
+	}
+	if (got->size() != 1 || (*got)[0].key.size() != 4)
+		return std::optional<uint64_t>{};
+	uint32_t g = 0;
+	std::memcpy(&g, (*got)[0].key.data(), 4); // host order, as meta cgroup
+	return std::optional<uint64_t>{g};
+}
+
+Status NftApplier::orderAsListed(TableModel &model)
+{
+	for (Set &set : model.sets) {
+		if (!set.interval || set.key.size() < 2 || set.elements.size() < 2)
+			continue;
+		Result<std::vector<WireElem>> live = readElements(set.name);
+		if (!live) {
+			if (live.error().code() == std::errc::no_such_file_or_directory)
+				continue;
+			return live.error();
+		}
+		std::unordered_map<std::string, size_t> at;
+		at.reserve(live->size());
+		for (size_t i = 0; i < live->size(); i++)
+			at.emplace((*live)[i].key + (*live)[i].keyEnd, i);
+		std::vector<WireElem> wire = wireElements(set, set.elements, true);
+		std::vector<std::pair<size_t, size_t>> order; // (kernel position or past the end, model position)
+		order.reserve(wire.size());
+		for (size_t i = 0; i < wire.size(); i++) {
+			auto found = at.find(wire[i].key + wire[i].keyEnd);
+			order.emplace_back(found == at.end() ? live->size() : found->second, i);
+		}
+		std::stable_sort(order.begin(), order.end(),
+				 [](const auto &a, const auto &b) { return a.first < b.first; });
+		std::vector<Element> listed;
+		listed.reserve(order.size());
+		for (const auto &[position, index] : order)
+			listed.push_back(std::move(set.elements[index]));
+		set.elements = std::move(listed);
+	}
+	return {};
 }
 
 Result<ApplyReport> NftApplier::apply(const plan::Plan &next, const plan::Plan *current, uint64_t generation)
@@ -182,7 +299,7 @@ Result<ApplyReport> NftApplier::delta(TableModel &next, TableModel &current, con
 	// sets are built one at a time on both sides and freed once compared.
 	// The kernel ignores new user data on an existing table (checked on
 	// 6.18), so the comment keeps the generation of the last full
-	// replace; the daemon holds the current one.
+	// replace; the set `generation` gets the new one.
 	ApplyReport report;
 	Batch batch;
 	TableWriter w(batch);
@@ -216,6 +333,8 @@ Result<ApplyReport> NftApplier::delta(TableModel &next, TableModel &current, con
 	std::vector<size_t> before = fixedSets(current), after = fixedSets(next);
 	for (size_t i = 0; i < after.size(); i++) {
 		Set &n = next.sets[after[i]], &o = current.sets[before[i]];
+		if (n.name == kGenerationSet)
+			continue; // below
 		bool built = nextPlan && currentPlan && isPortSet(n.name);
 		if (built) {
 			n.elements = portSetElements(*nextPlan, n.name);
@@ -236,6 +355,9 @@ Result<ApplyReport> NftApplier::delta(TableModel &next, TableModel &current, con
 		for (const Chain &c : next.chains)
 			if (isRawChain(c))
 				w.rules(c);
+	// A table without the set (made by an older portslice) fails here and
+	// is replaced below.
+	putGeneration(w, next.generation);
 	if (!sameCounters)
 		for (const std::string &c : current.counters)
 			if (!newCounters.count(c))
@@ -272,7 +394,7 @@ Result<ApplyReport> NftApplier::replace(TableModel &model, const plan::Plan *pla
 }
 
 Result<ApplyReport> NftApplier::applyDelta(const std::vector<Set> &before, const std::vector<Set> &after,
-					   const Set *fill)
+					   std::optional<uint64_t> generation, const Set *fill)
 {
 	if (before.size() != after.size())
 		throw std::logic_error("nft delta: before and after differ in their sets");
@@ -286,7 +408,11 @@ Result<ApplyReport> NftApplier::applyDelta(const std::vector<Set> &before, const
 		w.flushSet(fill->name);
 		w.elements(*fill, fill->elements, &report.elementsAdded);
 	}
-	else if (report.elementsAdded + report.elementsDeleted == 0)
+	// Even when no element of ours changes (a move between two other
+	// servers), the table names the new generation.
+	if (generation)
+		putGeneration(w, *generation);
+	else if (!fill && report.elementsAdded + report.elementsDeleted == 0)
 		return report;
 	batch.finish();
 	report.messages = batch.messages();

@@ -10,6 +10,7 @@
 #include "common/result.h"
 #include "nft/model.h"
 #include "nft/netlink.h"
+#include "nft/wire.h"
 #include "plan/plan.h"
 
 namespace portslice::nft {
@@ -54,10 +55,13 @@ public:
 	// (the same sets of the applied table, in the same order): one small
 	// transaction, never a replace. Fails, and the kernel keeps what it
 	// had, when the table is missing or does not hold `before`.
+	// With `generation`, the set `generation` is given it in the same
+	// transaction (nullopt: a first step of a change, the generation comes
+	// with its last).
 	// With `fill`: in the same transaction, the set `fill->name` is flushed
 	// and given fill's elements (see fillSet).
 	Result<ApplyReport> applyDelta(const std::vector<Set> &before, const std::vector<Set> &after,
-				       const Set *fill = nullptr);
+				       std::optional<uint64_t> generation, const Set *fill = nullptr);
 
 	// Replace every element of the existing set `set.name` with `set.elements`
 	// (flush and add in one transaction). For the sets the model leaves empty
@@ -68,7 +72,22 @@ public:
 	Status remove();
 
 	// The applied generation and plan hash, or nullopt when no table exists.
+	// The generation is the set `generation`'s (deltas update it); the plan
+	// hash is the comment's, of the last full replace.
 	Result<std::optional<TableState>> readState();
+	// The element of the set `generation` (32 bits), or nullopt when the
+	// table or the set is missing.
+	Result<std::optional<uint64_t>> readGeneration();
+	// The elements of a set of the table as the kernel holds them, in the
+	// order it walks them (ENOENT when the table or the set is missing).
+	Result<std::vector<WireElem>> readElements(const std::string &set);
+
+	// The elements of each concatenated interval set of `model` in the
+	// order the kernel holds them (the order they were added, which nft
+	// lists): so rendered, `model` lists as `nft -s list table` lists the
+	// live table when both hold the same elements. Elements the kernel
+	// lacks go last, in model order.
+	Status orderAsListed(TableModel &model);
 
 	// Every named counter of the table.
 	Result<std::vector<CounterValue>> readCounters();

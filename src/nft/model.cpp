@@ -369,6 +369,14 @@ Set drainZoneSet(const std::vector<DrainEntry> &entries)
 	return set;
 }
 
+Set generationSet(uint64_t generation)
+{
+	Set set = makeSet(kGenerationSet, SetKind::Set, { { S::MetaCgroup } }, false);
+	auto g = static_cast<uint32_t>(generation);
+	set.elements.push_back({ { Field{ FieldType::Cgroup, g, g, {} } }, {}, {} });
+	return set;
+}
+
 bool isPortSet(std::string_view name)
 {
 	// Named: a temporary in the range-init would die before the loop body
@@ -407,7 +415,7 @@ void portSetChunks(const Plan &plan, std::string_view name, size_t chunk,
 	flush(1);
 }
 
-std::vector<Element> portSetElements(const Plan &plan, std::string_view name)
+std::vector<Element> portSetElements(const Plan &plan, std::string_view name, bool sorted)
 {
 	PortSets ports(name);
 	for (const plan::PlannedAddress &a : plan.addresses)
@@ -416,7 +424,8 @@ std::vector<Element> portSetElements(const Plan &plan, std::string_view name)
 		ports.source(plan, s, s.assignments);
 	for (Set *s : ports.all())
 		if (s->name == name) {
-			sortElements(*s);
+			if (sorted)
+				sortElements(*s);
 			return std::move(s->elements);
 		}
 	return {};
@@ -426,6 +435,7 @@ TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
 {
 	TableModel m;
 	m.comment = tableComment(plan, generation);
+	m.generation = generation;
 	m.uplink = plan.uplink;
 
 	std::set<Shape> shapes;
@@ -454,6 +464,7 @@ TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
 		countAddr.elements.push_back({ { ip(a.address) }, {}, "addr_" + a.address.str() });
 		ports.address(a, plan.serverIndex);
 	}
+	m.sets.push_back(generationSet(generation));
 	m.sets.push_back(std::move(shared));
 	m.sets.push_back(std::move(ports.myPorts));
 	m.sets.push_back(std::move(ports.myBlocks));

@@ -216,7 +216,8 @@ struct Shape {
 uint32_t sourceMark(const plan::PlannedSource &source);
 
 struct TableModel {
-	std::string comment; // "portslice generation G plan HASH server NAME"
+	std::string comment; // "portslice generation G plan HASH server NAME"; as of the last full replace
+	uint64_t generation = 0; // also the one element of the first set, `generation` (generationSet)
 	std::string uplink;
 	std::vector<Shape> shapes; // in use, ordered
 	// Prefix lengths of the conntrack sources matched by saddr alone,
@@ -238,9 +239,12 @@ struct TableModel {
 // with portSetElements.
 TableModel buildModel(const plan::Plan &plan, uint64_t generation, bool portElements = true);
 bool isPortSet(std::string_view name);
-std::vector<Element> portSetElements(const plan::Plan &plan, std::string_view name);
-// The same elements in pieces of about `chunk`, in no particular order (what
-// a full replace needs: the kernel does not care), never all at once.
+// Sorted by key, or (`sorted` false) in the order a full replace adds them
+// (portSetChunks: addresses, then sources, in plan order): the order nft
+// lists a concatenated interval set in after a fresh apply.
+std::vector<Element> portSetElements(const plan::Plan &plan, std::string_view name, bool sorted = true);
+// The same elements in pieces of about `chunk`, unsorted (what a full
+// replace needs), never all at once.
 void portSetChunks(const plan::Plan &plan, std::string_view name, size_t chunk,
 		   const std::function<void(const std::vector<Element> &)> &take);
 
@@ -257,6 +261,16 @@ MoveDelta moveDelta(const plan::Plan &plan, const plan::SliceMove &move);
 MoveDelta movesDelta(const plan::Plan &plan, const std::vector<plan::SliceMove> &moves);
 
 std::string tableComment(const plan::Plan &plan, uint64_t generation);
+
+// The first set of the table, `generation`, holds one element: the generation
+// applied last. The kernel keeps a table's comment as it was created, but a
+// delta can flush this set and fill it again in its own transaction, so the
+// live table names its generation after slice moves too. nft has no plain
+// 32-bit integer type to declare it by: `typeof meta cgroup` is one (a
+// classid, printed in decimal); the rules never look it up. 32 bits: the
+// generation modulo 2^32 (see readGeneration).
+inline constexpr const char *kGenerationSet = "generation";
+Set generationSet(uint64_t generation);
 
 // drain_zone: the model never fills it; on the previous owner of a draining
 // slice the daemon puts one element per live flow in it (shared address and

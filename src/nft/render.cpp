@@ -103,6 +103,14 @@ std::string reversedWireBytes(const Element &e)
 	return { bytes.rbegin(), bytes.rend() };
 }
 
+// nft lists a concatenated interval set (the kernel's pipapo) in the order
+// its elements were added, a deleted and added one last; every other set
+// sorted. The caller gives such a set's elements in that order.
+bool listedAsInserted(const Set &set)
+{
+	return set.interval && set.key.size() > 1;
+}
+
 std::vector<const Element *> listingOrder(const Set &set, const std::vector<Element> &elements)
 {
 	std::vector<const Element *> out;
@@ -302,7 +310,7 @@ std::string render(const TableModel &m, const plan::Plan *plan)
 		separate();
 		std::vector<Element> built; // a port set left empty: built now, freed after
 		if (plan && s.elements.empty() && isPortSet(s.name))
-			built = portSetElements(*plan, s.name);
+			built = portSetElements(*plan, s.name, !listedAsInserted(s));
 		const std::vector<Element> &elements = built.empty() ? s.elements : built;
 		out += s.kind == SetKind::Set ? "\tset " : "\tmap ";
 		out += s.name + " {\n\t\t" + declaration(s) + "\n";

@@ -16,7 +16,10 @@ std::string declaration(const Set &set);
 std::string formatRule(const Rule &rule);
 std::string formatElement(const Set &set, const Element &element);
 // With `plan`, the port sets that `model` leaves empty (buildModel(…, false))
-// are built from it one at a time, so a large table is never held whole.
+// are built from it one at a time, so a large table is never held whole, in
+// the order a full replace adds them. Sets nft lists sorted are sorted here;
+// a concatenated interval set, which nft lists in the order its elements
+// were added, is listed in the model's order (see NftApplier::orderAsListed).
 std::string render(const TableModel &model, const plan::Plan *plan = nullptr);
 
 } // namespace portslice::nft

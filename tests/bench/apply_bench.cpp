@@ -186,7 +186,7 @@ void sliceMove(uint32_t n, int pairs, const std::string &dir)
 		}
 		nft::MoveDelta d = nft::moveDelta(p, *move);
 		auto t1 = Clock::now();
-		auto r = nft->applyDelta(d.before, d.after);
+		auto r = nft->applyDelta(d.before, d.after, static_cast<uint64_t>(i) + 2);
 		auto t2 = Clock::now();
 		if (!r || r->elementsAdded + r->elementsDeleted == 0) {
 			std::fprintf(stderr, "slice move: %s\n", r ? "no element changed" : r.error().message().c_str());

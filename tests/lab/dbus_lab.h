@@ -104,6 +104,22 @@ inline std::string normalized(const std::string &table)
 	return out + table.substr(at);
 }
 
+// The table without its set `generation` (one element: the generation), to
+// compare the tables of two generations.
+inline std::string withoutGeneration(const std::string &table)
+{
+	size_t begin = table.find("\tset generation {\n");
+	if (begin == std::string::npos)
+		return table;
+	size_t end = table.find("\t}\n", begin);
+	if (end == std::string::npos)
+		return table;
+	end += 3;
+	if (table.compare(end, 1, "\n") == 0)
+		end++;
+	return table.substr(0, begin) + table.substr(end);
+}
+
 // The fleet of the lab: this server s1 owns slice 0 of 198.51.100.1 and 198.51.100.2.
 inline const std::string kLabFleet = portslice::test::fixture("dbus-lab.toml");
 

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <random>
 #include <set>
+#include <tuple>
 
 #include <sdbus-c++/sdbus-c++.h>
 
@@ -657,6 +658,93 @@ TEST_F(ServiceLab, TheForwarderFollowsAMovedSliceInTheSameGeneration)
 	auto moved = verdicts();
 	EXPECT_GE(moved["pass_own"] - owned["pass_own"], 10u);
 	EXPECT_EQ(moved["forward"], owned["forward"]);
+}
+
+// `portslicectl dump` and Dump() print what `nft -s list table inet portslice`
+// lists, byte for byte with the elements in the kernel's order, for every
+// example of rules/: after the apply, after slice moves (element deltas
+// that add at the end of a concatenated interval set, and delete and add
+// again what changes) and after a restart. The table names its generation
+// in the set `generation` after each delta.
+TEST_F(ServiceLab, DumpIsWhatNftListsByteForByteForEveryExampleAfterApplyAndMoves)
+{
+	std::vector<fs::path> examples;
+	for (const auto &e : fs::directory_iterator(std::string(PSD_SOURCE_ROOT) + "/rules"))
+		if (e.path().extension() == ".toml")
+			examples.push_back(e.path());
+	std::sort(examples.begin(), examples.end());
+	ASSERT_GE(examples.size(), 4u);
+	auto generationSet = [](uint64_t g) {
+		return "\tset generation {\n\t\ttypeof meta cgroup\n\t\telements = { " + std::to_string(g) + " }\n\t}\n";
+	};
+	// With drains, a slice s1 gives away stays in my_ports and drain_zone
+	// gets its flows in a second transaction.
+	for (int drain : {0, 30})
+	for (const fs::path &example : examples) {
+		SCOPED_TRACE(example.string() + " drain " + std::to_string(drain));
+		// The lab's uplink is up0.
+		std::string text = readFile(example.string());
+		size_t uplink = text.find("uplink = \"eth0\"");
+		ASSERT_NE(uplink, std::string::npos);
+		text.replace(uplink, 15, "uplink = \"up0\"");
+		writeConfig(text);
+		fs::remove_all(stateDir());
+		(void)inNs("nft delete table inet portslice 2>/dev/null");
+		startDaemon(drain);
+		ASSERT_FALSE(HasFatalFailure());
+		connect();
+
+		Outcome offline = ctl("dump --config " + quote(configPath()));
+		ASSERT_TRUE(offline.ok()) << offline.out;
+		std::string listed = table();
+		EXPECT_EQ(offline.out, listed);
+		EXPECT_EQ(proxy_->Dump(), listed);
+
+		// Two moves: a slice s1 does not own yet goes to s1 (elements added),
+		// then one of s1's goes to another server, or another one comes.
+		config::LoadResult loaded = config::loadFile(configPath());
+		ASSERT_TRUE(loaded.ok());
+		const config::Config &c = *loaded.config;
+		std::vector<std::tuple<std::string, uint32_t, std::string>> moves;
+		std::string other;
+		for (const config::Server &server : c.servers)
+			if (server.name != c.serverName)
+				other = server.name;
+		for (const config::Address &a : c.addresses)
+			for (uint32_t i = 0; i < a.sliceCount() && moves.size() < 2; i++)
+				if (!a.owners.count(i) || a.owners.at(i) != c.serverName)
+					if (moves.empty() || other.empty())
+						moves.emplace_back(a.address.str(), i, c.serverName);
+		if (!other.empty())
+			for (const config::Address &a : c.addresses)
+				for (uint32_t i = 0; i < a.sliceCount() && moves.size() < 2; i++)
+					if (a.owners.count(i) && a.owners.at(i) == c.serverName)
+						moves.emplace_back(a.address.str(), i, other);
+		ASSERT_EQ(moves.size(), 2u);
+		uint64_t generation = 1;
+		for (const auto &[address, slice, server] : moves) {
+			SCOPED_TRACE(address + " " + std::to_string(slice) + " -> " + server);
+			ASSERT_EQ(proxy_->SetSliceOwner(address, slice, server), ++generation);
+			listed = table();
+			EXPECT_EQ(proxy_->Dump(), listed);
+			EXPECT_NE(listed.find(generationSet(generation)), std::string::npos) << listed;
+		}
+		// A daemon started again on the table of the moves.
+		proxy_.reset();
+		connection_->leaveEventLoop();
+		connection_.reset();
+		stopDaemon(SIGTERM);
+		startDaemon(drain);
+		ASSERT_FALSE(HasFatalFailure());
+		connect();
+		listed = table();
+		EXPECT_EQ(proxy_->Dump(), listed);
+		EXPECT_NE(listed.find(generationSet(proxy_->Generation())), std::string::npos) << listed;
+		proxy_.reset();
+		connection_->leaveEventLoop();
+		connection_.reset();
+		stopDaemon(SIGTERM);
+	}
 }
 
 } // namespace

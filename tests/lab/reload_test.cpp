@@ -81,7 +81,7 @@ protected:
 		size_t split = all.out.find("===\n");
 		// Lines sorted: objects created in another order list in another order.
 		std::vector<std::string> lines;
-		std::istringstream listed(normalized(all.out.substr(0, split)));
+		std::istringstream listed(withoutGeneration(normalized(all.out.substr(0, split))));
 		for (std::string line; std::getline(listed, line);)
 			if (line.find("comment \"") == std::string::npos)
 				lines.push_back(line);
