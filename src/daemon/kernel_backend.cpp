@@ -2,7 +2,9 @@
 // KernelBackend: what the D-Bus service asks of the kernel, answered by the Applier and the counter readers.
 #include "daemon/kernel_backend.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <map>
 #include <iostream>
 
 #include "common/log.h"
@@ -137,7 +139,7 @@ Result<std::vector<service::StatRow>> KernelBackend::stats(const plan::Plan &pla
 	return rows;
 }
 
-std::string KernelBackend::dump(const plan::Plan &plan, uint64_t generation)
+nft::TableModel KernelBackend::planned(const plan::Plan &plan, uint64_t generation)
 {
 	// The comment the kernel holds (a delta keeps the last full replace's).
 	nft::TableModel model = nft::buildModel(plan, generation, true);
@@ -147,6 +149,12 @@ std::string KernelBackend::dump(const plan::Plan &plan, uint64_t generation)
 	for (nft::Set &set : model.sets)
 		if (set.name == applier_.drainZone().name)
 			set.elements = applier_.drainZone().elements;
+	return model;
+}
+
+std::string KernelBackend::dump(const plan::Plan &plan, uint64_t generation)
+{
+	nft::TableModel model = planned(plan, generation);
 	// The order of a concatenated interval set is the history of its
 	// changes (deltas add at the end): the kernel's, for the plan's elements.
 	if (Status ordered = applier_.nft().orderAsListed(model); !ordered)
@@ -154,9 +162,64 @@ std::string KernelBackend::dump(const plan::Plan &plan, uint64_t generation)
 	return nft::render(model);
 }
 
+namespace {
+
+// The elements of `set` that differ between the plan and the kernel, read
+// back over netlink and decoded into the model: one line each.
+void compareElements(const nft::Set &set, const std::vector<nft::WireElem> &wire, std::vector<std::string> &out)
+{
+	std::string object = (set.kind == nft::SetKind::Set ? "set " : "map ") + set.name;
+	size_t malformed = 0;
+	std::vector<nft::Element> live = nft::decodeElements(set, wire, &malformed);
+	std::map<std::string, const nft::Element *> planned, kernel;
+	for (const nft::Element &e : set.elements)
+		planned.emplace(nft::formatKey(e), &e);
+	for (const nft::Element &e : live)
+		kernel.emplace(nft::formatKey(e), &e);
+	for (const auto &[key, e] : planned) {
+		auto it = kernel.find(key);
+		if (it == kernel.end())
+			out.push_back(object + ": element " + nft::formatElement(set, *e) + " missing from the kernel");
+		else if (nft::formatElement(set, *it->second) != nft::formatElement(set, *e))
+			out.push_back(object + ": element " + nft::formatElement(set, *it->second) + " in the kernel, " +
+				      nft::formatElement(set, *e) + " in the plan");
+	}
+	for (const auto &[key, e] : kernel)
+		if (!planned.contains(key))
+			out.push_back(object + ": element " + nft::formatElement(set, *e) + " in the kernel, not in the plan");
+	if (malformed)
+		out.push_back(object + ": " + std::to_string(malformed) + " element" + (malformed > 1 ? "s" : "") +
+			      " in the kernel that do not fit its declaration");
+}
+
+} // namespace
+
+Result<std::vector<std::string>> KernelBackend::auditSets(const plan::Plan &plan, uint64_t generation,
+							  const std::vector<std::string> &sets)
+{
+	nft::TableModel model = planned(plan, generation);
+	std::vector<std::string> differences;
+	for (const nft::Set &set : model.sets) {
+		if (std::find(sets.begin(), sets.end(), set.name) == sets.end())
+			continue;
+		Result<std::vector<nft::WireElem>> wire = applier_.nft().readElements(set.name);
+		if (!wire) {
+			if (wire.error().code() == std::errc::no_such_file_or_directory) {
+				differences.push_back((set.kind == nft::SetKind::Set ? "set " : "map ") + set.name +
+						      ": missing from the kernel");
+				continue;
+			}
+			return wire.error();
+		}
+		compareElements(set, *wire, differences);
+	}
+	return differences;
+}
+
 Result<std::vector<std::string>> KernelBackend::audit(const plan::Plan &plan, uint64_t generation)
 {
-	// The kernel's own listing, as an operator would take it.
+	// Rules, declarations, counters and the comment as the kernel's own
+	// listing shows them, as an operator would take it.
 	FILE *pipe = ::popen("nft -s list table inet portslice 2>&1", "r");
 	if (!pipe)
 		return Error(errno, "running nft -s list table inet portslice");
@@ -168,7 +231,22 @@ Result<std::vector<std::string>> KernelBackend::audit(const plan::Plan &plan, ui
 	int status = ::pclose(pipe);
 	if (status != 0 && live.find("No such file") == std::string::npos)
 		return Error("nft -s list table inet portslice: " + live.substr(0, live.find('\n')));
-	std::vector<std::string> differences = service::compareTables(dump(plan, generation), status == 0 ? live : "");
+	nft::TableModel model = planned(plan, generation);
+	std::string structure = nft::render(model);
+	std::vector<std::string> differences = service::compareTables(structure, status == 0 ? live : "", false);
+	if (status != 0)
+		return differences; // no table
+	// Elements: read back over netlink and compared as the model's typed
+	// elements, each set that the kernel has.
+	for (const nft::Set &set : model.sets) {
+		Result<std::vector<nft::WireElem>> wire = applier_.nft().readElements(set.name);
+		if (!wire) {
+			if (wire.error().code() == std::errc::no_such_file_or_directory)
+				continue; // named above
+			return wire.error();
+		}
+		compareElements(set, *wire, differences);
+	}
 	if (differences.empty()) {
 		Result<std::string> drifted = drift(plan, generation);
 		if (!drifted)

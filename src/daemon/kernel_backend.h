@@ -28,7 +28,12 @@ public:
 	Result<std::vector<service::StatRow>> stats(const plan::Plan &plan) override;
 	// What `nft -s list table inet portslice` lists against dump(): each
 	// object, statement and element that differs; then drift() (the forwarder).
+	// Elements are read back over netlink and compared typed, element by
+	// element (missing, in the kernel only, another value); the rest (sets,
+	// chains and rules, counters, comment) as nft lists it.
 	Result<std::vector<std::string>> audit(const plan::Plan &plan, uint64_t generation) override;
+	Result<std::vector<std::string>> auditSets(const plan::Plan &plan, uint64_t generation,
+						   const std::vector<std::string> &sets) override;
 	std::string dump(const plan::Plan &plan, uint64_t generation) override;
 	std::optional<uint64_t> appliedGeneration() override;
 
@@ -37,6 +42,9 @@ private:
 	bool xdp_;
 	std::string xdpPinDir_;
 	std::string comment_; // what the table's comment is after our last apply
+	// The table the kernel should hold now: the plan's, with the comment and
+	// drain_zone as applied.
+	nft::TableModel planned(const plan::Plan &plan, uint64_t generation);
 
 	// Stats() at 100k conntrack entries: the table walk runs at most once
 	// per kConntrackUseMaxAge however often Stats() is called (callers get

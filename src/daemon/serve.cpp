@@ -2,6 +2,7 @@
 // One thread, one poll loop: the bus, signals (signalfd), nftables events and a timer for the drift check and drain deadlines.
 #include "daemon/serve.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
@@ -148,6 +149,28 @@ Result<UniqueFd> periodicTimer(std::chrono::milliseconds interval)
 	return fd;
 }
 
+// What audit finds in the sets `edits` touched, before they are undone:
+// ": set my_ports: element ... missing from the kernel; ..." (at most
+// kShown lines), or "" when it finds nothing or cannot read them.
+std::string auditedEdits(service::Service &service, const std::vector<ElementEdit> &edits)
+{
+	constexpr size_t kShown = 10;
+	std::vector<std::string> sets;
+	for (const ElementEdit &e : edits)
+		if (std::find(sets.begin(), sets.end(), e.set) == sets.end())
+			sets.push_back(e.set);
+	service::Answer<std::vector<std::string>> found = service.auditSets(sets);
+	if (!found.ok() || found.value().empty())
+		return "";
+	const std::vector<std::string> &lines = found.value();
+	std::string out = ": ";
+	for (size_t i = 0; i < lines.size() && i < kShown; i++)
+		out += (i ? "; " : "") + lines[i];
+	if (lines.size() > kShown)
+		out += "; and " + std::to_string(lines.size() - kShown) + " more";
+	return out;
+}
+
 } // namespace
 
 int serve(const ServeOptions &options, service::Backend &backend)
@@ -228,9 +251,11 @@ int serve(const ServeOptions &options, service::Backend &backend)
 		else if ((*change)->lost())
 			service.restore("nftables events were lost while nothing of ours was applied");
 		else if ((*change)->onlyElements)
-			// Only elements changed: put them back as they were (a
-			// delta), not the whole table.
-			service.restoreBy("table inet portslice changed by " + (*change)->str(),
+			// Only elements changed: name them as audit would (the
+			// sets they touched, against the plan), then put them back
+			// as they were (a delta), not the whole table.
+			service.restoreBy("table inet portslice changed by " + (*change)->str() +
+						  auditedEdits(service, (*change)->edits),
 					  "undoing its " + std::to_string((*change)->edits.size()) + " element changes",
 					  [&] { return undoElementEdits((*change)->edits); });
 		else

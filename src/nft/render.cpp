@@ -280,6 +280,11 @@ std::string formatRule(const Rule &rule)
 	return join(words, " ");
 }
 
+std::string formatKey(const Element &e)
+{
+	return fieldsText(e.key);
+}
+
 std::string formatElement(const Set &set, const Element &e)
 {
 	std::string out = fieldsText(e.key);

@@ -15,6 +15,7 @@ const char *selectorText(Selector s);
 std::string declaration(const Set &set);
 std::string formatRule(const Rule &rule);
 std::string formatElement(const Set &set, const Element &element);
+std::string formatKey(const Element &element); // the key alone: "198.51.100.1 . 1024-3071"
 // With `plan`, the port sets that `model` leaves empty (buildModel(…, false))
 // are built from it one at a time, so a large table is never held whole, in
 // the order a full replace adds them. Sets nft lists sorted are sorted here;

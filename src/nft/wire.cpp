@@ -3,6 +3,7 @@
 #include "nft/wire.h"
 
 #include <algorithm>
+#include <cstring>
 #include <arpa/inet.h>
 #include <iterator>
 #include <linux/netfilter/nf_tables.h>
@@ -207,7 +208,143 @@ bool sameValue(const Element &a, const Element &b) { return sameFields(a.data, b
 
 bool isRbtree(const Set &s) { return s.interval && s.key.size() == 1; }
 
+// One field of `parts` back from `bytes` at `*at` (see putField).
+bool takeField(const std::string &bytes, size_t *at, Selector sel, bool bigEndian, bool inConcat, Field *f)
+{
+	SelectorInfo info = selectorInfo(sel);
+	size_t len = info.len, step = inConcat ? pad4(info.len) : info.len;
+	if (*at + len > bytes.size())
+		return false;
+	const auto *p = reinterpret_cast<const unsigned char *>(bytes.data() + *at);
+	f->type = fieldType(sel);
+	uint32_t v = 0;
+	switch (f->type) {
+	case FieldType::IfName:
+		f->name.assign(reinterpret_cast<const char *>(p), strnlen(reinterpret_cast<const char *>(p), len));
+		break;
+	case FieldType::Ipv4:
+		v = uint32_t{ p[0] } << 24 | uint32_t{ p[1] } << 16 | uint32_t{ p[2] } << 8 | p[3];
+		break;
+	case FieldType::Port:
+	case FieldType::QuotedPort:
+		v = uint32_t{ p[0] } << 8 | p[1];
+		break;
+	case FieldType::Zone: {
+		uint16_t h;
+		std::memcpy(&h, p, 2);
+		v = h;
+		break;
+	}
+	case FieldType::Mark:
+	case FieldType::Cgroup:
+	case FieldType::Uid: {
+		uint32_t x;
+		std::memcpy(&x, p, 4);
+		v = bigEndian ? ntohl(x) : x;
+		break;
+	}
+	}
+	f->lo = f->hi = v;
+	*at += step;
+	return true;
+}
+
+// All fields of `parts` from `bytes`, which must hold exactly them.
+bool takeFields(const std::string &bytes, const std::vector<Selector> &parts, std::vector<Field> *out)
+{
+	bool concat = parts.size() > 1, be = convertsToBigEndian(parts);
+	size_t at = 0;
+	out->clear();
+	for (Selector sel : parts) {
+		Field f;
+		if (!takeField(bytes, &at, sel, be, concat, &f))
+			return false;
+		out->push_back(std::move(f));
+	}
+	return at == bytes.size();
+}
+
+// `lo` fields with the high ends of `hi`'s.
+void widen(std::vector<Field> &lo, const std::vector<Field> &hi)
+{
+	for (size_t i = 0; i < lo.size() && i < hi.size(); i++)
+		lo[i].hi = hi[i].lo;
+}
+
 } // namespace
+
+std::vector<Element> decodeElements(const Set &s, const std::vector<WireElem> &wire, size_t *malformed)
+{
+	std::vector<Element> out;
+	auto value = [&](const WireElem &w, Element &e) {
+		if (s.kind == SetKind::CounterMap) {
+			e.counter = w.objref;
+			return true;
+		}
+		if (s.kind != SetKind::Map)
+			return true;
+		if (!s.dataInterval)
+			return takeFields(w.data, s.data, &e.data);
+		size_t half = w.data.size() / 2;
+		std::vector<Field> high;
+		if (!takeFields(w.data.substr(0, half), s.data, &e.data) || !takeFields(w.data.substr(half), s.data, &high))
+			return false;
+		widen(e.data, high);
+		return true;
+	};
+	if (isRbtree(s)) {
+		// Starts and ends by key; an end closes the range the start before
+		// it opened (at hi + 1); a start without an end runs to the top.
+		struct Point {
+			uint32_t at;
+			bool end;
+			const WireElem *w;
+		};
+		std::vector<Point> points;
+		for (const WireElem &w : wire) {
+			std::vector<Field> key;
+			if (!takeFields(w.key, s.key, &key)) {
+				++*malformed;
+				continue;
+			}
+			points.push_back({ key[0].lo, (w.flags & NFT_SET_ELEM_INTERVAL_END) != 0, &w });
+		}
+		std::sort(points.begin(), points.end(), [](const Point &a, const Point &b) {
+			return a.at != b.at ? a.at < b.at : a.end > b.end; // an end before a start at the same key
+		});
+		for (size_t i = 0; i < points.size(); i++) {
+			if (points[i].end)
+				continue;
+			Element e;
+			(void)takeFields(points[i].w->key, s.key, &e.key);
+			bool closed = i + 1 < points.size() && points[i + 1].end;
+			e.key[0].hi = closed ? points[i + 1].at - 1 : 0xffffffffu;
+			if (!value(*points[i].w, e)) {
+				++*malformed;
+				continue;
+			}
+			out.push_back(std::move(e));
+		}
+		return out;
+	}
+	for (const WireElem &w : wire) {
+		Element e;
+		if (!takeFields(w.key, s.key, &e.key) || !value(w, e)) {
+			++*malformed;
+			continue;
+		}
+		if (s.interval) {
+			std::vector<Field> high;
+			if (!takeFields(w.keyEnd, s.key, &high)) {
+				++*malformed;
+				continue;
+			}
+			widen(e.key, high);
+		}
+		out.push_back(std::move(e));
+	}
+	return out;
+}
 
 std::string setUserData(const Set &s)
 {

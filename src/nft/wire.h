@@ -86,4 +86,10 @@ WireDelta elementDelta(const Set &before, const Set &after);
 
 bool sameElements(const std::vector<Element> &a, const std::vector<Element> &b);
 
+// The reverse of wireElements: the elements of `set` that the kernel's
+// `wire` elements hold (a single-field interval set's start and end elements
+// paired into ranges). An element whose bytes do not fit the declaration is
+// skipped and counted into *malformed.
+std::vector<Element> decodeElements(const Set &set, const std::vector<WireElem> &wire, size_t *malformed);
+
 } // namespace portslice::nft

@@ -146,7 +146,7 @@ void compareLines(const std::string &what, const std::vector<std::string> &plan,
 
 } // namespace
 
-std::vector<std::string> compareTables(std::string_view planText, std::string_view liveText)
+std::vector<std::string> compareTables(std::string_view planText, std::string_view liveText, bool elements)
 {
 	Listing plan = parse(planText), live = parse(liveText);
 	std::vector<std::string> out;
@@ -162,6 +162,8 @@ std::vector<std::string> compareTables(std::string_view planText, std::string_vi
 			continue;
 		}
 		compareLines(name, object.statements, it->second.statements, out);
+		if (!elements)
+			continue;
 		std::vector<std::string> missing, extra;
 		std::set_difference(object.elements.begin(), object.elements.end(), it->second.elements.begin(),
 				    it->second.elements.end(), std::back_inserter(missing));

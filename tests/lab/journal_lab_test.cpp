@@ -5,6 +5,8 @@
 #include <cmath>
 #include <map>
 #include <mutex>
+#include <thread>
+#include <sstream>
 
 #include <sdbus-c++/sdbus-c++.h>
 
@@ -426,6 +428,26 @@ TEST_F(JournalLab, ADamagedRecordIsReportedWithItsOffset)
 	EXPECT_NE(at.out.find("offset " + std::to_string(second)), std::string::npos) << at.out;
 }
 
+// The first element nft lists in object `name` ("my_ports"): the object's
+// header ("set my_ports") and the element as listed ("key" or "key : value").
+std::pair<std::string, std::string> firstElement(const std::string &listed, const std::string &name)
+{
+	size_t objectAt = listed.find("\tset " + name + " {");
+	if (objectAt == std::string::npos)
+		objectAt = listed.find("\tmap " + name + " {");
+	if (objectAt == std::string::npos)
+		return {};
+	std::string header = listed.substr(objectAt + 1, listed.find(" {", objectAt) - objectAt - 1);
+	size_t begin = listed.find("elements = { ", objectAt) + 13;
+	size_t endAt = listed.find_first_of(",}\n", begin);
+	std::string element = listed.substr(begin, endAt - begin);
+	while (!element.empty() && element.back() == ' ')
+		element.pop_back();
+	return {header, element};
+}
+
+// Drift by hand on a daemon started with --no-repair: `audit` names the
+// element (typed: read back over netlink, compared with the plan's), exit 1.
 TEST_F(JournalLab, AuditNamesExactlyTheElementDeletedByHand)
 {
 	daemonArgs_ = {"--no-repair"};
@@ -436,38 +458,81 @@ TEST_F(JournalLab, AuditNamesExactlyTheElementDeletedByHand)
 	// Plan() carries the generation the daemon applied.
 	Outcome plan = call("Plan");
 	EXPECT_NE(plan.out.find("generation\\\": 2,"), std::string::npos) << plan.out.substr(0, 200);
+	EXPECT_NE(table().find("\tset generation {\n\t\ttypeof meta cgroup\n\t\telements = { 2 }\n"), std::string::npos)
+		<< table();
 
-	// Take one element out of a set by hand: the first element of the first set that has some.
-	std::string listed = table();
-	size_t elements = listed.find("elements = { ");
-	ASSERT_NE(elements, std::string::npos) << listed;
-	size_t setAt = listed.rfind("\tset ", elements);
-	size_t mapAt = listed.rfind("\tmap ", elements);
-	size_t objectAt = setAt == std::string::npos ? mapAt : (mapAt == std::string::npos ? setAt : std::max(setAt, mapAt));
-	ASSERT_NE(objectAt, std::string::npos);
-	std::string header = listed.substr(objectAt + 1, listed.find(" {", objectAt) - objectAt - 1); // "set NAME"
-	std::string name = header.substr(header.find(' ') + 1);
-	size_t begin = elements + 13;
-	size_t endAt = listed.find_first_of(",}\n", begin);
-	std::string element = listed.substr(begin, endAt - begin);
-	while (!element.empty() && element.back() == ' ')
-		element.pop_back();
-	// A map element is "key : value"; delete takes the key.
+	for (const char *name : {"my_ports", "ret_zone", "count_addr"}) {
+		SCOPED_TRACE(name);
+		auto [header, element] = firstElement(table(), name);
+		ASSERT_FALSE(element.empty()) << table();
+		// A map element is "key : value"; delete takes the key.
+		std::string key = element.substr(0, element.find(" : "));
+		std::string object = header.substr(header.find(' ') + 1);
+		Outcome deleted = inNs("nft delete element inet portslice " + object + " { " + key + " }");
+		ASSERT_TRUE(deleted.ok()) << deleted.out;
+
+		Outcome drift = ctl("audit");
+		EXPECT_EQ(drift.status, 1) << drift.out;
+		std::vector<std::string> lines;
+		std::istringstream in(drift.out);
+		for (std::string line; std::getline(in, line);)
+			if (!line.starts_with("portslicectl audit:"))
+				lines.push_back(line);
+		ASSERT_EQ(lines.size(), 1u) << drift.out;
+		EXPECT_EQ(lines[0], header + ": element " + element + " missing from the kernel") << drift.out;
+		EXPECT_NE(drift.out.find("1 difference between the kernel and the plan of generation 2"), std::string::npos)
+			<< drift.out;
+		// Put back by hand: equal again.
+		Outcome added = inNs("nft add element inet portslice " + object + " { " + element + " }");
+		ASSERT_TRUE(added.ok()) << added.out;
+		Outcome again = ctl("audit");
+		EXPECT_EQ(again.status, 0) << again.out;
+	}
+
+	// An element the plan does not have, and one with another value.
+	Outcome extra = inNs("nft add element inet portslice my_ports { 198.51.100.1 . 60000-60001 }");
+	ASSERT_TRUE(extra.ok()) << extra.out;
+	auto [header, element] = firstElement(table(), "ret_zone");
 	std::string key = element.substr(0, element.find(" : "));
-	Outcome deleted = inNs("nft delete element inet portslice " + name + " { " + key + " }");
-	ASSERT_TRUE(deleted.ok()) << deleted.out;
+	ASSERT_TRUE(inNs("nft delete element inet portslice ret_zone { " + key + " }").ok());
+	ASSERT_TRUE(inNs("nft add element inet portslice ret_zone { " + key + " : 4242 }").ok());
+	Outcome both = ctl("audit");
+	EXPECT_EQ(both.status, 1) << both.out;
+	EXPECT_NE(both.out.find("set my_ports: element 198.51.100.1 . 60000-60001 in the kernel, not in the plan\n"),
+		  std::string::npos) << both.out;
+	EXPECT_NE(both.out.find("map ret_zone: element " + key + " : 4242 in the kernel, " + element + " in the plan\n"),
+		  std::string::npos) << both.out;
+	EXPECT_NE(both.out.find("2 differences"), std::string::npos) << both.out;
+}
 
-	Outcome drift = ctl("audit");
-	EXPECT_EQ(drift.status, 1) << drift.out;
-	std::vector<std::string> lines;
-	std::istringstream in(drift.out);
-	for (std::string line; std::getline(in, line);)
-		if (!line.starts_with("portslicectl audit:"))
-			lines.push_back(line);
-	ASSERT_EQ(lines.size(), 1u) << drift.out;
-	EXPECT_EQ(lines[0], header + ": element " + element + " missing from the kernel") << drift.out;
-	EXPECT_NE(drift.out.find("1 difference between the kernel and the plan of generation 2"), std::string::npos)
-		<< drift.out;
+// The same drift on a daemon that repairs (the default): it audits the sets
+// the commit touched before it undoes it, and logs exactly the element;
+// `audit` then finds the table equal again.
+TEST_F(JournalLab, ARepairingDaemonNamesTheElementDeletedByHandBeforePuttingItBack)
+{
+	startDaemon(0);
+	ASSERT_TRUE(ctl("set-owner 198.51.100.1 1 s1").ok());
+	std::string before = table();
+	auto [header, element] = firstElement(before, "nat_port");
+	ASSERT_FALSE(element.empty()) << before;
+	std::string key = element.substr(0, element.find(" : "));
+	Outcome deleted = inNs("nft delete element inet portslice nat_port { " + key + " }");
+	ASSERT_TRUE(deleted.ok()) << deleted.out;
+	std::string expected = header + ": element " + element + " missing from the kernel";
+	bool logged = false;
+	for (int i = 0; i < 250 && !logged; i++) {
+		std::string log = readFile(logPath());
+		logged = log.find("restored generation 2 by undoing its 1 element changes") != std::string::npos;
+		if (!logged)
+			std::this_thread::sleep_for(std::chrono::milliseconds(20));
+	}
+	std::string log = readFile(logPath());
+	ASSERT_TRUE(logged) << log;
+	EXPECT_NE(log.find("changed by a commit by nft pid "), std::string::npos) << log;
+	EXPECT_NE(log.find(": " + expected + "; restored generation 2"), std::string::npos) << expected << "\n" << log;
+	Outcome audit = ctl("audit");
+	EXPECT_EQ(audit.status, 0) << audit.out;
+	EXPECT_EQ(call("Dump").status, 0);
 }
 
 } // namespace

@@ -229,6 +229,39 @@ TEST(NftWire, TheWritersBatchIsWhatNftSendsForEveryExampleRuleAndElement)
 
 // A key of an address and a port, an interval of a concatenation, a map's
 // interval data and an rbtree's closing element, byte for byte.
+// What audit reads back from the kernel decodes to the elements that were
+// encoded, for every set of every example (intervals, concatenations,
+// interfaces, marks in network order, counter references, range data).
+TEST(NftWire, EveryElementOfEveryExampleDecodesBackFromItsWireForm)
+{
+	for (const fs::path &toml : examples()) {
+		SCOPED_TRACE(toml.string());
+		config::LoadResult loaded = config::loadFile(toml);
+		ASSERT_TRUE(loaded.ok());
+		plan::PlanResult planned = plan::makePlan(*loaded.config);
+		ASSERT_TRUE(planned.ok());
+		nft::TableModel model = nft::buildModel(*planned.plan, 7);
+		for (const nft::Set &set : model.sets) {
+			SCOPED_TRACE(set.name);
+			size_t malformed = 0;
+			std::vector<nft::Element> back =
+				nft::decodeElements(set, nft::wireElements(set, set.elements, false), &malformed);
+			EXPECT_EQ(malformed, 0u);
+			ASSERT_EQ(back.size(), set.elements.size());
+			for (size_t i = 0; i < back.size(); i++)
+				EXPECT_EQ(nft::formatElement(set, back[i]), nft::formatElement(set, set.elements[i]));
+			EXPECT_TRUE(nft::sameElements(back, set.elements));
+		}
+	}
+	// Bytes that do not fit the declaration are counted, not guessed.
+	nft::Set ports = nft::buildModel(*plan::makePlan(*config::loadFile(examples()[0]).config).plan, 1).sets[2];
+	nft::WireElem cut;
+	cut.key = "\x01\x02";
+	size_t malformed = 0;
+	EXPECT_TRUE(nft::decodeElements(ports, {cut}, &malformed).empty());
+	EXPECT_EQ(malformed, 1u);
+}
+
 TEST(NftWire, ElementsOfConcatenationsAndIntervalsEncodeInNetworkOrderWithEndElements)
 {
 	nft::Set ports;
