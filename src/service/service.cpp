@@ -421,14 +421,24 @@ std::optional<Answer<uint64_t>> Service::moveSlices(const std::vector<BatchMove>
 		undo();
 		return *last;
 	}
+	// The journal holds every moved slice, before and after, as one record each.
+	Result<std::vector<journal::Change>> journaled = journalChange(batchBefore(moves), batchAfter(moves, drains),
+								       generation_ + 1, false);
+	if (!journaled) {
+		undo();
+		return fail({Fault::ApplyFailed, journaled.error().wrap("writing the ownership journal").message() +
+			     "; nothing was applied"}, false);
+	}
 	Persisted kept{overlay, generation_ + 1, drains, fileHash_};
 	if (Status saved = store_.save(kept); !saved) {
 		undo();
+		journalOutcome(generation_ + 1, saved, {});
 		return fail({Fault::ApplyFailed, saved.error().wrap("keeping the slice owners").message() +
 			     "; nothing was applied"}, false);
 	}
 	Clock::time_point t2 = Clock::now();
 	if (Status applied = backend_.applyMoves(*plan_, done, generation_ + 1); !applied) {
+		journalOutcome(generation_ + 1, applied, {});
 		undo();
 		if (Status back = store_.save(persisted_); !back)
 			listener_.log("restoring " + store_.path() + ": " + back.error().message());
@@ -451,9 +461,50 @@ std::optional<Answer<uint64_t>> Service::moveSlices(const std::vector<BatchMove>
 	};
 	listener_.log("applied generation " + std::to_string(generation_) + ": " + std::to_string(moves.size()) +
 		      " slices moved (ms: plan " + ms(t0, t1) + ", persist " + ms(t1, t2) + ", apply " + ms(t2, t3) + ")");
+	lastApplied_ = now();
+	journalOutcome(generation_, {}, *journaled);
 	listener_.applied(generation_);
 	listener_.propertiesChanged(properties);
 	return generation_;
+}
+
+// What the applied state says of each slice of a batch, for the journal.
+journal::SliceMap Service::batchBefore(const std::vector<BatchMove> &moves) const
+{
+	std::map<journal::SliceKey, int64_t> until;
+	for (const SliceDrain &d : drains_)
+		until.emplace(journal::SliceKey{d.address.value, d.slice}, d.until);
+	journal::SliceMap out;
+	for (const BatchMove &m : moves) {
+		const config::Address &a = config_->addresses[m.address];
+		journal::SliceKey key{a.address.value, m.slice};
+		journal::SliceState was;
+		if (auto it = a.owners.find(m.slice); it != a.owners.end())
+			was.owner = it->second;
+		if (auto it = a.previous.find(m.slice); it != a.previous.end())
+			was.previous = it->second;
+		if (auto it = until.find(key); it != until.end())
+			was.until = it->second;
+		out.emplace(key, std::move(was));
+	}
+	return out;
+}
+
+// What each slice of a batch will be once applied (drains: the batch's).
+journal::SliceMap Service::batchAfter(const std::vector<BatchMove> &moves, const Drains &drains) const
+{
+	std::map<journal::SliceKey, int64_t> until;
+	for (const SliceDrain &d : drains)
+		until.emplace(journal::SliceKey{d.address.value, d.slice}, d.until);
+	journal::SliceMap out;
+	for (const BatchMove &m : moves) {
+		journal::SliceKey key{config_->addresses[m.address].address.value, m.slice};
+		journal::SliceState will{m.server, m.previous.value_or(""), 0};
+		if (auto it = until.find(key); it != until.end())
+			will.until = it->second;
+		out.emplace(key, std::move(will));
+	}
+	return out;
 }
 
 Answer<uint64_t> Service::setSliceOwnerDraining(std::string_view addressText, uint32_t slice,

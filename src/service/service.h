@@ -192,6 +192,8 @@ private:
 	// move, one Backend::applyMoves. Nothing when a move needs a full plan.
 	std::optional<Answer<uint64_t>> moveSlices(const std::vector<BatchMove> &moves, config::Config &next,
 						   Overlay &overlay, Drains &drains);
+	journal::SliceMap batchBefore(const std::vector<BatchMove> &moves) const;
+	journal::SliceMap batchAfter(const std::vector<BatchMove> &moves, const Drains &drains) const;
 	Answer<uint64_t> setSliceOwnerDraining(std::string_view address, uint32_t slice, std::string_view server,
 					       std::chrono::seconds drain);
 	// Why `move` cannot be made on the applied config, or nullopt; `index`

@@ -596,6 +596,39 @@ TEST_F(ServiceTest, EveryAppliedChangeIsJournaledWithItsOutcomeAndAnnounced)
 	EXPECT_EQ(rows.value(), wantRows);
 }
 
+TEST_F(ServiceTest, SetSliceOwnersJournalsEverySliceItMovesAndOnlyWhenApplied)
+{
+	auto service = makeService();
+	ASSERT_TRUE(service->start().ok());
+	now_ += 10;
+	service->setCaller(0);
+	ASSERT_TRUE(service->setSliceOwners({{"198.51.100.1", 1, "s1"}, {"198.51.100.1", 3, "s2"}}, 5).ok());
+	EXPECT_EQ(backend_.batches, std::vector<size_t>{2}) << "the incremental path, not a full apply";
+	int64_t movedAt = now_;
+	now_ += 10;
+	backend_.failNext = true; // rolled back: never in the history
+	EXPECT_FALSE(service->setSliceOwners({{"198.51.100.1", 0, "s3"}, {"198.51.100.1", 2, "s1"}}, 0).ok());
+
+	std::string hash0 = journal::sha256Hex(kFleet).substr(0, 8);
+	std::vector<std::string> want = {"file " + hash0, "1 s2>s1 fleet", "3 s3>s2 fleet"};
+	EXPECT_EQ(historyLines(*service), want);
+	ASSERT_EQ(listener_.owned.size(), 3u); // the file, then one SliceOwnerChanged per slice
+	EXPECT_EQ(listener_.owned[1].generation, 2u); // the failed try took no generation
+	EXPECT_EQ(listener_.owned[2].uid, std::optional<uint32_t>(0));
+
+	// OwnerAt: s3 before the batch, s2 (s3 draining) from its second on, from the journal.
+	uint16_t port = 1024 + 3 * 2048;
+	Answer<journal::AnswerAt> before = service->ownerAt("198.51.100.1", port, movedAt - 1);
+	ASSERT_TRUE(before.ok()) << before.failure().message;
+	EXPECT_EQ(before.value().answer.server, "s3");
+	EXPECT_EQ(before.value().until, movedAt);
+	Answer<journal::AnswerAt> after = service->ownerAt("198.51.100.1", port, now_);
+	ASSERT_TRUE(after.ok()) << after.failure().message;
+	EXPECT_EQ(after.value().answer.server, "s2");
+	EXPECT_EQ(after.value().answer.previous, "s3");
+	EXPECT_EQ(after.value().generation, 2u);
+}
+
 TEST_F(ServiceTest, OwnerAtAnswersFromTheJournalWithTheIntervalAndOwnerNowNamesTheDrain)
 {
 	int64_t t0 = now_;
