@@ -91,6 +91,15 @@ Result<std::string> KernelBackend::drift(const plan::Plan &plan, uint64_t genera
 	std::string expected = comment_.empty() ? nft::tableComment(plan, generation) : comment_;
 	if ((*state)->comment != expected)
 		return "table inet portslice says \"" + (*state)->comment + "\", not \"" + expected + "\"";
+	// Every apply and delta writes the generation into the set `generation`.
+	Result<std::optional<uint64_t>> named = applier_.nft().readGeneration();
+	if (!named)
+		return named.error().wrap("reading set generation of table inet portslice");
+	if (!*named)
+		return std::string("table inet portslice has no set generation");
+	if (**named != (generation & 0xffffffffu))
+		return "set generation of table inet portslice names generation " + std::to_string(**named) + ", not " +
+		       std::to_string(generation & 0xffffffffu);
 #ifdef PORTSLICE_HAVE_XDP
 	if (xdp_) {
 		unsigned int ifindex = if_nametoindex(plan.uplink.c_str());

@@ -19,10 +19,11 @@ public:
 	Status apply(const plan::Plan &plan, const plan::Plan *old, uint64_t generation) override;
 	Status applyMove(const plan::Plan &plan, const plan::SliceMove &move, uint64_t generation) override;
 	Status applyMoves(const plan::Plan &plan, const std::vector<plan::SliceMove> &moves, uint64_t generation) override;
-	// A missing table, or a comment other than the one the last apply left,
-	// is drift. (An element delta keeps the comment of the last full replace:
-	// the kernel cannot update a table's comment in place.) Edits inside the
-	// table keep the comment; the nftables event monitor catches those.
+	// A missing table, a comment other than the one the last apply left, or
+	// a set `generation` that does not name `generation` is drift. (An
+	// element delta keeps the comment of the last full replace: the kernel
+	// cannot update a table's comment in place; it refills the set.) Other
+	// edits inside the table keep both; the nftables event monitor catches those.
 	// With the forwarder: no XDP program on the uplink is drift too.
 	Result<std::string> drift(const plan::Plan &plan, uint64_t generation) override;
 	Result<std::vector<service::StatRow>> stats(const plan::Plan &plan) override;

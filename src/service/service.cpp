@@ -161,9 +161,10 @@ Answer<uint64_t> Service::start()
 	persisted_ = loaded->state;
 	overlay_ = persisted_.overlay;
 	drains_ = persisted_.drains;
-	// Never below what the kernel holds, nor below what the state directory
-	// says was last applied (the table's comment keeps the generation of the
-	// last full replace, not of the element deltas after it).
+	// Never below what the kernel holds (its set `generation`), nor below
+	// what the state directory says was last applied (a table of an older
+	// portslice has only its comment, which keeps the generation of the last
+	// full replace, not of the element deltas after it).
 	generation_ = std::max(persisted_.generation, backend_.appliedGeneration().value_or(0));
 	if (loaded->form == Loaded::Form::Legacy)
 		listener_.log(store_.path() + ": read in the format before version 2 (no header, no checksum); the next "

@@ -533,6 +533,23 @@ TEST_F(JournalLab, ARepairingDaemonNamesTheElementDeletedByHandBeforePuttingItBa
 	Outcome audit = ctl("audit");
 	EXPECT_EQ(audit.status, 0) << audit.out;
 	EXPECT_EQ(call("Dump").status, 0);
+
+	// The set that names the generation, rewritten by hand, is named and put back too.
+	Outcome forged = inNs("printf 'flush set inet portslice generation\\nadd element inet portslice generation "
+			      "{ 99 }\\n' | nft -f -");
+	ASSERT_TRUE(forged.ok()) << forged.out;
+	std::string generationBack = "\tset generation {\n\t\ttypeof meta cgroup\n\t\telements = { 2 }\n";
+	bool back = false;
+	for (int i = 0; i < 250 && !back; i++) {
+		back = readFile(logPath()).find("set generation: element 99 in the kernel") != std::string::npos &&
+		       table().find(generationBack) != std::string::npos;
+		if (!back)
+			std::this_thread::sleep_for(std::chrono::milliseconds(20));
+	}
+	log = readFile(logPath());
+	EXPECT_TRUE(back) << log << table();
+	EXPECT_NE(log.find("set generation: element 2 missing from the kernel"), std::string::npos) << log;
+	EXPECT_EQ(ctl("audit").status, 0);
 }
 
 } // namespace
