@@ -21,13 +21,33 @@
 
 namespace portslice::daemon {
 
+Status KernelBackend::readNatFailures(std::vector<nft::CounterValue> *mainCounters)
+{
+	Result<std::vector<nft::CounterValue>> counters = applier_.nft().readCounters();
+	if (!counters)
+		return counters.error().wrap("reading the counters of table inet portslice");
+	Result<std::vector<nft::CounterValue>> lefts = applier_.nft().readCounters(true);
+	if (!lefts)
+		return lefts.error().wrap("reading the counters of table netdev portslice_egress");
+	natFailures_.update(*counters, *lefts);
+	if (mainCounters)
+		*mainCounters = std::move(*counters);
+	return {};
+}
+
 Status KernelBackend::apply(const plan::Plan &plan, const plan::Plan *old, uint64_t generation)
 {
 	conntrackUse_.reset();
+	// The failures counted so far, before a replace starts the counters at 0
+	// (none to read before the first apply).
+	if (old)
+		(void)readNatFailures();
 	Result<ApplyResult> result = applier_.apply(plan, old, generation);
 	if (!result)
 		return result.error();
 	const ApplyResult &r = *result;
+	if (r.nft.fullReplace)
+		natFailures_.rebase();
 	log::Line(log::Priority::Info) << "generation " << generation << ": " << (r.nft.fullReplace ? "table replaced" : "element delta")
 		  << ", +" << r.nft.elementsAdded << " -" << r.nft.elementsDeleted << " elements in " << r.nft.messages
 		  << " messages (" << r.nft.bytes << " bytes); " << r.conntrackDeleted
@@ -118,12 +138,13 @@ Result<std::string> KernelBackend::drift(const plan::Plan &plan, uint64_t genera
 
 Result<std::vector<service::StatRow>> KernelBackend::stats(const plan::Plan &plan)
 {
-	Result<std::vector<nft::CounterValue>> counters = applier_.nft().readCounters();
-	if (!counters)
-		return counters.error().wrap("reading the counters of table inet portslice");
+	std::vector<nft::CounterValue> counters;
+	if (Status s = readNatFailures(&counters); !s)
+		return s.error();
 	std::vector<service::StatRow> rows;
-	for (const nft::CounterValue &c : *counters)
+	for (const nft::CounterValue &c : counters)
 		addCounterRows(rows, c.name, c.packets, c.bytes);
+	natFailures_.addRows(rows);
 #ifdef PORTSLICE_HAVE_XDP
 	if (xdp_) {
 		Result<xdp::ForwarderCounters> verdicts = xdpPinDir_.empty() ? xdp::readForwarderCounters()

@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "daemon/applier.h"
+#include "daemon/kernel_stats.h"
 #include "service/backend.h"
 
 namespace portslice::daemon {
@@ -57,6 +58,9 @@ private:
 		std::vector<service::StatRow> rows;
 	};
 	std::optional<ConntrackUse> conntrackUse_;
+	NatFailures natFailures_;
+	// Both tables' counters into natFailures_ (the new_ ones first).
+	Status readNatFailures(std::vector<nft::CounterValue> *mainCounters = nullptr);
 };
 
 } // namespace portslice::daemon

@@ -12,6 +12,8 @@ namespace portslice::daemon {
 // src_NAME -> (source, NAME), addr_A -> (address, A), guard_X -> (guard, X).
 void addCounterRows(std::vector<service::StatRow> &rows, const std::string &name, uint64_t packets, uint64_t bytes)
 {
+	if (name.starts_with("new_"))
+		return; // NatFailures reads them
 	struct Prefix {
 		const char *prefix;
 		const char *kind;
@@ -30,6 +32,52 @@ void addCounterRows(std::vector<service::StatRow> &rows, const std::string &name
 		return;
 	}
 	rows.push_back({"counter", name, "packets", packets});
+}
+
+void NatFailures::update(const std::vector<nft::CounterValue> &news, const std::vector<nft::CounterValue> &lefts)
+{
+	constexpr std::string_view kNew = "new_", kLeft = "left_";
+	std::unordered_map<std::string, uint64_t> left;
+	for (const nft::CounterValue &c : lefts)
+		if (c.name.starts_with(kLeft))
+			left.emplace(c.name.substr(kLeft.size()), c.packets);
+	std::map<std::string, Source> now;
+	for (const nft::CounterValue &c : news) {
+		if (!c.name.starts_with(kNew))
+			continue;
+		std::string source = c.name.substr(kNew.size());
+		auto l = left.find(source);
+		if (l == left.end())
+			continue; // no egress table (yet): nothing to compare with
+		Source s;
+		if (auto was = sources_.find(source); was != sources_.end())
+			s = was->second;
+		if (s.seen && c.packets < s.lastNew) {
+			// The tables were made anew since the last read.
+			s.base += s.high;
+			s.high = 0;
+		}
+		s.seen = true;
+		s.lastNew = c.packets;
+		s.high = std::max(s.high, c.packets > l->second ? c.packets - l->second : 0);
+		now.emplace(std::move(source), s);
+	}
+	sources_ = std::move(now); // a source gone from the plan is gone from the rows
+}
+
+void NatFailures::rebase()
+{
+	for (auto &[name, s] : sources_) {
+		s.base += s.high;
+		s.high = 0;
+		s.lastNew = 0;
+	}
+}
+
+void NatFailures::addRows(std::vector<service::StatRow> &rows) const
+{
+	for (const auto &[name, s] : sources_)
+		rows.push_back({ "source", name, "nat_failures", s.base + s.high });
 }
 
 std::vector<service::StatRow> conntrackUseRows(const plan::Plan &plan, const std::vector<conntrack::Entry> &entries)

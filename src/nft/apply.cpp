@@ -304,6 +304,18 @@ Result<ApplyReport> NftApplier::delta(TableModel &next, TableModel &current, con
 	Batch batch;
 	TableWriter w(batch);
 	auto changed = [&](const Set &o, const Set &n) { w.delta(o, n, &report.elementsAdded, &report.elementsDeleted); };
+	// The egress table keeps its counters like the main one: only the
+	// sources that come or go change it.
+	TableModel egressNext = egressModel(next), egressCurrent = egressModel(current);
+	TableWriter e(batch, egressNext);
+	std::set<std::string> oldLeft(egressCurrent.counters.begin(), egressCurrent.counters.end());
+	std::set<std::string> newLeft(egressNext.counters.begin(), egressNext.counters.end());
+	for (const std::string &c : egressNext.counters)
+		if (!oldLeft.count(c))
+			e.counter(c);
+	for (size_t i = 0; i < egressNext.sets.size(); i++)
+		if (!sameElements(egressCurrent.sets[i].elements, egressNext.sets[i].elements))
+			e.delta(egressCurrent.sets[i], egressNext.sets[i], &report.elementsAdded, &report.elementsDeleted);
 	bool sameCounters = current.counters == next.counters;
 	std::set<std::string> oldCounters, newCounters;
 	if (!sameCounters) {
@@ -362,6 +374,9 @@ Result<ApplyReport> NftApplier::delta(TableModel &next, TableModel &current, con
 		for (const std::string &c : current.counters)
 			if (!newCounters.count(c))
 				w.counter(c, true);
+	for (const std::string &c : egressCurrent.counters)
+		if (!newLeft.count(c))
+			e.counter(c, true);
 	batch.finish();
 	report.messages = batch.messages();
 	if (Status s = sock_.send(batch); !s) {
@@ -380,11 +395,18 @@ Result<ApplyReport> NftApplier::replace(TableModel &model, const plan::Plan *pla
 		return exists.error().wrap("applying table portslice");
 	ApplyReport report;
 	report.fullReplace = true;
+	TableModel egress = egressModel(model); // before wholeTable frees the model's elements
 	Batch batch;
 	TableWriter w(batch);
 	if (exists->has_value())
 		w.deleteTable();
 	w.wholeTable(model, plan, &report.elementsAdded);
+	// The egress table anew, its counters at 0 like the new_ counters:
+	// adding it first makes the delete valid whether it exists or not.
+	TableWriter e(batch, egress);
+	e.table(egress.comment);
+	e.deleteTable();
+	e.wholeTable(egress, nullptr, &report.elementsAdded);
 	batch.finish();
 	report.messages = batch.messages();
 	if (Status s = sock_.send(batch); !s)
@@ -445,6 +467,12 @@ Status NftApplier::remove()
 	Batch batch;
 	TableWriter w(batch);
 	w.deleteTable();
+	TableModel egress;
+	egress.family = Family::Netdev;
+	egress.tableName = kEgressTableName;
+	TableWriter e(batch, egress);
+	e.table({});
+	e.deleteTable();
 	batch.finish();
 	Status s = sock_.send(batch);
 	if (!s)
@@ -452,32 +480,37 @@ Status NftApplier::remove()
 	return {};
 }
 
-Result<std::vector<CounterValue>> NftApplier::readCounters()
+Result<std::vector<CounterValue>> NftApplier::readCounters(bool egress)
 {
+	const char *table = egress ? kEgressTableName : kTableName;
+	const uint16_t family = egress ? NFPROTO_NETDEV : NFPROTO_INET;
 	std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
 	NftnlObj filter(nftnl_obj_alloc());
-	nftnl_obj_set_str(filter.get(), NFTNL_OBJ_TABLE, kTableName);
+	nftnl_obj_set_str(filter.get(), NFTNL_OBJ_TABLE, table);
 	nftnl_obj_set_u32(filter.get(), NFTNL_OBJ_TYPE, NFT_OBJECT_COUNTER);
-	nlmsghdr *nlh = nftnl_nlmsg_build_hdr(buf.data(), NFT_MSG_GETOBJ, NFPROTO_INET, NLM_F_DUMP, ++seq_);
+	nlmsghdr *nlh = nftnl_nlmsg_build_hdr(buf.data(), NFT_MSG_GETOBJ, family, NLM_F_DUMP, ++seq_);
 	nftnl_obj_nlmsg_build_payload(nlh, filter.get());
 	std::vector<CounterValue> out;
 	Status s = sock_.request(nlh, [&](const nlmsghdr *m) {
 		NftnlObj o(nftnl_obj_alloc());
 		if (nftnl_obj_nlmsg_parse(m, o.get()) < 0)
 			return MNL_CB_ERROR;
-		const char *table = nftnl_obj_get_str(o.get(), NFTNL_OBJ_TABLE);
-		if (!table || std::strcmp(table, kTableName) != 0 ||
-		    nftnl_obj_get_u32(o.get(), NFTNL_OBJ_FAMILY) != NFPROTO_INET)
+		const char *got = nftnl_obj_get_str(o.get(), NFTNL_OBJ_TABLE);
+		if (!got || std::strcmp(got, table) != 0 || nftnl_obj_get_u32(o.get(), NFTNL_OBJ_FAMILY) != family)
 			return MNL_CB_OK;
 		CounterValue v;
 		v.name = nftnl_obj_get_str(o.get(), NFTNL_OBJ_NAME);
+		v.handle = nftnl_obj_get_u64(o.get(), NFTNL_OBJ_HANDLE);
 		v.packets = nftnl_obj_get_u64(o.get(), NFTNL_OBJ_CTR_PKTS);
 		v.bytes = nftnl_obj_get_u64(o.get(), NFTNL_OBJ_CTR_BYTES);
 		out.push_back(std::move(v));
 		return MNL_CB_OK;
 	});
-	if (!s)
-		return s.error().wrap("reading counters of table portslice");
+	if (!s) {
+		if (egress && s.error().code() == std::errc::no_such_file_or_directory)
+			return out; // applied by an older portsliced: no egress table yet
+		return s.error().wrap(std::string("reading counters of table ") + table);
+	}
 	return out;
 }
 

@@ -27,6 +27,7 @@ struct CounterValue {
 	std::string name; // "src_warp-gb", "guard_other", "addr_198.51.100.1"
 	uint64_t packets = 0;
 	uint64_t bytes = 0;
+	uint64_t handle = 0; // the kernel's: a counter made anew (table replaced) has another
 };
 
 // What the table's comment says about the applied state.
@@ -89,8 +90,9 @@ public:
 	// lacks go last, in model order.
 	Status orderAsListed(TableModel &model);
 
-	// Every named counter of the table.
-	Result<std::vector<CounterValue>> readCounters();
+	// Every named counter of the table, or with `egress` of table netdev
+	// portslice_egress (none when it is missing).
+	Result<std::vector<CounterValue>> readCounters(bool egress = false);
 
 private:
 	// The whole table in one transaction that deletes the old one. With

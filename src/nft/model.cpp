@@ -187,7 +187,12 @@ std::vector<Chain> chains(const TableModel &m)
 			      Verdict{ V::Jump, "port_guard" } } },
 			  { { notShared, CounterRef{ byMark, "guard_mark" }, Verdict{ V::Drop, {} } } },
 			  { { CounterRef{ bySaddr, "guard_sl" }, Verdict{ V::Drop, {} } } },
-			  { { CounterRef{ bySaddr, "count_addr" } } } } });
+			  { { CounterRef{ bySaddr, "count_addr" } } },
+			  // A new flow of a conntrack source, counted before conntrack
+			  // confirms it; its ct mark goes on in the packet mark to
+			  // table netdev portslice_egress (egressModel).
+			  { { Match{ W::CtStateNew, false, {} }, CounterRef{ Key{ { S::CtMark, S::MetaMark }, {} }, "new_mark" },
+			      Assign{ Target::MetaMark, S::CtMark } } } } });
 	out.push_back({ "port_guard", "", "", "", 0,
 			{ { { notShared, Verdict{ V::Return, {} } } },
 			  { { Lookup{ Key{ { S::IpSaddr, S::ThSport }, {} }, "my_ports", false }, Verdict{ V::Return, {} } } },
@@ -451,6 +456,8 @@ TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
 	for (const PlannedSource &s : plan.sources) {
 		m.counters.push_back("src_" + s.name);
 		m.counters.push_back("guard_" + s.name);
+		if (s.mode == NatMode::Conntrack)
+			m.counters.push_back("new_" + s.name);
 	}
 	for (const plan::PlannedAddress &a : plan.addresses)
 		m.counters.push_back("addr_" + a.address.str());
@@ -525,6 +532,9 @@ TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
 	Set countSl = makeSet("count_sl", SetKind::CounterMap, { { S::IpSaddr }, {}, false }, true);
 	Set guardMark = makeSet("guard_mark", SetKind::CounterMap, { { S::MetaMark }, {}, false }, false);
 	Set guardSl = makeSet("guard_sl", SetKind::CounterMap, { { S::IpSaddr }, {}, false }, true);
+	// A conntrack source's new flows, by its ct mark and the packet mark its
+	// flows carry (its match's mark, or 0: the mark the egress table gives back).
+	Set newMark = makeSet("new_mark", SetKind::CounterMap, { { S::CtMark, S::MetaMark }, {}, false }, false);
 
 	for (const PlannedSource &s : plan.sources) {
 		if (s.mode == NatMode::Conntrack) {
@@ -534,6 +544,7 @@ TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
 				routeMarks.elements.push_back({ { mark(mk) }, {}, {} });
 			countMark.elements.push_back({ { mark(mk) }, {}, "src_" + s.name });
 			guardMark.elements.push_back({ { mark(mk) }, {}, "guard_" + s.name });
+			newMark.elements.push_back({ { mark(mk), mark(s.match.mark.value_or(0)) }, {}, "new_" + s.name });
 		} else {
 			Field prefix = ipRange(s.match.saddr->first(), s.match.saddr->last());
 			countSl.elements.push_back({ { prefix }, {}, "src_" + s.name });
@@ -542,7 +553,7 @@ TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
 		ports.source(plan, s, s.assignments);
 	}
 	for (Set *s : { &ctMarks, &routeMarks, &ports.natPort, &ports.natAddr, &ports.retZone, &drainZone,
-			&ports.icmpZone, &ports.slEgress, &ports.slReturn, &countMark, &countSl, &guardMark, &guardSl })
+			&ports.icmpZone, &ports.slEgress, &ports.slReturn, &countMark, &countSl, &guardMark, &guardSl, &newMark })
 		m.sets.push_back(std::move(*s));
 	m.sets.push_back(std::move(countAddr));
 	for (Set &s : zoneMaps)
@@ -552,6 +563,37 @@ TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
 		sortElements(s);
 	m.chains = chains(m);
 	return m;
+}
+
+TableModel egressModel(const TableModel &model)
+{
+	TableModel e;
+	e.family = Family::Netdev;
+	e.tableName = kEgressTableName;
+	e.comment = "portslice: new flows of each conntrack source that left " + model.uplink +
+		    " (new_NAME - left_NAME: refused by conntrack)";
+	e.uplink = model.uplink;
+	Set left = makeSet("left_mark", SetKind::CounterMap, { { S::MetaMark }, {}, false }, false);
+	Set orig = makeSet("orig_mark", SetKind::Map, { { S::MetaMark }, { S::MetaMark }, false }, false);
+	if (const Set *counted = model.find("new_mark"))
+		for (const Element &el : counted->elements) {
+			std::string name = "left_" + el.counter.substr(std::string_view("new_").size());
+			e.counters.push_back(name);
+			left.elements.push_back({ { el.key[0] }, {}, name });
+			orig.elements.push_back({ { el.key[0] }, { el.key[1] }, {} });
+		}
+	sortElements(left);
+	sortElements(orig);
+	e.sets.push_back(std::move(left));
+	e.sets.push_back(std::move(orig));
+	// Every packet out of the uplink pays one hash lookup on its mark; only
+	// the first packets of conntrack sources' flows carry a source's mark.
+	Chain chain{ "egress", "egress", "filter", "filter", 0,
+		     { { { CounterRef{ Key{ { S::MetaMark }, {} }, "left_mark" },
+			   MapAssign{ Target::MetaMark, Key{ { S::MetaMark }, {} }, "orig_mark" } } } },
+		     model.uplink };
+	e.chains.push_back(std::move(chain));
+	return e;
 }
 
 MoveDelta moveDelta(const Plan &plan, const plan::SliceMove &move)

@@ -15,6 +15,10 @@
 namespace portslice::nft {
 
 inline constexpr const char *kTableName = "portslice";
+// The companion table of netdev family on the uplink's egress hook: it counts
+// per conntrack source the new flows that left, after conntrack confirmed them
+// (see egressModel).
+inline constexpr const char *kEgressTableName = "portslice_egress";
 
 // The leak guard's fast path: `my_blocks` holds the aligned blocks of this
 // many ports that lie wholly inside this server's slices, so that a packet in
@@ -190,11 +194,12 @@ struct Rule {
 
 struct Chain {
 	std::string name;
-	std::string hook;     // "" for a regular chain
+	std::string hook;     // "" for a regular chain; "egress" only in the netdev table
 	std::string type;     // "filter" or "nat"
 	std::string priority; // as nft prints it: "raw", "srcnat + 10"
 	int priorityValue = 0;
 	std::vector<Rule> rules;
+	std::string device; // netdev hooks: the interface
 	bool operator==(const Chain &) const = default;
 };
 
@@ -215,7 +220,11 @@ struct Shape {
 // its answers. Equal to plan::kRouteMarkBase + zone.
 uint32_t sourceMark(const plan::PlannedSource &source);
 
+enum class Family : uint8_t { Inet, Netdev };
+
 struct TableModel {
+	Family family = Family::Inet;
+	std::string tableName = kTableName;
 	std::string comment; // "portslice generation G plan HASH server NAME"; as of the last full replace
 	uint64_t generation = 0; // also the one element of the first set, `generation` (generationSet)
 	std::string uplink;
@@ -271,6 +280,22 @@ std::string tableComment(const plan::Plan &plan, uint64_t generation);
 // generation modulo 2^32 (see readGeneration).
 inline constexpr const char *kGenerationSet = "generation";
 Set generationSet(uint64_t generation);
+
+// NAT failures per source. conntrack drops a new flow whose source NAT found
+// no free port when it confirms the flow (insert_failed), at the end of
+// postrouting, after every chain of table inet portslice: an inet chain at
+// priority INT_MAX runs before the confirmation whenever conntrack was in use
+// before the chain was made (a full replace, any other conntrack user), so no
+// inet chain can see which flows survived it. Instead the egress chain counts
+// each new flow of a conntrack source (`new_NAME`, map new_mark, keyed on its
+// ct mark and the packet mark the source's flows carry: its match's mark, or
+// 0) and hands its ct mark to the netdev egress hook of the uplink in the
+// packet mark; there table netdev portslice_egress counts it (`left_NAME`) and
+// gives the packet its mark back (orig_mark). new_NAME - left_NAME is the
+// number of the source's new flows dropped between the two: conntrack's
+// refusals, and first packets that waited for the gateway's ARP answer at the
+// moment of reading.
+TableModel egressModel(const TableModel &model);
 
 // drain_zone: the model never fills it; on the previous owner of a draining
 // slice the daemon puts one element per live flow in it (shared address and

@@ -299,7 +299,7 @@ std::string render(const TableModel &m, const plan::Plan *plan)
 {
 	std::string out;
 	out.reserve(4096);
-	out += "table inet " + std::string(kTableName) + " {\n";
+	out += std::string("table ") + (m.family == Family::Netdev ? "netdev " : "inet ") + m.tableName + " {\n";
 	out += "\tcomment \"" + m.comment + "\"\n";
 	bool first = true;
 	auto separate = [&] {
@@ -345,7 +345,9 @@ std::string render(const TableModel &m, const plan::Plan *plan)
 		separate();
 		out += "\tchain " + c.name + " {\n";
 		if (!c.hook.empty())
-			out += "\t\ttype " + c.type + " hook " + c.hook + " priority " + c.priority + "; policy accept;\n";
+			out += "\t\ttype " + c.type + " hook " + c.hook +
+			       (c.device.empty() ? "" : " device \"" + c.device + "\"") + " priority " + c.priority +
+			       "; policy accept;\n";
 		for (const Rule &r : c.rules)
 			out += "\t\t" + formatRule(r) + "\n";
 		out += "\t}\n";

@@ -66,9 +66,9 @@ class RuleEncoder {
 public:
 	RuleEncoder(TableWriter &w, const std::string &chain) : w_(w), chain_(chain), rule_(nftnl_rule_alloc())
 	{
-		nftnl_rule_set_str(rule_.get(), NFTNL_RULE_TABLE, kTableName);
+		nftnl_rule_set_str(rule_.get(), NFTNL_RULE_TABLE, w.table_.c_str());
 		nftnl_rule_set_str(rule_.get(), NFTNL_RULE_CHAIN, chain.c_str());
-		nftnl_rule_set_u32(rule_.get(), NFTNL_RULE_FAMILY, NFPROTO_INET);
+		nftnl_rule_set_u32(rule_.get(), NFTNL_RULE_FAMILY, w.family_);
 	}
 
 	void statement(const Statement &st)
@@ -367,12 +367,12 @@ private:
 void TableWriter::table(const std::string &comment)
 {
 	NftnlTable t(nftnl_table_alloc());
-	nftnl_table_set_str(t.get(), NFTNL_TABLE_NAME, kTableName);
+	nftnl_table_set_str(t.get(), NFTNL_TABLE_NAME, table_.c_str());
 	nftnl_table_set_u32(t.get(), NFTNL_TABLE_FLAGS, 0);
 	Udata u;
 	u.str(0, comment); // NFTNL_UDATA_TABLE_COMMENT
 	nftnl_table_set_data(t.get(), NFTNL_TABLE_USERDATA, u.bytes().data(), static_cast<uint32_t>(u.bytes().size()));
-	nlmsghdr *nlh = batch_.message(NFT_MSG_NEWTABLE, NFPROTO_INET, NLM_F_CREATE, "adding table portslice");
+	nlmsghdr *nlh = batch_.message(NFT_MSG_NEWTABLE, family_, NLM_F_CREATE, "adding table " + table_);
 	nftnl_table_nlmsg_build_payload(nlh, t.get());
 	batch_.commit();
 }
@@ -380,8 +380,8 @@ void TableWriter::table(const std::string &comment)
 void TableWriter::deleteTable()
 {
 	NftnlTable t(nftnl_table_alloc());
-	nftnl_table_set_str(t.get(), NFTNL_TABLE_NAME, kTableName);
-	nlmsghdr *nlh = batch_.message(NFT_MSG_DELTABLE, NFPROTO_INET, 0, "deleting table portslice");
+	nftnl_table_set_str(t.get(), NFTNL_TABLE_NAME, table_.c_str());
+	nlmsghdr *nlh = batch_.message(NFT_MSG_DELTABLE, family_, 0, "deleting table " + table_);
 	nftnl_table_nlmsg_build_payload(nlh, t.get());
 	batch_.commit();
 }
@@ -392,17 +392,20 @@ void TableWriter::chain(const Chain &h)
 		{ "prerouting", NF_INET_PRE_ROUTING }, { "input", NF_INET_LOCAL_IN },
 		{ "forward", NF_INET_FORWARD },       { "output", NF_INET_LOCAL_OUT },
 		{ "postrouting", NF_INET_POST_ROUTING },
+		{ "egress", NF_NETDEV_EGRESS },
 	};
 	NftnlChain c(nftnl_chain_alloc());
-	nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TABLE, kTableName);
+	nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TABLE, table_.c_str());
 	nftnl_chain_set_str(c.get(), NFTNL_CHAIN_NAME, h.name.c_str());
 	if (!h.hook.empty()) {
 		nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TYPE, h.type.c_str());
 		nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_POLICY, NF_ACCEPT);
 		nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_HOOKNUM, kHooks.at(h.hook));
 		nftnl_chain_set_s32(c.get(), NFTNL_CHAIN_PRIO, h.priorityValue);
+		if (!h.device.empty())
+			nftnl_chain_set_str(c.get(), NFTNL_CHAIN_DEV, h.device.c_str());
 	}
-	nlmsghdr *nlh = batch_.message(NFT_MSG_NEWCHAIN, NFPROTO_INET, NLM_F_CREATE, "adding chain " + h.name);
+	nlmsghdr *nlh = batch_.message(NFT_MSG_NEWCHAIN, family_, NLM_F_CREATE, "adding chain " + h.name);
 	nftnl_chain_nlmsg_build_payload(nlh, c.get());
 	batch_.commit();
 }
@@ -410,14 +413,14 @@ void TableWriter::chain(const Chain &h)
 void TableWriter::counter(const std::string &name, bool remove)
 {
 	NftnlObj o(nftnl_obj_alloc());
-	nftnl_obj_set_str(o.get(), NFTNL_OBJ_TABLE, kTableName);
+	nftnl_obj_set_str(o.get(), NFTNL_OBJ_TABLE, table_.c_str());
 	nftnl_obj_set_str(o.get(), NFTNL_OBJ_NAME, name.c_str());
 	nftnl_obj_set_u32(o.get(), NFTNL_OBJ_TYPE, NFT_OBJECT_COUNTER);
 	if (!remove) {
 		nftnl_obj_set_u64(o.get(), NFTNL_OBJ_CTR_BYTES, 0);
 		nftnl_obj_set_u64(o.get(), NFTNL_OBJ_CTR_PKTS, 0);
 	}
-	nlmsghdr *nlh = batch_.message(remove ? NFT_MSG_DELOBJ : NFT_MSG_NEWOBJ, NFPROTO_INET, remove ? 0 : NLM_F_CREATE,
+	nlmsghdr *nlh = batch_.message(remove ? NFT_MSG_DELOBJ : NFT_MSG_NEWOBJ, family_, remove ? 0 : NLM_F_CREATE,
 				       (remove ? "deleting counter " : "adding counter ") + name);
 	nftnl_obj_nlmsg_build_payload(nlh, o.get());
 	batch_.commit();
@@ -428,7 +431,7 @@ void TableWriter::set(const Set &d)
 	uint32_t id = ++setId_;
 	bool map = d.kind == SetKind::Map, objmap = d.kind == SetKind::CounterMap;
 	NftnlSet s(nftnl_set_alloc());
-	nftnl_set_set_str(s.get(), NFTNL_SET_TABLE, kTableName);
+	nftnl_set_set_str(s.get(), NFTNL_SET_TABLE, table_.c_str());
 	nftnl_set_set_str(s.get(), NFTNL_SET_NAME, d.name.c_str());
 	uint32_t flags = 0;
 	if (d.interval)
@@ -458,7 +461,7 @@ void TableWriter::set(const Set &d)
 	}
 	std::string ud = setUserData(d);
 	nftnl_set_set_data(s.get(), NFTNL_SET_USERDATA, ud.data(), static_cast<uint32_t>(ud.size()));
-	nlmsghdr *nlh = batch_.message(NFT_MSG_NEWSET, NFPROTO_INET, NLM_F_CREATE, "adding set " + d.name);
+	nlmsghdr *nlh = batch_.message(NFT_MSG_NEWSET, family_, NLM_F_CREATE, "adding set " + d.name);
 	nftnl_set_nlmsg_build_payload(nlh, s.get());
 	batch_.commit();
 	ids_[d.name] = id;
@@ -467,9 +470,9 @@ void TableWriter::set(const Set &d)
 void TableWriter::deleteSet(const std::string &name)
 {
 	NftnlSet s(nftnl_set_alloc());
-	nftnl_set_set_str(s.get(), NFTNL_SET_TABLE, kTableName);
+	nftnl_set_set_str(s.get(), NFTNL_SET_TABLE, table_.c_str());
 	nftnl_set_set_str(s.get(), NFTNL_SET_NAME, name.c_str());
-	nlmsghdr *nlh = batch_.message(NFT_MSG_DELSET, NFPROTO_INET, 0, "deleting set " + name);
+	nlmsghdr *nlh = batch_.message(NFT_MSG_DELSET, family_, 0, "deleting set " + name);
 	nftnl_set_nlmsg_build_payload(nlh, s.get());
 	batch_.commit();
 }
@@ -478,9 +481,9 @@ void TableWriter::flushChain(const std::string &name)
 {
 	// A DELRULE without a handle.
 	NftnlRule r(nftnl_rule_alloc());
-	nftnl_rule_set_str(r.get(), NFTNL_RULE_TABLE, kTableName);
+	nftnl_rule_set_str(r.get(), NFTNL_RULE_TABLE, table_.c_str());
 	nftnl_rule_set_str(r.get(), NFTNL_RULE_CHAIN, name.c_str());
-	nlmsghdr *nlh = batch_.message(NFT_MSG_DELRULE, NFPROTO_INET, 0, "flushing chain " + name);
+	nlmsghdr *nlh = batch_.message(NFT_MSG_DELRULE, family_, 0, "flushing chain " + name);
 	nftnl_rule_nlmsg_build_payload(nlh, r.get());
 	batch_.commit();
 }
@@ -488,8 +491,8 @@ void TableWriter::flushChain(const std::string &name)
 void TableWriter::flushSet(const std::string &name)
 {
 	// A DELSETELEM without elements.
-	nlmsghdr *nlh = batch_.message(NFT_MSG_DELSETELEM, NFPROTO_INET, 0, "flushing set " + name);
-	mnl_attr_put_strz(nlh, NFTA_SET_ELEM_LIST_TABLE, kTableName);
+	nlmsghdr *nlh = batch_.message(NFT_MSG_DELSETELEM, family_, 0, "flushing set " + name);
+	mnl_attr_put_strz(nlh, NFTA_SET_ELEM_LIST_TABLE, table_.c_str());
 	mnl_attr_put_strz(nlh, NFTA_SET_ELEM_LIST_SET, name.c_str());
 	batch_.commit();
 }
@@ -505,9 +508,9 @@ void TableWriter::putElements(uint16_t msgType, const std::string &setName, uint
 {
 	size_t i = 0;
 	while (i < elems.size()) {
-		nlmsghdr *nlh = batch_.message(msgType, NFPROTO_INET, NLM_F_CREATE,
+		nlmsghdr *nlh = batch_.message(msgType, family_, NLM_F_CREATE,
 					       std::string(verb) + " elements of set " + setName);
-		mnl_attr_put_strz(nlh, NFTA_SET_ELEM_LIST_TABLE, kTableName);
+		mnl_attr_put_strz(nlh, NFTA_SET_ELEM_LIST_TABLE, table_.c_str());
 		mnl_attr_put_strz(nlh, NFTA_SET_ELEM_LIST_SET, setName.c_str());
 		if (setId)
 			putNetU32(nlh, NFTA_SET_ELEM_LIST_SET_ID, setId);
@@ -531,7 +534,7 @@ uint32_t TableWriter::anonymousPair(const std::string &chain, uint32_t keyType, 
 {
 	uint32_t id = ++setId_;
 	NftnlSet s(nftnl_set_alloc());
-	nftnl_set_set_str(s.get(), NFTNL_SET_TABLE, kTableName);
+	nftnl_set_set_str(s.get(), NFTNL_SET_TABLE, table_.c_str());
 	nftnl_set_set_str(s.get(), NFTNL_SET_NAME, "__set%d");
 	nftnl_set_set_u32(s.get(), NFTNL_SET_FLAGS, NFT_SET_ANONYMOUS | NFT_SET_CONSTANT);
 	nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_TYPE, keyType);
@@ -542,7 +545,7 @@ uint32_t TableWriter::anonymousPair(const std::string &chain, uint32_t keyType, 
 	u.u32(kUdKeyByteorder, byteorder);
 	u.nest(kUdKeyTypeof, typeofExpr);
 	nftnl_set_set_data(s.get(), NFTNL_SET_USERDATA, u.bytes().data(), static_cast<uint32_t>(u.bytes().size()));
-	nlmsghdr *nlh = batch_.message(NFT_MSG_NEWSET, NFPROTO_INET, NLM_F_CREATE,
+	nlmsghdr *nlh = batch_.message(NFT_MSG_NEWSET, family_, NLM_F_CREATE,
 				       "adding anonymous set of chain " + chain);
 	nftnl_set_nlmsg_build_payload(nlh, s.get());
 	batch_.commit();
@@ -560,7 +563,7 @@ void TableWriter::rule(const std::string &chain, const Rule &rule)
 	RuleEncoder r(*this, chain);
 	for (const Statement &st : rule.statements)
 		r.statement(st);
-	nlmsghdr *nlh = batch_.message(NFT_MSG_NEWRULE, NFPROTO_INET, NLM_F_CREATE | NLM_F_APPEND,
+	nlmsghdr *nlh = batch_.message(NFT_MSG_NEWRULE, family_, NLM_F_CREATE | NLM_F_APPEND,
 				       "adding a rule to chain " + chain);
 	nftnl_rule_nlmsg_build_payload(nlh, r.get());
 	batch_.commit();

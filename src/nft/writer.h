@@ -16,6 +16,12 @@ namespace portslice::nft {
 class TableWriter {
 public:
 	explicit TableWriter(Batch &batch) : batch_(batch) {}
+	// The messages of another table than inet portslice (the egress table).
+	TableWriter(Batch &batch, const TableModel &table)
+		: batch_(batch), family_(table.family == Family::Netdev ? 5 /* NFPROTO_NETDEV */ : 1 /* NFPROTO_INET */),
+		  table_(table.tableName)
+	{
+	}
 
 	void table(const std::string &comment);
 	void deleteTable();
@@ -51,6 +57,8 @@ private:
 
 	friend class RuleEncoder;
 	Batch &batch_;
+	uint16_t family_ = 1; // NFPROTO_INET
+	std::string table_ = kTableName;
 	uint32_t setId_ = 0;
 	std::map<std::string, uint32_t> ids_;
 };

@@ -586,6 +586,149 @@ TEST_F(ServiceLab, LosingASliceRemovesItsConntrackEntriesAndStatsCountTheRest)
 	EXPECT_FALSE(after.contains("slice 198.51.100.1/0 ports_in_use"));
 }
 
+// `count` new UDP flows from inside address `from` (on lo) to 203.0.113.10,
+// one socket each; prints how many the kernel refused (sendto: EPERM, the
+// packet dropped in netfilter) and how many left.
+std::string udpFlows(const std::string &from, int firstPort, int count)
+{
+	return "python3 -c \"import socket, errno\nrefused = 0\nfor p in range(" + std::to_string(firstPort) + ", " +
+	       std::to_string(firstPort + count) + "):\n s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n s.bind(('" +
+	       from + "', p))\n try:\n  s.sendto(b'x', ('203.0.113.10', 5353))\n except PermissionError:\n  refused += 1\n"
+	       "print('refused', refused, 'sent', " + std::to_string(count) + " - refused)\"";
+}
+
+// insert_failed of conntrack -S, summed over the CPUs.
+uint64_t insertFailed(const Outcome &stats)
+{
+	uint64_t sum = 0;
+	for (size_t at = stats.out.find("insert_failed="); at != std::string::npos;
+	     at = stats.out.find("insert_failed=", at + 1))
+		sum += std::stoull(stats.out.substr(at + 14));
+	return sum;
+}
+
+// The value of one sample line "NAME{LABELS} VALUE" of the Prometheus text, or -1.
+double sample(const std::string &text, const std::string &line)
+{
+	size_t at = text.find("\n" + line + " ");
+	if (at == std::string::npos)
+		return -1;
+	return std::stod(text.substr(at + line.size() + 2));
+}
+
+// Two conntrack sources of 2 ports each on one address: warp-a opens 12 flows
+// to one peer (2 can have a port, 10 cannot), warp-b 2 (both fit).
+constexpr const char *kTinyFleet = R"([server]
+name = "s1"
+uplink = "up0"
+
+[[datacenters]]
+name = "lab1"
+gateway = "192.0.2.1"
+
+[[servers]]
+name = "s1"
+address = "192.0.2.11"
+datacenter = "lab1"
+
+[[addresses]]
+address = "198.51.100.1"
+datacenter = "lab1"
+port_range = "1024-1031"
+slice_size = 8
+tags = { country = "GB" }
+slices = { s1 = 0 }
+
+[[sources]]
+name = "warp-a"
+match = { saddr = "100.64.1.0/25" }
+want = { country = "GB" }
+
+[[sources]]
+name = "warp-b"
+match = { saddr = "100.64.1.128/25" }
+want = { country = "GB" }
+
+[[sources]]
+name = "plain"
+match = { saddr = "100.64.9.0/30" }
+want = { country = "GB" }
+nat = "stateless"
+block = 1
+)";
+
+TEST_F(ServiceLab, NatFailuresCountExactlyTheFlowsASourceWithAFullRangeLosesAndNoOtherSources)
+{
+	writeConfig(kTinyFleet);
+	startDaemon();
+	Outcome routed = inNs("ip addr add 100.64.1.5/32 dev lo && ip addr add 100.64.1.200/32 dev lo && "
+			      "ip route add 203.0.113.0/24 dev up0 && "
+			      "ip neigh add 203.0.113.10 lladdr 02:00:00:00:00:99 dev up0");
+	ASSERT_TRUE(routed.ok()) << routed.out;
+	auto metrics = [&] {
+		// The conntrack figures may be a second old; the counters are not.
+		Outcome m = ctl("stats --prometheus");
+		EXPECT_TRUE(m.ok()) << m.out;
+		return "\n" + m.out;
+	};
+	std::string before = metrics();
+	EXPECT_EQ(sample(before, "portslice_source_nat_failures_total{source=\"warp-a\"}"), 0) << before;
+	EXPECT_EQ(sample(before, "portslice_source_nat_failures_total{source=\"warp-b\"}"), 0) << before;
+	// A stateless source takes no port from a search: nothing can fail there.
+	EXPECT_EQ(before.find("nat_failures_total{source=\"plain\"}"), std::string::npos) << before;
+
+	uint64_t failedBefore = insertFailed(inNs("conntrack -S"));
+	Outcome a = inNs(udpFlows("100.64.1.5", 40000, 12));
+	Outcome b = inNs(udpFlows("100.64.1.200", 41000, 2));
+	ASSERT_TRUE(a.ok() && b.ok()) << a.out << b.out;
+	// The kernel's own account: 10 refused (sendto failed, insert_failed
+	// rose by as many), warp-a's 2 ports in use, warp-b's flows all left.
+	EXPECT_EQ(a.out, "refused 10 sent 2\n");
+	EXPECT_EQ(b.out, "refused 0 sent 2\n");
+	uint64_t refused = insertFailed(inNs("conntrack -S")) - failedBefore;
+	EXPECT_EQ(refused, 10u) << inNs("conntrack -S").out;
+
+	// The conntrack walk behind the ratios is at most a second old.
+	std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+	std::string after = metrics();
+	EXPECT_EQ(sample(after, "portslice_source_nat_failures_total{source=\"warp-a\"}"), static_cast<double>(refused))
+		<< after << table() << inNs("nft list table netdev portslice_egress").out;
+	EXPECT_EQ(sample(after, "portslice_source_nat_failures_total{source=\"warp-b\"}"), 0) << after;
+	// Each source's own 2 ports are in use: 1, not 4 of the slice's 8.
+	for (const char *source : {"warp-a", "warp-b"})
+		EXPECT_EQ(sample(after, std::string("portslice_source_ports_in_use_ratio{source=\"") + source +
+						"\",address=\"198.51.100.1\"}"),
+			  1)
+			<< after;
+	if (sh("promtool --version").ok()) {
+		std::ofstream(metricsPath() + ".failures") << after.substr(1);
+		Outcome checked = sh("promtool check metrics < " + metricsPath() + ".failures");
+		EXPECT_TRUE(checked.ok() && checked.out.empty()) << checked.out;
+	}
+
+	// Five more refused after a reload that replaces the table (a new shape:
+	// an iifname source): the counter goes on from 10, it never starts again.
+	writeConfig(std::string(kTinyFleet) + "\n[[sources]]\nname = \"by-iif\"\nmatch = { iifname = \"up1\" }\n"
+					      "want = { country = \"GB\" }\n");
+	Outcome reloaded = ctl("reload");
+	ASSERT_TRUE(reloaded.ok()) << reloaded.out;
+	ASSERT_NE(readFile(logPath()).find("table replaced"), std::string::npos) << readFile(logPath());
+	(void)inNs("conntrack -F");
+	// New flows to another peer port: warp-a's range (now 2 ports or fewer) is full again after its first ones.
+	Outcome again = inNs("python3 -c \"import socket\nrefused = 0\nfor p in range(42000, 42012):\n"
+			     " s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n s.bind(('100.64.1.5', p))\n try:\n"
+			     "  s.sendto(b'x', ('203.0.113.10', 5354))\n except PermissionError:\n  refused += 1\n"
+			     "print(refused)\"");
+	ASSERT_TRUE(again.ok()) << again.out;
+	uint64_t refusedAgain = std::stoull(again.out);
+	EXPECT_GE(refusedAgain, 9u) << again.out;
+	std::string last = metrics();
+	EXPECT_EQ(sample(last, "portslice_source_nat_failures_total{source=\"warp-a\"}"),
+		  static_cast<double>(refused + refusedAgain))
+		<< last;
+	EXPECT_EQ(sample(last, "portslice_source_nat_failures_total{source=\"warp-b\"}"), 0) << last;
+}
+
 TEST_F(ServiceLab, ADetachedForwarderIsReattachedWithinTwoSeconds)
 {
 	startDaemon();
