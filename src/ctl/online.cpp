@@ -112,15 +112,154 @@ void printPrometheus(const StatRows &rows, const std::string &server, const std:
 	std::cout << service::prometheusText({PORTSLICE_VERSION, server, state}, serviceRows);
 }
 
+// Stats() rows grouped by what they count, numbers as numbers: the names that
+// join two things in a row ("SOURCE ADDRESS", "ADDRESS/SLICE") come apart.
+// Rows of a kind this reader does not know go to "other" as they are.
+class StatsJson {
+public:
+	// One object per key, in the order of first appearance.
+	struct Group {
+		std::vector<std::pair<std::string, uint64_t>> fields;
+		std::vector<std::pair<std::string, Group>> children; // per address under a source, per slice under an address
+		void set(const std::string &field, uint64_t value)
+		{
+			for (auto &[f, v] : fields)
+				if (f == field) {
+					v = value;
+					return;
+				}
+			fields.emplace_back(field, value);
+		}
+		Group &child(const std::string &key)
+		{
+			for (auto &[k, g] : children)
+				if (k == key)
+					return g;
+			return children.emplace_back(key, Group{}).second;
+		}
+	};
+
+	explicit StatsJson(const StatRows &rows)
+	{
+		for (const auto &[kind, name, what, value] : rows) {
+			if (kind == "daemon") {
+				if (what == "version")
+					version_ = name;
+				else
+					daemon_.set(what, value);
+			} else if (kind == "source") {
+				group(sources_, name).set(what, value);
+			} else if (kind == "guard" && name == "other") {
+				guardOther_ = value;
+			} else if (kind == "guard") {
+				group(sources_, name).set("guard_" + what, value);
+			} else if (kind == "source_address" && name.rfind(' ') != std::string::npos) {
+				size_t space = name.rfind(' ');
+				group(sources_, name.substr(0, space)).child(name.substr(space + 1)).set(what, value);
+			} else if (kind == "address") {
+				group(addresses_, name).set(what, value);
+			} else if (kind == "slice" && name.rfind('/') != std::string::npos) {
+				size_t slash = name.rfind('/');
+				group(addresses_, name.substr(0, slash)).child(name.substr(slash + 1)).set(what, value);
+			} else if (kind == "xdp") {
+				group(xdp_, name).set(what, value);
+			} else if (kind == "zone") {
+				group(zones_, name).set(what, value);
+			} else {
+				other_.push_back({kind, name, what, value});
+			}
+		}
+	}
+
+	std::string text() const
+	{
+		JsonWriter w;
+		w.beginObject().key("daemon").beginObject();
+		if (!version_.empty())
+			w.key("version").value(version_);
+		fields(w, daemon_);
+		w.endObject();
+		w.key("sources").beginArray();
+		for (const auto &[name, g] : sources_) {
+			w.beginObject().key("source").value(name);
+			fields(w, g);
+			w.key("addresses").beginArray();
+			for (const auto &[address, a] : g.children) {
+				w.beginObject().key("address").value(address);
+				fields(w, a);
+				w.endObject();
+			}
+			w.endArray().endObject();
+		}
+		w.endArray().key("addresses").beginArray();
+		for (const auto &[address, g] : addresses_) {
+			w.beginObject().key("address").value(address);
+			fields(w, g);
+			w.key("slices").beginArray();
+			for (const auto &[slice, sl] : g.children) {
+				w.beginObject().key("slice");
+				number(w, slice);
+				fields(w, sl);
+				w.endObject();
+			}
+			w.endArray().endObject();
+		}
+		w.endArray().key("guard_other_drops").value(guardOther_).key("xdp").beginArray();
+		for (const auto &[verdict, g] : xdp_) {
+			w.beginObject().key("verdict").value(verdict);
+			fields(w, g);
+			w.endObject();
+		}
+		w.endArray().key("zones").beginArray();
+		for (const auto &[zone, g] : zones_) {
+			w.beginObject().key("zone");
+			number(w, zone);
+			fields(w, g);
+			w.endObject();
+		}
+		w.endArray().key("other").beginArray();
+		for (const auto &[kind, name, what, value] : other_)
+			w.beginObject().key("kind").value(kind).key("name").value(name).key("counter").value(what)
+				.key("value").value(value).endObject();
+		w.endArray().endObject();
+		return w.str();
+	}
+
+private:
+	using Groups = std::vector<std::pair<std::string, Group>>;
+	static Group &group(Groups &groups, const std::string &key)
+	{
+		for (auto &[k, g] : groups)
+			if (k == key)
+				return g;
+		return groups.emplace_back(key, Group{}).second;
+	}
+	static void fields(JsonWriter &w, const Group &g)
+	{
+		for (const auto &[field, value] : g.fields)
+			w.key(field).value(value);
+	}
+	// A slice or zone number as a number (as text if it is none).
+	static void number(JsonWriter &w, const std::string &text)
+	{
+		uint64_t n = 0;
+		auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+		if (ec == std::errc() && end == text.data() + text.size())
+			w.value(n);
+		else
+			w.value(text);
+	}
+
+	std::string version_;
+	Group daemon_;
+	Groups sources_, addresses_, xdp_, zones_;
+	uint64_t guardOther_ = 0;
+	StatRows other_;
+};
+
 void printJson(const StatRows &rows)
 {
-	JsonWriter json;
-	json.beginArray();
-	for (const auto &[kind, name, what, value] : rows)
-		json.beginObject().key("kind").value(kind).key("name").value(name).key("counter").value(what)
-			.key("value").value(value).endObject();
-	json.endArray();
-	std::cout << json.str() << "\n";
+	std::cout << StatsJson(rows).text() << "\n";
 }
 
 void printTable(const StatRows &rows)

@@ -522,7 +522,7 @@ TEST_F(ServiceLab, PortslicectlSpeaksToTheDaemonAndSaysWhenItIsNotRunning)
 		<< file;
 	Outcome json = ctl("stats --json");
 	EXPECT_TRUE(json.ok()) << json.out;
-	EXPECT_EQ(json.out.substr(0, 1), "[") << json.out;
+	EXPECT_EQ(json.out.substr(0, 1), "{") << json.out;
 
 	// Not under systemd, the log is standard error with sd-daemon priorities:
 	// every line has one, applies are info, the caller of a change is noted.
@@ -700,6 +700,13 @@ TEST_F(ServiceLab, NatFailuresCountExactlyTheFlowsASourceWithAFullRangeLosesAndN
 						"\",address=\"198.51.100.1\"}"),
 			  1)
 			<< after;
+	// The same from stats --json, as numbers: the source's own range and
+	// the slice each apart, not "NAME ADDRESS" or "ADDRESS/SLICE" strings.
+	Outcome json = ctl("stats --json | jq -c '[(.sources[] | select(.source == \"warp-a\") | "
+			   ".nat_failures, .addresses[0].address, .addresses[0].ports_in_use, .addresses[0].ports), "
+			   "(.addresses[0].slices[0] | .slice, .ports_in_use, .ports), "
+			   "(.sources[] | select(.source == \"plain\") | has(\"nat_failures\"))]'");
+	EXPECT_EQ(json.out, "[10,\"198.51.100.1\",2,2,0,4,8,false]\n") << json.out;
 	if (sh("promtool --version").ok()) {
 		std::ofstream(metricsPath() + ".failures") << after.substr(1);
 		Outcome checked = sh("promtool check metrics < " + metricsPath() + ".failures");

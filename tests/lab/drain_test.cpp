@@ -159,8 +159,8 @@ protected:
 
 	uint64_t secondHops(const std::string &s)
 	{
-		std::string out = inNode(s, ctl() + " stats --json | jq '[.[] | select(.kind == \"xdp\" and .name == "
-					    "\"second_hop\" and .counter == \"packets\") | .value] | add // 0'").output;
+		std::string out = inNode(s, ctl() + " stats --json | jq '[.xdp[] | select(.verdict == \"second_hop\") | "
+					    ".packets] | add // 0'").output;
 		return out.empty() ? 0 : std::stoull(out);
 	}
 };
