@@ -500,7 +500,6 @@ Result<std::vector<CounterValue>> NftApplier::readCounters(bool egress)
 			return MNL_CB_OK;
 		CounterValue v;
 		v.name = nftnl_obj_get_str(o.get(), NFTNL_OBJ_NAME);
-		v.handle = nftnl_obj_get_u64(o.get(), NFTNL_OBJ_HANDLE);
 		v.packets = nftnl_obj_get_u64(o.get(), NFTNL_OBJ_CTR_PKTS);
 		v.bytes = nftnl_obj_get_u64(o.get(), NFTNL_OBJ_CTR_BYTES);
 		out.push_back(std::move(v));

@@ -27,7 +27,6 @@ struct CounterValue {
 	std::string name; // "src_warp-gb", "guard_other", "addr_198.51.100.1"
 	uint64_t packets = 0;
 	uint64_t bytes = 0;
-	uint64_t handle = 0; // the kernel's: a counter made anew (table replaced) has another
 };
 
 // What the table's comment says about the applied state.

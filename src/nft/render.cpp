@@ -80,14 +80,15 @@ int elementsPerLine(const Set &set)
 
 // nft lists the elements of a concatenated hash set (my_blocks, drain_zone)
 // in its mergesort order: the key's bytes as on the wire, read as one
-// little-endian number, so the last byte weighs most. Only keys of addresses
-// and ports (the table's only such sets), whose bytes are all big-endian.
+// little-endian number, so the last byte weighs most. Keys of addresses and
+// ports (big-endian bytes) and of marks (new_mark: host order, little-endian
+// here, so `ct mark . meta mark` lists by the second mark first).
 bool listedByWireBytes(const Set &set)
 {
 	if (set.interval || set.key.size() < 2)
 		return false;
 	for (FieldType t : set.keyTypes())
-		if (t != FieldType::Ipv4 && t != FieldType::Port)
+		if (t != FieldType::Ipv4 && t != FieldType::Port && t != FieldType::Mark)
 			return false;
 	return true;
 }
@@ -96,9 +97,9 @@ std::string reversedWireBytes(const Element &e)
 {
 	std::string bytes;
 	for (const Field &f : e.key) {
-		int n = f.type == FieldType::Ipv4 ? 4 : 2;
-		for (int i = 0; i < n; i++) // big-endian
-			bytes += static_cast<char>((f.lo >> (8 * (n - 1 - i))) & 0xff);
+		int n = f.type == FieldType::Port ? 2 : 4;
+		for (int i = 0; i < n; i++) // big-endian, or little-endian for a mark
+			bytes += static_cast<char>((f.lo >> (8 * (f.type == FieldType::Mark ? i : n - 1 - i))) & 0xff);
 	}
 	return { bytes.rbegin(), bytes.rend() };
 }

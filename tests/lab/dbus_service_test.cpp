@@ -616,46 +616,9 @@ double sample(const std::string &text, const std::string &line)
 	return std::stod(text.substr(at + line.size() + 2));
 }
 
-// Two conntrack sources of 2 ports each on one address: warp-a opens 12 flows
-// to one peer (2 can have a port, 10 cannot), warp-b 2 (both fit).
-constexpr const char *kTinyFleet = R"([server]
-name = "s1"
-uplink = "up0"
-
-[[datacenters]]
-name = "lab1"
-gateway = "192.0.2.1"
-
-[[servers]]
-name = "s1"
-address = "192.0.2.11"
-datacenter = "lab1"
-
-[[addresses]]
-address = "198.51.100.1"
-datacenter = "lab1"
-port_range = "1024-1031"
-slice_size = 8
-tags = { country = "GB" }
-slices = { s1 = 0 }
-
-[[sources]]
-name = "warp-a"
-match = { saddr = "100.64.1.0/25" }
-want = { country = "GB" }
-
-[[sources]]
-name = "warp-b"
-match = { saddr = "100.64.1.128/25" }
-want = { country = "GB" }
-
-[[sources]]
-name = "plain"
-match = { saddr = "100.64.9.0/30" }
-want = { country = "GB" }
-nat = "stateless"
-block = 1
-)";
+// Two conntrack sources of 2 ports each on one address (tests/fixtures/tiny-range.toml):
+// warp-a opens 12 flows to one peer (2 can have a port, 10 cannot), warp-b 2 (both fit).
+const std::string kTinyFleet = portslice::test::fixture("tiny-range.toml");
 
 TEST_F(ServiceLab, NatFailuresCountExactlyTheFlowsASourceWithAFullRangeLosesAndNoOtherSources)
 {

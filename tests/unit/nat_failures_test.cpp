@@ -32,7 +32,7 @@ std::vector<CounterValue> counters(std::map<std::string, uint64_t> packets)
 {
 	std::vector<CounterValue> out;
 	for (const auto &[name, n] : packets)
-		out.push_back({ name, n, n * 60, 0 });
+		out.push_back({ name, n, n * 60 });
 	return out;
 }
 
