@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "fixture.h"
+#include "process.h"
 
 #ifndef PSD_SOURCE_ROOT
 #error "PSD_SOURCE_ROOT and PSD_BUILD_ROOT come from tests/lab/meson.build"
@@ -28,46 +29,19 @@ namespace portslice::dbuslab {
 
 namespace fs = std::filesystem;
 
-struct Outcome {
-	int status = -1;
-	std::string out; // stdout and stderr
-	bool ok() const { return status == 0; }
-};
+// The lab's process helpers (process.h), under the short names these tests use.
+using Outcome = lab::CommandResult;
+using lab::readFile;
 
 // `sh -c command`, bounded in time, stdout and stderr together.
 inline Outcome sh(const std::string &command, int timeoutSeconds = 30)
 {
-	std::string full = "timeout --kill-after=2 " + std::to_string(timeoutSeconds) + " sh -c '";
-	for (char c : command)
-		full += (c == '\'') ? std::string("'\\''") : std::string(1, c);
-	full += "' 2>&1";
-	Outcome run;
-	FILE *pipe = ::popen(full.c_str(), "r");
-	if (!pipe)
-		return run;
-	char buffer[4096];
-	size_t n;
-	while ((n = ::fread(buffer, 1, sizeof(buffer), pipe)) > 0)
-		run.out.append(buffer, n);
-	int status = ::pclose(pipe);
-	run.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-	return run;
+	return lab::runShell(command, timeoutSeconds);
 }
 
 inline std::string quote(const std::string &s)
 {
-	std::string q = "'";
-	for (char c : s)
-		q += (c == '\'') ? std::string("'\\''") : std::string(1, c);
-	return q + "'";
-}
-
-inline std::string readFile(const std::string &path)
-{
-	std::ifstream in(path);
-	std::stringstream text;
-	text << in.rdbuf();
-	return text.str();
+	return lab::shellQuote(s);
 }
 
 // nft lists the elements of a set in the kernel's order, which after an
@@ -138,16 +112,16 @@ protected:
 		Outcome made = sh("ip netns add " + ns_ + " && ip -n " + ns_ + " link set lo up && ip -n " + ns_ +
 			      " link add up0 type veth peer name up1 && ip -n " + ns_ + " link set up0 up && ip -n " +
 			      ns_ + " link set up1 up && ip -n " + ns_ + " addr add 192.0.2.11/24 dev up0");
-		ASSERT_TRUE(made.ok()) << made.out;
+		ASSERT_TRUE(made.ok()) << made.output;
 		// The policy names group portslice; dbus-daemon resolves it when it starts.
 		if (!sh("getent group portslice").ok()) {
 			Outcome added = sh("groupadd --system portslice");
-			ASSERT_TRUE(added.ok()) << added.out;
+			ASSERT_TRUE(added.ok()) << added.output;
 			addedGroup_ = true;
 		}
 		fs::create_directory(dir_ / "bpf");
 		Outcome mounted = sh("mount -t bpf bpf " + quote((dir_ / "bpf").string()));
-		ASSERT_TRUE(mounted.ok()) << mounted.out;
+		ASSERT_TRUE(mounted.ok()) << mounted.output;
 		startBus();
 		writeConfig(kLabFleet);
 	}
@@ -155,10 +129,7 @@ protected:
 	void TearDown() override
 	{
 		stopDaemon(SIGKILL);
-		if (busPid_ > 0) {
-			::kill(busPid_, SIGTERM);
-			::waitpid(busPid_, nullptr, 0);
-		}
+		lab::stopProcess(busPid_);
 		if (!ns_.empty()) {
 			(void)sh("ip netns del " + ns_);
 			(void)sh("umount " + quote((dir_ / "bpf").string()));
@@ -198,13 +169,10 @@ protected:
 </busconfig>
 )";
 		busAddress_ = "unix:path=" + (dir_ / "bus").string();
-		busPid_ = ::fork();
-		if (busPid_ == 0) {
-			std::string config = "--config-file=" + (dir_ / "bus.conf").string();
-			::execlp("dbus-daemon", "dbus-daemon", config.c_str(), "--nofork", "--nopidfile", "--nosyslog",
-				 static_cast<char *>(nullptr));
-			::_exit(127);
-		}
+		busPid_ = lab::spawnProcess({"dbus-daemon", "--config-file=" + (dir_ / "bus.conf").string(), "--nofork",
+					     "--nopidfile", "--nosyslog"},
+					    "/dev/null");
+		ASSERT_GT(busPid_, 0);
 		for (int i = 0; i < 100 && !fs::exists(dir_ / "bus"); ++i)
 			std::this_thread::sleep_for(std::chrono::milliseconds(20));
 		ASSERT_TRUE(fs::exists(dir_ / "bus")) << "dbus-daemon did not start";
@@ -222,33 +190,32 @@ protected:
 	std::string bin(const std::string &relative) const { return std::string(PSD_BUILD_ROOT) + "/" + relative; }
 	std::string env() const { return "DBUS_SYSTEM_BUS_ADDRESS=" + quote(busAddress_) + " "; }
 
+	// portsliced's command line: in the server namespace, this test's files.
+	std::vector<std::string> daemonWords(int drainSeconds = 0) const
+	{
+		std::vector<std::string> words = {"ip", "netns", "exec", ns_, bin("src/daemon/portsliced"), "--config",
+						  configPath(), "--state-dir", stateDir(), "--xdp-pin-dir", pinDir(),
+						  "--drain-seconds", std::to_string(drainSeconds), "--metrics-file",
+						  metricsPath()};
+		words.insert(words.end(), daemonArgs_.begin(), daemonArgs_.end());
+		return words;
+	}
+
 	// Start portsliced in the server namespace and wait until it owns its name.
 	// `drainSeconds`: how long the old owner of a moved slice drains; these
-	// tests look at the move itself, so none unless a test asks.
-	void startDaemon(int drainSeconds = 0)
+	// tests look at the move itself, so none unless a test asks. `prefix`
+	// runs before `ip netns exec` and must exec it, keeping the pid.
+	void startDaemon(int drainSeconds = 0, const std::vector<std::string> &prefix = {})
 	{
-		std::string drain = std::to_string(drainSeconds);
-		daemonPid_ = ::fork();
-		if (daemonPid_ == 0) {
-			::setenv("DBUS_SYSTEM_BUS_ADDRESS", busAddress_.c_str(), 1);
-			int log = ::open(logPath().c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-			::dup2(log, 1);
-			::dup2(log, 2);
-			std::string daemon = bin("src/daemon/portsliced");
-			std::vector<std::string> words = {"ip", "netns", "exec", ns_, daemon, "--config", configPath(),
-							  "--state-dir", stateDir(), "--xdp-pin-dir", pinDir(),
-							  "--drain-seconds", drain, "--metrics-file", metricsPath()};
-			words.insert(words.end(), daemonArgs_.begin(), daemonArgs_.end());
-			std::vector<char *> argv;
-			for (std::string &w : words)
-				argv.push_back(w.data());
-			argv.push_back(nullptr);
-			::execvp("ip", argv.data());
-			::_exit(127);
-		}
+		std::vector<std::string> words = prefix;
+		for (const std::string &w : daemonWords(drainSeconds))
+			words.push_back(w);
+		daemonPid_ = lab::spawnProcess(words, logPath(),
+					       {.env = {"DBUS_SYSTEM_BUS_ADDRESS=" + busAddress_}, .append = true});
+		ASSERT_GT(daemonPid_, 0);
 		for (int i = 0; i < 250; ++i) {
 			if (busctl("call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus NameHasOwner s "
-				   "org.portslice.Egress1").out.find("true") != std::string::npos)
+				   "org.portslice.Egress1").output.find("true") != std::string::npos)
 				return;
 			int status;
 			if (::waitpid(daemonPid_, &status, WNOHANG) == daemonPid_) {
@@ -260,14 +227,7 @@ protected:
 		FAIL() << "portsliced did not take its bus name in 5 s:\n" << readFile(logPath());
 	}
 
-	void stopDaemon(int signal = SIGTERM)
-	{
-		if (daemonPid_ <= 0)
-			return;
-		::kill(daemonPid_, signal);
-		::waitpid(daemonPid_, nullptr, 0);
-		daemonPid_ = -1;
-	}
+	void stopDaemon(int signal = SIGTERM) { lab::stopProcess(daemonPid_, signal, std::chrono::seconds(10)); }
 
 	// busctl against the private bus, as root or as `as` ("nobody", "nobody:portslice").
 	Outcome busctl(const std::string &args, const std::string &as = "") const
@@ -292,7 +252,7 @@ protected:
 	uint64_t generation() const
 	{
 		Outcome r = property("Generation");
-		return r.ok() ? std::stoull(r.out.substr(2)) : 0; // "t 7"
+		return r.ok() ? std::stoull(r.output.substr(2)) : 0; // "t 7"
 	}
 	Outcome ctl(const std::string &args, const std::string &as = "") const
 	{
@@ -303,7 +263,7 @@ protected:
 	{
 		return sh("ip netns exec " + ns_ + " sh -c " + quote(command), timeoutSeconds);
 	}
-	std::string table() const { return inNs("nft -s list table inet portslice").out; }
+	std::string table() const { return inNs("nft -s list table inet portslice").output; }
 
 	static inline int counter_ = 0;
 	std::vector<std::string> daemonArgs_; // more options for portsliced

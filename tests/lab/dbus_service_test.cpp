@@ -139,9 +139,9 @@ TEST_F(ServiceLab, IntrospectionShowsExactlyTheSpecMembers)
 {
 	startDaemon();
 	Outcome r = busctl("introspect org.portslice.Egress1 /org/portslice/Egress1 org.portslice.Egress1");
-	ASSERT_TRUE(r.ok()) << r.out;
+	ASSERT_TRUE(r.ok()) << r.output;
 	std::set<std::string> members;
-	std::istringstream lines(r.out);
+	std::istringstream lines(r.output);
 	for (std::string line; std::getline(lines, line);) {
 		if (line.empty() || line[0] != '.')
 			continue;
@@ -159,7 +159,7 @@ TEST_F(ServiceLab, IntrospectionShowsExactlyTheSpecMembers)
 		// Beyond the SPEC's table, for portslicectl owner, history and audit (docs/operations.md, "D-Bus").
 		".OwnerDetails method sqt a{ss}", ".History method t a(ttsusssss)", ".Audit method - as",
 	};
-	EXPECT_EQ(members, spec) << r.out;
+	EXPECT_EQ(members, spec) << r.output;
 }
 
 TEST_F(ServiceLab, PropertiesAndMethodsReturnWhatThePlanSays)
@@ -192,35 +192,35 @@ TEST_F(ServiceLab, AnUnprivilegedCallerIsDeniedEverything)
 	for (const char *member : {"Reload", "Plan", "Stats"}) {
 		Outcome r = call(member, "", "nobody");
 		EXPECT_FALSE(r.ok()) << member;
-		EXPECT_NE(r.out.find("ccess denied"), std::string::npos) << member << ": " << r.out;
+		EXPECT_NE(r.output.find("ccess denied"), std::string::npos) << member << ": " << r.output;
 	}
 	Outcome set = call("SetSliceOwner", "sus 198.51.100.1 1 s1", "nobody");
-	EXPECT_NE(set.out.find("ccess denied"), std::string::npos) << set.out;
+	EXPECT_NE(set.output.find("ccess denied"), std::string::npos) << set.output;
 	Outcome prop = property("Generation", "nobody");
-	EXPECT_NE(prop.out.find("ccess denied"), std::string::npos) << prop.out;
+	EXPECT_NE(prop.output.find("ccess denied"), std::string::npos) << prop.output;
 	EXPECT_EQ(generation(), 1u);
 
 	Outcome status = ctl("status", "nobody");
-	EXPECT_EQ(status.status, 4) << status.out;
-	EXPECT_NE(status.out.find("access denied"), std::string::npos) << status.out;
+	EXPECT_EQ(status.status, 4) << status.output;
+	EXPECT_NE(status.output.find("access denied"), std::string::npos) << status.output;
 }
 
 TEST_F(ServiceLab, AMemberOfGroupPortsliceReadsButCannotChange)
 {
 	startDaemon();
-	EXPECT_EQ(property("State", "portslice").out, "s \"applied\"\n");
+	EXPECT_EQ(property("State", "portslice").output, "s \"applied\"\n");
 	EXPECT_TRUE(call("Plan", "", "portslice").ok());
 	EXPECT_TRUE(call("Dump", "", "portslice").ok());
 	EXPECT_TRUE(call("Stats", "", "portslice").ok());
 	Outcome owner = call("Owner", "sq 198.51.100.1 1024", "portslice");
-	EXPECT_TRUE(owner.ok()) << owner.out;
-	EXPECT_EQ(owner.out.substr(0, 8), "ss \"s1\" ") << owner.out;
+	EXPECT_TRUE(owner.ok()) << owner.output;
+	EXPECT_EQ(owner.output.substr(0, 8), "ss \"s1\" ") << owner.output;
 	EXPECT_TRUE(busctl("introspect org.portslice.Egress1 /org/portslice/Egress1", "portslice").ok());
 	for (const std::string &mutation : {std::string("Reload"), std::string("SetSliceOwner sus 198.51.100.1 1 s1")}) {
 		std::string member = mutation.substr(0, mutation.find(' '));
 		std::string args = mutation.find(' ') == std::string::npos ? "" : mutation.substr(mutation.find(' ') + 1);
 		Outcome r = call(member, args, "portslice");
-		EXPECT_NE(r.out.find("ccess denied"), std::string::npos) << mutation << ": " << r.out;
+		EXPECT_NE(r.output.find("ccess denied"), std::string::npos) << mutation << ": " << r.output;
 	}
 	EXPECT_EQ(generation(), 1u);
 }
@@ -328,7 +328,7 @@ TEST_F(ServiceLab, ATableDeletedOrEditedByHandIsRestoredWithinTwoSeconds)
 	std::string applied = table();
 	ASSERT_NE(applied.find("table inet portslice"), std::string::npos);
 	Outcome deleted = inNs("nft delete table inet portslice");
-	ASSERT_TRUE(deleted.ok()) << deleted.out;
+	ASSERT_TRUE(deleted.ok()) << deleted.output;
 	auto start = std::chrono::steady_clock::now();
 	bool restored = false;
 	while (std::chrono::steady_clock::now() - start < std::chrono::seconds(2)) {
@@ -344,8 +344,8 @@ TEST_F(ServiceLab, ATableDeletedOrEditedByHandIsRestoredWithinTwoSeconds)
 
 	// An edit inside the table is a change too: flush one chain.
 	Outcome chains = inNs("nft -s list table inet portslice | awk '$1 == \"chain\" {print $2; exit}'");
-	ASSERT_TRUE(chains.ok() && !chains.out.empty()) << chains.out;
-	std::string chain = chains.out.substr(0, chains.out.find('\n'));
+	ASSERT_TRUE(chains.ok() && !chains.output.empty()) << chains.output;
+	std::string chain = chains.output.substr(0, chains.output.find('\n'));
 	ASSERT_TRUE(inNs("nft flush chain inet portslice " + chain).ok());
 	start = std::chrono::steady_clock::now();
 	restored = false;
@@ -476,44 +476,44 @@ TEST_F(ServiceLab, AReloadWithABrokenFileKeepsTheOldStateAndSignalsFileAndLine)
 TEST_F(ServiceLab, PortslicectlSpeaksToTheDaemonAndSaysWhenItIsNotRunning)
 {
 	Outcome down = ctl("status");
-	EXPECT_EQ(down.status, 3) << down.out;
-	EXPECT_NE(down.out.find("not running"), std::string::npos) << down.out;
+	EXPECT_EQ(down.status, 3) << down.output;
+	EXPECT_NE(down.output.find("not running"), std::string::npos) << down.output;
 
 	startDaemon();
 	Outcome status = ctl("status");
-	EXPECT_TRUE(status.ok()) << status.out;
-	EXPECT_NE(status.out.find("state:      applied"), std::string::npos) << status.out;
-	EXPECT_NE(status.out.find("server:     s1"), std::string::npos) << status.out;
+	EXPECT_TRUE(status.ok()) << status.output;
+	EXPECT_NE(status.output.find("state:      applied"), std::string::npos) << status.output;
+	EXPECT_NE(status.output.find("server:     s1"), std::string::npos) << status.output;
 	Outcome statusJson = ctl("status --json");
-	EXPECT_TRUE(statusJson.ok()) << statusJson.out;
-	EXPECT_NE(statusJson.out.find("\"state\": \"applied\""), std::string::npos) << statusJson.out;
-	EXPECT_NE(statusJson.out.find("\"generation\": 1,"), std::string::npos) << statusJson.out;
-	EXPECT_NE(statusJson.out.find("\"last_error\": null"), std::string::npos) << statusJson.out;
+	EXPECT_TRUE(statusJson.ok()) << statusJson.output;
+	EXPECT_NE(statusJson.output.find("\"state\": \"applied\""), std::string::npos) << statusJson.output;
+	EXPECT_NE(statusJson.output.find("\"generation\": 1,"), std::string::npos) << statusJson.output;
+	EXPECT_NE(statusJson.output.find("\"last_error\": null"), std::string::npos) << statusJson.output;
 
 	Outcome moved = ctl("set-owner 198.51.100.2 1 s1");
-	EXPECT_TRUE(moved.ok()) << moved.out;
-	EXPECT_NE(moved.out.find("generation 2"), std::string::npos) << moved.out;
+	EXPECT_TRUE(moved.ok()) << moved.output;
+	EXPECT_NE(moved.output.find("generation 2"), std::string::npos) << moved.output;
 	Outcome bad = ctl("set-owner 198.51.100.2 9 s1");
-	EXPECT_EQ(bad.status, 1) << bad.out;
-	EXPECT_NE(bad.out.find("slices 0 to 3"), std::string::npos) << bad.out;
+	EXPECT_EQ(bad.status, 1) << bad.output;
+	EXPECT_NE(bad.output.find("slices 0 to 3"), std::string::npos) << bad.output;
 
 	Outcome reloaded = ctl("reload");
-	EXPECT_TRUE(reloaded.ok()) << reloaded.out;
+	EXPECT_TRUE(reloaded.ok()) << reloaded.output;
 
 	Outcome prometheus = ctl("stats --prometheus");
-	EXPECT_TRUE(prometheus.ok()) << prometheus.out;
-	EXPECT_NE(prometheus.out.find("# TYPE portslice_source_packets_total counter"), std::string::npos)
-		<< prometheus.out;
-	EXPECT_NE(prometheus.out.find("portslice_source_packets_total{source=\"warp-gb\"}"), std::string::npos)
-		<< prometheus.out;
+	EXPECT_TRUE(prometheus.ok()) << prometheus.output;
+	EXPECT_NE(prometheus.output.find("# TYPE portslice_source_packets_total counter"), std::string::npos)
+		<< prometheus.output;
+	EXPECT_NE(prometheus.output.find("portslice_source_packets_total{source=\"warp-gb\"}"), std::string::npos)
+		<< prometheus.output;
 	if (sh("promtool --version").ok()) {
-		std::ofstream(metricsPath() + ".ctl") << prometheus.out;
+		std::ofstream(metricsPath() + ".ctl") << prometheus.output;
 		for (const std::string &file : {metricsPath() + ".ctl", metricsPath()}) {
 			Outcome checked = sh("promtool check metrics < " + file);
-			EXPECT_TRUE(checked.ok() && checked.out.empty()) << file << ": " << checked.out << readFile(file);
+			EXPECT_TRUE(checked.ok() && checked.output.empty()) << file << ": " << checked.output << readFile(file);
 		}
 	}
-	EXPECT_NE(prometheus.out.find("portslice_state{state=\"applied\"} 1"), std::string::npos) << prometheus.out;
+	EXPECT_NE(prometheus.output.find("portslice_state{state=\"applied\"} 1"), std::string::npos) << prometheus.output;
 	// The daemon's --metrics-file: the same metrics, written without a caller.
 	std::string file = readFile(metricsPath());
 	EXPECT_NE(file.find("portslice_info{version=\""), std::string::npos) << file;
@@ -521,8 +521,8 @@ TEST_F(ServiceLab, PortslicectlSpeaksToTheDaemonAndSaysWhenItIsNotRunning)
 		  std::string::npos)
 		<< file;
 	Outcome json = ctl("stats --json");
-	EXPECT_TRUE(json.ok()) << json.out;
-	EXPECT_EQ(json.out.substr(0, 1), "{") << json.out;
+	EXPECT_TRUE(json.ok()) << json.output;
+	EXPECT_EQ(json.output.substr(0, 1), "{") << json.output;
 
 	// Not under systemd, the log is standard error with sd-daemon priorities:
 	// every line has one, applies are info, the caller of a change is noted.
@@ -551,15 +551,15 @@ TEST_F(ServiceLab, LosingASliceRemovesItsConntrackEntriesAndStatsCountTheRest)
 	Outcome routed = inNs("ip addr add 100.64.1.5/32 dev lo && ip addr add 100.64.1.200/32 dev lo && "
 			      "ip route add 203.0.113.0/24 dev up0 && "
 			      "ip neigh add 203.0.113.10 lladdr 02:00:00:00:00:99 dev up0");
-	ASSERT_TRUE(routed.ok()) << routed.out;
+	ASSERT_TRUE(routed.ok()) << routed.output;
 	// 100.64.1.0/25 egresses with 198.51.100.1, 100.64.1.128/25 with 198.51.100.2 (see Plan()).
 	for (const auto &[from, port] : {std::pair{"100.64.1.5", 40000}, std::pair{"100.64.1.5", 40001},
 					 std::pair{"100.64.1.200", 40002}}) {
 		Outcome sent = inNs(udpFlow(from, port));
-		ASSERT_TRUE(sent.ok()) << sent.out;
+		ASSERT_TRUE(sent.ok()) << sent.output;
 	}
 	Outcome flows = inNs("conntrack -L 2>/dev/null");
-	ASSERT_NE(flows.out.find("dst=198.51.100.1"), std::string::npos) << flows.out << table();
+	ASSERT_NE(flows.output.find("dst=198.51.100.1"), std::string::npos) << flows.output << table();
 
 	// Stats() answers from a conntrack walk at most 1 s old (the daemon's
 	// metrics file may just have made one).
@@ -577,8 +577,8 @@ TEST_F(ServiceLab, LosingASliceRemovesItsConntrackEntriesAndStatsCountTheRest)
 	// Slice 0 of 198.51.100.1 goes to s2: its flows are s2's now.
 	EXPECT_EQ(proxy_->SetSliceOwner("198.51.100.1", 0, "s2"), 2u);
 	Outcome left = inNs("conntrack -L 2>/dev/null");
-	EXPECT_EQ(left.out.find("dst=198.51.100.1 "), std::string::npos) << left.out;
-	EXPECT_NE(left.out.find("dst=198.51.100.2 "), std::string::npos) << left.out;
+	EXPECT_EQ(left.output.find("dst=198.51.100.1 "), std::string::npos) << left.output;
+	EXPECT_NE(left.output.find("dst=198.51.100.2 "), std::string::npos) << left.output;
 	std::map<std::string, uint64_t> after;
 	for (const auto &row : proxy_->Stats())
 		after[row.get<0>() + " " + row.get<1>() + " " + row.get<2>()] = row.get<3>();
@@ -601,9 +601,9 @@ std::string udpFlows(const std::string &from, int firstPort, int count)
 uint64_t insertFailed(const Outcome &stats)
 {
 	uint64_t sum = 0;
-	for (size_t at = stats.out.find("insert_failed="); at != std::string::npos;
-	     at = stats.out.find("insert_failed=", at + 1))
-		sum += std::stoull(stats.out.substr(at + 14));
+	for (size_t at = stats.output.find("insert_failed="); at != std::string::npos;
+	     at = stats.output.find("insert_failed=", at + 1))
+		sum += std::stoull(stats.output.substr(at + 14));
 	return sum;
 }
 
@@ -627,12 +627,12 @@ TEST_F(ServiceLab, NatFailuresCountExactlyTheFlowsASourceWithAFullRangeLosesAndN
 	Outcome routed = inNs("ip addr add 100.64.1.5/32 dev lo && ip addr add 100.64.1.200/32 dev lo && "
 			      "ip route add 203.0.113.0/24 dev up0 && "
 			      "ip neigh add 203.0.113.10 lladdr 02:00:00:00:00:99 dev up0");
-	ASSERT_TRUE(routed.ok()) << routed.out;
+	ASSERT_TRUE(routed.ok()) << routed.output;
 	auto metrics = [&] {
 		// The conntrack figures may be a second old; the counters are not.
 		Outcome m = ctl("stats --prometheus");
-		EXPECT_TRUE(m.ok()) << m.out;
-		return "\n" + m.out;
+		EXPECT_TRUE(m.ok()) << m.output;
+		return "\n" + m.output;
 	};
 	std::string before = metrics();
 	EXPECT_EQ(sample(before, "portslice_source_nat_failures_total{source=\"warp-a\"}"), 0) << before;
@@ -643,19 +643,19 @@ TEST_F(ServiceLab, NatFailuresCountExactlyTheFlowsASourceWithAFullRangeLosesAndN
 	uint64_t failedBefore = insertFailed(inNs("conntrack -S"));
 	Outcome a = inNs(udpFlows("100.64.1.5", 40000, 12));
 	Outcome b = inNs(udpFlows("100.64.1.200", 41000, 2));
-	ASSERT_TRUE(a.ok() && b.ok()) << a.out << b.out;
+	ASSERT_TRUE(a.ok() && b.ok()) << a.output << b.output;
 	// The kernel's own account: 10 refused (sendto failed, insert_failed
 	// rose by as many), warp-a's 2 ports in use, warp-b's flows all left.
-	EXPECT_EQ(a.out, "refused 10 sent 2\n");
-	EXPECT_EQ(b.out, "refused 0 sent 2\n");
+	EXPECT_EQ(a.output, "refused 10 sent 2\n");
+	EXPECT_EQ(b.output, "refused 0 sent 2\n");
 	uint64_t refused = insertFailed(inNs("conntrack -S")) - failedBefore;
-	EXPECT_EQ(refused, 10u) << inNs("conntrack -S").out;
+	EXPECT_EQ(refused, 10u) << inNs("conntrack -S").output;
 
 	// The conntrack walk behind the ratios is at most a second old.
 	std::this_thread::sleep_for(std::chrono::milliseconds(1100));
 	std::string after = metrics();
 	EXPECT_EQ(sample(after, "portslice_source_nat_failures_total{source=\"warp-a\"}"), static_cast<double>(refused))
-		<< after << table() << inNs("nft list table netdev portslice_egress").out;
+		<< after << table() << inNs("nft list table netdev portslice_egress").output;
 	EXPECT_EQ(sample(after, "portslice_source_nat_failures_total{source=\"warp-b\"}"), 0) << after;
 	// Each source's own 2 ports are in use: 1, not 4 of the slice's 8.
 	for (const char *source : {"warp-a", "warp-b"})
@@ -669,11 +669,11 @@ TEST_F(ServiceLab, NatFailuresCountExactlyTheFlowsASourceWithAFullRangeLosesAndN
 			   ".nat_failures, .addresses[0].address, .addresses[0].ports_in_use, .addresses[0].ports), "
 			   "(.addresses[0].slices[0] | .slice, .ports_in_use, .ports), "
 			   "(.sources[] | select(.source == \"plain\") | has(\"nat_failures\"))]'");
-	EXPECT_EQ(json.out, "[10,\"198.51.100.1\",2,2,0,4,8,false]\n") << json.out;
+	EXPECT_EQ(json.output, "[10,\"198.51.100.1\",2,2,0,4,8,false]\n") << json.output;
 	if (sh("promtool --version").ok()) {
 		std::ofstream(metricsPath() + ".failures") << after.substr(1);
 		Outcome checked = sh("promtool check metrics < " + metricsPath() + ".failures");
-		EXPECT_TRUE(checked.ok() && checked.out.empty()) << checked.out;
+		EXPECT_TRUE(checked.ok() && checked.output.empty()) << checked.output;
 	}
 
 	// Five more refused after a reload that replaces the table (a new shape:
@@ -681,7 +681,7 @@ TEST_F(ServiceLab, NatFailuresCountExactlyTheFlowsASourceWithAFullRangeLosesAndN
 	writeConfig(std::string(kTinyFleet) + "\n[[sources]]\nname = \"by-iif\"\nmatch = { iifname = \"up1\" }\n"
 					      "want = { country = \"GB\" }\n");
 	Outcome reloaded = ctl("reload");
-	ASSERT_TRUE(reloaded.ok()) << reloaded.out;
+	ASSERT_TRUE(reloaded.ok()) << reloaded.output;
 	ASSERT_NE(readFile(logPath()).find("table replaced"), std::string::npos) << readFile(logPath());
 	(void)inNs("conntrack -F");
 	// New flows to another peer port: warp-a's range (now 2 ports or fewer) is full again after its first ones.
@@ -689,9 +689,9 @@ TEST_F(ServiceLab, NatFailuresCountExactlyTheFlowsASourceWithAFullRangeLosesAndN
 			     " s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n s.bind(('100.64.1.5', p))\n try:\n"
 			     "  s.sendto(b'x', ('203.0.113.10', 5354))\n except PermissionError:\n  refused += 1\n"
 			     "print(refused)\"");
-	ASSERT_TRUE(again.ok()) << again.out;
-	uint64_t refusedAgain = std::stoull(again.out);
-	EXPECT_GE(refusedAgain, 9u) << again.out;
+	ASSERT_TRUE(again.ok()) << again.output;
+	uint64_t refusedAgain = std::stoull(again.output);
+	EXPECT_GE(refusedAgain, 9u) << again.output;
 	std::string last = metrics();
 	EXPECT_EQ(sample(last, "portslice_source_nat_failures_total{source=\"warp-a\"}"),
 		  static_cast<double>(refused + refusedAgain))
@@ -702,11 +702,11 @@ TEST_F(ServiceLab, NatFailuresCountExactlyTheFlowsASourceWithAFullRangeLosesAndN
 TEST_F(ServiceLab, ADetachedForwarderIsReattachedWithinTwoSeconds)
 {
 	startDaemon();
-	auto attached = [&] { return inNs("ip -d link show up0").out.find("prog/xdp") != std::string::npos; };
-	ASSERT_TRUE(attached()) << inNs("ip -d link show up0").out;
+	auto attached = [&] { return inNs("ip -d link show up0").output.find("prog/xdp") != std::string::npos; };
+	ASSERT_TRUE(attached()) << inNs("ip -d link show up0").output;
 	// The link is pinned; unpinning it is how the forwarder comes off by hand.
 	Outcome removed = sh("rm -f " + quote(pinDir() + "/link"));
-	ASSERT_TRUE(removed.ok()) << removed.out;
+	ASSERT_TRUE(removed.ok()) << removed.output;
 	ASSERT_FALSE(attached()) << "unpinning the link did not detach the program";
 	auto start = std::chrono::steady_clock::now();
 	bool back = false;
@@ -723,8 +723,8 @@ TEST_F(ServiceLab, AnInvalidFileAtStartIsExitOneWithTheErrorsAndNothingApplied)
 	writeConfig(std::string(kLabFleet) + "\n[[sources]]\nname = \"x\"\nmatch = { saddr = \"100.64.7.0/33\" }\n");
 	Outcome run = sh("ip netns exec " + ns_ + " env " + env() + bin("src/daemon/portsliced") + " --config " +
 			 quote(configPath()) + " --state-dir " + quote(stateDir()) + " --xdp-pin-dir " + quote(pinDir()));
-	EXPECT_EQ(run.status, 1) << run.out;
-	EXPECT_NE(run.out.find(configPath() + ":"), std::string::npos) << run.out;
+	EXPECT_EQ(run.status, 1) << run.output;
+	EXPECT_NE(run.output.find(configPath() + ":"), std::string::npos) << run.output;
 	EXPECT_FALSE(inNs("nft list table inet portslice").ok());
 }
 
@@ -733,15 +733,15 @@ TEST_F(ServiceLab, TheForwarderFollowsAMovedSliceInTheSameGeneration)
 	// s2 and s3 are neighbours on the uplink: the forwarder can hand them packets.
 	Outcome neighbours = inNs("ip neigh add 192.0.2.12 lladdr 02:00:00:00:00:12 dev up0 && "
 				  "ip neigh add 192.0.2.13 lladdr 02:00:00:00:00:13 dev up0");
-	ASSERT_TRUE(neighbours.ok()) << neighbours.out;
+	ASSERT_TRUE(neighbours.ok()) << neighbours.output;
 	startDaemon();
 	connect();
 	// Packets for 198.51.100.1 leave by up1 and arrive on up0, the uplink with the forwarder.
-	std::string mac = inNs("cat /sys/class/net/up0/address").out;
+	std::string mac = inNs("cat /sys/class/net/up0/address").output;
 	mac = mac.substr(0, mac.find('\n'));
 	Outcome routed = inNs("ip route add 198.51.100.0/24 dev up1 && ip neigh add 198.51.100.1 lladdr " + mac +
 			      " dev up1");
-	ASSERT_TRUE(routed.ok()) << routed.out;
+	ASSERT_TRUE(routed.ok()) << routed.output;
 	auto verdicts = [&] {
 		std::map<std::string, uint64_t> v;
 		for (const auto &row : proxy_->Stats())
@@ -752,7 +752,7 @@ TEST_F(ServiceLab, TheForwarderFollowsAMovedSliceInTheSameGeneration)
 	auto send = [&](int port) {
 		Outcome sent = inNs("python3 -c \"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
 				    "[s.sendto(b'x', ('198.51.100.1', " + std::to_string(port) + ")) for i in range(10)]\"");
-		ASSERT_TRUE(sent.ok()) << sent.out;
+		ASSERT_TRUE(sent.ok()) << sent.output;
 	};
 
 	// Port 3072 is in slice 1, s2's: the forwarder sends it on to s2.
@@ -808,9 +808,9 @@ TEST_F(ServiceLab, DumpIsWhatNftListsByteForByteForEveryExampleAfterApplyAndMove
 		connect();
 
 		Outcome offline = ctl("dump --config " + quote(configPath()));
-		ASSERT_TRUE(offline.ok()) << offline.out;
+		ASSERT_TRUE(offline.ok()) << offline.output;
 		std::string listed = table();
-		EXPECT_EQ(offline.out, listed);
+		EXPECT_EQ(offline.output, listed);
 		EXPECT_EQ(proxy_->Dump(), listed);
 
 		// Two moves: a slice s1 does not own yet goes to s1 (elements added),

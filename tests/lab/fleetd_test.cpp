@@ -35,7 +35,7 @@ protected:
 		writeConfig(text);
 		// etcd on an address of its own in the server's namespace.
 		Outcome added = inNs("ip addr add 192.0.2.100/32 dev lo");
-		ASSERT_TRUE(added.ok()) << added.out;
+		ASSERT_TRUE(added.ok()) << added.output;
 		startEtcd();
 	}
 
@@ -49,31 +49,13 @@ protected:
 		DbusLab::TearDown();
 	}
 
-	static void killGroup(pid_t &pid)
-	{
-		if (pid <= 0)
-			return;
-		::kill(-pid, SIGKILL);
-		::waitpid(pid, nullptr, 0);
-		pid = -1;
-	}
+	static void killGroup(pid_t &pid) { lab::stopProcess(pid, SIGKILL, std::chrono::seconds(3), true); }
 
 	// `command` in the namespace, as the leader of a process group of its own (killed whole).
 	pid_t spawn(const std::string &command, const std::string &log)
 	{
-		pid_t pid = ::fork();
-		if (pid == 0) {
-			::setpgid(0, 0);
-			::setenv("DBUS_SYSTEM_BUS_ADDRESS", busAddress_.c_str(), 1);
-			int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-			::dup2(fd, 1);
-			::dup2(fd, 2);
-			::execlp("ip", "ip", "netns", "exec", ns_.c_str(), "sh", "-c", command.c_str(),
-				 static_cast<char *>(nullptr));
-			::_exit(127);
-		}
-		::setpgid(pid, pid);
-		return pid;
+		return lab::spawnProcess({"ip", "netns", "exec", ns_, "sh", "-c", command}, log,
+					 {.env = {"DBUS_SYSTEM_BUS_ADDRESS=" + busAddress_}, .append = true, .ownGroup = true});
 	}
 
 	void startEtcd()
@@ -116,16 +98,16 @@ protected:
 	void startMember(const std::string &name)
 	{
 		Outcome granted = etcdctl("lease grant 2");
-		ASSERT_TRUE(granted.ok()) << granted.out;
-		std::istringstream words(granted.out);
+		ASSERT_TRUE(granted.ok()) << granted.output;
+		std::istringstream words(granted.output);
 		std::string word, id;
 		words >> word >> id; // "lease 694d7f5e3c1b2a07 granted with TTL(2s)"
-		ASSERT_EQ(word, "lease") << granted.out;
+		ASSERT_EQ(word, "lease") << granted.output;
 		std::string value = "{\"address\": \"192.0.2.1" + name.substr(1) + "\", \"since\": " +
 				    std::to_string(std::time(nullptr)) + ", \"version\": \"test\"}";
 		Outcome put = etcdctl("put --lease=" + id + " " + std::string(kPrefix) + "/members/" + name + " " +
 				      quote(value));
-		ASSERT_TRUE(put.ok()) << put.out;
+		ASSERT_TRUE(put.ok()) << put.output;
 		members_[name] = spawn("while :; do ETCDCTL_API=3 etcdctl --dial-timeout=300ms --command-timeout=500ms "
 				       "--endpoints " + std::string(kEtcd) + " lease keep-alive --once " + id +
 				       " >/dev/null 2>&1; sleep 0.3; done",
@@ -136,7 +118,7 @@ protected:
 	std::set<std::string> live() const
 	{
 		Outcome got = etcdctl("get --print-value-only " + std::string(kPrefix) + "/live");
-		nlohmann::json j = nlohmann::json::parse(got.out, nullptr, false);
+		nlohmann::json j = nlohmann::json::parse(got.output, nullptr, false);
 		if (j.is_discarded() || !j.contains("servers"))
 			return {};
 		return j["servers"].get<std::set<std::string>>();
@@ -148,11 +130,11 @@ protected:
 		Outcome r = busctl("--json=short call org.portslice.Egress1 /org/portslice/Egress1 "
 				   "org.portslice.Egress1 Plan");
 		Owners out;
-		nlohmann::json reply = nlohmann::json::parse(r.out, nullptr, false);
+		nlohmann::json reply = nlohmann::json::parse(r.output, nullptr, false);
 		if (reply.is_discarded() || !reply.contains("data"))
 			return out;
 		if (!reply["data"].is_array() || reply["data"].empty() || !reply["data"][0].is_string()) {
-			ADD_FAILURE() << "Plan() answered " << r.out.substr(0, 300);
+			ADD_FAILURE() << "Plan() answered " << r.output.substr(0, 300);
 			return out;
 		}
 		nlohmann::json plan = nlohmann::json::parse(reply["data"][0].get<std::string>());
@@ -171,9 +153,9 @@ protected:
 	{
 		Outcome r = busctl("--json=short call org.portslice.Egress1 /org/portslice/Egress1 "
 				   "org.portslice.Egress1 Dump");
-		nlohmann::json reply = nlohmann::json::parse(r.out, nullptr, false);
+		nlohmann::json reply = nlohmann::json::parse(r.output, nullptr, false);
 		if (reply.is_discarded() || !reply.contains("data") || !reply["data"][0].is_string())
-			return "Dump() answered " + r.out.substr(0, 300);
+			return "Dump() answered " + r.output.substr(0, 300);
 		return reply["data"][0].get<std::string>();
 	}
 
@@ -253,9 +235,9 @@ TEST_F(FleetdLab, AMemberWhoseLeaseExpiresLosesItsSlicesInOneGenerationAndGetsTh
 		}
 	}
 	Outcome status = ctl("status --fleet-status " + quote(statusFile()));
-	EXPECT_NE(status.out.find("fleet: etcd reachable (http://192.0.2.100:2379)"), std::string::npos) << status.out;
-	EXPECT_NE(status.out.find("fleet leader: s1"), std::string::npos) << status.out;
-	EXPECT_NE(status.out.find("fleet live: s1, s2\n"), std::string::npos) << status.out;
+	EXPECT_NE(status.output.find("fleet: etcd reachable (http://192.0.2.100:2379)"), std::string::npos) << status.output;
+	EXPECT_NE(status.output.find("fleet leader: s1"), std::string::npos) << status.output;
+	EXPECT_NE(status.output.find("fleet live: s1, s2\n"), std::string::npos) << status.output;
 
 	// s3 comes back: after return_home_seconds (3) alive it is live again and gets its slices back.
 	startMember("s3");
@@ -277,17 +259,17 @@ TEST_F(FleetdLab, SetOwnerFleetIsACompareAndSwapOfTheKeyAndTheDaemonFollowsWithi
 	auto t0 = Clock::now();
 	Outcome set = inNs(bin("src/ctl/portslicectl") + " set-owner 198.51.100.1 1 s1 --fleet --config " +
 			   quote(configPath()));
-	ASSERT_TRUE(set.ok()) << set.out;
-	EXPECT_NE(set.out.find("s2 drains it for 60 s"), std::string::npos) << set.out;
+	ASSERT_TRUE(set.ok()) << set.output;
+	EXPECT_NE(set.output.find("s2 drains it for 60 s"), std::string::npos) << set.output;
 	ASSERT_TRUE(waitFor([&] { return owners().at({"198.51.100.1", 1}) == "s1"; }, std::chrono::seconds(1)))
 		<< fleetdLog();
 	std::printf("set-owner --fleet applied %.3f s after the command started\n",
 		    std::chrono::duration<double>(Clock::now() - t0).count());
 	EXPECT_EQ(generation(), before + 1);
 	Outcome key = etcdctl("get -w json " + std::string(kPrefix) + "/owners/198.51.100.1/1");
-	nlohmann::json kv = nlohmann::json::parse(key.out)["kvs"][0];
+	nlohmann::json kv = nlohmann::json::parse(key.output)["kvs"][0];
 	EXPECT_EQ(kv["version"], 1);
-	nlohmann::json value = nlohmann::json::parse(dbuslab::sh("echo " + kv["value"].get<std::string>() + " | base64 -d").out);
+	nlohmann::json value = nlohmann::json::parse(dbuslab::sh("echo " + kv["value"].get<std::string>() + " | base64 -d").output);
 	EXPECT_EQ(value["owner"], "s1");
 	EXPECT_EQ(value["previous"], "s2");
 	EXPECT_GT(value["until"].get<int64_t>(), std::time(nullptr) + 50);
@@ -298,15 +280,15 @@ TEST_F(FleetdLab, SetOwnerFleetIsACompareAndSwapOfTheKeyAndTheDaemonFollowsWithi
 			    quote("{\"owner\": \"s3\", \"previous\": \"s1\", \"until\": 0}")).ok());
 	ASSERT_TRUE(waitFor([&] { return owners().at({"198.51.100.1", 1}) == "s3"; }, std::chrono::seconds(1)));
 	set = inNs(bin("src/ctl/portslicectl") + " set-owner 198.51.100.1 1 s2 --fleet --config " + quote(configPath()));
-	ASSERT_TRUE(set.ok()) << set.out;
-	EXPECT_NE(set.out.find("s3 drains it"), std::string::npos) << set.out;
+	ASSERT_TRUE(set.ok()) << set.output;
+	EXPECT_NE(set.output.find("s3 drains it"), std::string::npos) << set.output;
 	ASSERT_TRUE(waitFor([&] { return owners().at({"198.51.100.1", 1}) == "s2"; }, std::chrono::seconds(1)));
 
 	// A bad slice is refused before etcd is touched.
 	Outcome bad = inNs(bin("src/ctl/portslicectl") + " set-owner 198.51.100.1 9 s2 --fleet --config " +
 			   quote(configPath()));
-	EXPECT_EQ(bad.status, 1) << bad.out;
-	EXPECT_NE(bad.out.find("slice 9 of 198.51.100.1 does not exist"), std::string::npos) << bad.out;
+	EXPECT_EQ(bad.status, 1) << bad.output;
+	EXPECT_NE(bad.output.find("slice 9 of 198.51.100.1 does not exist"), std::string::npos) << bad.output;
 }
 
 TEST_F(FleetdLab, WithEtcdDownTheStateStaysStatusSaysWhyAndNothingMovesWhenItComesBack)
@@ -320,14 +302,14 @@ TEST_F(FleetdLab, WithEtcdDownTheStateStaysStatusSaysWhyAndNothingMovesWhenItCom
 	killGroup(etcdPid_);
 	ASSERT_TRUE(waitFor(
 		[&] {
-			return ctl("status --fleet-status " + quote(statusFile())).out.find("fleet: etcd unreachable") !=
+			return ctl("status --fleet-status " + quote(statusFile())).output.find("fleet: etcd unreachable") !=
 			       std::string::npos;
 		},
 		std::chrono::seconds(5)))
 		<< fleetdLog();
 	Outcome status = ctl("status --fleet-status " + quote(statusFile()));
-	EXPECT_NE(status.out.find("no etcd endpoint answers (http://192.0.2.100:2379: "), std::string::npos) << status.out;
-	EXPECT_NE(status.out.find("no move can happen; the applied state stays"), std::string::npos) << status.out;
+	EXPECT_NE(status.output.find("no etcd endpoint answers (http://192.0.2.100:2379: "), std::string::npos) << status.output;
+	EXPECT_NE(status.output.find("no move can happen; the applied state stays"), std::string::npos) << status.output;
 	// Longer than a lease: nothing moves, the table is as it was.
 	std::this_thread::sleep_for(std::chrono::seconds(4));
 	EXPECT_EQ(generation(), before);
@@ -339,7 +321,7 @@ TEST_F(FleetdLab, WithEtcdDownTheStateStaysStatusSaysWhyAndNothingMovesWhenItCom
 	ASSERT_FALSE(HasFatalFailure());
 	ASSERT_TRUE(waitFor(
 		[&] {
-			return ctl("status --fleet-status " + quote(statusFile())).out.find("fleet: etcd reachable") !=
+			return ctl("status --fleet-status " + quote(statusFile())).output.find("fleet: etcd reachable") !=
 			       std::string::npos;
 		},
 		std::chrono::seconds(8)))

@@ -170,44 +170,44 @@ TEST_F(JournalLab, OwnerIsTheDaemonsViewWithMovesAndDrainsAndTheFileAloneWithCon
 	startDaemon(30);
 	// The issue's example: after set-owner, the answer is the daemon's, not the file's.
 	Outcome moved = ctl("set-owner 198.51.100.1 3 s2");
-	ASSERT_TRUE(moved.ok()) << moved.out;
+	ASSERT_TRUE(moved.ok()) << moved.output;
 	Outcome online = ctl("owner 198.51.100.1:7200");
-	ASSERT_TRUE(online.ok()) << online.out;
-	EXPECT_NE(online.out.find("slice 3, server s2"), std::string::npos) << online.out;
-	EXPECT_NE(online.out.find("draining: s3 keeps the flows it opened before the move until "), std::string::npos)
-		<< online.out;
+	ASSERT_TRUE(online.ok()) << online.output;
+	EXPECT_NE(online.output.find("slice 3, server s2"), std::string::npos) << online.output;
+	EXPECT_NE(online.output.find("draining: s3 keeps the flows it opened before the move until "), std::string::npos)
+		<< online.output;
 	Outcome file = ctl("owner 198.51.100.1:7200 --config " + quote(configPath()));
-	ASSERT_TRUE(file.ok()) << file.out;
-	EXPECT_NE(file.out.find("slice 3, server s3"), std::string::npos) << file.out;
-	EXPECT_EQ(file.out.find("draining"), std::string::npos) << file.out;
-	EXPECT_NE(call("Owner", "sq 198.51.100.1 7200").out.find("\"s2\""), std::string::npos);
+	ASSERT_TRUE(file.ok()) << file.output;
+	EXPECT_NE(file.output.find("slice 3, server s3"), std::string::npos) << file.output;
+	EXPECT_EQ(file.output.find("draining"), std::string::npos) << file.output;
+	EXPECT_NE(call("Owner", "sq 198.51.100.1 7200").output.find("\"s2\""), std::string::npos);
 
 	// A port of this server's own slice: the same source and inside address online as in the file.
 	for (uint16_t port = 1024; port < 3072; port += 64) {
 		std::string target = "198.51.100.1:" + std::to_string(port);
 		Outcome a = ctl("owner " + target + " --json");
 		Outcome b = ctl("owner " + target + " --json --config " + quote(configPath()));
-		ASSERT_TRUE(a.ok() && b.ok()) << a.out << b.out;
+		ASSERT_TRUE(a.ok() && b.ok()) << a.output << b.output;
 		// The online answer is the offline one with the daemon's fields after it.
-		std::istringstream offline(b.out);
+		std::istringstream offline(b.output);
 		for (std::string line; std::getline(offline, line);) {
 			if (line.ends_with(","))
 				line.pop_back();
-			EXPECT_NE(a.out.find(line), std::string::npos) << line << "\n" << a.out;
+			EXPECT_NE(a.output.find(line), std::string::npos) << line << "\n" << a.output;
 		}
-		EXPECT_NE(a.out.find("\"server\": \"s1\""), std::string::npos) << a.out;
+		EXPECT_NE(a.output.find("\"server\": \"s1\""), std::string::npos) << a.output;
 	}
 	// Losing its own slice 0 to s2: s2 owns it now, s1 keeps its flows for 30 s.
 	ASSERT_TRUE(ctl("set-owner 198.51.100.1 0 s2").ok());
 	Outcome drain = ctl("owner 198.51.100.1:1100 --json");
-	ASSERT_TRUE(drain.ok()) << drain.out;
-	EXPECT_NE(drain.out.find("\"server\": \"s2\""), std::string::npos) << drain.out;
-	size_t draining = drain.out.find("\"draining\": {");
-	ASSERT_NE(draining, std::string::npos) << drain.out;
-	EXPECT_NE(drain.out.find("\"server\": \"s1\"", draining), std::string::npos) << drain.out;
+	ASSERT_TRUE(drain.ok()) << drain.output;
+	EXPECT_NE(drain.output.find("\"server\": \"s2\""), std::string::npos) << drain.output;
+	size_t draining = drain.output.find("\"draining\": {");
+	ASSERT_NE(draining, std::string::npos) << drain.output;
+	EXPECT_NE(drain.output.find("\"server\": \"s1\"", draining), std::string::npos) << drain.output;
 	Outcome bad = ctl("owner 198.51.100.1:80");
-	EXPECT_EQ(bad.status, 1) << bad.out;
-	EXPECT_NE(bad.out.find("outside its usable slices"), std::string::npos) << bad.out;
+	EXPECT_EQ(bad.status, 1) << bad.output;
+	EXPECT_NE(bad.output.find("outside its usable slices"), std::string::npos) << bad.output;
 }
 
 TEST_F(JournalLab, OwnerAtAnswersEverySecondOfMovesReloadsDrainsAndRestartsAsTheModelSays)
@@ -236,7 +236,7 @@ TEST_F(JournalLab, OwnerAtAnswersEverySecondOfMovesReloadsDrainsAndRestartsAsThe
 	auto setOwner = [&](const std::string &address, uint32_t slice, const std::string &server) {
 		act([&] {
 			Outcome r = ctl("set-owner " + address + " " + std::to_string(slice) + " " + server);
-			ASSERT_TRUE(r.ok()) << r.out;
+			ASSERT_TRUE(r.ok()) << r.output;
 		}, steps.back().file, [&](Model &m) {
 			Holder &h = m[{address, slice}];
 			wantSignals.push_back({address, slice, h.owner, server, 0});
@@ -270,7 +270,7 @@ TEST_F(JournalLab, OwnerAtAnswersEverySecondOfMovesReloadsDrainsAndRestartsAsThe
 	act([&] {                             // 3: a reload; the move of slice 3 stays over the file
 		writeConfig(fileB);
 		Outcome r = ctl("reload");
-		ASSERT_TRUE(r.ok()) << r.out;
+		ASSERT_TRUE(r.ok()) << r.output;
 	}, fileB, [&](Model &m) {
 		wantSignals.push_back({"198.51.100.1", 2, "s3", "s1", 0});
 		m[{"198.51.100.1", 2}].owner = "s1";
@@ -372,9 +372,9 @@ TEST_F(JournalLab, OwnerAtAnswersEverySecondOfMovesReloadsDrainsAndRestartsAsThe
 	// The command line says the same, with the interval.
 	int64_t t3 = static_cast<int64_t>(std::floor(steps[3].after));
 	Outcome at = ctl("owner 198.51.100.1:5121 --at " + std::to_string(t3));
-	ASSERT_TRUE(at.ok()) << at.out;
-	EXPECT_NE(at.out.find("slice 2, server s1"), std::string::npos) << at.out;
-	EXPECT_NE(at.out.find("held from "), std::string::npos) << at.out;
+	ASSERT_TRUE(at.ok()) << at.output;
+	EXPECT_NE(at.output.find("slice 2, server s1"), std::string::npos) << at.output;
+	EXPECT_NE(at.output.find("held from "), std::string::npos) << at.output;
 
 	// Owners(): every slice of the fleet, as the model's last step.
 	std::map<Key, Holder> owners;
@@ -392,18 +392,18 @@ TEST_F(JournalLab, OwnerAtAnswersEverySecondOfMovesReloadsDrainsAndRestartsAsThe
 
 	// history: one line per change, why included, and --since cuts.
 	Outcome history = ctl("history --json");
-	ASSERT_TRUE(history.ok()) << history.out;
+	ASSERT_TRUE(history.ok()) << history.output;
 	std::vector<std::string> lines;
-	for (size_t at2 = history.out.find("\"why\": "); at2 != std::string::npos; at2 = history.out.find("\"why\": ", at2 + 1))
-		lines.push_back(history.out.substr(at2 + 8, history.out.find('"', at2 + 8) - at2 - 8));
+	for (size_t at2 = history.output.find("\"why\": "); at2 != std::string::npos; at2 = history.output.find("\"why\": ", at2 + 1))
+		lines.push_back(history.output.substr(at2 + 8, history.output.find('"', at2 + 8) - at2 - 8));
 	std::vector<std::string> whys = {"file", "set-owner", "drain end", "file", "file", "set-owner", "file", "file",
 					 "file", "set-owner", "drain end"};
-	EXPECT_EQ(lines, whys) << history.out;
+	EXPECT_EQ(lines, whys) << history.output;
 	Outcome recent = ctl("history --since " + std::to_string(static_cast<int64_t>(std::floor(steps[6].before))));
-	ASSERT_TRUE(recent.ok()) << recent.out;
-	EXPECT_NE(recent.out.find("198.51.100.1     1      s2         s3         set-owner"), std::string::npos)
-		<< recent.out;
-	EXPECT_EQ(recent.out.find("file sha256"), std::string::npos) << recent.out;
+	ASSERT_TRUE(recent.ok()) << recent.output;
+	EXPECT_NE(recent.output.find("198.51.100.1     1      s2         s3         set-owner"), std::string::npos)
+		<< recent.output;
+	EXPECT_EQ(recent.output.find("file sha256"), std::string::npos) << recent.output;
 	(void)end;
 }
 
@@ -418,14 +418,14 @@ TEST_F(JournalLab, ADamagedRecordIsReportedWithItsOffset)
 	// Flip a byte in the second record.
 	Outcome flipped = sh("printf X | dd of=" + quote(stateDir() + "/journal") + " bs=1 seek=" +
 			     std::to_string(second + 25) + " conv=notrunc 2>/dev/null");
-	ASSERT_TRUE(flipped.ok()) << flipped.out;
+	ASSERT_TRUE(flipped.ok()) << flipped.output;
 	Outcome history = ctl("history");
-	EXPECT_EQ(history.status, 1) << history.out;
-	EXPECT_NE(history.out.find("damaged record at offset " + std::to_string(second)), std::string::npos)
-		<< history.out;
+	EXPECT_EQ(history.status, 1) << history.output;
+	EXPECT_NE(history.output.find("damaged record at offset " + std::to_string(second)), std::string::npos)
+		<< history.output;
 	Outcome at = ctl("owner 198.51.100.1:7200 --at " + std::to_string(static_cast<int64_t>(unixNow())));
-	EXPECT_EQ(at.status, 1) << at.out;
-	EXPECT_NE(at.out.find("offset " + std::to_string(second)), std::string::npos) << at.out;
+	EXPECT_EQ(at.status, 1) << at.output;
+	EXPECT_NE(at.output.find("offset " + std::to_string(second)), std::string::npos) << at.output;
 }
 
 // The first element nft lists in object `name` ("my_ports"): the object's
@@ -454,10 +454,10 @@ TEST_F(JournalLab, AuditNamesExactlyTheElementDeletedByHand)
 	startDaemon(0);
 	ASSERT_TRUE(ctl("set-owner 198.51.100.1 1 s1").ok());
 	Outcome clean = ctl("audit");
-	EXPECT_EQ(clean.status, 0) << clean.out << "\n" << table();
+	EXPECT_EQ(clean.status, 0) << clean.output << "\n" << table();
 	// Plan() carries the generation the daemon applied.
 	Outcome plan = call("Plan");
-	EXPECT_NE(plan.out.find("generation\\\": 2,"), std::string::npos) << plan.out.substr(0, 200);
+	EXPECT_NE(plan.output.find("generation\\\": 2,"), std::string::npos) << plan.output.substr(0, 200);
 	EXPECT_NE(table().find("\tset generation {\n\t\ttypeof meta cgroup\n\t\telements = { 2 }\n"), std::string::npos)
 		<< table();
 
@@ -469,40 +469,40 @@ TEST_F(JournalLab, AuditNamesExactlyTheElementDeletedByHand)
 		std::string key = element.substr(0, element.find(" : "));
 		std::string object = header.substr(header.find(' ') + 1);
 		Outcome deleted = inNs("nft delete element inet portslice " + object + " { " + key + " }");
-		ASSERT_TRUE(deleted.ok()) << deleted.out;
+		ASSERT_TRUE(deleted.ok()) << deleted.output;
 
 		Outcome drift = ctl("audit");
-		EXPECT_EQ(drift.status, 1) << drift.out;
+		EXPECT_EQ(drift.status, 1) << drift.output;
 		std::vector<std::string> lines;
-		std::istringstream in(drift.out);
+		std::istringstream in(drift.output);
 		for (std::string line; std::getline(in, line);)
 			if (!line.starts_with("portslicectl audit:"))
 				lines.push_back(line);
-		ASSERT_EQ(lines.size(), 1u) << drift.out;
-		EXPECT_EQ(lines[0], header + ": element " + element + " missing from the kernel") << drift.out;
-		EXPECT_NE(drift.out.find("1 difference between the kernel and the plan of generation 2"), std::string::npos)
-			<< drift.out;
+		ASSERT_EQ(lines.size(), 1u) << drift.output;
+		EXPECT_EQ(lines[0], header + ": element " + element + " missing from the kernel") << drift.output;
+		EXPECT_NE(drift.output.find("1 difference between the kernel and the plan of generation 2"), std::string::npos)
+			<< drift.output;
 		// Put back by hand: equal again.
 		Outcome added = inNs("nft add element inet portslice " + object + " { " + element + " }");
-		ASSERT_TRUE(added.ok()) << added.out;
+		ASSERT_TRUE(added.ok()) << added.output;
 		Outcome again = ctl("audit");
-		EXPECT_EQ(again.status, 0) << again.out;
+		EXPECT_EQ(again.status, 0) << again.output;
 	}
 
 	// An element the plan does not have, and one with another value.
 	Outcome extra = inNs("nft add element inet portslice my_ports { 198.51.100.1 . 60000-60001 }");
-	ASSERT_TRUE(extra.ok()) << extra.out;
+	ASSERT_TRUE(extra.ok()) << extra.output;
 	auto [header, element] = firstElement(table(), "ret_zone");
 	std::string key = element.substr(0, element.find(" : "));
 	ASSERT_TRUE(inNs("nft delete element inet portslice ret_zone { " + key + " }").ok());
 	ASSERT_TRUE(inNs("nft add element inet portslice ret_zone { " + key + " : 4242 }").ok());
 	Outcome both = ctl("audit");
-	EXPECT_EQ(both.status, 1) << both.out;
-	EXPECT_NE(both.out.find("set my_ports: element 198.51.100.1 . 60000-60001 in the kernel, not in the plan\n"),
-		  std::string::npos) << both.out;
-	EXPECT_NE(both.out.find("map ret_zone: element " + key + " : 4242 in the kernel, " + element + " in the plan\n"),
-		  std::string::npos) << both.out;
-	EXPECT_NE(both.out.find("2 differences"), std::string::npos) << both.out;
+	EXPECT_EQ(both.status, 1) << both.output;
+	EXPECT_NE(both.output.find("set my_ports: element 198.51.100.1 . 60000-60001 in the kernel, not in the plan\n"),
+		  std::string::npos) << both.output;
+	EXPECT_NE(both.output.find("map ret_zone: element " + key + " : 4242 in the kernel, " + element + " in the plan\n"),
+		  std::string::npos) << both.output;
+	EXPECT_NE(both.output.find("2 differences"), std::string::npos) << both.output;
 }
 
 // The same drift on a daemon that repairs (the default): it audits the sets
@@ -517,7 +517,7 @@ TEST_F(JournalLab, ARepairingDaemonNamesTheElementDeletedByHandBeforePuttingItBa
 	ASSERT_FALSE(element.empty()) << before;
 	std::string key = element.substr(0, element.find(" : "));
 	Outcome deleted = inNs("nft delete element inet portslice nat_port { " + key + " }");
-	ASSERT_TRUE(deleted.ok()) << deleted.out;
+	ASSERT_TRUE(deleted.ok()) << deleted.output;
 	std::string expected = header + ": element " + element + " missing from the kernel";
 	bool logged = false;
 	for (int i = 0; i < 250 && !logged; i++) {
@@ -531,7 +531,7 @@ TEST_F(JournalLab, ARepairingDaemonNamesTheElementDeletedByHandBeforePuttingItBa
 	EXPECT_NE(log.find("changed by a commit by nft pid "), std::string::npos) << log;
 	EXPECT_NE(log.find(": " + expected + "; restored generation 2"), std::string::npos) << expected << "\n" << log;
 	Outcome audit = ctl("audit");
-	EXPECT_EQ(audit.status, 0) << audit.out;
+	EXPECT_EQ(audit.status, 0) << audit.output;
 	EXPECT_EQ(call("Dump").status, 0);
 
 	// The set that names the generation, rewritten by hand, is named and put back too.

@@ -43,85 +43,13 @@
 #include <vector>
 
 #include "common/handle.h"
+#include "process.h"
 
 #ifndef PORTSLICE_LAB_SCRIPT
 #error "link lab_fixture_dep: it defines PORTSLICE_LAB_SCRIPT, PORTSLICE_BUILD_ROOT and PORTSLICE_SOURCE_ROOT"
 #endif
 
-extern char **environ;
-
 namespace portslice::lab {
-
-struct CommandResult {
-	int status = -1;    // exit code; 128+N when killed by signal N; 124 on timeout
-	std::string output; // stdout and stderr, interleaved
-	bool ok() const { return status == 0; }
-};
-
-// Runs argv (no shell), capturing stdout+stderr, killed after timeoutSeconds.
-inline CommandResult runArgv(const std::vector<std::string> &argv, int timeoutSeconds = 60)
-{
-	CommandResult result;
-	std::vector<std::string> full = {"timeout", "--kill-after=2", std::to_string(timeoutSeconds)};
-	full.insert(full.end(), argv.begin(), argv.end());
-	std::vector<char *> args;
-	for (auto &a : full)
-		args.push_back(a.data());
-	args.push_back(nullptr);
-
-	int fds[2];
-	if (pipe2(fds, O_CLOEXEC) != 0) {
-		result.output = "pipe failed";
-		return result;
-	}
-	UniqueFd readEnd(fds[0]);
-	UniqueFd writeEnd(fds[1]);
-	posix_spawn_file_actions_t actions;
-	posix_spawn_file_actions_init(&actions);
-	posix_spawn_file_actions_adddup2(&actions, writeEnd.get(), STDOUT_FILENO);
-	posix_spawn_file_actions_adddup2(&actions, writeEnd.get(), STDERR_FILENO);
-	posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-	pid_t pid = -1;
-	int rc = posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ);
-	posix_spawn_file_actions_destroy(&actions);
-	writeEnd.reset();
-	if (rc != 0) {
-		result.output = "cannot run timeout(1): " + std::string(strerror(rc));
-		return result;
-	}
-	char buf[4096];
-	for (;;) {
-		ssize_t n = read(readEnd.get(), buf, sizeof(buf));
-		if (n > 0)
-			result.output.append(buf, static_cast<size_t>(n));
-		else if (n == 0 || errno != EINTR)
-			break;
-	}
-	int status = 0;
-	while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-	}
-	result.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-	return result;
-}
-
-// Runs `sh -c command` in the caller's namespace.
-inline CommandResult runShell(const std::string &command, int timeoutSeconds = 60)
-{
-	return runArgv({"sh", "-c", command}, timeoutSeconds);
-}
-
-// 'it'\''s' style quoting, for building shell commands from values.
-inline std::string shellQuote(std::string_view s)
-{
-	std::string q = "'";
-	for (char c : s) {
-		if (c == '\'')
-			q += "'\\''";
-		else
-			q += c;
-	}
-	return q + "'";
-}
 
 // A path in the build tree, e.g. buildPath("src/daemon/portsliced").
 inline std::string buildPath(std::string_view relative)
@@ -248,50 +176,19 @@ protected:
 	// logFile; it is killed when the lab goes down (or by stopInNode).
 	pid_t startInNode(std::string_view node, const std::string &command, const std::string &logFile)
 	{
-		std::vector<std::string> argv = {PORTSLICE_LAB_SCRIPT, "exec", "--prefix", options_.prefix, "--id", id_,
-						 std::string(node), "sh", "-c", "exec " + command};
-		std::vector<char *> args;
-		for (auto &a : argv)
-			args.push_back(a.data());
-		args.push_back(nullptr);
-		posix_spawn_file_actions_t actions;
-		posix_spawn_file_actions_init(&actions);
-		posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-		posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, logFile.c_str(),
-						 O_WRONLY | O_CREAT | O_TRUNC, 0644);
-		posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
-		pid_t pid = -1;
-		int rc = posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ);
-		posix_spawn_file_actions_destroy(&actions);
-		if (rc != 0) {
-			ADD_FAILURE() << "cannot start " << command << ": " << strerror(rc);
-			return -1;
-		}
-		background_.push_back(pid);
+		pid_t pid = spawnProcess({PORTSLICE_LAB_SCRIPT, "exec", "--prefix", options_.prefix, "--id", id_,
+					  std::string(node), "sh", "-c", "exec " + command},
+					 logFile);
+		if (pid > 0)
+			background_.push_back(pid);
 		return pid;
 	}
 
 	// Sends SIGTERM (then SIGKILL after the grace period) and reaps; returns the exit status.
 	int stopInNode(pid_t pid, std::chrono::milliseconds grace = std::chrono::seconds(3))
 	{
-		kill(pid, SIGTERM);
-		int status = 0;
-		auto deadline = std::chrono::steady_clock::now() + grace;
-		for (;;) {
-			pid_t r = waitpid(pid, &status, WNOHANG);
-			if (r == pid)
-				break;
-			if (r < 0 && errno != EINTR)
-				return -1;
-			if (std::chrono::steady_clock::now() > deadline) {
-				kill(pid, SIGKILL);
-				waitpid(pid, &status, 0);
-				break;
-			}
-			std::this_thread::sleep_for(std::chrono::milliseconds(20));
-		}
 		std::erase(background_, pid);
-		return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+		return stopProcess(pid, SIGTERM, grace);
 	}
 
 	// Re-steers the router: "s2", "hash", "hash:s1,s2".

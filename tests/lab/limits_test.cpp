@@ -52,15 +52,15 @@ TEST_F(LimitsLab, CheckAcceptsExactlyTheConfigsThatApplyAndRejectsTheOthersWithT
 		if (check.ok()) {
 			accepted++;
 			if (!apply.ok())
-				wrong.push_back(e.name + ": check accepts, --apply-once fails:\n" + apply.out);
+				wrong.push_back(e.name + ": check accepts, --apply-once fails:\n" + apply.output);
 		} else {
 			rejected++;
-			std::string expected = firstError(check.out);
+			std::string expected = firstError(check.output);
 			if (expected.empty())
-				wrong.push_back(e.name + ": check fails with no error line:\n" + check.out);
-			else if (apply.status != 1 || firstError(apply.out) != expected)
+				wrong.push_back(e.name + ": check fails with no error line:\n" + check.output);
+			else if (apply.status != 1 || firstError(apply.output) != expected)
 				wrong.push_back(e.name + ": check says\n  " + expected + "\n--apply-once (exit " +
-						std::to_string(apply.status) + ") says\n" + apply.out);
+						std::to_string(apply.status) + ") says\n" + apply.output);
 		}
 	}
 	double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -73,7 +73,7 @@ TEST_F(LimitsLab, CheckAcceptsExactlyTheConfigsThatApplyAndRejectsTheOthersWithT
 	EXPECT_GT(accepted, 50u);
 	EXPECT_GT(rejected, 50u);
 	Outcome removed = daemon("--remove");
-	EXPECT_TRUE(removed.ok()) << removed.out;
+	EXPECT_TRUE(removed.ok()) << removed.output;
 }
 
 } // namespace

@@ -129,10 +129,10 @@ protected:
 				  ns_ + " link set up1 up && ip -n " + ns_ + " addr add 192.0.2.11/24 dev up0 && ip -n " +
 				  ns_ + " link add up2 type veth peer name up3 && ip -n " + ns_ + " link set up2 up && ip -n " +
 				  ns_ + " link set up3 up && ip -n " + ns_ + " link add up4 type veth peer name up5");
-		ASSERT_TRUE(made.ok()) << made.out;
+		ASSERT_TRUE(made.ok()) << made.output;
 		fs::create_directory(dir_ / "bpf");
 		Outcome mounted = sh("mount -t bpf bpf " + quote((dir_ / "bpf").string()));
-		ASSERT_TRUE(mounted.ok()) << mounted.out;
+		ASSERT_TRUE(mounted.ok()) << mounted.output;
 	}
 
 	void TearDown() override
@@ -174,8 +174,8 @@ protected:
 			"net.netfilter.nf_conntrack_udp_timeout_stream; echo rules:; ip rule; echo routes:; "
 			"ip route show table all | grep -v 'table local'; echo neighbours:; ip -d neigh show | "
 			"awk '/ managed .*proto 80/ { print $1, $3 }' | sort; echo xdp:; ip -d link show up0 | grep -o 'prog/xdp'");
-		size_t split = rest.out.find("===\n");
-		return normalized(rest.out.substr(0, split)) + rest.out.substr(split) + forwarderMaps(pins);
+		size_t split = rest.output.find("===\n");
+		return normalized(rest.output.substr(0, split)) + rest.output.substr(split) + forwarderMaps(pins);
 	}
 
 	static inline int counter_ = 0;

@@ -78,10 +78,10 @@ protected:
 				   "net.netfilter.nf_conntrack_tcp_timeout_time_wait net.netfilter.nf_conntrack_udp_timeout "
 				   "net.netfilter.nf_conntrack_udp_timeout_stream; ip rule; ip route show table all | "
 				   "grep -v 'table local'; ip link show up0 | grep -o 'prog/xdp'");
-		size_t split = all.out.find("===\n");
+		size_t split = all.output.find("===\n");
 		// Lines sorted: objects created in another order list in another order.
 		std::vector<std::string> lines;
-		std::istringstream listed(withoutGeneration(normalized(all.out.substr(0, split))));
+		std::istringstream listed(withoutGeneration(normalized(all.output.substr(0, split))));
 		for (std::string line; std::getline(listed, line);)
 			if (line.find("comment \"") == std::string::npos)
 				lines.push_back(line);
@@ -89,24 +89,24 @@ protected:
 		std::string nft;
 		for (const std::string &line : lines)
 			nft += line + "\n";
-		Outcome rest{0, split == std::string::npos ? "" : all.out.substr(split)};
-		return nft + "\n" + rest.out + forwarderMaps(pins);
+		Outcome rest{0, split == std::string::npos ? "" : all.output.substr(split)};
+		return nft + "\n" + rest.output + forwarderMaps(pins);
 	}
 
 	std::string planJson() const
 	{
 		Outcome r = call("Plan");
-		return r.out;
+		return r.output;
 	}
 
 	bool reload(uint64_t expect)
 	{
 		Outcome r = call("Reload");
 		if (!r.ok()) {
-			ADD_FAILURE() << r.out << readFile(logPath());
+			ADD_FAILURE() << r.output << readFile(logPath());
 			return false;
 		}
-		EXPECT_EQ(r.out, "t " + std::to_string(expect) + "\n") << readFile(logPath());
+		EXPECT_EQ(r.output, "t " + std::to_string(expect) + "\n") << readFile(logPath());
 		return true;
 	}
 };

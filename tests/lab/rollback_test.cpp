@@ -63,14 +63,14 @@ protected:
 		SCOPED_TRACE(i.step);
 		if (!i.setup.empty()) {
 			Outcome set = inNs(i.setup);
-			ASSERT_TRUE(set.ok()) << set.out;
+			ASSERT_TRUE(set.ok()) << set.output;
 		}
 		writeConfig(i.config);
 		Outcome run = daemon("--apply-once", i.pins, i.wrap);
-		EXPECT_EQ(run.status, 1) << run.out;
-		EXPECT_NE(run.out.find(i.says), std::string::npos) << run.out;
-		EXPECT_EQ(run.out.find("putting back the previous state failed"), std::string::npos) << run.out;
-		EXPECT_EQ(kernel(), before) << run.out;
+		EXPECT_EQ(run.status, 1) << run.output;
+		EXPECT_NE(run.output.find(i.says), std::string::npos) << run.output;
+		EXPECT_EQ(run.output.find("putting back the previous state failed"), std::string::npos) << run.output;
+		EXPECT_EQ(kernel(), before) << run.output;
 		if (!i.setup.empty())
 			(void)inNs("ip link set dev up2 xdpgeneric off");
 	}
@@ -86,7 +86,7 @@ TEST_F(RollbackLab, AFailureAtAnyStepOverAnEmptyKernelLeavesNothing)
 	// The same file without a fault applies: the injections were the only reason.
 	writeConfig(fleetB());
 	Outcome ok = daemon("--apply-once");
-	EXPECT_TRUE(ok.ok()) << ok.out;
+	EXPECT_TRUE(ok.ok()) << ok.output;
 	EXPECT_NE(kernel(), before);
 }
 
@@ -95,7 +95,7 @@ TEST_F(RollbackLab, AFailureAtAnyStepPutsThePreviousGenerationBack)
 	fs::create_directories(dir_ / "tmpfs");
 	writeConfig(kFleetA);
 	Outcome a = daemon("--apply-once");
-	ASSERT_TRUE(a.ok()) << a.out;
+	ASSERT_TRUE(a.ok()) << a.output;
 	std::string before = kernel();
 	ASSERT_NE(before.find("generation 1 "), std::string::npos) << before;
 	ASSERT_NE(before.find("prog/xdp"), std::string::npos) << before;
@@ -104,8 +104,8 @@ TEST_F(RollbackLab, AFailureAtAnyStepPutsThePreviousGenerationBack)
 		inject(i, before);
 	writeConfig(fleetB());
 	Outcome ok = daemon("--apply-once");
-	EXPECT_TRUE(ok.ok()) << ok.out;
-	EXPECT_NE(ok.out.find("applied generation 2"), std::string::npos) << ok.out;
+	EXPECT_TRUE(ok.ok()) << ok.output;
+	EXPECT_NE(ok.output.find("applied generation 2"), std::string::npos) << ok.output;
 }
 
 } // namespace

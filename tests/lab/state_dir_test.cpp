@@ -7,11 +7,6 @@ namespace {
 
 class StateDirLab : public DbusLab {
 protected:
-	std::vector<std::string> daemonWords() const
-	{
-		return {"ip", "netns", "exec", ns_, bin("src/daemon/portsliced"), "--config", configPath(), "--state-dir",
-			stateDir(), "--xdp-pin-dir", pinDir(), "--drain-seconds", "0"};
-	}
 	// portsliced in the foreground, SIGKILLed after `seconds` (it blocks
 	// SIGTERM for its signalfd, and one stuck opening a FIFO never reads it).
 	std::string daemonCommand(int seconds) const
@@ -23,45 +18,12 @@ protected:
 	}
 	std::string owners() const { return stateDir() + "/owners"; }
 
-	// Like startDaemon, with `prefix` before `ip netns exec` (it must exec it, keeping the pid).
-	void startDaemonUnder(const std::vector<std::string> &prefix)
-	{
-		daemonPid_ = ::fork();
-		if (daemonPid_ == 0) {
-			::setenv("DBUS_SYSTEM_BUS_ADDRESS", busAddress_.c_str(), 1);
-			int log = ::open(logPath().c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-			::dup2(log, 1);
-			::dup2(log, 2);
-			std::vector<std::string> words = prefix;
-			for (const std::string &w : daemonWords())
-				words.push_back(w);
-			std::vector<char *> argv;
-			for (std::string &w : words)
-				argv.push_back(w.data());
-			argv.push_back(nullptr);
-			::execvp(argv[0], argv.data());
-			::_exit(127);
-		}
-		for (int i = 0; i < 250; ++i) {
-			if (busctl("call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus NameHasOwner s "
-				   "org.portslice.Egress1").out.find("true") != std::string::npos)
-				return;
-			int status;
-			if (::waitpid(daemonPid_, &status, WNOHANG) == daemonPid_) {
-				daemonPid_ = -1;
-				FAIL() << "portsliced exited:\n" << readFile(logPath());
-			}
-			std::this_thread::sleep_for(std::chrono::milliseconds(20));
-		}
-		FAIL() << "portsliced did not take its bus name in 5 s:\n" << readFile(logPath());
-	}
-
 	// A daemon that moved slice 1 of 198.51.100.1 to s1 (generation 2), stopped: the table stays.
 	void moveAndStop()
 	{
 		startDaemon();
 		Outcome moved = call("SetSliceOwner", "sus 198.51.100.1 1 s1");
-		ASSERT_TRUE(moved.ok()) << moved.out;
+		ASSERT_TRUE(moved.ok()) << moved.output;
 		ASSERT_EQ(generation(), 2u);
 		stopDaemon(SIGTERM);
 	}
@@ -85,10 +47,10 @@ TEST_F(StateDirLab, ADamagedOwnersFileStopsTheStartNamingFileAndOffsetAndTheTabl
 		auto t0 = std::chrono::steady_clock::now();
 		Outcome run = sh(daemonCommand(8), 15);
 		double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-		EXPECT_EQ(run.status, 1) << run.out;
+		EXPECT_EQ(run.status, 1) << run.output;
 		EXPECT_LT(seconds, 10.0);
 		std::string where = owners() + ": offset " + std::to_string(damaged.size()) + ": ";
-		EXPECT_NE(run.out.find(where), std::string::npos) << "wanted " << where << " in:\n" << run.out;
+		EXPECT_NE(run.output.find(where), std::string::npos) << "wanted " << where << " in:\n" << run.output;
 		EXPECT_EQ(table(), applied); // the old table stays, untouched
 		EXPECT_EQ(readFile(owners()), damaged); // and so does the file, for the operator to look at
 	}
@@ -101,9 +63,9 @@ TEST_F(StateDirLab, AFifoAtTheOwnersPathIsRefusedAtOnceNotWaitedOn)
 	auto t0 = std::chrono::steady_clock::now();
 	Outcome run = sh(daemonCommand(8), 15);
 	double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-	EXPECT_EQ(run.status, 1) << "(137: it waited until killed)\n" << run.out;
+	EXPECT_EQ(run.status, 1) << "(137: it waited until killed)\n" << run.output;
 	EXPECT_LT(seconds, 5.0);
-	EXPECT_NE(run.out.find(owners() + ": offset 0: a FIFO, not a regular file"), std::string::npos) << run.out;
+	EXPECT_NE(run.output.find(owners() + ": offset 0: a FIFO, not a regular file"), std::string::npos) << run.output;
 	EXPECT_EQ(table().find("portslice generation"), std::string::npos) << "nothing may be applied:\n" << table();
 }
 
@@ -116,7 +78,7 @@ TEST_F(StateDirLab, AReadOnlyStateDirectoryWithNothingToChangeStillStarts)
 	// The state directory read-only in a mount namespace of the daemon's own
 	// (the bind mount dies with it; the host's mounts are never touched).
 	std::string dir = quote(stateDir());
-	startDaemonUnder({"unshare", "-m", "--propagation", "private", "sh", "-c",
+	startDaemon(0, {"unshare", "-m", "--propagation", "private", "sh", "-c",
 			  "mount --bind " + dir + " " + dir + " && mount -o remount,bind,ro " + dir + " " + dir +
 				  " && exec \"$@\"",
 			  "sh"});
@@ -124,14 +86,14 @@ TEST_F(StateDirLab, AReadOnlyStateDirectoryWithNothingToChangeStillStarts)
 		return;
 	EXPECT_EQ(generation(), 2u);
 	Outcome state = property("State");
-	EXPECT_NE(state.out.find("applied"), std::string::npos) << state.out;
+	EXPECT_NE(state.output.find("applied"), std::string::npos) << state.output;
 	Outcome owner = call("Owner", "sq 198.51.100.1 3072"); // slice 1: moved to s1
-	EXPECT_NE(owner.out.find("\"s1\""), std::string::npos) << owner.out;
+	EXPECT_NE(owner.output.find("\"s1\""), std::string::npos) << owner.output;
 	EXPECT_NE(table().find("portslice generation 2 "), std::string::npos) << table();
 	// It is read-only indeed: a change cannot be kept, and is not made.
 	Outcome moved = call("SetSliceOwner", "sus 198.51.100.1 2 s1");
-	EXPECT_FALSE(moved.ok()) << moved.out;
-	EXPECT_NE(moved.out.find("Read-only file system"), std::string::npos) << moved.out;
+	EXPECT_FALSE(moved.ok()) << moved.output;
+	EXPECT_NE(moved.output.find("Read-only file system"), std::string::npos) << moved.output;
 	EXPECT_EQ(generation(), 2u);
 	stopDaemon(SIGTERM);
 	EXPECT_EQ(readFile(owners()), kept);
