@@ -537,7 +537,7 @@ TEST_F(JournalLab, ARepairingDaemonNamesTheElementDeletedByHandBeforePuttingItBa
 	// The set that names the generation, rewritten by hand, is named and put back too.
 	Outcome forged = inNs("printf 'flush set inet portslice generation\\nadd element inet portslice generation "
 			      "{ 99 }\\n' | nft -f -");
-	ASSERT_TRUE(forged.ok()) << forged.out;
+	ASSERT_TRUE(forged.ok()) << forged.output;
 	std::string generationBack = "\tset generation {\n\t\ttypeof meta cgroup\n\t\telements = { 2 }\n";
 	bool back = false;
 	for (int i = 0; i < 250 && !back; i++) {

@@ -366,16 +366,10 @@ TEST_F(NatApply, KilledAtRandomMomentsTheTableIsAlwaysTheWholeOldOrTheWholeNewGe
 		ASSERT_TRUE(daemon("--config " + shellQuote(small) + " --apply-once").ok());
 		std::string cmd = "exec " + buildPath("src/daemon/portsliced") + " --no-xdp --state-dir " +
 				  path("state") + " --config " + big + " --apply-once >/dev/null 2>&1";
-		pid_t pid = fork();
-		ASSERT_GE(pid, 0);
-		if (pid == 0) {
-			execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char *>(nullptr));
-			_exit(127);
-		}
+		pid_t pid = lab::spawnProcess({"sh", "-c", cmd}, "/dev/null");
+		ASSERT_GT(pid, 0);
 		std::this_thread::sleep_for(std::chrono::milliseconds(when(rng)));
-		kill(pid, SIGKILL);
-		int status = 0;
-		waitpid(pid, &status, 0);
+		lab::stopProcess(pid, SIGKILL);
 
 		std::string comment = runShell("nft list table inet portslice | sed -n 2p").output;
 		if (comment.find(bigHash) != std::string::npos) {
