@@ -169,10 +169,10 @@ Result<std::vector<service::StatRow>> KernelBackend::stats(const plan::Plan &pla
 	return rows;
 }
 
-nft::TableModel KernelBackend::planned(const plan::Plan &plan, uint64_t generation)
+nft::TableModel KernelBackend::planned(const plan::Plan &plan, uint64_t generation, bool portElements)
 {
 	// The comment the kernel holds (a delta keeps the last full replace's).
-	nft::TableModel model = nft::buildModel(plan, generation, true);
+	nft::TableModel model = nft::buildModel(plan, generation, portElements);
 	if (!comment_.empty())
 		model.comment = comment_;
 	// drain_zone as the applier filled it from the conntrack table.
@@ -184,12 +184,15 @@ nft::TableModel KernelBackend::planned(const plan::Plan &plan, uint64_t generati
 
 std::string KernelBackend::dump(const plan::Plan &plan, uint64_t generation)
 {
-	nft::TableModel model = planned(plan, generation);
+	// The port sets are built from the plan one at a time, as rendered.
+	nft::TableModel model = planned(plan, generation, false);
 	// The order of a concatenated interval set is the history of its
 	// changes (deltas add at the end): the kernel's, for the plan's elements.
-	if (Status ordered = applier_.nft().orderAsListed(model); !ordered)
-		log::Line(log::Priority::Warning) << "dump: " << ordered.error().message() << "; elements in plan order";
-	return nft::render(model);
+	return nft::render(model, &plan, [&](const nft::Set &set, std::vector<nft::Element> &elements) {
+		if (Status ordered = applier_.nft().orderAsListed(set, elements); !ordered)
+			log::Line(log::Priority::Warning) << "dump: set " << set.name << ": " << ordered.error().message()
+							  << "; elements in plan order";
+	});
 }
 
 namespace {
@@ -222,29 +225,15 @@ void compareElements(const nft::Set &set, const std::vector<nft::WireElem> &wire
 			      " in the kernel that do not fit its declaration");
 }
 
-} // namespace
-
-Result<std::vector<std::string>> KernelBackend::auditSets(const plan::Plan &plan, uint64_t generation,
-							  const std::vector<std::string> &sets)
+// A port set left empty by the model gets its elements from the plan now
+// (sorted), so that a large table is compared one set at a time.
+void withElements(const plan::Plan &plan, nft::Set &set)
 {
-	nft::TableModel model = planned(plan, generation);
-	std::vector<std::string> differences;
-	for (const nft::Set &set : model.sets) {
-		if (std::find(sets.begin(), sets.end(), set.name) == sets.end())
-			continue;
-		Result<std::vector<nft::WireElem>> wire = applier_.nft().readElements(set.name);
-		if (!wire) {
-			if (wire.error().code() == std::errc::no_such_file_or_directory) {
-				differences.push_back((set.kind == nft::SetKind::Set ? "set " : "map ") + set.name +
-						      ": missing from the kernel");
-				continue;
-			}
-			return wire.error();
-		}
-		compareElements(set, *wire, differences);
-	}
-	return differences;
+	if (set.elements.empty() && nft::isPortSet(set.name))
+		set.elements = nft::portSetElements(plan, set.name);
 }
+
+} // namespace
 
 Result<std::vector<std::string>> KernelBackend::audit(const plan::Plan &plan, uint64_t generation)
 {
@@ -261,21 +250,23 @@ Result<std::vector<std::string>> KernelBackend::audit(const plan::Plan &plan, ui
 	int status = ::pclose(pipe);
 	if (status != 0 && live.find("No such file") == std::string::npos)
 		return Error("nft -s list table inet portslice: " + live.substr(0, live.find('\n')));
-	nft::TableModel model = planned(plan, generation);
+	nft::TableModel model = planned(plan, generation, false);
 	std::string structure = nft::render(model);
 	std::vector<std::string> differences = service::compareTables(structure, status == 0 ? live : "", false);
 	if (status != 0)
 		return differences; // no table
 	// Elements: read back over netlink and compared as the model's typed
 	// elements, each set that the kernel has.
-	for (const nft::Set &set : model.sets) {
+	for (nft::Set &set : model.sets) {
 		Result<std::vector<nft::WireElem>> wire = applier_.nft().readElements(set.name);
 		if (!wire) {
 			if (wire.error().code() == std::errc::no_such_file_or_directory)
 				continue; // named above
 			return wire.error();
 		}
+		withElements(plan, set);
 		compareElements(set, *wire, differences);
+		std::vector<nft::Element>().swap(set.elements); // one set at a time
 	}
 	if (differences.empty()) {
 		Result<std::string> drifted = drift(plan, generation);

@@ -34,8 +34,6 @@ public:
 	// element (missing, in the kernel only, another value); the rest (sets,
 	// chains and rules, counters, comment) as nft lists it.
 	Result<std::vector<std::string>> audit(const plan::Plan &plan, uint64_t generation) override;
-	Result<std::vector<std::string>> auditSets(const plan::Plan &plan, uint64_t generation,
-						   const std::vector<std::string> &sets) override;
 	std::string dump(const plan::Plan &plan, uint64_t generation) override;
 	std::optional<uint64_t> appliedGeneration() override;
 
@@ -46,7 +44,8 @@ private:
 	std::string comment_; // what the table's comment is after our last apply
 	// The table the kernel should hold now: the plan's, with the comment and
 	// drain_zone as applied.
-	nft::TableModel planned(const plan::Plan &plan, uint64_t generation);
+	// `portElements` false: the port sets left empty (see nft::buildModel).
+	nft::TableModel planned(const plan::Plan &plan, uint64_t generation, bool portElements = true);
 
 	// Stats() at 100k conntrack entries: the table walk runs at most once
 	// per kConntrackUseMaxAge however often Stats() is called (callers get

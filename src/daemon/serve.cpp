@@ -5,7 +5,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <csignal>
+#include <arpa/inet.h>
 #include <cstring>
+#include <libmnl/libmnl.h>
+#include <linux/netfilter/nf_tables.h>
 #include <iostream>
 #include <memory>
 #include <poll.h>
@@ -19,6 +22,9 @@
 
 #include "common/handle.h"
 #include "daemon/nft_monitor.h"
+#include "nft/model.h"
+#include "nft/render.h"
+#include "nft/wire.h"
 #include "dbus/bus_object.h"
 #include "common/log.h"
 #include "common/version.h"
@@ -149,25 +155,81 @@ Result<UniqueFd> periodicTimer(std::chrono::milliseconds interval)
 	return fd;
 }
 
-// What audit finds in the sets `edits` touched, before they are undone:
-// ": set my_ports: element ... missing from the kernel; ..." (at most
-// kShown lines), or "" when it finds nothing or cannot read them.
-std::string auditedEdits(service::Service &service, const std::vector<ElementEdit> &edits)
+// The elements a foreign commit added or deleted, named as audit names them
+// (decoded from the commit's own events by the sets' declarations in the
+// applied plan, so naming them costs the size of the commit, not of the
+// sets): ": set my_ports: element ... missing from the kernel; ..." (at
+// most kShown, then how many more), or "" when none can be named.
+std::string namedEdits(const service::Service &service, const std::vector<ElementEdit> &edits)
 {
 	constexpr size_t kShown = 10;
-	std::vector<std::string> sets;
-	for (const ElementEdit &e : edits)
-		if (std::find(sets.begin(), sets.end(), e.set) == sets.end())
-			sets.push_back(e.set);
-	service::Answer<std::vector<std::string>> found = service.auditSets(sets);
-	if (!found.ok() || found.value().empty())
+	const plan::Plan *plan = service.appliedPlan();
+	if (!plan)
 		return "";
-	const std::vector<std::string> &lines = found.value();
+	nft::TableModel model = nft::declarations(*plan);
+	std::vector<std::string> lines;
+	size_t total = 0;
+	for (const ElementEdit &edit : edits) {
+		const nft::Set *set = model.find(edit.set);
+		if (!set || edit.elements.size() < MNL_ATTR_HDRLEN)
+			continue;
+		// The nests of NFTA_SET_ELEM_LIST_ELEMENTS, as the kernel sent them.
+		std::vector<nft::WireElem> wire;
+		auto nested = [](const nlattr *parent, const auto &take) {
+			const auto *a = static_cast<const nlattr *>(mnl_attr_get_payload(parent));
+			int left = static_cast<int>(mnl_attr_get_payload_len(parent));
+			while (mnl_attr_ok(a, left)) {
+				take(a);
+				left -= static_cast<int>(MNL_ALIGN(a->nla_len));
+				a = reinterpret_cast<const nlattr *>(reinterpret_cast<const char *>(a) + MNL_ALIGN(a->nla_len));
+			}
+		};
+		auto value = [](const nlattr *a) {
+			const auto *inner = static_cast<const nlattr *>(mnl_attr_get_payload(a));
+			return std::string(static_cast<const char *>(mnl_attr_get_payload(inner)),
+					   mnl_attr_get_payload_len(inner));
+		};
+		bool rbtree = set->interval && set->key.size() == 1; // ranges as start and end elements
+		nested(reinterpret_cast<const nlattr *>(edit.elements.data()), [&](const nlattr *elem) {
+			if (lines.size() >= kShown && !rbtree) {
+				total++; // enough named: count the rest
+				return;
+			}
+			nft::WireElem w;
+			nested(elem, [&](const nlattr *attr) {
+				switch (mnl_attr_get_type(attr)) {
+				case NFTA_SET_ELEM_FLAGS: w.flags = ntohl(mnl_attr_get_u32(attr)); break;
+				case NFTA_SET_ELEM_KEY: w.key = value(attr); break;
+				case NFTA_SET_ELEM_KEY_END: w.keyEnd = value(attr); break;
+				case NFTA_SET_ELEM_DATA: w.data = value(attr); break;
+				case NFTA_SET_ELEM_OBJREF: w.objref = mnl_attr_get_str(attr); break;
+				default: break;
+				}
+			});
+			// Only the first few are decoded; the rest are counted.
+			bool end = (w.flags & NFT_SET_ELEM_INTERVAL_END) != 0;
+			if (!(rbtree && end))
+				total++;
+			if (lines.size() < kShown && wire.size() < 2 * kShown + 2)
+				wire.push_back(std::move(w));
+		});
+		if (wire.empty())
+			continue;
+		size_t malformed = 0;
+		std::vector<nft::Element> named = nft::decodeElements(*set, wire, &malformed);
+		std::string object = (set->kind == nft::SetKind::Set ? "set " : "map ") + set->name;
+		for (const nft::Element &e : named)
+			if (lines.size() < kShown)
+				lines.push_back(object + ": element " + nft::formatElement(*set, e) +
+						(edit.added ? " in the kernel, not in the plan" : " missing from the kernel"));
+	}
+	if (lines.empty())
+		return "";
 	std::string out = ": ";
-	for (size_t i = 0; i < lines.size() && i < kShown; i++)
+	for (size_t i = 0; i < lines.size(); i++)
 		out += (i ? "; " : "") + lines[i];
-	if (lines.size() > kShown)
-		out += "; and " + std::to_string(lines.size() - kShown) + " more";
+	if (total > lines.size())
+		out += "; and " + std::to_string(total - lines.size()) + " more";
 	return out;
 }
 
@@ -251,11 +313,10 @@ int serve(const ServeOptions &options, service::Backend &backend)
 		else if ((*change)->lost())
 			service.restore("nftables events were lost while nothing of ours was applied");
 		else if ((*change)->onlyElements)
-			// Only elements changed: name them as audit would (the
-			// sets they touched, against the plan), then put them back
-			// as they were (a delta), not the whole table.
+			// Only elements changed: name them as audit would, then
+			// put them back as they were (a delta), not the whole table.
 			service.restoreBy("table inet portslice changed by " + (*change)->str() +
-						  auditedEdits(service, (*change)->edits),
+						  namedEdits(service, (*change)->edits),
 					  "undoing its " + std::to_string((*change)->edits.size()) + " element changes",
 					  [&] { return undoElementEdits((*change)->edits); });
 		else

@@ -177,13 +177,20 @@ Result<std::optional<TableState>> NftApplier::readState()
 
 Result<std::vector<WireElem>> NftApplier::readElements(const std::string &set)
 {
+	std::vector<WireElem> out;
+	if (Status s = forEachElement(set, [&](WireElem &&w) { out.push_back(std::move(w)); }); !s)
+		return s.error();
+	return out;
+}
+
+Status NftApplier::forEachElement(const std::string &set, const std::function<void(WireElem &&)> &take)
+{
 	std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
 	NftnlSet filter(nftnl_set_alloc());
 	nftnl_set_set_str(filter.get(), NFTNL_SET_TABLE, kTableName);
 	nftnl_set_set_str(filter.get(), NFTNL_SET_NAME, set.c_str());
 	nlmsghdr *nlh = nftnl_nlmsg_build_hdr(buf.data(), NFT_MSG_GETSETELEM, NFPROTO_INET, NLM_F_DUMP, ++seq_);
 	nftnl_set_elems_nlmsg_build_payload(nlh, filter.get());
-	std::vector<WireElem> out;
 	Status s = sock_.request(nlh, [&](const nlmsghdr *m) {
 		NftnlSet got(nftnl_set_alloc());
 		if (nftnl_set_elems_nlmsg_parse(m, got.get()) < 0)
@@ -209,14 +216,14 @@ Result<std::vector<WireElem>> NftApplier::readElements(const std::string &set)
 			w.data = bytes(e, NFTNL_SET_ELEM_DATA);
 			if (nftnl_set_elem_is_set(e, NFTNL_SET_ELEM_OBJREF))
 				w.objref = nftnl_set_elem_get_str(e, NFTNL_SET_ELEM_OBJREF);
-			out.push_back(std::move(w));
+			take(std::move(w));
 		}
 		nftnl_set_elems_iter_destroy(it);
 		return MNL_CB_OK;
 	});
 	if (!s)
 		return s.error().wrap("reading the elements of set " + set + " of table portslice");
-	return out;
+	return {};
 }
 
 Result<std::optional<uint64_t>> NftApplier::readGeneration()
@@ -234,36 +241,34 @@ Result<std::optional<uint64_t>> NftApplier::readGeneration()
 	return std::optional<uint64_t>{g};
 }
 
-Status NftApplier::orderAsListed(TableModel &model)
+Status NftApplier::orderAsListed(const Set &set, std::vector<Element> &elements)
 {
-	for (Set &set : model.sets) {
-		if (!set.interval || set.key.size() < 2 || set.elements.size() < 2)
-			continue;
-		Result<std::vector<WireElem>> live = readElements(set.name);
-		if (!live) {
-			if (live.error().code() == std::errc::no_such_file_or_directory)
-				continue;
-			return live.error();
-		}
-		std::unordered_map<std::string, size_t> at;
-		at.reserve(live->size());
-		for (size_t i = 0; i < live->size(); i++)
-			at.emplace((*live)[i].key + (*live)[i].keyEnd, i);
-		std::vector<WireElem> wire = wireElements(set, set.elements, true);
-		std::vector<std::pair<size_t, size_t>> order; // (kernel position or past the end, model position)
-		order.reserve(wire.size());
-		for (size_t i = 0; i < wire.size(); i++) {
-			auto found = at.find(wire[i].key + wire[i].keyEnd);
-			order.emplace_back(found == at.end() ? live->size() : found->second, i);
-		}
-		std::stable_sort(order.begin(), order.end(),
-				 [](const auto &a, const auto &b) { return a.first < b.first; });
-		std::vector<Element> listed;
-		listed.reserve(order.size());
-		for (const auto &[position, index] : order)
-			listed.push_back(std::move(set.elements[index]));
-		set.elements = std::move(listed);
+	if (!set.interval || set.key.size() < 2 || elements.size() < 2)
+		return {};
+	// Each kernel element's position by its key and key end, taken as the
+	// dump arrives (the elements themselves are not kept).
+	std::unordered_map<std::string, size_t> at;
+	at.reserve(elements.size());
+	Status read = forEachElement(set.name, [&](WireElem &&w) { at.emplace(w.key + w.keyEnd, at.size()); });
+	if (!read) {
+		if (read.error().code() == std::errc::no_such_file_or_directory)
+			return {};
+		return read.error();
 	}
+	// (kernel position, or past the end for one the kernel lacks; model position)
+	std::vector<std::pair<size_t, size_t>> order;
+	order.reserve(elements.size());
+	for (size_t i = 0; i < elements.size(); i++) {
+		std::vector<WireElem> wire = wireElements(set, { elements[i] }, true);
+		auto found = at.find(wire[0].key + wire[0].keyEnd);
+		order.emplace_back(found == at.end() ? at.size() : found->second, i);
+	}
+	std::stable_sort(order.begin(), order.end(), [](const auto &a, const auto &b) { return a.first < b.first; });
+	std::vector<Element> listed;
+	listed.reserve(order.size());
+	for (const auto &[position, index] : order)
+		listed.push_back(std::move(elements[index]));
+	elements = std::move(listed);
 	return {};
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -81,13 +82,15 @@ public:
 	// The elements of a set of the table as the kernel holds them, in the
 	// order it walks them (ENOENT when the table or the set is missing).
 	Result<std::vector<WireElem>> readElements(const std::string &set);
+	// The same, one element at a time as the dump arrives.
+	Status forEachElement(const std::string &set, const std::function<void(WireElem &&)> &take);
 
-	// The elements of each concatenated interval set of `model` in the
-	// order the kernel holds them (the order they were added, which nft
-	// lists): so rendered, `model` lists as `nft -s list table` lists the
-	// live table when both hold the same elements. Elements the kernel
-	// lacks go last, in model order.
-	Status orderAsListed(TableModel &model);
+	// The elements of a concatenated interval set `set` in the order the
+	// kernel holds them (the order they were added, which nft lists): so
+	// rendered, the table lists as `nft -s list table` lists the live one
+	// when both hold the same elements. Elements the kernel lacks go last,
+	// in their order. Other sets are left as they are.
+	Status orderAsListed(const Set &set, std::vector<Element> &elements);
 
 	// Every named counter of the table, or with `egress` of table netdev
 	// portslice_egress (none when it is missing).

@@ -8,6 +8,7 @@
 #include <functional>
 #include <cstdio>
 #include <set>
+#include <tuple>
 
 namespace portslice::nft {
 
@@ -594,6 +595,34 @@ TableModel egressModel(const TableModel &model)
 		     model.uplink };
 	e.chains.push_back(std::move(chain));
 	return e;
+}
+
+TableModel declarations(const Plan &plan)
+{
+	// One source of each kind that shapes the table (its match keys, its
+	// mode, the prefix length of a conntrack source matched by saddr
+	// alone), without ports, and no address: the same sets, no elements.
+	Plan small;
+	small.server = plan.server;
+	small.serverIndex = plan.serverIndex;
+	small.datacenter = plan.datacenter;
+	small.uplink = plan.uplink;
+	small.servers = plan.servers;
+	small.datacenters = plan.datacenters;
+	std::set<std::tuple<Shape, NatMode, uint8_t>> kinds;
+	for (const PlannedSource &s : plan.sources) {
+		uint8_t length = s.match.saddr ? s.match.saddr->length : 0;
+		if (kinds.insert({ Shape::of(s.match), s.mode, length }).second) {
+			PlannedSource one = s;
+			one.assignments.clear();
+			one.candidates.clear();
+			small.sources.push_back(std::move(one));
+		}
+	}
+	TableModel m = buildModel(small, 0, false);
+	for (Set &s : m.sets)
+		s.elements.clear();
+	return m;
 }
 
 MoveDelta moveDelta(const Plan &plan, const plan::SliceMove &move)

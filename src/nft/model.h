@@ -248,6 +248,9 @@ struct TableModel {
 // with portSetElements.
 TableModel buildModel(const plan::Plan &plan, uint64_t generation, bool portElements = true);
 bool isPortSet(std::string_view name);
+// The sets of buildModel(plan, 0) without their elements, at the cost of a
+// walk over the sources (what naming the elements of a commit needs).
+TableModel declarations(const plan::Plan &plan);
 // Sorted by key, or (`sorted` false) in the order a full replace adds them
 // (portSetChunks: addresses, then sources, in plan order): the order nft
 // lists a concatenated interval set in after a fresh apply.

@@ -296,7 +296,7 @@ std::string formatElement(const Set &set, const Element &e)
 	return out;
 }
 
-std::string render(const TableModel &m, const plan::Plan *plan)
+std::string render(const TableModel &m, const plan::Plan *plan, const ElementOrder &order)
 {
 	std::string out;
 	out.reserve(4096);
@@ -315,9 +315,16 @@ std::string render(const TableModel &m, const plan::Plan *plan)
 	for (const Set &s : m.sets) {
 		separate();
 		std::vector<Element> built; // a port set left empty: built now, freed after
-		if (plan && s.elements.empty() && isPortSet(s.name))
+		bool fromPlan = plan && s.elements.empty() && isPortSet(s.name);
+		if (fromPlan)
 			built = portSetElements(*plan, s.name, !listedAsInserted(s));
-		const std::vector<Element> &elements = built.empty() ? s.elements : built;
+		if (order && listedAsInserted(s)) {
+			if (!fromPlan)
+				built = s.elements;
+			order(s, built);
+			fromPlan = true;
+		}
+		const std::vector<Element> &elements = fromPlan ? built : s.elements;
 		out += s.kind == SetKind::Set ? "\tset " : "\tmap ";
 		out += s.name + " {\n\t\t" + declaration(s) + "\n";
 		if (s.interval)

@@ -2,6 +2,7 @@
 // The table as nft text: `portslicectl dump`, equal to `nft -s list table inet portslice` after apply.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,9 @@ std::string formatKey(const Element &element); // the key alone: "198.51.100.1 .
 // the order a full replace adds them. Sets nft lists sorted are sorted here;
 // a concatenated interval set, which nft lists in the order its elements
 // were added, is listed in the model's order (see NftApplier::orderAsListed).
-std::string render(const TableModel &model, const plan::Plan *plan = nullptr);
+// With `order`, each concatenated interval set's elements are put in the
+// order it gives before they are listed.
+using ElementOrder = std::function<void(const Set &set, std::vector<Element> &elements)>;
+std::string render(const TableModel &model, const plan::Plan *plan = nullptr, const ElementOrder &order = {});
 
 } // namespace portslice::nft

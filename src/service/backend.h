@@ -63,15 +63,6 @@ public:
 		return std::vector<std::string>{*drifted};
 	}
 
-	// audit() of the elements of `sets` alone: what the daemon names before
-	// it undoes elements changed by hand. By default: audit().
-	virtual Result<std::vector<std::string>> auditSets(const plan::Plan &plan, uint64_t generation,
-							   const std::vector<std::string> &sets)
-	{
-		(void)sets;
-		return audit(plan, generation);
-	}
-
 	// The table as applied, in `nft -f` syntax (what `portslicectl dump` prints).
 	virtual std::string dump(const plan::Plan &plan, uint64_t generation) = 0;
 

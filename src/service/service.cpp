@@ -1094,16 +1094,6 @@ Answer<std::vector<std::string>> Service::audit()
 	return *differences;
 }
 
-Answer<std::vector<std::string>> Service::auditSets(const std::vector<std::string> &sets)
-{
-	if (!plan_)
-		return Failure{Fault::NotFound, "nothing is applied: " + lastError_};
-	Result<std::vector<std::string>> differences = backend_.auditSets(*plan_, generation_, sets);
-	if (!differences)
-		return Failure{Fault::ApplyFailed, differences.error().wrap("reading the live table").message()};
-	return *differences;
-}
-
 Answer<std::vector<StatRow>> Service::stats()
 {
 	if (!plan_)

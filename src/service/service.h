@@ -146,9 +146,8 @@ public:
 	Answer<std::vector<journal::Change>> history(int64_t sinceUs) const;
 	// The live kernel against the plan: one line per difference, none when equal.
 	Answer<std::vector<std::string>> audit();
-	// The same for the elements of `sets` alone (before an undo of elements
-	// changed by hand: the daemon names them, then puts them back).
-	Answer<std::vector<std::string>> auditSets(const std::vector<std::string> &sets);
+	// The plan applied now, if any.
+	const plan::Plan *appliedPlan() const { return plan_ ? &*plan_ : nullptr; }
 
 	// The D-Bus caller of the change being made (its uid goes into the journal).
 	void setCaller(std::optional<uint32_t> uid) { caller_ = uid; }

@@ -253,6 +253,17 @@ TEST(NftWire, EveryElementOfEveryExampleDecodesBackFromItsWireForm)
 			EXPECT_TRUE(nft::sameElements(back, set.elements));
 		}
 	}
+	// The declarations alone (what the daemon decodes a commit's elements
+	// by) are the table's sets, in its order.
+	for (const fs::path &toml : examples()) {
+		plan::Plan p = *plan::makePlan(*config::loadFile(toml).config).plan;
+		nft::TableModel full = nft::buildModel(p, 0, false), declared = nft::declarations(p);
+		ASSERT_EQ(declared.sets.size(), full.sets.size()) << toml;
+		for (size_t i = 0; i < full.sets.size(); i++) {
+			EXPECT_TRUE(declared.sets[i].sameDeclaration(full.sets[i])) << toml << " " << full.sets[i].name;
+			EXPECT_TRUE(declared.sets[i].elements.empty());
+		}
+	}
 	// Bytes that do not fit the declaration are counted, not guessed.
 	nft::Set ports = nft::buildModel(*plan::makePlan(*config::loadFile(examples()[0]).config).plan, 1).sets[2];
 	nft::WireElem cut;
