@@ -1061,15 +1061,18 @@ Status preparePinDir(const std::string &pinDir)
 					     "a directory on a bpffs");
 	// A bpffs mounted in a private mount namespace lives only as long as the
 	// processes in it: the forwarder's link, pinned there, would be detached
-	// when this process exits.
+	// when this process exits. Mount only where that cannot happen: in PID
+	// 1's mount namespace. `ip netns exec` makes a private one, where even
+	// reading /proc/1/ns/mnt is refused: not knowing counts as private.
 	struct stat self{}, init{};
-	bool privateNamespace = ::stat("/proc/self/ns/mnt", &self) == 0 && ::stat("/proc/1/ns/mnt", &init) == 0 &&
-				self.st_ino != init.st_ino;
-	if (privateNamespace)
+	bool initsNamespace = ::stat("/proc/self/ns/mnt", &self) == 0 && ::stat("/proc/1/ns/mnt", &init) == 0 &&
+			      self.st_dev == init.st_dev && self.st_ino == init.st_ino;
+	if (!initsNamespace)
 		return Error("no bpffs on /sys/fs/bpf, and this process runs in a private mount namespace (as "
-				    "`ip netns exec` makes): a bpffs mounted here would die with it and detach the XDP "
-				    "forwarder; mount a bpffs that outlives it (mount -t bpf bpf /run/portslice-bpf in "
-				    "the host) and give --xdp-pin-dir /run/portslice-bpf/NAME (docs/operations.md)");
+				    "`ip netns exec` makes; or one it cannot tell from PID 1's): a bpffs mounted here "
+				    "would die with it and detach the XDP forwarder; mount a bpffs that outlives it "
+				    "(mount -t bpf bpf /run/portslice-bpf in the host) and give --xdp-pin-dir "
+				    "/run/portslice-bpf/NAME (docs/operations.md)");
 	if (::mount("bpf", existing.c_str(), "bpf", 0, "mode=0700") != 0)
 		return errnoError(errno, "mounting bpffs on " + existing.string() + " for the XDP pins");
 	return {};

@@ -53,6 +53,10 @@ std::vector<Injection> injections(const std::string &tmpfsPins)
 		 "ip link set dev up2 xdpgeneric obj " + std::string(PSD_BUILD_ROOT) + "/tests/lab/xdp_pass.bpf.o sec xdp"},
 		{"missing uplink (checked first)", fleetB("up2", 300, "nope0"), "", "", "uplink nope0 does not exist", ""},
 		{"pin directory not on bpffs (checked first)", fleetB(), "", tmpfsPins, "is not on a bpffs", ""},
+		// `ip netns exec` remounts /sys: no bpffs on /sys/fs/bpf, and one
+		// mounted there would die with the command, detaching the forwarder.
+		{"no bpffs on /sys/fs/bpf in ip netns exec's mount namespace (checked first)", fleetB(), "",
+		 "/sys/fs/bpf/portslice", "runs in a private mount namespace", ""},
 	};
 }
 
