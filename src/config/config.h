@@ -139,7 +139,7 @@ struct ConntrackTuning {
 	}
 };
 
-// [fleet]: fleet mode through etcd (SPEC §6); read by portslice-fleetd and
+// [fleet]: fleet mode through etcd (docs/architecture.md, "Fleet mode"); read by portslice-fleetd and
 // portslicectl set-owner --fleet, ignored by portsliced's plan.
 struct Fleet {
 	std::vector<std::string> etcd; // endpoint URLs, http:// or https://, tried in turn

@@ -17,7 +17,7 @@ struct ServeOptions {
 	std::chrono::milliseconds checkInterval{1000};
 	// How long the old owner of a slice moved by SetSliceOwner drains (0: not at all).
 	std::chrono::seconds drain{60};
-	// A node_exporter textfile of the metrics (SPEC section 4), replaced
+	// A node_exporter textfile of the metrics (docs/operations.md, "Reading stats"), replaced
 	// atomically every metricsInterval and after each apply; empty: none.
 	std::string metricsFile;
 	std::chrono::seconds metricsInterval{15};

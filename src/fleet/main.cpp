@@ -604,7 +604,7 @@ private:
 int main(int argc, char **argv)
 {
 	using namespace portslice;
-	CLI::App app{"Fleet mode (SPEC section 6): keep this server's member key in etcd (a lease kept alive), take part "
+	CLI::App app{"Fleet mode: keep this server's member key in etcd (a lease kept alive), take part "
 		     "in the leader election, and hand every ownership change watched in etcd to the local portsliced "
 		     "(SetSliceOwners).",
 		     "portslice-fleetd"};

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// The ownership function of fleet mode (SPEC §6), rendezvous hashing among the live servers of an address's data centre.
+// The ownership function of fleet mode (docs/architecture.md, "Fleet mode"), rendezvous hashing among the live servers of an address's data centre.
 #include "fleet/ownership.h"
 
 namespace portslice::fleet {

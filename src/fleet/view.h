@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// The fleet's key space in etcd (SPEC §6): key names, value JSON, and the view a fleetd builds from a range and a watch.
+// The fleet's key space in etcd (docs/architecture.md, "Fleet mode"): key names, value JSON, and the view a fleetd builds from a range and a watch.
 #pragma once
 
 #include <cstdint>

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// The ownership journal (SPEC section 5): one checksummed line per record, appended and flushed, rotated by age, never rewritten.
+// The ownership journal (docs/operations.md, "Answering an abuse report"): one checksummed line per record, appended and flushed, rotated by age, never rewritten.
 #pragma once
 
 #include <cstdint>

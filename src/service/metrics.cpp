@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// The Prometheus text of Stats() rows (SPEC section 4), and the atomic replacement of a node_exporter textfile.
+// The Prometheus text of Stats() rows (docs/operations.md, "Reading stats"), and the atomic replacement of a node_exporter textfile.
 #include "service/metrics.h"
 
 #include <cctype>
@@ -97,7 +97,7 @@ private:
 	std::map<std::string, Metric> metrics_; // sorted by name: a stable text
 };
 
-// The metrics of SPEC section 4 that one row makes, by (kind, counter).
+// The metrics of docs/operations.md, "Reading stats" that one row makes, by (kind, counter).
 struct Known {
 	const char *kind;
 	const char *counter;

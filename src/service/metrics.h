@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Stats() rows as the Prometheus text format of SPEC section 4, shared by `portslicectl stats --prometheus` and `portsliced --metrics-file`.
+// Stats() rows as the Prometheus text format of docs/operations.md, "Reading stats", shared by `portslicectl stats --prometheus` and `portsliced --metrics-file`.
 #pragma once
 
 #include <string>
@@ -19,7 +19,7 @@ struct MetricsInfo {
 
 // The exposition text: a HELP and TYPE line per metric, one label per
 // meaning (address, slice, source, verdict, server), ratios 0-1. Rows of a
-// kind or counter not named in SPEC section 4 become
+// kind or counter not named in docs/operations.md, "Reading stats", become
 // portslice_KIND_COUNTER{KIND="name"}, so nothing the daemon reports is lost.
 std::string prometheusText(const MetricsInfo &info, const std::vector<StatRow> &rows);
 

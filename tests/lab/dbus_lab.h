@@ -103,6 +103,7 @@ protected:
 	{
 		if (::geteuid() != 0)
 			GTEST_SKIP() << "lab test: needs root for network namespaces, nftables and a system-type bus";
+		lab::removeStaleNamespaces("psd");
 		std::string pattern = (fs::temp_directory_path() / "psd-XXXXXX").string();
 		ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
 		dir_ = pattern;

@@ -156,7 +156,7 @@ TEST_F(ServiceLab, IntrospectionShowsExactlyTheSpecMembers)
 		".Owner method sq ss",  ".Stats method - a(ssst)", ".Applied signal t", ".ApplyFailed signal s",
 		".SetSliceOwners method a(sus)u t",
 		".Owners method - a(susst)", ".OwnerAt method sqt sstt", ".SliceOwnerChanged signal susst",
-		// Beyond the SPEC's table, for portslicectl owner, history and audit (docs/operations.md, "D-Bus").
+		// Beyond the core members, for portslicectl owner, history and audit (docs/operations.md, "D-Bus").
 		".OwnerDetails method sqt a{ss}", ".History method t a(ttsusssss)", ".Audit method - as",
 	};
 	EXPECT_EQ(members, spec) << r.output;

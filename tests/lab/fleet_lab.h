@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Fixture for fleet-mode lab tests: a three-member etcd cluster, and on every server portsliced with portslice-fleetd beside it (SPEC section 6).
+// Fixture for fleet-mode lab tests: a three-member etcd cluster, and on every server portsliced with portslice-fleetd beside it (docs/architecture.md, "Fleet mode").
 //
 // The lab fleet of tests/lab/lib/fleet.sh (two shared addresses, six 1000-port
 // slices each; sK owns slices K-1 and K+2) with a [fleet] section naming the

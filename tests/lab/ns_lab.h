@@ -119,6 +119,7 @@ protected:
 	{
 		if (::geteuid() != 0)
 			GTEST_SKIP() << "lab test: needs root for network namespaces, nftables and bpffs";
+		lab::removeStaleNamespaces("pcr");
 		std::string pattern = (fs::temp_directory_path() / "pcr-XXXXXX").string();
 		ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
 		dir_ = pattern;

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <chrono>
 #include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <fcntl.h>
 #include <fstream>
@@ -187,6 +188,28 @@ inline int stopProcess(pid_t &pid, int signal = SIGTERM, std::chrono::millisecon
 	}
 	pid = -1;
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+// Network namespaces "PREFIX-PID-N" whose test process PID is gone (killed
+// before its TearDown ran): deleted, so a killed run leaves no namespace
+// behind for long.
+inline void removeStaleNamespaces(const std::string &prefix)
+{
+	CommandResult listed = runShell("ip netns list", 10);
+	std::istringstream lines(listed.output);
+	std::string name;
+	while (lines >> name) {
+		if (name.rfind(prefix + "-", 0) != 0) {
+			lines.ignore(1 << 12, '\n');
+			continue;
+		}
+		std::string rest = name.substr(prefix.size() + 1);
+		size_t dash = rest.find('-');
+		pid_t pid = static_cast<pid_t>(std::atol(rest.substr(0, dash).c_str()));
+		if (dash != std::string::npos && pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH)
+			(void)runShell("ip netns del " + shellQuote(name), 10);
+		lines.ignore(1 << 12, '\n');
+	}
 }
 
 } // namespace portslice::lab

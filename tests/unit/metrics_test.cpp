@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// The Prometheus text of Stats() rows: SPEC section 4's names and labels, ratios 0-1, promtool-clean; the metrics file is replaced atomically.
+// The Prometheus text of Stats() rows: docs/operations.md's metric names and labels, ratios 0-1, promtool-clean; the metrics file is replaced atomically.
 #include <gtest/gtest.h>
 
 #include <cstdio>

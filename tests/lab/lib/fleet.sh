@@ -5,7 +5,7 @@
 # fleet.sh --server sN [--uplink IF] [--servers N] [--move ADDRESS:SLICE:SERVER]... [--no-mac]
 #          [--etcd URL[,URL...] [--fleet-prefix P] [--lease-seconds N] [--return-home-seconds N]]
 #
-# --etcd adds the [fleet] section of fleet mode (SPEC section 6) for
+# --etcd adds the [fleet] section of fleet mode (docs/architecture.md, "Fleet mode") for
 # portslice-fleetd: the lab's etcd members (lab.sh up --etcd N prints them in
 # LAB_ETCD_ENDPOINTS), key space P (default /portslice/lab1), lease 2 s and
 # return home after 60 s unless given.
