@@ -8,6 +8,15 @@
 
 namespace portslice {
 
+nlmsghdr *netlinkMessage(std::vector<char> &buf, uint16_t type, uint16_t flags)
+{
+	buf.assign(MNL_SOCKET_BUFFER_SIZE, 0);
+	nlmsghdr *nlh = mnl_nlmsg_put_header(buf.data());
+	nlh->nlmsg_type = type;
+	nlh->nlmsg_flags = flags;
+	return nlh;
+}
+
 Result<NetlinkSocket> NetlinkSocket::open(int bus, const char *what)
 {
 	NetlinkSocket s;

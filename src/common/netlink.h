@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <vector>
 
 #include <libmnl/libmnl.h>
 
@@ -13,6 +14,10 @@
 namespace portslice {
 
 using MnlSocket = Handle<mnl_socket, mnl_socket_close>;
+
+// A new request in `buf` (resized to one message and cleared): its header
+// with `type` and `flags`; NetlinkSocket::request sets the sequence number.
+nlmsghdr *netlinkMessage(std::vector<char> &buf, uint16_t type, uint16_t flags);
 
 class NetlinkSocket {
 public:

@@ -29,10 +29,8 @@ struct Listed {
 
 Result<std::vector<Listed>> listNeighbours(NetlinkSocket &sock)
 {
-	std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
-	nlmsghdr *nlh = mnl_nlmsg_put_header(buf.data());
-	nlh->nlmsg_type = RTM_GETNEIGH;
-	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+	std::vector<char> buf;
+	nlmsghdr *nlh = netlinkMessage(buf, RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP);
 	auto *req = static_cast<ndmsg *>(mnl_nlmsg_put_extra_header(nlh, sizeof(ndmsg)));
 	req->ndm_family = AF_INET;
 
@@ -84,10 +82,8 @@ Result<std::vector<Listed>> listNeighbours(NetlinkSocket &sock)
 // no address and state none, the kernel resolves it at once and keeps it.
 Status addManaged(NetlinkSocket &sock, const NeighbourEntry &e)
 {
-	std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
-	nlmsghdr *nlh = mnl_nlmsg_put_header(buf.data());
-	nlh->nlmsg_type = RTM_NEWNEIGH;
-	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+	std::vector<char> buf;
+	nlmsghdr *nlh = netlinkMessage(buf, RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE);
 	auto *nd = static_cast<ndmsg *>(mnl_nlmsg_put_extra_header(nlh, sizeof(ndmsg)));
 	nd->ndm_family = AF_INET;
 	nd->ndm_ifindex = static_cast<int>(e.ifindex);
@@ -104,10 +100,8 @@ Status addManaged(NetlinkSocket &sock, const NeighbourEntry &e)
 
 Status deleteEntry(NetlinkSocket &sock, const NeighbourEntry &e)
 {
-	std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
-	nlmsghdr *nlh = mnl_nlmsg_put_header(buf.data());
-	nlh->nlmsg_type = RTM_DELNEIGH;
-	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+	std::vector<char> buf;
+	nlmsghdr *nlh = netlinkMessage(buf, RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK);
 	auto *nd = static_cast<ndmsg *>(mnl_nlmsg_put_extra_header(nlh, sizeof(ndmsg)));
 	nd->ndm_family = AF_INET;
 	nd->ndm_ifindex = static_cast<int>(e.ifindex);
@@ -128,10 +122,8 @@ struct NextHop {
 
 Result<NextHop> routeTo(NetlinkSocket &sock, Ipv4 to)
 {
-	std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
-	nlmsghdr *nlh = mnl_nlmsg_put_header(buf.data());
-	nlh->nlmsg_type = RTM_GETROUTE;
-	nlh->nlmsg_flags = NLM_F_REQUEST;
+	std::vector<char> buf;
+	nlmsghdr *nlh = netlinkMessage(buf, RTM_GETROUTE, NLM_F_REQUEST);
 	auto *rtm = static_cast<rtmsg *>(mnl_nlmsg_put_extra_header(nlh, sizeof(rtmsg)));
 	rtm->rtm_family = AF_INET;
 	rtm->rtm_dst_len = 32;

@@ -69,10 +69,8 @@ Status listOurs(Rtnl &rtnl, std::vector<std::vector<char>> &rules, std::vector<s
 		into.emplace_back(reinterpret_cast<const char *>(m), reinterpret_cast<const char *>(m) + m->nlmsg_len);
 	};
 
-	std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
-	nlmsghdr *nlh = mnl_nlmsg_put_header(buf.data());
-	nlh->nlmsg_type = RTM_GETRULE;
-	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+	std::vector<char> buf;
+	nlmsghdr *nlh = netlinkMessage(buf, RTM_GETRULE, NLM_F_REQUEST | NLM_F_DUMP);
 	auto *frh = static_cast<fib_rule_hdr *>(mnl_nlmsg_put_extra_header(nlh, sizeof(fib_rule_hdr)));
 	frh->family = AF_INET;
 	Status s = rtnl.talk(nlh, [&](const nlmsghdr *m) {
@@ -83,9 +81,7 @@ Status listOurs(Rtnl &rtnl, std::vector<std::vector<char>> &rules, std::vector<s
 	if (!s)
 		return s.error().wrap("listing routing rules");
 
-	nlh = mnl_nlmsg_put_header(buf.data());
-	nlh->nlmsg_type = RTM_GETROUTE;
-	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+	nlh = netlinkMessage(buf, RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP);
 	auto *rtm = static_cast<rtmsg *>(mnl_nlmsg_put_extra_header(nlh, sizeof(rtmsg)));
 	rtm->rtm_family = AF_INET;
 	s = rtnl.talk(nlh, [&](const nlmsghdr *m) {
@@ -141,7 +137,7 @@ Result<RoutesReport> applyRoutes(const plan::Plan &plan)
 		return s.error();
 
 	RoutesReport report;
-	std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
+	std::vector<char> buf;
 	for (const plan::PlannedSource &src : plan.sources) {
 		if (!src.routeMark || !src.routeTable || !src.match.iifname || src.dropped())
 			continue;
@@ -150,9 +146,7 @@ Result<RoutesReport> applyRoutes(const plan::Plan &plan)
 			report.skipped.push_back(src.name + ": interface " + *src.match.iifname + " does not exist");
 			continue;
 		}
-		nlmsghdr *nlh = mnl_nlmsg_put_header(buf.data());
-		nlh->nlmsg_type = RTM_NEWROUTE;
-		nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+		nlmsghdr *nlh = netlinkMessage(buf, RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE);
 		auto *rtm = static_cast<rtmsg *>(mnl_nlmsg_put_extra_header(nlh, sizeof(rtmsg)));
 		rtm->rtm_family = AF_INET;
 		rtm->rtm_dst_len = src.match.saddr ? src.match.saddr->length : 0;
@@ -168,9 +162,7 @@ Result<RoutesReport> applyRoutes(const plan::Plan &plan)
 		if (!s)
 			return s.error().wrap("adding the return route of source " + src.name);
 
-		nlh = mnl_nlmsg_put_header(buf.data());
-		nlh->nlmsg_type = RTM_NEWRULE;
-		nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+		nlh = netlinkMessage(buf, RTM_NEWRULE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL);
 		auto *frh = static_cast<fib_rule_hdr *>(mnl_nlmsg_put_extra_header(nlh, sizeof(fib_rule_hdr)));
 		frh->family = AF_INET;
 		frh->action = FR_ACT_TO_TBL;

@@ -355,10 +355,8 @@ Result<NeighbourTable> readNeighbours(uint32_t ifindex)
 	auto sock = NetlinkSocket::open(NETLINK_ROUTE, "rtnetlink");
 	if (!sock)
 		return sock.error().wrap("reading neighbours");
-	std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
-	nlmsghdr *nlh = mnl_nlmsg_put_header(buf.data());
-	nlh->nlmsg_type = RTM_GETNEIGH;
-	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+	std::vector<char> buf;
+	nlmsghdr *nlh = netlinkMessage(buf, RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP);
 	auto *req = static_cast<ndmsg *>(mnl_nlmsg_put_extra_header(nlh, sizeof(ndmsg)));
 	req->ndm_family = AF_INET;
 
