@@ -93,6 +93,8 @@ const char *setKindName(nft::SetKind kind)
 		return "map";
 	case nft::SetKind::CounterMap:
 		return "counter map";
+	case nft::SetKind::VerdictMap:
+		return "verdict map";
 	}
 	return "set";
 }

@@ -2,6 +2,7 @@
 // Applier: nftables first (one transaction), then conntrack tuning and clean-up; remove() undoes all of it.
 #include "daemon/applier.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <map>
@@ -251,11 +252,12 @@ Result<ApplyResult> Applier::applySteps(const plan::Plan &next, const plan::Plan
 }
 
 // The nftables part of one or many slice moves (`drains`: this server
-// starts draining a slice, so the egress maps go first).
-Result<nft::ApplyReport> Applier::applyDelta(nft::MoveDelta delta, bool drains, const plan::Plan &plan,
+// starts draining a slice, so the egress maps go first; unless no flow can
+// be in it, `flows` false).
+Result<nft::ApplyReport> Applier::applyDelta(nft::MoveDelta delta, bool drains, bool flows, const plan::Plan &plan,
 					     uint64_t generation)
 {
-	if (drains) {
+	if (drains && flows) {
 		// This server starts draining the slice. First no new flow takes
 		// its ports (the egress maps), then the flows that exist now are
 		// listed, and their answers' zones (drain_zone) come in the same
@@ -332,15 +334,22 @@ Result<ApplyResult> Applier::applyMove(const plan::Plan &plan, const plan::Slice
 #endif
 	bool drains = now.drainedBy(move.slice, plan.serverIndex);
 	bool drainWork = drains || move.before.drainedBy(move.slice, plan.serverIndex) || drainFilled_;
+	// Conntrack can hold flows of the slice only when a conntrack source
+	// had ports in it (it is among the users the move re-planned) or
+	// flows drain now; else the walks of the conntrack table (~10 ms each,
+	// however empty it is) would find nothing.
+	bool flows = drainFilled_ || std::any_of(move.sources.begin(), move.sources.end(), [&](const auto &s) {
+			     return plan.sources[s.index].mode == plan::NatMode::Conntrack;
+		     });
 
 	t = Clock::now();
-	auto report = applyDelta(nft::moveDelta(plan, move), drains, plan, generation);
+	auto report = applyDelta(nft::moveDelta(plan, move), drains, flows, plan, generation);
 	if (!report)
 		return report.error();
 	result.nft = *report;
 	result.nftMs = ms(t);
 
-	if ((move.before.owner[move.slice] == self && now.owner[move.slice] != self) || drainWork) {
+	if (flows && ((move.before.owner[move.slice] == self && now.owner[move.slice] != self) || drainWork)) {
 		t = Clock::now();
 		std::vector<conntrack::DrainingFlow> draining;
 		auto deleted = conntrack::deleteMovedAway(plan, &draining);
@@ -425,15 +434,20 @@ Result<ApplyResult> Applier::applyMoves(const plan::Plan &plan, const std::vecto
 	}
 #endif
 	bool drainWork = drains || drained || drainFilled_;
+	// As applyMove: no conntrack walk where no flow can be.
+	bool flows = drainFilled_;
+	for (const plan::SliceMove &m : moves)
+		for (const plan::SliceMove::Source &s : m.sources)
+			flows = flows || plan.sources[s.index].mode == plan::NatMode::Conntrack;
 
 	t = Clock::now();
-	auto report = applyDelta(nft::movesDelta(plan, moves), drains, plan, generation);
+	auto report = applyDelta(nft::movesDelta(plan, moves), drains, flows, plan, generation);
 	if (!report)
 		return report.error();
 	result.nft = *report;
 	result.nftMs = ms(t);
 
-	if (loses || drainWork) {
+	if (flows && (loses || drainWork)) {
 		t = Clock::now();
 		std::vector<conntrack::DrainingFlow> draining;
 		auto deleted = conntrack::deleteMovedAway(plan, &draining);

@@ -79,7 +79,7 @@ public:
 	const nft::Set &drainZone() const { return drainZone_; }
 
 private:
-	Result<nft::ApplyReport> applyDelta(nft::MoveDelta delta, bool drains, const plan::Plan &plan,
+	Result<nft::ApplyReport> applyDelta(nft::MoveDelta delta, bool drains, bool flows, const plan::Plan &plan,
 					    uint64_t generation);
 	Applier(ApplierOptions options, nft::NftApplier nft) : options_(std::move(options)), nft_(std::move(nft)) {}
 

@@ -201,7 +201,18 @@ std::string namedEdits(const service::Service &service, const std::vector<Elemen
 				case NFTA_SET_ELEM_FLAGS: w.flags = ntohl(mnl_attr_get_u32(attr)); break;
 				case NFTA_SET_ELEM_KEY: w.key = value(attr); break;
 				case NFTA_SET_ELEM_KEY_END: w.keyEnd = value(attr); break;
-				case NFTA_SET_ELEM_DATA: w.data = value(attr); break;
+				case NFTA_SET_ELEM_DATA: {
+					// A verdict map's data is a verdict: its chain.
+					const auto *inner = static_cast<const nlattr *>(mnl_attr_get_payload(attr));
+					if (mnl_attr_get_type(inner) == NFTA_DATA_VERDICT)
+						nested(inner, [&](const nlattr *v) {
+							if (mnl_attr_get_type(v) == NFTA_VERDICT_CHAIN)
+								w.chain = mnl_attr_get_str(v);
+						});
+					else
+						w.data = value(attr);
+					break;
+				}
 				case NFTA_SET_ELEM_OBJREF: w.objref = mnl_attr_get_str(attr); break;
 				default: break;
 				}

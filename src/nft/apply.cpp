@@ -216,6 +216,8 @@ Status NftApplier::forEachElement(const std::string &set, const std::function<vo
 			w.data = bytes(e, NFTNL_SET_ELEM_DATA);
 			if (nftnl_set_elem_is_set(e, NFTNL_SET_ELEM_OBJREF))
 				w.objref = nftnl_set_elem_get_str(e, NFTNL_SET_ELEM_OBJREF);
+			if (nftnl_set_elem_is_set(e, NFTNL_SET_ELEM_CHAIN))
+				w.chain = nftnl_set_elem_get_str(e, NFTNL_SET_ELEM_CHAIN);
 			take(std::move(w));
 		}
 		nftnl_set_elems_iter_destroy(it);

@@ -158,8 +158,17 @@ std::vector<Chain> chains(const TableModel &m)
 	out.push_back(std::move(output));
 
 	const Key answer{ { S::IpDaddr, S::ThDport }, {} };
+	const Key block{ { S::IpSaddr, S::ThSport }, {} };
+	// The stateless rewrites: through the one map, or through the shard's
+	// chain that a verdict map picks (statelessShards).
+	const bool sharded = m.shards > 1;
+	const Rule statelessReturn =
+		sharded ? Rule{ { l4, Dispatch{ Key{ { S::IpDaddr }, {} }, "sl_return_shard" } } }
+			: Rule{ { l4, MapAssign{ Target::IpDaddr, answer, "sl_return" }, Notrack{} } };
+	const Rule statelessEgress = sharded ? Rule{ { l4, Dispatch{ Key{ { S::IpSaddr }, {} }, "sl_egress_shard" } } }
+					     : Rule{ { l4, MapAssign{ Target::IpSaddr, block, "sl_egress" } } };
 	out.push_back({ "from_uplink", "", "", "", 0,
-			{ { { l4, MapAssign{ Target::IpDaddr, answer, "sl_return" }, Notrack{} } },
+			{ statelessReturn,
 			  { { l4, MapAssign{ Target::CtZone, answer, "ret_zone" } } },
 			  { { l4, MapAssign{ Target::CtZone, answer, "drain_zone" } } },
 			  { { Match{ W::IcmpErrorTypes, false, {} },
@@ -183,7 +192,7 @@ std::vector<Chain> chains(const TableModel &m)
 			{ { { Match{ W::Oifname, true, m.uplink }, Verdict{ V::Accept, {} } } },
 			  { { CounterRef{ byMark, "count_mark" } } },
 			  { { CounterRef{ bySaddr, "count_sl" } } },
-			  { { l4, MapAssign{ Target::IpSaddr, Key{ { S::IpSaddr, S::ThSport }, {} }, "sl_egress" } } },
+			  statelessEgress,
 			  { { l4, Lookup{ Key{ { S::IpSaddr, S::ThSport }, kPortBlockMask }, "my_blocks", true },
 			      Verdict{ V::Jump, "port_guard" } } },
 			  { { notShared, CounterRef{ byMark, "guard_mark" }, Verdict{ V::Drop, {} } } },
@@ -199,6 +208,16 @@ std::vector<Chain> chains(const TableModel &m)
 			  { { Lookup{ Key{ { S::IpSaddr, S::ThSport }, {} }, "my_ports", false }, Verdict{ V::Return, {} } } },
 			  { { CounterRef{ byMark, "guard_mark" }, Verdict{ V::Drop, {} } } },
 			  { { CounterRef{ std::nullopt, "guard_other" }, Verdict{ V::Drop, {} } } } } });
+	if (sharded) {
+		for (uint32_t k = 0; k < m.shards; k++) {
+			std::string name = shardName("sl_egress", k, m.shards);
+			out.push_back({ name, "", "", "", 0, { { { MapAssign{ Target::IpSaddr, block, name } } } } });
+		}
+		for (uint32_t k = 0; k < m.shards; k++) {
+			std::string name = shardName("sl_return", k, m.shards);
+			out.push_back({ name, "", "", "", 0, { { { MapAssign{ Target::IpDaddr, answer, name }, Notrack{} } } } });
+		}
+	}
 	return out;
 }
 
@@ -261,29 +280,93 @@ Set makeSet(std::string name, SetKind kind, Decl decl, bool interval)
 
 using S = Selector;
 
+void sortElements(Set &s)
+{
+	// Most sets are built in key order already (sources and addresses in
+	// file order); checking first saves the sort's cost at 100k sources.
+	if (!std::is_sorted(s.elements.begin(), s.elements.end(), keyLess))
+		std::sort(s.elements.begin(), s.elements.end(), keyLess);
+}
+
 // The sets whose elements follow from the addresses' slices and the
-// sources' ports: everything a slice move can change.
-struct PortSets {
-	Set myPorts = makeSet("my_ports", SetKind::Set, { { S::IpSaddr, S::ThSport } }, true);
-	Set myBlocks = makeSet("my_blocks", SetKind::Set, { { S::IpSaddr, S::ThSport } }, false);
-	Set natPort = makeSet("nat_port", SetKind::Map, { { S::MetaMark, S::IpSaddr }, { S::IpSaddr, S::ThSport }, false },
-			      true);
-	Set natAddr = makeSet("nat_addr", SetKind::Map, { { S::CtMark, S::IpSaddr }, { S::IpSaddr } }, true);
-	Set retZone = makeSet("ret_zone", SetKind::Map, { { S::IpDaddr, S::ThDport }, { S::CtZone } }, true);
+// sources' ports: everything a slice move can change. Each has a slot:
+// the six fixed sets, then the shards of sl_egress, then those of sl_return.
+enum Slot : uint32_t { kMyPorts, kMyBlocks, kNatPort, kNatAddr, kRetZone, kIcmpZone, kShardSlots };
+
+constexpr std::string_view kFixedNames[kShardSlots] = { "my_ports", "my_blocks", "nat_port",
+							"nat_addr", "ret_zone", "icmp_zone" };
+
+Set declarePortSet(uint32_t slot, uint32_t shards)
+{
+	switch (slot) {
+	case kMyPorts: return makeSet("my_ports", SetKind::Set, { { S::IpSaddr, S::ThSport } }, true);
+	case kMyBlocks: return makeSet("my_blocks", SetKind::Set, { { S::IpSaddr, S::ThSport } }, false);
+	case kNatPort: {
+		Set s = makeSet("nat_port", SetKind::Map, { { S::MetaMark, S::IpSaddr }, { S::IpSaddr, S::ThSport }, false },
+				true);
+		s.dataInterval = true;
+		s.egress = true;
+		return s;
+	}
+	case kNatAddr: {
+		Set s = makeSet("nat_addr", SetKind::Map, { { S::CtMark, S::IpSaddr }, { S::IpSaddr } }, true);
+		s.egress = true;
+		return s;
+	}
+	case kRetZone: return makeSet("ret_zone", SetKind::Map, { { S::IpDaddr, S::ThDport }, { S::CtZone } }, true);
 	// ICMP errors carry no port of their own: they find the zone of the flow
 	// they quote by its source port (the shared port after SNAT).
-	Set icmpZone = makeSet("icmp_zone", SetKind::Map, { { S::IpDaddr, S::QuotedSport }, { S::CtZone } }, true);
-	Set slEgress = makeSet("sl_egress", SetKind::Map, { { S::IpSaddr, S::ThSport }, { S::IpSaddr } }, true);
-	Set slReturn = makeSet("sl_return", SetKind::Map, { { S::IpDaddr, S::ThDport }, { S::IpDaddr } }, true);
+	case kIcmpZone:
+		return makeSet("icmp_zone", SetKind::Map, { { S::IpDaddr, S::QuotedSport }, { S::CtZone } }, true);
+	default: break;
+	}
+	uint32_t shard = slot - kShardSlots;
+	if (shard < shards) {
+		Set s = makeSet(shardName("sl_egress", shard, shards), SetKind::Map, { { S::IpSaddr, S::ThSport }, { S::IpSaddr } },
+				true);
+		s.egress = true;
+		return s;
+	}
+	return makeSet(shardName("sl_return", shard - shards, shards), SetKind::Map,
+		       { { S::IpDaddr, S::ThDport }, { S::IpDaddr } }, true);
+}
 
-	// `only`: fill just the set of that name ("" all, "-" none), so that a
-	// large table can be built and sent one set at a time.
-	explicit PortSets(std::string_view only = {})
+// The slot of a port set's name, or nullopt.
+std::optional<uint32_t> portSlot(std::string_view name, uint32_t shards)
+{
+	for (uint32_t i = 0; i < kShardSlots; i++)
+		if (name == kFixedNames[i])
+			return i;
+	for (uint32_t family = 0; family < 2; family++) {
+		std::string_view base = family == 0 ? "sl_egress" : "sl_return";
+		if (name.substr(0, base.size()) != base)
+			continue;
+		std::string_view rest = name.substr(base.size());
+		uint32_t shard = 0;
+		if (shards > 1) {
+			if (rest.size() < 2 || rest[0] != '_' || rest.size() > 5)
+				return std::nullopt;
+			for (char c : rest.substr(1)) {
+				if (c < '0' || c > '9')
+					return std::nullopt;
+				shard = shard * 10 + static_cast<uint32_t>(c - '0');
+			}
+			if (shard >= shards || (rest.size() > 2 && rest[1] == '0'))
+				return std::nullopt;
+		} else if (!rest.empty()) {
+			return std::nullopt;
+		}
+		return kShardSlots + family * shards + shard;
+	}
+	return std::nullopt;
+}
+
+class PortSets {
+public:
+	// `only`: fill just that slot; `none`: fill nothing (declarations).
+	explicit PortSets(uint32_t shards, std::optional<uint32_t> only = std::nullopt, bool none = false)
+		: shards_(shards), only_(only), none_(none)
 	{
-		natPort.dataInterval = true;
-		natPort.egress = natAddr.egress = slEgress.egress = true;
-		for (Set *s : all())
-			filled_.push_back(only.empty() || s->name == only);
 	}
 
 	// One element per slice, not per run of adjacent slices: gaining a slice
@@ -293,17 +376,19 @@ struct PortSets {
 	// its flows' packets still leave.
 	void address(const plan::PlannedAddress &a, uint32_t self)
 	{
+		if (!wants(kMyPorts) && !wants(kMyBlocks))
+			return;
 		auto add = [&](uint32_t slice) {
 			config::PortRange ports = a.slice(slice);
-			if (filled_[0])
-				myPorts.elements.push_back({ { ip(a.address), port(ports) }, {}, {} });
-			if (!filled_[7])
+			if (wants(kMyPorts))
+				at(kMyPorts).elements.push_back({ { ip(a.address), port(ports) }, {}, {}, {} });
+			if (!wants(kMyBlocks))
 				return;
 			// The guard's fast path: blocks wholly inside the slice, by their first port.
 			uint32_t first = (uint32_t{ ports.lo } + kPortBlock - 1) / kPortBlock * kPortBlock;
 			for (uint32_t b = first; b + kPortBlock - 1 <= ports.hi; b += kPortBlock) {
 				auto p = static_cast<uint16_t>(b);
-				myBlocks.elements.push_back({ { ip(a.address), port({ p, p }) }, {}, {} });
+				at(kMyBlocks).elements.push_back({ { ip(a.address), port({ p, p }) }, {}, {}, {} });
 			}
 		};
 		for (uint32_t slice : a.mySlices)
@@ -313,57 +398,87 @@ struct PortSets {
 				add(slice);
 	}
 
-	// `assignments`: the source's, now or before a move.
-	void source(const Plan &plan, const PlannedSource &s, const std::vector<plan::Assignment> &assignments)
+	// Source number `index` of the plan with `assignments`: its own, now or
+	// before a move.
+	void source(const Plan &plan, size_t index, const std::vector<plan::Assignment> &assignments)
 	{
+		const PlannedSource &s = plan.sources[index];
+		uint32_t egressSlot = kShardSlots + static_cast<uint32_t>(index % shards_);
 		for (const plan::Assignment &as : assignments) {
 			Ipv4 sharedAddr = plan.addresses[as.address].address;
 			if (s.mode == NatMode::Conntrack) {
 				uint32_t mk = sourceMark(s);
-				if (filled_[1])
-					natPort.elements.push_back({ { mark(mk), ipRange(as.first, as.last) }, { ip(sharedAddr), port(as.ports) }, {} });
-				if (filled_[2])
-					natAddr.elements.push_back({ { mark(mk), ipRange(as.first, as.last) }, { ip(sharedAddr) }, {} });
-				if (filled_[3])
-					retZone.elements.push_back({ { ip(sharedAddr), port(as.ports) }, { zone(s.zone) }, {} });
-				if (filled_[4])
-					icmpZone.elements.push_back({ { ip(sharedAddr), quotedPort(as.ports) }, { zone(s.zone) }, {} });
+				if (wants(kNatPort))
+					at(kNatPort).elements.push_back(
+						{ { mark(mk), ipRange(as.first, as.last) }, { ip(sharedAddr), port(as.ports) }, {}, {} });
+				if (wants(kNatAddr))
+					at(kNatAddr).elements.push_back(
+						{ { mark(mk), ipRange(as.first, as.last) }, { ip(sharedAddr) }, {}, {} });
+				if (wants(kRetZone))
+					at(kRetZone).elements.push_back({ { ip(sharedAddr), port(as.ports) }, { zone(s.zone) }, {}, {} });
+				if (wants(kIcmpZone))
+					at(kIcmpZone).elements.push_back(
+						{ { ip(sharedAddr), quotedPort(as.ports) }, { zone(s.zone) }, {}, {} });
 			} else {
-				if (filled_[5])
-					slEgress.elements.push_back({ { ip(as.first), port(as.ports) }, { ip(sharedAddr) }, {} });
-				if (filled_[6])
-					slReturn.elements.push_back({ { ip(sharedAddr), port(as.ports) }, { ip(as.first) }, {} });
+				if (wants(egressSlot))
+					at(egressSlot).elements.push_back({ { ip(as.first), port(as.ports) }, { ip(sharedAddr) }, {}, {} });
+				uint32_t returnSlot = kShardSlots + shards_ + as.address % shards_;
+				if (wants(returnSlot))
+					at(returnSlot).elements.push_back({ { ip(sharedAddr), port(as.ports) }, { ip(as.first) }, {}, {} });
 			}
 		}
 	}
 
-	void take(std::vector<Set> &out);
-
-	// In the order of filled_.
-	std::vector<Set *> all()
+	uint32_t slots() const { return kShardSlots + 2 * shards_; }
+	size_t count(uint32_t slot) const
 	{
-		return { &myPorts, &natPort, &natAddr, &retZone, &icmpZone, &slEgress, &slReturn, &myBlocks };
+		auto it = sets_.find(slot);
+		return it == sets_.end() ? 0 : it->second.elements.size();
+	}
+	// The slots that hold a set now (an element came, or `at` made it).
+	std::vector<uint32_t> used() const
+	{
+		std::vector<uint32_t> out;
+		for (const auto &[slot, set] : sets_)
+			out.push_back(slot);
+		return out;
+	}
+	// The set of `slot`, declared, with the elements it got (sorted), and
+	// gone from here.
+	Set take(uint32_t slot)
+	{
+		Set s = std::move(at(slot));
+		sets_.erase(slot);
+		sortElements(s);
+		return s;
+	}
+	std::vector<Element> takeElements(uint32_t slot, bool sorted)
+	{
+		auto it = sets_.find(slot);
+		if (it == sets_.end())
+			return {};
+		if (sorted)
+			sortElements(it->second);
+		std::vector<Element> out = std::move(it->second.elements);
+		it->second.elements.clear();
+		return out;
 	}
 
 private:
-	std::vector<bool> filled_;
-};
-
-void sortElements(Set &s)
-{
-	// Most sets are built in key order already (sources and addresses in
-	// file order); checking first saves the sort's cost at 100k sources.
-	if (!std::is_sorted(s.elements.begin(), s.elements.end(), keyLess))
-		std::sort(s.elements.begin(), s.elements.end(), keyLess);
-}
-
-void PortSets::take(std::vector<Set> &out)
-{
-	for (Set *s : all()) {
-		sortElements(*s);
-		out.push_back(std::move(*s));
+	bool wants(uint32_t slot) const { return !none_ && (!only_ || *only_ == slot); }
+	Set &at(uint32_t slot)
+	{
+		auto it = sets_.find(slot);
+		if (it == sets_.end())
+			it = sets_.emplace(slot, declarePortSet(slot, shards_)).first;
+		return it->second;
 	}
-}
+
+	uint32_t shards_;
+	std::optional<uint32_t> only_;
+	bool none_;
+	std::map<uint32_t, Set> sets_;
+};
 
 } // namespace
 
@@ -383,66 +498,90 @@ Set generationSet(uint64_t generation)
 	return set;
 }
 
+uint32_t statelessShards(const Plan &plan)
+{
+	uint64_t inside = 0;
+	for (const PlannedSource &s : plan.sources)
+		if (s.mode == NatMode::Stateless && s.match.saddr)
+			inside += uint64_t{ 1 } << (32 - s.match.saddr->length);
+	uint32_t shards = 1;
+	while (shards < kMaxShards && uint64_t{ shards } * kShardElements < inside)
+		shards *= 2;
+	return shards;
+}
+
+std::string shardName(std::string_view base, uint32_t shard, uint32_t shards)
+{
+	std::string name(base);
+	if (shards > 1)
+		name += "_" + std::to_string(shard);
+	return name;
+}
+
 bool isPortSet(std::string_view name)
 {
-	// Named: a temporary in the range-init would die before the loop body
-	// reads the names through the pointers all() returns.
-	PortSets sets("-");
-	for (const Set *s : sets.all())
-		if (s->name == name)
-			return true;
-	return false;
+	return portSlot(name, 1).has_value() || portSlot(name, kMaxShards).has_value();
 }
+
+namespace {
+
+// Walk what fills `slot`: the addresses for my_ports and my_blocks, the
+// sources for the others (for a shard of sl_egress only its own sources).
+void fillSlot(PortSets &ports, const Plan &plan, uint32_t slot, uint32_t shards, const std::function<void()> &step)
+{
+	if (slot == kMyPorts || slot == kMyBlocks) {
+		for (const plan::PlannedAddress &a : plan.addresses) {
+			ports.address(a, plan.serverIndex);
+			step();
+		}
+		return;
+	}
+	bool egressShard = slot >= kShardSlots && slot < kShardSlots + shards;
+	size_t first = egressShard ? slot - kShardSlots : 0, stride = egressShard ? shards : 1;
+	for (size_t i = first; i < plan.sources.size(); i += stride) {
+		ports.source(plan, i, plan.sources[i].assignments);
+		step();
+	}
+}
+
+} // namespace
 
 void portSetChunks(const Plan &plan, std::string_view name, size_t chunk,
 		   const std::function<void(const std::vector<Element> &)> &take)
 {
-	PortSets ports(name);
-	Set *target = nullptr;
-	for (Set *s : ports.all())
-		if (s->name == name)
-			target = s;
-	if (!target)
+	uint32_t shards = statelessShards(plan);
+	std::optional<uint32_t> slot = portSlot(name, shards);
+	if (!slot)
 		return;
+	PortSets ports(shards, slot);
 	auto flush = [&](size_t atLeast) {
-		if (!target->elements.empty() && target->elements.size() >= atLeast) {
-			take(target->elements);
-			target->elements.clear();
-		}
+		if (ports.count(*slot) > 0 && ports.count(*slot) >= atLeast)
+			take(ports.takeElements(*slot, false));
 	};
-	for (const plan::PlannedAddress &a : plan.addresses) {
-		ports.address(a, plan.serverIndex);
-		flush(chunk);
-	}
-	for (const PlannedSource &s : plan.sources) {
-		ports.source(plan, s, s.assignments);
-		flush(chunk);
-	}
+	fillSlot(ports, plan, *slot, shards, [&] { flush(chunk); });
 	flush(1);
 }
 
 std::vector<Element> portSetElements(const Plan &plan, std::string_view name, bool sorted)
 {
-	PortSets ports(name);
-	for (const plan::PlannedAddress &a : plan.addresses)
-		ports.address(a, plan.serverIndex);
-	for (const PlannedSource &s : plan.sources)
-		ports.source(plan, s, s.assignments);
-	for (Set *s : ports.all())
-		if (s->name == name) {
-			if (sorted)
-				sortElements(*s);
-			return std::move(s->elements);
-		}
-	return {};
+	uint32_t shards = statelessShards(plan);
+	std::optional<uint32_t> slot = portSlot(name, shards);
+	if (!slot)
+		return {};
+	PortSets ports(shards, slot);
+	fillSlot(ports, plan, *slot, shards, [] {});
+	return ports.takeElements(*slot, sorted);
 }
 
-TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
+namespace {
+
+TableModel build(const Plan &plan, uint64_t generation, bool portElements, uint32_t shards)
 {
 	TableModel m;
 	m.comment = tableComment(plan, generation);
 	m.generation = generation;
 	m.uplink = plan.uplink;
+	m.shards = shards;
 
 	std::set<Shape> shapes;
 	for (const PlannedSource &s : plan.sources)
@@ -464,7 +603,7 @@ TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
 		m.counters.push_back("addr_" + a.address.str());
 	m.counters.push_back("guard_other");
 
-	PortSets ports(portElements ? "" : "-");
+	PortSets ports(shards, std::nullopt, !portElements);
 	Set shared = makeSet("shared", SetKind::Set, { { S::IpSaddr }, {}, false }, false);
 	Set countAddr = makeSet("count_addr", SetKind::CounterMap, { { S::IpSaddr }, {}, false }, false);
 	for (const plan::PlannedAddress &a : plan.addresses) {
@@ -474,8 +613,8 @@ TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
 	}
 	m.sets.push_back(generationSet(generation));
 	m.sets.push_back(std::move(shared));
-	m.sets.push_back(std::move(ports.myPorts));
-	m.sets.push_back(std::move(ports.myBlocks));
+	m.sets.push_back(ports.take(kMyPorts));
+	m.sets.push_back(ports.take(kMyBlocks));
 
 	const Shape saddrOnly = [] {
 		Shape s;
@@ -537,7 +676,16 @@ TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
 	// flows carry (its match's mark, or 0: the mark the egress table gives back).
 	Set newMark = makeSet("new_mark", SetKind::CounterMap, { { S::CtMark, S::MetaMark }, {}, false }, false);
 
-	for (const PlannedSource &s : plan.sources) {
+	// Which shard's chain a stateless source's packets and an address's
+	// answers jump to (statelessShards).
+	Set egressShard = makeSet("sl_egress_shard", SetKind::VerdictMap, { { S::IpSaddr }, {}, false }, true);
+	Set returnShard = makeSet("sl_return_shard", SetKind::VerdictMap, { { S::IpDaddr }, {}, false }, false);
+	if (shards > 1)
+		for (size_t ai = 0; ai < plan.addresses.size(); ai++)
+			returnShard.elements.push_back(
+				{ { ip(plan.addresses[ai].address) }, {}, {}, shardName("sl_return", static_cast<uint32_t>(ai % shards), shards) });
+	for (size_t i = 0; i < plan.sources.size(); i++) {
+		const PlannedSource &s = plan.sources[i];
 		if (s.mode == NatMode::Conntrack) {
 			uint32_t mk = sourceMark(s);
 			ctMarks.elements.push_back({ { zone(s.zone) }, { mark(mk) }, {} });
@@ -550,11 +698,26 @@ TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
 			Field prefix = ipRange(s.match.saddr->first(), s.match.saddr->last());
 			countSl.elements.push_back({ { prefix }, {}, "src_" + s.name });
 			guardSl.elements.push_back({ { prefix }, {}, "guard_" + s.name });
+			if (shards > 1)
+				egressShard.elements.push_back(
+					{ { prefix }, {}, {}, shardName("sl_egress", static_cast<uint32_t>(i % shards), shards) });
 		}
-		ports.source(plan, s, s.assignments);
+		ports.source(plan, i, s.assignments);
 	}
-	for (Set *s : { &ctMarks, &routeMarks, &ports.natPort, &ports.natAddr, &ports.retZone, &drainZone,
-			&ports.icmpZone, &ports.slEgress, &ports.slReturn, &countMark, &countSl, &guardMark, &guardSl, &newMark })
+	m.sets.push_back(std::move(ctMarks));
+	m.sets.push_back(std::move(routeMarks));
+	m.sets.push_back(ports.take(kNatPort));
+	m.sets.push_back(ports.take(kNatAddr));
+	m.sets.push_back(ports.take(kRetZone));
+	m.sets.push_back(std::move(drainZone));
+	m.sets.push_back(ports.take(kIcmpZone));
+	if (shards > 1) {
+		m.sets.push_back(std::move(egressShard));
+		m.sets.push_back(std::move(returnShard));
+	}
+	for (uint32_t slot = kShardSlots; slot < ports.slots(); slot++)
+		m.sets.push_back(ports.take(slot));
+	for (Set *s : { &countMark, &countSl, &guardMark, &guardSl, &newMark })
 		m.sets.push_back(std::move(*s));
 	m.sets.push_back(std::move(countAddr));
 	for (Set &s : zoneMaps)
@@ -564,6 +727,13 @@ TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
 		sortElements(s);
 	m.chains = chains(m);
 	return m;
+}
+
+} // namespace
+
+TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
+{
+	return build(plan, generation, portElements, statelessShards(plan));
 }
 
 TableModel egressModel(const TableModel &model)
@@ -619,25 +789,43 @@ TableModel declarations(const Plan &plan)
 			small.sources.push_back(std::move(one));
 		}
 	}
-	TableModel m = buildModel(small, 0, false);
+	TableModel m = build(small, 0, false, statelessShards(plan));
 	for (Set &s : m.sets)
 		s.elements.clear();
 	return m;
 }
 
+namespace {
+
+// The port sets either side filled, declared on both sides, in slot order.
+MoveDelta takeDelta(PortSets &before, PortSets &after)
+{
+	std::set<uint32_t> slots;
+	for (uint32_t slot : before.used())
+		slots.insert(slot);
+	for (uint32_t slot : after.used())
+		slots.insert(slot);
+	MoveDelta delta;
+	for (uint32_t slot : slots) {
+		delta.before.push_back(before.take(slot));
+		delta.after.push_back(after.take(slot));
+	}
+	return delta;
+}
+
+} // namespace
+
 MoveDelta moveDelta(const Plan &plan, const plan::SliceMove &move)
 {
-	PortSets before, after;
+	uint32_t shards = statelessShards(plan);
+	PortSets before(shards), after(shards);
 	before.address(move.before, plan.serverIndex);
 	after.address(plan.addresses[move.address], plan.serverIndex);
 	for (const plan::SliceMove::Source &s : move.sources) {
-		before.source(plan, plan.sources[s.index], s.assignments);
-		after.source(plan, plan.sources[s.index], plan.sources[s.index].assignments);
+		before.source(plan, s.index, s.assignments);
+		after.source(plan, s.index, plan.sources[s.index].assignments);
 	}
-	MoveDelta delta;
-	before.take(delta.before);
-	after.take(delta.after);
-	return delta;
+	return takeDelta(before, after);
 }
 
 MoveDelta movesDelta(const Plan &plan, const std::vector<plan::SliceMove> &moves)
@@ -649,19 +837,17 @@ MoveDelta movesDelta(const Plan &plan, const std::vector<plan::SliceMove> &moves
 		for (const plan::SliceMove::Source &s : m.sources)
 			users.emplace(s.index, &s.assignments);
 	}
-	PortSets before, after;
+	uint32_t shards = statelessShards(plan);
+	PortSets before(shards), after(shards);
 	for (const auto &[index, was] : addresses) {
 		before.address(*was, plan.serverIndex);
 		after.address(plan.addresses[index], plan.serverIndex);
 	}
 	for (const auto &[index, was] : users) {
-		before.source(plan, plan.sources[index], *was);
-		after.source(plan, plan.sources[index], plan.sources[index].assignments);
+		before.source(plan, index, *was);
+		after.source(plan, index, plan.sources[index].assignments);
 	}
-	MoveDelta delta;
-	before.take(delta.before);
-	after.take(delta.after);
-	return delta;
+	return takeDelta(before, after);
 }
 
 } // namespace portslice::nft

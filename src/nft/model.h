@@ -74,9 +74,11 @@ struct Element {
 	std::vector<Field> key;
 	std::vector<Field> data; // map data (empty for sets and objref maps)
 	std::string counter;     // objref maps: the counter's name
+	std::string chain;       // verdict maps: the chain it jumps to
 };
 
-enum class SetKind : uint8_t { Set, Map, CounterMap };
+// VerdictMap: `type KEY : verdict`, every element `jump CHAIN`.
+enum class SetKind : uint8_t { Set, Map, CounterMap, VerdictMap };
 
 // A named set or map. `key` and `data` are the typed components it carries;
 // `typeofDecl` says whether nft declares it by expressions ("typeof ip saddr
@@ -138,6 +140,14 @@ struct Lookup {
 	bool operator==(const Lookup &) const = default;
 };
 
+// KEY vmap @map: jump to the chain the map names for the key (nothing
+// when the key is not in it).
+struct Dispatch {
+	Key key;
+	std::string map;
+	bool operator==(const Dispatch &) const = default;
+};
+
 // What a statement can write.
 enum class Target : uint8_t { CtZone, CtMark, MetaMark, IpSaddr, IpDaddr };
 
@@ -185,7 +195,7 @@ struct Verdict {
 // Every statement has a text form (render.cpp) and a netlink form
 // (writer.cpp); both visit all alternatives, so a statement without either
 // does not compile.
-using Statement = std::variant<Match, Lookup, MapAssign, Assign, CounterRef, Snat, Notrack, Verdict>;
+using Statement = std::variant<Match, Lookup, MapAssign, Assign, CounterRef, Snat, Notrack, Verdict, Dispatch>;
 
 struct Rule {
 	std::vector<Statement> statements;
@@ -234,6 +244,8 @@ struct TableModel {
 	// masked address (a hash lookup, where an interval map of all prefixes
 	// costs a search that grows with their number).
 	std::vector<uint8_t> zoneSaddrLengths;
+	// Shards of the stateless maps (statelessShards): 1 is the plain form.
+	uint32_t shards = 1;
 	std::vector<std::string> counters; // named counters, creation order
 	std::vector<Set> sets;             // creation order
 	std::vector<Chain> chains;         // creation order; rules in order
@@ -248,6 +260,25 @@ struct TableModel {
 // with portSetElements.
 TableModel buildModel(const plan::Plan &plan, uint64_t generation, bool portElements = true);
 bool isPortSet(std::string_view name);
+
+// The stateless maps hold one element per inside address: 160,000 for
+// 10,000 sources of a /28. They are concatenated interval maps, whose
+// kernel backend (pipapo) deletes an element, and looks one up, at a cost
+// that grows with the whole map. So a large fleet splits them in shards of
+// about kShardElements: sl_egress_K and sl_return_K, each a map with a chain
+// of one rule that rewrites through it, reached through a verdict map by the
+// inside prefix (sl_egress_shard, one element per stateless source) or by
+// the shared address (sl_return_shard, one per address). A source's blocks
+// are in shard (its index mod shards), an address's answers in shard (its
+// index mod shards). The count is a power of two that depends only on the
+// sources' prefixes, so every plan of one config has the same table shape;
+// 1 (up to kShardElements inside addresses) keeps the plain maps sl_egress
+// and sl_return.
+inline constexpr uint32_t kShardElements = 256;
+inline constexpr uint32_t kMaxShards = 1024;
+uint32_t statelessShards(const plan::Plan &plan);
+// "sl_egress" for one shard, "sl_egress_3" for shard 3 of more.
+std::string shardName(std::string_view base, uint32_t shard, uint32_t shards);
 // The sets of buildModel(plan, 0) without their elements, at the cost of a
 // walk over the sources (what naming the elements of a commit needs).
 TableModel declarations(const plan::Plan &plan);

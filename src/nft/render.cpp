@@ -230,6 +230,7 @@ std::string statementText(const Statement &st)
 			},
 			[](const Snat &n) { return "snat ip to " + keyText(n.key) + " map @" + n.map; },
 			[](const Notrack &) { return std::string("notrack"); },
+			[](const Dispatch &d) { return keyText(d.key) + " vmap @" + d.map; },
 			[](const Verdict &v) {
 				switch (v.kind) {
 				case Verdict::Kind::Accept: return std::string("accept");
@@ -270,6 +271,8 @@ std::string declaration(const Set &s)
 		out += std::string(" : ") + (s.dataInterval ? "interval " : "") + components(s.data, s.typeofDecl);
 	else if (s.kind == SetKind::CounterMap)
 		out += " : counter";
+	else if (s.kind == SetKind::VerdictMap)
+		out += " : verdict";
 	return out;
 }
 
@@ -293,6 +296,8 @@ std::string formatElement(const Set &set, const Element &e)
 		out += " : " + fieldsText(e.data);
 	else if (set.kind == SetKind::CounterMap)
 		out += " : \"" + e.counter + "\"";
+	else if (set.kind == SetKind::VerdictMap)
+		out += " : jump " + e.chain;
 	return out;
 }
 

@@ -204,7 +204,10 @@ bool sameFields(const std::vector<Field> &a, const std::vector<Field> &b)
 	return true;
 }
 
-bool sameValue(const Element &a, const Element &b) { return sameFields(a.data, b.data) && a.counter == b.counter; }
+bool sameValue(const Element &a, const Element &b)
+{
+	return sameFields(a.data, b.data) && a.counter == b.counter && a.chain == b.chain;
+}
 
 bool isRbtree(const Set &s) { return s.interval && s.key.size() == 1; }
 
@@ -281,6 +284,10 @@ std::vector<Element> decodeElements(const Set &s, const std::vector<WireElem> &w
 			e.counter = w.objref;
 			return true;
 		}
+		if (s.kind == SetKind::VerdictMap) {
+			e.chain = w.chain;
+			return !w.chain.empty();
+		}
 		if (s.kind != SetKind::Map)
 			return true;
 		if (!s.dataInterval)
@@ -350,6 +357,13 @@ std::string setUserData(const Set &s)
 {
 	bool map = s.kind == SetKind::Map;
 	Udata u;
+	if (s.kind == SetKind::VerdictMap) {
+		// nft's verdict type has no byte order of its own.
+		u.u32(kUdKeyByteorder, selectorInfo(s.key[0]).order);
+		u.u32(kUdDataByteorder, 0);
+		u.u32(kUdDataInterval, 0);
+		return u.bytes();
+	}
 	u.u32(kUdKeyByteorder, s.key.size() > 1 ? 0 : selectorInfo(s.key[0]).order);
 	if (map)
 		u.u32(kUdDataByteorder, s.data.size() > 1 ? 0 : selectorInfo(s.data[0]).order);
@@ -364,17 +378,18 @@ std::string setUserData(const Set &s)
 
 bool WireElem::operator<(const WireElem &o) const
 {
-	return std::tie(flags, key, keyEnd, data, objref) < std::tie(o.flags, o.key, o.keyEnd, o.data, o.objref);
+	return std::tie(flags, key, keyEnd, data, objref, chain) < std::tie(o.flags, o.key, o.keyEnd, o.data, o.objref, o.chain);
 }
 
 bool WireElem::operator==(const WireElem &o) const
 {
-	return std::tie(flags, key, keyEnd, data, objref) == std::tie(o.flags, o.key, o.keyEnd, o.data, o.objref);
+	return std::tie(flags, key, keyEnd, data, objref, chain) ==
+	       std::tie(o.flags, o.key, o.keyEnd, o.data, o.objref, o.chain);
 }
 
 size_t WireElem::size() const
 {
-	return 4 + 8 + 8 + key.size() + 8 + keyEnd.size() + 8 + data.size() + 8 + objref.size() + 16;
+	return 4 + 8 + 8 + key.size() + 8 + keyEnd.size() + 8 + data.size() + 8 + objref.size() + 32 + chain.size() + 16;
 }
 
 std::vector<WireElem> wireElements(const Set &s, const std::vector<Element> &elements, bool forDelete)
@@ -385,6 +400,8 @@ std::vector<WireElem> wireElements(const Set &s, const std::vector<Element> &ele
 			return;
 		if (s.kind == SetKind::CounterMap)
 			w.objref = e.counter;
+		else if (s.kind == SetKind::VerdictMap)
+			w.chain = e.chain;
 		else if (s.kind == SetKind::Map && s.dataInterval) // every field's low ends, then the high ends
 			w.data = fieldsBytes(e.data, s.data, false) + fieldsBytes(e.data, s.data, true);
 		else if (s.kind == SetKind::Map)
@@ -473,6 +490,7 @@ WireDelta elementDelta(const Set &o, const Set &n)
 	for (WireElem &e : d.del) {
 		e.data.clear();
 		e.objref.clear();
+		e.chain.clear();
 	}
 	return d;
 }

@@ -64,6 +64,7 @@ struct WireElem {
 	std::string keyEnd;
 	std::string data;
 	std::string objref;
+	std::string chain; // a verdict map's element: jump to this chain
 
 	bool operator<(const WireElem &o) const;
 	bool operator==(const WireElem &o) const;

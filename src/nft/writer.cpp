@@ -49,6 +49,14 @@ void putElem(nlmsghdr *nlh, uint16_t index, const WireElem &e)
 		putValue(nlh, NFTA_SET_ELEM_KEY_END, e.keyEnd);
 	if (!e.data.empty())
 		putValue(nlh, NFTA_SET_ELEM_DATA, e.data);
+	if (!e.chain.empty()) {
+		nlattr *data = mnl_attr_nest_start(nlh, NFTA_SET_ELEM_DATA);
+		nlattr *verdict = mnl_attr_nest_start(nlh, NFTA_DATA_VERDICT);
+		putNetU32(nlh, NFTA_VERDICT_CODE, static_cast<uint32_t>(NFT_JUMP));
+		mnl_attr_put_strz(nlh, NFTA_VERDICT_CHAIN, e.chain.c_str());
+		mnl_attr_nest_end(nlh, verdict);
+		mnl_attr_nest_end(nlh, data);
+	}
 	if (!e.objref.empty())
 		mnl_attr_put_strz(nlh, NFTA_SET_ELEM_OBJREF, e.objref.c_str());
 	mnl_attr_nest_end(nlh, n);
@@ -110,6 +118,10 @@ public:
 				   },
 				   [&](const Notrack &) { add(expr("notrack")); },
 				   [&](const Verdict &v) { verdict(v); },
+				   [&](const Dispatch &d) {
+					   loadKey(d.key);
+					   lookup(d.map, NFT_REG_VERDICT, false);
+				   },
 			   },
 			   st);
 	}
@@ -436,7 +448,7 @@ void TableWriter::set(const Set &d)
 	uint32_t flags = 0;
 	if (d.interval)
 		flags |= NFT_SET_INTERVAL;
-	if (map)
+	if (map || d.kind == SetKind::VerdictMap)
 		flags |= NFT_SET_MAP;
 	if (objmap)
 		flags |= NFT_SET_OBJECT;
@@ -449,6 +461,10 @@ void TableWriter::set(const Set &d)
 		nftnl_set_set_u32(s.get(), NFTNL_SET_DATA_TYPE, concatType(d.data));
 		uint32_t len = concatLen(d.data);
 		nftnl_set_set_u32(s.get(), NFTNL_SET_DATA_LEN, d.dataInterval ? 2 * len : len);
+	} else if (d.kind == SetKind::VerdictMap) {
+		// The kernel sizes verdicts itself; nft sends the register's 16 bytes.
+		nftnl_set_set_u32(s.get(), NFTNL_SET_DATA_TYPE, NFT_DATA_VERDICT);
+		nftnl_set_set_u32(s.get(), NFTNL_SET_DATA_LEN, 16);
 	}
 	if (objmap)
 		nftnl_set_set_u32(s.get(), NFTNL_SET_OBJ_TYPE, NFT_OBJECT_COUNTER);
