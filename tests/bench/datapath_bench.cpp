@@ -2,16 +2,17 @@
 // Benchmark: packets per second through a server namespace running portsliced's table (docs/performance.md "Datapath").
 //
 // datapath_bench [--pairs 3] [--frames 2000000] [--seconds 3] [--sources 10000]
-//                [--rows scaling,stateless,reference] [--tweak FILE]
+//                [--rows scaling,stateless-scaling,stateless,reference] [--tweak FILE] [--daemon PATH]
 // --rows runs only the named rows; --tweak FILE is an `nft -f` script applied in the
-// server namespace after every apply (to measure what one set or rule costs).
+// server namespace after every apply (to measure what one set or rule costs); --daemon
+// applies the tables with another build's portsliced (a before/after of the table's shape).
 // Needs root. Builds two lanes, A and B, each sender --veth--> server (eth0 uplink)
 // --veth--> sink in namespaces psp-PID-LANE-{snd,srv,snk}, deleted on every way out
 // (also SIGINT/SIGTERM). An AF_PACKET socket in each sender sends prebuilt
 // Ethernet/IPv4/UDP frames with sendmmsg; the sink veth's rx_packets counts what the
 // server forwarded. A pair applies A's table in lane A and B's in lane B, then sends
 // in 12 alternating turns (A B, B A, ...), so both tables see the same machine load.
-// Rows: 10 vs N conntrack sources, stateless vs conntrack on new flows, and N conntrack
+// Rows: 10 vs N conntrack sources, 10 vs N stateless sources, stateless vs conntrack on new flows, and N conntrack
 // sources vs a one-rule-per-source nft table (the second reference of docs/performance.md).
 // Prints the figures; it asserts nothing.
 #include <algorithm>
@@ -44,6 +45,8 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 const std::string kBuild = PORTSLICE_BUILD_ROOT;
+// The daemon that applies the tables: this build's, or --daemon PATH (another build's, for a before/after).
+std::string gDaemon = kBuild + "/src/daemon/portsliced";
 volatile std::sig_atomic_t gStop = 0;
 std::vector<std::string> gNamespaces; // deleted by cleanup()
 std::string gTmp;
@@ -346,7 +349,7 @@ void prepare(const Lab &l, const std::string &cfg)
 	if (cfg.ends_with(".nft"))
 		must("ip netns exec " + l.srv + " nft -f " + cfg);
 	else
-		must("ip netns exec " + l.srv + " " + kBuild + "/src/daemon/portsliced --config " + cfg +
+		must("ip netns exec " + l.srv + " " + gDaemon + " --config " + cfg +
 		     " --apply-once --no-xdp --state-dir " + gTmp + "/state-" + l.srv);
 	if (!gTweak.empty())
 		must("ip netns exec " + l.srv + " nft -f " + gTweak);
@@ -436,7 +439,7 @@ int main(int argc, char **argv)
 {
 	int pairs = 3;
 	uint32_t sources = 10000;
-	std::string rows = "scaling,stateless,reference";
+	std::string rows = "scaling,stateless-scaling,stateless,reference";
 	for (int i = 1; i + 1 < argc; i += 2) {
 		std::string a = argv[i];
 		if (a == "--pairs")
@@ -451,9 +454,11 @@ int main(int argc, char **argv)
 			rows = argv[i + 1];
 		else if (a == "--tweak")
 			gTweak = argv[i + 1];
+		else if (a == "--daemon")
+			gDaemon = argv[i + 1];
 		else {
 			std::fprintf(stderr, "usage: datapath_bench [--pairs 3] [--frames 2000000] [--seconds 3] [--sources 10000]"
-					     " [--rows scaling,stateless,reference] [--tweak FILE]\n");
+					     " [--rows scaling,stateless-scaling,stateless,reference] [--tweak FILE] [--daemon PATH]\n");
 			return 2;
 		}
 	}
@@ -484,6 +489,9 @@ int main(int argc, char **argv)
 	if (wanted("scaling"))
 		compare(la, sa, lb, sb, pairs, "datapath scaling (fixed 5-tuples)", std::to_string(sources) + " conntrack sources",
 			ctN, "10 conntrack sources", ct10, false, 0.95);
+	if (wanted("stateless-scaling"))
+		compare(la, sa, lb, sb, pairs, "stateless scaling (fixed 5-tuples)", std::to_string(sources) + " stateless sources",
+			writeFleet(sources, false), "10 stateless sources", sl10, false, 0.95);
 	if (wanted("stateless"))
 		compare(la, sa, lb, sb, pairs, "stateless vs conntrack (new flow per packet)", "stateless", sl10, "conntrack", ct10,
 			true, 1.3);
