@@ -56,6 +56,15 @@ workload() {
 	ip netns exec "$name" "$LIB/workload.sh" --if eth0 --prefix "$prefix" --hosts "$hosts"
 }
 
+# The VM's name (provision.sh sets it, not Vagrant: Vagrant's Debian
+# hostname step also restarts every interface, 80 s under software emulation).
+if [[ -n ${PSL_HOSTNAME:-} && $(hostname) != "$PSL_HOSTNAME" ]]; then
+	echo "$PSL_HOSTNAME" >/etc/hostname
+	hostname "$PSL_HOSTNAME"
+	sed -i "/^127\.0\.1\.1[[:space:]]/d" /etc/hosts
+	echo "127.0.1.1 $PSL_HOSTNAME" >>/etc/hosts
+fi
+
 install "${packages[@]}"
 case $role in
 inet)
