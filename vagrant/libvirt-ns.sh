@@ -3,7 +3,7 @@
 # Runs libvirtd (and virtlogd) inside a network and mount namespace of their own, so the Vagrant lab touches nothing of the host's network.
 #
 # sudo vagrant/libvirt-ns.sh up   [--ns NAME]   start the namespace and the daemons
-# sudo vagrant/libvirt-ns.sh exec [--ns NAME] CMD...   run CMD in the namespace, LIBVIRT_DEFAULT_URI set
+# sudo vagrant/libvirt-ns.sh exec [--ns NAME] CMD...   run CMD in the namespace, LIBVIRT_DEFAULT_URI and VAGRANT_DOTFILE_PATH set
 # sudo vagrant/libvirt-ns.sh down [--ns NAME]   destroy every domain and network, stop the daemons, delete the namespace
 # sudo vagrant/libvirt-ns.sh uri  [--ns NAME]   print the libvirt URI of the namespaced daemon
 #
@@ -32,7 +32,9 @@ URI="qemu:///system?socket=$STATE/run/libvirt-sock"
 
 log() { printf '== libvirt-ns: %s\n' "$*" >&2; }
 
-in_ns() { ip netns exec "$NS" env LIBVIRT_DEFAULT_URI="$URI" "$@"; }
+# Vagrant's state of the lab's machines lives with the daemon that runs them
+# (`down` deletes both), not in vagrant/.vagrant.
+in_ns() { ip netns exec "$NS" env LIBVIRT_DEFAULT_URI="$URI" VAGRANT_DOTFILE_PATH="${VAGRANT_DOTFILE_PATH:-$STATE/vagrant}" "$@"; }
 
 # pidof_file FILE: the PID in FILE if that process still runs.
 pid_alive() {
