@@ -43,6 +43,14 @@ Result<NftMonitor> NftMonitor::open(uint8_t family, std::string table)
 		return Error(errno, "making the nftables event socket non-blocking");
 	NftMonitor monitor(std::move(socket), family, std::move(table));
 	monitor.self_ = static_cast<uint32_t>(::getpid());
+	Result<nft::Socket> query = nft::Socket::open();
+	if (!query)
+		return query.error();
+	Result<uint32_t> gen = nft::rulesetGeneration(*query);
+	if (!gen)
+		return gen.error();
+	monitor.lastGen_ = *gen;
+	monitor.ownSeen_ = nft::commitsSent();
 	return monitor;
 }
 
@@ -62,6 +70,8 @@ struct Parse {
 	const std::string *table;
 	uint32_t self;
 	bool *touched;
+	uint32_t *lastGen;
+	uint64_t *ownSeen;
 	std::optional<ForeignChange> *foreign;
 	NftMonitor::Commit *commit;
 };
@@ -87,10 +97,14 @@ int messageCallback(const nlmsghdr *nlh, void *data)
 		return MNL_CB_OK; // a message we cannot read says nothing about our table
 
 	if (type == NFT_MSG_NEWGEN) {
+		uint32_t pid = 0;
+		if (attrs[NFTA_GEN_PROC_PID] && mnl_attr_validate(attrs[NFTA_GEN_PROC_PID], MNL_TYPE_U32) == 0)
+			pid = ntohl(mnl_attr_get_u32(attrs[NFTA_GEN_PROC_PID]));
+		if (attrs[NFTA_GEN_ID] && mnl_attr_validate(attrs[NFTA_GEN_ID], MNL_TYPE_U32) == 0)
+			*p->lastGen = ntohl(mnl_attr_get_u32(attrs[NFTA_GEN_ID]));
+		if (pid == p->self)
+			++*p->ownSeen;
 		if (*p->touched) {
-			uint32_t pid = 0;
-			if (attrs[NFTA_GEN_PROC_PID] && mnl_attr_validate(attrs[NFTA_GEN_PROC_PID], MNL_TYPE_U32) == 0)
-				pid = ntohl(mnl_attr_get_u32(attrs[NFTA_GEN_PROC_PID]));
 			// Without a pid (very old kernels) the periodic check has to do.
 			if (pid != 0 && pid != p->self) {
 				std::string process;
@@ -157,19 +171,40 @@ int messageCallback(const nlmsghdr *nlh, void *data)
 
 } // namespace
 
+// Every event read up to now: the kernel's generation has moved past the
+// last NEWGEN read by the commits whose NEWGEN was lost. More of them than
+// this process committed meanwhile means another process committed too. An
+// error asking counts as yes (the caller then restores in full).
+bool NftMonitor::foreignCommitsLost()
+{
+	Result<nft::Socket> query = nft::Socket::open();
+	Result<uint32_t> now = query ? nft::rulesetGeneration(*query) : Result<uint32_t>(query.error());
+	uint64_t own = nft::commitsSent();
+	bool foreign = !now || uint64_t{ static_cast<uint32_t>(*now - lastGen_) } > own - ownSeen_;
+	if (now)
+		lastGen_ = *now;
+	ownSeen_ = own;
+	return foreign;
+}
+
 Result<std::optional<ForeignChange>> NftMonitor::read()
 {
 	std::optional<ForeignChange> foreign;
 	std::vector<char> buffer(MNL_SOCKET_BUFFER_SIZE * 4);
-	Parse parse{family_, &table_, self_, &touched_, &foreign, &commit_};
+	Parse parse{family_, &table_, self_, &touched_, &lastGen_, &ownSeen_, &foreign, &commit_};
+	bool lost = false;
 	for (;;) {
 		ssize_t n = mnl_socket_recvfrom(socket_.get(), buffer.data(), buffer.size());
 		if (n < 0) {
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				if (lost && foreign && foreign->lost())
+					foreign->foreignLost = foreignCommitsLost();
 				return foreign;
+			}
 			if (errno == EINTR)
 				continue;
 			if (errno == ENOBUFS) {
+				lost = true;
 				touched_ = false;
 				commit_.clear();
 				if (!foreign)

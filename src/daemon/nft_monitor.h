@@ -32,6 +32,9 @@ struct ForeignChange {
 	// The socket overflowed (our own full replace of a large table does
 	// that): who changed what is unknown, the table must be compared.
 	bool lost() const { return pid == 0; }
+	// Lost events: the kernel's generation counted more commits than this
+	// process made, so someone else's commit was among them.
+	bool foreignLost = false;
 	std::string str() const;
 };
 
@@ -71,6 +74,12 @@ private:
 	uint8_t family_;
 	std::string table_;
 	uint32_t self_ = 0;
+	// The generation of the last NEWGEN read, and how many of this
+	// process's commits had been seen by then: after an overflow, the
+	// kernel's generation tells whether commits of others were lost too.
+	uint32_t lastGen_ = 0;
+	uint64_t ownSeen_ = 0;
+	bool foreignCommitsLost();
 	bool touched_ = false; // an object of the table changed since the last NEWGEN
 	Commit commit_;
 };

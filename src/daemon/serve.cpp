@@ -319,7 +319,9 @@ int serve(const ServeOptions &options, service::Backend &backend)
 				  << "; not repaired (--no-repair): see portslicectl audit" << std::endl;
 			return true;
 		}
-		if ((*change)->lost() && afterOwnWork)
+		if ((*change)->lost() && (*change)->foreignLost)
+			service.restore("nftables events were lost, another process's commits among them");
+		else if ((*change)->lost() && afterOwnWork)
 			service.repairDrift("nftables events were lost");
 		else if ((*change)->lost())
 			service.restore("nftables events were lost while nothing of ours was applied");

@@ -2,7 +2,12 @@
 // One nftables transaction over libmnl: built page by page, sent in one sendmsg, every acknowledgement read back.
 #include "nft/netlink.h"
 
+#include <arpa/inet.h>
 #include <cerrno>
+#include <libmnl/libmnl.h>
+#include <libnftnl/common.h>
+#include <linux/netfilter/nf_tables.h>
+#include <optional>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -15,6 +20,8 @@
 namespace portslice::nft {
 
 namespace {
+
+uint64_t gCommits = 0; // transactions this process committed (Socket::send)
 
 // Pages of 1 MiB; a message may run 256 KiB past the end of a page. Element
 // messages are kept well under 64 KiB (a netlink attribute length is 16 bits).
@@ -175,7 +182,32 @@ Status Socket::send(Batch &batch)
 	if (!lastAcked)
 		return Error(EPROTO, "transaction of " + std::to_string(batch.messages()) +
 					     " messages: no acknowledgement");
+	gCommits++;
 	return {};
+}
+
+uint64_t commitsSent() { return gCommits; }
+
+Result<uint32_t> rulesetGeneration(Socket &sock)
+{
+	std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
+	nlmsghdr *nlh = nftnl_nlmsg_build_hdr(buf.data(), NFT_MSG_GETGEN, AF_UNSPEC, NLM_F_ACK, 1);
+	std::optional<uint32_t> id;
+	Status s = sock.request(nlh, [&](const nlmsghdr *m) {
+		if (NFNL_MSG_TYPE(m->nlmsg_type) != NFT_MSG_NEWGEN)
+			return MNL_CB_OK;
+		auto take = [](const nlattr *attr, void *data) {
+			if (mnl_attr_get_type(attr) == NFTA_GEN_ID && mnl_attr_validate(attr, MNL_TYPE_U32) == 0)
+				*static_cast<std::optional<uint32_t> *>(data) = ntohl(mnl_attr_get_u32(attr));
+			return MNL_CB_OK;
+		};
+		return mnl_attr_parse(m, sizeof(nfgenmsg), take, &id) < 0 ? MNL_CB_ERROR : MNL_CB_OK;
+	});
+	if (!s)
+		return s.error().wrap("asking for the nftables generation");
+	if (!id)
+		return Error(EPROTO, "the nftables generation: no answer");
+	return *id;
 }
 
 } // namespace portslice::nft

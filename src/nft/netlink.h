@@ -83,6 +83,12 @@ private:
 	size_t sndbuf_ = 0;
 };
 
+// How many transactions this process has committed through Socket::send.
+uint64_t commitsSent();
+// The kernel's nftables generation in this network namespace: it counts
+// every committed transaction, anyone's (NFT_MSG_GETGEN).
+Result<uint32_t> rulesetGeneration(Socket &sock);
+
 // When PORTSLICE_NFT_DEBUG is set, every batch is printed to stderr the way
 // `nft --debug=mnl` prints its own (to compare the two byte for byte).
 bool debugMnl();
