@@ -227,10 +227,10 @@ void compareElements(const nft::Set &set, const std::vector<nft::WireElem> &wire
 
 // A port set left empty by the model gets its elements from the plan now
 // (sorted), so that a large table is compared one set at a time.
-void withElements(const plan::Plan &plan, nft::Set &set)
+void withElements(const nft::PortSetSource &source, nft::Set &set)
 {
 	if (set.elements.empty() && nft::isPortSet(set.name))
-		set.elements = nft::portSetElements(plan, set.name);
+		set.elements = source.elements(set.name);
 }
 
 } // namespace
@@ -257,6 +257,7 @@ Result<std::vector<std::string>> KernelBackend::audit(const plan::Plan &plan, ui
 		return differences; // no table
 	// Elements: read back over netlink and compared as the model's typed
 	// elements, each set that the kernel has.
+	const nft::PortSetSource source(plan);
 	for (nft::Set &set : model.sets) {
 		Result<std::vector<nft::WireElem>> wire = applier_.nft().readElements(set.name);
 		if (!wire) {
@@ -264,7 +265,7 @@ Result<std::vector<std::string>> KernelBackend::audit(const plan::Plan &plan, ui
 				continue; // named above
 			return wire.error();
 		}
-		withElements(plan, set);
+		withElements(source, set);
 		compareElements(set, *wire, differences);
 		std::vector<nft::Element>().swap(set.elements); // one set at a time
 	}

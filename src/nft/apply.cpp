@@ -350,14 +350,19 @@ Result<ApplyReport> NftApplier::delta(TableModel &next, TableModel &current, con
 			}
 	}
 	std::vector<size_t> before = fixedSets(current), after = fixedSets(next);
+	std::optional<PortSetSource> nextSource, currentSource;
+	if (nextPlan && currentPlan) {
+		nextSource.emplace(*nextPlan);
+		currentSource.emplace(*currentPlan);
+	}
 	for (size_t i = 0; i < after.size(); i++) {
 		Set &n = next.sets[after[i]], &o = current.sets[before[i]];
 		if (n.name == kGenerationSet)
 			continue; // below
 		bool built = nextPlan && currentPlan && isPortSet(n.name);
 		if (built) {
-			n.elements = portSetElements(*nextPlan, n.name);
-			o.elements = portSetElements(*currentPlan, o.name);
+			n.elements = nextSource->elements(n.name);
+			o.elements = currentSource->elements(o.name);
 		}
 		if (!sameElements(o.elements, n.elements))
 			changed(o, n);

@@ -361,6 +361,10 @@ std::optional<uint32_t> portSlot(std::string_view name, uint32_t shards)
 	return std::nullopt;
 }
 
+} // namespace
+
+namespace detail {
+
 class PortSets {
 public:
 	// `only`: fill just that slot; `none`: fill nothing (declarations).
@@ -480,6 +484,12 @@ private:
 	std::map<uint32_t, Set> sets_;
 };
 
+} // namespace detail
+
+using detail::PortSets;
+
+namespace {
+
 } // namespace
 
 Set drainZoneSet(const std::vector<DrainEntry> &entries)
@@ -523,54 +533,82 @@ bool isPortSet(std::string_view name)
 	return portSlot(name, 1).has_value() || portSlot(name, kMaxShards).has_value();
 }
 
-namespace {
+PortSetSource::PortSetSource(const Plan &plan) : plan_(plan), shards_(statelessShards(plan))
+{
+	if (shards_ == 1)
+		return;
+	returnUsers_.resize(shards_);
+	for (uint32_t i = 0; i < plan.sources.size(); i++) {
+		if (plan.sources[i].mode != NatMode::Stateless)
+			continue;
+		for (const plan::Assignment &as : plan.sources[i].assignments) {
+			std::vector<uint32_t> &users = returnUsers_[as.address % shards_];
+			if (users.empty() || users.back() != i)
+				users.push_back(i);
+		}
+	}
+}
 
 // Walk what fills `slot`: the addresses for my_ports and my_blocks, the
-// sources for the others (for a shard of sl_egress only its own sources).
-void fillSlot(PortSets &ports, const Plan &plan, uint32_t slot, uint32_t shards, const std::function<void()> &step)
+// sources for the others; for a shard only the sources with elements in it.
+void PortSetSource::fill(PortSets &ports, uint32_t slot, const std::function<void()> &step) const
 {
 	if (slot == kMyPorts || slot == kMyBlocks) {
-		for (const plan::PlannedAddress &a : plan.addresses) {
-			ports.address(a, plan.serverIndex);
+		for (const plan::PlannedAddress &a : plan_.addresses) {
+			ports.address(a, plan_.serverIndex);
 			step();
 		}
 		return;
 	}
-	bool egressShard = slot >= kShardSlots && slot < kShardSlots + shards;
-	size_t first = egressShard ? slot - kShardSlots : 0, stride = egressShard ? shards : 1;
-	for (size_t i = first; i < plan.sources.size(); i += stride) {
-		ports.source(plan, i, plan.sources[i].assignments);
+	if (slot >= kShardSlots + shards_ && shards_ > 1) {
+		for (uint32_t i : returnUsers_[slot - kShardSlots - shards_]) {
+			ports.source(plan_, i, plan_.sources[i].assignments);
+			step();
+		}
+		return;
+	}
+	bool egressShard = slot >= kShardSlots;
+	size_t first = egressShard ? slot - kShardSlots : 0, stride = egressShard ? shards_ : 1;
+	for (size_t i = first; i < plan_.sources.size(); i += stride) {
+		ports.source(plan_, i, plan_.sources[i].assignments);
 		step();
 	}
 }
 
-} // namespace
-
-void portSetChunks(const Plan &plan, std::string_view name, size_t chunk,
-		   const std::function<void(const std::vector<Element> &)> &take)
+void PortSetSource::chunks(std::string_view name, size_t chunk,
+			   const std::function<void(const std::vector<Element> &)> &take) const
 {
-	uint32_t shards = statelessShards(plan);
-	std::optional<uint32_t> slot = portSlot(name, shards);
+	std::optional<uint32_t> slot = portSlot(name, shards_);
 	if (!slot)
 		return;
-	PortSets ports(shards, slot);
+	PortSets ports(shards_, slot);
 	auto flush = [&](size_t atLeast) {
 		if (ports.count(*slot) > 0 && ports.count(*slot) >= atLeast)
 			take(ports.takeElements(*slot, false));
 	};
-	fillSlot(ports, plan, *slot, shards, [&] { flush(chunk); });
+	fill(ports, *slot, [&] { flush(chunk); });
 	flush(1);
+}
+
+std::vector<Element> PortSetSource::elements(std::string_view name, bool sorted) const
+{
+	std::optional<uint32_t> slot = portSlot(name, shards_);
+	if (!slot)
+		return {};
+	PortSets ports(shards_, slot);
+	fill(ports, *slot, [] {});
+	return ports.takeElements(*slot, sorted);
+}
+
+void portSetChunks(const Plan &plan, std::string_view name, size_t chunk,
+		   const std::function<void(const std::vector<Element> &)> &take)
+{
+	PortSetSource(plan).chunks(name, chunk, take);
 }
 
 std::vector<Element> portSetElements(const Plan &plan, std::string_view name, bool sorted)
 {
-	uint32_t shards = statelessShards(plan);
-	std::optional<uint32_t> slot = portSlot(name, shards);
-	if (!slot)
-		return {};
-	PortSets ports(shards, slot);
-	fillSlot(ports, plan, *slot, shards, [] {});
-	return ports.takeElements(*slot, sorted);
+	return PortSetSource(plan).elements(name, sorted);
 }
 
 namespace {

@@ -291,6 +291,27 @@ std::vector<Element> portSetElements(const plan::Plan &plan, std::string_view na
 void portSetChunks(const plan::Plan &plan, std::string_view name, size_t chunk,
 		   const std::function<void(const std::vector<Element> &)> &take);
 
+namespace detail {
+class PortSets;
+}
+// The same for many sets of one plan: the shard count and which sources
+// have blocks in each shard of sl_return are found once, so a table of
+// 2,048 shards is not 2,048 walks over every source.
+class PortSetSource {
+public:
+	explicit PortSetSource(const plan::Plan &plan);
+	void chunks(std::string_view name, size_t chunk,
+		    const std::function<void(const std::vector<Element> &)> &take) const;
+	std::vector<Element> elements(std::string_view name, bool sorted = true) const;
+
+private:
+	void fill(detail::PortSets &ports, uint32_t slot, const std::function<void()> &step) const;
+
+	const plan::Plan &plan_;
+	uint32_t shards_;
+	std::vector<std::vector<uint32_t>> returnUsers_; // per shard of sl_return: sources, ascending
+};
+
 // What a slice move changes in the table: my_ports and my_blocks of the moved address and
 // the NAT maps' elements of its users, as they were and as they are now
 // (`plan` is after the move). Same sets, same order, on both sides.

@@ -317,12 +317,15 @@ std::string render(const TableModel &m, const plan::Plan *plan, const ElementOrd
 		separate();
 		out += "\tcounter " + c + " {\n\t}\n";
 	}
+	std::optional<PortSetSource> source;
+	if (plan)
+		source.emplace(*plan);
 	for (const Set &s : m.sets) {
 		separate();
 		std::vector<Element> built; // a port set left empty: built now, freed after
 		bool fromPlan = plan && s.elements.empty() && isPortSet(s.name);
 		if (fromPlan)
-			built = portSetElements(*plan, s.name, !listedAsInserted(s));
+			built = source->elements(s.name, !listedAsInserted(s));
 		if (order && listedAsInserted(s)) {
 			if (!fromPlan)
 				built = s.elements;

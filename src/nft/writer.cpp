@@ -630,10 +630,13 @@ void TableWriter::wholeTable(TableModel &model, const plan::Plan *plan, size_t *
 		chain(c);
 	for (const std::string &c : model.counters)
 		counter(c);
+	std::optional<PortSetSource> source;
+	if (plan)
+		source.emplace(*plan);
 	for (Set &s : model.sets) {
 		set(s);
 		if (plan && s.elements.empty() && isPortSet(s.name))
-			portSetChunks(*plan, s.name, 4096, [&](const std::vector<Element> &some) { elements(s, some, count); });
+			source->chunks(s.name, 4096, [&](const std::vector<Element> &some) { elements(s, some, count); });
 		else
 			elements(s, s.elements, count);
 		std::vector<Element>().swap(s.elements); // encoded: the batch holds it now
