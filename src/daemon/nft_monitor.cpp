@@ -49,6 +49,7 @@ Result<NftMonitor> NftMonitor::open(uint8_t family, std::string table)
 	Result<uint32_t> gen = nft::rulesetGeneration(*query);
 	if (!gen)
 		return gen.error();
+	monitor.query_ = std::move(*query);
 	monitor.lastGen_ = *gen;
 	monitor.ownSeen_ = nft::commitsSent();
 	return monitor;
@@ -158,6 +159,15 @@ int messageCallback(const nlmsghdr *nlh, void *data)
 		c.overflow = c.overflow || !set || !elements; // a flush without elements: undo unknown
 		return MNL_CB_OK;
 	}
+	// Sent from a socket of this process: our own commit, nothing to
+	// undo; its elements (a full replace: hundreds of thousands) are not
+	// kept. Should the port be another process's by now, its NEWGEN
+	// names that process and the table is restored in full.
+	if (nft::isOwnPort(nlh->nlmsg_pid)) {
+		c.overflow = true;
+		std::vector<ElementEdit>().swap(c.edits);
+		return MNL_CB_OK;
+	}
 	c.bytes += elements->nla_len;
 	if (c.bytes > NftMonitor::kMaxEditBytes) {
 		c.overflow = true;
@@ -177,8 +187,7 @@ int messageCallback(const nlmsghdr *nlh, void *data)
 // error asking counts as yes (the caller then restores in full).
 bool NftMonitor::foreignCommitsLost()
 {
-	Result<nft::Socket> query = nft::Socket::open();
-	Result<uint32_t> now = query ? nft::rulesetGeneration(*query) : Result<uint32_t>(query.error());
+	Result<uint32_t> now = nft::rulesetGeneration(*query_);
 	uint64_t own = nft::commitsSent();
 	bool foreign = !now || uint64_t{ static_cast<uint32_t>(*now - lastGen_) } > own - ownSeen_;
 	if (now)

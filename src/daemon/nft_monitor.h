@@ -9,6 +9,7 @@
 
 #include "common/netlink.h"
 #include "common/result.h"
+#include "nft/netlink.h"
 
 namespace portslice::daemon {
 
@@ -79,6 +80,7 @@ private:
 	// kernel's generation tells whether commits of others were lost too.
 	uint32_t lastGen_ = 0;
 	uint64_t ownSeen_ = 0;
+	std::optional<nft::Socket> query_; // asks for the generation
 	bool foreignCommitsLost();
 	bool touched_ = false; // an object of the table changed since the last NEWGEN
 	Commit commit_;

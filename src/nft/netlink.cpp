@@ -2,6 +2,7 @@
 // One nftables transaction over libmnl: built page by page, sent in one sendmsg, every acknowledgement read back.
 #include "nft/netlink.h"
 
+#include <algorithm>
 #include <arpa/inet.h>
 #include <cerrno>
 #include <libmnl/libmnl.h>
@@ -22,11 +23,17 @@ namespace portslice::nft {
 namespace {
 
 uint64_t gCommits = 0; // transactions this process committed (Socket::send)
+// Netlink ports of the sockets Socket::open made, the latest last (a few:
+// the applier's, and one for each undo of a drift).
+std::vector<uint32_t> gOwnPorts;
+constexpr size_t kOwnPortsKept = 64;
 
 // Pages of 1 MiB; a message may run 256 KiB past the end of a page. Element
 // messages are kept well under 64 KiB (a netlink attribute length is 16 bits).
 constexpr uint32_t kPageSize = 1u << 20;
-constexpr uint32_t kPageOverrun = 1u << 18;
+// Room past a page's end for the message that crosses it: element messages
+// stop below 48 KiB, every other message is far smaller.
+constexpr uint32_t kPageOverrun = 1u << 16;
 constexpr int kRcvBuf = 16 << 20;
 
 int setBuffer(int fd, int forceOpt, int opt, int size)
@@ -57,7 +64,8 @@ Batch::Batch() : batch_(nftnl_batch_alloc(kPageSize, kPageOverrun))
 
 nlmsghdr *Batch::message(uint16_t type, uint16_t family, uint16_t flags, std::string label)
 {
-	labels_.push_back(std::move(label));
+	labels_ += label;
+	labelEnds_.push_back(static_cast<uint32_t>(labels_.size()));
 	return nftnl_nlmsg_build_hdr(static_cast<char *>(nftnl_batch_buffer(batch_.get())), type, family, flags,
 				     ++seq_);
 }
@@ -73,12 +81,13 @@ void Batch::finish()
 	nftnl_batch_update(batch_.get());
 }
 
-const std::string &Batch::labelOf(uint32_t seq) const
+std::string Batch::labelOf(uint32_t seq) const
 {
-	static const std::string kUnknown = "batch";
-	if (seq <= firstSeq_ || seq - firstSeq_ - 1 >= labels_.size())
-		return kUnknown;
-	return labels_[seq - firstSeq_ - 1];
+	if (seq <= firstSeq_ || seq - firstSeq_ - 1 >= labelEnds_.size())
+		return "batch";
+	size_t i = seq - firstSeq_ - 1;
+	size_t from = i == 0 ? 0 : labelEnds_[i - 1];
+	return labels_.substr(from, labelEnds_[i] - from);
 }
 
 Result<Socket> Socket::open()
@@ -95,6 +104,9 @@ Result<Socket> Socket::open()
 	setsockopt(fd, SOL_NETLINK, NETLINK_EXT_ACK, &one, sizeof(one));
 	if (setBuffer(fd, SO_RCVBUFFORCE, SO_RCVBUF, kRcvBuf) < 0)
 		return Error(errno, "sizing the netlink receive buffer");
+	gOwnPorts.push_back(s.sock_.portId());
+	if (gOwnPorts.size() > kOwnPortsKept)
+		gOwnPorts.erase(gOwnPorts.begin());
 	return s;
 }
 
@@ -187,6 +199,8 @@ Status Socket::send(Batch &batch)
 }
 
 uint64_t commitsSent() { return gCommits; }
+
+bool isOwnPort(uint32_t port) { return std::find(gOwnPorts.begin(), gOwnPorts.end(), port) != gOwnPorts.end(); }
 
 Result<uint32_t> rulesetGeneration(Socket &sock)
 {

@@ -43,19 +43,23 @@ public:
 	void commit();
 	void finish(); // appends END; no message after it
 
-	size_t messages() const { return labels_.size(); }
+	size_t messages() const { return labelEnds_.size(); }
 	size_t bytes() const { return sentBytes_; } // known once sent
 	void setBytes(size_t n) { sentBytes_ = n; }
 	nftnl_batch *raw() { return batch_.get(); }
 	uint32_t firstSeq() const { return firstSeq_; }
-	uint32_t lastSeq() const { return firstSeq_ + static_cast<uint32_t>(labels_.size()); }
-	const std::string &labelOf(uint32_t seq) const;
+	uint32_t lastSeq() const { return firstSeq_ + static_cast<uint32_t>(labelEnds_.size()); }
+	std::string labelOf(uint32_t seq) const;
 
 private:
 	NftnlBatch batch_;
 	uint32_t firstSeq_ = 0;
 	uint32_t seq_ = 0;
-	std::vector<std::string> labels_; // per content message, from firstSeq_ + 1
+	// Per content message, from firstSeq_ + 1: its label ends at
+	// labelEnds_[i] in labels_ (one string, not one each: a large table's
+	// batch has a message per counter, 30,000 at 10,000 sources).
+	std::string labels_;
+	std::vector<uint32_t> labelEnds_;
 	size_t sentBytes_ = 0;
 };
 
@@ -85,6 +89,9 @@ private:
 
 // How many transactions this process has committed through Socket::send.
 uint64_t commitsSent();
+// Whether events with this netlink port came from a socket Socket::open
+// made in this process (the last 64 of them).
+bool isOwnPort(uint32_t port);
 // The kernel's nftables generation in this network namespace: it counts
 // every committed transaction, anyone's (NFT_MSG_GETGEN).
 Result<uint32_t> rulesetGeneration(Socket &sock);
