@@ -2,6 +2,7 @@
 // nftables event parsing: object events mark the table touched, the NEWGEN that ends the commit names who did it.
 #include "daemon/nft_monitor.h"
 
+#include <algorithm>
 #include <arpa/inet.h>
 #include <cerrno>
 #include <fcntl.h>
@@ -13,7 +14,9 @@
 #include <unistd.h>
 #include <vector>
 
+#include "nft/model.h"
 #include "nft/netlink.h"
+#include "nft/writer.h"
 
 namespace portslice::daemon {
 
@@ -114,10 +117,13 @@ int messageCallback(const nlmsghdr *nlh, void *data)
 					process = mnl_attr_get_str(attrs[NFTA_GEN_PROC_NAME]);
 				ForeignChange change{pid, process, false, {}};
 				NftMonitor::Commit &c = *p->commit;
-				change.onlyElements = !c.other && !c.overflow && !c.edits.empty() && !*p->foreign &&
-						      c.port == nlh->nlmsg_pid;
+				bool whole = !c.other && !c.overflow && !*p->foreign && c.port == nlh->nlmsg_pid;
+				change.onlyElements = whole && !c.edits.empty() && c.ruleChains.empty();
+				change.onlyRules = whole && c.edits.empty() && !c.ruleChains.empty();
 				if (change.onlyElements)
 					change.edits = std::move(c.edits);
+				if (change.onlyRules)
+					change.chains = std::move(c.ruleChains);
 				*p->foreign = std::move(change);
 			}
 		}
@@ -147,6 +153,26 @@ int messageCallback(const nlmsghdr *nlh, void *data)
 	if (c.port && *c.port != nlh->nlmsg_pid)
 		c.clear(); // the commit before ended unseen: its NEWGEN was lost
 	c.port = nlh->nlmsg_pid;
+	static_assert(NFTA_RULE_CHAIN == 2 && NFTA_SET_NAME == 2);
+	if (type == NFT_MSG_NEWRULE || type == NFT_MSG_DELRULE) {
+		const nlattr *chain = attrs[NFTA_RULE_CHAIN];
+		if (!chain || mnl_attr_validate(chain, MNL_TYPE_NUL_STRING) < 0) {
+			c.other = true;
+			return MNL_CB_OK;
+		}
+		std::string name = mnl_attr_get_str(chain);
+		if (std::find(c.ruleChains.begin(), c.ruleChains.end(), name) == c.ruleChains.end())
+			c.ruleChains.push_back(std::move(name));
+		return MNL_CB_OK;
+	}
+	// A rule's anonymous set (`{ tcp, udp }`) comes and goes with its
+	// rule, its elements with it.
+	auto anonymous = [](const nlattr *name) {
+		return name && mnl_attr_validate(name, MNL_TYPE_NUL_STRING) == 0 &&
+		       std::string_view(mnl_attr_get_str(name)).starts_with("__set");
+	};
+	if (anonymous(attrs[2]))
+		return MNL_CB_OK;
 	if (type != NFT_MSG_NEWSETELEM && type != NFT_MSG_DELSETELEM) {
 		c.other = true;
 		return MNL_CB_OK;
@@ -267,6 +293,27 @@ Status undoElementEdits(const std::vector<ElementEdit> &edits)
 		}
 		end = begin;
 	}
+	batch.finish();
+	return sock->send(batch);
+}
+
+Status rewriteChains(const nft::TableModel &model, const std::vector<std::string> &chains)
+{
+	Result<nft::Socket> sock = nft::Socket::open();
+	if (!sock)
+		return sock.error();
+	nft::Batch batch;
+	nft::TableWriter writer(batch);
+	size_t found = 0;
+	for (const nft::Chain &chain : model.chains) {
+		if (std::find(chains.begin(), chains.end(), chain.name) == chains.end())
+			continue;
+		writer.flushChain(chain.name);
+		writer.rules(chain);
+		found++;
+	}
+	if (found != chains.size())
+		return Error(ENOENT, "a chain changed by hand is not one of the table's");
 	batch.finish();
 	return sock->send(batch);
 }

@@ -9,6 +9,7 @@
 
 #include "common/netlink.h"
 #include "common/result.h"
+#include "nft/model.h"
 #include "nft/netlink.h"
 
 namespace portslice::daemon {
@@ -30,6 +31,11 @@ struct ForeignChange {
 	// here, in commit order: undoing them restores the table (a delta).
 	bool onlyElements = false;
 	std::vector<ElementEdit> edits;
+	// The commit only added or deleted rules of these chains (with the
+	// anonymous sets of their `{ tcp, udp }`): rewriting the chains'
+	// rules restores the table.
+	bool onlyRules = false;
+	std::vector<std::string> chains;
 	// The socket overflowed (our own full replace of a large table does
 	// that): who changed what is unknown, the table must be compared.
 	bool lost() const { return pid == 0; }
@@ -55,6 +61,7 @@ public:
 	// What the commit being read so far did to the table.
 	struct Commit {
 		std::vector<ElementEdit> edits;
+		std::vector<std::string> ruleChains; // chains whose rules changed, first change first
 		size_t bytes = 0;
 		bool other = false;    // a table, chain, rule, set or object changed
 		bool overflow = false; // more element bytes than kept: not recorded
@@ -89,5 +96,9 @@ private:
 // Undo `edits` (delete what was added, add what was deleted) in table
 // inet portslice, in one transaction.
 Status undoElementEdits(const std::vector<ElementEdit> &edits);
+
+// Flush the rules of `chains` and add the model's rules back, in one
+// transaction (the chains must be the model's).
+Status rewriteChains(const nft::TableModel &model, const std::vector<std::string> &chains);
 
 } // namespace portslice::daemon

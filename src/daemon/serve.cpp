@@ -332,7 +332,16 @@ int serve(const ServeOptions &options, service::Backend &backend)
 						  namedEdits(service, (*change)->edits),
 					  "undoing its " + std::to_string((*change)->edits.size()) + " element changes",
 					  [&] { return undoElementEdits((*change)->edits); });
-		else
+		else if ((*change)->onlyRules && service.appliedPlan()) {
+			// Only rules changed: rewrite the rules of those chains.
+			std::string names;
+			for (const std::string &c : (*change)->chains)
+				names += (names.empty() ? "" : ", ") + c;
+			service.restoreBy("table inet portslice changed by " + (*change)->str() + ": rules of chain " + names,
+					  "rewriting the rules of " + std::to_string((*change)->chains.size()) + " chain" +
+						  ((*change)->chains.size() == 1 ? "" : "s"),
+					  [&] { return rewriteChains(nft::declarations(*service.appliedPlan()), (*change)->chains); });
+		} else
 			service.restore("table inet portslice changed by " + (*change)->str());
 		return true;
 	};

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <map>
 #include <mutex>
+#include <regex>
 #include <thread>
 #include <sstream>
 
@@ -549,6 +550,41 @@ TEST_F(JournalLab, ARepairingDaemonNamesTheElementDeletedByHandBeforePuttingItBa
 	log = readFile(logPath());
 	EXPECT_TRUE(back) << log << table();
 	EXPECT_NE(log.find("set generation: element 2 missing from the kernel"), std::string::npos) << log;
+	EXPECT_EQ(ctl("audit").status, 0);
+}
+
+// A rule deleted by hand and another added: the daemon names the chains,
+// rewrites their rules in one transaction (not the whole table), and the
+// table lists as before.
+TEST_F(JournalLab, ARuleDeletedOrAddedByHandIsPutBackByRewritingItsChain)
+{
+	startDaemon(0);
+	std::string before = table();
+	Outcome rules = inNs("nft -a list chain inet portslice egress");
+	ASSERT_TRUE(rules.ok()) << rules.output;
+	std::smatch m;
+	ASSERT_TRUE(std::regex_search(rules.output, m, std::regex("counter name ip saddr map @count_sl # handle ([0-9]+)")))
+		<< rules.output;
+	Outcome deleted = inNs("nft delete rule inet portslice egress handle " + m[1].str());
+	ASSERT_TRUE(deleted.ok()) << deleted.output;
+	auto waitFor = [&](const std::string &line) {
+		for (int i = 0; i < 250; i++) {
+			if (readFile(logPath()).find(line) != std::string::npos)
+				return true;
+			std::this_thread::sleep_for(std::chrono::milliseconds(20));
+		}
+		return false;
+	};
+	ASSERT_TRUE(waitFor("rules of chain egress; restored generation 1 by rewriting the rules of 1 chain"))
+		<< readFile(logPath());
+	EXPECT_EQ(table(), before);
+	EXPECT_EQ(readFile(logPath()).find("restoring generation"), std::string::npos) << "a full replace";
+
+	Outcome added = inNs("nft add rule inet portslice port_guard meta l4proto { tcp, udp } accept");
+	ASSERT_TRUE(added.ok()) << added.output;
+	ASSERT_TRUE(waitFor("rules of chain port_guard; restored generation 1 by rewriting the rules of 1 chain"))
+		<< readFile(logPath());
+	EXPECT_EQ(table(), before);
 	EXPECT_EQ(ctl("audit").status, 0);
 }
 
