@@ -15,7 +15,7 @@
 # 3. libvirtd in network namespace NAME (vagrant/libvirt-ns.sh, default psl-vlab)
 # 4. `vagrant up`: inet, rtr (steering all of 198.51.100.0/24 to s1), s1-s3
 #    with portsliced under systemd; QEMU's driver is kvm when KVM boots the
-#    box's kernel within 15 s, else qemu (TCG, software emulation); 1 vCPU,
+#    box's kernel within 8 s, else qemu (TCG, software emulation); 1 vCPU,
 #    512/384 MiB each
 # 5. checks, over ssh from inside the namespace:
 #    - portsliced active on every server, its XDP forwarder on the virtio NIC
@@ -64,7 +64,7 @@ while (($#)); do
 	--timeout) TIMEOUT=$2; shift 2 ;;
 	--keep) KEEP=1; shift ;;
 	--report) REPORT=$(realpath -m "$2"); shift 2 ;;
-	*) sed -n '3,41p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+	*) sed -n '3,43p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 	esac
 done
 [[ $FLOWS =~ ^[0-9]+$ ]] && ((FLOWS >= 1 && FLOWS <= 200)) || { echo "vagrant test: --flows wants 1..200" >&2; exit 2; }
