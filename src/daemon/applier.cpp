@@ -251,6 +251,21 @@ Result<ApplyResult> Applier::applySteps(const plan::Plan &next, const plan::Plan
 	return result;
 }
 
+namespace {
+
+// Conntrack can hold flows of a moved slice only when a conntrack source had
+// ports in it, and every such source is among the users the move re-planned.
+// Without one, the walks of the conntrack table (~10 ms each, however empty
+// it is) would find nothing.
+bool conntrackUsers(const plan::Plan &plan, const plan::SliceMove &move)
+{
+	return std::any_of(move.sources.begin(), move.sources.end(), [&](const plan::SliceMove::Source &s) {
+		return plan.sources[s.index].mode == plan::NatMode::Conntrack;
+	});
+}
+
+} // namespace
+
 // The nftables part of one or many slice moves (`drains`: this server
 // starts draining a slice, so the egress maps go first; unless no flow can
 // be in it, `flows` false).
@@ -334,13 +349,7 @@ Result<ApplyResult> Applier::applyMove(const plan::Plan &plan, const plan::Slice
 #endif
 	bool drains = now.drainedBy(move.slice, plan.serverIndex);
 	bool drainWork = drains || move.before.drainedBy(move.slice, plan.serverIndex) || drainFilled_;
-	// Conntrack can hold flows of the slice only when a conntrack source
-	// had ports in it (it is among the users the move re-planned) or
-	// flows drain now; else the walks of the conntrack table (~10 ms each,
-	// however empty it is) would find nothing.
-	bool flows = drainFilled_ || std::any_of(move.sources.begin(), move.sources.end(), [&](const auto &s) {
-			     return plan.sources[s.index].mode == plan::NatMode::Conntrack;
-		     });
+	bool flows = drainFilled_ || conntrackUsers(plan, move);
 
 	t = Clock::now();
 	auto report = applyDelta(nft::moveDelta(plan, move), drains, flows, plan, generation);
@@ -434,11 +443,9 @@ Result<ApplyResult> Applier::applyMoves(const plan::Plan &plan, const std::vecto
 	}
 #endif
 	bool drainWork = drains || drained || drainFilled_;
-	// As applyMove: no conntrack walk where no flow can be.
-	bool flows = drainFilled_;
-	for (const plan::SliceMove &m : moves)
-		for (const plan::SliceMove::Source &s : m.sources)
-			flows = flows || plan.sources[s.index].mode == plan::NatMode::Conntrack;
+	bool flows = drainFilled_ || std::any_of(moves.begin(), moves.end(), [&](const plan::SliceMove &m) {
+			     return conntrackUsers(plan, m);
+		     });
 
 	t = Clock::now();
 	auto report = applyDelta(nft::movesDelta(plan, moves), drains, flows, plan, generation);
