@@ -5,6 +5,7 @@
 #include <fstream>
 #include <regex>
 #include <sstream>
+#include <vector>
 
 #include "lab_fixture.h"
 
@@ -99,13 +100,13 @@ protected:
 
 	std::string ctl() const { return buildPath("src/ctl/portslicectl"); }
 
-	void startServer(const std::string &s)
+	void startServer(const std::string &s, int drainSeconds = kDrainSeconds)
 	{
 		std::string config = labDir() + "/" + s + "/portslice.toml";
 		auto r = run(sourcePath("tests/lab/lib/fleet.sh") + " --server " + s + " > " + config);
 		ASSERT_TRUE(r.ok()) << r.output;
 		startInNode(s, buildPath("src/daemon/portsliced") + " --config " + config +
-				       " --state-dir \"$LAB_STATE_DIR\" --drain-seconds " + std::to_string(kDrainSeconds),
+				       " --state-dir \"$LAB_STATE_DIR\" --drain-seconds " + std::to_string(drainSeconds),
 			    labDir() + "/" + s + "/portsliced.log");
 		for (int i = 0; i < 100; ++i) {
 			if (inNode(s, ctl() + " status").ok())
@@ -155,6 +156,30 @@ protected:
 		std::string out = inNode(s, "nft -j list map inet portslice drain_zone | jq '[.nftables[] | .map? | "
 					    "select(. != null) | (.elem // []) | length] | add // 0'").output;
 		return out.empty() ? -1 : std::stol(out);
+	}
+
+	// Flows from `workload` to inet's labtraffic server (port 7000) on the
+	// four inet addresses: the shared ports inet saw for answered flows, and
+	// how many flows got no answer.
+	std::vector<int> newFlows(const std::string &workload, int count, int *failed, std::string *output)
+	{
+		auto r = inNode(workload, buildPath("tests/lab/labtraffic") +
+						  " send --to 203.0.113.10:7000,203.0.113.11:7000,203.0.113.12:7000,"
+						  "203.0.113.13:7000 --tcp " + std::to_string(count) + " --udp " +
+						  std::to_string(count) + " --parallel 8 --timeout-ms 2000");
+		*output = r.output;
+		std::vector<int> ports;
+		std::regex ok(R"((tcp|udp) ok 198\.51\.100\.1:(\d+))");
+		*failed = 0;
+		std::istringstream in(r.output);
+		for (std::string line; std::getline(in, line);) {
+			std::smatch m;
+			if (std::regex_search(line, m, ok))
+				ports.push_back(std::stoi(m[2]));
+			else if (line.rfind("tcp ", 0) == 0 || line.rfind("udp ", 0) == 0)
+				++*failed;
+		}
+		return ports;
 	}
 
 	uint64_t secondHops(const std::string &s)
@@ -231,6 +256,66 @@ TEST_F(Drain, EstablishedConnectionsOnAMovedSliceKeepWorkingAndTheDrainEndsAtIts
 	std::string myPorts = inNode("s1", "nft list set inet portslice my_ports").output;
 	EXPECT_EQ(myPorts.find("198.51.100.1 . 10000-10999"), std::string::npos) << myPorts;
 	EXPECT_EQ(inNode("s1", "cat \"$LAB_STATE_DIR\"/owners").output.find("\ndrain "), std::string::npos);
+}
+
+// During the drain the router sends every answer of 198.51.100.0/24 to the
+// old owner s1 (as in the Vagrant lab): s1 tunnels the moved slice's answers
+// to the new owner s2, whose forwarder must keep those of the flows s2 opened
+// since the move (it holds their conntrack state) and send only the others
+// on to s1. Both kinds of flow must get their answers.
+TEST_F(Drain, NewOwnersNewFlowsAreAnsweredWhileAnswersReachTheOldOwner)
+{
+	// A drain long enough for every flow below to start within it.
+	for (const char *s : {"s1", "s2", "s3"})
+		ASSERT_NO_FATAL_FAILURE(startServer(s, 40));
+	std::string serverLog = labDir() + "/inet-server.log", clientLog = labDir() + "/w1-client.log";
+	std::string go = labDir() + "/go";
+	startInNode("inet", "python3 " + write("server.py", kServer), serverLog);
+	ASSERT_FALSE(waitForLine(serverLog, "listening", 10).empty()) << run("cat " + serverLog).output;
+	startInNode("inet", buildPath("tests/lab/labtraffic") + " serve --port 7000 --seconds 60 --quiet",
+		    labDir() + "/inet-labtraffic.log");
+	startInNode("w1", "python3 " + write("client.py", kClient) + " " + go, clientLog);
+	std::string ready = waitForLine(clientLog, "ready", 20);
+	ASSERT_FALSE(ready.empty()) << run("cat " + clientLog).output;
+	int onSlice = 0;
+	std::istringstream ports(ready.substr(6));
+	for (int p; ports >> p;)
+		onSlice += p >= kSlice0Lo && p <= kSlice0Hi;
+	ASSERT_GT(onSlice, 0) << "no connection of w1 on slice 0: " << ready;
+
+	for (const char *s : {"s1", "s3", "s2"}) {
+		auto r = inNode(s, ctl() + " set-owner 198.51.100.1 0 s2");
+		ASSERT_TRUE(r.ok()) << s << ": " << r.output;
+	}
+	ASSERT_TRUE(steer("s1").ok());
+	for (const char *s : {"s1", "s2"})
+		ASSERT_NE(plan(s).find(R"(\"previous\": \"s1\")"), std::string::npos) << s << ": not draining";
+
+	// s2's workload opens new flows; its share of 198.51.100.1 now starts
+	// with slice 0, so about half of them take ports there.
+	int failed = 0;
+	std::string output;
+	std::vector<int> seen = newFlows("w2", 20, &failed, &output);
+	int newOnSlice = 0;
+	for (int p : seen)
+		newOnSlice += p >= kSlice0Lo && p <= kSlice0Hi;
+	std::printf("drain: w2 opened 40 flows during the drain, %zu answered (%d on the moved slice), %d not\n",
+		    seen.size(), newOnSlice, failed);
+	EXPECT_EQ(failed, 0) << "new flows of the new owner lost while the old owner drains:\n"
+			     << output << inNode("s2", "conntrack -L 2>/dev/null | grep UNREPLIED | grep dport=7000").output;
+	EXPECT_GT(newOnSlice, 0) << "no new flow of w2 took a port of the moved slice:\n" << output;
+	// Still in the drain, so the answers above went through the handover.
+	EXPECT_NE(plan("s2").find(R"(\"previous\": \"s1\")"), std::string::npos) << "the drain ended too early";
+
+	// The old owner's flows, opened before the move, still carry bytes both ways.
+	std::ofstream(go) << "go\n";
+	std::string done = waitForLine(clientLog, "done", 40);
+	ASSERT_FALSE(done.empty()) << run("cat " + clientLog).output;
+	int ok = 0, lost = 0, movedOk = 0, movedTotal = 0;
+	std::istringstream(done.substr(5)) >> ok >> lost >> movedOk >> movedTotal;
+	EXPECT_EQ(lost, 0) << run("cat " + clientLog).output;
+	EXPECT_EQ(movedOk, onSlice) << "the old owner's connections on the moved slice stopped working";
+	EXPECT_GT(secondHops("s2"), 0u) << "no answer of s1's flows took the new owner's second hop back to s1";
 }
 
 } // namespace
