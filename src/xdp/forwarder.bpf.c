@@ -14,6 +14,9 @@
 // passed (the owner reassembles them when all fragments land on it). Packets
 // that cannot be parsed are passed for the kernel to judge. Both are counted.
 // The program never drops.
+//
+// portslice_record, the uplink's tc egress filter, notes the flows this
+// server opens in a slice it takes over (fwd_flows), for the handover check.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -21,6 +24,8 @@
 #include <linux/ip.h>
 #include <linux/tcp.h>
 #include <linux/udp.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
@@ -32,6 +37,9 @@ struct nf_conn {
 	int unused;
 };
 
+// As in kernels whose lookup takes a zone (16 bytes). Older ones (Linux 6.1)
+// have 12 bytes, no ct_zone_*, refuse any other size and look up in zone 0
+// only: has_state asks the kernel's BTF (CO-RE) before calling.
 struct bpf_ct_opts {
 	__s32 netns_id;
 	__s32 error;
@@ -119,6 +127,13 @@ struct {
 	__type(key, __be32);
 	__type(value, struct fwd_peer);
 } FWD_MAP_PEERS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, FWD_FLOWS_MAX);
+	__type(key, struct fwd_flow);
+	__type(value, __u64); // bpf_ktime_get_ns() when the flow was first noted
+} FWD_MAP_FLOWS SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -239,16 +254,30 @@ static __always_inline __u16 zone_of(__u32 slot, __u16 port)
 	return 0;
 }
 
-// Does this server's conntrack know the flow of this return packet?
+// Does this server hold the flow of this return packet? It does when its
+// egress program saw the flow leave during the handover (fwd_flows), or when
+// the kernel's conntrack knows the flow in the share's zone.
 static __always_inline int has_state(struct xdp_md *ctx, const struct iphdr *ip, __be16 sport, __be16 dport,
 				     __u16 zone)
 {
 	struct bpf_sock_tuple tuple = {};
 	struct bpf_ct_opts opts = {};
+	struct fwd_flow flow = {};
 	struct nf_conn *ct;
 
 	if (zone == FWD_ZONE_STATELESS)
 		return 1;
+	flow.peer_addr = ip->saddr;
+	flow.addr = ip->daddr;
+	flow.peer_port = sport;
+	flow.port = dport;
+	flow.protocol = ip->protocol;
+	if (bpf_map_lookup_elem(&FWD_MAP_FLOWS, &flow))
+		return 1;
+	// A kernel without ct_zone_id refuses our 16-byte options, and could
+	// only look in zone 0, where no flow of a conntrack source lives.
+	if (!bpf_core_field_exists(struct bpf_ct_opts, ct_zone_id))
+		return 0;
 	tuple.ipv4.saddr = ip->saddr;
 	tuple.ipv4.daddr = ip->daddr;
 	tuple.ipv4.sport = sport;
@@ -460,6 +489,68 @@ int portslice_fwd(struct xdp_md *ctx)
 		return verdict(FWD_V_DECAP, len, XDP_PASS);
 	}
 	return encapsulate(ctx, sl.s.owner, icmp_error ? FWD_V_ICMP_FORWARD : FWD_V_FORWARD, len);
+}
+
+// The uplink's egress (tc, after NAT). A flow this server opens in a slice it
+// took over while the previous owner drains it is noted in fwd_flows: its
+// answers are this server's even where the kernel's conntrack lookup cannot
+// tell (has_state). Everything passes unchanged.
+SEC("tc")
+int portslice_record(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	const __u32 headers = sizeof(struct ethhdr) + sizeof(struct iphdr) + 2 * sizeof(__be16);
+
+	if (data + headers > end) {
+		// Headers outside the linear part (rare): pull them in, if the packet has them.
+		if (skb->len < headers || bpf_skb_pull_data(skb, headers))
+			return TC_ACT_OK;
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+	}
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->version != 4 || ip->ihl != 5 ||
+	    (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP) || (ip->frag_off & bpf_htons(IP_OFFSET)))
+		return TC_ACT_OK;
+	__be16 *ports = (void *)(ip + 1);
+	if ((void *)(ports + 2) > end)
+		return TC_ACT_OK;
+
+	const struct fwd_address *a = find_address(ip->saddr);
+	if (!a || !(a->flags & FWD_ADDR_LOCAL))
+		return TC_ACT_OK;
+	__u32 p = bpf_ntohs(ports[0]);
+	if (p < a->port_lo || a->slice_size == 0)
+		return TC_ACT_OK;
+	__u32 slice = a->slice_shift < 16 ? (p - a->port_lo) >> a->slice_shift : (p - a->port_lo) / a->slice_size;
+	if (slice >= a->slice_count)
+		return TC_ACT_OK;
+	__u32 index = a->slice_base + slice;
+	const __u64 *word = bpf_map_lookup_elem(&FWD_MAP_SLICES, &index);
+	if (!word)
+		return TC_ACT_OK;
+	union {
+		__u64 word;
+		struct fwd_slice s;
+	} sl = { .word = *(volatile const __u64 *)word };
+	const __u16 handover = FWD_SLICE_OWNED | FWD_SLICE_OWNER_SELF | FWD_SLICE_PREVIOUS;
+	if ((sl.s.flags & (handover | FWD_SLICE_PREVIOUS_SELF)) != handover)
+		return TC_ACT_OK;
+
+	// Keyed as has_state builds the key from the answer.
+	struct fwd_flow flow = {};
+	flow.peer_addr = ip->daddr;
+	flow.addr = ip->saddr;
+	flow.peer_port = ports[1];
+	flow.port = ports[0];
+	flow.protocol = ip->protocol;
+	if (bpf_map_lookup_elem(&FWD_MAP_FLOWS, &flow))
+		return TC_ACT_OK; // known (the lookup also marks it recently used)
+	__u64 now = bpf_ktime_get_ns();
+	bpf_map_update_elem(&FWD_MAP_FLOWS, &flow, &now, BPF_ANY);
+	return TC_ACT_OK;
 }
 
 // The reference for the benchmark: what any XDP program costs at least.

@@ -15,6 +15,7 @@
 
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
+#include <bpf/btf.h>
 #include <bpf/libbpf.h>
 #include <linux/if_link.h>
 #include <linux/neighbour.h>
@@ -51,7 +52,7 @@ constexpr const char *kVerdictNames[kVerdictCount] = {
 // In the order of MapFds.
 constexpr const char *kMapNames[] = {FWD_NAME(FWD_MAP_CONFIG), FWD_NAME(FWD_MAP_ADDR_INDEX), FWD_NAME(FWD_MAP_ADDRS),
 				     FWD_NAME(FWD_MAP_SLICES),  FWD_NAME(FWD_MAP_TARGETS),   FWD_NAME(FWD_MAP_ZONES),
-				     FWD_NAME(FWD_MAP_PEERS),   FWD_NAME(FWD_MAP_COUNTERS)};
+				     FWD_NAME(FWD_MAP_PEERS),   FWD_NAME(FWD_MAP_COUNTERS), FWD_NAME(FWD_MAP_FLOWS)};
 constexpr size_t kMapCount = std::size(kMapNames);
 
 Error errnoError(int err, const std::string &context)
@@ -231,8 +232,8 @@ Result<PinnedMaps> openPinnedMaps(const std::string &pinDir)
 
 MapFds borrow(const PinnedMaps &fds)
 {
-	return MapFds{fds[0].get(), fds[1].get(), fds[2].get(), fds[3].get(),
-		      fds[4].get(), fds[5].get(), fds[6].get(), fds[7].get()};
+	return MapFds{fds[0].get(), fds[1].get(), fds[2].get(), fds[3].get(), fds[4].get(),
+		      fds[5].get(), fds[6].get(), fds[7].get(), fds[8].get()};
 }
 
 // An mmapped BPF array (BPF_F_MMAPABLE): reads and single-word writes without
@@ -787,6 +788,33 @@ Status syncSlices(const MapFds &maps, const std::vector<SliceUpdate> &updates)
 	return {};
 }
 
+bool kernelLookupTakesZones()
+{
+	auto hasZone = [](const btf *b) {
+		int id = btf__find_by_name_kind(b, "bpf_ct_opts", BTF_KIND_STRUCT);
+		if (id < 0)
+			return std::optional<bool>{};
+		const btf_type *t = btf__type_by_id(b, static_cast<uint32_t>(id));
+		const btf_member *m = btf_members(t);
+		for (uint16_t i = 0; i < btf_vlen(t); i++)
+			if (const char *name = btf__name_by_offset(b, m[i].name_off); name && std::strcmp(name, "ct_zone_id") == 0)
+				return std::optional<bool>{true};
+		return std::optional<bool>{false};
+	};
+	btf *vmlinux = btf__load_vmlinux_btf();
+	if (!vmlinux)
+		return false;
+	std::optional<bool> found = hasZone(vmlinux);
+	if (!found) {
+		if (btf *module = btf__load_module_btf("nf_conntrack", vmlinux)) {
+			found = hasZone(module);
+			btf__free(module);
+		}
+	}
+	btf__free(vmlinux);
+	return found.value_or(false);
+}
+
 Result<ForwarderCounters> readCounters(int countersFd)
 {
 	int cpus = libbpf_num_possible_cpus();
@@ -821,7 +849,7 @@ Result<ForwarderObject> ForwarderObject::load(const std::string &pinDir, bool wi
 	if (!pinDir.empty()) {
 		bpf_map *maps[] = {skel->maps.FWD_MAP_CONFIG,  skel->maps.FWD_MAP_ADDR_INDEX, skel->maps.FWD_MAP_ADDRS,
 				   skel->maps.FWD_MAP_SLICES,  skel->maps.FWD_MAP_TARGETS,    skel->maps.FWD_MAP_ZONES,
-				   skel->maps.FWD_MAP_PEERS,   skel->maps.FWD_MAP_COUNTERS};
+				   skel->maps.FWD_MAP_PEERS,   skel->maps.FWD_MAP_COUNTERS,   skel->maps.FWD_MAP_FLOWS};
 		for (auto *m : maps) {
 			int err = bpf_map__set_pin_path(m, pinPath(pinDir, bpf_map__name(m)).c_str());
 			if (err)
@@ -857,6 +885,11 @@ int ForwarderObject::programFd() const
 	return bpf_program__fd(skel_->progs.portslice_fwd);
 }
 
+int ForwarderObject::recordProgramFd() const
+{
+	return bpf_program__fd(skel_->progs.portslice_record);
+}
+
 int ForwarderObject::referenceProgramFd() const
 {
 	return bpf_program__fd(skel_->progs.portslice_pass);
@@ -867,7 +900,8 @@ MapFds ForwarderObject::maps() const
 	return MapFds{bpf_map__fd(skel_->maps.FWD_MAP_CONFIG),  bpf_map__fd(skel_->maps.FWD_MAP_ADDR_INDEX),
 		      bpf_map__fd(skel_->maps.FWD_MAP_ADDRS),   bpf_map__fd(skel_->maps.FWD_MAP_SLICES),
 		      bpf_map__fd(skel_->maps.FWD_MAP_TARGETS), bpf_map__fd(skel_->maps.FWD_MAP_ZONES),
-		      bpf_map__fd(skel_->maps.FWD_MAP_PEERS),   bpf_map__fd(skel_->maps.FWD_MAP_COUNTERS)};
+		      bpf_map__fd(skel_->maps.FWD_MAP_PEERS),   bpf_map__fd(skel_->maps.FWD_MAP_COUNTERS),
+		      bpf_map__fd(skel_->maps.FWD_MAP_FLOWS)};
 }
 
 uint64_t ForwarderObject::objectHash()
@@ -894,12 +928,64 @@ Result<uint32_t> linkIfindex(int linkFd)
 	return info.xdp.ifindex;
 }
 
+// The uplink's tc egress hook (clsact; created if missing, never removed:
+// other programs may use it).
+bpf_tc_hook egressHook(uint32_t ifindex)
+{
+	bpf_tc_hook hook{};
+	hook.sz = sizeof(hook);
+	hook.ifindex = static_cast<int>(ifindex);
+	hook.attach_point = BPF_TC_EGRESS;
+	return hook;
+}
+
+bpf_tc_opts recordFilter(int progFd)
+{
+	bpf_tc_opts opts{};
+	opts.sz = sizeof(opts);
+	opts.handle = kRecordHandle;
+	opts.priority = kRecordHandle;
+	opts.prog_fd = progFd;
+	return opts;
+}
+
+// portslice_record (progFd) as the uplink's egress filter, unless it runs there already.
+Status attachRecord(uint32_t ifindex, int progFd)
+{
+	bpf_tc_hook hook = egressHook(ifindex);
+	if (int err = bpf_tc_hook_create(&hook); err && err != -EEXIST)
+		return errnoError(err, "adding the tc egress hook (clsact) for the egress program");
+	bpf_prog_info info{};
+	uint32_t size = sizeof(info);
+	if (bpf_obj_get_info_by_fd(progFd, &info, &size) != 0)
+		return errnoError(errno, "reading the egress program");
+	bpf_tc_opts query = recordFilter(0);
+	if (bpf_tc_query(&hook, &query) == 0 && query.prog_id == info.id)
+		return {};
+	bpf_tc_opts opts = recordFilter(progFd);
+	opts.flags = BPF_TC_F_REPLACE;
+	if (int err = bpf_tc_attach(&hook, &opts); err)
+		return errnoError(err, "attaching the egress program to tc egress");
+	return {};
+}
+
+Status detachRecord(uint32_t ifindex)
+{
+	bpf_tc_hook hook = egressHook(ifindex);
+	bpf_tc_opts opts = recordFilter(0);
+	int err = bpf_tc_detach(&hook, &opts);
+	if (err && err != -ENOENT && err != -EINVAL)
+		return errnoError(err, "detaching the egress program from tc egress");
+	return {};
+}
+
 Status unpinAll(const std::string &pinDir)
 {
 	std::vector<std::string> paths;
 	for (const char *name : kMapNames)
 		paths.push_back(pinPath(pinDir, name));
 	paths.push_back(pinPath(pinDir, FWD_PIN_LINK));
+	paths.push_back(pinPath(pinDir, FWD_PIN_RECORD));
 	for (const auto &p : paths) {
 		std::error_code ec;
 		std::filesystem::remove(p, ec);
@@ -964,11 +1050,17 @@ Status applyForwarder(const plan::Plan &plan, const std::string &pinDir)
 			if (bpf_map_lookup_elem((*fds)[0].get(), &zero, &current) == 0 &&
 			    current.object_hash == ForwarderObject::objectHash()) {
 				auto s = syncMaps(borrow(*fds), tables);
-				if (s)
+				UniqueFd record(bpf_obj_get(pinPath(pinDir, FWD_PIN_RECORD).c_str()));
+				if (s && record.isValid()) {
+					if (Status r = attachRecord(ifindex, record.get()); !r)
+						return fail(r.error());
 					return {};
-				if (s.error().code().value() != ENOSPC)
+				}
+				if (!s && s.error().code().value() != ENOSPC)
 					return fail(s.error());
-				grow = true; // fresh, bigger maps below; the attached program keeps the old ones until the swap
+				// ENOSPC: fresh, bigger maps below; the attached program keeps
+				// the old ones until the swap. No pinned egress program: load it.
+				grow = !s;
 			}
 		}
 	}
@@ -991,6 +1083,13 @@ Status applyForwarder(const plan::Plan &plan, const std::string &pinDir)
 	}
 	if (auto s = syncMaps(obj->maps(), tables); !s)
 		return fail(s.error());
+	// The egress program first: the flows this server opens in a slice it
+	// takes over are noted before the new forwarder checks for them.
+	std::filesystem::remove(pinPath(pinDir, FWD_PIN_RECORD), ec);
+	if (bpf_obj_pin(obj->recordProgramFd(), pinPath(pinDir, FWD_PIN_RECORD).c_str()) != 0)
+		return fail(errnoError(errno, "pinning the egress program in " + pinDir));
+	if (Status r = attachRecord(ifindex, obj->recordProgramFd()); !r)
+		return fail(r.error());
 
 	if (linkedIf && *linkedIf == ifindex) {
 		// Atomic program replacement: the interface never runs without one.
@@ -1084,6 +1183,7 @@ bool forwarderPinned(const std::string &pinDir)
 
 Status removeForwarder(const std::string &uplink, const std::string &pinDir)
 {
+	uint32_t ifindex = uplink.empty() ? 0 : ::if_nametoindex(uplink.c_str());
 	UniqueFd linkFd(bpf_obj_get(pinPath(pinDir, FWD_PIN_LINK).c_str()));
 	if (linkFd.isValid()) {
 		auto li = linkIfindex(linkFd.get());
@@ -1098,7 +1198,12 @@ Status removeForwarder(const std::string &uplink, const std::string &pinDir)
 		}
 		if (bpf_link_detach(linkFd.get()) != 0 && errno != ENOLINK && errno != EINVAL)
 			return errnoError(errno, "removing XDP forwarder: detaching");
+		if (li && *li != 0)
+			ifindex = *li;
 	}
+	if (ifindex != 0)
+		if (Status s = detachRecord(ifindex); !s)
+			return s.error().wrap("removing XDP forwarder");
 	if (auto s = unpinAll(pinDir); !s)
 		return s.error().wrap("removing XDP forwarder");
 	return {};

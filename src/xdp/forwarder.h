@@ -24,6 +24,8 @@ namespace portslice::xdp {
 
 inline constexpr const char *kDefaultPinDir = FWD_PIN_DIR_DEFAULT;
 inline constexpr uint32_t kVerdictCount = FWD_V_COUNT;
+// Handle and priority of the uplink's tc egress filter that runs portslice_record.
+inline constexpr uint32_t kRecordHandle = 0x5053;
 
 static_assert(sizeof(fwd_config) == 24);
 static_assert(sizeof(fwd_address) == 24);
@@ -31,6 +33,7 @@ static_assert(sizeof(fwd_slice) == 8);
 static_assert(sizeof(fwd_target) == 16);
 static_assert(sizeof(fwd_zones) == 32);
 static_assert(sizeof(fwd_peer) == 4);
+static_assert(sizeof(fwd_flow) == 16);
 static_assert(sizeof(fwd_counter) == 16);
 static_assert(offsetof(fwd_address, flags) == 14);
 static_assert(offsetof(fwd_target, flags) == 10);
@@ -95,6 +98,7 @@ struct MapFds {
 	int zones = -1;
 	int peers = -1;
 	int counters = -1;
+	int flows = -1;
 };
 
 // Make the maps hold `tables`. A slice whose owners change gets exactly one
@@ -127,6 +131,12 @@ std::vector<SliceUpdate> buildSlices(const plan::Plan &plan, const std::vector<S
 // One writer at a time (the daemon).
 Status syncSlices(const MapFds &maps, const std::vector<SliceUpdate> &updates);
 
+// Whether this kernel's bpf_xdp_ct_lookup takes a conntrack zone (its
+// struct bpf_ct_opts has ct_zone_id; not so in Linux 6.1). Without it the
+// handover check knows only the flows the egress program noted. Reads the
+// kernel's BTF (vmlinux, else module nf_conntrack, which must be loaded).
+bool kernelLookupTakesZones();
+
 Result<ForwarderCounters> readCounters(int countersFd);
 
 // The loaded BPF object: a non-copyable owner of the skeleton. Closing it
@@ -148,6 +158,7 @@ public:
 	~ForwarderObject();
 
 	int programFd() const;
+	int recordProgramFd() const;    // portslice_record, for the uplink's tc egress
 	int referenceProgramFd() const; // -1 unless loaded withReference
 	MapFds maps() const;
 	// FNV-1a of the embedded ELF object: tells whether a pinned program is this build's.
@@ -160,9 +171,13 @@ private:
 
 // Load (or reuse the pinned) program and maps in pinDir, attach to
 // plan.uplink through a bpf_link pinned at pinDir/link (so it stays attached
-// after this process exits), and sync the maps from the plan. When the pinned
-// program is this build's and attached to the same interface, only the maps
-// are updated. Needs root (CAP_BPF + CAP_NET_ADMIN) and bpffs at pinDir's parent.
+// after this process exits), and sync the maps from the plan. The egress
+// program (pinned at pinDir/record) is the uplink's tc egress filter (clsact,
+// handle and priority kRecordHandle): it notes the flows this server opens in
+// slices it takes over (docs/xdp.md, "Handover"). When the pinned program is
+// this build's and attached to the same interface, only the maps are updated
+// (and the egress filter put back if it is missing). Needs root (CAP_BPF +
+// CAP_NET_ADMIN) and bpffs at pinDir's parent.
 Status applyForwarder(const plan::Plan &plan, const std::string &pinDir = kDefaultPinDir);
 
 // A slice move (SetSliceOwner) without a full sync: the words of `changed`
@@ -184,8 +199,8 @@ Status preparePinDir(const std::string &pinDir = kDefaultPinDir);
 // Whether a forwarder link is pinned in pinDir.
 bool forwarderPinned(const std::string &pinDir = kDefaultPinDir);
 
-// Detach the pinned link (if any), unpin the maps and remove pinDir. Not an
-// error when nothing is there. `uplink`, if not empty, must be the interface
+// Detach the pinned link (if any) and the egress filter, unpin the maps and
+// remove pinDir. Not an error when nothing is there. `uplink`, if not empty, must be the interface
 // the link is attached to.
 Status removeForwarder(const std::string &uplink, const std::string &pinDir = kDefaultPinDir);
 

@@ -19,6 +19,7 @@
 #define FWD_MAP_TARGETS fwd_targets
 #define FWD_MAP_ZONES fwd_zones
 #define FWD_MAP_PEERS fwd_peers
+#define FWD_MAP_FLOWS fwd_flows
 #define FWD_MAP_COUNTERS fwd_counters
 // FWD_NAME(FWD_MAP_SLICES) is "fwd_slices": the name as a string, for pins.
 #define FWD_NAME_(x) #x
@@ -40,6 +41,7 @@
 #define FWD_TARGETS_MAX 4096       // slot 0 means "none"
 #define FWD_ZONES_MAX 65536        // slot 0 means "no zone runs"
 #define FWD_PEERS_MAX 4096
+#define FWD_FLOWS_MAX 65536        // flows the new owner opened in slices it takes over (LRU)
 
 // The one entry of FWD_MAP_CONFIG (array, key __u32 0): who this server is.
 struct fwd_config {
@@ -114,6 +116,25 @@ struct fwd_zones {
 struct fwd_peer {
 	__u32 server;  // host order: index in the plan's server list (informational)
 };
+
+// FWD_MAP_FLOWS (LRU hash): flows this server opened in a slice it took over
+// while the previous owner still drains it, as the program attached to the
+// uplink's egress (tc) saw their packets leave, after NAT. The handover check
+// keeps an answer whose flow is here. It is the check where the kernel's
+// bpf_xdp_ct_lookup takes no conntrack zone (struct bpf_ct_opts of 12 bytes,
+// as in Linux 6.1): there a lookup finds no flow of a zoned source.
+struct fwd_flow {
+	__be32 peer_addr;  // network order: the far end (the answer's source)
+	__be32 addr;       // network order: the shared address (the answer's destination)
+	__be16 peer_port;  // network order
+	__be16 port;       // network order: the shared port
+	__u8 protocol;     // IPPROTO_TCP or IPPROTO_UDP
+	__u8 reserved[3];
+};
+
+// The name of the pinned egress program (next to the maps and the link): the
+// uplink's tc egress filter runs it.
+#define FWD_PIN_RECORD "record"
 
 // Outer TTL of the IPIP header a forwarder adds. A packet sent on a second
 // time (the handover's second hop, or on from a server whose view of the

@@ -16,7 +16,8 @@ namespace portslice::dbuslab {
 // things: per address its fields and, slice by slice, the owner, previous
 // owner and zones as their targets' and zone sets' contents (not slot
 // numbers; a free slot or a run no address names means nothing); the
-// peers and config as they are. Counters aside.
+// peers and config as they are. Counters and the flows the egress program
+// noted (fwd_flows) aside.
 inline std::string forwarderMaps(const std::string &pins)
 {
 	using Bytes = std::vector<unsigned char>;
@@ -28,8 +29,8 @@ inline std::string forwarderMaps(const std::string &pins)
 	std::error_code ec;
 	for (const auto &e : fs::directory_iterator(pins, ec)) {
 		std::string name = e.path().filename().string();
-		if (name.rfind("fwd_", 0) != 0 || name == "fwd_counters")
-			continue;
+		if (name.rfind("fwd_", 0) != 0 || name == "fwd_counters" || name == "fwd_flows")
+			continue; // what traffic writes, not what the plan says
 		int fd = bpf_obj_get(e.path().c_str());
 		if (fd < 0)
 			continue;

@@ -8,6 +8,7 @@
 #include <functional>
 #include <netinet/in.h>
 #include <sched.h>
+#include <sstream>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <thread>
@@ -257,9 +258,19 @@ TEST_F(XdpLab, WorkloadsBehindS2AndS3GetTheirAnswersOnlyThroughS1sForwarder)
 	auto s2Before = counters("s2");
 	auto s3Before = counters("s3");
 
-	// The forwarder stays attached after the loader let go of it.
+	// The forwarder stays attached after the loader let go of it, and so
+	// does its egress program, as the uplink's one tc egress filter.
 	auto link = inNode("s1", "ip -d link show eth0");
 	EXPECT_NE(link.output.find("xdp"), std::string::npos) << link.output;
+	auto egressFilters = [&] {
+		std::string out = inNode("s1", "tc filter show dev eth0 egress").output;
+		size_t n = 0;
+		std::istringstream lines(out);
+		for (std::string line; std::getline(lines, line);)
+			n += line.find("name portslice_recor") != std::string::npos; // names are cut at 15 characters
+		return n;
+	};
+	EXPECT_EQ(egressFilters(), 1u) << inNode("s1", "tc filter show dev eth0 egress").output;
 
 	for (const char *w : {"w1", "w2", "w3"}) {
 		EXPECT_EQ(tcpDownload(w, 8010, kDownload), static_cast<long>(kDownload)) << w << " TCP";
@@ -278,6 +289,7 @@ TEST_F(XdpLab, WorkloadsBehindS2AndS3GetTheirAnswersOnlyThroughS1sForwarder)
 	// Applying again with the same program only syncs the maps.
 	applyOn("s1");
 	EXPECT_TRUE(udpRoundTrip("w2", 9011));
+	EXPECT_EQ(egressFilters(), 1u) << "applying again must not add a second egress filter";
 
 	// Removing the forwarder from s1 brings the control back.
 	Status removed = inNamespace(ns("s1"), [&] { return xdp::removeForwarder("eth0", bpfDir("s1")); });
@@ -286,6 +298,7 @@ TEST_F(XdpLab, WorkloadsBehindS2AndS3GetTheirAnswersOnlyThroughS1sForwarder)
 	EXPECT_EQ(link.output.find("xdp"), std::string::npos) << link.output;
 	EXPECT_FALSE(udpRoundTrip("w2", 9012)) << "after removeForwarder s1 no longer forwards";
 	EXPECT_FALSE(xdp::readForwarderCounters(bpfDir("s1")).ok()) << "pins are gone";
+	EXPECT_EQ(egressFilters(), 0u) << "removeForwarder leaves no egress filter";
 }
 
 TEST_F(XdpLab, FragmentationNeededFromTheRouterReachesTheWorkloadBehindS3)
