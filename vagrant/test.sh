@@ -314,8 +314,9 @@ done
 # Phase 2's move drains slice 0 on s1 for portsliced's --drain-seconds (60).
 # The failover starts from a fleet at rest: while that drain runs, s2's new
 # flows in the slice (its plan after the failover gives w2 ports there) are
-# answered through s1, and those answers were lost (docs/performance.md, "The
-# Vagrant lab"); --failover-during-drain shows it.
+# answered through s1, and on the box's Linux 6.1 those answers were lost
+# until the forwarder noted its flows at egress (docs/performance.md, "The
+# Vagrant lab"); --failover-during-drain runs the failover within the drain.
 drain_note="failover started during phase 2's drain (--failover-during-drain)"
 if ((DRAIN_WAIT)); then
 	step "waiting for the end of phase 2's drain (no previous owner in s1's, s2's and s3's plans)"
