@@ -500,21 +500,32 @@ int portslice_record(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
-	const __u32 headers = sizeof(struct ethhdr) + sizeof(struct iphdr) + 2 * sizeof(__be16);
+	const __u32 ip_end = sizeof(struct ethhdr) + sizeof(struct iphdr);
 
-	if (data + headers > end) {
-		// Headers outside the linear part (rare): pull them in, if the packet has them.
-		if (skb->len < headers || bpf_skb_pull_data(skb, headers))
+	// Headers outside the linear part (rare): pulled in, if the packet has them.
+	if (data + ip_end > end) {
+		if (skb->len < ip_end || bpf_skb_pull_data(skb, ip_end))
 			return TC_ACT_OK;
 		data = (void *)(long)skb->data;
 		end = (void *)(long)skb->data_end;
 	}
 	struct ethhdr *eth = data;
 	struct iphdr *ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->version != 4 || ip->ihl != 5 ||
+	if ((void *)(ip + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->version != 4 || ip->ihl < 5 ||
 	    (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP) || (ip->frag_off & bpf_htons(IP_OFFSET)))
 		return TC_ACT_OK;
-	__be16 *ports = (void *)(ip + 1);
+	__u32 ports_end = sizeof(struct ethhdr) + ip->ihl * 4 + 2 * sizeof(__be16);
+	if (data + ports_end > end) {
+		if (skb->len < ports_end || bpf_skb_pull_data(skb, ports_end))
+			return TC_ACT_OK;
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+		eth = data;
+		ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > end)
+			return TC_ACT_OK;
+	}
+	__be16 *ports = (void *)ip + ip->ihl * 4; // IP options honoured, as the forwarder does
 	if ((void *)(ports + 2) > end)
 		return TC_ACT_OK;
 

@@ -390,10 +390,17 @@ TEST_F(XdpForwarder, KeepsTheAnswersOfFlowsItsEgressProgramSawLeave)
 	run({"same ports over UDP: s2's", udpAnswer, XDP_TX,
 	     encapsulated(udpAnswer, kS2Mac, kS1Mac, kS1, kS2, FWD_OUTER_TTL_LAST), FWD_V_SECOND_HOP});
 
+	// IP options: the ports are found by IHL, as the forwarder finds them.
+	ASSERT_NO_FATAL_FAILURE(leave(ipv4(kShared, peer, kProtoTcp, tcp(port(3, 250), 443, 0x02), {.options = {1, 1, 1, 0}})));
+	const Bytes optionsAnswer = toUs(ipv4(peer, kShared, kProtoTcp, tcp(443, port(3, 250), 0x12)));
+	run({"a flow whose packets carry IP options: its answer stays", optionsAnswer, XDP_PASS, optionsAnswer,
+	     FWD_V_PASS_OWN});
+	EXPECT_EQ(noted(), 2u);
+
 	ASSERT_NO_FATAL_FAILURE(leave(ipv4(kShared, peer, kProtoUdp, udp(port(3, 300), 53))));
 	const Bytes udpOwn = toUs(ipv4(peer, kShared, kProtoUdp, udp(53, port(3, 300))));
 	run({"a UDP flow that left: its answer stays", udpOwn, XDP_PASS, udpOwn, FWD_V_PASS_OWN});
-	EXPECT_EQ(noted(), 2u);
+	EXPECT_EQ(noted(), 3u);
 
 	// Only slices this server takes over are noted: not its own slice 0, not
 	// slice 4 that it drains for s2, not another address, not ICMP.
@@ -401,7 +408,7 @@ TEST_F(XdpForwarder, KeepsTheAnswersOfFlowsItsEgressProgramSawLeave)
 	ASSERT_NO_FATAL_FAILURE(leave(ipv4(kShared, peer, kProtoTcp, tcp(port(4), 443, 0x02))));
 	ASSERT_NO_FATAL_FAILURE(leave(ipv4(kS1, peer, kProtoTcp, tcp(port(3, 400), 443, 0x02))));
 	ASSERT_NO_FATAL_FAILURE(leave(ipv4(kShared, peer, kProtoIcmp, icmp(8, 0, uint32_t{port(3, 500)} << 16 | 1, {}))));
-	EXPECT_EQ(noted(), 2u);
+	EXPECT_EQ(noted(), 3u);
 }
 
 TEST_F(XdpForwarder, MovesASliceWithOneMapUpdate)
