@@ -208,6 +208,8 @@ std::string namedEdits(const service::Service &service, const std::vector<Elemen
 						nested(inner, [&](const nlattr *v) {
 							if (mnl_attr_get_type(v) == NFTA_VERDICT_CHAIN)
 								w.chain = mnl_attr_get_str(v);
+							else if (mnl_attr_get_type(v) == NFTA_VERDICT_CODE)
+								w.gotoChain = static_cast<int32_t>(ntohl(mnl_attr_get_u32(v))) == NFT_GOTO;
 						});
 					else
 						w.data = value(attr);

@@ -218,6 +218,8 @@ Status NftApplier::forEachElement(const std::string &set, const std::function<vo
 				w.objref = nftnl_set_elem_get_str(e, NFTNL_SET_ELEM_OBJREF);
 			if (nftnl_set_elem_is_set(e, NFTNL_SET_ELEM_CHAIN))
 				w.chain = nftnl_set_elem_get_str(e, NFTNL_SET_ELEM_CHAIN);
+			if (nftnl_set_elem_is_set(e, NFTNL_SET_ELEM_VERDICT))
+				w.gotoChain = static_cast<int32_t>(nftnl_set_elem_get_u32(e, NFTNL_SET_ELEM_VERDICT)) == NFT_GOTO;
 			take(std::move(w));
 		}
 		nftnl_set_elems_iter_destroy(it);

@@ -203,12 +203,27 @@ std::vector<Chain> chains(const TableModel &m)
 			  // table netdev portslice_egress (egressModel).
 			  { { Match{ W::CtStateNew, false, {} }, CounterRef{ Key{ { S::CtMark, S::MetaMark }, {} }, "new_mark" },
 			      Assign{ Target::MetaMark, S::CtMark } } } } });
-	out.push_back({ "port_guard", "", "", "", 0,
-			{ { { notShared, Verdict{ V::Return, {} } } },
-			  { { Lookup{ Key{ { S::IpSaddr, S::ThSport }, {} }, "my_ports", false }, Verdict{ V::Return, {} } } },
-			  { { CounterRef{ byMark, "guard_mark" }, Verdict{ V::Drop, {} } } },
-			  { { CounterRef{ std::nullopt, "guard_other" }, Verdict{ V::Drop, {} } } } } });
+	// Return when the port is this server's, else count and drop: in
+	// port_guard, or in the address's shard of my_ports, which port_guard
+	// goes to (a return there returns from port_guard).
+	auto guard = [&](const std::string &chain, const std::string &ports) {
+		return Chain{ chain, "", "", "", 0,
+			      { { { Lookup{ Key{ { S::IpSaddr, S::ThSport }, {} }, ports, false }, Verdict{ V::Return, {} } } },
+				{ { CounterRef{ byMark, "guard_mark" }, Verdict{ V::Drop, {} } } },
+				{ { CounterRef{ std::nullopt, "guard_other" }, Verdict{ V::Drop, {} } } } } };
+	};
 	if (sharded) {
+		out.push_back({ "port_guard", "", "", "", 0,
+				{ { { notShared, Verdict{ V::Return, {} } } },
+				  { { Dispatch{ Key{ { S::IpSaddr }, {} }, "my_ports_shard" } } } } });
+	} else {
+		Chain c = guard("port_guard", "my_ports");
+		c.rules.insert(c.rules.begin(), Rule{ { notShared, Verdict{ V::Return, {} } } });
+		out.push_back(std::move(c));
+	}
+	if (sharded) {
+		for (uint32_t k = 0; k < m.shards; k++)
+			out.push_back(guard(shardName("my_ports", k, m.shards), shardName("my_ports", k, m.shards)));
 		for (uint32_t k = 0; k < m.shards; k++) {
 			std::string name = shardName("sl_egress", k, m.shards);
 			out.push_back({ name, "", "", "", 0, { { { MapAssign{ Target::IpSaddr, block, name } } } } });
@@ -290,7 +305,8 @@ void sortElements(Set &s)
 
 // The sets whose elements follow from the addresses' slices and the
 // sources' ports: everything a slice move can change. Each has a slot:
-// the six fixed sets, then the shards of sl_egress, then those of sl_return.
+// the six fixed sets, then the shards of sl_egress, those of sl_return and
+// those of my_ports (when there are shards, my_ports itself stays empty).
 enum Slot : uint32_t { kMyPorts, kMyBlocks, kNatPort, kNatAddr, kRetZone, kIcmpZone, kShardSlots };
 
 constexpr std::string_view kFixedNames[kShardSlots] = { "my_ports", "my_blocks", "nat_port",
@@ -321,6 +337,9 @@ Set declarePortSet(uint32_t slot, uint32_t shards)
 	default: break;
 	}
 	uint32_t shard = slot - kShardSlots;
+	if (shard >= 2 * shards)
+		return makeSet(shardName("my_ports", shard - 2 * shards, shards), SetKind::Set, { { S::IpSaddr, S::ThSport } },
+			       true);
 	if (shard < shards) {
 		Set s = makeSet(shardName("sl_egress", shard, shards), SetKind::Map, { { S::IpSaddr, S::ThSport }, { S::IpSaddr } },
 				true);
@@ -337,8 +356,11 @@ std::optional<uint32_t> portSlot(std::string_view name, uint32_t shards)
 	for (uint32_t i = 0; i < kShardSlots; i++)
 		if (name == kFixedNames[i])
 			return i;
-	for (uint32_t family = 0; family < 2; family++) {
-		std::string_view base = family == 0 ? "sl_egress" : "sl_return";
+	constexpr std::string_view kFamilies[] = { "sl_egress", "sl_return", "my_ports" };
+	for (uint32_t family = 0; family < 3; family++) {
+		std::string_view base = kFamilies[family];
+		if (family == 2 && shards == 1)
+			break; // my_ports: a fixed name
 		if (name.substr(0, base.size()) != base)
 			continue;
 		std::string_view rest = name.substr(base.size());
@@ -377,15 +399,16 @@ public:
 	// is then a pure add, and the kernel's pipapo sets pay a deletion with
 	// a walk over the whole set.
 	// The previous owner (`self`) of a draining slice keeps its ports here:
-	// its flows' packets still leave.
-	void address(const plan::PlannedAddress &a, uint32_t self)
+	// its flows' packets still leave. `index`: the address's in the plan.
+	void address(const plan::PlannedAddress &a, size_t index, uint32_t self)
 	{
-		if (!wants(kMyPorts) && !wants(kMyBlocks))
+		uint32_t portsSlot = shards_ > 1 ? kShardSlots + 2 * shards_ + static_cast<uint32_t>(index % shards_) : kMyPorts;
+		if (!wants(portsSlot) && !wants(kMyBlocks))
 			return;
 		auto add = [&](uint32_t slice) {
 			config::PortRange ports = a.slice(slice);
-			if (wants(kMyPorts))
-				at(kMyPorts).elements.push_back({ { ip(a.address), port(ports) }, {}, {}, {} });
+			if (wants(portsSlot))
+				at(portsSlot).elements.push_back({ { ip(a.address), port(ports) }, {}, {}, {} });
 			if (!wants(kMyBlocks))
 				return;
 			// The guard's fast path: blocks wholly inside the slice, by their first port.
@@ -433,7 +456,7 @@ public:
 		}
 	}
 
-	uint32_t slots() const { return kShardSlots + 2 * shards_; }
+	uint32_t slots() const { return kShardSlots + (shards_ > 1 ? 3 * shards_ : 2); }
 	size_t count(uint32_t slot) const
 	{
 		auto it = sets_.find(slot);
@@ -553,9 +576,11 @@ PortSetSource::PortSetSource(const Plan &plan) : plan_(plan), shards_(statelessS
 // sources for the others; for a shard only the sources with elements in it.
 void PortSetSource::fill(PortSets &ports, uint32_t slot, const std::function<void()> &step) const
 {
-	if (slot == kMyPorts || slot == kMyBlocks) {
-		for (const plan::PlannedAddress &a : plan_.addresses) {
-			ports.address(a, plan_.serverIndex);
+	if (slot == kMyPorts || slot == kMyBlocks || (shards_ > 1 && slot >= kShardSlots + 2 * shards_)) {
+		bool shard = slot >= kShardSlots;
+		size_t first = shard ? slot - kShardSlots - 2 * shards_ : 0, stride = shard ? shards_ : 1;
+		for (size_t i = first; i < plan_.addresses.size(); i += stride) {
+			ports.address(plan_.addresses[i], i, plan_.serverIndex);
 			step();
 		}
 		return;
@@ -644,14 +669,16 @@ TableModel build(const Plan &plan, uint64_t generation, bool portElements, uint3
 	PortSets ports(shards, std::nullopt, !portElements);
 	Set shared = makeSet("shared", SetKind::Set, { { S::IpSaddr }, {}, false }, false);
 	Set countAddr = makeSet("count_addr", SetKind::CounterMap, { { S::IpSaddr }, {}, false }, false);
-	for (const plan::PlannedAddress &a : plan.addresses) {
+	for (size_t ai = 0; ai < plan.addresses.size(); ai++) {
+		const plan::PlannedAddress &a = plan.addresses[ai];
 		shared.elements.push_back({ { ip(a.address) }, {}, {} });
 		countAddr.elements.push_back({ { ip(a.address) }, {}, "addr_" + a.address.str() });
-		ports.address(a, plan.serverIndex);
+		ports.address(a, ai, plan.serverIndex);
 	}
 	m.sets.push_back(generationSet(generation));
 	m.sets.push_back(std::move(shared));
-	m.sets.push_back(ports.take(kMyPorts));
+	if (shards == 1)
+		m.sets.push_back(ports.take(kMyPorts));
 	m.sets.push_back(ports.take(kMyBlocks));
 
 	const Shape saddrOnly = [] {
@@ -718,10 +745,15 @@ TableModel build(const Plan &plan, uint64_t generation, bool portElements, uint3
 	// answers jump to (statelessShards).
 	Set egressShard = makeSet("sl_egress_shard", SetKind::VerdictMap, { { S::IpSaddr }, {}, false }, true);
 	Set returnShard = makeSet("sl_return_shard", SetKind::VerdictMap, { { S::IpDaddr }, {}, false }, false);
+	// Which shard of my_ports the guard goes to, by the packet's shared address.
+	Set portsShard = makeSet("my_ports_shard", SetKind::VerdictMap, { { S::IpSaddr }, {}, false }, false);
 	if (shards > 1)
-		for (size_t ai = 0; ai < plan.addresses.size(); ai++)
-			returnShard.elements.push_back(
-				{ { ip(plan.addresses[ai].address) }, {}, {}, shardName("sl_return", static_cast<uint32_t>(ai % shards), shards) });
+		for (size_t ai = 0; ai < plan.addresses.size(); ai++) {
+			auto k = static_cast<uint32_t>(ai % shards);
+			Ipv4 a = plan.addresses[ai].address;
+			returnShard.elements.push_back({ { ip(a) }, {}, {}, shardName("sl_return", k, shards) });
+			portsShard.elements.push_back({ { ip(a) }, {}, {}, shardName("my_ports", k, shards), true });
+		}
 	for (size_t i = 0; i < plan.sources.size(); i++) {
 		const PlannedSource &s = plan.sources[i];
 		if (s.mode == NatMode::Conntrack) {
@@ -752,6 +784,7 @@ TableModel build(const Plan &plan, uint64_t generation, bool portElements, uint3
 	if (shards > 1) {
 		m.sets.push_back(std::move(egressShard));
 		m.sets.push_back(std::move(returnShard));
+		m.sets.push_back(std::move(portsShard));
 	}
 	for (uint32_t slot = kShardSlots; slot < ports.slots(); slot++)
 		m.sets.push_back(ports.take(slot));
@@ -857,8 +890,8 @@ MoveDelta moveDelta(const Plan &plan, const plan::SliceMove &move)
 {
 	uint32_t shards = statelessShards(plan);
 	PortSets before(shards), after(shards);
-	before.address(move.before, plan.serverIndex);
-	after.address(plan.addresses[move.address], plan.serverIndex);
+	before.address(move.before, move.address, plan.serverIndex);
+	after.address(plan.addresses[move.address], move.address, plan.serverIndex);
 	for (const plan::SliceMove::Source &s : move.sources) {
 		before.source(plan, s.index, s.assignments);
 		after.source(plan, s.index, plan.sources[s.index].assignments);
@@ -878,8 +911,8 @@ MoveDelta movesDelta(const Plan &plan, const std::vector<plan::SliceMove> &moves
 	uint32_t shards = statelessShards(plan);
 	PortSets before(shards), after(shards);
 	for (const auto &[index, was] : addresses) {
-		before.address(*was, plan.serverIndex);
-		after.address(plan.addresses[index], plan.serverIndex);
+		before.address(*was, index, plan.serverIndex);
+		after.address(plan.addresses[index], index, plan.serverIndex);
 	}
 	for (const auto &[index, was] : users) {
 		before.source(plan, index, *was);

@@ -24,7 +24,8 @@ inline constexpr const char *kEgressTableName = "portslice_egress";
 // many ports that lie wholly inside this server's slices, so that a packet in
 // one costs a hash lookup (`th sport & kPortBlockMask`), whatever the number
 // of addresses; only the other ports pay the concatenated interval lookup in
-// `my_ports` (pipapo, linear in its size). 1024 divides the default slices
+// `my_ports` (pipapo, linear in its size; in shards in a large fleet, see
+// statelessShards). 1024 divides the default slices
 // (1024-65535, 2048 ports), so there every port of a slice is in a block.
 inline constexpr uint32_t kPortBlock = 1024;
 inline constexpr uint32_t kPortBlockMask = 0x10000 - kPortBlock; // 64512, as nft prints it
@@ -75,9 +76,10 @@ struct Element {
 	std::vector<Field> data; // map data (empty for sets and objref maps)
 	std::string counter;     // objref maps: the counter's name
 	std::string chain;       // verdict maps: the chain it jumps to
+	bool gotoChain = false;  // ... or goes to (`goto`: a return there returns from the caller)
 };
 
-// VerdictMap: `type KEY : verdict`, every element `jump CHAIN`.
+// VerdictMap: `type KEY : verdict`, every element `jump CHAIN` or `goto CHAIN`.
 enum class SetKind : uint8_t { Set, Map, CounterMap, VerdictMap };
 
 // A named set or map. `key` and `data` are the typed components it carries;
@@ -274,6 +276,13 @@ bool isPortSet(std::string_view name);
 // sources' prefixes, so every plan of one config has the same table shape;
 // 1 (up to kShardElements inside addresses) keeps the plain maps sl_egress
 // and sl_return.
+// The leak guard's my_ports (one element per slice of this server) comes in
+// as many shards, my_ports_K, by the address's index mod shards: the guard
+// goes to the address's chain my_ports_K through the verdict map
+// my_ports_shard (every shared address, `goto`), which returns from the
+// guard when the port is in my_ports_K and drops the packet otherwise. A
+// slice that comes or goes is then an element of a set of a few elements,
+// not of one that holds a slice of every address.
 inline constexpr uint32_t kShardElements = 256;
 inline constexpr uint32_t kMaxShards = 1024;
 uint32_t statelessShards(const plan::Plan &plan);

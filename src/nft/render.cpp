@@ -297,7 +297,7 @@ std::string formatElement(const Set &set, const Element &e)
 	else if (set.kind == SetKind::CounterMap)
 		out += " : \"" + e.counter + "\"";
 	else if (set.kind == SetKind::VerdictMap)
-		out += " : jump " + e.chain;
+		out += (e.gotoChain ? " : goto " : " : jump ") + e.chain;
 	return out;
 }
 

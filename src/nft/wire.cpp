@@ -206,7 +206,8 @@ bool sameFields(const std::vector<Field> &a, const std::vector<Field> &b)
 
 bool sameValue(const Element &a, const Element &b)
 {
-	return sameFields(a.data, b.data) && a.counter == b.counter && a.chain == b.chain;
+	return sameFields(a.data, b.data) && a.counter == b.counter && a.chain == b.chain &&
+	       a.gotoChain == b.gotoChain;
 }
 
 bool isRbtree(const Set &s) { return s.interval && s.key.size() == 1; }
@@ -286,6 +287,7 @@ std::vector<Element> decodeElements(const Set &s, const std::vector<WireElem> &w
 		}
 		if (s.kind == SetKind::VerdictMap) {
 			e.chain = w.chain;
+			e.gotoChain = w.gotoChain;
 			return !w.chain.empty();
 		}
 		if (s.kind != SetKind::Map)
@@ -378,13 +380,14 @@ std::string setUserData(const Set &s)
 
 bool WireElem::operator<(const WireElem &o) const
 {
-	return std::tie(flags, key, keyEnd, data, objref, chain) < std::tie(o.flags, o.key, o.keyEnd, o.data, o.objref, o.chain);
+	return std::tie(flags, key, keyEnd, data, objref, chain, gotoChain) <
+	       std::tie(o.flags, o.key, o.keyEnd, o.data, o.objref, o.chain, o.gotoChain);
 }
 
 bool WireElem::operator==(const WireElem &o) const
 {
-	return std::tie(flags, key, keyEnd, data, objref, chain) ==
-	       std::tie(o.flags, o.key, o.keyEnd, o.data, o.objref, o.chain);
+	return std::tie(flags, key, keyEnd, data, objref, chain, gotoChain) ==
+	       std::tie(o.flags, o.key, o.keyEnd, o.data, o.objref, o.chain, o.gotoChain);
 }
 
 size_t WireElem::size() const
@@ -400,8 +403,10 @@ std::vector<WireElem> wireElements(const Set &s, const std::vector<Element> &ele
 			return;
 		if (s.kind == SetKind::CounterMap)
 			w.objref = e.counter;
-		else if (s.kind == SetKind::VerdictMap)
+		else if (s.kind == SetKind::VerdictMap) {
 			w.chain = e.chain;
+			w.gotoChain = e.gotoChain;
+		}
 		else if (s.kind == SetKind::Map && s.dataInterval) // every field's low ends, then the high ends
 			w.data = fieldsBytes(e.data, s.data, false) + fieldsBytes(e.data, s.data, true);
 		else if (s.kind == SetKind::Map)
@@ -491,6 +496,7 @@ WireDelta elementDelta(const Set &o, const Set &n)
 		e.data.clear();
 		e.objref.clear();
 		e.chain.clear();
+		e.gotoChain = false;
 	}
 	return d;
 }

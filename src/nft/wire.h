@@ -65,6 +65,7 @@ struct WireElem {
 	std::string data;
 	std::string objref;
 	std::string chain; // a verdict map's element: jump to this chain
+	bool gotoChain = false; // ... or go to it
 
 	bool operator<(const WireElem &o) const;
 	bool operator==(const WireElem &o) const;

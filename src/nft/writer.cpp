@@ -52,7 +52,7 @@ void putElem(nlmsghdr *nlh, uint16_t index, const WireElem &e)
 	if (!e.chain.empty()) {
 		nlattr *data = mnl_attr_nest_start(nlh, NFTA_SET_ELEM_DATA);
 		nlattr *verdict = mnl_attr_nest_start(nlh, NFTA_DATA_VERDICT);
-		putNetU32(nlh, NFTA_VERDICT_CODE, static_cast<uint32_t>(NFT_JUMP));
+		putNetU32(nlh, NFTA_VERDICT_CODE, static_cast<uint32_t>(e.gotoChain ? NFT_GOTO : NFT_JUMP));
 		mnl_attr_put_strz(nlh, NFTA_VERDICT_CHAIN, e.chain.c_str());
 		mnl_attr_nest_end(nlh, verdict);
 		mnl_attr_nest_end(nlh, data);

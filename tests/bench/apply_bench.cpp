@@ -164,6 +164,8 @@ void sliceMove(uint32_t n, int pairs, const std::string &dir)
 	}
 	Ipv4 a0 = p.addresses[0].address;
 	std::string elem = "{ " + a0.str() + " . 3072-5119 }";
+	// The first address's slices: my_ports, or shard 0 of it (nft/model.h).
+	const std::string ports = nft::statelessShards(p) > 1 ? "my_ports_0" : "my_ports";
 	// s1 (the planned server, index 0) takes slice 1 of the first address
 	// from s2 (index 1), then gives it back: a gain and a loss per pair.
 	std::vector<double> gain, lose, gainTx, loseTx, addB, delB;
@@ -173,8 +175,8 @@ void sliceMove(uint32_t n, int pairs, const std::string &dir)
 		if (gaining) {
 			// B: the nft CLI adding and deleting the my_ports element of
 			// the same move (while s2 holds the slice).
-			addB.push_back(1e3 * timed({"nft", "add", "element", "inet", "portslice", "my_ports", elem}));
-			delB.push_back(1e3 * timed({"nft", "delete", "element", "inet", "portslice", "my_ports", elem}));
+			addB.push_back(1e3 * timed({"nft", "add", "element", "inet", "portslice", ports, elem}));
+			delB.push_back(1e3 * timed({"nft", "delete", "element", "inet", "portslice", ports, elem}));
 		}
 		// A: what the daemon does for SetSliceOwner, minus XDP and conntrack:
 		// re-plan the slice, derive the delta, send it.

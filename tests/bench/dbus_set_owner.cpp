@@ -128,15 +128,21 @@ double median(std::vector<double> v)
 }
 
 // The largest set of the table and its largest stateless map. The stateless
-// maps (16 elements a source) come in shards of about 256 elements once
-// there are more (nft/model.h, statelessShards): then the largest set is
-// my_ports (one element a slice of this server), and the largest stateless
-// map is the verdict map that picks a source's shard.
+// maps (16 elements a source) and my_ports come in shards once there are
+// more than 256 inside addresses (nft/model.h, statelessShards): then the
+// largest set is my_blocks (one element a slice of this server here), and
+// the largest stateless map is the verdict map that picks a source's shard.
+// `shards`: how many; the slices of address i are in my_ports_(i mod shards).
 struct Largest {
 	const char *kind;
 	std::string name;
 	std::string stateless;
 	uint32_t statelessElements;
+	uint32_t shards;
+	std::string portsOf(uint32_t address) const
+	{
+		return shards == 1 ? "my_ports" : "my_ports_" + std::to_string(address % shards);
+	}
 };
 Largest largestSets(uint32_t sources)
 {
@@ -145,8 +151,8 @@ Largest largestSets(uint32_t sources)
 	while (shards < 1024 && uint64_t{shards} * 256 < inside)
 		shards *= 2;
 	if (shards == 1)
-		return {"map", "sl_egress", "sl_egress", sources * 16};
-	return {"set", "my_ports", "sl_egress_shard", sources};
+		return {"map", "sl_egress", "sl_egress", sources * 16, 1};
+	return {"set", "my_blocks", "sl_egress_shard", sources, shards};
 }
 
 std::string statusField(pid_t pid, const std::string &field)
@@ -356,7 +362,8 @@ int main(int argc, char **argv)
 	// other: slice 5 of address n/4+i goes from s6 to s7 (s1 only learns of it).
 	// Each is undone by a second call (timed too: giving back a slice that is
 	// not the last, and a first slice arriving). A = the call, B = the nft CLI
-	// changing the same my_ports element on the copy, alternating A B A B.
+	// changing the same element of my_ports (or of its shard) on the copy,
+	// alternating A B A B.
 	enum { Gain, GiveBack, Loss, FirstBack, Other, OtherBack, Cases };
 	const char *caseNames[Cases] = {"gain (s1 takes a second slice of an address)",
 					"give back (s1 loses a slice that is not its last)",
@@ -368,21 +375,21 @@ int main(int argc, char **argv)
 	const Largest largest = largestSets(sources);
 	for (int i = 0; i < pairs; ++i) { // --pairs 0: drift repair only
 		uint32_t k = 1 + static_cast<uint32_t>(i) % 30;
-		std::string g = addressOf(1 + static_cast<uint32_t>(i));
-		std::string l = addressOf(sources / 2 + static_cast<uint32_t>(i));
-		std::string o = addressOf(sources / 4 + static_cast<uint32_t>(i));
+		uint32_t gi = 1 + static_cast<uint32_t>(i), li = sources / 2 + static_cast<uint32_t>(i),
+			 oi = sources / 4 + static_cast<uint32_t>(i);
+		std::string g = addressOf(gi), l = addressOf(li), o = addressOf(oi);
 		a[Gain].push_back(call(g, k, "s1"));
-		addB.push_back(nft({"add", "element", "inet", "portslice", "my_ports", "{ " + g + " . " + sliceText(k) + " }"}));
+		addB.push_back(nft({"add", "element", "inet", "portslice", largest.portsOf(gi), "{ " + g + " . " + sliceText(k) + " }"}));
 		a[GiveBack].push_back(call(g, k, "s" + std::to_string(k + 1)));
-		nft({"delete", "element", "inet", "portslice", "my_ports", "{ " + g + " . " + sliceText(k) + " }"});
+		nft({"delete", "element", "inet", "portslice", largest.portsOf(gi), "{ " + g + " . " + sliceText(k) + " }"});
 		a[Loss].push_back(call(l, 0, "s2"));
-		delB.push_back(nft({"delete", "element", "inet", "portslice", "my_ports", "{ " + l + " . " + sliceText(0) + " }"}));
+		delB.push_back(nft({"delete", "element", "inet", "portslice", largest.portsOf(li), "{ " + l + " . " + sliceText(0) + " }"}));
 		a[FirstBack].push_back(call(l, 0, "s1"));
-		nft({"add", "element", "inet", "portslice", "my_ports", "{ " + l + " . " + sliceText(0) + " }"});
+		nft({"add", "element", "inet", "portslice", largest.portsOf(li), "{ " + l + " . " + sliceText(0) + " }"});
 		a[Other].push_back(call(o, 5, "s7"));
-		otherB.push_back(nft({"add", "element", "inet", "portslice", "my_ports", "{ " + o + " . " + sliceText(5) + " }"}));
+		otherB.push_back(nft({"add", "element", "inet", "portslice", largest.portsOf(oi), "{ " + o + " . " + sliceText(5) + " }"}));
 		a[OtherBack].push_back(call(o, 5, "s6"));
-		nft({"delete", "element", "inet", "portslice", "my_ports", "{ " + o + " . " + sliceText(5) + " }"});
+		nft({"delete", "element", "inet", "portslice", largest.portsOf(oi), "{ " + o + " . " + sliceText(5) + " }"});
 		// The first step of any nft CLI change of a large set: listing it.
 		std::vector<std::string> list = nsenter;
 		for (const std::string &arg : {std::string("list"), std::string(largest.kind), std::string("inet"),
@@ -493,9 +500,10 @@ int main(int argc, char **argv)
 			return listing.substr(at + tag.size(), listing.find('\n', at) - at - tag.size());
 		};
 		for (int i = 0; i < driftPairs; ++i) {
-			element.push_back(repair({"delete", "element", "inet", "portslice", "my_ports", "{ " + last + " . " + sliceText(0) + " }"}));
+			element.push_back(repair({"delete", "element", "inet", "portslice", largest.portsOf(sources - 1),
+						  "{ " + last + " . " + sliceText(0) + " }"}));
 			table.push_back(repair({"delete", "table", "inet", "portslice"}));
-			flushSmall.push_back(repair({"flush", "set", "inet", "portslice", "my_ports"}));
+			flushSmall.push_back(repair({"flush", "set", "inet", "portslice", "my_blocks"}));
 			table.push_back(repair({"delete", "table", "inet", "portslice"}));
 			flushLarge.push_back(repair({"flush", "map", "inet", "portslice", largest.stateless}));
 			table.push_back(repair({"delete", "table", "inet", "portslice"}));
@@ -512,8 +520,8 @@ int main(int argc, char **argv)
 		std::printf("Drift repair (from the end of the nft change until restored; the nft commands took %.1f ms, "
 			    "median), median of %d pairs against the deleted table "
 			    "(a full apply) %.1f ms:\n"
-			    "  element deleted (my_ports) %8.1f ms, ratio %.4f\n"
-			    "  set flushed (my_ports, %u elements) %8.1f ms, ratio %.4f\n"
+			    "  element deleted (my_ports or its shard) %8.1f ms, ratio %.4f\n"
+			    "  set flushed (my_blocks, %u elements) %8.1f ms, ratio %.4f\n"
 			    "  set flushed (%s, %u elements) %8.1f ms, ratio %.4f\n"
 			    "  rule deleted (egress: counter name ip saddr map @count_sl) %8.1f ms, ratio %.4f\n"
 			    "  daemon peak RSS after the repairs:%s\n",

@@ -151,9 +151,49 @@ TEST_F(NatTraffic, StatelessTrafficGoesThroughTheShardsOfALargeFleet)
 	EXPECT_NE(table.output.find("100.64.11.0/28 : jump sl_egress_1"), std::string::npos) << table.output;
 	EXPECT_NE(table.output.find("198.51.100.2 : jump sl_return_1"), std::string::npos) << table.output;
 	EXPECT_EQ(table.output.find("map sl_egress {"), std::string::npos) << table.output;
+	// The leak guard's my_ports too: the guard goes to the address's shard.
+	EXPECT_NE(table.output.find("ip saddr vmap @my_ports_shard"), std::string::npos) << table.output;
+	EXPECT_NE(table.output.find("198.51.100.2 : goto my_ports_1"), std::string::npos) << table.output;
+	EXPECT_EQ(table.output.find("set my_ports {"), std::string::npos) << table.output;
 	serve();
 
 	statelessFlowsLeaveFromTheirBlockUntracked();
+
+	// Ports of s1's slices that are not in a whole 1024-port block of them
+	// (10000-10239) pass the guard only through my_ports_0; a port of s2's
+	// slice (11500) is dropped there and counted in guard_other.
+	std::string script = labDir() + "/guard.py";
+	std::ofstream(script) << R"PY(
+import socket, sys
+for port in (10100, 11500):
+    got = 0
+    for i in range(3):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("198.51.100.1", port))
+        s.settimeout(0.5)
+        try:
+            s.sendto(b"x", ("203.0.113.10", 7000))  # a drop in output: EPERM
+            s.recv(100)
+            got += 1
+        except OSError:
+            pass
+        s.close()
+    print(port, got)
+)PY";
+	auto guardOther = [&] {
+		auto c = inNode("s1", "nft list counter inet portslice guard_other");
+		std::smatch m;
+		EXPECT_TRUE(std::regex_search(c.output, m, std::regex("packets ([0-9]+)"))) << c.output;
+		return m.empty() ? -1 : std::stoi(m[1]);
+	};
+	int before = guardOther();
+	ASSERT_TRUE(inNode("s1", "ip addr add 198.51.100.1/32 dev lo").ok());
+	auto sent = inNode("s1", "python3 " + script);
+	ASSERT_TRUE(sent.ok()) << sent.output;
+	EXPECT_NE(sent.output.find("10100 3"), std::string::npos) << sent.output;
+	EXPECT_NE(sent.output.find("11500 0"), std::string::npos) << sent.output;
+	EXPECT_EQ(guardOther() - before, 3);
 }
 
 TEST_F(NatTraffic, AStatelessHostOutsideItsBlockIsDroppedAndCountedNotLeaked)

@@ -56,7 +56,7 @@ TEST_F(NftMonitorLab, AForeignCommitLostInTheOverflowOfOurOwnIsToldApartFromOurs
 	EXPECT_FALSE((*ours)->foreignLost) << "only our own commit was lost";
 
 	ASSERT_TRUE(applier->apply(plan_, nullptr, 2)) << "second apply";
-	lab::CommandResult flushed = lab::runShell("nft flush set inet portslice my_ports 2>&1");
+	lab::CommandResult flushed = lab::runShell("nft flush set inet portslice my_blocks 2>&1");
 	ASSERT_TRUE(flushed.ok()) << flushed.output;
 	Result<std::optional<daemon::ForeignChange>> both = monitor->read();
 	ASSERT_TRUE(both) << both.error().message();

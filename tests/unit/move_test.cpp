@@ -271,9 +271,10 @@ TEST(MoveSlice, EqualsAFullPlanInTheGeneratedFleet)
 }
 
 // A generated fleet large enough for the stateless maps to come in shards
-// (40 sources of a /28: 640 blocks, 4 shards of sl_egress and sl_return,
-// nft/model.h): a source's blocks leave and come back in its shards only,
-// and the delta still turns the old table into the full plan's.
+// (40 sources of a /28: 640 blocks, 4 shards of sl_egress, sl_return and
+// my_ports, nft/model.h): a source's blocks leave and come back in its
+// shards only, the slice in its address's shard of my_ports, and the delta
+// still turns the old table into the full plan's.
 TEST(MoveSlice, EqualsAFullPlanWithTheStatelessMapsInShards)
 {
 	Tally tally;
@@ -283,7 +284,9 @@ TEST(MoveSlice, EqualsAFullPlanWithTheStatelessMapsInShards)
 	const nft::TableModel model = nft::buildModel(p, 1);
 	ASSERT_NE(model.find("sl_egress_3"), nullptr);
 	ASSERT_NE(model.find("sl_return_3"), nullptr);
+	ASSERT_NE(model.find("my_ports_3"), nullptr);
 	ASSERT_EQ(model.find("sl_egress"), nullptr);
+	ASSERT_EQ(model.find("my_ports"), nullptr);
 	for (const char *server : {"s1", "s31"})
 		checkEveryMove(config, server, tally, 3);
 	EXPECT_EQ(tally.lastSlice, 2u * 3u * 30u);
@@ -295,7 +298,7 @@ TEST(MoveSlice, EqualsAFullPlanWithTheStatelessMapsInShards)
 	std::vector<std::string> names;
 	for (const nft::Set &s : nft::moveDelta(moved, *move).after)
 		names.push_back(s.name);
-	EXPECT_EQ(names, (std::vector<std::string>{ "my_ports", "my_blocks", "sl_egress_1", "sl_return_1" }));
+	EXPECT_EQ(names, (std::vector<std::string>{ "my_blocks", "sl_egress_1", "sl_return_1", "my_ports_1" }));
 }
 
 // Moves one after another on the same plan (a slice lost, then another,
