@@ -205,25 +205,28 @@ std::vector<Chain> chains(const TableModel &m)
 			      Assign{ Target::MetaMark, S::CtMark } } } } });
 	// Return when the port is this server's, else count and drop: in
 	// port_guard, or in the address's shard of my_ports, which port_guard
-	// goes to (a return there returns from port_guard).
-	auto guard = [&](const std::string &chain, const std::string &ports) {
-		return Chain{ chain, "", "", "", 0,
-			      { { { Lookup{ Key{ { S::IpSaddr, S::ThSport }, {} }, ports, false }, Verdict{ V::Return, {} } } },
-				{ { CounterRef{ byMark, "guard_mark" }, Verdict{ V::Drop, {} } } },
-				{ { CounterRef{ std::nullopt, "guard_other" }, Verdict{ V::Drop, {} } } } } };
+	// goes to (a return there returns from port_guard), with the drop in
+	// guard_drop.
+	auto mineIn = [&](std::string set) {
+		return Rule{ { Lookup{ Key{ { S::IpSaddr, S::ThSport }, {} }, std::move(set), false }, Verdict{ V::Return, {} } } };
 	};
+	const std::vector<Rule> drop = { { { CounterRef{ byMark, "guard_mark" }, Verdict{ V::Drop, {} } } },
+					 { { CounterRef{ std::nullopt, "guard_other" }, Verdict{ V::Drop, {} } } } };
 	if (sharded) {
 		out.push_back({ "port_guard", "", "", "", 0,
 				{ { { notShared, Verdict{ V::Return, {} } } },
 				  { { Dispatch{ Key{ { S::IpSaddr }, {} }, "my_ports_shard" } } } } });
+		out.push_back({ "guard_drop", "", "", "", 0, drop });
 	} else {
-		Chain c = guard("port_guard", "my_ports");
-		c.rules.insert(c.rules.begin(), Rule{ { notShared, Verdict{ V::Return, {} } } });
+		Chain c{ "port_guard", "", "", "", 0, { { { notShared, Verdict{ V::Return, {} } } }, mineIn("my_ports") } };
+		c.rules.insert(c.rules.end(), drop.begin(), drop.end());
 		out.push_back(std::move(c));
 	}
 	if (sharded) {
-		for (uint32_t k = 0; k < m.shards; k++)
-			out.push_back(guard(shardName("my_ports", k, m.shards), shardName("my_ports", k, m.shards)));
+		for (uint32_t k = 0; k < m.shards; k++) {
+			std::string name = shardName("my_ports", k, m.shards);
+			out.push_back({ name, "", "", "", 0, { mineIn(name), { { Verdict{ V::Jump, "guard_drop" } } } } });
+		}
 		for (uint32_t k = 0; k < m.shards; k++) {
 			std::string name = shardName("sl_egress", k, m.shards);
 			out.push_back({ name, "", "", "", 0, { { { MapAssign{ Target::IpSaddr, block, name } } } } });
