@@ -1022,7 +1022,7 @@ LoadResult loadString(std::string_view text, const std::string &name, size_t chu
 	return std::move(*loadChunks({ Chunk{ text, 1, {} } }, name));
 }
 
-LoadResult loadFile(const std::string &path)
+std::optional<std::string> readText(const std::string &path)
 {
 	std::ifstream in(path, std::ios::binary);
 	std::string text;
@@ -1036,13 +1036,21 @@ LoadResult loadFile(const std::string &path)
 			text.resize(static_cast<size_t>(in.gcount()));
 		}
 	}
-	if (!in && !in.eof()) {
+	if (!in && !in.eof())
+		return std::nullopt;
+	return text;
+}
+
+LoadResult loadFile(const std::string &path)
+{
+	std::optional<std::string> text = readText(path);
+	if (!text) {
 		LoadResult result;
 		result.diagnostics.push_back({ Diagnostic::Severity::Error, Location{ path, 0, 0 },
 					       "cannot open config file: " + std::string(std::strerror(errno)) });
 		return result;
 	}
-	return loadString(text, path);
+	return loadString(*text, path);
 }
 
 } // namespace portslice::config

@@ -204,14 +204,12 @@ std::optional<Failure> Service::lastGeneration()
 Answer<uint64_t> Service::reload()
 {
 	// The bytes hashed and kept are the bytes loaded.
-	std::ifstream in(options_.configPath, std::ios::binary);
-	std::ostringstream text;
-	text << in.rdbuf();
-	config::LoadResult loaded = in ? config::loadString(text.str(), options_.configPath)
-				       : config::loadFile(options_.configPath);
-	if (loaded.ok()) {
-		pendingText_ = text.str();
-		pendingHash_ = journal::sha256Hex(pendingText_);
+	std::optional<std::string> text = config::readText(options_.configPath);
+	config::LoadResult loaded = text ? config::loadString(*text, options_.configPath)
+					 : config::loadFile(options_.configPath);
+	if (loaded.ok() && text) {
+		pendingHash_ = journal::sha256Hex(*text);
+		pendingText_ = std::move(*text);
 	}
 	why_ = "file";
 	if (!loaded.ok())
