@@ -949,6 +949,21 @@ bpf_tc_opts recordFilter(int progFd)
 	return opts;
 }
 
+// libbpf prints the kernel's reason for a failed tc request on standard
+// error ("Kernel error message: Cannot find specified filter chain"): for a
+// query or a removal of a filter that is not there yet, which is no error
+// here, and a line without a log priority in the daemon's log.
+class QuietLibbpf {
+public:
+	QuietLibbpf() : before_(libbpf_set_print(nullptr)) {}
+	~QuietLibbpf() { libbpf_set_print(before_); }
+	QuietLibbpf(const QuietLibbpf &) = delete;
+	QuietLibbpf &operator=(const QuietLibbpf &) = delete;
+
+private:
+	libbpf_print_fn_t before_;
+};
+
 // portslice_record (progFd) as the uplink's egress filter, unless it runs there already.
 Status attachRecord(uint32_t ifindex, int progFd)
 {
@@ -960,7 +975,12 @@ Status attachRecord(uint32_t ifindex, int progFd)
 	if (bpf_obj_get_info_by_fd(progFd, &info, &size) != 0)
 		return errnoError(errno, "reading the egress program");
 	bpf_tc_opts query = recordFilter(0);
-	if (bpf_tc_query(&hook, &query) == 0 && query.prog_id == info.id)
+	int queried;
+	{
+		QuietLibbpf quiet;
+		queried = bpf_tc_query(&hook, &query);
+	}
+	if (queried == 0 && query.prog_id == info.id)
 		return {};
 	bpf_tc_opts opts = recordFilter(progFd);
 	opts.flags = BPF_TC_F_REPLACE;
@@ -973,7 +993,11 @@ Status detachRecord(uint32_t ifindex)
 {
 	bpf_tc_hook hook = egressHook(ifindex);
 	bpf_tc_opts opts = recordFilter(0);
-	int err = bpf_tc_detach(&hook, &opts);
+	int err;
+	{
+		QuietLibbpf quiet;
+		err = bpf_tc_detach(&hook, &opts);
+	}
 	if (err && err != -ENOENT && err != -EINVAL)
 		return errnoError(err, "detaching the egress program from tc egress");
 	return {};
