@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <chrono>
 #include <map>
+#include <set>
 #include <net/if.h>
 
 #include "nft/model.h"
@@ -264,6 +265,33 @@ bool conntrackUsers(const plan::Plan &plan, const plan::SliceMove &move)
 	});
 }
 
+#ifdef PORTSLICE_HAVE_XDP
+// The forwarder's slice words that moves change: each moved slice, and the
+// slices this server takes over from a draining owner on the addresses a
+// move handed out again (they carry the zones of their ports, which change
+// with them). Each once, the moved slices first.
+std::vector<xdp::SliceRef> forwarderSlices(const plan::Plan &plan, const std::vector<const plan::SliceMove *> &moves)
+{
+	const auto self = static_cast<int32_t>(plan.serverIndex);
+	std::set<std::pair<uint32_t, uint32_t>> seen;
+	std::vector<xdp::SliceRef> out;
+	auto add = [&](uint32_t address, uint32_t slice) {
+		if (seen.insert({address, slice}).second)
+			out.push_back({address, slice});
+	};
+	for (const plan::SliceMove *m : moves)
+		add(m->address, m->slice);
+	for (const plan::SliceMove *m : moves)
+		for (uint32_t ai : m->reallocated) {
+			const plan::PlannedAddress &a = plan.addresses[ai];
+			for (uint32_t i = 0; i < a.sliceCount; i++)
+				if (a.owner[i] == self && a.previous[i] != plan::kNoServer)
+					add(ai, i);
+		}
+	return out;
+}
+#endif
+
 } // namespace
 
 // The nftables part of one or many slice moves (`drains`: this server
@@ -322,16 +350,7 @@ Result<ApplyResult> Applier::applyMove(const plan::Plan &plan, const plan::Slice
 		t = Clock::now();
 		if (Status n = addMovedTargets(plan, {&move}); !n)
 			return n;
-		std::vector<xdp::SliceRef> changed{{move.address, move.slice}};
-		// Slices this server takes over from a draining owner carry the
-		// zones of their ports: those of addresses handed out again change.
-		for (uint32_t ai : move.reallocated) {
-			const plan::PlannedAddress &a = plan.addresses[ai];
-			for (uint32_t i = 0; i < a.sliceCount; i++)
-				if (a.owner[i] == self && a.previous[i] != plan::kNoServer &&
-				    !(ai == move.address && i == move.slice))
-					changed.push_back({ai, i});
-		}
+		std::vector<xdp::SliceRef> changed = forwarderSlices(plan, {&move});
 		Status x = options_.xdpPinDir.empty() ? xdp::applyForwarderSlices(plan, changed)
 						      : xdp::applyForwarderSlices(plan, changed, options_.xdpPinDir);
 		if (!x)
@@ -424,9 +443,7 @@ Result<ApplyResult> Applier::applyMoves(const plan::Plan &plan, const std::vecto
 			x = options_.xdpPinDir.empty() ? xdp::applyForwarder(plan)
 						       : xdp::applyForwarder(plan, options_.xdpPinDir);
 		} else {
-			std::vector<xdp::SliceRef> changed;
-			for (const plan::SliceMove &m : moves)
-				changed.push_back({m.address, m.slice});
+			std::vector<xdp::SliceRef> changed = forwarderSlices(plan, all);
 			x = options_.xdpPinDir.empty() ? xdp::applyForwarderSlices(plan, changed)
 						       : xdp::applyForwarderSlices(plan, changed, options_.xdpPinDir);
 		}
