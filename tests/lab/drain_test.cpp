@@ -188,31 +188,51 @@ protected:
 					    ".packets] | add // 0'").output;
 		return out.empty() ? 0 : std::stoull(out);
 	}
+
+	// inet's TCP server and w1's long connections to it (client.py, which
+	// sends its bytes once `go` exists), ready; how many of them use ports
+	// of slice 0 (a fatal failure when none does).
+	struct LongFlows {
+		std::string clientLog, go;
+		int onSlice = 0;
+	};
+	void startLongFlows(LongFlows *flows)
+	{
+		std::string serverLog = labDir() + "/inet-server.log";
+		flows->clientLog = labDir() + "/w1-client.log";
+		flows->go = labDir() + "/go";
+		startInNode("inet", "python3 " + write("server.py", kServer), serverLog);
+		ASSERT_FALSE(waitForLine(serverLog, "listening", 10).empty()) << run("cat " + serverLog).output;
+		startInNode("w1", "python3 " + write("client.py", kClient) + " " + flows->go, flows->clientLog);
+		std::string ready = waitForLine(flows->clientLog, "ready", 20);
+		ASSERT_FALSE(ready.empty()) << run("cat " + flows->clientLog).output;
+		std::istringstream ports(ready.substr(6));
+		for (int p; ports >> p;)
+			flows->onSlice += p >= kSlice0Lo && p <= kSlice0Hi;
+		ASSERT_GT(flows->onSlice, 0) << "no connection of w1 on slice 0: " << ready;
+	}
+
+	// Slice 0 of 198.51.100.1 goes from s1 to s2: the loser first, the new owner last.
+	void moveSlice0ToS2()
+	{
+		for (const char *s : {"s1", "s3", "s2"}) {
+			auto r = inNode(s, ctl() + " set-owner 198.51.100.1 0 s2");
+			ASSERT_TRUE(r.ok()) << s << ": " << r.output;
+		}
+	}
 };
 
 TEST_F(Drain, EstablishedConnectionsOnAMovedSliceKeepWorkingAndTheDrainEndsAtItsDeadline)
 {
 	for (const char *s : {"s1", "s2", "s3"})
 		ASSERT_NO_FATAL_FAILURE(startServer(s));
-	std::string serverLog = labDir() + "/inet-server.log", clientLog = labDir() + "/w1-client.log";
-	std::string go = labDir() + "/go";
-	startInNode("inet", "python3 " + write("server.py", kServer), serverLog);
-	ASSERT_FALSE(waitForLine(serverLog, "listening", 10).empty()) << run("cat " + serverLog).output;
-	startInNode("w1", "python3 " + write("client.py", kClient) + " " + go, clientLog);
-	std::string ready = waitForLine(clientLog, "ready", 20);
-	ASSERT_FALSE(ready.empty()) << run("cat " + clientLog).output;
-	int onSlice = 0;
-	std::istringstream ports(ready.substr(6));
-	for (int p; ports >> p;)
-		onSlice += p >= kSlice0Lo && p <= kSlice0Hi;
-	ASSERT_GT(onSlice, 0) << "no connection of w1 on slice 0: " << ready;
+	LongFlows flows;
+	ASSERT_NO_FATAL_FAILURE(startLongFlows(&flows));
+	const std::string &clientLog = flows.clientLog, &go = flows.go;
+	const int onSlice = flows.onSlice;
 	uint64_t before1 = generation("s1"), before2 = generation("s2");
 
-	// Slice 0 of 198.51.100.1 goes from s1 to s2: the loser first, the new owner last.
-	for (const char *s : {"s1", "s3", "s2"}) {
-		auto r = inNode(s, ctl() + " set-owner 198.51.100.1 0 s2");
-		ASSERT_TRUE(r.ok()) << s << ": " << r.output;
-	}
+	ASSERT_NO_FATAL_FAILURE(moveSlice0ToS2());
 	auto moved = Clock::now();
 	// s1 keeps the flows in drain_zone, keyed by shared address and port:
 	// flows to different peers may share a NAT port, so there are at most as
@@ -268,25 +288,14 @@ TEST_F(Drain, NewOwnersNewFlowsAreAnsweredWhileAnswersReachTheOldOwner)
 	// A drain long enough for every flow below to start within it.
 	for (const char *s : {"s1", "s2", "s3"})
 		ASSERT_NO_FATAL_FAILURE(startServer(s, 40));
-	std::string serverLog = labDir() + "/inet-server.log", clientLog = labDir() + "/w1-client.log";
-	std::string go = labDir() + "/go";
-	startInNode("inet", "python3 " + write("server.py", kServer), serverLog);
-	ASSERT_FALSE(waitForLine(serverLog, "listening", 10).empty()) << run("cat " + serverLog).output;
 	startInNode("inet", buildPath("tests/lab/labtraffic") + " serve --port 7000 --seconds 60 --quiet",
 		    labDir() + "/inet-labtraffic.log");
-	startInNode("w1", "python3 " + write("client.py", kClient) + " " + go, clientLog);
-	std::string ready = waitForLine(clientLog, "ready", 20);
-	ASSERT_FALSE(ready.empty()) << run("cat " + clientLog).output;
-	int onSlice = 0;
-	std::istringstream ports(ready.substr(6));
-	for (int p; ports >> p;)
-		onSlice += p >= kSlice0Lo && p <= kSlice0Hi;
-	ASSERT_GT(onSlice, 0) << "no connection of w1 on slice 0: " << ready;
+	LongFlows flows;
+	ASSERT_NO_FATAL_FAILURE(startLongFlows(&flows));
+	const std::string &clientLog = flows.clientLog, &go = flows.go;
+	const int onSlice = flows.onSlice;
 
-	for (const char *s : {"s1", "s3", "s2"}) {
-		auto r = inNode(s, ctl() + " set-owner 198.51.100.1 0 s2");
-		ASSERT_TRUE(r.ok()) << s << ": " << r.output;
-	}
+	ASSERT_NO_FATAL_FAILURE(moveSlice0ToS2());
 	ASSERT_TRUE(steer("s1").ok());
 	for (const char *s : {"s1", "s2"})
 		ASSERT_NE(plan(s).find(R"(\"previous\": \"s1\")"), std::string::npos) << s << ": not draining";
