@@ -506,6 +506,41 @@ TEST_F(JournalLab, AuditNamesExactlyTheElementDeletedByHand)
 	EXPECT_NE(both.output.find("2 differences"), std::string::npos) << both.output;
 }
 
+// A fleet large enough for the stateless maps and my_ports to come in
+// shards (272 stateless inside addresses: 2 shards, docs/nat.md): the audit
+// reads the verdict maps back and tells a `goto` from a `jump`.
+TEST_F(JournalLab, AuditReadsTheShardsOfALargeFleetBackAndTellsGotoFromJump)
+{
+	writeConfig(kLabFleet + "\n[[addresses]]\naddress = \"198.51.100.3\"\ndatacenter = \"lab1\"\n"
+				"tags = { product = \"bulk\" }\nslices = { s1 = 0, s2 = 1, s3 = [2, 3] }\n"
+				"\n[[sources]]\nname = \"bulk\"\nmatch = { saddr = \"100.64.200.0/24\" }\n"
+				"want = { product = \"bulk\" }\nnat = \"stateless\"\nblock = 8\n");
+	daemonArgs_ = {"--no-repair"};
+	startDaemon(0);
+	std::string listed = table();
+	ASSERT_NE(listed.find("198.51.100.2 : goto my_ports_1"), std::string::npos) << listed;
+	ASSERT_NE(listed.find("set my_ports_1 {"), std::string::npos) << listed;
+	Outcome clean = ctl("audit");
+	EXPECT_EQ(clean.status, 0) << clean.output << "\n" << listed;
+
+	ASSERT_TRUE(inNs("nft delete element inet portslice my_ports_shard { 198.51.100.2 }").ok());
+	ASSERT_TRUE(inNs("nft add element inet portslice my_ports_shard { 198.51.100.2 : jump my_ports_1 }").ok());
+	Outcome drift = ctl("audit");
+	EXPECT_EQ(drift.status, 1) << drift.output;
+	EXPECT_NE(drift.output.find("map my_ports_shard: element 198.51.100.2 : jump my_ports_1 in the kernel, "
+				    "198.51.100.2 : goto my_ports_1 in the plan\n"),
+		  std::string::npos)
+		<< drift.output;
+
+	// The slices of 198.51.100.2 (s1's slice 0) are in my_ports_1.
+	ASSERT_TRUE(inNs("nft delete element inet portslice my_ports_1 { 198.51.100.2 . 1024-3071 }").ok()) << table();
+	Outcome gone = ctl("audit");
+	EXPECT_EQ(gone.status, 1) << gone.output;
+	EXPECT_NE(gone.output.find("set my_ports_1: element 198.51.100.2 . 1024-3071 missing from the kernel\n"),
+		  std::string::npos)
+		<< gone.output;
+}
+
 // The same drift on a daemon that repairs (the default): it audits the sets
 // the commit touched before it undoes it, and logs exactly the element;
 // `audit` then finds the table equal again.
