@@ -212,6 +212,19 @@ protected:
 		ASSERT_GT(flows->onSlice, 0) << "no connection of w1 on slice 0: " << ready;
 	}
 
+	// Let w1's long connections send their bytes both ways and wait for them
+	// (bounded): how many worked and not, and of those on slice 0.
+	struct LongFlowsDone {
+		int ok = 0, failed = 0, movedOk = 0, movedTotal = 0;
+	};
+	void finishLongFlows(const LongFlows &flows, LongFlowsDone *out)
+	{
+		std::ofstream(flows.go) << "go\n";
+		std::string done = waitForLine(flows.clientLog, "done", 40);
+		ASSERT_FALSE(done.empty()) << run("cat " + flows.clientLog).output;
+		std::istringstream(done.substr(5)) >> out->ok >> out->failed >> out->movedOk >> out->movedTotal;
+	}
+
 	// Slice 0 of 198.51.100.1 goes from s1 to s2: the loser first, the new owner last.
 	void moveSlice0ToS2()
 	{
@@ -228,7 +241,7 @@ TEST_F(Drain, EstablishedConnectionsOnAMovedSliceKeepWorkingAndTheDrainEndsAtIts
 		ASSERT_NO_FATAL_FAILURE(startServer(s));
 	LongFlows flows;
 	ASSERT_NO_FATAL_FAILURE(startLongFlows(&flows));
-	const std::string &clientLog = flows.clientLog, &go = flows.go;
+	const std::string &clientLog = flows.clientLog;
 	const int onSlice = flows.onSlice;
 	uint64_t before1 = generation("s1"), before2 = generation("s2");
 
@@ -246,11 +259,9 @@ TEST_F(Drain, EstablishedConnectionsOnAMovedSliceKeepWorkingAndTheDrainEndsAtIts
 	EXPECT_NE(inNode("s1", "conntrack -L 2>/dev/null | grep -c 'dport=1[0][0-9][0-9][0-9] '").output, "0\n");
 
 	// Bytes both ways on every connection, after set-owner on all three servers.
-	std::ofstream(go) << "go\n";
-	std::string done = waitForLine(clientLog, "done", 40);
-	ASSERT_FALSE(done.empty()) << run("cat " + clientLog).output;
-	int ok = 0, failed = 0, movedOk = 0, movedTotal = 0;
-	std::istringstream(done.substr(5)) >> ok >> failed >> movedOk >> movedTotal;
+	LongFlowsDone done;
+	ASSERT_NO_FATAL_FAILURE(finishLongFlows(flows, &done));
+	const int ok = done.ok, failed = done.failed, movedOk = done.movedOk, movedTotal = done.movedTotal;
 	EXPECT_EQ(failed, 0) << run("cat " + clientLog).output;
 	EXPECT_EQ(movedTotal, onSlice);
 	EXPECT_EQ(movedOk, onSlice) << "connections on the moved slice stopped working";
@@ -292,7 +303,7 @@ TEST_F(Drain, NewOwnersNewFlowsAreAnsweredWhileAnswersReachTheOldOwner)
 		    labDir() + "/inet-labtraffic.log");
 	LongFlows flows;
 	ASSERT_NO_FATAL_FAILURE(startLongFlows(&flows));
-	const std::string &clientLog = flows.clientLog, &go = flows.go;
+	const std::string &clientLog = flows.clientLog;
 	const int onSlice = flows.onSlice;
 
 	ASSERT_NO_FATAL_FAILURE(moveSlice0ToS2());
@@ -317,13 +328,10 @@ TEST_F(Drain, NewOwnersNewFlowsAreAnsweredWhileAnswersReachTheOldOwner)
 	EXPECT_NE(plan("s2").find(R"(\"previous\": \"s1\")"), std::string::npos) << "the drain ended too early";
 
 	// The old owner's flows, opened before the move, still carry bytes both ways.
-	std::ofstream(go) << "go\n";
-	std::string done = waitForLine(clientLog, "done", 40);
-	ASSERT_FALSE(done.empty()) << run("cat " + clientLog).output;
-	int ok = 0, lost = 0, movedOk = 0, movedTotal = 0;
-	std::istringstream(done.substr(5)) >> ok >> lost >> movedOk >> movedTotal;
-	EXPECT_EQ(lost, 0) << run("cat " + clientLog).output;
-	EXPECT_EQ(movedOk, onSlice) << "the old owner's connections on the moved slice stopped working";
+	LongFlowsDone done;
+	ASSERT_NO_FATAL_FAILURE(finishLongFlows(flows, &done));
+	EXPECT_EQ(done.failed, 0) << run("cat " + clientLog).output;
+	EXPECT_EQ(done.movedOk, onSlice) << "the old owner's connections on the moved slice stopped working";
 	EXPECT_GT(secondHops("s2"), 0u) << "no answer of s1's flows took the new owner's second hop back to s1";
 }
 

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <functional>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -80,20 +81,26 @@ protected:
 		auto r = inNode(node, "conntrack -L " + filter + " 2>/dev/null | wc -l");
 		return std::stoi(r.output);
 	}
+	// All 10 TCP and 10 UDP flows of `workload` answered, every one seen from
+	// `address` with a port that `inRange` accepts.
+	void expectFlowsFrom(const std::string &workload, const std::string &address,
+			     const std::function<bool(int)> &inRange)
+	{
+		auto r = send(workload, 10, 10);
+		EXPECT_TRUE(r.ok()) << r.output;
+		Seen seen = parseSeen(r.output);
+		EXPECT_EQ(seen.ok, 20) << r.output;
+		for (const auto &[addr, port] : seen.sources) {
+			EXPECT_EQ(addr, address);
+			EXPECT_TRUE(inRange(port)) << port;
+		}
+	}
 	// v1's host 100.64.11.2 (corp-us1, stateless): 10 TCP and 10 UDP flows
 	// answered, every one from 198.51.100.2 in its block 10200-10299, and
 	// none of them in the connection table, either way.
 	void statelessFlowsLeaveFromTheirBlockUntracked()
 	{
-		auto sl = send("v1", 10, 10);
-		EXPECT_TRUE(sl.ok()) << sl.output;
-		Seen seen = parseSeen(sl.output);
-		EXPECT_EQ(seen.ok, 20) << sl.output;
-		for (const auto &[addr, port] : seen.sources) {
-			EXPECT_EQ(addr, "198.51.100.2");
-			EXPECT_GE(port, 10200);
-			EXPECT_LE(port, 10299);
-		}
+		expectFlowsFrom("v1", "198.51.100.2", [](int port) { return port >= 10200 && port <= 10299; });
 		EXPECT_EQ(conntrackCount("s1", "-s 100.64.11.0/28"), 0);
 		EXPECT_EQ(conntrackCount("s1", "-d 198.51.100.2"), 0);
 	}
@@ -113,14 +120,7 @@ TEST_F(NatTraffic, ConntrackAndStatelessSourcesReachTheInternetWithTheSharedAddr
 	ASSERT_NE(owner.output.find("100.64.11.2"), std::string::npos) << owner.output;
 	serve();
 
-	auto ct = send("w1", 10, 10);
-	EXPECT_TRUE(ct.ok()) << ct.output;
-	Seen seenCt = parseSeen(ct.output);
-	EXPECT_EQ(seenCt.ok, 20) << ct.output;
-	for (const auto &[addr, port] : seenCt.sources) {
-		EXPECT_EQ(addr, "198.51.100.1");
-		EXPECT_TRUE(inS1Slices(port)) << port;
-	}
+	expectFlowsFrom("w1", "198.51.100.1", inS1Slices);
 
 	statelessFlowsLeaveFromTheirBlockUntracked();
 
