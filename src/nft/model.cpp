@@ -553,9 +553,12 @@ Set generationSet(uint64_t generation)
 uint32_t statelessShards(const Plan &plan)
 {
 	uint64_t inside = 0;
-	for (const PlannedSource &s : plan.sources)
-		if (s.mode == NatMode::Stateless && s.match.saddr)
-			inside += uint64_t{ 1 } << (32 - s.match.saddr->length);
+	if (plan.statelessInside)
+		inside = *plan.statelessInside;
+	else
+		for (const PlannedSource &s : plan.sources)
+			if (s.mode == NatMode::Stateless && s.match.saddr)
+				inside += uint64_t{ 1 } << (32 - s.match.saddr->length);
 	uint32_t shards = 1;
 	while (shards < kMaxShards && uint64_t{ shards } * kShardElements < inside)
 		shards *= 2;

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <map>
 #include <set>
+#include <tuple>
 #include <unordered_map>
 
 namespace portslice::plan {
@@ -361,6 +362,8 @@ PlanResult makePlan(const config::Config &config, std::string_view server)
 	// to the others arrive elsewhere), and only those where this server owns
 	// a slice. They are indexed by tag so that a source looks at the
 	// addresses that carry one of its wanted tags, not at the whole fleet.
+	// The local ones where this server owns nothing yet are wanted all the
+	// same (Plan::wanters): a slice move may make them candidates.
 	std::vector<uint32_t> eligible;
 	struct TagHash {
 		size_t operator()(const std::pair<std::string_view, std::string_view> &t) const
@@ -371,13 +374,15 @@ PlanResult makePlan(const config::Config &config, std::string_view server)
 	std::unordered_map<std::pair<std::string_view, std::string_view>, std::vector<uint32_t>, TagHash> byTag;
 	for (uint32_t i = 0; i < plan.addresses.size(); i++) {
 		const PlannedAddress &a = plan.addresses[i];
-		if (!usable(a))
+		if (!a.local)
 			continue;
 		eligible.push_back(i);
 		for (const auto &[k, v] : a.tags)
 			byTag[{ k, v }].push_back(i);
 	}
 	static const std::vector<uint32_t> kNone;
+	plan.wanters.resize(plan.addresses.size());
+	uint64_t statelessInside = 0;
 	for (const config::Source &s : config.sources) {
 		PlannedSource p;
 		p.name = s.name;
@@ -395,11 +400,19 @@ PlanResult makePlan(const config::Config &config, std::string_view server)
 			if (list->size() < pool->size())
 				pool = list;
 		}
-		for (uint32_t i : *pool)
-			if (wants(s.want, plan.addresses[i].tags))
+		const auto si = static_cast<uint32_t>(plan.sources.size());
+		for (uint32_t i : *pool) {
+			if (!wants(s.want, plan.addresses[i].tags))
+				continue;
+			plan.wanters[i].push_back(si);
+			if (usable(plan.addresses[i]))
 				p.candidates.push_back(i);
+		}
+		if (p.mode == NatMode::Stateless && p.match.saddr)
+			statelessInside += p.match.saddr->size();
 		plan.sources.push_back(std::move(p));
 	}
+	plan.statelessInside = statelessInside;
 	assignZones(config, plan.sources, diagnostics);
 
 	// Per address, the sources that use it (in file order) and where the
@@ -454,21 +467,26 @@ std::optional<SliceMove> moveSlice(Plan &plan, uint32_t address, uint32_t slice,
 	// its shares again.
 	std::vector<uint32_t> reallocate{ address };
 	if (move.candidatesChanged) {
-		for (uint32_t si = 0; si < plan.sources.size(); si++) {
+		bool fullPlan = false;
+		plan.forWanters(address, [&](uint32_t si) {
 			const PlannedSource &s = plan.sources[si];
 			bool has = std::binary_search(s.candidates.begin(), s.candidates.end(), address);
-			if (nowUsable ? has || !wants(s.want, a.tags) : !has)
-				continue;
+			if (fullPlan || (nowUsable ? has || !wants(s.want, a.tags) : !has))
+				return;
 			// A conntrack source matched by iifname that gets its first
 			// address or loses its last: its return route appears or goes,
 			// which is the full apply's to do.
 			if (s.mode == NatMode::Conntrack && s.match.iifname && s.candidates.size() == (nowUsable ? 0u : 1u)) {
-				undoMove(plan, std::move(move));
-				return std::nullopt;
+				fullPlan = true;
+				return;
 			}
 			move.sources.push_back({ si, s.assignments, s.shares, s.candidates });
 			if (s.mode == NatMode::Stateless)
 				reallocate.insert(reallocate.end(), s.candidates.begin(), s.candidates.end());
+		});
+		if (fullPlan) {
+			undoMove(plan, std::move(move));
+			return std::nullopt;
 		}
 		move.warnings = plan.warnings;
 		for (const SliceMove::Source &kept : move.sources) {
@@ -486,16 +504,15 @@ std::optional<SliceMove> moveSlice(Plan &plan, uint32_t address, uint32_t slice,
 	}
 
 	// The users of every address handed out again, in file order, with the
-	// address's place in each one's candidates; one walk over the sources.
+	// address's place in each one's candidates.
 	std::vector<std::vector<User>> users(reallocate.size());
-	for (size_t si = 0; si < plan.sources.size(); si++) {
-		const std::vector<uint32_t> &candidates = plan.sources[si].candidates;
-		for (size_t j = 0; j < candidates.size(); j++) {
-			auto at = std::lower_bound(reallocate.begin(), reallocate.end(), candidates[j]);
-			if (at != reallocate.end() && *at == candidates[j])
-				users[static_cast<size_t>(at - reallocate.begin())].push_back({ si, j });
-		}
-	}
+	for (size_t r = 0; r < reallocate.size(); r++)
+		plan.forWanters(reallocate[r], [&](uint32_t si) {
+			const std::vector<uint32_t> &c = plan.sources[si].candidates;
+			auto at = std::lower_bound(c.begin(), c.end(), reallocate[r]);
+			if (at != c.end() && *at == reallocate[r])
+				users[r].push_back({ si, static_cast<uint64_t>(at - c.begin()) });
+		});
 	std::vector<Allocation> got(reallocate.size());
 	std::vector<AllocationError> errors;
 	for (size_t r = 0; r < reallocate.size() && errors.empty(); r++)
@@ -569,11 +586,22 @@ std::optional<SliceMove> moveSlice(Plan &plan, uint32_t address, uint32_t slice,
 	for (const SliceMove::Source &s : move.sources)
 		settle(plan.sources[s.index]);
 	if (move.candidatesChanged) {
-		// Who is dropped changed: the warnings as makePlan lists them.
-		plan.warnings.clear();
-		for (const PlannedSource &s : plan.sources)
+		// Who is dropped changed, among the sources whose candidates did:
+		// the warnings as makePlan lists them, in the file's order.
+		auto before = [](const Diagnostic &x, const Diagnostic &y) {
+			return std::tie(x.where.line, x.where.column) < std::tie(y.where.line, y.where.column);
+		};
+		for (const SliceMove::Source &kept : move.sources) {
+			const PlannedSource &s = plan.sources[kept.index];
+			if (!kept.candidates || kept.assignments.empty() == s.dropped())
+				continue;
+			Diagnostic w = droppedWarning(plan, s);
+			auto at = std::lower_bound(plan.warnings.begin(), plan.warnings.end(), w, before);
 			if (s.dropped())
-				plan.warnings.push_back(droppedWarning(plan, s));
+				plan.warnings.insert(at, std::move(w));
+			else if (at != plan.warnings.end() && at->message == w.message)
+				plan.warnings.erase(at);
+		}
 	}
 	move.reallocated = std::move(reallocate);
 	return move;

@@ -109,6 +109,14 @@ struct Plan {
 	std::vector<PlannedSource> sources;
 	config::ConntrackTuning conntrack;
 	std::vector<config::Diagnostic> warnings;
+	// Derived by makePlan, so that a slice move looks only at whom it
+	// concerns instead of walking every source (neither is in hash()):
+	// per address, the sources whose wanted tags it carries, ascending (a
+	// source's candidates are among them); and the inside addresses of
+	// stateless sources. A plan made otherwise leaves them empty, and the
+	// readers walk the sources.
+	std::vector<std::vector<uint32_t>> wanters;
+	std::optional<uint64_t> statelessInside;
 
 	// FNV-1a of the canonical JSON: equal plans, equal hash, on every machine.
 	// It names the nftables table (its comment); the table alone does not
@@ -121,6 +129,19 @@ struct Plan {
 	// nothing applied depends on it.)
 	uint64_t identity() const;
 	const PlannedServer &self() const { return servers[serverIndex]; }
+	// The sources that may use address `ai` (the wanters, or every source).
+	template<class F>
+	void forWanters(uint32_t ai, F &&f) const
+	{
+		if (wanters.size() == addresses.size()) {
+			for (uint32_t si : wanters[ai])
+				if (si < sources.size())
+					f(si);
+		} else {
+			for (uint32_t si = 0; si < sources.size(); si++)
+				f(si);
+		}
+	}
 };
 
 struct PlanResult {

@@ -170,6 +170,9 @@ void expectSameAsFullPlan(const plan::Plan &p, const plan::SliceMove &move, cons
 	ASSERT_EQ(p.warnings.size(), full.warnings.size());
 	for (size_t i = 0; i < p.warnings.size(); i++)
 		EXPECT_EQ(p.warnings[i].str(), full.warnings[i].str());
+	// What a move reads instead of walking every source stays what makePlan makes.
+	EXPECT_EQ(p.wanters, full.wanters);
+	EXPECT_EQ(p.statelessInside, full.statelessInside);
 
 	// The delta turns the old table into the new one.
 	nft::MoveDelta delta = nft::moveDelta(p, move);
