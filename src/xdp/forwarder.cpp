@@ -87,15 +87,23 @@ struct ZoneRun {
 };
 
 // `only`: the addresses whose runs are wanted (nullptr: all of them).
-std::vector<std::vector<ZoneRun>> zoneRuns(const plan::Plan &plan, const std::vector<bool> *only = nullptr)
+std::vector<std::vector<ZoneRun>> zoneRuns(const plan::Plan &plan, const std::vector<uint32_t> *only = nullptr)
 {
 	std::vector<std::vector<ZoneRun>> runs(plan.addresses.size());
-	for (const auto &source : plan.sources) {
+	auto add = [&](const plan::PlannedSource &source, uint32_t address) {
 		uint16_t zone = source.mode == config::NatMode::Stateless ? uint16_t{FWD_ZONE_STATELESS}
 									  : source.zone;
 		for (const auto &a : source.assignments)
-			if (a.address < runs.size() && (!only || (*only)[a.address]))
+			if (a.address < runs.size() && (address == UINT32_MAX || a.address == address))
 				runs[a.address].push_back({a.ports, zone});
+	};
+	if (only) {
+		// Only the sources that may use these addresses.
+		for (uint32_t ai : *only)
+			plan.forWanters(ai, [&](uint32_t si) { add(plan.sources[si], ai); });
+	} else {
+		for (const auto &source : plan.sources)
+			add(source, UINT32_MAX);
 	}
 	for (auto &r : runs)
 		std::sort(r.begin(), r.end(), [](const ZoneRun &x, const ZoneRun &y) { return x.ports.lo < y.ports.lo; });
@@ -457,16 +465,17 @@ std::vector<SliceUpdate> buildSlices(const plan::Plan &plan, const std::vector<S
 	auto targets = serverTargets(plan, neighbours);
 	// Zone runs (a walk over every source's ports) only for slices this
 	// server takes over while a previous owner drains them.
-	std::vector<bool> wanted(plan.addresses.size());
-	bool any = false;
+	std::vector<uint32_t> wanted;
 	for (const auto &ref : slices) {
-		if (ref.address >= wanted.size() || ref.slice >= plan.addresses[ref.address].sliceCount)
+		if (ref.address >= plan.addresses.size() || ref.slice >= plan.addresses[ref.address].sliceCount)
 			continue;
 		const auto &a = plan.addresses[ref.address];
 		if (a.owner[ref.slice] == static_cast<int32_t>(plan.serverIndex) && a.previous[ref.slice] != plan::kNoServer)
-			wanted[ref.address] = any = true;
+			wanted.push_back(ref.address);
 	}
-	auto runs = any ? zoneRuns(plan, &wanted) : std::vector<std::vector<ZoneRun>>(plan.addresses.size());
+	std::sort(wanted.begin(), wanted.end());
+	wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
+	auto runs = zoneRuns(plan, &wanted);
 	std::vector<SliceUpdate> updates;
 	for (const auto &ref : slices) {
 		if (ref.address >= plan.addresses.size() || ref.slice >= plan.addresses[ref.address].sliceCount)
@@ -729,16 +738,61 @@ Status storeSliceWord(int fd, uint32_t index, uint64_t word)
 	return {};
 }
 
+// The slot of fwd_zones that holds `want`, or the first never used one, where
+// `want` goes now. The program cannot reach that slot: a value in use has a
+// run, and slots are handed out lowest first (SlotTable, and here) and never
+// cleared, so the used ones are a prefix of the array and the first all-zero
+// slot ends it. Read in mappings of a few pages: mapping the whole array
+// (2 MB) makes the kernel install every page of it.
+Result<uint16_t> zoneSlot(int fd, const fwd_zones &want)
+{
+	bpf_map_info info{};
+	uint32_t size = sizeof(info);
+	if (bpf_obj_get_info_by_fd(fd, &info, &size) != 0)
+		return errnoError(errno, "reading map fwd_zones");
+	if (info.value_size != sizeof(fwd_zones))
+		return Error(ENOENT, "the zone set is not in the maps yet");
+	const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+	const size_t chunk = 16 * page;
+	const size_t total = size_t{info.max_entries} * sizeof(fwd_zones);
+	const fwd_zones none{};
+	for (size_t offset = 0; offset < total; offset += chunk) {
+		size_t bytes = std::min(chunk, (total - offset + page - 1) / page * page);
+		void *p = ::mmap(nullptr, bytes, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(offset));
+		if (p == MAP_FAILED)
+			return errnoError(errno, "mapping map fwd_zones");
+		const auto *slots = static_cast<const fwd_zones *>(p);
+		size_t first = offset / sizeof(fwd_zones);
+		size_t count = std::min(bytes, total - offset) / sizeof(fwd_zones);
+		std::optional<uint32_t> found, unused;
+		for (size_t i = first == 0 ? 1 : 0; i < count && !found && !unused; i++) {
+			if (sameBytes(slots[i], want))
+				found = static_cast<uint32_t>(first + i);
+			else if (sameBytes(slots[i], none))
+				unused = static_cast<uint32_t>(first + i);
+		}
+		::munmap(p, bytes);
+		if (found)
+			return static_cast<uint16_t>(*found);
+		if (unused) {
+			if (bpf_map_update_elem(fd, &*unused, &want, BPF_ANY) != 0)
+				return errnoError(errno, "updating map fwd_zones");
+			return static_cast<uint16_t>(*unused);
+		}
+	}
+	return Error(ENOENT, "the zone set is not in the maps yet"); // full: the whole sync makes room
+}
+
 Status syncSlices(const MapFds &maps, const std::vector<SliceUpdate> &updates)
 {
 	// A handful of words: lookups and one-page mappings, not mappings of the
 	// whole arrays (mapping one makes the kernel install all of its pages:
 	// about 1 ms for fwd_slices, fwd_addr_index and fwd_zones together).
-	// fwd_targets is small; fwd_zones is mapped only for a slice in handover.
+	// fwd_targets is small; fwd_zones is read a few pages at a time, only for
+	// a slice in handover.
 	auto targets = MappedArray::map(maps.targets, "fwd_targets");
 	if (!targets)
 		return targets.error();
-	std::optional<MappedArray> zones;
 	auto find = [](const auto *slots, uint32_t count, const auto &want) -> std::optional<uint16_t> {
 		for (uint32_t i = 1; i < count; i++)
 			if (sameBytes(slots[i], want))
@@ -771,15 +825,9 @@ Status syncSlices(const MapFds &maps, const std::vector<SliceUpdate> &updates)
 			s.previous = *slot;
 		}
 		if (u.want.zones) {
-			if (!zones) {
-				auto mapped = MappedArray::map(maps.zones, "fwd_zones");
-				if (!mapped)
-					return mapped.error();
-				zones.emplace(std::move(*mapped));
-			}
-			auto slot = find(zones->as<fwd_zones>(), zones->entries(), *u.want.zones);
+			auto slot = zoneSlot(maps.zones, *u.want.zones);
 			if (!slot)
-				return missing("the zone set");
+				return slot.error();
 			s.zones = *slot;
 		}
 		if (Status st = storeSliceWord(maps.slices, a.slice_base + u.slice, packSlice(s)); !st)
@@ -906,11 +954,15 @@ MapFds ForwarderObject::maps() const
 
 uint64_t ForwarderObject::objectHash()
 {
-	size_t size = 0;
-	const auto *bytes = static_cast<const uint8_t *>(forwarder_bpf__elf_bytes(&size));
-	Fnv1a64 h;
-	h.add(bytes, size);
-	return h.value();
+	// Every slice move compares it: the object is built in, hash it once.
+	static const uint64_t hash = [] {
+		size_t size = 0;
+		const auto *bytes = static_cast<const uint8_t *>(forwarder_bpf__elf_bytes(&size));
+		Fnv1a64 h;
+		h.add(bytes, size);
+		return h.value();
+	}();
+	return hash;
 }
 
 namespace {
