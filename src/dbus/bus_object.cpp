@@ -74,13 +74,9 @@ void BusObject::announceChanged(const std::vector<std::string> &names)
 // Who asked for a change, in the journal (CALLER_UID): the bus says which uid sent the call.
 void BusObject::logCaller(const char *member)
 {
-	std::string uid = "unknown";
-	try {
-		if (const sdbus::Message *m = getObject().getCurrentlyProcessedMessage())
-			uid = std::to_string(m->getCredsUid());
-	} catch (const sdbus::Error &) {
-		// The bus would not tell: log the call without it.
-	}
+	std::optional<uint32_t> caller = callerUid();
+	// The bus would not tell: log the call without it.
+	std::string uid = caller ? std::to_string(*caller) : "unknown";
 	log::write(log::Priority::Notice, std::string(member) + " called by uid " + uid,
 		   {{"CALLER_UID", uid}, {"DBUS_MEMBER", member}});
 }
@@ -102,8 +98,15 @@ std::optional<uint32_t> BusObject::callerUid()
 {
 	try {
 		const sdbus::Message *message = getObject().getCurrentlyProcessedMessage();
-		if (message)
-			return static_cast<uint32_t>(message->getCredsUid());
+		if (!message)
+			return std::nullopt;
+		std::string sender = message->getSender();
+		if (!sender.empty() && sender == lastSender_)
+			return lastUid_;
+		auto uid = static_cast<uint32_t>(message->getCredsUid());
+		lastSender_ = std::move(sender);
+		lastUid_ = uid;
+		return uid;
 	} catch (const sdbus::Error &) {
 	}
 	return std::nullopt;

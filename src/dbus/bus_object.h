@@ -54,6 +54,10 @@ private:
 	std::string LastError() override;
 
 	Service &service_;
+	// The last caller's unique bus name and uid: asking the bus is a round
+	// trip to it, and a unique name is never given to another connection.
+	std::string lastSender_;
+	uint32_t lastUid_ = 0;
 };
 
 } // namespace portslice::dbus
