@@ -158,15 +158,21 @@ std::vector<Chain> chains(const TableModel &m)
 	out.push_back(std::move(output));
 
 	const Key answer{ { S::IpDaddr, S::ThDport }, {} };
-	const Key block{ { S::IpSaddr, S::ThSport }, {} };
-	// The stateless rewrites: through the one map, or through the shard's
-	// chain that a verdict map picks (statelessShards).
+	// The stateless rewrites: through the one map (keyed on the unit of the
+	// port in the unit form, statelessUnit), or through the shard's chain
+	// that a verdict map picks (statelessShards).
 	const bool sharded = m.shards > 1;
+	std::optional<uint32_t> unitMask;
+	if (m.statelessUnit > 0)
+		unitMask = 0x10000 - m.statelessUnit;
+	const Key slAnswer = unitMask ? Key{ { S::ThDport, S::IpDaddr }, unitMask, true } : answer;
+	const Key slBlock = unitMask ? Key{ { S::ThSport, S::IpSaddr }, unitMask, true }
+				     : Key{ { S::IpSaddr, S::ThSport }, {} };
 	const Rule statelessReturn =
 		sharded ? Rule{ { l4, Dispatch{ Key{ { S::IpDaddr }, {} }, "sl_return_shard" } } }
-			: Rule{ { l4, MapAssign{ Target::IpDaddr, answer, "sl_return" }, Notrack{} } };
+			: Rule{ { l4, MapAssign{ Target::IpDaddr, slAnswer, "sl_return" }, Notrack{} } };
 	const Rule statelessEgress = sharded ? Rule{ { l4, Dispatch{ Key{ { S::IpSaddr }, {} }, "sl_egress_shard" } } }
-					     : Rule{ { l4, MapAssign{ Target::IpSaddr, block, "sl_egress" } } };
+					     : Rule{ { l4, MapAssign{ Target::IpSaddr, slBlock, "sl_egress" } } };
 	out.push_back({ "from_uplink", "", "", "", 0,
 			{ statelessReturn,
 			  { { l4, MapAssign{ Target::CtZone, answer, "ret_zone" } } },
@@ -318,8 +324,9 @@ enum Slot : uint32_t { kMyPorts, kMyBlocks, kNatPort, kNatAddr, kRetZone, kIcmpZ
 constexpr std::string_view kFixedNames[kShardSlots] = { "my_ports", "my_blocks", "nat_port",
 							"nat_addr", "ret_zone", "icmp_zone" };
 
-Set declarePortSet(uint32_t slot, uint32_t shards)
+Set declarePortSet(uint32_t slot, PortForm form)
 {
+	const uint32_t shards = form.shards;
 	switch (slot) {
 	case kMyPorts: return makeSet("my_ports", SetKind::Set, { { S::IpSaddr, S::ThSport } }, true);
 	case kMyBlocks: return makeSet("my_blocks", SetKind::Set, { { S::IpSaddr, S::ThSport } }, false);
@@ -350,18 +357,21 @@ Set declarePortSet(uint32_t slot, uint32_t shards)
 	// first: the kernel deletes from a pipapo map by walking its rules from
 	// the first, and with the 16-bit port first a rule costs it about 40 %
 	// less (docs/performance.md, "my_ports in shards").
-	bool portFirst = shards > 1;
+	// In the unit form a key's port is the first of its unit: exact keys,
+	// a hash map, port first too (Key::maskFirst).
+	const bool interval = form.unit == 0;
+	const bool portFirst = shards > 1 || !interval;
 	auto key = [&](Selector address, Selector port) {
 		return portFirst ? std::vector<Selector>{ port, address } : std::vector<Selector>{ address, port };
 	};
 	if (shard < shards) {
 		Set s = makeSet(shardName("sl_egress", shard, shards), SetKind::Map,
-				{ key(S::IpSaddr, S::ThSport), { S::IpSaddr } }, true);
+				{ key(S::IpSaddr, S::ThSport), { S::IpSaddr } }, interval);
 		s.egress = true;
 		return s;
 	}
 	return makeSet(shardName("sl_return", shard - shards, shards), SetKind::Map,
-		       { key(S::IpDaddr, S::ThDport), { S::IpDaddr } }, true);
+		       { key(S::IpDaddr, S::ThDport), { S::IpDaddr } }, interval);
 }
 
 // The slot of a port set's name, or nullopt.
@@ -404,8 +414,8 @@ namespace detail {
 class PortSets {
 public:
 	// `only`: fill just that slot; `none`: fill nothing (declarations).
-	explicit PortSets(uint32_t shards, std::optional<uint32_t> only = std::nullopt, bool none = false)
-		: shards_(shards), only_(only), none_(none)
+	explicit PortSets(PortForm form, std::optional<uint32_t> only = std::nullopt, bool none = false)
+		: shards_(form.shards), unit_(form.unit), only_(only), none_(none)
 	{
 	}
 
@@ -417,11 +427,14 @@ public:
 	void address(const plan::PlannedAddress &a, size_t index, uint32_t self)
 	{
 		uint32_t portsSlot = shards_ > 1 ? kShardSlots + 2 * shards_ + static_cast<uint32_t>(index % shards_) : kMyPorts;
-		if (!wants(portsSlot) && !wants(kMyBlocks))
+		// In the unit form every slice is whole blocks (statelessUnit): the
+		// guard finds each of its ports in my_blocks, and my_ports stays empty.
+		const bool wholeSlices = wants(portsSlot) && unit_ == 0;
+		if (!wholeSlices && !wants(kMyBlocks))
 			return;
 		auto add = [&](uint32_t slice) {
 			config::PortRange ports = a.slice(slice);
-			if (wants(portsSlot))
+			if (wholeSlices)
 				at(portsSlot).elements.push_back({ { ip(a.address), port(ports) }, {}, {}, {} });
 			if (!wants(kMyBlocks))
 				return;
@@ -461,6 +474,20 @@ public:
 					at(kIcmpZone).elements.push_back(
 						{ { ip(sharedAddr), quotedPort(as.ports) }, { zone(s.zone) }, {}, {} });
 			} else {
+				uint32_t returnSlot = kShardSlots + shards_ + as.address % shards_;
+				if (unit_ > 0) {
+					// One element per unit of the block, keyed on its first port.
+					for (uint32_t p = as.ports.lo; p + unit_ - 1 <= as.ports.hi; p += unit_) {
+						config::PortRange u{ static_cast<uint16_t>(p), static_cast<uint16_t>(p) };
+						if (wants(egressSlot))
+							at(egressSlot).elements.push_back(
+								{ { port(u), ip(as.first) }, { ip(sharedAddr) }, {}, {} });
+						if (wants(returnSlot))
+							at(returnSlot).elements.push_back(
+								{ { port(u), ip(sharedAddr) }, { ip(as.first) }, {}, {} });
+					}
+					continue;
+				}
 				// In shards the port comes first (declarePortSet).
 				auto key = [&](Ipv4 a) {
 					return shards_ > 1 ? std::vector<Field>{ port(as.ports), ip(a) }
@@ -468,7 +495,6 @@ public:
 				};
 				if (wants(egressSlot))
 					at(egressSlot).elements.push_back({ key(as.first), { ip(sharedAddr) }, {}, {} });
-				uint32_t returnSlot = kShardSlots + shards_ + as.address % shards_;
 				if (wants(returnSlot))
 					at(returnSlot).elements.push_back({ key(sharedAddr), { ip(as.first) }, {}, {} });
 			}
@@ -516,11 +542,12 @@ private:
 	{
 		auto it = sets_.find(slot);
 		if (it == sets_.end())
-			it = sets_.emplace(slot, declarePortSet(slot, shards_)).first;
+			it = sets_.emplace(slot, declarePortSet(slot, { shards_, unit_ })).first;
 		return it->second;
 	}
 
 	uint32_t shards_;
+	uint32_t unit_;
 	std::optional<uint32_t> only_;
 	bool none_;
 	std::map<uint32_t, Set> sets_;
@@ -550,19 +577,42 @@ Set generationSet(uint64_t generation)
 	return set;
 }
 
-uint32_t statelessShards(const Plan &plan)
+namespace {
+
+uint32_t shardsFor(uint64_t inside)
 {
-	uint64_t inside = 0;
-	if (plan.statelessInside)
-		inside = *plan.statelessInside;
-	else
-		for (const PlannedSource &s : plan.sources)
-			if (s.mode == NatMode::Stateless && s.match.saddr)
-				inside += uint64_t{ 1 } << (32 - s.match.saddr->length);
 	uint32_t shards = 1;
 	while (shards < kMaxShards && uint64_t{ shards } * kShardElements < inside)
 		shards *= 2;
 	return shards;
+}
+
+uint32_t unitOf(const plan::PortShape &shape)
+{
+	if (shardsFor(shape.statelessInside) == 1 || shape.blockGrain == 0 || shape.sliceGrain == 0 ||
+	    shape.sliceGrain % kPortBlock != 0)
+		return 0;
+	uint32_t unit = std::min(shape.blockGrain, kPortBlock);
+	return shape.largestBlock / unit <= kMaxUnitsPerBlock ? unit : 0;
+}
+
+} // namespace
+
+uint32_t statelessUnit(const Plan &plan)
+{
+	return unitOf(plan::portShape(plan));
+}
+
+uint32_t statelessShards(const Plan &plan)
+{
+	return portForm(plan).shards;
+}
+
+PortForm portForm(const Plan &plan)
+{
+	plan::PortShape shape = plan::portShape(plan);
+	uint32_t unit = unitOf(shape);
+	return { unit > 0 ? 1 : shardsFor(shape.statelessInside), unit };
 }
 
 std::string shardName(std::string_view base, uint32_t shard, uint32_t shards)
@@ -578,7 +628,7 @@ bool isPortSet(std::string_view name)
 	return portSlot(name, 1).has_value() || portSlot(name, kMaxShards).has_value();
 }
 
-PortSetSource::PortSetSource(const Plan &plan) : plan_(plan), shards_(statelessShards(plan))
+PortSetSource::PortSetSource(const Plan &plan) : plan_(plan), form_(portForm(plan)), shards_(form_.shards)
 {
 	if (shards_ == 1)
 		return;
@@ -628,7 +678,7 @@ void PortSetSource::chunks(std::string_view name, size_t chunk,
 	std::optional<uint32_t> slot = portSlot(name, shards_);
 	if (!slot)
 		return;
-	PortSets ports(shards_, slot);
+	PortSets ports(form_, slot);
 	auto flush = [&](size_t atLeast) {
 		if (ports.count(*slot) > 0 && ports.count(*slot) >= atLeast)
 			take(ports.takeElements(*slot, false));
@@ -642,7 +692,7 @@ std::vector<Element> PortSetSource::elements(std::string_view name, bool sorted)
 	std::optional<uint32_t> slot = portSlot(name, shards_);
 	if (!slot)
 		return {};
-	PortSets ports(shards_, slot);
+	PortSets ports(form_, slot);
 	fill(ports, *slot, [] {});
 	return ports.takeElements(*slot, sorted);
 }
@@ -660,13 +710,15 @@ std::vector<Element> portSetElements(const Plan &plan, std::string_view name, bo
 
 namespace {
 
-TableModel build(const Plan &plan, uint64_t generation, bool portElements, uint32_t shards)
+TableModel build(const Plan &plan, uint64_t generation, bool portElements, PortForm form)
 {
+	const uint32_t shards = form.shards;
 	TableModel m;
 	m.comment = tableComment(plan, generation);
 	m.generation = generation;
 	m.uplink = plan.uplink;
 	m.shards = shards;
+	m.statelessUnit = form.unit;
 
 	std::set<Shape> shapes;
 	for (const PlannedSource &s : plan.sources)
@@ -688,7 +740,7 @@ TableModel build(const Plan &plan, uint64_t generation, bool portElements, uint3
 		m.counters.push_back("addr_" + a.address.str());
 	m.counters.push_back("guard_other");
 
-	PortSets ports(shards, std::nullopt, !portElements);
+	PortSets ports(form, std::nullopt, !portElements);
 	Set shared = makeSet("shared", SetKind::Set, { { S::IpSaddr }, {}, false }, false);
 	Set countAddr = makeSet("count_addr", SetKind::CounterMap, { { S::IpSaddr }, {}, false }, false);
 	for (size_t ai = 0; ai < plan.addresses.size(); ai++) {
@@ -826,7 +878,7 @@ TableModel build(const Plan &plan, uint64_t generation, bool portElements, uint3
 
 TableModel buildModel(const Plan &plan, uint64_t generation, bool portElements)
 {
-	return build(plan, generation, portElements, statelessShards(plan));
+	return build(plan, generation, portElements, portForm(plan));
 }
 
 TableModel egressModel(const TableModel &model)
@@ -882,7 +934,7 @@ TableModel declarations(const Plan &plan)
 			small.sources.push_back(std::move(one));
 		}
 	}
-	TableModel m = build(small, 0, false, statelessShards(plan));
+	TableModel m = build(small, 0, false, portForm(plan));
 	for (Set &s : m.sets)
 		s.elements.clear();
 	return m;
@@ -910,8 +962,8 @@ MoveDelta takeDelta(PortSets &before, PortSets &after)
 
 MoveDelta moveDelta(const Plan &plan, const plan::SliceMove &move)
 {
-	uint32_t shards = statelessShards(plan);
-	PortSets before(shards), after(shards);
+	PortForm form = portForm(plan);
+	PortSets before(form), after(form);
 	before.address(move.before, move.address, plan.serverIndex);
 	after.address(plan.addresses[move.address], move.address, plan.serverIndex);
 	for (const plan::SliceMove::Source &s : move.sources) {
@@ -930,8 +982,8 @@ MoveDelta movesDelta(const Plan &plan, const std::vector<plan::SliceMove> &moves
 		for (const plan::SliceMove::Source &s : m.sources)
 			users.emplace(s.index, &s.assignments);
 	}
-	uint32_t shards = statelessShards(plan);
-	PortSets before(shards), after(shards);
+	PortForm form = portForm(plan);
+	PortSets before(form), after(form);
 	for (const auto &[index, was] : addresses) {
 		before.address(*was, index, plan.serverIndex);
 		after.address(plan.addresses[index], index, plan.serverIndex);

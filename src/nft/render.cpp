@@ -177,13 +177,13 @@ std::string keyText(const Key &key)
 	std::vector<std::string> words;
 	for (Selector s : key.parts)
 		words.emplace_back(selectorText(s));
-	std::string out = join(words, " . ");
 	if (key.mask) {
 		// An address mask prints as an address, others as an integer.
-		bool address = fieldType(key.parts.back()) == FieldType::Ipv4;
-		out += " & " + (address ? Ipv4{ *key.mask }.str() : std::to_string(*key.mask));
+		std::string &masked = key.maskFirst ? words.front() : words.back();
+		bool address = fieldType(key.maskFirst ? key.parts.front() : key.parts.back()) == FieldType::Ipv4;
+		masked += " & " + (address ? Ipv4{ *key.mask }.str() : std::to_string(*key.mask));
 	}
-	return out;
+	return join(words, " . ");
 }
 
 const char *targetText(Target t)

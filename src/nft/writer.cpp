@@ -327,16 +327,20 @@ private:
 		}
 	}
 
-	// Load a concatenation into register 1 onwards, its mask on the last part.
+	// Load a concatenation into register 1 onwards, its mask on the last
+	// part (or the first).
 	void loadKey(const Key &key)
 	{
 		for (Selector s : key.parts)
 			if (s == Selector::IpSaddr || s == Selector::IpDaddr)
 				ipv4Only();
 		bool be = convertsToBigEndian(key.parts);
-		uint32_t words = 0, lastReg = kReg1;
-		for (Selector s : key.parts) {
-			uint32_t reg = lastReg = regAt(words);
+		uint32_t words = 0, maskReg = kReg1;
+		for (size_t i = 0; i < key.parts.size(); i++) {
+			Selector s = key.parts[i];
+			uint32_t reg = regAt(words);
+			if (!key.maskFirst || i == 0)
+				maskReg = reg;
 			switch (s) {
 			case Selector::Iifname: metaLoad(NFT_META_IIFNAME, reg); break;
 			case Selector::IpSaddr: payloadLoad(NFT_PAYLOAD_NETWORK_HEADER, 12, 4, reg); break;
@@ -356,16 +360,16 @@ private:
 		}
 		if (key.mask) {
 			// The mask in the register's byte order.
-			Selector last = key.parts.back();
-			uint32_t len = selectorInfo(last).len;
-			bool network = be || selectorInfo(last).order == kBigEndian;
+			Selector masked = key.maskFirst ? key.parts.front() : key.parts.back();
+			uint32_t len = selectorInfo(masked).len;
+			bool network = be || selectorInfo(masked).order == kBigEndian;
 			if (len == 2) {
 				auto m = static_cast<uint16_t>(*key.mask);
 				uint16_t v = network ? htons(m) : m;
-				bitwiseAnd(lastReg, &v, 2);
+				bitwiseAnd(maskReg, &v, 2);
 			} else {
 				uint32_t v = network ? htonl(*key.mask) : *key.mask;
-				bitwiseAnd(lastReg, &v, 4);
+				bitwiseAnd(maskReg, &v, 4);
 			}
 		}
 	}

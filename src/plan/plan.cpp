@@ -382,7 +382,6 @@ PlanResult makePlan(const config::Config &config, std::string_view server)
 	}
 	static const std::vector<uint32_t> kNone;
 	plan.wanters.resize(plan.addresses.size());
-	uint64_t statelessInside = 0;
 	for (const config::Source &s : config.sources) {
 		PlannedSource p;
 		p.name = s.name;
@@ -408,11 +407,9 @@ PlanResult makePlan(const config::Config &config, std::string_view server)
 			if (usable(plan.addresses[i]))
 				p.candidates.push_back(i);
 		}
-		if (p.mode == NatMode::Stateless && p.match.saddr)
-			statelessInside += p.match.saddr->size();
 		plan.sources.push_back(std::move(p));
 	}
-	plan.statelessInside = statelessInside;
+	plan.shape = portShape(plan);
 	assignZones(config, plan.sources, diagnostics);
 
 	// Per address, the sources that use it (in file order) and where the
@@ -444,6 +441,29 @@ PlanResult makePlan(const config::Config &config, std::string_view server)
 	if (!config::hasErrors(diagnostics))
 		result.plan = std::move(plan);
 	return result;
+}
+
+PortShape portShape(const Plan &plan)
+{
+	if (plan.shape)
+		return *plan.shape;
+	PortShape shape;
+	uint32_t blocks = 0, slices = 0;
+	for (const PlannedSource &s : plan.sources) {
+		if (s.mode != NatMode::Stateless)
+			continue;
+		if (s.match.saddr)
+			shape.statelessInside += s.match.saddr->size();
+		blocks |= s.block;
+		shape.largestBlock = std::max(shape.largestBlock, s.block);
+	}
+	for (const PlannedAddress &a : plan.addresses)
+		if (a.local)
+			slices |= uint32_t{ a.portRange.lo } | a.sliceSize;
+	// The lowest bit set in any of them: the largest power of two dividing all.
+	shape.blockGrain = blocks & (~blocks + 1);
+	shape.sliceGrain = slices & (~slices + 1);
+	return shape;
 }
 
 std::optional<SliceMove> moveSlice(Plan &plan, uint32_t address, uint32_t slice, int32_t owner, int32_t previous)

@@ -98,6 +98,16 @@ struct PlannedSource {
 	bool dropped() const { return assignments.empty(); } // no candidate here
 };
 
+// What the shape of the table depends on (nft/model.h, statelessShards and
+// statelessUnit): it follows from the config alone, moves do not change it.
+struct PortShape {
+	uint64_t statelessInside = 0; // inside addresses of the stateless sources
+	uint32_t blockGrain = 0;      // largest power of two dividing every stateless block (0: no stateless source)
+	uint32_t largestBlock = 0;
+	uint32_t sliceGrain = 0; // ... dividing the first port and the slice size of every local address (0: none)
+	bool operator==(const PortShape &) const = default;
+};
+
 struct Plan {
 	std::string server;
 	uint32_t serverIndex = 0;
@@ -112,11 +122,11 @@ struct Plan {
 	// Derived by makePlan, so that a slice move looks only at whom it
 	// concerns instead of walking every source (neither is in hash()):
 	// per address, the sources whose wanted tags it carries, ascending (a
-	// source's candidates are among them); and the inside addresses of
-	// stateless sources. A plan made otherwise leaves them empty, and the
-	// readers walk the sources.
+	// source's candidates are among them); and what the table's shape
+	// depends on (portShape). A plan made otherwise leaves them empty, and
+	// the readers walk the sources.
 	std::vector<std::vector<uint32_t>> wanters;
-	std::optional<uint64_t> statelessInside;
+	std::optional<PortShape> shape;
 
 	// FNV-1a of the canonical JSON: equal plans, equal hash, on every machine.
 	// It names the nftables table (its comment); the table alone does not
@@ -182,6 +192,10 @@ struct SliceMove {
 	// them when its runs changed): their handover slices may see other zones.
 	std::vector<uint32_t> reallocated;
 };
+
+// plan.shape, or (a plan not made by makePlan) worked out from its sources
+// and addresses.
+PortShape portShape(const Plan &plan);
 
 std::optional<SliceMove> moveSlice(Plan &plan, uint32_t address, uint32_t slice, int32_t owner,
 				   int32_t previous = kNoServer);

@@ -506,15 +506,23 @@ TEST_F(JournalLab, AuditNamesExactlyTheElementDeletedByHand)
 	EXPECT_NE(both.output.find("2 differences"), std::string::npos) << both.output;
 }
 
+// The lab fleet and a /24 stateless source of `block`-port blocks on a
+// third address: 272 stateless inside addresses, a large fleet (docs/nat.md).
+std::string largeFleet(int block)
+{
+	return kLabFleet + "\n[[addresses]]\naddress = \"198.51.100.3\"\ndatacenter = \"lab1\"\n"
+			   "tags = { product = \"bulk\" }\nslices = { s1 = 0, s2 = 1, s3 = [2, 3] }\n"
+			   "\n[[sources]]\nname = \"bulk\"\nmatch = { saddr = \"100.64.200.0/24\" }\n"
+			   "want = { product = \"bulk\" }\nnat = \"stateless\"\nblock = " +
+	       std::to_string(block) + "\n";
+}
+
 // A fleet large enough for the stateless maps and my_ports to come in
-// shards (272 stateless inside addresses: 2 shards, docs/nat.md): the audit
+// shards (2 shards; blocks of 6 ports, which no unit form fits): the audit
 // reads the verdict maps back and tells a `goto` from a `jump`.
 TEST_F(JournalLab, AuditReadsTheShardsOfALargeFleetBackAndTellsGotoFromJump)
 {
-	writeConfig(kLabFleet + "\n[[addresses]]\naddress = \"198.51.100.3\"\ndatacenter = \"lab1\"\n"
-				"tags = { product = \"bulk\" }\nslices = { s1 = 0, s2 = 1, s3 = [2, 3] }\n"
-				"\n[[sources]]\nname = \"bulk\"\nmatch = { saddr = \"100.64.200.0/24\" }\n"
-				"want = { product = \"bulk\" }\nnat = \"stateless\"\nblock = 8\n");
+	writeConfig(largeFleet(6));
 	daemonArgs_ = {"--no-repair"};
 	startDaemon(0);
 	std::string listed = table();
@@ -537,6 +545,30 @@ TEST_F(JournalLab, AuditReadsTheShardsOfALargeFleetBackAndTellsGotoFromJump)
 	Outcome gone = ctl("audit");
 	EXPECT_EQ(gone.status, 1) << gone.output;
 	EXPECT_NE(gone.output.find("set my_ports_1: element 198.51.100.2 . 1024-3071 missing from the kernel\n"),
+		  std::string::npos)
+		<< gone.output;
+}
+
+// The same fleet with blocks of 8 ports: every block and slice is made of
+// 8-port units, so it takes the unit form (docs/nat.md): the audit reads
+// its hash maps back, clean after start, and names an element of sl_egress
+// deleted by hand.
+TEST_F(JournalLab, AuditReadsTheHashMapsOfTheUnitFormBack)
+{
+	writeConfig(largeFleet(8));
+	daemonArgs_ = {"--no-repair"};
+	startDaemon(0);
+	std::string listed = table();
+	ASSERT_NE(listed.find("ip saddr set th sport & 65528 . ip saddr map @sl_egress"), std::string::npos) << listed;
+	// stateless-gb's inside address 100.64.9.8: the first unit of s1's slice 0 of 198.51.100.2.
+	ASSERT_NE(listed.find("1024 . 100.64.9.8 : 198.51.100.2"), std::string::npos) << listed;
+	Outcome clean = ctl("audit");
+	EXPECT_EQ(clean.status, 0) << clean.output << "\n" << listed;
+
+	ASSERT_TRUE(inNs("nft delete element inet portslice sl_egress { 1024 . 100.64.9.8 }").ok()) << table();
+	Outcome gone = ctl("audit");
+	EXPECT_EQ(gone.status, 1) << gone.output;
+	EXPECT_NE(gone.output.find("map sl_egress: element 1024 . 100.64.9.8 : 198.51.100.2 missing from the kernel\n"),
 		  std::string::npos)
 		<< gone.output;
 }

@@ -12,7 +12,7 @@ namespace portslice::testing {
 // docs/performance.md "Generated fleets": 31 servers, N shared addresses of
 // 198.18.0.0/15 (one 2048-port slice each per server), N stateless sources of
 // a /28 with block 128 (one whole slice each), inside addresses in 100.64.0.0/10.
-inline std::string generatedFleet(uint32_t n)
+inline std::string generatedFleet(uint32_t n, uint32_t block = 128)
 {
 	std::string t;
 	t.reserve(n * 400);
@@ -33,7 +33,8 @@ inline std::string generatedFleet(uint32_t n)
 	for (uint32_t i = 0; i < n; i++) {
 		Ipv4 p{(100u << 24 | 64u << 16) + i * 16};
 		t += "[[sources]]\nname = \"src" + std::to_string(i) + "\"\nmatch = { saddr = \"" + p.str() +
-		     "/28\" }\nwant = { id = \"a" + std::to_string(i) + "\" }\nnat = \"stateless\"\nblock = 128\n\n";
+		     "/28\" }\nwant = { id = \"a" + std::to_string(i) + "\" }\nnat = \"stateless\"\nblock = " +
+		     std::to_string(block) + "\n\n";
 	}
 	return t;
 }

@@ -196,6 +196,60 @@ for port in (10100, 11500):
 	EXPECT_EQ(guardOther() - before, 3);
 }
 
+// The same large fleet where every block and slice is made of aligned units
+// (slices of 1024 ports from 8192, corp-us1's blocks of 64, bulk's of 8):
+// the unit form (docs/nat.md), no shard. The stateless maps are hash maps
+// keyed on the first port of an 8-port unit; v1's host 100.64.11.2 (block
+// 8320-8383 of s1's slice 0 of 198.51.100.2) leaves from its block and gets
+// its answers, untracked, and a port of its neighbour's block is dropped.
+TEST_F(NatTraffic, StatelessTrafficGoesThroughTheHashMapsOfTheUnitForm)
+{
+	std::string cfg = config();
+	ASSERT_TRUE(run("sed -i -e 's/^port_range = .*/port_range = \"8192-16383\"/' -e 's/^slice_size = .*/slice_size = 1024/' "
+			"-e 's/^block = 100$/block = 64/' " + cfg)
+			    .ok());
+	std::ofstream(cfg, std::ios::app) << "\n[[addresses]]\naddress = \"198.51.100.3\"\ndatacenter = \"lab1\"\n"
+					     "tags = { product = \"bulk\" }\nslices = { s1 = [0, 3], s2 = [1, 4], s3 = [2, 5] }\n"
+					     "\n[[sources]]\nname = \"bulk\"\nmatch = { saddr = \"100.64.200.0/24\" }\n"
+					     "want = { product = \"bulk\" }\nnat = \"stateless\"\nblock = 8\n";
+	auto applied = applyOnce(cfg);
+	ASSERT_TRUE(applied.ok()) << applied.output;
+	auto table = inNode("s1", "nft list table inet portslice");
+	ASSERT_TRUE(table.ok()) << table.output;
+	EXPECT_NE(table.output.find("ip saddr set th sport & 65528 . ip saddr map @sl_egress"), std::string::npos)
+		<< table.output;
+	EXPECT_NE(table.output.find("ip daddr set th dport & 65528 . ip daddr map @sl_return notrack"),
+		  std::string::npos)
+		<< table.output;
+	EXPECT_EQ(table.output.find("sl_egress_shard"), std::string::npos) << table.output;
+	EXPECT_EQ(table.output.find("my_ports_shard"), std::string::npos) << table.output;
+	// Host 100.64.11.2's block is eight units, each an element of both maps.
+	auto egress = inNode("s1", "nft list map inet portslice sl_egress");
+	EXPECT_NE(egress.output.find("typeof th sport . ip saddr : ip saddr"), std::string::npos) << egress.output;
+	EXPECT_EQ(egress.output.find("flags interval"), std::string::npos) << egress.output;
+	for (int unit = 8320; unit < 8384; unit += 8)
+		EXPECT_NE(egress.output.find(std::to_string(unit) + " . 100.64.11.2 : 198.51.100.2"), std::string::npos)
+			<< unit << "\n" << egress.output;
+	serve();
+
+	auto inBlock = [](int port) { return port >= 8320 && port <= 8383; };
+	ASSERT_TRUE(inNode("v1", "sysctl -qw net.ipv4.ip_local_port_range='8320 8383'").ok());
+	expectFlowsFrom("v1", "198.51.100.2", inBlock);
+	EXPECT_EQ(conntrackCount("s1", "-s 100.64.11.0/28"), 0);
+	EXPECT_EQ(conntrackCount("s1", "-d 198.51.100.2"), 0);
+
+	// The next unit past its block is 100.64.11.3's: not this host's, dropped.
+	auto r = inNode("v1", "sysctl -qw net.ipv4.ip_local_port_range='8384 8391' && " +
+				      buildPath("tests/lab/labtraffic") +
+				      " send --to 203.0.113.10:7000 --tcp 3 --udp 3 --timeout-ms 800 2>&1");
+	EXPECT_FALSE(r.ok()) << r.output;
+	EXPECT_EQ(parseSeen(r.output).ok, 0) << r.output;
+	auto guard = inNode("s1", "nft list counter inet portslice guard_corp-us1");
+	std::smatch m;
+	ASSERT_TRUE(std::regex_search(guard.output, m, std::regex("packets ([0-9]+)"))) << guard.output;
+	EXPECT_GE(std::stoi(m[1]), 6);
+}
+
 TEST_F(NatTraffic, AStatelessHostOutsideItsBlockIsDroppedAndCountedNotLeaked)
 {
 	ASSERT_TRUE(applyOnce(config()).ok());

@@ -172,7 +172,7 @@ void expectSameAsFullPlan(const plan::Plan &p, const plan::SliceMove &move, cons
 		EXPECT_EQ(p.warnings[i].str(), full.warnings[i].str());
 	// What a move reads instead of walking every source stays what makePlan makes.
 	EXPECT_EQ(p.wanters, full.wanters);
-	EXPECT_EQ(p.statelessInside, full.statelessInside);
+	EXPECT_EQ(p.shape, full.shape);
 
 	// The delta turns the old table into the new one.
 	nft::MoveDelta delta = nft::moveDelta(p, move);
@@ -275,15 +275,17 @@ TEST(MoveSlice, EqualsAFullPlanInTheGeneratedFleet)
 
 // A generated fleet large enough for the stateless maps to come in shards
 // (40 sources of a /28: 640 blocks, 4 shards of sl_egress, sl_return and
-// my_ports, nft/model.h): a source's blocks leave and come back in its
-// shards only, the slice in its address's shard of my_ports, and the delta
-// still turns the old table into the full plan's.
+// my_ports, nft/model.h; blocks of 100 ports, which no unit form fits): a
+// source's blocks leave and come back in its shards only, the slice in its
+// address's shard of my_ports, and the delta still turns the old table into
+// the full plan's.
 TEST(MoveSlice, EqualsAFullPlanWithTheStatelessMapsInShards)
 {
 	Tally tally;
-	config::Config config = loadText(portslice::testing::generatedFleet(40));
+	config::Config config = loadText(portslice::testing::generatedFleet(40, 100));
 	const plan::Plan p = *plan::makePlan(config, "s1").plan;
 	ASSERT_EQ(nft::statelessShards(p), 4u);
+	ASSERT_EQ(nft::statelessUnit(p), 0u);
 	const nft::TableModel model = nft::buildModel(p, 1);
 	ASSERT_NE(model.find("sl_egress_3"), nullptr);
 	ASSERT_NE(model.find("sl_return_3"), nullptr);
@@ -302,6 +304,45 @@ TEST(MoveSlice, EqualsAFullPlanWithTheStatelessMapsInShards)
 	for (const nft::Set &s : nft::moveDelta(moved, *move).after)
 		names.push_back(s.name);
 	EXPECT_EQ(names, (std::vector<std::string>{ "my_blocks", "sl_egress_1", "sl_return_1", "my_ports_1" }));
+}
+
+// The same fleet with blocks of 128 ports: every block and slice is made of
+// aligned units of 128 ports, so the large fleet takes the unit form
+// (nft/model.h): no shard, sl_egress and sl_return hash maps keyed on a
+// unit's first port, my_ports empty. Every move still equals the full plan,
+// and a loss changes my_blocks and the two maps only.
+TEST(MoveSlice, EqualsAFullPlanWithTheStatelessMapsInTheUnitForm)
+{
+	Tally tally;
+	config::Config config = loadText(portslice::testing::generatedFleet(40));
+	const plan::Plan p = *plan::makePlan(config, "s1").plan;
+	ASSERT_EQ(nft::statelessShards(p), 1u);
+	ASSERT_EQ(nft::statelessUnit(p), 128u);
+	const nft::TableModel model = nft::buildModel(p, 1);
+	const nft::Set *egress = model.find("sl_egress");
+	ASSERT_NE(egress, nullptr);
+	EXPECT_FALSE(egress->interval);
+	// One element per inside address: 40 sources of 16.
+	EXPECT_EQ(egress->elements.size(), 640u);
+	ASSERT_NE(model.find("my_ports"), nullptr);
+	EXPECT_TRUE(model.find("my_ports")->elements.empty());
+	EXPECT_EQ(model.find("sl_egress_1"), nullptr);
+	EXPECT_EQ(model.find("sl_egress_shard"), nullptr);
+	for (const char *server : {"s1", "s31"})
+		checkEveryMove(config, server, tally, 3);
+	EXPECT_EQ(tally.lastSlice, 2u * 3u * 30u);
+	EXPECT_EQ(tally.full, 0u);
+	plan::Plan moved = p;
+	std::optional<plan::SliceMove> move = plan::moveSlice(moved, 5, 0, 1);
+	ASSERT_TRUE(move);
+	nft::MoveDelta delta = nft::moveDelta(moved, *move);
+	std::vector<std::string> names;
+	for (const nft::Set &s : delta.after)
+		names.push_back(s.name);
+	EXPECT_EQ(names, (std::vector<std::string>{ "my_blocks", "sl_egress", "sl_return" }));
+	// The source of address 5 loses its 16 blocks, in both maps.
+	EXPECT_EQ(delta.before[1].elements.size(), 16u);
+	EXPECT_TRUE(delta.after[1].elements.empty());
 }
 
 // Moves one after another on the same plan (a slice lost, then another,
