@@ -127,33 +127,23 @@ double median(std::vector<double> v)
 	return v[v.size() / 2];
 }
 
-// The largest set of the table and its largest stateless map. The stateless
-// maps (16 elements a source) and my_ports come in shards once there are
-// more than 256 inside addresses (nft/model.h, statelessShards): then the
-// largest set is my_blocks (one element a slice of this server here), and
-// the largest stateless map is the verdict map that picks a source's shard.
-// `shards`: how many; the slices of address i are in my_ports_(i mod shards).
+// The largest set of the table, its largest stateless map, and the set
+// whose element the reference (the nft CLI) changes. Past 256 stateless
+// inside addresses the generated fleet (blocks of 128 ports in slices of
+// 2,048 from port 1024) takes the unit form (nft/model.h, statelessUnit):
+// sl_egress is a hash map of one element per block, the largest set, and
+// my_ports stays empty (the CLI's change of it still reads the whole table).
 struct Largest {
 	const char *kind;
 	std::string name;
 	std::string stateless;
 	uint32_t statelessElements;
-	uint32_t shards;
-	std::string portsOf(uint32_t address) const
-	{
-		return shards == 1 ? "my_ports" : "my_ports_" + std::to_string(address % shards);
-	}
 };
 Largest largestSets(uint32_t sources)
 {
-	uint64_t inside = uint64_t{sources} * 16;
-	uint32_t shards = 1;
-	while (shards < 1024 && uint64_t{shards} * 256 < inside)
-		shards *= 2;
-	if (shards == 1)
-		return {"map", "sl_egress", "sl_egress", sources * 16, 1};
-	return {"set", "my_blocks", "sl_egress_shard", sources, shards};
+	return {"map", "sl_egress", "sl_egress", sources * 16};
 }
+const char *const kReferenceSet = "my_ports";
 
 std::string statusField(pid_t pid, const std::string &field)
 {
@@ -362,7 +352,7 @@ int main(int argc, char **argv)
 	// other: slice 5 of address n/4+i goes from s6 to s7 (s1 only learns of it).
 	// Each is undone by a second call (timed too: giving back a slice that is
 	// not the last, and a first slice arriving). A = the call, B = the nft CLI
-	// changing the same element of my_ports (or of its shard) on the copy,
+	// changing an element of my_ports on the copy,
 	// alternating A B A B.
 	enum { Gain, GiveBack, Loss, FirstBack, Other, OtherBack, Cases };
 	const char *caseNames[Cases] = {"gain (s1 takes a second slice of an address)",
@@ -379,17 +369,17 @@ int main(int argc, char **argv)
 			 oi = sources / 4 + static_cast<uint32_t>(i);
 		std::string g = addressOf(gi), l = addressOf(li), o = addressOf(oi);
 		a[Gain].push_back(call(g, k, "s1"));
-		addB.push_back(nft({"add", "element", "inet", "portslice", largest.portsOf(gi), "{ " + g + " . " + sliceText(k) + " }"}));
+		addB.push_back(nft({"add", "element", "inet", "portslice", kReferenceSet, "{ " + g + " . " + sliceText(k) + " }"}));
 		a[GiveBack].push_back(call(g, k, "s" + std::to_string(k + 1)));
-		nft({"delete", "element", "inet", "portslice", largest.portsOf(gi), "{ " + g + " . " + sliceText(k) + " }"});
+		nft({"delete", "element", "inet", "portslice", kReferenceSet, "{ " + g + " . " + sliceText(k) + " }"});
 		a[Loss].push_back(call(l, 0, "s2"));
-		delB.push_back(nft({"delete", "element", "inet", "portslice", largest.portsOf(li), "{ " + l + " . " + sliceText(0) + " }"}));
+		nft({"add", "element", "inet", "portslice", kReferenceSet, "{ " + l + " . " + sliceText(0) + " }"});
+		delB.push_back(nft({"delete", "element", "inet", "portslice", kReferenceSet, "{ " + l + " . " + sliceText(0) + " }"}));
 		a[FirstBack].push_back(call(l, 0, "s1"));
-		nft({"add", "element", "inet", "portslice", largest.portsOf(li), "{ " + l + " . " + sliceText(0) + " }"});
 		a[Other].push_back(call(o, 5, "s7"));
-		otherB.push_back(nft({"add", "element", "inet", "portslice", largest.portsOf(oi), "{ " + o + " . " + sliceText(5) + " }"}));
+		otherB.push_back(nft({"add", "element", "inet", "portslice", kReferenceSet, "{ " + o + " . " + sliceText(5) + " }"}));
 		a[OtherBack].push_back(call(o, 5, "s6"));
-		nft({"delete", "element", "inet", "portslice", largest.portsOf(oi), "{ " + o + " . " + sliceText(5) + " }"});
+		nft({"delete", "element", "inet", "portslice", kReferenceSet, "{ " + o + " . " + sliceText(5) + " }"});
 		// The first step of any nft CLI change of a large set: listing it.
 		std::vector<std::string> list = nsenter;
 		for (const std::string &arg : {std::string("list"), std::string(largest.kind), std::string("inet"),
@@ -500,8 +490,8 @@ int main(int argc, char **argv)
 			return listing.substr(at + tag.size(), listing.find('\n', at) - at - tag.size());
 		};
 		for (int i = 0; i < driftPairs; ++i) {
-			element.push_back(repair({"delete", "element", "inet", "portslice", largest.portsOf(sources - 1),
-						  "{ " + last + " . " + sliceText(0) + " }"}));
+			element.push_back(repair({"delete", "element", "inet", "portslice", "my_blocks",
+						  "{ " + last + " . 1024 }"}));
 			table.push_back(repair({"delete", "table", "inet", "portslice"}));
 			flushSmall.push_back(repair({"flush", "set", "inet", "portslice", "my_blocks"}));
 			table.push_back(repair({"delete", "table", "inet", "portslice"}));
@@ -517,15 +507,16 @@ int main(int argc, char **argv)
 			rl.push_back(flushLarge[i] / table[4 * i + 2]);
 			rr.push_back(rule[i] / table[4 * i + 3]);
 		}
+		// my_blocks: s1's slice 0 of each address, two 1024-port blocks.
 		std::printf("Drift repair (from the end of the nft change until restored; the nft commands took %.1f ms, "
 			    "median), median of %d pairs against the deleted table "
 			    "(a full apply) %.1f ms:\n"
-			    "  element deleted (my_ports or its shard) %8.1f ms, ratio %.4f\n"
+			    "  element deleted (my_blocks) %8.1f ms, ratio %.4f\n"
 			    "  set flushed (my_blocks, %u elements) %8.1f ms, ratio %.4f\n"
 			    "  set flushed (%s, %u elements) %8.1f ms, ratio %.4f\n"
 			    "  rule deleted (egress: counter name ip saddr map @count_sl) %8.1f ms, ratio %.4f\n"
 			    "  daemon peak RSS after the repairs:%s\n",
-			    median(changeSeconds) * 1e3, driftPairs, median(table) * 1e3, median(element) * 1e3, median(re), sources,
+			    median(changeSeconds) * 1e3, driftPairs, median(table) * 1e3, median(element) * 1e3, median(re), 2 * sources,
 			    median(flushSmall) * 1e3, median(rs), largest.stateless.c_str(), largest.statelessElements,
 			    median(flushLarge) * 1e3, median(rl), median(rule) * 1e3, median(rr),
 			    peakRss(daemon).c_str());
