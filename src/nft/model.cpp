@@ -162,17 +162,21 @@ std::vector<Chain> chains(const TableModel &m)
 	// port in the unit form, statelessUnit), or through the shard's chain
 	// that a verdict map picks (statelessShards).
 	const bool sharded = m.shards > 1;
-	std::optional<uint32_t> unitMask;
-	if (m.statelessUnit > 0)
-		unitMask = 0x10000 - m.statelessUnit;
-	const Key slAnswer = unitMask ? Key{ { S::ThDport, S::IpDaddr }, unitMask, true } : answer;
-	const Key slBlock = unitMask ? Key{ { S::ThSport, S::IpSaddr }, unitMask, true }
+	const bool unitForm = m.statelessUnit > 0;
+	// The unit form's keys and the port of its parts (kUnitParts).
+	const std::optional<uint32_t> unitMask = unitForm ? std::optional<uint32_t>(0x10000 - m.statelessUnit) : std::nullopt;
+	const std::optional<uint32_t> partMask = (kUnitParts - 1) * m.statelessUnit;
+	const Key slAnswer = unitForm ? Key{ { S::ThDport, S::IpDaddr }, unitMask, true } : answer;
+	const Key slBlock = unitForm ? Key{ { S::ThSport, S::IpSaddr }, unitMask, true }
 				     : Key{ { S::IpSaddr, S::ThSport }, {} };
+	const Key returnPick = unitForm ? Key{ { S::ThDport }, partMask } : Key{ { S::IpDaddr }, {} };
+	const Key egressPick = unitForm ? Key{ { S::ThSport }, partMask } : Key{ { S::IpSaddr }, {} };
 	const Rule statelessReturn =
-		sharded ? Rule{ { l4, Dispatch{ Key{ { S::IpDaddr }, {} }, "sl_return_shard" } } }
+		sharded ? Rule{ { l4, Dispatch{ returnPick, "sl_return_shard" } } }
 			: Rule{ { l4, MapAssign{ Target::IpDaddr, slAnswer, "sl_return" }, Notrack{} } };
-	const Rule statelessEgress = sharded ? Rule{ { l4, Dispatch{ Key{ { S::IpSaddr }, {} }, "sl_egress_shard" } } }
+	const Rule statelessEgress = sharded ? Rule{ { l4, Dispatch{ egressPick, "sl_egress_shard" } } }
 					     : Rule{ { l4, MapAssign{ Target::IpSaddr, slBlock, "sl_egress" } } };
+	const bool portsSharded = sharded && !unitForm;
 	out.push_back({ "from_uplink", "", "", "", 0,
 			{ statelessReturn,
 			  { { l4, MapAssign{ Target::CtZone, answer, "ret_zone" } } },
@@ -218,7 +222,7 @@ std::vector<Chain> chains(const TableModel &m)
 	};
 	const std::vector<Rule> drop = { { { CounterRef{ byMark, "guard_mark" }, Verdict{ V::Drop, {} } } },
 					 { { CounterRef{ std::nullopt, "guard_other" }, Verdict{ V::Drop, {} } } } };
-	if (sharded) {
+	if (portsSharded) {
 		out.push_back({ "port_guard", "", "", "", 0,
 				{ { { notShared, Verdict{ V::Return, {} } } },
 				  { { Dispatch{ Key{ { S::IpSaddr }, {} }, "my_ports_shard" } } } } });
@@ -229,12 +233,13 @@ std::vector<Chain> chains(const TableModel &m)
 		out.push_back(std::move(c));
 	}
 	if (sharded) {
-		for (uint32_t k = 0; k < m.shards; k++) {
+		for (uint32_t k = 0; portsSharded && k < m.shards; k++) {
 			std::string name = shardName("my_ports", k, m.shards);
 			out.push_back({ name, "", "", "", 0, { mineIn(name), { { Verdict{ V::Jump, "guard_drop" } } } } });
 		}
 		// The shards' keys put the port first (declarePortSet).
-		const Key portBlock{ { S::ThSport, S::IpSaddr }, {} }, portAnswer{ { S::ThDport, S::IpDaddr }, {} };
+		const Key portBlock = unitForm ? slBlock : Key{ { S::ThSport, S::IpSaddr }, {} };
+		const Key portAnswer = unitForm ? slAnswer : Key{ { S::ThDport, S::IpDaddr }, {} };
 		for (uint32_t k = 0; k < m.shards; k++) {
 			std::string name = shardName("sl_egress", k, m.shards);
 			out.push_back({ name, "", "", "", 0, { { { MapAssign{ Target::IpSaddr, portBlock, name } } } } });
@@ -350,7 +355,7 @@ Set declarePortSet(uint32_t slot, PortForm form)
 	default: break;
 	}
 	uint32_t shard = slot - kShardSlots;
-	if (shard >= 2 * shards)
+	if (shard >= 2 * shards && form.portShards() > 1)
 		return makeSet(shardName("my_ports", shard - 2 * shards, shards), SetKind::Set, { { S::IpSaddr, S::ThSport } },
 			       true);
 	// The plain maps key on the address first; their shards on the port
@@ -375,7 +380,7 @@ Set declarePortSet(uint32_t slot, PortForm form)
 }
 
 // The slot of a port set's name, or nullopt.
-std::optional<uint32_t> portSlot(std::string_view name, uint32_t shards)
+std::optional<uint32_t> portSlot(std::string_view name, PortForm form)
 {
 	for (uint32_t i = 0; i < kShardSlots; i++)
 		if (name == kFixedNames[i])
@@ -383,6 +388,7 @@ std::optional<uint32_t> portSlot(std::string_view name, uint32_t shards)
 	constexpr std::string_view kFamilies[] = { "sl_egress", "sl_return", "my_ports" };
 	for (uint32_t family = 0; family < 3; family++) {
 		std::string_view base = kFamilies[family];
+		const uint32_t shards = family == 2 ? form.portShards() : form.shards;
 		if (family == 2 && shards == 1)
 			break; // my_ports: a fixed name
 		if (name.substr(0, base.size()) != base)
@@ -402,10 +408,15 @@ std::optional<uint32_t> portSlot(std::string_view name, uint32_t shards)
 		} else if (!rest.empty()) {
 			return std::nullopt;
 		}
-		return kShardSlots + family * shards + shard;
+		return kShardSlots + family * form.shards + shard;
 	}
 	return std::nullopt;
 }
+
+// The part of the unit form that holds the elements of the unit of `port`:
+// the units take the parts in turn, so that each part holds about as many
+// of any server's blocks, wherever its slices lie.
+uint32_t unitPart(uint32_t port, uint32_t unit) { return port / unit % kUnitParts; }
 
 } // namespace
 
@@ -426,7 +437,9 @@ public:
 	// its flows' packets still leave. `index`: the address's in the plan.
 	void address(const plan::PlannedAddress &a, size_t index, uint32_t self)
 	{
-		uint32_t portsSlot = shards_ > 1 ? kShardSlots + 2 * shards_ + static_cast<uint32_t>(index % shards_) : kMyPorts;
+		uint32_t portsSlot = shards_ > 1 && unit_ == 0
+					     ? kShardSlots + 2 * shards_ + static_cast<uint32_t>(index % shards_)
+					     : kMyPorts;
 		// In the unit form every slice is whole blocks (statelessUnit): the
 		// guard finds each of its ports in my_blocks, and my_ports stays empty.
 		const bool wholeSlices = wants(portsSlot) && unit_ == 0;
@@ -476,14 +489,16 @@ public:
 			} else {
 				uint32_t returnSlot = kShardSlots + shards_ + as.address % shards_;
 				if (unit_ > 0) {
-					// One element per unit of the block, keyed on its first port.
+					// One element per unit of the block, keyed on its first
+					// port, in the part of that port.
 					for (uint32_t p = as.ports.lo; p + unit_ - 1 <= as.ports.hi; p += unit_) {
 						config::PortRange u{ static_cast<uint16_t>(p), static_cast<uint16_t>(p) };
-						if (wants(egressSlot))
-							at(egressSlot).elements.push_back(
+						uint32_t part = shards_ > 1 ? unitPart(p, unit_) : 0;
+						if (wants(kShardSlots + part))
+							at(kShardSlots + part).elements.push_back(
 								{ { port(u), ip(as.first) }, { ip(sharedAddr) }, {}, {} });
-						if (wants(returnSlot))
-							at(returnSlot).elements.push_back(
+						if (wants(kShardSlots + shards_ + part))
+							at(kShardSlots + shards_ + part).elements.push_back(
 								{ { port(u), ip(sharedAddr) }, { ip(as.first) }, {}, {} });
 					}
 					continue;
@@ -501,7 +516,10 @@ public:
 		}
 	}
 
-	uint32_t slots() const { return kShardSlots + (shards_ > 1 ? 3 * shards_ : 2); }
+	uint32_t slots() const
+	{
+		return kShardSlots + (shards_ == 1 ? 2 : unit_ > 0 ? 2 * shards_ : 3 * shards_);
+	}
 	size_t count(uint32_t slot) const
 	{
 		auto it = sets_.find(slot);
@@ -612,7 +630,7 @@ PortForm portForm(const Plan &plan)
 {
 	plan::PortShape shape = plan::portShape(plan);
 	uint32_t unit = unitOf(shape);
-	return { unit > 0 ? 1 : shardsFor(shape.statelessInside), unit };
+	return { unit > 0 ? kUnitParts : shardsFor(shape.statelessInside), unit };
 }
 
 std::string shardName(std::string_view base, uint32_t shard, uint32_t shards)
@@ -625,7 +643,7 @@ std::string shardName(std::string_view base, uint32_t shard, uint32_t shards)
 
 bool isPortSet(std::string_view name)
 {
-	return portSlot(name, 1).has_value() || portSlot(name, kMaxShards).has_value();
+	return portSlot(name, { 1, 0 }).has_value() || portSlot(name, { kMaxShards, 0 }).has_value();
 }
 
 PortSetSource::PortSetSource(const Plan &plan) : plan_(plan), form_(portForm(plan)), shards_(form_.shards)
@@ -637,9 +655,17 @@ PortSetSource::PortSetSource(const Plan &plan) : plan_(plan), form_(portForm(pla
 		if (plan.sources[i].mode != NatMode::Stateless)
 			continue;
 		for (const plan::Assignment &as : plan.sources[i].assignments) {
-			std::vector<uint32_t> &users = returnUsers_[as.address % shards_];
-			if (users.empty() || users.back() != i)
-				users.push_back(i);
+			auto use = [&](uint32_t k) {
+				std::vector<uint32_t> &users = returnUsers_[k];
+				if (users.empty() || users.back() != i)
+					users.push_back(i);
+			};
+			// In the unit form a shard is a part: the units of the block, both ways.
+			if (form_.unit == 0)
+				use(as.address % shards_);
+			else
+				for (uint32_t p = as.ports.lo; p + form_.unit - 1 <= as.ports.hi; p += form_.unit)
+					use(unitPart(p, form_.unit));
 		}
 	}
 }
@@ -648,7 +674,8 @@ PortSetSource::PortSetSource(const Plan &plan) : plan_(plan), form_(portForm(pla
 // sources for the others; for a shard only the sources with elements in it.
 void PortSetSource::fill(PortSets &ports, uint32_t slot, const std::function<void()> &step) const
 {
-	if (slot == kMyPorts || slot == kMyBlocks || (shards_ > 1 && slot >= kShardSlots + 2 * shards_)) {
+	const uint32_t portShards = form_.portShards();
+	if (slot == kMyPorts || slot == kMyBlocks || (portShards > 1 && slot >= kShardSlots + 2 * shards_)) {
 		bool shard = slot >= kShardSlots;
 		size_t first = shard ? slot - kShardSlots - 2 * shards_ : 0, stride = shard ? shards_ : 1;
 		for (size_t i = first; i < plan_.addresses.size(); i += stride) {
@@ -657,8 +684,11 @@ void PortSetSource::fill(PortSets &ports, uint32_t slot, const std::function<voi
 		}
 		return;
 	}
-	if (slot >= kShardSlots + shards_ && shards_ > 1) {
-		for (uint32_t i : returnUsers_[slot - kShardSlots - shards_]) {
+	// A part of the unit form (either map), or a shard of sl_return: the
+	// sources found in the constructor.
+	bool returnShard = slot >= kShardSlots + shards_;
+	if (shards_ > 1 && slot >= kShardSlots && (returnShard || form_.unit > 0)) {
+		for (uint32_t i : returnUsers_[(slot - kShardSlots) % shards_]) {
 			ports.source(plan_, i, plan_.sources[i].assignments);
 			step();
 		}
@@ -675,7 +705,7 @@ void PortSetSource::fill(PortSets &ports, uint32_t slot, const std::function<voi
 void PortSetSource::chunks(std::string_view name, size_t chunk,
 			   const std::function<void(const std::vector<Element> &)> &take) const
 {
-	std::optional<uint32_t> slot = portSlot(name, shards_);
+	std::optional<uint32_t> slot = portSlot(name, form_);
 	if (!slot)
 		return;
 	PortSets ports(form_, slot);
@@ -689,7 +719,7 @@ void PortSetSource::chunks(std::string_view name, size_t chunk,
 
 std::vector<Element> PortSetSource::elements(std::string_view name, bool sorted) const
 {
-	std::optional<uint32_t> slot = portSlot(name, shards_);
+	std::optional<uint32_t> slot = portSlot(name, form_);
 	if (!slot)
 		return {};
 	PortSets ports(form_, slot);
@@ -751,7 +781,7 @@ TableModel build(const Plan &plan, uint64_t generation, bool portElements, PortF
 	}
 	m.sets.push_back(generationSet(generation));
 	m.sets.push_back(std::move(shared));
-	if (shards == 1)
+	if (form.portShards() == 1)
 		m.sets.push_back(ports.take(kMyPorts));
 	m.sets.push_back(ports.take(kMyBlocks));
 
@@ -816,12 +846,22 @@ TableModel build(const Plan &plan, uint64_t generation, bool portElements, PortF
 	Set newMark = makeSet("new_mark", SetKind::CounterMap, { { S::CtMark, S::MetaMark }, {}, false }, false);
 
 	// Which shard's chain a stateless source's packets and an address's
-	// answers jump to (statelessShards).
-	Set egressShard = makeSet("sl_egress_shard", SetKind::VerdictMap, { { S::IpSaddr }, {}, false }, true);
-	Set returnShard = makeSet("sl_return_shard", SetKind::VerdictMap, { { S::IpDaddr }, {}, false }, false);
+	// answers jump to (statelessShards): by inside prefix and by shared
+	// address, or in the unit form by the part of the port.
+	const bool byPort = form.unit > 0;
+	Set egressShard = byPort ? makeSet("sl_egress_shard", SetKind::VerdictMap, { { S::ThSport }, {}, false }, false)
+				 : makeSet("sl_egress_shard", SetKind::VerdictMap, { { S::IpSaddr }, {}, false }, true);
+	Set returnShard = makeSet("sl_return_shard", SetKind::VerdictMap, { { byPort ? S::ThDport : S::IpDaddr }, {}, false },
+				  false);
 	// Which shard of my_ports the guard goes to, by the packet's shared address.
 	Set portsShard = makeSet("my_ports_shard", SetKind::VerdictMap, { { S::IpSaddr }, {}, false }, false);
-	if (shards > 1)
+	if (shards > 1 && byPort)
+		for (uint32_t k = 0; k < shards; k++) {
+			auto first = static_cast<uint16_t>(k * form.unit);
+			egressShard.elements.push_back({ { port({ first, first }) }, {}, {}, shardName("sl_egress", k, shards) });
+			returnShard.elements.push_back({ { port({ first, first }) }, {}, {}, shardName("sl_return", k, shards) });
+		}
+	if (shards > 1 && !byPort)
 		for (size_t ai = 0; ai < plan.addresses.size(); ai++) {
 			auto k = static_cast<uint32_t>(ai % shards);
 			Ipv4 a = plan.addresses[ai].address;
@@ -842,7 +882,7 @@ TableModel build(const Plan &plan, uint64_t generation, bool portElements, PortF
 			Field prefix = ipRange(s.match.saddr->first(), s.match.saddr->last());
 			countSl.elements.push_back({ { prefix }, {}, "src_" + s.name });
 			guardSl.elements.push_back({ { prefix }, {}, "guard_" + s.name });
-			if (shards > 1)
+			if (shards > 1 && !byPort)
 				egressShard.elements.push_back(
 					{ { prefix }, {}, {}, shardName("sl_egress", static_cast<uint32_t>(i % shards), shards) });
 		}
@@ -858,7 +898,8 @@ TableModel build(const Plan &plan, uint64_t generation, bool portElements, PortF
 	if (shards > 1) {
 		m.sets.push_back(std::move(egressShard));
 		m.sets.push_back(std::move(returnShard));
-		m.sets.push_back(std::move(portsShard));
+		if (!byPort)
+			m.sets.push_back(std::move(portsShard));
 	}
 	for (uint32_t slot = kShardSlots; slot < ports.slots(); slot++)
 		m.sets.push_back(ports.take(slot));

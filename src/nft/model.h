@@ -292,21 +292,29 @@ bool isPortSet(std::string_view name);
 // aligned units of one power of two (`unit`: the largest dividing every
 // stateless block, at most kPortBlock, a block at most kMaxUnitsPerBlock of
 // them, every local address's first port and slice size multiples of
-// kPortBlock), a large fleet needs no interval map and no shard.
-// sl_egress and sl_return are hash maps keyed on the inside (or shared)
-// address and the first port of a unit, `ip saddr . th sport & MASK` (a
-// hash lookup, and a deletion that costs the same whatever the map's size:
-// 16 deletions from a 156-element shard cost the kernel about 3 ms at
-// N = 10,000); my_ports stays empty, since my_blocks holds every port of
-// this server's slices. Small fleets (one shard) keep the plain maps.
+// kPortBlock), a large fleet needs no interval map. sl_egress_K and
+// sl_return_K are hash maps keyed on the first port of a unit and the inside
+// (or shared) address, `th sport & MASK . ip saddr` (a hash lookup, and a
+// deletion that costs the same whatever the map's size: 16 deletions from a
+// 156-element interval shard cost the kernel about 3 ms at N = 10,000). They
+// come in kUnitParts parts: unit i of the port space is in part i mod
+// kUnitParts, which the verdict maps sl_egress_shard and sl_return_shard
+// pick by `th sport & MASK` (MASK = 15 units); so a part holds about a
+// sixteenth of every server's blocks, and one flushed by hand is restored
+// in a fraction of a full apply.
+// my_ports stays empty, since my_blocks holds every port of this server's
+// slices. Small fleets (one shard) keep the plain maps.
 inline constexpr uint32_t kShardElements = 256;
 inline constexpr uint32_t kMaxShards = 1024;
 inline constexpr uint32_t kMaxUnitsPerBlock = 16;
-// The table's form of the stateless maps: shards (1: no shard) and unit
-// (0: interval maps).
+// The table's form of the stateless maps: shards (1: no shard; in the unit
+// form, kUnitParts by port) and unit (0: interval maps).
+inline constexpr uint32_t kUnitParts = 16;
 struct PortForm {
 	uint32_t shards = 1;
 	uint32_t unit = 0;
+	// Shards of my_ports: none in the unit form, where it stays empty.
+	uint32_t portShards() const { return unit > 0 ? 1 : shards; }
 };
 PortForm portForm(const plan::Plan &plan);
 uint32_t statelessShards(const plan::Plan &plan);

@@ -164,8 +164,9 @@ void sliceMove(uint32_t n, int pairs, const std::string &dir)
 	}
 	Ipv4 a0 = p.addresses[0].address;
 	std::string elem = "{ " + a0.str() + " . 3072-5119 }";
-	// The first address's slices: my_ports, or shard 0 of it (nft/model.h).
-	const std::string ports = nft::statelessShards(p) > 1 ? "my_ports_0" : "my_ports";
+	// The first address's slices: my_ports, or shard 0 of it (nft/model.h;
+	// in the unit form my_ports is empty, and the CLI's change still lists the table).
+	const std::string ports = nft::portForm(p).portShards() > 1 ? "my_ports_0" : "my_ports";
 	// s1 (the planned server, index 0) takes slice 1 of the first address
 	// from s2 (index 1), then gives it back: a gain and a loss per pair.
 	std::vector<double> gain, lose, gainTx, loseTx, addB, delB;

@@ -131,8 +131,9 @@ double median(std::vector<double> v)
 // whose element the reference (the nft CLI) changes. Past 256 stateless
 // inside addresses the generated fleet (blocks of 128 ports in slices of
 // 2,048 from port 1024) takes the unit form (nft/model.h, statelessUnit):
-// sl_egress is a hash map of one element per block, the largest set, and
-// my_ports stays empty (the CLI's change of it still reads the whole table).
+// sl_egress_K and sl_return_K are hash maps of a sixteenth of the blocks
+// each, my_blocks (two blocks a slice) is the largest set, and my_ports
+// stays empty (the CLI's change of it still reads the whole table).
 struct Largest {
 	const char *kind;
 	std::string name;
@@ -141,7 +142,7 @@ struct Largest {
 };
 Largest largestSets(uint32_t sources)
 {
-	return {"map", "sl_egress", "sl_egress", sources * 16};
+	return {"set", "my_blocks", "sl_egress_0", sources};
 }
 const char *const kReferenceSet = "my_ports";
 

@@ -551,24 +551,26 @@ TEST_F(JournalLab, AuditReadsTheShardsOfALargeFleetBackAndTellsGotoFromJump)
 
 // The same fleet with blocks of 8 ports: every block and slice is made of
 // 8-port units, so it takes the unit form (docs/nat.md): the audit reads
-// its hash maps back, clean after start, and names an element of sl_egress
-// deleted by hand.
+// its hash maps and the verdict maps that pick their parts back, clean
+// after start, and names an element deleted by hand.
 TEST_F(JournalLab, AuditReadsTheHashMapsOfTheUnitFormBack)
 {
 	writeConfig(largeFleet(8));
 	daemonArgs_ = {"--no-repair"};
 	startDaemon(0);
 	std::string listed = table();
-	ASSERT_NE(listed.find("ip saddr set th sport & 65528 . ip saddr map @sl_egress"), std::string::npos) << listed;
-	// stateless-gb's inside address 100.64.9.8: the first unit of s1's slice 0 of 198.51.100.2.
+	ASSERT_NE(listed.find("th sport & 120 vmap @sl_egress_shard"), std::string::npos) << listed;
+	ASSERT_NE(listed.find("ip saddr set th sport & 65528 . ip saddr map @sl_egress_0"), std::string::npos) << listed;
+	// stateless-gb's inside address 100.64.9.8: the first unit of s1's slice
+	// 0 of 198.51.100.2, unit 128, in part 0.
 	ASSERT_NE(listed.find("1024 . 100.64.9.8 : 198.51.100.2"), std::string::npos) << listed;
 	Outcome clean = ctl("audit");
 	EXPECT_EQ(clean.status, 0) << clean.output << "\n" << listed;
 
-	ASSERT_TRUE(inNs("nft delete element inet portslice sl_egress { 1024 . 100.64.9.8 }").ok()) << table();
+	ASSERT_TRUE(inNs("nft delete element inet portslice sl_egress_0 { 1024 . 100.64.9.8 }").ok()) << table();
 	Outcome gone = ctl("audit");
 	EXPECT_EQ(gone.status, 1) << gone.output;
-	EXPECT_NE(gone.output.find("map sl_egress: element 1024 . 100.64.9.8 : 198.51.100.2 missing from the kernel\n"),
+	EXPECT_NE(gone.output.find("map sl_egress_0: element 1024 . 100.64.9.8 : 198.51.100.2 missing from the kernel\n"),
 		  std::string::npos)
 		<< gone.output;
 }

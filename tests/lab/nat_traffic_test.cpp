@@ -198,10 +198,11 @@ for port in (10100, 11500):
 
 // The same large fleet where every block and slice is made of aligned units
 // (slices of 1024 ports from 8192, corp-us1's blocks of 64, bulk's of 8):
-// the unit form (docs/nat.md), no shard. The stateless maps are hash maps
-// keyed on the first port of an 8-port unit; v1's host 100.64.11.2 (block
-// 8320-8383 of s1's slice 0 of 198.51.100.2) leaves from its block and gets
-// its answers, untracked, and a port of its neighbour's block is dropped.
+// the unit form (docs/nat.md). The stateless maps are hash maps keyed on the
+// first port of an 8-port unit, in 16 parts that the units take in turn;
+// v1's host 100.64.11.2 (block 8320-8383 of s1's slice 0 of 198.51.100.2,
+// units in parts 0 to 7) leaves from its block and gets its answers,
+// untracked, and a port of its neighbour's block is dropped.
 TEST_F(NatTraffic, StatelessTrafficGoesThroughTheHashMapsOfTheUnitForm)
 {
 	std::string cfg = config();
@@ -216,20 +217,26 @@ TEST_F(NatTraffic, StatelessTrafficGoesThroughTheHashMapsOfTheUnitForm)
 	ASSERT_TRUE(applied.ok()) << applied.output;
 	auto table = inNode("s1", "nft list table inet portslice");
 	ASSERT_TRUE(table.ok()) << table.output;
-	EXPECT_NE(table.output.find("ip saddr set th sport & 65528 . ip saddr map @sl_egress"), std::string::npos)
+	EXPECT_NE(table.output.find("meta l4proto { tcp, udp } th sport & 120 vmap @sl_egress_shard"), std::string::npos)
 		<< table.output;
-	EXPECT_NE(table.output.find("ip daddr set th dport & 65528 . ip daddr map @sl_return notrack"),
+	EXPECT_NE(table.output.find("meta l4proto { tcp, udp } th dport & 120 vmap @sl_return_shard"), std::string::npos)
+		<< table.output;
+	EXPECT_NE(table.output.find("ip saddr set th sport & 65528 . ip saddr map @sl_egress_15"), std::string::npos)
+		<< table.output;
+	EXPECT_NE(table.output.find("ip daddr set th dport & 65528 . ip daddr map @sl_return_15 notrack"),
 		  std::string::npos)
 		<< table.output;
-	EXPECT_EQ(table.output.find("sl_egress_shard"), std::string::npos) << table.output;
 	EXPECT_EQ(table.output.find("my_ports_shard"), std::string::npos) << table.output;
-	// Host 100.64.11.2's block is eight units, each an element of both maps.
-	auto egress = inNode("s1", "nft list map inet portslice sl_egress");
-	EXPECT_NE(egress.output.find("typeof th sport . ip saddr : ip saddr"), std::string::npos) << egress.output;
-	EXPECT_EQ(egress.output.find("flags interval"), std::string::npos) << egress.output;
-	for (int unit = 8320; unit < 8384; unit += 8)
+	// Host 100.64.11.2's block is eight units, each an element of both
+	// maps' part (unit number mod 16).
+	for (int unit = 8320; unit < 8384; unit += 8) {
+		std::string part = std::to_string(unit / 8 % 16);
+		auto egress = inNode("s1", "nft list map inet portslice sl_egress_" + part);
+		EXPECT_NE(egress.output.find("typeof th sport . ip saddr : ip saddr"), std::string::npos) << egress.output;
+		EXPECT_EQ(egress.output.find("flags interval"), std::string::npos) << egress.output;
 		EXPECT_NE(egress.output.find(std::to_string(unit) + " . 100.64.11.2 : 198.51.100.2"), std::string::npos)
 			<< unit << "\n" << egress.output;
+	}
 	serve();
 
 	auto inBlock = [](int port) { return port >= 8320 && port <= 8383; };

@@ -308,26 +308,33 @@ TEST(MoveSlice, EqualsAFullPlanWithTheStatelessMapsInShards)
 
 // The same fleet with blocks of 128 ports: every block and slice is made of
 // aligned units of 128 ports, so the large fleet takes the unit form
-// (nft/model.h): no shard, sl_egress and sl_return hash maps keyed on a
-// unit's first port, my_ports empty. Every move still equals the full plan,
-// and a loss changes my_blocks and the two maps only.
+// (nft/model.h): sl_egress_K and sl_return_K are hash maps keyed on a
+// unit's first port, in 16 parts that the units take in turn; my_ports is
+// empty and has no shard. Every move still equals the full plan, and a loss
+// deletes the source's 16 blocks, one from each part of each map.
 TEST(MoveSlice, EqualsAFullPlanWithTheStatelessMapsInTheUnitForm)
 {
 	Tally tally;
 	config::Config config = loadText(portslice::testing::generatedFleet(40));
 	const plan::Plan p = *plan::makePlan(config, "s1").plan;
-	ASSERT_EQ(nft::statelessShards(p), 1u);
+	ASSERT_EQ(nft::statelessShards(p), nft::kUnitParts);
 	ASSERT_EQ(nft::statelessUnit(p), 128u);
 	const nft::TableModel model = nft::buildModel(p, 1);
-	const nft::Set *egress = model.find("sl_egress");
-	ASSERT_NE(egress, nullptr);
-	EXPECT_FALSE(egress->interval);
-	// One element per inside address: 40 sources of 16.
-	EXPECT_EQ(egress->elements.size(), 640u);
+	// s1 owns slice 0 (1024-3071) of every address: a source's 16 blocks are
+	// units 8 to 23, one in each part.
+	for (uint32_t k = 0; k < nft::kUnitParts; k++) {
+		const nft::Set *egress = model.find("sl_egress_" + std::to_string(k));
+		ASSERT_NE(egress, nullptr);
+		EXPECT_FALSE(egress->interval);
+		EXPECT_EQ(egress->elements.size(), 40u) << egress->name;
+	}
+	const nft::Set *pick = model.find("sl_egress_shard");
+	ASSERT_NE(pick, nullptr);
+	EXPECT_EQ(pick->elements.size(), nft::kUnitParts);
 	ASSERT_NE(model.find("my_ports"), nullptr);
 	EXPECT_TRUE(model.find("my_ports")->elements.empty());
-	EXPECT_EQ(model.find("sl_egress_1"), nullptr);
-	EXPECT_EQ(model.find("sl_egress_shard"), nullptr);
+	EXPECT_EQ(model.find("my_ports_0"), nullptr);
+	EXPECT_EQ(model.find("my_ports_shard"), nullptr);
 	for (const char *server : {"s1", "s31"})
 		checkEveryMove(config, server, tally, 3);
 	EXPECT_EQ(tally.lastSlice, 2u * 3u * 30u);
@@ -336,13 +343,14 @@ TEST(MoveSlice, EqualsAFullPlanWithTheStatelessMapsInTheUnitForm)
 	std::optional<plan::SliceMove> move = plan::moveSlice(moved, 5, 0, 1);
 	ASSERT_TRUE(move);
 	nft::MoveDelta delta = nft::moveDelta(moved, *move);
-	std::vector<std::string> names;
-	for (const nft::Set &s : delta.after)
-		names.push_back(s.name);
-	EXPECT_EQ(names, (std::vector<std::string>{ "my_blocks", "sl_egress", "sl_return" }));
-	// The source of address 5 loses its 16 blocks, in both maps.
-	EXPECT_EQ(delta.before[1].elements.size(), 16u);
-	EXPECT_TRUE(delta.after[1].elements.empty());
+	ASSERT_EQ(delta.after.size(), 1 + 2 * nft::kUnitParts);
+	EXPECT_EQ(delta.after[0].name, "my_blocks");
+	for (size_t i = 1; i < delta.after.size(); i++) {
+		EXPECT_TRUE(delta.after[i].name.starts_with("sl_egress_") || delta.after[i].name.starts_with("sl_return_"))
+			<< delta.after[i].name;
+		EXPECT_EQ(delta.before[i].elements.size(), 1u) << delta.after[i].name;
+		EXPECT_TRUE(delta.after[i].elements.empty()) << delta.after[i].name;
+	}
 }
 
 // Moves one after another on the same plan (a slice lost, then another,
