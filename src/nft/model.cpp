@@ -163,14 +163,14 @@ std::vector<Chain> chains(const TableModel &m)
 	// that a verdict map picks (statelessShards).
 	const bool sharded = m.shards > 1;
 	const bool unitForm = m.statelessUnit > 0;
-	// The unit form's keys and the port of its parts (kUnitParts).
+	// The unit form's keys, and the address bits that pick its parts
+	// (egressPart, returnPart).
 	const std::optional<uint32_t> unitMask = unitForm ? std::optional<uint32_t>(0x10000 - m.statelessUnit) : std::nullopt;
-	const std::optional<uint32_t> partMask = (kUnitParts - 1) * m.statelessUnit;
 	const Key slAnswer = unitForm ? Key{ { S::ThDport, S::IpDaddr }, unitMask, true } : answer;
 	const Key slBlock = unitForm ? Key{ { S::ThSport, S::IpSaddr }, unitMask, true }
 				     : Key{ { S::IpSaddr, S::ThSport }, {} };
-	const Key returnPick = unitForm ? Key{ { S::ThDport }, partMask } : Key{ { S::IpDaddr }, {} };
-	const Key egressPick = unitForm ? Key{ { S::ThSport }, partMask } : Key{ { S::IpSaddr }, {} };
+	const Key returnPick = unitForm ? Key{ { S::IpDaddr }, kReturnPartMask } : Key{ { S::IpDaddr }, {} };
+	const Key egressPick = unitForm ? Key{ { S::IpSaddr }, kEgressPartMask } : Key{ { S::IpSaddr }, {} };
 	const Rule statelessReturn =
 		sharded ? Rule{ { l4, Dispatch{ returnPick, "sl_return_shard" } } }
 			: Rule{ { l4, MapAssign{ Target::IpDaddr, slAnswer, "sl_return" }, Notrack{} } };
@@ -413,10 +413,11 @@ std::optional<uint32_t> portSlot(std::string_view name, PortForm form)
 	return std::nullopt;
 }
 
-// The part of the unit form that holds the elements of the unit of `port`:
-// the units take the parts in turn, so that each part holds about as many
-// of any server's blocks, wherever its slices lie.
-uint32_t unitPart(uint32_t port, uint32_t unit) { return port / unit % kUnitParts; }
+// The parts of the unit form: an inside address's blocks are in the part
+// of its bits 4-7 (a /28 source's all in one), an address's answers in the
+// part of its last four bits. kUnitParts is 16.
+uint32_t egressPart(Ipv4 inside) { return (inside.value & kEgressPartMask) >> 4; }
+uint32_t returnPart(Ipv4 shared) { return shared.value & kReturnPartMask; }
 
 } // namespace
 
@@ -489,17 +490,15 @@ public:
 			} else {
 				uint32_t returnSlot = kShardSlots + shards_ + as.address % shards_;
 				if (unit_ > 0) {
-					// One element per unit of the block, keyed on its first
-					// port, in the part of that port.
+					// One element per unit of the block, keyed on its first port.
+					uint32_t egress = kShardSlots + (shards_ > 1 ? egressPart(as.first) : 0);
+					uint32_t answers = kShardSlots + shards_ + (shards_ > 1 ? returnPart(sharedAddr) : 0);
 					for (uint32_t p = as.ports.lo; p + unit_ - 1 <= as.ports.hi; p += unit_) {
 						config::PortRange u{ static_cast<uint16_t>(p), static_cast<uint16_t>(p) };
-						uint32_t part = shards_ > 1 ? unitPart(p, unit_) : 0;
-						if (wants(kShardSlots + part))
-							at(kShardSlots + part).elements.push_back(
-								{ { port(u), ip(as.first) }, { ip(sharedAddr) }, {}, {} });
-						if (wants(kShardSlots + shards_ + part))
-							at(kShardSlots + shards_ + part).elements.push_back(
-								{ { port(u), ip(sharedAddr) }, { ip(as.first) }, {}, {} });
+						if (wants(egress))
+							at(egress).elements.push_back({ { port(u), ip(as.first) }, { ip(sharedAddr) }, {}, {} });
+						if (wants(answers))
+							at(answers).elements.push_back({ { port(u), ip(sharedAddr) }, { ip(as.first) }, {}, {} });
 					}
 					continue;
 				}
@@ -651,21 +650,20 @@ PortSetSource::PortSetSource(const Plan &plan) : plan_(plan), form_(portForm(pla
 	if (shards_ == 1)
 		return;
 	returnUsers_.resize(shards_);
+	if (form_.unit > 0)
+		egressUsers_.resize(shards_);
+	auto use = [](std::vector<uint32_t> &users, uint32_t i) {
+		if (users.empty() || users.back() != i)
+			users.push_back(i);
+	};
 	for (uint32_t i = 0; i < plan.sources.size(); i++) {
 		if (plan.sources[i].mode != NatMode::Stateless)
 			continue;
 		for (const plan::Assignment &as : plan.sources[i].assignments) {
-			auto use = [&](uint32_t k) {
-				std::vector<uint32_t> &users = returnUsers_[k];
-				if (users.empty() || users.back() != i)
-					users.push_back(i);
-			};
-			// In the unit form a shard is a part: the units of the block, both ways.
-			if (form_.unit == 0)
-				use(as.address % shards_);
-			else
-				for (uint32_t p = as.ports.lo; p + form_.unit - 1 <= as.ports.hi; p += form_.unit)
-					use(unitPart(p, form_.unit));
+			const Ipv4 shared = plan.addresses[as.address].address;
+			use(returnUsers_[form_.unit > 0 ? returnPart(shared) : as.address % shards_], i);
+			if (form_.unit > 0)
+				use(egressUsers_[egressPart(as.first)], i);
 		}
 	}
 }
@@ -684,11 +682,12 @@ void PortSetSource::fill(PortSets &ports, uint32_t slot, const std::function<voi
 		}
 		return;
 	}
-	// A part of the unit form (either map), or a shard of sl_return: the
-	// sources found in the constructor.
+	// A shard of sl_return, or a part of the unit form: the sources found
+	// in the constructor.
 	bool returnShard = slot >= kShardSlots + shards_;
 	if (shards_ > 1 && slot >= kShardSlots && (returnShard || form_.unit > 0)) {
-		for (uint32_t i : returnUsers_[(slot - kShardSlots) % shards_]) {
+		const auto &users = returnShard ? returnUsers_ : egressUsers_;
+		for (uint32_t i : users[(slot - kShardSlots) % shards_]) {
 			ports.source(plan_, i, plan_.sources[i].assignments);
 			step();
 		}
@@ -847,19 +846,16 @@ TableModel build(const Plan &plan, uint64_t generation, bool portElements, PortF
 
 	// Which shard's chain a stateless source's packets and an address's
 	// answers jump to (statelessShards): by inside prefix and by shared
-	// address, or in the unit form by the part of the port.
+	// address, or in the unit form by their bits (egressPart, returnPart).
 	const bool byPort = form.unit > 0;
-	Set egressShard = byPort ? makeSet("sl_egress_shard", SetKind::VerdictMap, { { S::ThSport }, {}, false }, false)
-				 : makeSet("sl_egress_shard", SetKind::VerdictMap, { { S::IpSaddr }, {}, false }, true);
-	Set returnShard = makeSet("sl_return_shard", SetKind::VerdictMap, { { byPort ? S::ThDport : S::IpDaddr }, {}, false },
-				  false);
+	Set egressShard = makeSet("sl_egress_shard", SetKind::VerdictMap, { { S::IpSaddr }, {}, false }, !byPort);
+	Set returnShard = makeSet("sl_return_shard", SetKind::VerdictMap, { { S::IpDaddr }, {}, false }, false);
 	// Which shard of my_ports the guard goes to, by the packet's shared address.
 	Set portsShard = makeSet("my_ports_shard", SetKind::VerdictMap, { { S::IpSaddr }, {}, false }, false);
 	if (shards > 1 && byPort)
 		for (uint32_t k = 0; k < shards; k++) {
-			auto first = static_cast<uint16_t>(k * form.unit);
-			egressShard.elements.push_back({ { port({ first, first }) }, {}, {}, shardName("sl_egress", k, shards) });
-			returnShard.elements.push_back({ { port({ first, first }) }, {}, {}, shardName("sl_return", k, shards) });
+			egressShard.elements.push_back({ { ip(Ipv4{ k << 4 }) }, {}, {}, shardName("sl_egress", k, shards) });
+			returnShard.elements.push_back({ { ip(Ipv4{ k }) }, {}, {}, shardName("sl_return", k, shards) });
 		}
 	if (shards > 1 && !byPort)
 		for (size_t ai = 0; ai < plan.addresses.size(); ai++) {

@@ -297,11 +297,12 @@ bool isPortSet(std::string_view name);
 // (or shared) address, `th sport & MASK . ip saddr` (a hash lookup, and a
 // deletion that costs the same whatever the map's size: 16 deletions from a
 // 156-element interval shard cost the kernel about 3 ms at N = 10,000). They
-// come in kUnitParts parts: unit i of the port space is in part i mod
-// kUnitParts, which the verdict maps sl_egress_shard and sl_return_shard
-// pick by `th sport & MASK` (MASK = 15 units); so a part holds about a
-// sixteenth of every server's blocks, and one flushed by hand is restored
-// in a fraction of a full apply.
+// come in kUnitParts parts, which the verdict maps sl_egress_shard and
+// sl_return_shard pick by address bits: an inside address's blocks by its
+// bits 4-7 (`ip saddr & 0.0.0.240`: a /28 source's blocks in one part), an
+// address's answers by its last four bits (`ip daddr & 0.0.0.15`). A part
+// flushed by hand is then restored in a fraction of a full apply, and a
+// move changes two parts, not every one.
 // my_ports stays empty, since my_blocks holds every port of this server's
 // slices. Small fleets (one shard) keep the plain maps.
 inline constexpr uint32_t kShardElements = 256;
@@ -310,6 +311,8 @@ inline constexpr uint32_t kMaxUnitsPerBlock = 16;
 // The table's form of the stateless maps: shards (1: no shard; in the unit
 // form, kUnitParts by port) and unit (0: interval maps).
 inline constexpr uint32_t kUnitParts = 16;
+inline constexpr uint32_t kEgressPartMask = 0xf0; // host order: 0.0.0.240
+inline constexpr uint32_t kReturnPartMask = 0x0f; // 0.0.0.15
 struct PortForm {
 	uint32_t shards = 1;
 	uint32_t unit = 0;
@@ -353,6 +356,7 @@ private:
 	PortForm form_;
 	uint32_t shards_;
 	std::vector<std::vector<uint32_t>> returnUsers_; // per shard of sl_return: sources, ascending
+	std::vector<std::vector<uint32_t>> egressUsers_; // the unit form: per part of sl_egress
 };
 
 // What a slice move changes in the table: my_ports and my_blocks of the moved address and

@@ -559,10 +559,10 @@ TEST_F(JournalLab, AuditReadsTheHashMapsOfTheUnitFormBack)
 	daemonArgs_ = {"--no-repair"};
 	startDaemon(0);
 	std::string listed = table();
-	ASSERT_NE(listed.find("th sport & 120 vmap @sl_egress_shard"), std::string::npos) << listed;
+	ASSERT_NE(listed.find("ip saddr & 0.0.0.240 vmap @sl_egress_shard"), std::string::npos) << listed;
 	ASSERT_NE(listed.find("ip saddr set th sport & 65528 . ip saddr map @sl_egress_0"), std::string::npos) << listed;
 	// stateless-gb's inside address 100.64.9.8: the first unit of s1's slice
-	// 0 of 198.51.100.2, unit 128, in part 0.
+	// 0 of 198.51.100.2, in part 0 (its bits 4-7).
 	ASSERT_NE(listed.find("1024 . 100.64.9.8 : 198.51.100.2"), std::string::npos) << listed;
 	Outcome clean = ctl("audit");
 	EXPECT_EQ(clean.status, 0) << clean.output << "\n" << listed;

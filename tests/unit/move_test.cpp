@@ -309,9 +309,9 @@ TEST(MoveSlice, EqualsAFullPlanWithTheStatelessMapsInShards)
 // The same fleet with blocks of 128 ports: every block and slice is made of
 // aligned units of 128 ports, so the large fleet takes the unit form
 // (nft/model.h): sl_egress_K and sl_return_K are hash maps keyed on a
-// unit's first port, in 16 parts that the units take in turn; my_ports is
-// empty and has no shard. Every move still equals the full plan, and a loss
-// deletes the source's 16 blocks, one from each part of each map.
+// unit's first port, in 16 parts by address bits; my_ports is empty and
+// has no shard. Every move still equals the full plan, and a loss deletes
+// the source's 16 blocks from one part of each map.
 TEST(MoveSlice, EqualsAFullPlanWithTheStatelessMapsInTheUnitForm)
 {
 	Tally tally;
@@ -320,14 +320,17 @@ TEST(MoveSlice, EqualsAFullPlanWithTheStatelessMapsInTheUnitForm)
 	ASSERT_EQ(nft::statelessShards(p), nft::kUnitParts);
 	ASSERT_EQ(nft::statelessUnit(p), 128u);
 	const nft::TableModel model = nft::buildModel(p, 1);
-	// s1 owns slice 0 (1024-3071) of every address: a source's 16 blocks are
-	// units 8 to 23, one in each part.
+	// Source i (100.64.0.0 + 16 i /28) is in part i mod 16, its address's
+	// answers too (198.18.0.i).
+	size_t blocks = 0;
 	for (uint32_t k = 0; k < nft::kUnitParts; k++) {
 		const nft::Set *egress = model.find("sl_egress_" + std::to_string(k));
 		ASSERT_NE(egress, nullptr);
 		EXPECT_FALSE(egress->interval);
-		EXPECT_EQ(egress->elements.size(), 40u) << egress->name;
+		EXPECT_EQ(egress->elements.size(), (k < 8 ? 3u : 2u) * 16u) << egress->name;
+		blocks += egress->elements.size();
 	}
+	EXPECT_EQ(blocks, 640u) << "one element per inside address: 40 sources of 16";
 	const nft::Set *pick = model.find("sl_egress_shard");
 	ASSERT_NE(pick, nullptr);
 	EXPECT_EQ(pick->elements.size(), nft::kUnitParts);
@@ -343,14 +346,15 @@ TEST(MoveSlice, EqualsAFullPlanWithTheStatelessMapsInTheUnitForm)
 	std::optional<plan::SliceMove> move = plan::moveSlice(moved, 5, 0, 1);
 	ASSERT_TRUE(move);
 	nft::MoveDelta delta = nft::moveDelta(moved, *move);
-	ASSERT_EQ(delta.after.size(), 1 + 2 * nft::kUnitParts);
-	EXPECT_EQ(delta.after[0].name, "my_blocks");
-	for (size_t i = 1; i < delta.after.size(); i++) {
-		EXPECT_TRUE(delta.after[i].name.starts_with("sl_egress_") || delta.after[i].name.starts_with("sl_return_"))
-			<< delta.after[i].name;
-		EXPECT_EQ(delta.before[i].elements.size(), 1u) << delta.after[i].name;
-		EXPECT_TRUE(delta.after[i].elements.empty()) << delta.after[i].name;
-	}
+	std::vector<std::string> names;
+	for (const nft::Set &s : delta.after)
+		names.push_back(s.name);
+	EXPECT_EQ(names, (std::vector<std::string>{ "my_blocks", "sl_egress_5", "sl_return_5" }));
+	// The source of address 5 loses its 16 blocks, in both maps.
+	EXPECT_EQ(delta.before[1].elements.size(), 16u);
+	EXPECT_TRUE(delta.after[1].elements.empty());
+	EXPECT_EQ(delta.before[2].elements.size(), 16u);
+	EXPECT_TRUE(delta.after[2].elements.empty());
 }
 
 // Moves one after another on the same plan (a slice lost, then another,
