@@ -237,21 +237,26 @@ Answer<uint64_t> Service::reload()
 	return answer;
 }
 
+// Where each shared address of config_ is: a move finds its address by
+// hash, not by a walk over 10,000 of them.
+void Service::indexAddresses()
+{
+	addressIndex_.clear();
+	addressIndex_.reserve(config_->addresses.size());
+	for (size_t i = 0; i < config_->addresses.size(); i++)
+		addressIndex_.emplace(config_->addresses[i].address.value, static_cast<uint32_t>(i));
+}
+
 std::optional<Failure> Service::checkMove(std::string_view addressText, uint32_t slice, std::string_view serverName,
-					  const std::unordered_map<uint32_t, uint32_t> *index, uint32_t *addressIndex,
-					  Ipv4 *ipOut) const
+					  uint32_t *addressIndex, Ipv4 *ipOut) const
 {
 	std::optional<Ipv4> ip = Ipv4::parse(addressText);
 	if (!ip)
 		return Failure{Fault::InvalidArgument, quoteInput(addressText) +
 			       " is not an IPv4 address; give a shared address such as 198.51.100.1"};
 	const config::Address *address = nullptr;
-	if (index) {
-		if (auto it = index->find(ip->value); it != index->end())
-			address = &config_->addresses[it->second];
-	} else {
-		address = config_->findAddress(*ip);
-	}
+	if (auto it = addressIndex_.find(ip->value); it != addressIndex_.end())
+		address = &config_->addresses[it->second];
 	if (!address) {
 		std::vector<std::string> known;
 		for (const config::Address &a : config_->addresses) {
@@ -300,10 +305,6 @@ Answer<uint64_t> Service::setSliceOwners(const std::vector<OwnerMove> &moves, ui
 		return setSliceOwnerDraining(moves[0].address, moves[0].slice, moves[0].server,
 					     std::chrono::seconds(drainSeconds));
 
-	std::unordered_map<uint32_t, uint32_t> index;
-	index.reserve(config_->addresses.size());
-	for (size_t i = 0; i < config_->addresses.size(); i++)
-		index.emplace(config_->addresses[i].address.value, static_cast<uint32_t>(i));
 	// Overlay and drains as maps while the batch changes them (the sorted
 	// vectors would shift on every insert of a big batch).
 	using Key = std::pair<Ipv4, uint32_t>;
@@ -323,7 +324,7 @@ Answer<uint64_t> Service::setSliceOwners(const std::vector<OwnerMove> &moves, ui
 		const OwnerMove &move = moves[m];
 		uint32_t at = 0;
 		Ipv4 ip;
-		if (std::optional<Failure> bad = checkMove(move.address, move.slice, move.server, &index, &at, &ip)) {
+		if (std::optional<Failure> bad = checkMove(move.address, move.slice, move.server, &at, &ip)) {
 			bad->message = "move " + std::to_string(m + 1) + " of " + std::to_string(moves.size()) + ": " +
 				       bad->message + "; nothing was moved";
 			return reject(*bad);
@@ -448,6 +449,7 @@ std::optional<Answer<uint64_t>> Service::moveSlices(const std::vector<BatchMove>
 	Clock::time_point t3 = Clock::now();
 	persisted_ = std::move(kept);
 	config_ = std::move(next);
+	indexAddresses();
 	overlay_ = std::move(overlay);
 	drains_ = std::move(drains);
 	++generation_;
@@ -514,7 +516,7 @@ Answer<uint64_t> Service::setSliceOwnerDraining(std::string_view addressText, ui
 			       "); fix " + options_.configPath + " and reload first"});
 	uint32_t index = 0;
 	Ipv4 checked;
-	if (std::optional<Failure> bad = checkMove(addressText, slice, serverName, nullptr, &index, &checked))
+	if (std::optional<Failure> bad = checkMove(addressText, slice, serverName, &index, &checked))
 		return reject(*bad);
 	const Ipv4 *ip = &checked;
 	const config::Address *address = &config_->addresses[index];
@@ -946,6 +948,7 @@ Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, Drains 
 	repairFailed_ = false;
 	plan_ = std::move(planned.plan);
 	config_ = std::move(config);
+	indexAddresses();
 	overlay_ = std::move(overlay);
 	drains_ = std::move(drains);
 	if (fileChanged)

@@ -195,11 +195,10 @@ private:
 	journal::SliceMap batchAfter(const std::vector<BatchMove> &moves, const Drains &drains) const;
 	Answer<uint64_t> setSliceOwnerDraining(std::string_view address, uint32_t slice, std::string_view server,
 					       std::chrono::seconds drain);
-	// Why `move` cannot be made on the applied config, or nullopt; `index`
-	// maps a shared address to its index in config_->addresses.
+	// Why `move` cannot be made on the applied config, or nullopt.
 	std::optional<Failure> checkMove(std::string_view addressText, uint32_t slice, std::string_view serverName,
-					 const std::unordered_map<uint32_t, uint32_t> *index, uint32_t *addressIndex,
-					 Ipv4 *ip) const;
+					 uint32_t *addressIndex, Ipv4 *ip) const;
+	void indexAddresses();
 	int64_t nowUs() const;
 	// The slices of `config` with the drains' deadlines.
 	static journal::SliceMap slicesOf(const config::Config &config, const Drains &drains);
@@ -251,6 +250,7 @@ private:
 	mutable std::map<std::string, std::shared_ptr<const config::Config>> keptFiles_;
 
 	std::optional<config::Config> config_; // the file as last loaded, the overlay laid over it
+	std::unordered_map<uint32_t, uint32_t> addressIndex_; // config_'s shared addresses: their index in it
 	// The file's own slice owners and previous owners by address (not a
 	// second copy of the whole config): an overlay entry the file agrees
 	// with retires, and an ended drain gives the slice the file's previous.

@@ -86,16 +86,36 @@ struct ZoneRun {
 	uint16_t zone;
 };
 
+// The zone runs of some addresses, by the address's index in the plan.
+class ZoneRuns {
+public:
+	std::vector<ZoneRun> &at(uint32_t address) { return runs_[address]; }
+	const std::vector<ZoneRun> &of(uint32_t address) const
+	{
+		static const std::vector<ZoneRun> kNone;
+		auto it = runs_.find(address);
+		return it == runs_.end() ? kNone : it->second;
+	}
+	void sort()
+	{
+		for (auto &[address, r] : runs_)
+			std::sort(r.begin(), r.end(), [](const ZoneRun &x, const ZoneRun &y) { return x.ports.lo < y.ports.lo; });
+	}
+
+private:
+	std::unordered_map<uint32_t, std::vector<ZoneRun>> runs_;
+};
+
 // `only`: the addresses whose runs are wanted (nullptr: all of them).
-std::vector<std::vector<ZoneRun>> zoneRuns(const plan::Plan &plan, const std::vector<uint32_t> *only = nullptr)
+ZoneRuns zoneRuns(const plan::Plan &plan, const std::vector<uint32_t> *only = nullptr)
 {
-	std::vector<std::vector<ZoneRun>> runs(plan.addresses.size());
+	ZoneRuns runs;
 	auto add = [&](const plan::PlannedSource &source, uint32_t address) {
 		uint16_t zone = source.mode == config::NatMode::Stateless ? uint16_t{FWD_ZONE_STATELESS}
 									  : source.zone;
 		for (const auto &a : source.assignments)
-			if (a.address < runs.size() && (address == UINT32_MAX || a.address == address))
-				runs[a.address].push_back({a.ports, zone});
+			if (a.address < plan.addresses.size() && (address == UINT32_MAX || a.address == address))
+				runs.at(a.address).push_back({a.ports, zone});
 	};
 	if (only) {
 		// Only the sources that may use these addresses.
@@ -105,8 +125,7 @@ std::vector<std::vector<ZoneRun>> zoneRuns(const plan::Plan &plan, const std::ve
 		for (const auto &source : plan.sources)
 			add(source, UINT32_MAX);
 	}
-	for (auto &r : runs)
-		std::sort(r.begin(), r.end(), [](const ZoneRun &x, const ZoneRun &y) { return x.ports.lo < y.ports.lo; });
+	runs.sort();
 	return runs;
 }
 
@@ -425,7 +444,7 @@ namespace {
 
 // Slice i of address ai as the program must see it; targets[s] is server s.
 SliceWant sliceWantOf(const plan::Plan &plan, const std::vector<fwd_target> &targets,
-		      const std::vector<std::vector<ZoneRun>> &runs, size_t ai, uint32_t i)
+		      const ZoneRuns &runs, size_t ai, uint32_t i)
 {
 	const auto &a = plan.addresses[ai];
 	auto valid = [&](int32_t s) { return s >= 0 && static_cast<size_t>(s) < plan.servers.size(); };
@@ -445,7 +464,7 @@ SliceWant sliceWantOf(const plan::Plan &plan, const std::vector<fwd_target> &tar
 			s.flags |= FWD_SLICE_PREVIOUS_SELF;
 	}
 	if ((s.flags & FWD_SLICE_OWNER_SELF) && (s.flags & FWD_SLICE_PREVIOUS))
-		s.zones = zonesOf(runs[ai], a.slice(i));
+		s.zones = zonesOf(runs.of(static_cast<uint32_t>(ai)), a.slice(i));
 	return s;
 }
 
@@ -1199,7 +1218,11 @@ Status applyForwarderSlices(const plan::Plan &plan, const std::vector<SliceRef> 
 	if (ifindex != 0 && fds) {
 		fwd_config current{};
 		uint32_t zero = 0;
-		auto neighbours = readNeighbours(ifindex);
+		// A moved slice names servers only: with every server's MAC in the
+		// file there is no neighbour to look up (a netlink dump a move).
+		bool macs = std::all_of(plan.servers.begin(), plan.servers.end(),
+					[](const plan::PlannedServer &s) { return s.mac.has_value(); });
+		auto neighbours = macs ? Result<NeighbourTable>(NeighbourTable{}) : readNeighbours(ifindex);
 		if (neighbours && bpf_map_lookup_elem((*fds)[0].get(), &zero, &current) == 0 &&
 		    current.object_hash == ForwarderObject::objectHash() &&
 		    current.self_addr == plan.self().address.networkOrder()) {
