@@ -291,7 +291,7 @@ bool isPortSet(std::string_view name);
 // The unit form: where every stateless block and every slice is made of
 // aligned units of one power of two (`unit`: the largest dividing every
 // stateless block, at most kPortBlock, a block at most kMaxUnitsPerBlock of
-// them, every local address's first port and slice size multiples of
+// them, every shared address's first port and slice size multiples of
 // kPortBlock), a large fleet needs no interval map. sl_egress_K and
 // sl_return_K are hash maps keyed on the first port of a unit and the inside
 // (or shared) address, `th sport & MASK . ip saddr` (a hash lookup, and a

@@ -458,8 +458,7 @@ PortShape portShape(const Plan &plan)
 		shape.largestBlock = std::max(shape.largestBlock, s.block);
 	}
 	for (const PlannedAddress &a : plan.addresses)
-		if (a.local)
-			slices |= uint32_t{ a.portRange.lo } | a.sliceSize;
+		slices |= uint32_t{ a.portRange.lo } | a.sliceSize;
 	// The lowest bit set in any of them: the largest power of two dividing all.
 	shape.blockGrain = blocks & (~blocks + 1);
 	shape.sliceGrain = slices & (~slices + 1);

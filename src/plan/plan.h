@@ -104,7 +104,7 @@ struct PortShape {
 	uint64_t statelessInside = 0; // inside addresses of the stateless sources
 	uint32_t blockGrain = 0;      // largest power of two dividing every stateless block (0: no stateless source)
 	uint32_t largestBlock = 0;
-	uint32_t sliceGrain = 0; // ... dividing the first port and the slice size of every local address (0: none)
+	uint32_t sliceGrain = 0; // ... dividing the first port and the slice size of every address (0: none)
 	bool operator==(const PortShape &) const = default;
 };
 
