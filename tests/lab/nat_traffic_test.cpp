@@ -95,6 +95,21 @@ protected:
 			EXPECT_TRUE(inRange(port)) << port;
 		}
 	}
+	// v1's host 100.64.11.2 sends 3 TCP and 3 UDP flows from its local
+	// ports `ports` ("FIRST LAST"), none its own: none is answered, and
+	// corp-us1's guard counts their packets.
+	void expectGuardDropsFrom(const std::string &ports)
+	{
+		auto r = inNode("v1", "sysctl -qw net.ipv4.ip_local_port_range='" + ports + "' && " +
+					      buildPath("tests/lab/labtraffic") +
+					      " send --to 203.0.113.10:7000 --tcp 3 --udp 3 --timeout-ms 800 2>&1");
+		EXPECT_FALSE(r.ok()) << r.output;
+		EXPECT_EQ(parseSeen(r.output).ok, 0) << r.output;
+		auto guard = inNode("s1", "nft list counter inet portslice guard_corp-us1");
+		std::smatch m;
+		ASSERT_TRUE(std::regex_search(guard.output, m, std::regex("packets ([0-9]+)"))) << guard.output;
+		EXPECT_GE(std::stoi(m[1]), 6);
+	}
 	// v1's host 100.64.11.2 (corp-us1, stateless): 10 TCP and 10 UDP flows
 	// answered, every one from 198.51.100.2 in its block 10200-10299, and
 	// none of them in the connection table, either way.
@@ -249,15 +264,7 @@ TEST_F(NatTraffic, StatelessTrafficGoesThroughTheHashMapsOfTheUnitForm)
 	EXPECT_EQ(conntrackCount("s1", "-d 198.51.100.2"), 0);
 
 	// The next unit past its block is 100.64.11.3's: not this host's, dropped.
-	auto r = inNode("v1", "sysctl -qw net.ipv4.ip_local_port_range='8384 8391' && " +
-				      buildPath("tests/lab/labtraffic") +
-				      " send --to 203.0.113.10:7000 --tcp 3 --udp 3 --timeout-ms 800 2>&1");
-	EXPECT_FALSE(r.ok()) << r.output;
-	EXPECT_EQ(parseSeen(r.output).ok, 0) << r.output;
-	auto guard = inNode("s1", "nft list counter inet portslice guard_corp-us1");
-	std::smatch m;
-	ASSERT_TRUE(std::regex_search(guard.output, m, std::regex("packets ([0-9]+)"))) << guard.output;
-	EXPECT_GE(std::stoi(m[1]), 6);
+	expectGuardDropsFrom("8384 8391");
 }
 
 TEST_F(NatTraffic, AStatelessHostOutsideItsBlockIsDroppedAndCountedNotLeaked)
@@ -265,15 +272,7 @@ TEST_F(NatTraffic, AStatelessHostOutsideItsBlockIsDroppedAndCountedNotLeaked)
 	ASSERT_TRUE(applyOnce(config()).ok());
 	serve();
 	// Ports outside 100.64.11.2's block: the guard drops them on s1.
-	auto r = inNode("v1", "sysctl -qw net.ipv4.ip_local_port_range='20000 20099' && " +
-				      buildPath("tests/lab/labtraffic") +
-				      " send --to 203.0.113.10:7000 --tcp 3 --udp 3 --timeout-ms 800 2>&1");
-	EXPECT_FALSE(r.ok()) << r.output;
-	EXPECT_EQ(parseSeen(r.output).ok, 0) << r.output;
-	auto guard = inNode("s1", "nft list counter inet portslice guard_corp-us1");
-	std::smatch m;
-	ASSERT_TRUE(std::regex_search(guard.output, m, std::regex("packets ([0-9]+)"))) << guard.output;
-	EXPECT_GE(std::stoi(m[1]), 6);
+	expectGuardDropsFrom("20000 20099");
 }
 
 // Local sockets of s1 hold every tuple of warp-gb1's share (and a few ports

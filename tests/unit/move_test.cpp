@@ -273,6 +273,26 @@ TEST(MoveSlice, EqualsAFullPlanInTheGeneratedFleet)
 		    tally.fast, tally.lastSlice, tally.full);
 }
 
+// Every slice move of s1 and of s31 of a generated fleet against the full
+// plan: all of them incremental.
+void expectEveryMoveIncremental(const config::Config &config)
+{
+	Tally tally;
+	for (const char *server : {"s1", "s31"})
+		checkEveryMove(config, server, tally, 3);
+	EXPECT_EQ(tally.lastSlice, 2u * 3u * 30u);
+	EXPECT_EQ(tally.full, 0u);
+}
+
+// s1 loses slice 0 of address 5 of a generated fleet, its only slice there.
+nft::MoveDelta lossOfAddress5(const plan::Plan &p)
+{
+	plan::Plan moved = p;
+	std::optional<plan::SliceMove> move = plan::moveSlice(moved, 5, 0, 1);
+	EXPECT_TRUE(move);
+	return move ? nft::moveDelta(moved, *move) : nft::MoveDelta{};
+}
+
 // A generated fleet large enough for the stateless maps to come in shards
 // (40 sources of a /28: 640 blocks, 4 shards of sl_egress, sl_return and
 // my_ports, nft/model.h; blocks of 100 ports, which no unit form fits): a
@@ -281,7 +301,6 @@ TEST(MoveSlice, EqualsAFullPlanInTheGeneratedFleet)
 // the full plan's.
 TEST(MoveSlice, EqualsAFullPlanWithTheStatelessMapsInShards)
 {
-	Tally tally;
 	config::Config config = loadText(portslice::testing::generatedFleet(40, 100));
 	const plan::Plan p = *plan::makePlan(config, "s1").plan;
 	ASSERT_EQ(nft::statelessShards(p), 4u);
@@ -292,16 +311,10 @@ TEST(MoveSlice, EqualsAFullPlanWithTheStatelessMapsInShards)
 	ASSERT_NE(model.find("my_ports_3"), nullptr);
 	ASSERT_EQ(model.find("sl_egress"), nullptr);
 	ASSERT_EQ(model.find("my_ports"), nullptr);
-	for (const char *server : {"s1", "s31"})
-		checkEveryMove(config, server, tally, 3);
-	EXPECT_EQ(tally.lastSlice, 2u * 3u * 30u);
-	EXPECT_EQ(tally.full, 0u);
+	expectEveryMoveIncremental(config);
 	// A loss touches the moved address's users' shards and nothing else.
-	plan::Plan moved = p;
-	std::optional<plan::SliceMove> move = plan::moveSlice(moved, 5, 0, 1);
-	ASSERT_TRUE(move);
 	std::vector<std::string> names;
-	for (const nft::Set &s : nft::moveDelta(moved, *move).after)
+	for (const nft::Set &s : lossOfAddress5(p).after)
 		names.push_back(s.name);
 	EXPECT_EQ(names, (std::vector<std::string>{ "my_blocks", "sl_egress_1", "sl_return_1", "my_ports_1" }));
 }
@@ -314,7 +327,6 @@ TEST(MoveSlice, EqualsAFullPlanWithTheStatelessMapsInShards)
 // the source's 16 blocks from one part of each map.
 TEST(MoveSlice, EqualsAFullPlanWithTheStatelessMapsInTheUnitForm)
 {
-	Tally tally;
 	config::Config config = loadText(portslice::testing::generatedFleet(40));
 	const plan::Plan p = *plan::makePlan(config, "s1").plan;
 	ASSERT_EQ(nft::statelessShards(p), nft::kUnitParts);
@@ -338,18 +350,12 @@ TEST(MoveSlice, EqualsAFullPlanWithTheStatelessMapsInTheUnitForm)
 	EXPECT_TRUE(model.find("my_ports")->elements.empty());
 	EXPECT_EQ(model.find("my_ports_0"), nullptr);
 	EXPECT_EQ(model.find("my_ports_shard"), nullptr);
-	for (const char *server : {"s1", "s31"})
-		checkEveryMove(config, server, tally, 3);
-	EXPECT_EQ(tally.lastSlice, 2u * 3u * 30u);
-	EXPECT_EQ(tally.full, 0u);
-	plan::Plan moved = p;
-	std::optional<plan::SliceMove> move = plan::moveSlice(moved, 5, 0, 1);
-	ASSERT_TRUE(move);
-	nft::MoveDelta delta = nft::moveDelta(moved, *move);
+	expectEveryMoveIncremental(config);
+	nft::MoveDelta delta = lossOfAddress5(p);
 	std::vector<std::string> names;
 	for (const nft::Set &s : delta.after)
 		names.push_back(s.name);
-	EXPECT_EQ(names, (std::vector<std::string>{ "my_blocks", "sl_egress_5", "sl_return_5" }));
+	ASSERT_EQ(names, (std::vector<std::string>{ "my_blocks", "sl_egress_5", "sl_return_5" }));
 	// The source of address 5 loses its 16 blocks, in both maps.
 	EXPECT_EQ(delta.before[1].elements.size(), 16u);
 	EXPECT_TRUE(delta.after[1].elements.empty());
