@@ -58,6 +58,17 @@ protected:
 		EXPECT_TRUE(r.ok()) << r.output;
 		return path;
 	}
+	// A third shared address and a stateless /24 source of `block`-port
+	// blocks on it: 256 more inside addresses make the fleet a large one
+	// (docs/nat.md).
+	void appendBulkSource(const std::string &cfg, int block)
+	{
+		std::ofstream(cfg, std::ios::app) << "\n[[addresses]]\naddress = \"198.51.100.3\"\ndatacenter = \"lab1\"\n"
+						     "tags = { product = \"bulk\" }\nslices = { s1 = [0, 3], s2 = [1, 4], s3 = [2, 5] }\n"
+						     "\n[[sources]]\nname = \"bulk\"\nmatch = { saddr = \"100.64.200.0/24\" }\n"
+						     "want = { product = \"bulk\" }\nnat = \"stateless\"\nblock = "
+						  << block << "\n";
+	}
 	lab::CommandResult applyOnce(const std::string &cfg, const std::string &server = "s1")
 	{
 		return inNode(server, buildPath("src/daemon/portsliced") + " --no-xdp --config " + cfg +
@@ -154,10 +165,7 @@ TEST_F(NatTraffic, ConntrackAndStatelessSourcesReachTheInternetWithTheSharedAddr
 TEST_F(NatTraffic, StatelessTrafficGoesThroughTheShardsOfALargeFleet)
 {
 	std::string cfg = config();
-	std::ofstream(cfg, std::ios::app) << "\n[[addresses]]\naddress = \"198.51.100.3\"\ndatacenter = \"lab1\"\n"
-					     "tags = { product = \"bulk\" }\nslices = { s1 = [0, 3], s2 = [1, 4], s3 = [2, 5] }\n"
-					     "\n[[sources]]\nname = \"bulk\"\nmatch = { saddr = \"100.64.200.0/24\" }\n"
-					     "want = { product = \"bulk\" }\nnat = \"stateless\"\nblock = 4\n";
+	appendBulkSource(cfg, 4);
 	auto applied = applyOnce(cfg);
 	ASSERT_TRUE(applied.ok()) << applied.output;
 	auto table = inNode("s1", "nft list table inet portslice");
@@ -224,10 +232,7 @@ TEST_F(NatTraffic, StatelessTrafficGoesThroughTheHashMapsOfTheUnitForm)
 	ASSERT_TRUE(run("sed -i -e 's/^port_range = .*/port_range = \"8192-16383\"/' -e 's/^slice_size = .*/slice_size = 1024/' "
 			"-e 's/^block = 100$/block = 64/' " + cfg)
 			    .ok());
-	std::ofstream(cfg, std::ios::app) << "\n[[addresses]]\naddress = \"198.51.100.3\"\ndatacenter = \"lab1\"\n"
-					     "tags = { product = \"bulk\" }\nslices = { s1 = [0, 3], s2 = [1, 4], s3 = [2, 5] }\n"
-					     "\n[[sources]]\nname = \"bulk\"\nmatch = { saddr = \"100.64.200.0/24\" }\n"
-					     "want = { product = \"bulk\" }\nnat = \"stateless\"\nblock = 8\n";
+	appendBulkSource(cfg, 8);
 	auto applied = applyOnce(cfg);
 	ASSERT_TRUE(applied.ok()) << applied.output;
 	auto table = inNode("s1", "nft list table inet portslice");
