@@ -159,8 +159,8 @@ std::vector<Chain> chains(const TableModel &m)
 
 	const Key answer{ { S::IpDaddr, S::ThDport }, {} };
 	// The stateless rewrites: through the one map (keyed on the unit of the
-	// port in the unit form, statelessUnit), or through the shard's chain
-	// that a verdict map picks (statelessShards).
+	// port in the unit form), or through the shard's chain that a verdict
+	// map picks (portForm).
 	const bool sharded = m.shards > 1;
 	const bool unitForm = m.statelessUnit > 0;
 	// The unit form's keys, and the address bits that pick its parts
@@ -441,7 +441,7 @@ public:
 		uint32_t portsSlot = shards_ > 1 && unit_ == 0
 					     ? kShardSlots + 2 * shards_ + static_cast<uint32_t>(index % shards_)
 					     : kMyPorts;
-		// In the unit form every slice is whole blocks (statelessUnit): the
+		// In the unit form every slice is whole blocks (portForm): the
 		// guard finds each of its ports in my_blocks, and my_ports stays empty.
 		const bool wholeSlices = wants(portsSlot) && unit_ == 0;
 		if (!wholeSlices && !wants(kMyBlocks))
@@ -614,16 +614,6 @@ uint32_t unitOf(const plan::PortShape &shape)
 }
 
 } // namespace
-
-uint32_t statelessUnit(const Plan &plan)
-{
-	return unitOf(plan::portShape(plan));
-}
-
-uint32_t statelessShards(const Plan &plan)
-{
-	return portForm(plan).shards;
-}
 
 PortForm portForm(const Plan &plan)
 {
@@ -845,7 +835,7 @@ TableModel build(const Plan &plan, uint64_t generation, bool portElements, PortF
 	Set newMark = makeSet("new_mark", SetKind::CounterMap, { { S::CtMark, S::MetaMark }, {}, false }, false);
 
 	// Which shard's chain a stateless source's packets and an address's
-	// answers jump to (statelessShards): by inside prefix and by shared
+	// answers jump to (portForm): by inside prefix and by shared
 	// address, or in the unit form by their bits (egressPart, returnPart).
 	const bool byPort = form.unit > 0;
 	Set egressShard = makeSet("sl_egress_shard", SetKind::VerdictMap, { { S::IpSaddr }, {}, false }, !byPort);

@@ -25,7 +25,7 @@ inline constexpr const char *kEgressTableName = "portslice_egress";
 // one costs a hash lookup (`th sport & kPortBlockMask`), whatever the number
 // of addresses; only the other ports pay the concatenated interval lookup in
 // `my_ports` (pipapo, linear in its size; in shards in a large fleet, see
-// statelessShards). 1024 divides the default slices
+// portForm). 1024 divides the default slices
 // (1024-65535, 2048 ports), so there every port of a slice is in a block.
 inline constexpr uint32_t kPortBlock = 1024;
 inline constexpr uint32_t kPortBlockMask = 0x10000 - kPortBlock; // 64512, as nft prints it
@@ -249,9 +249,9 @@ struct TableModel {
 	// masked address (a hash lookup, where an interval map of all prefixes
 	// costs a search that grows with their number).
 	std::vector<uint8_t> zoneSaddrLengths;
-	// Shards of the stateless maps (statelessShards): 1 is the plain form.
+	// Shards of the stateless maps (portForm): 1 is the plain form.
 	uint32_t shards = 1;
-	// The unit form's unit (statelessUnit), or 0.
+	// The unit form's unit (portForm), or 0.
 	uint32_t statelessUnit = 0;
 	std::vector<std::string> counters; // named counters, creation order
 	std::vector<Set> sets;             // creation order
@@ -320,8 +320,6 @@ struct PortForm {
 	uint32_t portShards() const { return unit > 0 ? 1 : shards; }
 };
 PortForm portForm(const plan::Plan &plan);
-uint32_t statelessShards(const plan::Plan &plan);
-uint32_t statelessUnit(const plan::Plan &plan);
 // "sl_egress" for one shard, "sl_egress_3" for shard 3 of more.
 std::string shardName(std::string_view base, uint32_t shard, uint32_t shards);
 // The sets of buildModel(plan, 0) without their elements, at the cost of a

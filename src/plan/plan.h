@@ -98,8 +98,8 @@ struct PlannedSource {
 	bool dropped() const { return assignments.empty(); } // no candidate here
 };
 
-// What the shape of the table depends on (nft/model.h, statelessShards and
-// statelessUnit): it follows from the config alone, moves do not change it.
+// What the shape of the table depends on (nft/model.h, portForm): it
+// follows from the config alone, moves do not change it.
 struct PortShape {
 	uint64_t statelessInside = 0; // inside addresses of the stateless sources
 	uint32_t blockGrain = 0;      // largest power of two dividing every stateless block (0: no stateless source)

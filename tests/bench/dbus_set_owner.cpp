@@ -130,7 +130,7 @@ double median(std::vector<double> v)
 // The largest set of the table, its largest stateless map, and the set
 // whose element the reference (the nft CLI) changes. Past 256 stateless
 // inside addresses the generated fleet (blocks of 128 ports in slices of
-// 2,048 from port 1024) takes the unit form (nft/model.h, statelessUnit):
+// 2,048 from port 1024) takes the unit form (nft/model.h, portForm):
 // sl_egress_K and sl_return_K are hash maps of a sixteenth of the blocks
 // each, my_blocks (two blocks a slice) is the largest set, and my_ports
 // stays empty (the CLI's change of it still reads the whole table).

@@ -303,8 +303,8 @@ TEST(MoveSlice, EqualsAFullPlanWithTheStatelessMapsInShards)
 {
 	config::Config config = loadText(portslice::testing::generatedFleet(40, 100));
 	const plan::Plan p = *plan::makePlan(config, "s1").plan;
-	ASSERT_EQ(nft::statelessShards(p), 4u);
-	ASSERT_EQ(nft::statelessUnit(p), 0u);
+	ASSERT_EQ(nft::portForm(p).shards, 4u);
+	ASSERT_EQ(nft::portForm(p).unit, 0u);
 	const nft::TableModel model = nft::buildModel(p, 1);
 	ASSERT_NE(model.find("sl_egress_3"), nullptr);
 	ASSERT_NE(model.find("sl_return_3"), nullptr);
@@ -329,8 +329,8 @@ TEST(MoveSlice, EqualsAFullPlanWithTheStatelessMapsInTheUnitForm)
 {
 	config::Config config = loadText(portslice::testing::generatedFleet(40));
 	const plan::Plan p = *plan::makePlan(config, "s1").plan;
-	ASSERT_EQ(nft::statelessShards(p), nft::kUnitParts);
-	ASSERT_EQ(nft::statelessUnit(p), 128u);
+	ASSERT_EQ(nft::portForm(p).shards, nft::kUnitParts);
+	ASSERT_EQ(nft::portForm(p).unit, 128u);
 	const nft::TableModel model = nft::buildModel(p, 1);
 	// Source i (100.64.0.0 + 16 i /28) is in part i mod 16, its address's
 	// answers too (198.18.0.i).
