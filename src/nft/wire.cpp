@@ -395,7 +395,7 @@ size_t WireElem::size() const
 	return 4 + 8 + 8 + key.size() + 8 + keyEnd.size() + 8 + data.size() + 8 + objref.size() + 32 + chain.size() + 16;
 }
 
-std::vector<WireElem> wireElements(const Set &s, const std::vector<Element> &elements, bool forDelete)
+std::vector<WireElem> wireElements(const Set &s, const std::vector<Element> &elements, bool forDelete, bool head)
 {
 	std::vector<WireElem> out;
 	auto dataOf = [&](const Element &e, WireElem &w) {
@@ -413,7 +413,7 @@ std::vector<WireElem> wireElements(const Set &s, const std::vector<Element> &ele
 			w.data = fieldsBytes(e.data, s.data, false);
 	};
 	if (isRbtree(s)) {
-		if (!elements.empty() && elements.front().key[0].lo != 0 && !forDelete) {
+		if (head && !elements.empty() && elements.front().key[0].lo != 0 && !forDelete) {
 			WireElem zero;
 			zero.flags = NFT_SET_ELEM_INTERVAL_END;
 			zero.key = fieldsBytes({ Field{ elements.front().key[0].type, 0, 0, {} } }, s.key, false);

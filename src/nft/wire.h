@@ -75,8 +75,10 @@ struct WireElem {
 // The elements of a set as nft sends them. A single-field interval set (the
 // kernel's rbtree) takes each range as a start element and an end element at
 // hi + 1, plus a closing end element at 0 when no range starts there.
-// `forDelete`: keys only.
-std::vector<WireElem> wireElements(const Set &set, const std::vector<Element> &elements, bool forDelete);
+// `forDelete`: keys only. `head`: `elements` begin the set (false: they are a
+// later piece of it, which takes no closing end element).
+std::vector<WireElem> wireElements(const Set &set, const std::vector<Element> &elements, bool forDelete,
+				   bool head = true);
 
 // The kernel elements to delete (keys) and to add so that a set holding
 // `before`'s elements holds `after`'s (same declaration): a changed value is

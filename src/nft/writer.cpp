@@ -600,19 +600,19 @@ void TableWriter::elements(const Set &s, const std::vector<Element> &elements, s
 	if (elements.empty())
 		return;
 	*count += elements.size();
-	// An rbtree's interval ends depend on neighbours: one piece. Other sets
-	// are encoded a slice at a time, so their wire form is never held whole
-	// beside the batch.
-	const size_t piece = s.interval && s.key.size() == 1 ? elements.size() : 4096;
-	for (size_t at = 0; at < elements.size(); at += piece) {
-		std::vector<Element> part;
-		const std::vector<Element> *some = &elements;
-		if (piece < elements.size()) {
-			auto from = elements.begin() + static_cast<ptrdiff_t>(at);
-			part.assign(from, from + static_cast<ptrdiff_t>(std::min(piece, elements.size() - at)));
-			some = &part;
-		}
-		putElements(NFT_MSG_NEWSETELEM, s.name, idOf(s.name), wireElements(s, *some, false), "adding");
+	// Encoded a slice at a time, so that a set's wire form is never held
+	// whole beside the batch (an rbtree's closing end element goes with
+	// the first slice).
+	constexpr size_t kPiece = 4096;
+	if (elements.size() <= kPiece) {
+		putElements(NFT_MSG_NEWSETELEM, s.name, idOf(s.name), wireElements(s, elements, false), "adding");
+		return;
+	}
+	std::vector<Element> part;
+	for (size_t at = 0; at < elements.size(); at += kPiece) {
+		auto from = elements.begin() + static_cast<ptrdiff_t>(at);
+		part.assign(from, from + static_cast<ptrdiff_t>(std::min(kPiece, elements.size() - at)));
+		putElements(NFT_MSG_NEWSETELEM, s.name, idOf(s.name), wireElements(s, part, false, at == 0), "adding");
 	}
 }
 

@@ -898,6 +898,7 @@ Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, Drains 
 	if (!journaled)
 		return fail({Fault::ApplyFailed, journaled.error().wrap("writing the ownership journal").message() +
 			     "; nothing was applied"}, false);
+	std::string().swap(pendingText_); // kept by the journal now: not held through the apply
 	Persisted kept{overlay, next, drains, pendingHash_.empty() ? fileHash_ : pendingHash_};
 	if (persist) {
 		if (Status saved = store_.save(kept); !saved) {

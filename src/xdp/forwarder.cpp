@@ -440,31 +440,50 @@ size_t ForwarderTables::sliceCount() const
 	return n;
 }
 
+SliceWant ForwarderTables::slice(size_t address, uint32_t i) const
+{
+	const SliceCell &c = addresses[address].slices[i];
+	SliceWant s;
+	s.flags = c.flags;
+	if (c.owner)
+		s.owner = targets[c.owner - 1u];
+	if (c.previous)
+		s.previous = targets[c.previous - 1u];
+	if (c.zones)
+		s.zones = zoneSets[c.zones - 1u];
+	return s;
+}
+
 namespace {
 
-// Slice i of address ai as the program must see it; targets[s] is server s.
-SliceWant sliceWantOf(const plan::Plan &plan, const std::vector<fwd_target> &targets,
-		      const ZoneRuns &runs, size_t ai, uint32_t i)
+// Slice i of address ai as the program must see it: its servers as indices
+// into the plan's, a zone set into `zoneSets`.
+SliceCell sliceCellOf(const plan::Plan &plan, const ZoneRuns &runs, size_t ai, uint32_t i,
+		      std::vector<fwd_zones> &zoneSets)
 {
 	const auto &a = plan.addresses[ai];
 	auto valid = [&](int32_t s) { return s >= 0 && static_cast<size_t>(s) < plan.servers.size(); };
 	int32_t owner = i < a.owner.size() ? a.owner[i] : plan::kNoServer;
 	int32_t previous = i < a.previous.size() ? a.previous[i] : plan::kNoServer;
-	SliceWant s;
+	SliceCell s;
 	if (!valid(owner))
 		return s; // a zero word: the program passes the packet as unowned
 	s.flags = FWD_SLICE_OWNED;
-	s.owner = targets[static_cast<size_t>(owner)];
+	s.owner = static_cast<uint16_t>(owner + 1);
 	if (static_cast<uint32_t>(owner) == plan.serverIndex)
 		s.flags |= FWD_SLICE_OWNER_SELF;
 	if (valid(previous) && previous != owner) {
 		s.flags |= FWD_SLICE_PREVIOUS;
-		s.previous = targets[static_cast<size_t>(previous)];
+		s.previous = static_cast<uint16_t>(previous + 1);
 		if (static_cast<uint32_t>(previous) == plan.serverIndex)
 			s.flags |= FWD_SLICE_PREVIOUS_SELF;
 	}
-	if ((s.flags & FWD_SLICE_OWNER_SELF) && (s.flags & FWD_SLICE_PREVIOUS))
-		s.zones = zonesOf(runs.of(static_cast<uint32_t>(ai)), a.slice(i));
+	if ((s.flags & FWD_SLICE_OWNER_SELF) && (s.flags & FWD_SLICE_PREVIOUS)) {
+		if (auto zones = zonesOf(runs.of(static_cast<uint32_t>(ai)), a.slice(i))) {
+			zoneSets.push_back(*zones);
+			s.zones = static_cast<uint32_t>(zoneSets.size());
+		}
+	}
 	return s;
 }
 
@@ -476,31 +495,49 @@ std::vector<fwd_target> serverTargets(const plan::Plan &plan, const NeighbourTab
 	return targets;
 }
 
+// Zone runs (a walk over the ports of the sources that may use an address)
+// only for the addresses of `slices` (nullptr: all) where this server owns
+// a slice that a previous owner still drains.
+ZoneRuns drainRuns(const plan::Plan &plan, const std::vector<SliceRef> *slices)
+{
+	std::vector<uint32_t> wanted;
+	auto want = [&](uint32_t ai, uint32_t i) {
+		const auto &a = plan.addresses[ai];
+		if (i < a.owner.size() && i < a.previous.size() &&
+		    a.owner[i] == static_cast<int32_t>(plan.serverIndex) && a.previous[i] != plan::kNoServer)
+			wanted.push_back(ai);
+	};
+	if (slices) {
+		for (const auto &ref : *slices)
+			if (ref.address < plan.addresses.size())
+				want(ref.address, ref.slice);
+	} else {
+		for (uint32_t ai = 0; ai < plan.addresses.size(); ai++)
+			for (uint32_t i = 0; i < plan.addresses[ai].sliceCount; i++)
+				want(ai, i);
+	}
+	std::sort(wanted.begin(), wanted.end());
+	wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
+	return zoneRuns(plan, &wanted);
+}
+
 } // namespace
 
 std::vector<SliceUpdate> buildSlices(const plan::Plan &plan, const std::vector<SliceRef> &slices,
 				     const NeighbourTable &neighbours)
 {
-	auto targets = serverTargets(plan, neighbours);
-	// Zone runs (a walk over every source's ports) only for slices this
-	// server takes over while a previous owner drains them.
-	std::vector<uint32_t> wanted;
-	for (const auto &ref : slices) {
-		if (ref.address >= plan.addresses.size() || ref.slice >= plan.addresses[ref.address].sliceCount)
-			continue;
-		const auto &a = plan.addresses[ref.address];
-		if (a.owner[ref.slice] == static_cast<int32_t>(plan.serverIndex) && a.previous[ref.slice] != plan::kNoServer)
-			wanted.push_back(ref.address);
-	}
-	std::sort(wanted.begin(), wanted.end());
-	wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
-	auto runs = zoneRuns(plan, &wanted);
+	ForwarderTables one; // the expansion of each slice's cell
+	one.targets = serverTargets(plan, neighbours);
+	one.addresses.resize(1);
+	one.addresses[0].slices.resize(1);
+	auto runs = drainRuns(plan, &slices);
 	std::vector<SliceUpdate> updates;
 	for (const auto &ref : slices) {
 		if (ref.address >= plan.addresses.size() || ref.slice >= plan.addresses[ref.address].sliceCount)
 			continue;
-		updates.push_back({plan.addresses[ref.address].address.networkOrder(), ref.slice,
-				   sliceWantOf(plan, targets, runs, ref.address, ref.slice)});
+		one.zoneSets.clear();
+		one.addresses[0].slices[0] = sliceCellOf(plan, runs, ref.address, ref.slice, one.zoneSets);
+		updates.push_back({plan.addresses[ref.address].address.networkOrder(), ref.slice, one.slice(0, 0)});
 	}
 	return updates;
 }
@@ -515,7 +552,8 @@ ForwarderTables buildTables(const plan::Plan &plan, const Mac &uplinkMac, uint32
 	copyMac(t.config.self_mac, uplinkMac);
 	t.config.object_hash = ForwarderObject::objectHash();
 
-	std::vector<fwd_target> targets = serverTargets(plan, neighbours);
+	t.targets = serverTargets(plan, neighbours);
+	const std::vector<fwd_target> &targets = t.targets;
 	for (size_t i = 0; i < plan.servers.size(); i++) {
 		const auto &server = plan.servers[i];
 		if (i == plan.serverIndex)
@@ -525,7 +563,7 @@ ForwarderTables buildTables(const plan::Plan &plan, const Mac &uplinkMac, uint32
 			t.unresolved.push_back("server " + server.name + " (" + server.address.str() + ")");
 	}
 
-	auto runs = zoneRuns(plan);
+	auto runs = drainRuns(plan, nullptr);
 	for (size_t ai = 0; ai < plan.addresses.size(); ai++) {
 		const auto &a = plan.addresses[ai];
 		AddressWant want;
@@ -556,7 +594,7 @@ ForwarderTables buildTables(const plan::Plan &plan, const Mac &uplinkMac, uint32
 		if (a.local) {
 			want.slices.resize(want.value.slice_count);
 			for (uint32_t i = 0; i < want.value.slice_count; i++)
-				want.slices[i] = sliceWantOf(plan, targets, runs, ai, i);
+				want.slices[i] = sliceCellOf(plan, runs, ai, i, t.zoneSets);
 		}
 		t.addresses.push_back(std::move(want));
 	}
@@ -651,7 +689,8 @@ Status syncMaps(const MapFds &maps, const ForwarderTables &tables)
 	};
 
 	std::vector<fwd_address> entries;
-	for (const auto &want : tables.addresses) {
+	for (size_t ai = 0; ai < tables.addresses.size(); ai++) {
+		const AddressWant &want = tables.addresses[ai];
 		fwd_address value = want.value;
 		if (want.gateway) {
 			auto slot = targetSlots.slotFor(*want.gateway, "fwd_targets");
@@ -673,7 +712,7 @@ Status syncMaps(const MapFds &maps, const ForwarderTables &tables)
 			}
 			// Slots first, then the words that name them: one store each.
 			for (uint32_t i = 0; i < value.slice_count; i++) {
-				const SliceWant &sw = want.slices[i];
+				const SliceWant sw = tables.slice(ai, i);
 				fwd_slice s{};
 				s.flags = sw.flags;
 				if (sw.owner) {

@@ -421,7 +421,7 @@ TEST_F(XdpForwarder, MovesASliceWithOneMapUpdate)
 	size_t changed = 0;
 	for (size_t a = 0; a < moved.addresses.size(); a++)
 		for (size_t i = 0; i < moved.addresses[a].slices.size(); i++)
-			changed += !(moved.addresses[a].slices[i] == tables_.addresses[a].slices[i]);
+			changed += !(moved.slice(a, i) == tables_.slice(a, i));
 	EXPECT_EQ(changed, 1u) << "a move must change exactly one slice";
 	// ... and exactly one 8-byte word of fwd_slices.
 	auto words = [&] {

@@ -299,6 +299,17 @@ TEST(NftWire, ElementsOfConcatenationsAndIntervalsEncodeInNetworkOrderWithEndEle
 	EXPECT_EQ(w[1].key, std::string("\x64\x40\x02\x00", 4));
 	EXPECT_EQ(w[2].key, std::string("\x64\x40\x02\x10", 4));
 	EXPECT_EQ(w[2].flags, uint32_t{ NFT_SET_ELEM_INTERVAL_END });
+
+	// A large rbtree is encoded a piece at a time: the pieces, the first
+	// with the closing element, are the whole set's wire form.
+	nft::Element q{ { { nft::FieldType::Ipv4, 0x64400300, 0x644003ff, {} } }, {}, {} };
+	nft::Element r{ { { nft::FieldType::Ipv4, 0x64400400, 0x644004ff, {} } }, {}, {} };
+	std::vector<nft::WireElem> whole = nft::wireElements(prefixes, { p, q, r }, false);
+	std::vector<nft::WireElem> pieces = nft::wireElements(prefixes, { p, q }, false);
+	std::vector<nft::WireElem> second = nft::wireElements(prefixes, { r }, false, false);
+	ASSERT_EQ(second.size(), 2u) << "a later piece takes no closing element";
+	pieces.insert(pieces.end(), second.begin(), second.end());
+	EXPECT_EQ(pieces, whole);
 }
 
 } // namespace
