@@ -3,6 +3,7 @@
 #include "common/netlink.h"
 
 #include <cerrno>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -34,20 +35,21 @@ Status NetlinkSocket::request(nlmsghdr *nlh, const std::function<int(const nlmsg
 	nlh->nlmsg_seq = ++seq_;
 	if (mnl_socket_sendto(sock_.get(), nlh, nlh->nlmsg_len) < 0)
 		return Error(errno, std::string("sending to ") + what_);
-	std::vector<char> buf(1 << 16);
+	constexpr size_t kAnswerBytes = 1u << 16;
+	std::unique_ptr<char[]> buf(new char[kAnswerBytes]); // not cleared: recv writes what is read
 	auto trampoline = [](const nlmsghdr *m, void *data) -> int {
 		const auto *f = static_cast<const std::function<int(const nlmsghdr *)> *>(data);
 		return *f ? (*f)(m) : MNL_CB_OK;
 	};
 	for (;;) {
-		ssize_t n = mnl_socket_recvfrom(sock_.get(), buf.data(), buf.size());
+		ssize_t n = mnl_socket_recvfrom(sock_.get(), buf.get(), kAnswerBytes);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
 			return Error(errno, std::string("reading ") + what_);
 		}
 		errno = 0;
-		int ret = mnl_cb_run(buf.data(), static_cast<size_t>(n), seq_, portId(), trampoline,
+		int ret = mnl_cb_run(buf.get(), static_cast<size_t>(n), seq_, portId(), trampoline,
 				     const_cast<std::function<int(const nlmsghdr *)> *>(&cb));
 		if (ret < 0)
 			return Error(errno ? errno : EPROTO, what_);

@@ -42,7 +42,7 @@ namespace {
 // 10,000 sources, and the heap keeps such memory resident until trimmed.
 // Given back at the end of a turn (the replies are out by then) whenever
 // the resident size grew by more than 8 MiB since the last trim: a move
-// grows it by nothing, so it costs a move one read of /proc/self/statm.
+// grows it by nothing, so it costs a move one pread of /proc/self/statm.
 class FreedMemory {
 public:
 	void giveBack(bool always = false)
@@ -52,24 +52,22 @@ public:
 			malloc_trim(0);
 			now = residentBytes();
 		}
-		trimmed_ = std::min(trimmed_, now);
-		if (always)
-			trimmed_ = now;
+		trimmed_ = always ? now : std::min(trimmed_, now);
 	}
 
 private:
 	static constexpr size_t kSlack = 8u << 20;
-	static size_t residentBytes()
+	size_t residentBytes()
 	{
-		UniqueFd fd(::open("/proc/self/statm", O_RDONLY | O_CLOEXEC));
 		char text[128] = {};
-		if (!fd.isValid() || ::read(fd.get(), text, sizeof(text) - 1) <= 0)
+		if (!statm_.isValid() || ::pread(statm_.get(), text, sizeof(text) - 1, 0) <= 0)
 			return 0;
 		unsigned long size = 0, resident = 0;
 		if (std::sscanf(text, "%lu %lu", &size, &resident) != 2)
 			return 0;
 		return resident * static_cast<size_t>(::sysconf(_SC_PAGESIZE));
 	}
+	UniqueFd statm_{::open("/proc/self/statm", O_RDONLY | O_CLOEXEC)};
 	size_t trimmed_ = SIZE_MAX;
 };
 
@@ -323,6 +321,7 @@ int serve(const ServeOptions &options, service::Backend &backend)
 	// The unit is active only after the first apply: a file that cannot be
 	// applied at start is an exit 1 with the errors in the journal.
 	service::Answer<uint64_t> started = service.start();
+	bus.flushAnnouncements();
 	if (!started.ok()) {
 		log::Line(log::Priority::Err) << "portsliced: nothing applied: " << started.failure().message;
 		return 1;
@@ -440,13 +439,15 @@ int serve(const ServeOptions &options, service::Backend &backend)
 				metricsGeneration = service.generation();
 			}
 		}
-		while (connection->processPendingRequest()) {
-		}
+		// Each call's signals go out after its reply.
+		while (connection->processPendingRequest())
+			bus.flushAnnouncements();
 		// The events of what we applied in this turn, read now: an overflow
 		// among them is our own large commit's. A repair is a commit of
 		// ours too (bounded: someone may be fighting us).
 		for (int turn = 0; turn < 3 && readEvents(true); turn++) {
 		}
+		bus.flushAnnouncements(); // those of a reload, a repair or a drain's end
 		freed.giveBack();
 	}
 }

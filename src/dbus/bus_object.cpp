@@ -38,20 +38,24 @@ BusObject::~BusObject()
 // A signal that cannot be sent must not take the daemon down: the state is applied either way.
 void BusObject::announceApplied(uint64_t generation)
 {
-	try {
-		emitApplied(generation);
-	} catch (const sdbus::Error &e) {
-		log::Line(log::Priority::Warning) << "emitting Applied: " << e.getMessage();
-	}
+	announcements_.push_back([this, generation] {
+		try {
+			emitApplied(generation);
+		} catch (const sdbus::Error &e) {
+			log::Line(log::Priority::Warning) << "emitting Applied: " << e.getMessage();
+		}
+	});
 }
 
 void BusObject::announceApplyFailed(const std::string &error)
 {
-	try {
-		emitApplyFailed(error);
-	} catch (const sdbus::Error &e) {
-		log::Line(log::Priority::Warning) << "emitting ApplyFailed: " << e.getMessage();
-	}
+	announcements_.push_back([this, error] {
+		try {
+			emitApplyFailed(error);
+		} catch (const sdbus::Error &e) {
+			log::Line(log::Priority::Warning) << "emitting ApplyFailed: " << e.getMessage();
+		}
+	});
 }
 
 void BusObject::announceChanged(const std::vector<std::string> &names)
@@ -64,11 +68,21 @@ void BusObject::announceChanged(const std::vector<std::string> &names)
 			emitted.push_back(n);
 	if (emitted.empty())
 		return;
-	try {
-		getObject().emitPropertiesChangedSignal(kInterface, emitted);
-	} catch (const sdbus::Error &e) {
-		log::Line(log::Priority::Warning) << "emitting PropertiesChanged: " << e.getMessage();
-	}
+	announcements_.push_back([this, emitted] {
+		try {
+			getObject().emitPropertiesChangedSignal(kInterface, emitted);
+		} catch (const sdbus::Error &e) {
+			log::Line(log::Priority::Warning) << "emitting PropertiesChanged: " << e.getMessage();
+		}
+	});
+}
+
+void BusObject::flushAnnouncements()
+{
+	std::vector<std::function<void()>> due;
+	due.swap(announcements_);
+	for (const auto &announce : due)
+		announce();
 }
 
 // Who asked for a change, in the journal (CALLER_UID): the bus says which uid sent the call.
@@ -86,11 +100,14 @@ void BusObject::announceOwners(const std::vector<journal::Change> &changes)
 	for (const journal::Change &c : changes) {
 		if (!c.key || c.drainEnd || c.old == c.now)
 			continue;
-		try {
-			emitSliceOwnerChanged(Ipv4{c.key->address}.str(), c.key->slice, c.old, c.now, c.generation);
-		} catch (const sdbus::Error &e) {
-			std::cerr << "emitting SliceOwnerChanged: " << e.getMessage() << std::endl;
-		}
+		announcements_.push_back([this, address = Ipv4{c.key->address}.str(), slice = c.key->slice, old = c.old,
+					  now = c.now, generation = c.generation] {
+			try {
+				emitSliceOwnerChanged(address, slice, old, now, generation);
+			} catch (const sdbus::Error &e) {
+				log::Line(log::Priority::Warning) << "emitting SliceOwnerChanged: " << e.getMessage();
+			}
+		});
 	}
 }
 

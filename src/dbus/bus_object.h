@@ -2,6 +2,9 @@
 // The org.portslice.Egress1 object: the generated adaptor's methods and properties, answered by the Service.
 #pragma once
 
+#include <functional>
+#include <vector>
+
 #include <sdbus-c++/sdbus-c++.h>
 
 #include "dbus/egress1_adaptor.h"
@@ -25,6 +28,11 @@ public:
 	void announceChanged(const std::vector<std::string> &names);
 	// SliceOwnerChanged for each change of owner among `changes`.
 	void announceOwners(const std::vector<journal::Change> &changes);
+	// The announcements above wait here, in order, until this sends them:
+	// the serve loop calls it once the reply of the call that made them
+	// is out, so that a caller does not wait for its signals (a
+	// connection's messages reach the bus in the order they are sent).
+	void flushAnnouncements();
 
 private:
 	void logCaller(const char *member);
@@ -54,6 +62,7 @@ private:
 	std::string LastError() override;
 
 	Service &service_;
+	std::vector<std::function<void()>> announcements_;
 	// The last caller's unique bus name and uid: asking the bus is a round
 	// trip to it, and a unique name is never given to another connection.
 	std::string lastSender_;

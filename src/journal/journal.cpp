@@ -395,34 +395,49 @@ Status Journal::append(const std::vector<Record> &records)
 {
 	if (records.empty())
 		return {};
-	if (Status made = makeDir(dir_); !made)
-		return made;
 	std::string text;
 	for (const Record &r : records)
 		text += encode(r);
-	// O_NONBLOCK: a FIFO at the path (with no reader) fails the open instead of blocking it.
-	UniqueFd fd(::open(path().c_str(), O_WRONLY | O_APPEND | O_CREAT | O_NONBLOCK | O_CLOEXEC, 0640));
-	if (!fd.isValid())
-		return Error(errno, "opening " + path());
 	struct stat st {};
-	if (::fstat(fd.get(), &st) < 0)
-		return Error(errno, "reading " + path());
-	if (!S_ISREG(st.st_mode))
-		return Error(path() + " is not a regular file; remove it");
+	if (out_.isValid() &&
+	    (::stat(path().c_str(), &st) != 0 || st.st_dev != outDev_ || st.st_ino != outIno_ || !S_ISREG(st.st_mode)))
+		out_.reset(); // moved or removed by someone else: the path is opened anew
+	bool ours = out_.isValid() && st.st_size == outSize_; // it ends where our last append did
+	if (!out_.isValid()) {
+		if (Status made = makeDir(dir_); !made)
+			return made;
+		// O_NONBLOCK: a FIFO at the path (with no reader) fails the open instead of blocking it.
+		UniqueFd fd(::open(path().c_str(), O_WRONLY | O_APPEND | O_CREAT | O_NONBLOCK | O_CLOEXEC, 0640));
+		if (!fd.isValid())
+			return Error(errno, "opening " + path());
+		if (::fstat(fd.get(), &st) < 0)
+			return Error(errno, "reading " + path());
+		if (!S_ISREG(st.st_mode))
+			return Error(path() + " is not a regular file; remove it");
+		out_ = std::move(fd);
+		outDev_ = st.st_dev;
+		outIno_ = st.st_ino;
+	}
 	bool created = st.st_size == 0;
-	if (!created) {
+	if (created) {
+		firstUs_ = records.front().timeUs;
+	} else if (!ours) {
 		// A line torn by a crash stays a damaged record; the next starts on its own line.
 		char last = '\n';
 		UniqueFd in(::open(path().c_str(), O_RDONLY | O_CLOEXEC));
 		if (in.isValid() && ::pread(in.get(), &last, 1, st.st_size - 1) == 1 && last != '\n')
 			text.insert(text.begin(), '\n');
-	} else {
-		firstUs_ = records.front().timeUs;
 	}
-	if (Status written = writeAll(fd.get(), text, path()); !written)
+	if (Status written = writeAll(out_.get(), text, path()); !written) {
+		out_.reset(); // perhaps a torn line: the next append looks at the end again
 		return written;
-	if (::fdatasync(fd.get()) < 0)
-		return Error(errno, "flushing " + path());
+	}
+	if (::fdatasync(out_.get()) < 0) {
+		int error = errno;
+		out_.reset();
+		return Error(error, "flushing " + path());
+	}
+	outSize_ = st.st_size + static_cast<off_t>(text.size());
 	if (created)
 		return syncDir(dir_);
 	return {};
@@ -528,6 +543,7 @@ Result<bool> Journal::rotateIfDue(int64_t nowUs, const std::string &keepHash)
 	if (::rename(path().c_str(), target.c_str()) < 0)
 		return Error(errno, "rotating " + path());
 	firstUs_.reset();
+	out_.reset();
 
 	// Old segments: a segment can go when the next one began before the limit
 	// (every record it holds is older, and the next starts with a checkpoint).

@@ -3,11 +3,13 @@
 #pragma once
 
 #include <cstdint>
+#include <sys/types.h>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "common/handle.h"
 #include "common/net.h"
 #include "common/result.h"
 
@@ -117,6 +119,14 @@ private:
 	std::string dir_;
 	int keepDays_;
 	std::optional<int64_t> firstUs_; // time of the current segment's first record, once known
+	// The segment being written, kept open between appends while the path
+	// still names it (same inode) and every write went in whole: an append
+	// is then a stat, a write and an fdatasync. Its size after our last
+	// append: another size means someone else wrote, and the end is looked at.
+	UniqueFd out_;
+	dev_t outDev_ = 0;
+	ino_t outIno_ = 0;
+	off_t outSize_ = 0;
 };
 
 } // namespace portslice::journal

@@ -163,9 +163,11 @@ Status Socket::send(Batch &batch)
 	bool lastAcked = false;
 	Error first;
 	bool failed = false;
-	std::vector<char> buf(1 << 20);
+	constexpr size_t kAnswerBytes = 1u << 20;
+	if (!answers_)
+		answers_.reset(new char[kAnswerBytes]);
 	for (;;) {
-		ssize_t n = recv(fd, buf.data(), buf.size(), MSG_DONTWAIT);
+		ssize_t n = recv(fd, answers_.get(), kAnswerBytes, MSG_DONTWAIT);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -176,7 +178,7 @@ Status Socket::send(Batch &batch)
 			return Error(errno, "reading acknowledgements");
 		}
 		int len = static_cast<int>(n);
-		for (auto *nlh = reinterpret_cast<const nlmsghdr *>(buf.data()); mnl_nlmsg_ok(nlh, len);
+		for (auto *nlh = reinterpret_cast<const nlmsghdr *>(answers_.get()); mnl_nlmsg_ok(nlh, len);
 		     nlh = mnl_nlmsg_next(nlh, &len)) {
 			if (nlh->nlmsg_type != NLMSG_ERROR)
 				continue;

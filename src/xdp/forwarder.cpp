@@ -257,6 +257,35 @@ Result<PinnedMaps> openPinnedMaps(const std::string &pinDir)
 	return fds;
 }
 
+// The pinned maps the last move opened, kept open for the next (nine opens
+// and closes less a move). Dropped whenever this process changes the pins
+// (applyForwarder, removeForwarder); before each use the pin of fwd_config
+// must still be the map held (same bpffs inode), so that maps pinned anew by
+// another process are never written through old descriptors.
+struct KeptMaps {
+	std::string pinDir;
+	PinnedMaps fds;
+	ino_t configInode = 0;
+};
+std::optional<KeptMaps> gKeptMaps;
+
+const PinnedMaps *keptPinnedMaps(const std::string &pinDir)
+{
+	struct stat pin {};
+	if (::stat(pinPath(pinDir, kMapNames[0]).c_str(), &pin) != 0) {
+		gKeptMaps.reset();
+		return nullptr;
+	}
+	if (gKeptMaps && gKeptMaps->pinDir == pinDir && gKeptMaps->configInode == pin.st_ino)
+		return &gKeptMaps->fds;
+	gKeptMaps.reset();
+	auto fds = openPinnedMaps(pinDir);
+	if (!fds)
+		return nullptr;
+	gKeptMaps = KeptMaps{pinDir, std::move(*fds), pin.st_ino};
+	return &gKeptMaps->fds;
+}
+
 MapFds borrow(const PinnedMaps &fds)
 {
 	return MapFds{fds[0].get(), fds[1].get(), fds[2].get(), fds[3].get(), fds[4].get(),
@@ -1115,6 +1144,7 @@ Status detachRecord(uint32_t ifindex)
 
 Status unpinAll(const std::string &pinDir)
 {
+	gKeptMaps.reset();
 	std::vector<std::string> paths;
 	for (const char *name : kMapNames)
 		paths.push_back(pinPath(pinDir, name));
@@ -1137,6 +1167,7 @@ Status unpinAll(const std::string &pinDir)
 
 Status applyForwarder(const plan::Plan &plan, const std::string &pinDir)
 {
+	gKeptMaps.reset(); // the pins may change below
 	auto fail = [&](const Error &e) -> Status { return e.wrap("applying XDP forwarder on " + plan.uplink); };
 	uint32_t ifindex = ::if_nametoindex(plan.uplink.c_str());
 	if (ifindex == 0)
@@ -1253,7 +1284,7 @@ Status applyForwarder(const plan::Plan &plan, const std::string &pinDir)
 Status applyForwarderSlices(const plan::Plan &plan, const std::vector<SliceRef> &changed, const std::string &pinDir)
 {
 	uint32_t ifindex = ::if_nametoindex(plan.uplink.c_str());
-	auto fds = openPinnedMaps(pinDir);
+	const PinnedMaps *fds = keptPinnedMaps(pinDir);
 	if (ifindex != 0 && fds) {
 		fwd_config current{};
 		uint32_t zero = 0;
@@ -1321,6 +1352,7 @@ bool forwarderPinned(const std::string &pinDir)
 
 Status removeForwarder(const std::string &uplink, const std::string &pinDir)
 {
+	gKeptMaps.reset();
 	uint32_t ifindex = uplink.empty() ? 0 : ::if_nametoindex(uplink.c_str());
 	UniqueFd linkFd(bpf_obj_get(pinPath(pinDir, FWD_PIN_LINK).c_str()));
 	if (linkFd.isValid()) {

@@ -163,6 +163,26 @@ TEST_F(JournalTest, ADamagedRecordIsReportedWithItsOffsetAndStopsQueries)
 	EXPECT_EQ(scan.records.back(), outcome(300, 3));
 }
 
+// An append goes to the file the path names when it is made: the journal
+// moved away (or deleted) by someone else between two appends is left as it
+// is, and the path gets a new segment.
+TEST_F(JournalTest, AnAppendGoesToThePathNotToAFileMovedAway)
+{
+	Journal journal(dir_.string(), 400);
+	ASSERT_TRUE(journal.append({fileRecord(100, 1), outcome(100, 1)}).ok());
+	fs::rename(journal.path(), dir_ / "moved");
+	ASSERT_TRUE(journal.append({outcome(200, 2)}).ok());
+	Journal moved((dir_ / "elsewhere").string(), 400);
+	fs::create_directory(dir_ / "elsewhere");
+	fs::rename(dir_ / "moved", moved.path());
+	EXPECT_EQ(moved.scan().records, (std::vector<Record>{fileRecord(100, 1), outcome(100, 1)}));
+	EXPECT_EQ(journal.scan().records, (std::vector<Record>{outcome(200, 2)}));
+	fs::remove(journal.path());
+	ASSERT_TRUE(journal.append({outcome(300, 3)}).ok());
+	EXPECT_EQ(journal.scan().records, (std::vector<Record>{outcome(300, 3)}));
+	EXPECT_EQ(moved.scan().records.size(), 2u);
+}
+
 TEST_F(JournalTest, OnlyAppliedChangesCountAndHistoryNamesEachSlice)
 {
 	Scan scan;
