@@ -331,6 +331,69 @@ private:
 	uint32_t entries_;
 };
 
+// An mmapable array map seen through a window of at most 256 KiB that moves
+// to the element asked for: a full sync walks the 6 MiB address index and
+// writes the 8 MiB slice array without ever having them resident in this
+// process at once. A pointer is good until the next at().
+template<class T>
+class ArrayWindow {
+	static_assert(sizeof(T) % 8 == 0); // the mmap stride is the value size
+public:
+	static Result<ArrayWindow> open(int fd, const char *name)
+	{
+		bpf_map_info info{};
+		uint32_t size = sizeof(info);
+		if (bpf_obj_get_info_by_fd(fd, &info, &size) != 0)
+			return errnoError(errno, std::string("reading map ") + name);
+		if (info.value_size != sizeof(T))
+			return Error(EINVAL, std::string("map ") + name + " has values of " +
+						     std::to_string(info.value_size) + " bytes");
+		return ArrayWindow(fd, name, info.max_entries);
+	}
+	ArrayWindow(ArrayWindow &&o) noexcept
+		: fd_(o.fd_), name_(o.name_), entries_(o.entries_), base_(std::exchange(o.base_, nullptr)),
+		  from_(o.from_), to_(o.to_) {}
+	ArrayWindow(const ArrayWindow &) = delete;
+	ArrayWindow &operator=(const ArrayWindow &) = delete;
+	ArrayWindow &operator=(ArrayWindow &&) = delete;
+	~ArrayWindow() { unmap(); }
+
+	uint32_t entries() const { return entries_; }
+	// Element i (< entries()).
+	Result<T *> at(uint32_t i)
+	{
+		const size_t begin = size_t{i} * sizeof(T), end = begin + sizeof(T);
+		if (!base_ || begin < from_ || end > to_) {
+			unmap();
+			const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+			const size_t total = (size_t{entries_} * sizeof(T) + page - 1) / page * page;
+			from_ = begin / page * page;
+			to_ = std::min(total, std::max(from_ + kWindowBytes, (end + page - 1) / page * page));
+			void *p = ::mmap(nullptr, to_ - from_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_,
+					 static_cast<off_t>(from_));
+			if (p == MAP_FAILED)
+				return errnoError(errno, std::string("mapping map ") + name_);
+			base_ = p;
+		}
+		return reinterpret_cast<T *>(static_cast<char *>(base_) + (begin - from_));
+	}
+
+private:
+	static constexpr size_t kWindowBytes = 256u << 10;
+	ArrayWindow(int fd, const char *name, uint32_t entries) : fd_(fd), name_(name), entries_(entries) {}
+	void unmap()
+	{
+		if (base_)
+			::munmap(base_, to_ - from_);
+		base_ = nullptr;
+	}
+	int fd_;
+	const char *name_;
+	uint32_t entries_;
+	void *base_ = nullptr;
+	size_t from_ = 0, to_ = 0;
+};
+
 uint64_t packSlice(const fwd_slice &s)
 {
 	uint64_t w;
@@ -638,23 +701,29 @@ Status syncMaps(const MapFds &maps, const ForwarderTables &tables)
 	if (auto s = syncHash(maps.peers, tables.peers, "fwd_peers"); !s)
 		return s;
 
-	auto index = MappedArray::map(maps.addrIndex, "fwd_addr_index");
-	auto slices = MappedArray::map(maps.slices, "fwd_slices");
+	auto index = ArrayWindow<fwd_address>::open(maps.addrIndex, "fwd_addr_index");
+	if (!index)
+		return index.error();
+	auto slices = ArrayWindow<uint64_t>::open(maps.slices, "fwd_slices");
+	if (!slices)
+		return slices.error();
 	auto targets = MappedArray::map(maps.targets, "fwd_targets");
 	auto zones = MappedArray::map(maps.zones, "fwd_zones");
-	for (const auto *m : {&index, &slices, &targets, &zones})
+	for (const auto *m : {&targets, &zones})
 		if (!*m)
 			return m->error();
-	auto *idx = index->as<fwd_address>();
-	auto *words = slices->as<uint64_t>();
 
 	// What the program can reach now: the addresses of the index and of the
 	// hash, their runs of slices, and the slots those name.
 	std::unordered_map<uint32_t, fwd_address> current;
 	current.reserve(tables.addresses.size() * 2);
-	for (uint32_t b = 0; b < index->entries(); b++)
-		if (idx[b].addr != 0)
-			current[idx[b].addr] = idx[b];
+	for (uint32_t b = 0; b < index->entries(); b++) {
+		auto entry = index->at(b);
+		if (!entry)
+			return entry.error();
+		if ((*entry)->addr != 0)
+			current[(*entry)->addr] = **entry;
+	}
 	{
 		uint32_t key = 0;
 		uint32_t next = 0;
@@ -675,35 +744,37 @@ Status syncMaps(const MapFds &maps, const ForwarderTables &tables)
 		if (!(a.flags & FWD_ADDR_LOCAL) || uint64_t{a.slice_base} + a.slice_count > slices->entries())
 			continue;
 		busy.push_back({a.slice_base, a.slice_base + a.slice_count});
-		for (uint32_t i = 0; i < a.slice_count; i++) {
-			fwd_slice s = unpackSlice(words[a.slice_base + i]);
+	}
+	// The runs' words in the order they lie in the map (the window moves forward).
+	std::sort(busy.begin(), busy.end());
+	for (const auto &[lo, hi] : busy)
+		for (uint32_t i = lo; i < hi; i++) {
+			auto word = slices->at(i);
+			if (!word)
+				return word.error();
+			fwd_slice s = unpackSlice(**word);
 			for (uint16_t slot : {s.owner, s.previous})
 				if (slot < targetRefs.size())
 					targetRefs[slot] = true;
 			if (s.zones < zoneRefs.size())
 				zoneRefs[s.zones] = true;
 		}
-	}
 	SlotTable<fwd_target> targetSlots(targets->as<fwd_target>(), targets->entries(), targetRefs);
 	SlotTable<fwd_zones> zoneSlots(zones->as<fwd_zones>(), zones->entries(), zoneRefs);
 
 	// Runs of slices: an address keeps its run while its slice count stays;
 	// otherwise it gets a free run, never one the program can still reach.
 	// Bump allocation past every run in use; when the end is reached, the
-	// first gap big enough (sorted once).
+	// first gap big enough (busy is sorted).
 	uint32_t bump = 0;
 	for (const auto &[lo, hi] : busy)
 		bump = std::max(bump, hi);
-	bool sorted = false;
 	auto allocate = [&](uint32_t count) -> std::optional<uint32_t> {
 		if (uint64_t{bump} + count <= slices->entries()) {
-			busy.push_back({bump, bump + count});
+			busy.insert(std::upper_bound(busy.begin(), busy.end(), std::pair{bump, bump + count}),
+				    {bump, bump + count});
 			bump += count;
 			return bump - count;
-		}
-		if (!sorted) {
-			std::sort(busy.begin(), busy.end());
-			sorted = true;
 		}
 		uint32_t at = 0;
 		for (size_t i = 0; i < busy.size(); i++) {
@@ -763,10 +834,13 @@ Status syncMaps(const MapFds &maps, const ForwarderTables &tables)
 					s.zones = *slot;
 				}
 				uint64_t word = packSlice(s);
+				auto cell = slices->at(value.slice_base + i);
+				if (!cell)
+					return cell.error();
 				std::atomic_thread_fence(std::memory_order_release);
-				std::atomic_ref<uint64_t> cell(words[value.slice_base + i]);
-				if (cell.load(std::memory_order_relaxed) != word)
-					cell.store(word, std::memory_order_release);
+				std::atomic_ref<uint64_t> stored(**cell);
+				if (stored.load(std::memory_order_relaxed) != word)
+					stored.store(word, std::memory_order_release);
 			}
 		}
 		entries.push_back(value);
@@ -796,7 +870,10 @@ Status syncMaps(const MapFds &maps, const ForwarderTables &tables)
 			}
 		}
 		at = end;
-		if (!sameBytes(idx[b], want) && bpf_map_update_elem(maps.addrIndex, &b, &want, BPF_ANY) != 0)
+		auto entry = index->at(b);
+		if (!entry)
+			return entry.error();
+		if (!sameBytes(**entry, want) && bpf_map_update_elem(maps.addrIndex, &b, &want, BPF_ANY) != 0)
 			return errnoError(errno, "updating map fwd_addr_index");
 	}
 	return syncHash(maps.addrs, overflow, "fwd_addrs");
