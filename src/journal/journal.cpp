@@ -399,8 +399,8 @@ Status Journal::append(const std::vector<Record> &records)
 	for (const Record &r : records)
 		text += encode(r);
 	struct stat st {};
-	if (out_.isValid() &&
-	    (::stat(path().c_str(), &st) != 0 || st.st_dev != outDev_ || st.st_ino != outIno_ || !S_ISREG(st.st_mode)))
+	if (out_.isValid() && (::fstatat(outDir_.get(), "journal", &st, 0) != 0 || st.st_dev != outDev_ ||
+			       st.st_ino != outIno_ || !S_ISREG(st.st_mode)))
 		out_.reset(); // moved or removed by someone else: the path is opened anew
 	bool ours = out_.isValid() && st.st_size == outSize_; // it ends where our last append did
 	if (!out_.isValid()) {
@@ -414,7 +414,11 @@ Status Journal::append(const std::vector<Record> &records)
 			return Error(errno, "reading " + path());
 		if (!S_ISREG(st.st_mode))
 			return Error(path() + " is not a regular file; remove it");
+		UniqueFd dir(::open(dir_.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+		if (!dir.isValid())
+			return Error(errno, "opening " + dir_);
 		out_ = std::move(fd);
+		outDir_ = std::move(dir);
 		outDev_ = st.st_dev;
 		outIno_ = st.st_ino;
 	}

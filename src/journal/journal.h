@@ -124,6 +124,7 @@ private:
 	// is then a stat, a write and an fdatasync. Its size after our last
 	// append: another size means someone else wrote, and the end is looked at.
 	UniqueFd out_;
+	UniqueFd outDir_; // dir_ (O_PATH): the path is checked by a one-name lookup
 	dev_t outDev_ = 0;
 	ino_t outIno_ = 0;
 	off_t outSize_ = 0;

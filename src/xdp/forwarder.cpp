@@ -257,35 +257,6 @@ Result<PinnedMaps> openPinnedMaps(const std::string &pinDir)
 	return fds;
 }
 
-// The pinned maps the last move opened, kept open for the next (nine opens
-// and closes less a move). Dropped whenever this process changes the pins
-// (applyForwarder, removeForwarder); before each use the pin of fwd_config
-// must still be the map held (same bpffs inode), so that maps pinned anew by
-// another process are never written through old descriptors.
-struct KeptMaps {
-	std::string pinDir;
-	PinnedMaps fds;
-	ino_t configInode = 0;
-};
-std::optional<KeptMaps> gKeptMaps;
-
-const PinnedMaps *keptPinnedMaps(const std::string &pinDir)
-{
-	struct stat pin {};
-	if (::stat(pinPath(pinDir, kMapNames[0]).c_str(), &pin) != 0) {
-		gKeptMaps.reset();
-		return nullptr;
-	}
-	if (gKeptMaps && gKeptMaps->pinDir == pinDir && gKeptMaps->configInode == pin.st_ino)
-		return &gKeptMaps->fds;
-	gKeptMaps.reset();
-	auto fds = openPinnedMaps(pinDir);
-	if (!fds)
-		return nullptr;
-	gKeptMaps = KeptMaps{pinDir, std::move(*fds), pin.st_ino};
-	return &gKeptMaps->fds;
-}
-
 MapFds borrow(const PinnedMaps &fds)
 {
 	return MapFds{fds[0].get(), fds[1].get(), fds[2].get(), fds[3].get(), fds[4].get(),
@@ -393,6 +364,46 @@ private:
 	void *base_ = nullptr;
 	size_t from_ = 0, to_ = 0;
 };
+
+// The pinned maps the last move opened, kept open for the next (a move then
+// opens, maps and closes nothing but the page of its slice's word), with
+// fwd_targets mapped (64 KiB). Dropped whenever this process changes the
+// pins (applyForwarder, removeForwarder); before each use the pin of
+// fwd_config must still be the map held (same bpffs inode), so that maps
+// pinned anew by another process are never written through old descriptors.
+struct KeptMaps {
+	std::string pinDir;
+	UniqueFd dir; // the pin directory (O_PATH): the check is a one-name lookup
+	PinnedMaps fds;
+	ino_t configInode = 0;
+	MappedArray targets;
+};
+std::optional<KeptMaps> gKeptMaps;
+
+KeptMaps *keptMaps(const std::string &pinDir)
+{
+	if (gKeptMaps && gKeptMaps->pinDir != pinDir)
+		gKeptMaps.reset();
+	struct stat pin {};
+	bool found = gKeptMaps ? ::fstatat(gKeptMaps->dir.get(), kMapNames[0], &pin, 0) == 0
+			       : ::stat(pinPath(pinDir, kMapNames[0]).c_str(), &pin) == 0;
+	if (!found) {
+		gKeptMaps.reset();
+		return nullptr;
+	}
+	if (gKeptMaps && gKeptMaps->configInode == pin.st_ino)
+		return &*gKeptMaps;
+	gKeptMaps.reset();
+	UniqueFd dir(::open(pinDir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+	auto fds = openPinnedMaps(pinDir);
+	if (!dir.isValid() || !fds)
+		return nullptr;
+	auto targets = MappedArray::map(borrow(*fds).targets, "fwd_targets");
+	if (!targets)
+		return nullptr;
+	gKeptMaps.emplace(KeptMaps{pinDir, std::move(dir), std::move(*fds), pin.st_ino, std::move(*targets)});
+	return &*gKeptMaps;
+}
 
 uint64_t packSlice(const fwd_slice &s)
 {
@@ -947,16 +958,11 @@ Result<uint16_t> zoneSlot(int fd, const fwd_zones &want)
 	return Error(ENOENT, "the zone set is not in the maps yet"); // full: the whole sync makes room
 }
 
-Status syncSlices(const MapFds &maps, const std::vector<SliceUpdate> &updates)
+namespace {
+
+// syncSlices with fwd_targets mapped already.
+Status syncSlicesWith(const MapFds &maps, const std::vector<SliceUpdate> &updates, const MappedArray &targets)
 {
-	// A handful of words: lookups and one-page mappings, not mappings of the
-	// whole arrays (mapping one makes the kernel install all of its pages:
-	// about 1 ms for fwd_slices, fwd_addr_index and fwd_zones together).
-	// fwd_targets is small; fwd_zones is read a few pages at a time, only for
-	// a slice in handover.
-	auto targets = MappedArray::map(maps.targets, "fwd_targets");
-	if (!targets)
-		return targets.error();
 	auto find = [](const auto *slots, uint32_t count, const auto &want) -> std::optional<uint16_t> {
 		for (uint32_t i = 1; i < count; i++)
 			if (sameBytes(slots[i], want))
@@ -977,13 +983,13 @@ Status syncSlices(const MapFds &maps, const std::vector<SliceUpdate> &updates)
 		fwd_slice s{};
 		s.flags = u.want.flags;
 		if (u.want.owner) {
-			auto slot = find(targets->as<fwd_target>(), targets->entries(), *u.want.owner);
+			auto slot = find(targets.as<fwd_target>(), targets.entries(), *u.want.owner);
 			if (!slot)
 				return missing("the owner");
 			s.owner = *slot;
 		}
 		if (u.want.previous) {
-			auto slot = find(targets->as<fwd_target>(), targets->entries(), *u.want.previous);
+			auto slot = find(targets.as<fwd_target>(), targets.entries(), *u.want.previous);
 			if (!slot)
 				return missing("the previous owner");
 			s.previous = *slot;
@@ -998,6 +1004,21 @@ Status syncSlices(const MapFds &maps, const std::vector<SliceUpdate> &updates)
 			return st;
 	}
 	return {};
+}
+
+} // namespace
+
+Status syncSlices(const MapFds &maps, const std::vector<SliceUpdate> &updates)
+{
+	// A handful of words: lookups and one-page mappings, not mappings of the
+	// whole arrays (mapping one makes the kernel install all of its pages:
+	// about 1 ms for fwd_slices, fwd_addr_index and fwd_zones together).
+	// fwd_targets is small; fwd_zones is read a few pages at a time, only for
+	// a slice in handover.
+	auto targets = MappedArray::map(maps.targets, "fwd_targets");
+	if (!targets)
+		return targets.error();
+	return syncSlicesWith(maps, updates, *targets);
 }
 
 bool kernelLookupTakesZones()
@@ -1361,8 +1382,9 @@ Status applyForwarder(const plan::Plan &plan, const std::string &pinDir)
 Status applyForwarderSlices(const plan::Plan &plan, const std::vector<SliceRef> &changed, const std::string &pinDir)
 {
 	uint32_t ifindex = ::if_nametoindex(plan.uplink.c_str());
-	const PinnedMaps *fds = keptPinnedMaps(pinDir);
-	if (ifindex != 0 && fds) {
+	KeptMaps *kept = keptMaps(pinDir);
+	if (ifindex != 0 && kept) {
+		const PinnedMaps *fds = &kept->fds;
 		fwd_config current{};
 		uint32_t zero = 0;
 		// A moved slice names servers only: with every server's MAC in the
@@ -1373,7 +1395,7 @@ Status applyForwarderSlices(const plan::Plan &plan, const std::vector<SliceRef> 
 		if (neighbours && bpf_map_lookup_elem((*fds)[0].get(), &zero, &current) == 0 &&
 		    current.object_hash == ForwarderObject::objectHash() &&
 		    current.self_addr == plan.self().address.networkOrder()) {
-			auto s = syncSlices(borrow(*fds), buildSlices(plan, changed, *neighbours));
+			auto s = syncSlicesWith(borrow(*fds), buildSlices(plan, changed, *neighbours), kept->targets);
 			if (s || s.error().code().value() != ENOENT)
 				return s ? s : s.error().wrap("moving slices in the XDP forwarder");
 		}
