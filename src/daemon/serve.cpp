@@ -48,6 +48,8 @@ public:
 	void giveBack(bool always = false)
 	{
 		size_t now = residentBytes();
+		if (now == 0)
+			return; // /proc unreadable: no figure to go by
 		if (always || now > trimmed_ + kSlack) {
 			malloc_trim(0);
 			now = residentBytes();
