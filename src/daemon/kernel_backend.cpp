@@ -63,7 +63,7 @@ Status KernelBackend::apply(const plan::Plan &plan, const plan::Plan *old, uint6
 	for (const std::string &skipped : r.neighbours.skipped)
 		log::Line(log::Priority::Info) << "no managed neighbour entry: " << skipped;
 	if (r.nft.fullReplace) {
-		comment_ = nft::tableComment(plan, generation);
+		comment_ = r.nft.comment; // not tableComment again: it hashes the whole plan
 	} else if (comment_.empty()) {
 		Result<std::optional<nft::TableState>> state = applier_.nft().readState();
 		if (state && state->has_value())

@@ -409,6 +409,7 @@ Result<ApplyReport> NftApplier::replace(TableModel &model, const plan::Plan *pla
 		return exists.error().wrap("applying table portslice");
 	ApplyReport report;
 	report.fullReplace = true;
+	report.comment = model.comment;
 	TableModel egress = egressModel(model); // before wholeTable frees the model's elements
 	Batch batch;
 	TableWriter w(batch);

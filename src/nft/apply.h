@@ -22,6 +22,7 @@ struct ApplyReport {
 	size_t bytes = 0;           // bytes of the transaction
 	size_t elementsAdded = 0;
 	size_t elementsDeleted = 0;
+	std::string comment;        // a full replace: the table's new comment (tableComment)
 };
 
 struct CounterValue {
