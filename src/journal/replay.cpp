@@ -66,41 +66,115 @@ config::Config withOwnership(const config::Config &file, const SliceMap &state)
 	return config;
 }
 
-std::vector<Change> diff(const SliceMap &before, const SliceMap &after)
+SliceWalk::SliceWalk(const SliceMap &map) : map_(&map), it_(map.begin()) {}
+
+SliceWalk::SliceWalk(const config::Config &config, const std::map<SliceKey, int64_t> &untils)
+	: config_(&config), untils_(&untils)
+{
+	order_.resize(config.addresses.size());
+	for (uint32_t i = 0; i < order_.size(); i++)
+		order_[i] = i;
+	std::sort(order_.begin(), order_.end(), [&](uint32_t x, uint32_t y) {
+		return config.addresses[x].address.value < config.addresses[y].address.value;
+	});
+	settle();
+}
+
+void SliceWalk::settle()
+{
+	while (at_ < order_.size() && slice_ >= config_->addresses[order_[at_]].sliceCount()) {
+		at_++;
+		slice_ = 0;
+	}
+}
+
+bool SliceWalk::done() const
+{
+	return map_ ? it_ == map_->end() : at_ >= order_.size();
+}
+
+SliceKey SliceWalk::key() const
+{
+	if (map_)
+		return it_->first;
+	return SliceKey{config_->addresses[order_[at_]].address.value, slice_};
+}
+
+SliceState SliceWalk::state() const
+{
+	if (map_)
+		return it_->second;
+	const config::Address &a = config_->addresses[order_[at_]];
+	SliceState state;
+	if (auto it = a.owners.find(slice_); it != a.owners.end())
+		state.owner = it->second;
+	if (auto it = a.previous.find(slice_); it != a.previous.end())
+		state.previous = it->second;
+	if (auto it = untils_->find(SliceKey{a.address.value, slice_}); it != untils_->end())
+		state.until = it->second;
+	return state;
+}
+
+void SliceWalk::next()
+{
+	if (map_) {
+		++it_;
+		return;
+	}
+	slice_++;
+	settle();
+}
+
+namespace {
+
+void addChange(std::vector<Change> &out, const SliceKey &key, const SliceState &a, const SliceState &b)
+{
+	if (a == b)
+		return;
+	Change c;
+	c.key = key;
+	if (a.owner == b.owner && !a.previous.empty() && b.previous.empty()) {
+		c.old = a.previous; // a drain ended: the draining owner lets go
+		c.now = b.owner;
+		c.drainEnd = true;
+	} else {
+		c.old = a.owner;
+		c.now = b.owner;
+	}
+	out.push_back(std::move(c));
+}
+
+} // namespace
+
+std::vector<Change> diff(SliceWalk i, SliceWalk j, std::vector<SliceState> *afterStates)
 {
 	std::vector<Change> out;
 	static const SliceState none;
 	auto add = [&](const SliceKey &key, const SliceState &a, const SliceState &b) {
-		if (a == b)
-			return;
-		Change c;
-		c.key = key;
-		if (a.owner == b.owner && !a.previous.empty() && b.previous.empty()) {
-			c.old = a.previous; // a drain ended: the draining owner lets go
-			c.now = b.owner;
-			c.drainEnd = true;
-		} else {
-			c.old = a.owner;
-			c.now = b.owner;
-		}
-		out.push_back(std::move(c));
+		size_t had = out.size();
+		addChange(out, key, a, b);
+		if (afterStates && out.size() > had)
+			afterStates->push_back(b);
 	};
-	auto i = before.begin();
-	auto j = after.begin();
-	while (i != before.end() || j != after.end()) {
-		if (j == after.end() || (i != before.end() && i->first < j->first)) {
-			add(i->first, i->second, none);
-			++i;
-		} else if (i == before.end() || j->first < i->first) {
-			add(j->first, none, j->second);
-			++j;
+	while (!i.done() || !j.done()) {
+		if (j.done() || (!i.done() && i.key() < j.key())) {
+			add(i.key(), i.state(), none);
+			i.next();
+		} else if (i.done() || j.key() < i.key()) {
+			add(j.key(), none, j.state());
+			j.next();
 		} else {
-			add(i->first, i->second, j->second);
-			++i;
-			++j;
+			add(i.key(), i.state(), j.state());
+			i.next();
+			j.next();
 		}
 	}
 	return out;
+}
+
+std::vector<Change> diff(const SliceMap &before, const SliceMap &after)
+{
+	return diff(SliceWalk(before), SliceWalk(after));
 }
 
 Status replay(const Scan &scan, const FileLoader &load,

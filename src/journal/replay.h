@@ -41,6 +41,32 @@ struct Change {
 // The slice changes between two states, in key order (why and time left to the caller).
 std::vector<Change> diff(const SliceMap &before, const SliceMap &after);
 
+// The slices of a SliceMap, or those ownershipOf(config) would list with
+// `until` from `untils`, one at a time in key order: a walk over a fleet's
+// hundreds of thousands of slices that never holds them all.
+class SliceWalk {
+public:
+	explicit SliceWalk(const SliceMap &map);
+	SliceWalk(const config::Config &config, const std::map<SliceKey, int64_t> &untils);
+	bool done() const;
+	SliceKey key() const;
+	SliceState state() const;
+	void next();
+
+private:
+	void settle(); // past addresses without slices
+	const SliceMap *map_ = nullptr;
+	SliceMap::const_iterator it_;
+	const config::Config *config_ = nullptr;
+	const std::map<SliceKey, int64_t> *untils_ = nullptr;
+	std::vector<uint32_t> order_; // indices of config_->addresses, by address
+	size_t at_ = 0;
+	uint32_t slice_ = 0;
+};
+
+// diff() of two walks; with `afterStates`, the state after of each change too.
+std::vector<Change> diff(SliceWalk before, SliceWalk after, std::vector<SliceState> *afterStates = nullptr);
+
 // A kept file by hash; errors name the file.
 using FileLoader = std::function<Result<std::shared_ptr<const config::Config>>(const std::string &hash)>;
 

@@ -422,7 +422,8 @@ std::optional<Answer<uint64_t>> Service::moveSlices(const std::vector<BatchMove>
 		return *last;
 	}
 	// The journal holds every moved slice, before and after, as one record each.
-	Result<std::vector<journal::Change>> journaled = journalChange(batchBefore(moves), batchAfter(moves, drains),
+	journal::SliceMap before = batchBefore(moves), after = batchAfter(moves, drains);
+	Result<std::vector<journal::Change>> journaled = journalChange(slicesOf(before), slicesOf(after),
 								       generation_ + 1, false);
 	if (!journaled) {
 		undo();
@@ -611,7 +612,8 @@ std::optional<Answer<uint64_t>> Service::moveSlice(uint32_t address, uint32_t sl
 		before.emplace(key, was);
 		after.emplace(key, will);
 	}
-	Result<std::vector<journal::Change>> journaled = journalChange(before, after, generation_ + 1, false);
+	Result<std::vector<journal::Change>> journaled =
+		journalChange(slicesOf(before), slicesOf(after), generation_ + 1, false);
 	if (!journaled) {
 		plan::undoMove(*plan_, std::move(*move));
 		return fail({Fault::ApplyFailed, journaled.error().wrap("writing the ownership journal").message() +
@@ -674,26 +676,26 @@ int64_t Service::nowUs() const
 		.count();
 }
 
-journal::SliceMap Service::slicesOf(const config::Config &config, const Drains &drains)
+Service::Slices Service::slicesOf(const config::Config &config, const Drains &drains)
 {
-	journal::SliceMap map = journal::ownershipOf(config);
+	Slices slices{nullptr, &config, {}};
 	for (const SliceDrain &d : drains)
-		if (auto it = map.find(journal::SliceKey{d.address.value, d.slice}); it != map.end())
-			it->second.until = d.until;
-	return map;
+		slices.untils[journal::SliceKey{d.address.value, d.slice}] = d.until;
+	return slices;
 }
 
-Result<std::vector<journal::Change>> Service::journalChange(const journal::SliceMap &before,
-							    const journal::SliceMap &after, uint64_t generation,
-							    bool fileChanged)
+Result<std::vector<journal::Change>> Service::journalChange(const Slices &before, const Slices &after,
+							    uint64_t generation, bool fileChanged)
 {
 	using journal::Record;
 	int64_t t = nowUs();
 	std::vector<Record> records;
 	// What the file says of one slice, against which a file record lists exceptions.
-	auto exceptions = [&](const journal::SliceMap &state) {
+	auto exceptions = [&](const Slices &state) {
 		journal::Ownership out;
-		for (const auto &[key, slice] : state) {
+		for (journal::SliceWalk walk = state.walk(); !walk.done(); walk.next()) {
+			journal::SliceKey key = walk.key();
+			journal::SliceState slice = walk.state();
 			journal::SliceState inFile;
 			if (auto f = fileSlices_.find(key.address); f != fileSlices_.end()) {
 				if (auto o = f->second.owners.find(key.slice); o != f->second.owners.end())
@@ -702,7 +704,7 @@ Result<std::vector<journal::Change>> Service::journalChange(const journal::Slice
 					inFile.previous = p->second;
 			}
 			if (!(inFile == slice))
-				out.emplace_back(key, slice);
+				out.emplace_back(key, std::move(slice));
 		}
 		return out;
 	};
@@ -731,7 +733,7 @@ Result<std::vector<journal::Change>> Service::journalChange(const journal::Slice
 		records.push_back(std::move(file));
 		changes.push_back({.timeUs = t, .generation = generation, .why = "file", .uid = caller_, .hash = hash});
 		if (!before.empty()) {
-			for (journal::Change c : journal::diff(before, after)) {
+			for (journal::Change c : journal::diff(before.walk(), after.walk())) {
 				c.timeUs = t;
 				c.generation = generation;
 				c.why = "file";
@@ -740,11 +742,14 @@ Result<std::vector<journal::Change>> Service::journalChange(const journal::Slice
 			}
 		}
 	} else {
-		for (journal::Change c : journal::diff(before, after)) {
+		std::vector<journal::SliceState> afterStates;
+		std::vector<journal::Change> diffs = journal::diff(before.walk(), after.walk(), &afterStates);
+		for (size_t i = 0; i < diffs.size(); i++) {
+			journal::Change &c = diffs[i];
 			Record move{.kind = Record::Kind::Move, .timeUs = t, .generation = generation, .why = why_, .uid = caller_};
 			move.key = *c.key;
 			move.old = c.old;
-			move.after = after.at(*c.key);
+			move.after = std::move(afterStates[i]);
 			records.push_back(std::move(move));
 			c.timeUs = t;
 			c.generation = generation;
@@ -893,7 +898,7 @@ Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, Drains 
 	bool fileChanged = !pendingHash_.empty() && pendingHash_ != fileHash_;
 	Result<std::vector<journal::Change>> journaled =
 		resumed ? std::vector<journal::Change>{}
-			: journalChange(config_ && state_ != State::Failed ? slicesOf(*config_, drains_) : journal::SliceMap{},
+			: journalChange(config_ && state_ != State::Failed ? slicesOf(*config_, drains_) : Slices{},
 					slicesOf(config, drains), next, fileChanged);
 	if (!journaled)
 		return fail({Fault::ApplyFailed, journaled.error().wrap("writing the ownership journal").message() +
@@ -1022,9 +1027,13 @@ Answer<std::vector<OwnerRow>> Service::owners() const
 	if (!config_)
 		return Failure{Fault::NotFound, "nothing is applied: " + lastError_};
 	std::vector<OwnerRow> rows;
-	for (const auto &[key, slice] : slicesOf(*config_, drains_))
+	Slices all = slicesOf(*config_, drains_);
+	for (journal::SliceWalk walk = all.walk(); !walk.done(); walk.next()) {
+		journal::SliceKey key = walk.key();
+		journal::SliceState slice = walk.state();
 		rows.push_back({Ipv4{key.address}.str(), key.slice, slice.owner, slice.previous,
 				static_cast<uint64_t>(std::max<int64_t>(slice.until, 0))});
+	}
 	return rows;
 }
 

@@ -200,12 +200,25 @@ private:
 					 uint32_t *addressIndex, Ipv4 *ip) const;
 	void indexAddresses();
 	int64_t nowUs() const;
-	// The slices of `config` with the drains' deadlines.
-	static journal::SliceMap slicesOf(const config::Config &config, const Drains &drains);
+	// Who holds what: a few slices in a map (those a move changes), or every
+	// slice of a config with its drains' deadlines, walked a slice at a time
+	// (a fleet has hundreds of thousands: never held as a map).
+	struct Slices {
+		const journal::SliceMap *map = nullptr;
+		const config::Config *config = nullptr;
+		std::map<journal::SliceKey, int64_t> untils;
+		bool empty() const { return map ? map->empty() : !config; }
+		journal::SliceWalk walk() const
+		{
+			return map ? journal::SliceWalk(*map) : journal::SliceWalk(*config, untils);
+		}
+	};
+	static Slices slicesOf(const journal::SliceMap &map) { return Slices{&map, nullptr, {}}; }
+	static Slices slicesOf(const config::Config &config, const Drains &drains);
 	// Journal the change from the applied state to `after` as generation
 	// `generation` (a file record when the file is new, else a record per
 	// slice), flushed; on error nothing may be applied.
-	Result<std::vector<journal::Change>> journalChange(const journal::SliceMap &before, const journal::SliceMap &after,
+	Result<std::vector<journal::Change>> journalChange(const Slices &before, const Slices &after,
 							   uint64_t generation, bool fileChanged);
 	// After the kernel: the outcome of the journaled generation, then the announcements.
 	void journalOutcome(uint64_t generation, const Status &applied, const std::vector<journal::Change> &changes);
