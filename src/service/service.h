@@ -2,6 +2,7 @@
 // The state behind org.portslice.Egress1: config, overlay, plan, generation; every change validated, applied, announced.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -207,7 +208,13 @@ private:
 		const journal::SliceMap *map = nullptr;
 		const config::Config *config = nullptr;
 		std::map<journal::SliceKey, int64_t> untils;
-		bool empty() const { return map ? map->empty() : !config; }
+		bool empty() const // no slice at all, as an empty map would be
+		{
+			if (map)
+				return map->empty();
+			return !config || std::none_of(config->addresses.begin(), config->addresses.end(),
+						       [](const config::Address &a) { return a.sliceCount() > 0; });
+		}
 		journal::SliceWalk walk() const
 		{
 			return map ? journal::SliceWalk(*map) : journal::SliceWalk(*config, untils);
