@@ -263,23 +263,31 @@ MapFds borrow(const PinnedMaps &fds)
 		      fds[5].get(), fds[6].get(), fds[7].get(), fds[8].get()};
 }
 
+Result<bpf_map_info> mapInfo(int fd, const std::string &name)
+{
+	bpf_map_info info{};
+	uint32_t size = sizeof(info);
+	if (bpf_obj_get_info_by_fd(fd, &info, &size) != 0)
+		return errnoError(errno, "reading map " + name);
+	return info;
+}
+
 // An mmapped BPF array (BPF_F_MMAPABLE): reads and single-word writes without
 // a syscall per element.
 class MappedArray {
 public:
 	static Result<MappedArray> map(int fd, const char *name)
 	{
-		bpf_map_info info{};
-		uint32_t size = sizeof(info);
-		if (bpf_obj_get_info_by_fd(fd, &info, &size) != 0)
-			return errnoError(errno, std::string("reading map ") + name);
-		size_t bytes = static_cast<size_t>(info.max_entries) * ((info.value_size + 7) & ~7u);
+		auto info = mapInfo(fd, name);
+		if (!info)
+			return info.error();
+		size_t bytes = static_cast<size_t>(info->max_entries) * ((info->value_size + 7) & ~7u);
 		long page = ::sysconf(_SC_PAGESIZE);
 		bytes = (bytes + static_cast<size_t>(page) - 1) / static_cast<size_t>(page) * static_cast<size_t>(page);
 		void *p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 		if (p == MAP_FAILED)
 			return errnoError(errno, std::string("mapping map ") + name);
-		return MappedArray(p, bytes, info.max_entries);
+		return MappedArray(p, bytes, info->max_entries);
 	}
 	MappedArray(MappedArray &&o) noexcept
 		: base_(std::exchange(o.base_, nullptr)), bytes_(o.bytes_), entries_(o.entries_) {}
@@ -312,14 +320,13 @@ class ArrayWindow {
 public:
 	static Result<ArrayWindow> open(int fd, const char *name)
 	{
-		bpf_map_info info{};
-		uint32_t size = sizeof(info);
-		if (bpf_obj_get_info_by_fd(fd, &info, &size) != 0)
-			return errnoError(errno, std::string("reading map ") + name);
-		if (info.value_size != sizeof(T))
+		auto info = mapInfo(fd, name);
+		if (!info)
+			return info.error();
+		if (info->value_size != sizeof(T))
 			return Error(EINVAL, std::string("map ") + name + " has values of " +
-						     std::to_string(info.value_size) + " bytes");
-		return ArrayWindow(fd, name, info.max_entries);
+						     std::to_string(info->value_size) + " bytes");
+		return ArrayWindow(fd, name, info->max_entries);
 	}
 	ArrayWindow(ArrayWindow &&o) noexcept
 		: fd_(o.fd_), name_(o.name_), entries_(o.entries_), base_(std::exchange(o.base_, nullptr)),
@@ -895,11 +902,10 @@ Status syncMaps(const MapFds &maps, const ForwarderTables &tables)
 // (a map update syscall copies bytes).
 Status storeSliceWord(int fd, uint32_t index, uint64_t word)
 {
-	bpf_map_info info{};
-	uint32_t size = sizeof(info);
-	if (bpf_obj_get_info_by_fd(fd, &info, &size) != 0)
-		return errnoError(errno, "reading map fwd_slices");
-	if (index >= info.max_entries || info.value_size != sizeof(word))
+	auto info = mapInfo(fd, "fwd_slices");
+	if (!info)
+		return info.error();
+	if (index >= info->max_entries || info->value_size != sizeof(word))
 		return Error(ENOENT, "the slice is not in the maps yet");
 	const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
 	const size_t offset = size_t{index} * sizeof(word);
@@ -921,15 +927,14 @@ Status storeSliceWord(int fd, uint32_t index, uint64_t word)
 // (2 MB) makes the kernel install every page of it.
 Result<uint16_t> zoneSlot(int fd, const fwd_zones &want)
 {
-	bpf_map_info info{};
-	uint32_t size = sizeof(info);
-	if (bpf_obj_get_info_by_fd(fd, &info, &size) != 0)
-		return errnoError(errno, "reading map fwd_zones");
-	if (info.value_size != sizeof(fwd_zones))
+	auto info = mapInfo(fd, "fwd_zones");
+	if (!info)
+		return info.error();
+	if (info->value_size != sizeof(fwd_zones))
 		return Error(ENOENT, "the zone set is not in the maps yet");
 	const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
 	const size_t chunk = 16 * page;
-	const size_t total = size_t{info.max_entries} * sizeof(fwd_zones);
+	const size_t total = size_t{info->max_entries} * sizeof(fwd_zones);
 	const fwd_zones none{};
 	for (size_t offset = 0; offset < total; offset += chunk) {
 		size_t bytes = std::min(chunk, (total - offset + page - 1) / page * page);
@@ -1300,10 +1305,8 @@ Status applyForwarder(const plan::Plan &plan, const std::string &pinDir)
 		capacity <<= 1;
 	bool grow = false;
 	if (UniqueFd pinned(bpf_obj_get(pinPath(pinDir, FWD_NAME(FWD_MAP_SLICES)).c_str())); pinned.isValid()) {
-		bpf_map_info info{};
-		uint32_t size = sizeof(info);
-		if (bpf_obj_get_info_by_fd(pinned.get(), &info, &size) == 0 && info.max_entries >= want)
-			capacity = info.max_entries;
+		if (auto info = mapInfo(pinned.get(), "fwd_slices"); info && info->max_entries >= want)
+			capacity = info->max_entries;
 	}
 	if (linkedIf && *linkedIf == ifindex) {
 		auto fds = openPinnedMaps(pinDir);
