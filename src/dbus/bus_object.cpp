@@ -36,26 +36,25 @@ BusObject::~BusObject()
 }
 
 // A signal that cannot be sent must not take the daemon down: the state is applied either way.
-void BusObject::announceApplied(uint64_t generation)
+void BusObject::announce(std::string what, std::function<void()> emit)
 {
-	announcements_.push_back([this, generation] {
+	announcements_.push_back([what = std::move(what), emit = std::move(emit)] {
 		try {
-			emitApplied(generation);
+			emit();
 		} catch (const sdbus::Error &e) {
-			log::Line(log::Priority::Warning) << "emitting Applied: " << e.getMessage();
+			log::Line(log::Priority::Warning) << "emitting " << what << ": " << e.getMessage();
 		}
 	});
 }
 
+void BusObject::announceApplied(uint64_t generation)
+{
+	announce("Applied", [this, generation] { emitApplied(generation); });
+}
+
 void BusObject::announceApplyFailed(const std::string &error)
 {
-	announcements_.push_back([this, error] {
-		try {
-			emitApplyFailed(error);
-		} catch (const sdbus::Error &e) {
-			log::Line(log::Priority::Warning) << "emitting ApplyFailed: " << e.getMessage();
-		}
-	});
+	announce("ApplyFailed", [this, error] { emitApplyFailed(error); });
 }
 
 void BusObject::announceChanged(const std::vector<std::string> &names)
@@ -66,15 +65,8 @@ void BusObject::announceChanged(const std::vector<std::string> &names)
 	for (const std::string &n : names)
 		if (n == "Generation" || n == "State" || n == "Server")
 			emitted.push_back(n);
-	if (emitted.empty())
-		return;
-	announcements_.push_back([this, emitted] {
-		try {
-			getObject().emitPropertiesChangedSignal(kInterface, emitted);
-		} catch (const sdbus::Error &e) {
-			log::Line(log::Priority::Warning) << "emitting PropertiesChanged: " << e.getMessage();
-		}
-	});
+	if (!emitted.empty())
+		announce("PropertiesChanged", [this, emitted] { getObject().emitPropertiesChangedSignal(kInterface, emitted); });
 }
 
 void BusObject::flushAnnouncements()
@@ -100,13 +92,9 @@ void BusObject::announceOwners(const std::vector<journal::Change> &changes)
 	for (const journal::Change &c : changes) {
 		if (!c.key || c.drainEnd || c.old == c.now)
 			continue;
-		announcements_.push_back([this, address = Ipv4{c.key->address}.str(), slice = c.key->slice, old = c.old,
-					  now = c.now, generation = c.generation] {
-			try {
-				emitSliceOwnerChanged(address, slice, old, now, generation);
-			} catch (const sdbus::Error &e) {
-				log::Line(log::Priority::Warning) << "emitting SliceOwnerChanged: " << e.getMessage();
-			}
+		announce("SliceOwnerChanged", [this, address = Ipv4{c.key->address}.str(), slice = c.key->slice,
+					       old = c.old, now = c.now, generation = c.generation] {
+			emitSliceOwnerChanged(address, slice, old, now, generation);
 		});
 	}
 }

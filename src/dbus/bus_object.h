@@ -35,6 +35,8 @@ public:
 	void flushAnnouncements();
 
 private:
+	// Queue `emit` (a signal named `what`) for flushAnnouncements.
+	void announce(std::string what, std::function<void()> emit);
 	void logCaller(const char *member);
 	uint64_t Reload() override;
 	uint64_t SetSliceOwner(const std::string &address, const uint32_t &slice, const std::string &server) override;
