@@ -837,17 +837,17 @@ TableModel build(const Plan &plan, uint64_t generation, bool portElements, PortF
 	// Which shard's chain a stateless source's packets and an address's
 	// answers jump to (portForm): by inside prefix and by shared
 	// address, or in the unit form by their bits (egressPart, returnPart).
-	const bool byPort = form.unit > 0;
-	Set egressShard = makeSet("sl_egress_shard", SetKind::VerdictMap, { { S::IpSaddr }, {}, false }, !byPort);
+	const bool unitForm = form.unit > 0;
+	Set egressShard = makeSet("sl_egress_shard", SetKind::VerdictMap, { { S::IpSaddr }, {}, false }, !unitForm);
 	Set returnShard = makeSet("sl_return_shard", SetKind::VerdictMap, { { S::IpDaddr }, {}, false }, false);
 	// Which shard of my_ports the guard goes to, by the packet's shared address.
 	Set portsShard = makeSet("my_ports_shard", SetKind::VerdictMap, { { S::IpSaddr }, {}, false }, false);
-	if (shards > 1 && byPort)
+	if (shards > 1 && unitForm)
 		for (uint32_t k = 0; k < shards; k++) {
 			egressShard.elements.push_back({ { ip(Ipv4{ k << 4 }) }, {}, {}, shardName("sl_egress", k, shards) });
 			returnShard.elements.push_back({ { ip(Ipv4{ k }) }, {}, {}, shardName("sl_return", k, shards) });
 		}
-	if (shards > 1 && !byPort)
+	if (shards > 1 && !unitForm)
 		for (size_t ai = 0; ai < plan.addresses.size(); ai++) {
 			auto k = static_cast<uint32_t>(ai % shards);
 			Ipv4 a = plan.addresses[ai].address;
@@ -868,7 +868,7 @@ TableModel build(const Plan &plan, uint64_t generation, bool portElements, PortF
 			Field prefix = ipRange(s.match.saddr->first(), s.match.saddr->last());
 			countSl.elements.push_back({ { prefix }, {}, "src_" + s.name });
 			guardSl.elements.push_back({ { prefix }, {}, "guard_" + s.name });
-			if (shards > 1 && !byPort)
+			if (shards > 1 && !unitForm)
 				egressShard.elements.push_back(
 					{ { prefix }, {}, {}, shardName("sl_egress", static_cast<uint32_t>(i % shards), shards) });
 		}
@@ -884,7 +884,7 @@ TableModel build(const Plan &plan, uint64_t generation, bool portElements, PortF
 	if (shards > 1) {
 		m.sets.push_back(std::move(egressShard));
 		m.sets.push_back(std::move(returnShard));
-		if (!byPort)
+		if (!unitForm)
 			m.sets.push_back(std::move(portsShard));
 	}
 	for (uint32_t slot = kShardSlots; slot < ports.slots(); slot++)

@@ -309,7 +309,7 @@ inline constexpr uint32_t kShardElements = 256;
 inline constexpr uint32_t kMaxShards = 1024;
 inline constexpr uint32_t kMaxUnitsPerBlock = 16;
 // The table's form of the stateless maps: shards (1: no shard; in the unit
-// form, kUnitParts by port) and unit (0: interval maps).
+// form, kUnitParts parts by address bits) and unit (0: interval maps).
 inline constexpr uint32_t kUnitParts = 16;
 inline constexpr uint32_t kEgressPartMask = 0xf0; // host order: 0.0.0.240
 inline constexpr uint32_t kReturnPartMask = 0x0f; // 0.0.0.15
