@@ -634,16 +634,24 @@ void TableWriter::wholeTable(TableModel &model, const plan::Plan *plan, size_t *
 		chain(c);
 	for (const std::string &c : model.counters)
 		counter(c);
-	std::optional<PortSetSource> source;
-	if (plan)
-		source.emplace(*plan);
+	// Every set is made first, in the model's order (the order `nft list`
+	// shows); then the elements the model holds, each set's freed once
+	// encoded; then the port sets, built from the plan a piece at a time.
+	// So the batch, at its largest, is not held beside the model's sets.
+	std::vector<Set *> fromPlan;
 	for (Set &s : model.sets) {
 		set(s);
 		if (plan && s.elements.empty() && isPortSet(s.name))
-			source->chunks(s.name, 4096, [&](const std::vector<Element> &some) { elements(s, some, count); });
-		else
-			elements(s, s.elements, count);
+			fromPlan.push_back(&s);
+	}
+	for (Set &s : model.sets) {
+		elements(s, s.elements, count);
 		std::vector<Element>().swap(s.elements); // encoded: the batch holds it now
+	}
+	if (!fromPlan.empty()) {
+		PortSetSource source(*plan);
+		for (Set *s : fromPlan)
+			source.chunks(s->name, 4096, [&](const std::vector<Element> &some) { elements(*s, some, count); });
 	}
 	for (const Chain &c : model.chains)
 		rules(c);
