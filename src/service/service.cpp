@@ -298,6 +298,9 @@ Answer<uint64_t> Service::setSliceOwners(const std::vector<OwnerMove> &moves, ui
 	if (!config_)
 		return reject({Fault::InvalidConfig, "no configuration is applied (" + lastError_ +
 			       "); fix " + options_.configPath + " and reload first"});
+	if (drainSeconds > kMaxDrainSeconds)
+		return reject({Fault::InvalidArgument, "drain_seconds " + std::to_string(drainSeconds) +
+			       " is too long: at most " + std::to_string(kMaxDrainSeconds) + " (a day); nothing was moved"});
 	if (moves.empty())
 		return generation_;
 	why_ = "fleet"; // SetSliceOwners: the fleet's moves (portslice-fleetd)

@@ -132,7 +132,9 @@ public:
 	// `drainSeconds` (0: no drain). One move goes the way of setSliceOwner
 	// (an element delta of that slice); more are planned and applied as one
 	// delta, one kernel transaction.
+	// drainSeconds is at most kMaxDrainSeconds, as portsliced --drain-seconds.
 	Answer<uint64_t> setSliceOwners(const std::vector<OwnerMove> &moves, uint32_t drainSeconds);
+	static constexpr uint32_t kMaxDrainSeconds = 86400;
 
 	Answer<std::string> planJson() const;
 	Answer<std::string> dump() const;

@@ -492,10 +492,16 @@ TEST_F(ServiceTest, SetSliceOwnersWithABadMoveMovesNothing)
 		EXPECT_NE(answer.failure().message.find(c.says), std::string::npos) << answer.failure().message;
 		EXPECT_NE(answer.failure().message.find("nothing was moved"), std::string::npos) << answer.failure().message;
 	}
+	// A drain longer than a day (portsliced --drain-seconds' limit) is refused too.
+	Answer<uint64_t> forever = service->setSliceOwners({{"198.51.100.1", 1, "s1"}}, 86401);
+	ASSERT_FALSE(forever.ok());
+	EXPECT_EQ(forever.failure().fault, Fault::InvalidArgument);
+	EXPECT_NE(forever.failure().message.find("at most 86400"), std::string::npos) << forever.failure().message;
 	EXPECT_EQ(service->generation(), 1u);
 	EXPECT_EQ(backend_.calls.size(), 1u);
 	EXPECT_EQ(service->currentPlan()->addresses.at(0).mySlices, std::vector<uint32_t>{0});
 	EXPECT_EQ(stateFile(), persisted);
+	EXPECT_TRUE(service->setSliceOwners({{"198.51.100.1", 1, "s1"}}, 86400).ok());
 }
 
 TEST_F(ServiceTest, ASetSliceOwnersTheKernelRefusesChangesNothing)
