@@ -63,6 +63,7 @@ Status KernelBackend::apply(const plan::Plan &plan, const plan::Plan *old, uint6
 	for (const std::string &skipped : r.neighbours.skipped)
 		log::Line(log::Priority::Info) << "no managed neighbour entry: " << skipped;
 	if (r.nft.fullReplace) {
+		replacedElements_ = r.nft.elementsAdded;
 		comment_ = r.nft.comment; // not tableComment again: it hashes the whole plan
 	} else if (comment_.empty()) {
 		Result<std::optional<nft::TableState>> state = applier_.nft().readState();
@@ -188,11 +189,19 @@ std::string KernelBackend::dump(const plan::Plan &plan, uint64_t generation)
 	nft::TableModel model = planned(plan, generation, false);
 	// The order of a concatenated interval set is the history of its
 	// changes (deltas add at the end): the kernel's, for the plan's elements.
-	return nft::render(model, &plan, [&](const nft::Set &set, std::vector<nft::Element> &elements) {
-		if (Status ordered = applier_.nft().orderAsListed(set, elements); !ordered)
-			log::Line(log::Priority::Warning) << "dump: set " << set.name << ": " << ordered.error().message()
-							  << "; elements in plan order";
-	});
+	// Room for the text as long as the last one, or about 45 bytes an element
+	// of the last full replace, and some more.
+	size_t expected = dumpBytes_ ? dumpBytes_ : replacedElements_ * 48;
+	std::string text = nft::render(
+		model, &plan,
+		[&](const nft::Set &set, std::vector<nft::Element> &elements) {
+			if (Status ordered = applier_.nft().orderAsListed(set, elements); !ordered)
+				log::Line(log::Priority::Warning) << "dump: set " << set.name << ": "
+								  << ordered.error().message() << "; elements in plan order";
+		},
+		expected + expected / 16);
+	dumpBytes_ = text.size();
+	return text;
 }
 
 namespace {

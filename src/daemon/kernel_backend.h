@@ -42,6 +42,8 @@ private:
 	bool xdp_;
 	std::string xdpPinDir_;
 	std::string comment_; // what the table's comment is after our last apply
+	size_t replacedElements_ = 0; // added by the last full replace
+	size_t dumpBytes_ = 0;        // of the last dump()
 	// The table the kernel should hold now: the plan's, with the comment and
 	// drain_zone as applied.
 	// `portElements` false: the port sets left empty (see nft::buildModel).

@@ -244,7 +244,11 @@ std::string BusObject::Plan()
 
 std::string BusObject::Dump()
 {
-	return replyOrThrow(service_.dump());
+	// Moved out, not copied: the text is 17 MB at 10,000 sources, and the
+	// reply copies it once more.
+	Answer<std::string> text = service_.dump();
+	replyOrThrow(text);
+	return std::move(text.value());
 }
 
 std::tuple<std::string, std::string> BusObject::Owner(const std::string &address, const uint16_t &port)

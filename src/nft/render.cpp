@@ -301,10 +301,10 @@ std::string formatElement(const Set &set, const Element &e)
 	return out;
 }
 
-std::string render(const TableModel &m, const plan::Plan *plan, const ElementOrder &order)
+std::string render(const TableModel &m, const plan::Plan *plan, const ElementOrder &order, size_t expectedBytes)
 {
 	std::string out;
-	out.reserve(4096);
+	out.reserve(std::max<size_t>(expectedBytes, 4096));
 	out += std::string("table ") + (m.family == Family::Netdev ? "netdev " : "inet ") + m.tableName + " {\n";
 	out += "\tcomment \"" + m.comment + "\"\n";
 	bool first = true;

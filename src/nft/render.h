@@ -23,8 +23,11 @@ std::string formatKey(const Element &element); // the key alone: "198.51.100.1 .
 // a concatenated interval set, which nft lists in the order its elements
 // were added, is listed in the model's order (see NftApplier::orderAsListed).
 // With `order`, each concatenated interval set's elements are put in the
-// order it gives before they are listed.
+// order it gives before they are listed. `expectedBytes` is reserved up
+// front: a text of 17 MB that grows by doubling holds 16 MB more while it
+// is copied.
 using ElementOrder = std::function<void(const Set &set, std::vector<Element> &elements)>;
-std::string render(const TableModel &model, const plan::Plan *plan = nullptr, const ElementOrder &order = {});
+std::string render(const TableModel &model, const plan::Plan *plan = nullptr, const ElementOrder &order = {},
+		   size_t expectedBytes = 0);
 
 } // namespace portslice::nft

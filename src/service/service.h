@@ -50,6 +50,7 @@ public:
 	Answer(Failure failure) : v_(std::move(failure)) {}
 	bool ok() const { return v_.index() == 0; }
 	const T &value() const { return std::get<0>(v_); }
+	T &value() { return std::get<0>(v_); }
 	const Failure &failure() const { return std::get<1>(v_); }
 
 private:
