@@ -158,6 +158,33 @@ struct AllocationError {
 	std::string message;
 };
 
+// `total` ports split in proportion to `weights`, by cumulative rounding (the
+// counts add up to exactly `total`). When that leaves someone without a port
+// although there are enough for one each, everyone gets one and the rest is
+// split by weight: a weight of 1 next to 1000 is small, not nothing.
+std::vector<uint64_t> splitByWeight(uint64_t total, const std::vector<uint32_t> &weights)
+{
+	auto split = [&](uint64_t ports, uint64_t floor) {
+		uint64_t sum = 0;
+		for (uint32_t w : weights)
+			sum += w;
+		std::vector<uint64_t> counts;
+		uint64_t handed = 0, weightSoFar = 0;
+		for (uint32_t w : weights) {
+			weightSoFar += w;
+			uint64_t upto = ports * weightSoFar / sum;
+			counts.push_back(floor + upto - handed);
+			handed = upto;
+		}
+		return counts;
+	};
+	std::vector<uint64_t> counts = split(total, 0);
+	const bool someoneEmpty = std::find(counts.begin(), counts.end(), 0u) != counts.end();
+	if (someoneEmpty && total >= weights.size())
+		counts = split(total - weights.size(), 1);
+	return counts;
+}
+
 // One address's ports for its users (in file order): stateless blocks first,
 // then the rest shared by weight between the conntrack sources.
 Allocation allocate(const Plan &plan, uint32_t ai, const std::vector<User> &users,
@@ -199,25 +226,20 @@ Allocation allocate(const Plan &plan, uint32_t ai, const std::vector<User> &user
 	}
 	if (conntrackUsers.empty())
 		return out;
-	uint64_t total = cursor.remaining();
-	uint64_t weights = 0;
+	std::vector<uint32_t> weights;
 	for (size_t si : conntrackUsers)
-		weights += plan.sources[si].weight;
-	uint64_t handed = 0, weightSoFar = 0;
-	for (size_t si : conntrackUsers) {
-		// Cumulative rounding: the shares add up to exactly `total`.
-		weightSoFar += plan.sources[si].weight;
-		uint64_t upto = total * weightSoFar / weights;
-		uint32_t count = static_cast<uint32_t>(upto - handed);
-		handed = upto;
-		if (count == 0) {
+		weights.push_back(plan.sources[si].weight);
+	std::vector<uint64_t> counts = splitByWeight(cursor.remaining(), weights);
+	for (size_t u = 0; u < conntrackUsers.size(); u++) {
+		const size_t si = conntrackUsers[u];
+		if (counts[u] == 0) {
 			errors.push_back({ si, false,
 					   "conntrack source '" + plan.sources[si].name + "' gets no port of " +
 						   a.address.str() + " on server '" + plan.server +
 						   "': the stateless blocks use the whole share" });
 			continue;
 		}
-		for (const PortRange &r : cursor.take(count))
+		for (const PortRange &r : cursor.take(static_cast<uint32_t>(counts[u])))
 			out.shares.push_back({ si, { ai, r } });
 	}
 	return out;

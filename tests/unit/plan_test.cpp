@@ -156,6 +156,55 @@ TEST(Plan, SharesConntrackPortsByWeight)
 	EXPECT_EQ(p.sources[1].assignments[0].ports, (config::PortRange{ 3072, 4095 }));
 }
 
+// Weights 1 and 1000 on 100 ports: the cumulative split gives 'a' nothing,
+// yet there are enough ports for one each. 'a' gets one, 'b' the rest; no
+// error, no warning.
+TEST(Plan, GivesEveryConntrackSourceAPortWhenThereAreEnough)
+{
+	auto c = load(fleet("[[addresses]]\naddress = \"198.51.100.1\"\ndatacenter = \"dc\"\ntags = {}\n"
+			    "port_range = \"1000-1099\"\nslice_size = 100\nslices = { s1 = 0 }\n",
+			    "[[sources]]\nname = \"a\"\nmatch = { uid = 1 }\nwant = {}\nweight = 1\n"
+			    "[[sources]]\nname = \"b\"\nmatch = { uid = 2 }\nwant = {}\nweight = 1000\n"
+			    "[[sources]]\nname = \"c\"\nmatch = { uid = 3 }\nwant = {}\nweight = 1\n"));
+	auto r = plan::makePlan(c);
+	ASSERT_TRUE(r.ok()) << (r.diagnostics.empty() ? "" : r.diagnostics[0].str());
+	EXPECT_TRUE(r.diagnostics.empty()) << r.diagnostics[0].str();
+	const auto &p = *r.plan;
+	ASSERT_EQ(p.sources[0].shares.size(), 1u);
+	ASSERT_EQ(p.sources[1].shares.size(), 1u);
+	ASSERT_EQ(p.sources[2].shares.size(), 1u);
+	// One port each, the 97 others by weight (0, 96, 1 by cumulative rounding).
+	EXPECT_EQ(p.sources[0].shares[0].ports, (config::PortRange{ 1000, 1000 }));
+	EXPECT_EQ(p.sources[1].shares[0].ports, (config::PortRange{ 1001, 1097 }));
+	EXPECT_EQ(p.sources[2].shares[0].ports, (config::PortRange{ 1098, 1099 }));
+	for (const auto &s : p.sources)
+		EXPECT_FALSE(s.dropped()) << s.name;
+}
+
+// Where the cumulative split gives everyone a port, it stands as it was:
+// 3 ports, weights 1, 1, 1 and 1000 ports, weights 1 and 2.
+TEST(Plan, KeepsThePlainWeightSplitWhenItGivesEveryoneAPort)
+{
+	auto c = load(fleet("[[addresses]]\naddress = \"198.51.100.1\"\ndatacenter = \"dc\"\ntags = {}\n"
+			    "port_range = \"1000-1002\"\nslice_size = 3\nslices = { s1 = 0 }\n",
+			    "[[sources]]\nname = \"a\"\nmatch = { uid = 1 }\nwant = {}\n"
+			    "[[sources]]\nname = \"b\"\nmatch = { uid = 2 }\nwant = {}\n"
+			    "[[sources]]\nname = \"c\"\nmatch = { uid = 3 }\nwant = {}\n"));
+	auto p = makePlan(c);
+	ASSERT_EQ(p.sources.size(), 3u);
+	for (uint16_t i = 0; i < 3; i++) {
+		ASSERT_EQ(p.sources[i].shares.size(), 1u);
+		EXPECT_EQ(p.sources[i].shares[0].ports, (config::PortRange{ static_cast<uint16_t>(1000 + i), static_cast<uint16_t>(1000 + i) }));
+	}
+	c = load(fleet("[[addresses]]\naddress = \"198.51.100.1\"\ndatacenter = \"dc\"\ntags = {}\n"
+		       "port_range = \"1000-1999\"\nslice_size = 1000\nslices = { s1 = 0 }\n",
+		       "[[sources]]\nname = \"a\"\nmatch = { uid = 1 }\nwant = {}\n"
+		       "[[sources]]\nname = \"b\"\nmatch = { uid = 2 }\nwant = {}\nweight = 2\n"));
+	p = makePlan(c);
+	EXPECT_EQ(p.sources[0].shares.at(0).ports, (config::PortRange{ 1000, 1332 })); // 1000 * 1/3
+	EXPECT_EQ(p.sources[1].shares.at(0).ports, (config::PortRange{ 1333, 1999 }));
+}
+
 TEST(Plan, SpreadsInsideAddressesEvenlyOverCandidates)
 {
 	auto c = load(fleet(kMixed, kMixedSources));
