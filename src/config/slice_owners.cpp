@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// SliceOwners of slice_owners.h: binary search over the slices, copy-on-write of the name table.
+// SliceOwners of slice_owners.h: binary search over the slices, copy-on-write of the slices and of the name table.
 #include "config/slice_owners.h"
 
 #include <algorithm>
@@ -13,21 +13,38 @@ SliceOwners::SliceOwners(std::initializer_list<std::pair<uint32_t, std::string_v
 		assign(slice, server);
 }
 
-std::vector<SliceOwners::Entry>::iterator SliceOwners::lowerBound(uint32_t slice)
+const std::vector<SliceOwners::Entry> &SliceOwners::list() const
 {
+	static const std::vector<Entry> none;
+	return entries_ ? *entries_ : none;
+}
+
+std::vector<SliceOwners::Entry> &SliceOwners::own()
+{
+	if (!entries_)
+		entries_ = std::make_shared<std::vector<Entry>>();
+	else if (entries_.use_count() > 1)
+		entries_ = std::make_shared<std::vector<Entry>>(*entries_);
+	return *entries_;
+}
+
+size_t SliceOwners::lowerBound(uint32_t slice) const
+{
+	const std::vector<Entry> &entries = list();
 	// The loader adds slices in ascending order: try the end first.
-	if (entries_.empty() || entries_.back().slice < slice)
-		return entries_.end();
-	return std::lower_bound(entries_.begin(), entries_.end(), slice,
-				[](const Entry &e, uint32_t s) { return e.slice < s; });
+	if (entries.empty() || entries.back().slice < slice)
+		return entries.size();
+	return static_cast<size_t>(std::lower_bound(entries.begin(), entries.end(), slice,
+						    [](const Entry &e, uint32_t s) { return e.slice < s; }) -
+				   entries.begin());
 }
 
 SliceOwners::const_iterator SliceOwners::find(uint32_t slice) const
 {
-	auto it = const_cast<SliceOwners *>(this)->lowerBound(slice);
-	if (it == entries_.end() || it->slice != slice)
+	size_t at = lowerBound(slice);
+	if (at == list().size() || list()[at].slice != slice)
 		return end();
-	return { this, &*it };
+	return { this, list().data() + at };
 }
 
 const std::string &SliceOwners::at(uint32_t slice) const
@@ -57,22 +74,24 @@ uint32_t SliceOwners::nameIndex(std::string_view server)
 
 std::pair<SliceOwners::const_iterator, bool> SliceOwners::emplace(uint32_t slice, std::string_view server)
 {
-	auto it = lowerBound(slice);
-	if (it != entries_.end() && it->slice == slice)
-		return { const_iterator{ this, &*it }, false };
+	size_t at = lowerBound(slice);
+	if (at < list().size() && list()[at].slice == slice)
+		return { const_iterator{ this, list().data() + at }, false };
 	uint32_t name = nameIndex(server);
-	it = entries_.insert(it, Entry{ slice, name });
-	return { const_iterator{ this, &*it }, true };
+	std::vector<Entry> &entries = own();
+	entries.insert(entries.begin() + static_cast<ptrdiff_t>(at), Entry{ slice, name });
+	return { const_iterator{ this, entries.data() + at }, true };
 }
 
 void SliceOwners::assign(uint32_t slice, std::string_view server)
 {
 	uint32_t name = nameIndex(server);
-	auto it = lowerBound(slice);
-	if (it != entries_.end() && it->slice == slice)
-		it->name = name;
+	size_t at = lowerBound(slice);
+	std::vector<Entry> &entries = own();
+	if (at < entries.size() && entries[at].slice == slice)
+		entries[at].name = name;
 	else
-		entries_.insert(it, Entry{ slice, name });
+		entries.insert(entries.begin() + static_cast<ptrdiff_t>(at), Entry{ slice, name });
 }
 
 SliceOwners::Ref SliceOwners::operator[](uint32_t slice)
@@ -83,10 +102,11 @@ SliceOwners::Ref SliceOwners::operator[](uint32_t slice)
 
 size_t SliceOwners::erase(uint32_t slice)
 {
-	auto it = lowerBound(slice);
-	if (it == entries_.end() || it->slice != slice)
+	size_t at = lowerBound(slice);
+	if (at == list().size() || list()[at].slice != slice)
 		return 0;
-	entries_.erase(it);
+	std::vector<Entry> &entries = own();
+	entries.erase(entries.begin() + static_cast<ptrdiff_t>(at));
 	return 1;
 }
 

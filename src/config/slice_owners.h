@@ -19,7 +19,8 @@ namespace portslice::config {
 // that was 31 nodes of about 80 bytes an address; here it is 8 bytes a slice,
 // the names living once in a table that the addresses of a load share
 // (copied on write when a name is new to it; never changed once shared, so
-// copies of a Config may be read from several threads).
+// copies of a Config may be read from several threads). Copies share the
+// slices too, until one of them changes its own.
 //
 // Reads like std::map<uint32_t, std::string>: find/end/count/at, iteration
 // in slice order with `const auto &[slice, server]`, `it->first`,
@@ -95,10 +96,10 @@ public:
 	explicit SliceOwners(std::shared_ptr<const Names> names) : names_(std::move(names)) {}
 	SliceOwners(std::initializer_list<std::pair<uint32_t, std::string_view>> owners);
 
-	const_iterator begin() const { return { this, entries_.data() }; }
-	const_iterator end() const { return { this, entries_.data() + entries_.size() }; }
-	size_t size() const { return entries_.size(); }
-	bool empty() const { return entries_.empty(); }
+	const_iterator begin() const { return { this, list().data() }; }
+	const_iterator end() const { return { this, list().data() + list().size() }; }
+	size_t size() const { return list().size(); }
+	bool empty() const { return list().empty(); }
 	const_iterator find(uint32_t slice) const;
 	size_t count(uint32_t slice) const { return find(slice) != end() ? 1 : 0; }
 	// The server of `slice`; std::out_of_range if it has none.
@@ -111,17 +112,25 @@ public:
 	// Inserts or overwrites.
 	void assign(uint32_t slice, std::string_view server);
 	size_t erase(uint32_t slice);
-	void clear() { entries_.clear(); }
-	void reserve(size_t slices) { entries_.reserve(slices); }
+	void clear() { entries_.reset(); }
+	void reserve(size_t slices) { own().reserve(slices); }
 
 	// Same slices with the same server names (whatever their tables).
 	bool operator==(const SliceOwners &other) const;
 
 private:
 	uint32_t nameIndex(std::string_view server);
-	std::vector<Entry>::iterator lowerBound(uint32_t slice);
+	// Where `slice` is or would go in list().
+	size_t lowerBound(uint32_t slice) const;
+	const std::vector<Entry> &list() const;
+	// The entries to change: this map's own, copied first if a copy of the
+	// map shares them.
+	std::vector<Entry> &own();
 
-	std::vector<Entry> entries_; // ascending slice
+	// Ascending slice, shared by copies until one of them changes (the
+	// service keeps the file's owners beside the config's: one list for
+	// both while no slice has moved).
+	std::shared_ptr<std::vector<Entry>> entries_;
 	std::shared_ptr<const Names> names_;
 	uint32_t lastName_ = 0; // where the last name was found: the loader adds a server's slices in a row
 };
