@@ -70,6 +70,12 @@ struct Shared {
 	View view;
 	bool listed = false;  // the view was read from etcd at least once
 	LinkStatus status;
+	// The daemon as the applier last found it: it answers and takes the
+	// fleet's owners. Until then this server does not join; after a lease
+	// without, it leaves (its slices go to the others).
+	bool daemonOk = false;
+	Clock::time_point daemonBadSince = Clock::now();
+	uint64_t daemonChanges = 0; // grows with every change of daemonOk
 };
 
 // The daemon's org.portslice.Egress1, called by name: fleetd uses three
@@ -300,6 +306,45 @@ private:
 		uint64_t seen = 0;
 		milliseconds backoff(100);
 		while (!gStop) {
+			bool daemonOk;
+			Clock::time_point daemonBadSince;
+			uint64_t daemonSeen;
+			{
+				std::lock_guard lock(shared_.mutex);
+				daemonOk = shared_.daemonOk;
+				daemonBadSince = shared_.daemonBadSince;
+				daemonSeen = shared_.daemonChanges;
+			}
+			auto leaseLength = milliseconds(fleet_.leaseSeconds * 1000);
+			if (lease && !daemonOk && Clock::now() - daemonBadSince >= leaseLength) {
+				// live is "the servers that own their slices now": a server whose
+				// daemon does not answer or refuses the fleet's owners is not one.
+				// Without its lease its member key (and the leader key, if it led)
+				// go, and the leader hands its slices to the others.
+				log("etcd: leaving the fleet: portsliced has not taken the fleet's owners for " +
+				    std::to_string(fleet_.leaseSeconds) + " s; revoking lease " + std::to_string(lease));
+				if (Status revoked = etcd.revoke(lease); !revoked)
+					log("etcd: revoking lease " + std::to_string(lease) + ": " + revoked.error().message() +
+					    " (it expires by itself)");
+				lease = 0;
+				leading = false;
+				{
+					std::lock_guard lock(shared_.mutex);
+					shared_.status.lease = 0;
+				}
+				writeStatus();
+				continue;
+			}
+			if (!lease && !daemonOk) {
+				// Join only once the daemon has answered: a member takes slices.
+				// The status file stays fresh meanwhile (status says why).
+				writeStatus();
+				std::unique_lock lock(shared_.mutex);
+				shared_.changed.wait_for(lock, milliseconds(1000), [&] {
+					return gStop.load() || shared_.daemonChanges != daemonSeen;
+				});
+				continue;
+			}
 			if (!lease) {
 				Result<int64_t> granted = etcd.grant(fleet_.leaseSeconds, &ttl);
 				if (!granted) {
@@ -369,7 +414,7 @@ private:
 				listed = shared_.listed;
 				seen = shared_.version;
 			}
-			if (listed && lease && view.leader.empty()) {
+			if (listed && lease && daemonOk && view.leader.empty()) {
 				json compare = json::array({{{"target", "CREATE"}, {"key", base64Encode(leaderKey(fleet_.prefix))},
 							     {"create_revision", "0"}}});
 				json success = json::array({{{"request_put", {{"key", base64Encode(leaderKey(fleet_.prefix))},
@@ -398,7 +443,9 @@ private:
 			auto next = lastKeepAlive + interval;
 			if (!shared_.status.etcdReachable)
 				next = Clock::now() + backoff;
-			shared_.changed.wait_until(lock, next, [&] { return gStop.load() || shared_.version != seen; });
+			shared_.changed.wait_until(lock, next, [&] {
+				return gStop.load() || shared_.version != seen || shared_.daemonChanges != daemonSeen;
+			});
 			// At most a third of the lease between tries: when etcd comes
 			// back, the keep-alive must reach it before the lease ends.
 			if (!shared_.status.etcdReachable)
@@ -485,32 +532,58 @@ private:
 		writeStatus();
 	}
 
+	// The daemon's health as the session loop reads it; `why` is "" when it is well.
+	void daemonState(bool ok, const std::string &why)
+	{
+		bool changed;
+		{
+			std::lock_guard lock(shared_.mutex);
+			changed = shared_.daemonOk != ok;
+			if (changed) {
+				shared_.daemonOk = ok;
+				shared_.daemonBadSince = Clock::now();
+				shared_.daemonChanges++;
+			}
+		}
+		if (changed)
+			log(ok ? std::string("portsliced: answers and takes the fleet's owners")
+			       : "portsliced: " + why + " (this server leaves live after " +
+					 std::to_string(fleet_.leaseSeconds) + " s of this)");
+		if (changed)
+			shared_.changed.notify_all();
+	}
+
 	// The applier: each new view becomes the daemon's ownership, in one
-	// SetSliceOwners per drain length (usually one call).
+	// SetSliceOwners per drain length (usually one call). Between views it
+	// asks the daemon its generation every lease/3 at most, so that a daemon
+	// gone is noticed within a lease.
 	void applyLoop()
 	{
 		std::unique_ptr<sdbus::IConnection> connection;
 		std::unique_ptr<Daemon> proxy;
 		bool known = false; // daemonOwners_ holds the daemon's owners as of daemonGeneration_
 		uint64_t seen = 0;
+		milliseconds probe = std::clamp(milliseconds(fleet_.leaseSeconds * 1000 / 3), milliseconds(200),
+						milliseconds(1000));
 		milliseconds backoff(200);
 		bool retry = false;
+		// The owners/ keys of the view the daemon refused (an org.portslice
+		// error, not a transport one): the same keys are not offered again as
+		// a reason to rejoin, until they change or the daemon changes
+		// (a reload, a local set-owner: its generation moves without us).
+		std::optional<OwnerKeys> refused;
 		while (!gStop) {
 			View view;
+			bool fresh;
 			{
 				std::unique_lock lock(shared_.mutex);
-				shared_.changed.wait_for(lock, retry ? backoff : milliseconds(1000),
+				shared_.changed.wait_for(lock, retry ? std::min(backoff, probe) : probe,
 							 [&] { return gStop.load() || shared_.version != seen; });
 				if (gStop)
 					break;
-				if (shared_.version == seen && !retry)
-					continue;
+				fresh = shared_.version != seen || retry;
 				seen = shared_.version;
 				view = shared_.view;
-			}
-			if (!view.live) {
-				retry = false;
-				continue; // no fleet decision yet: the daemon keeps what it has
 			}
 			try {
 				if (!proxy) {
@@ -519,6 +592,16 @@ private:
 					known = false;
 				}
 				uint64_t generation = proxy->generation();
+				if (refused && ((known && generation != daemonGeneration_) || *refused != view.owners)) {
+					refused.reset(); // the daemon or the keys changed: it may take them now
+					fresh = true;
+				}
+				if (!fresh || !view.live) {
+					if (!refused)
+						daemonState(true, {});
+					retry = false;
+					continue; // nothing new, or no fleet decision yet: the daemon keeps what it has
+				}
 				if (!known || generation != daemonGeneration_) {
 					if (!readDaemon(*proxy)) {
 						applyFailed("its Owners() names an address that is not IPv4");
@@ -570,13 +653,32 @@ private:
 					std::lock_guard lock(shared_.mutex);
 					shared_.status.appliedRevision = view.revision;
 					shared_.status.appliedGeneration = daemonGeneration_;
-					shared_.status.applyError.clear();
+					if (!refused)
+						shared_.status.applyError.clear();
 				}
+				if (!refused)
+					daemonState(true, {});
 				writeStatus();
 				retry = false;
 				backoff = milliseconds(200);
 			} catch (const sdbus::Error &e) {
-				applyFailed(e.getName() + ": " + e.getMessage());
+				std::string why = e.getName() + ": " + e.getMessage();
+				applyFailed(why);
+				if (e.getName().starts_with("org.portslice.") &&
+				    e.getName() != "org.portslice.Error.ApplyFailed") {
+					// It answers but refuses the fleet's owners: it does not own
+					// its slices as the fleet says, so it is not live. (A kernel
+					// that failed to apply may take them on the next try: that is
+					// retried below, and leaves live the same way if it lasts.)
+					// The same owners again would be refused again: wait for a
+					// change (the connection and what it read stay good).
+					refused = view.owners;
+					daemonState(false, "refuses the fleet's owners: " + why);
+					retry = false;
+					continue;
+				}
+				bool answered = e.getName().starts_with("org.portslice."); // ApplyFailed
+				daemonState(false, (answered ? "did not apply the fleet's owners: " : "does not answer: ") + why);
 				proxy.reset();
 				connection.reset();
 				known = false;

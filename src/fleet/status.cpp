@@ -130,8 +130,12 @@ std::string describeStatus(const LinkStatus &s, int64_t now)
 	out += "fleet live: " + join(s.liveServers) + (s.live ? "" : " (this server is not live)") + "\n";
 	out += "fleet revision: " + std::to_string(s.appliedRevision) + " applied (generation " +
 	       std::to_string(s.appliedGeneration) + "), " + std::to_string(s.revision) + " seen\n";
-	if (!s.applyError.empty())
+	if (!s.applyError.empty()) {
 		out += "fleet apply error: " + s.applyError + "\n";
+		if (!s.lease)
+			out += "fleet: this server is no member (its portsliced does not take the fleet's owners); its "
+			       "slices are with the others\n";
+	}
 	return out;
 }
 

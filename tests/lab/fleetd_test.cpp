@@ -251,6 +251,49 @@ TEST_F(FleetdLab, AMemberWhoseLeaseExpiresLosesItsSlicesInOneGenerationAndGetsTh
 	EXPECT_EQ(live(), (std::set<std::string>{"s1", "s2", "s3"}));
 }
 
+// live is "the servers that own their slices now": a fleetd whose daemon does
+// not answer does not join (no member key, no candidacy), leaves within about
+// a lease when its daemon goes, and comes back when it answers again.
+TEST_F(FleetdLab, AFleetdWhoseDaemonDoesNotAnswerIsNoMemberAndLeavesWhenItsDaemonGoes)
+{
+	startMember("s2");
+	startMember("s3");
+	ASSERT_FALSE(HasFatalFailure());
+	auto key = [&](const std::string &name) {
+		return etcdctl("get --print-value-only " + std::string(kPrefix) + "/" + name).output;
+	};
+	startFleetd(); // no portsliced on the bus yet
+	std::this_thread::sleep_for(std::chrono::seconds(4)); // two leases
+	EXPECT_EQ(key("members/s1"), "") << fleetdLog();
+	EXPECT_EQ(key("leader"), "") << fleetdLog();
+	EXPECT_EQ(live(), std::set<std::string>{}) << fleetdLog();
+
+	startDaemon();
+	ASSERT_FALSE(HasFatalFailure());
+	ASSERT_TRUE(waitFor([&] { return live() == std::set<std::string>{"s1", "s2", "s3"}; }, std::chrono::seconds(10)))
+		<< fleetdLog();
+	EXPECT_EQ(key("leader"), "s1\n");
+
+	// The daemon goes: within a lease and a bit, s1's member key and its leader key are gone.
+	auto cut = Clock::now();
+	stopDaemon(SIGKILL);
+	ASSERT_TRUE(waitFor([&] { return key("members/s1").empty() && key("leader").empty(); }, std::chrono::seconds(5)))
+		<< fleetdLog();
+	double seconds = std::chrono::duration<double>(Clock::now() - cut).count();
+	std::printf("s1 left the fleet %.2f s after its daemon died (lease 2 s)\n", seconds);
+	EXPECT_LT(seconds, 2 + 2); // lease, a probe (lease/3) and a keep-alive interval (lease/3)
+	EXPECT_NE(fleetdLog().find("leaving the fleet"), std::string::npos) << fleetdLog();
+	nlohmann::json link = nlohmann::json::parse(readFile(statusFile()), nullptr, false);
+	ASSERT_TRUE(link.is_object()) << readFile(statusFile());
+	EXPECT_NE(link.value("apply_error", ""), "") << link.dump();
+	EXPECT_EQ(link.value("lease", 1), 0) << link.dump();
+
+	// It answers again: s1 is a member again.
+	startDaemon();
+	ASSERT_FALSE(HasFatalFailure());
+	ASSERT_TRUE(waitFor([&] { return !key("members/s1").empty(); }, std::chrono::seconds(5))) << fleetdLog();
+}
+
 TEST_F(FleetdLab, SetOwnerFleetIsACompareAndSwapOfTheKeyAndTheDaemonFollowsWithinASecond)
 {
 	startFleet();
