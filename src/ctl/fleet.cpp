@@ -5,6 +5,7 @@
 #include <chrono>
 #include <filesystem>
 #include <iostream>
+#include <set>
 #include <thread>
 
 #include <curl/curl.h>
@@ -14,6 +15,7 @@
 #include "fleet/etcd.h"
 #include "fleet/status.h"
 #include "fleet/view.h"
+#include "plan/plan.h"
 
 namespace portslice::ctl {
 
@@ -26,6 +28,24 @@ int64_t unixNow()
 {
 	return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
 		.count();
+}
+
+// Why the file's own plan of `server` cannot take slice `slice` of `ip`
+// moving to `to` (empty when it can): every daemon of the fleet plans the
+// servers so, and SetSliceOwners is all or nothing, so a key that one
+// daemon refuses would hold back every later change there.
+std::string cannotTake(const config::Config &c, Ipv4 ip, uint32_t slice, const std::string &to,
+		       const std::string &server)
+{
+	config::Config moved = c;
+	moved.findAddress(ip)->owners[slice] = to;
+	plan::PlanResult planned = plan::makePlan(moved, server);
+	if (planned.ok())
+		return {};
+	for (const config::Diagnostic &d : planned.diagnostics)
+		if (d.severity == config::Diagnostic::Severity::Error)
+			return d.message;
+	return "its plan fails";
 }
 
 } // namespace
@@ -86,6 +106,7 @@ int runFleetSetOwner(const OnlineOptions &options)
 	// A write whose answer was lost may have been applied: a later read
 	// that finds this owner already does not write again.
 	bool uncertain = false;
+	std::set<std::string> planned; // the servers whose plan took the move
 	for (int attempt = 0; attempt < 5;) {
 		Result<fleet::RangeAnswer> read = etcd.range(key);
 		if (!read) {
@@ -106,6 +127,18 @@ int runFleetSetOwner(const OnlineOptions &options)
 			std::cout << "slice " << options.slice << " of " << ip->str() << " -> " << options.server
 				  << " for the fleet (" << key << " at etcd revision " << modRevision << ")\n";
 			return 0;
+		}
+		// The old and the new owner must both be able to plan the move, or
+		// their daemons refuse it: refuse it here, before anything is written.
+		for (const std::string &server : {current, options.server}) {
+			if (server.empty() || !c.findServer(server) || !planned.insert(server).second)
+				continue;
+			if (std::string why = cannotTake(c, *ip, options.slice, options.server, server); !why.empty()) {
+				std::cerr << "portslicectl: set-owner --fleet: server '" << server
+					  << "' cannot take the move of slice " << options.slice << " of " << ip->str() << " to "
+					  << options.server << ": " << why << "; nothing was written\n";
+				return kExitRefused;
+			}
 		}
 		fleet::OwnerKey value{options.server, current != options.server ? current : "", 0};
 		if (!value.previous.empty())

@@ -335,6 +335,70 @@ TEST_F(FleetdLab, SetOwnerFleetIsACompareAndSwapOfTheKeyAndTheDaemonFollowsWithi
 	EXPECT_NE(bad.output.find("slice 9 of 198.51.100.1 does not exist"), std::string::npos) << bad.output;
 }
 
+// A fleet where s1 needs both its slices of 198.51.100.1: the stateless
+// blocks of stateless-gb (16 inside addresses x 256 ports) fill exactly two.
+std::string tightFleet(std::string text)
+{
+	auto replace = [&](const std::string &from, const std::string &to) {
+		size_t at = text.find(from);
+		if (at == std::string::npos)
+			ADD_FAILURE() << "the lab fleet has no " << from;
+		else
+			text.replace(at, from.size(), to);
+	};
+	replace("tags = { country = \"GB\", trust = \"untrusted\" }\nslices = { s1 = 0, s2 = 1, s3 = [2, 3] }",
+		"tags = { country = \"FR\", trust = \"untrusted\" }\nslices = { s1 = [0, 1], s3 = [2, 3] }");
+	replace("want = { trust = \"untrusted\" }\nnat = \"stateless\"\nblock = 64",
+		"want = { country = \"FR\" }\nnat = \"stateless\"\nblock = 256");
+	return text;
+}
+
+// A move the old owner's daemon cannot take: set-owner --fleet refuses it
+// before writing; written by hand anyway, s1's daemon refuses it, so s1 (it
+// does not own its slices as the fleet says) leaves live, and comes back
+// when the key goes.
+TEST_F(FleetdLab, AMoveTheOldOwnerCannotPlanIsRefusedAndADaemonThatRefusesLeavesLive)
+{
+	writeConfig(tightFleet(readFile(configPath())));
+	ASSERT_FALSE(HasFailure());
+	startFleet();
+	ASSERT_FALSE(HasFatalFailure());
+	std::string key = std::string(kPrefix) + "/owners/198.51.100.1/1";
+
+	Outcome set = inNs(bin("src/ctl/portslicectl") + " set-owner 198.51.100.1 1 s3 --fleet --config " +
+			   quote(configPath()));
+	EXPECT_EQ(set.status, 1) << set.output;
+	EXPECT_NE(set.output.find("server 's1' cannot take the move of slice 1 of 198.51.100.1 to s3: stateless "
+				  "blocks of source 'stateless-gb' do not fit in the share of server 's1'"),
+		  std::string::npos)
+		<< set.output;
+	EXPECT_EQ(etcdctl("get --print-value-only " + key).output, "");
+
+	// Written by hand: s1's daemon refuses it and s1 leaves within a lease and a bit.
+	uint64_t before = generation();
+	ASSERT_TRUE(etcdctl("put " + key + " " + quote("{\"owner\": \"s3\", \"previous\": \"s1\", \"until\": 0}")).ok());
+	ASSERT_TRUE(waitFor([&] { return etcdctl("get --print-value-only " + std::string(kPrefix) + "/members/s1").output.empty(); },
+			    std::chrono::seconds(5)))
+		<< fleetdLog();
+	EXPECT_NE(fleetdLog().find("refuses the fleet's owners"), std::string::npos) << fleetdLog();
+	Outcome status = ctl("status --fleet-status " + quote(statusFile()));
+	EXPECT_NE(status.output.find("fleet apply error: org.portslice.Error.InvalidArgument: "), std::string::npos)
+		<< status.output;
+	EXPECT_NE(status.output.find("this server is no member"), std::string::npos) << status.output;
+	EXPECT_EQ(owners().at({"198.51.100.1", 1}), "s1") << "the daemon kept what it had";
+	EXPECT_EQ(generation(), before);
+	// Out of the fleet, fleetd keeps its status fresh (else status would say it is not running).
+	std::this_thread::sleep_for(std::chrono::seconds(3));
+	nlohmann::json link = nlohmann::json::parse(readFile(statusFile()), nullptr, false);
+	EXPECT_GE(link.value("updated", int64_t{0}), std::time(nullptr) - 2) << link.dump();
+
+	// The key goes: the daemon takes the fleet's owners again and s1 is a member again.
+	ASSERT_TRUE(etcdctl("del " + key).ok());
+	ASSERT_TRUE(waitFor([&] { return !etcdctl("get --print-value-only " + std::string(kPrefix) + "/members/s1").output.empty(); },
+			    std::chrono::seconds(5)))
+		<< fleetdLog();
+}
+
 TEST_F(FleetdLab, WithEtcdDownTheStateStaysStatusSaysWhyAndNothingMovesWhenItComesBack)
 {
 	// The other members' keys on leases of 5 s: after etcd's restart their
