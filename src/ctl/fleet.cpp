@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <set>
 #include <thread>
@@ -30,6 +31,21 @@ int64_t unixNow()
 		.count();
 }
 
+// Whether the config file has a [fleet] table: a line that is its header.
+// A scan, not a load: status must stay quick at 10,000 addresses, and a
+// file the daemon cannot load is its own last error.
+bool configHasFleet(const std::string &path)
+{
+	std::ifstream in(path);
+	std::string line;
+	while (std::getline(in, line)) {
+		size_t at = line.find_first_not_of(" \t");
+		if (at != std::string::npos && line.compare(at, 7, "[fleet]") == 0)
+			return true;
+	}
+	return false;
+}
+
 // Why the file's own plan of `server` cannot take slice `slice` of `ip`
 // moving to `to` (empty when it can): every daemon of the fleet plans the
 // servers so, and SetSliceOwners is all or nothing, so a key that one
@@ -47,6 +63,8 @@ std::string cannotTake(const config::Config &c, Ipv4 ip, uint32_t slice, const s
 			return d.message;
 	return "its plan fails";
 }
+
+constexpr const char *kNoStatus = "no status from portslice-fleetd (is it running?)";
 
 } // namespace
 
@@ -177,8 +195,21 @@ int runFleetSetOwner(const OnlineOptions &options)
 void printFleetLink(const OnlineOptions &options, JsonWriter *json)
 {
 	std::error_code ec;
-	if (!std::filesystem::exists(options.fleetStatus, ec))
+	if (!std::filesystem::exists(options.fleetStatus, ec)) {
+		// Fleet mode without its fleetd: the link is down, and says so.
+		if (!configHasFleet(options.config))
+			return;
+		if (json)
+			json->key("fleet")
+				.beginObject()
+				.key("fleetd_running").value(false)
+				.key("etcd_reachable").value(false)
+				.key("error").value(kNoStatus)
+				.endObject();
+		else
+			std::cout << "fleet: " << kNoStatus << "\n";
 		return;
+	}
 	Result<fleet::LinkStatus> s = fleet::readStatusFile(options.fleetStatus);
 	if (json) {
 		json->key("fleet");

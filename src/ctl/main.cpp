@@ -115,6 +115,10 @@ int main(int argc, char **argv)
 	status->add_option("--fleet-status", online.fleetStatus,
 			   "portslice-fleetd's status file, for the fleet link (default: " + online.fleetStatus + ")")
 		->type_name("FILE");
+	status->add_option("--config", online.config,
+			   "the config file: with a [fleet] section and no fleetd status file, the fleet link is down "
+			   "(default: " + online.config + ")")
+		->type_name("FILE");
 
 	add("reload", "make the daemon re-read its config file; on error the applied state stays",
 	    runOnlineCommand("reload"));

@@ -294,6 +294,31 @@ TEST_F(FleetdLab, AFleetdWhoseDaemonDoesNotAnswerIsNoMemberAndLeavesWhenItsDaemo
 	ASSERT_TRUE(waitFor([&] { return !key("members/s1").empty(); }, std::chrono::seconds(5))) << fleetdLog();
 }
 
+// SPEC: "portslicectl status shows the fleet link down with the reason" also
+// when fleetd never wrote its status file (not started, not installed).
+TEST_F(FleetdLab, StatusSaysTheFleetLinkIsDownWhenFleetdHasWrittenNoStatus)
+{
+	startDaemon();
+	ASSERT_FALSE(HasFatalFailure());
+	std::string missing = (dir_ / "no-fleetd.json").string();
+	Outcome status = ctl("status --config " + quote(configPath()) + " --fleet-status " + quote(missing));
+	EXPECT_NE(status.output.find("fleet: no status from portslice-fleetd (is it running?)\n"), std::string::npos)
+		<< status.output;
+	Outcome json = ctl("status --json --config " + quote(configPath()) + " --fleet-status " + quote(missing));
+	nlohmann::json j = nlohmann::json::parse(json.output, nullptr, false);
+	ASSERT_TRUE(j.is_object() && j.contains("fleet")) << json.output;
+	EXPECT_EQ(j["fleet"]["fleetd_running"], false);
+	EXPECT_EQ(j["fleet"]["etcd_reachable"], false);
+	EXPECT_EQ(j["fleet"]["error"], "no status from portslice-fleetd (is it running?)");
+	// A file without [fleet]: no fleet line.
+	std::string plain = (dir_ / "plain.toml").string();
+	std::string text = readFile(configPath());
+	text.erase(text.find("[fleet]"), text.find("[defaults]") - text.find("[fleet]"));
+	std::ofstream(plain) << text;
+	status = ctl("status --config " + quote(plain) + " --fleet-status " + quote(missing));
+	EXPECT_EQ(status.output.find("fleet"), std::string::npos) << status.output;
+}
+
 TEST_F(FleetdLab, SetOwnerFleetIsACompareAndSwapOfTheKeyAndTheDaemonFollowsWithinASecond)
 {
 	startFleet();
