@@ -126,6 +126,7 @@ public:
 		for (size_t i = 0; i < config_.servers.size(); i++)
 			serverIndex_.emplace(config_.servers[i].name, static_cast<int32_t>(i));
 		std::lock_guard lock(shared_.mutex);
+		shared_.view.table = &config_;
 		shared_.status.server = self_;
 		shared_.status.pid = getpid();
 		shared_.status.leaseSeconds = fleet_.leaseSeconds;
@@ -237,6 +238,7 @@ private:
 				}
 				etcdUp(etcd.endpoint());
 				View view;
+				view.table = &config_;
 				for (const KeyValue &kv : listed->kvs) {
 					std::string why = view.put(fleet_.prefix, kv.key, kv.value, kv.modRevision, kv.lease);
 					if (!why.empty())

@@ -101,8 +101,13 @@ std::optional<OwnerKey> decodeOwner(std::string_view value)
 	k.owner = owner->get<std::string>();
 	if (auto it = j->find("previous"); it != j->end() && it->is_string())
 		k.previous = it->get<std::string>();
-	if (auto it = j->find("until"); it != j->end() && it->is_number_integer())
+	if (auto it = j->find("previous"); it != j->end() && !it->is_string())
+		return std::nullopt;
+	if (auto it = j->find("until"); it != j->end()) {
+		if (!it->is_number_integer())
+			return std::nullopt; // "soon", 1.5: not a moment
 		k.until = it->get<int64_t>();
+	}
 	return k;
 }
 
@@ -154,12 +159,36 @@ std::string View::put(std::string_view prefix, std::string_view key, std::string
 		if (!where)
 			return "not owners/ADDRESS/SLICE";
 		std::optional<OwnerKey> o = decodeOwner(value);
-		if (!o)
+		if (!o) {
+			owners.erase(*where);
 			return "not {\"owner\": SERVER, \"previous\": SERVER or \"\", \"until\": UNIX or 0}";
+		}
+		if (std::string why = checkOwner(*where, *o); !why.empty()) {
+			owners.erase(*where);
+			return why;
+		}
 		owners[*where] = std::move(*o);
 	} else {
 		return "not a key of fleet mode";
 	}
+	return {};
+}
+
+std::string View::checkOwner(std::pair<uint32_t, uint32_t> where, const OwnerKey &key) const
+{
+	if (!table)
+		return {};
+	Ipv4 ip{where.first};
+	const config::Address *address = table->findAddress(ip);
+	if (!address)
+		return ip.str() + " is not a shared address of the file";
+	if (where.second >= address->sliceCount())
+		return "slice " + std::to_string(where.second) + " of " + ip.str() + " does not exist (it has " +
+		       std::to_string(address->sliceCount()) + ")";
+	if (!table->findServer(key.owner))
+		return "owner \"" + key.owner + "\" is not a server of the file";
+	if (!key.previous.empty() && !table->findServer(key.previous))
+		return "previous \"" + key.previous + "\" is not a server of the file";
 	return {};
 }
 

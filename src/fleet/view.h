@@ -48,13 +48,22 @@ struct View {
 	OwnerKeys owners;
 	std::string leader; // "" when none
 	int64_t revision = 0;
+	// The fleet table: when set, an owners/ key whose address, slice,
+	// owner or previous owner the file does not have is ignored too (the
+	// file's owner decides), with the reason.
+	const config::Config *table = nullptr;
 
 	// One key of the prefix put or deleted (`key` is the whole key). Keys
-	// that are not the fleet's, or values it cannot read, are ignored: the
-	// returned text says why (empty when taken).
+	// that are not the fleet's, or values it cannot read, are ignored (an
+	// owners/ key put so is as if deleted): the returned text says why
+	// (empty when taken).
 	std::string put(std::string_view prefix, std::string_view key, std::string_view value, int64_t modRevision,
 			int64_t lease);
 	void erase(std::string_view prefix, std::string_view key);
+
+private:
+	// Why the file cannot have this owners/ key ("" when it can, or with no table).
+	std::string checkOwner(std::pair<uint32_t, uint32_t> where, const OwnerKey &key) const;
 };
 
 } // namespace portslice::fleet

@@ -245,6 +245,36 @@ TEST(FleetView, BuildsFromTheKeysAndIgnoresWhatItCannotRead)
 	EXPECT_TRUE(v.owners.empty());
 }
 
+// An operator's etcdctl put is checked as the file would be: each of these is
+// ignored with its reason (fleetd logs "ignoring etcd key KEY: WHY"), and the
+// slice goes back to what the file says.
+TEST(FleetView, OwnersKeysTheFileCannotHaveAreIgnoredWithTheReason)
+{
+	config::Config c = load();
+	View v;
+	v.table = &c;
+	const std::string p = "/portslice/lab1";
+	EXPECT_EQ(v.put(p, p + "/owners/198.51.100.1/1", encodeOwner({"s1", "s2", 1700000060}), 5, 0), "");
+	ASSERT_EQ(v.owners.size(), 1u);
+	std::string why = v.put(p, p + "/owners/198.51.100.1/1", R"({"owner":"s1","previous":"s2","until":"soon"})", 6, 0);
+	EXPECT_NE(why, "");
+	EXPECT_TRUE(v.owners.empty()) << "the key no longer says anything the file can use";
+	why = v.put(p, p + "/owners/198.51.100.1/1", R"({"owner":"s9"})", 7, 0);
+	EXPECT_NE(why.find("\"s9\" is not a server of the file"), std::string::npos) << why;
+	why = v.put(p, p + "/owners/198.51.100.1/1", R"({"owner":"s1","previous":"s8","until":0})", 7, 0);
+	EXPECT_NE(why.find("\"s8\" is not a server of the file"), std::string::npos) << why;
+	why = v.put(p, p + "/owners/198.51.100.9/1", R"({"owner":"s1"})", 8, 0);
+	EXPECT_NE(why.find("198.51.100.9 is not a shared address of the file"), std::string::npos) << why;
+	why = v.put(p, p + "/owners/198.51.100.1/77", R"({"owner":"s1"})", 9, 0);
+	EXPECT_NE(why.find("slice 77 of 198.51.100.1 does not exist"), std::string::npos) << why;
+	EXPECT_TRUE(v.owners.empty());
+	// Without the table (portslicectl reading a key) only the form is checked.
+	View bare;
+	EXPECT_EQ(bare.put(p, p + "/owners/198.51.100.9/1", R"({"owner":"s9"})", 8, 0), "");
+	EXPECT_FALSE(decodeOwner(R"({"owner":"s1","until":1.5})"));
+	EXPECT_TRUE(decodeOwner(R"({"owner":"s1"})"));
+}
+
 TEST(FleetEtcd, Base64AndPrefixEndAreWhatEtcdExpects)
 {
 	EXPECT_EQ(base64Encode("/a"), "L2E=");
