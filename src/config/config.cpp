@@ -466,10 +466,11 @@ public:
 					auto url = string(&e, "etcd");
 					if (!url)
 						continue;
-					if (std::string why = checkEtcdUrl(*url); !why.empty())
+					std::string normal;
+					if (std::string why = checkEtcdUrl(*url, &normal); !why.empty())
 						error(e.source(), "'etcd': " + why);
 					else
-						f.etcd.push_back(*url);
+						f.etcd.push_back(normal);
 				}
 			}
 		}
@@ -854,16 +855,24 @@ private:
 
 } // namespace
 
-std::string checkEtcdUrl(std::string_view url)
+std::string checkEtcdUrl(std::string_view url, std::string *normal)
 {
 	std::string quoted = "'" + std::string(url.substr(0, 200)) + "'";
-	std::string_view rest;
-	if (url.starts_with("http://"))
-		rest = url.substr(7);
-	else if (url.starts_with("https://"))
-		rest = url.substr(8);
+	// Schemes are case-insensitive (RFC 3986 section 3.1).
+	auto hasScheme = [&](std::string_view scheme) {
+		return url.size() >= scheme.size() &&
+		       std::equal(scheme.begin(), scheme.end(), url.begin(), [](char a, char b) {
+			       return a == std::tolower(static_cast<unsigned char>(b));
+		       });
+	};
+	std::string_view rest, scheme;
+	if (hasScheme("http://"))
+		scheme = "http://";
+	else if (hasScheme("https://"))
+		scheme = "https://";
 	else
 		return quoted + " is not an http:// or https:// URL (e.g. \"http://192.0.2.100:2379\")";
+	rest = url.substr(scheme.size());
 	if (rest.ends_with('/'))
 		rest.remove_suffix(1);
 	if (rest.find_first_of("/?#@ ") != std::string_view::npos)
@@ -888,9 +897,12 @@ std::string checkEtcdUrl(std::string_view url)
 	}
 	if (host.empty() || host == "[]")
 		return quoted + " names no host";
+	bool bracketed = host.front() == '[';
+	if (!bracketed && host.find_first_of("[]:") != std::string_view::npos)
+		return quoted + ": an IPv6 address goes in brackets, e.g. \"http://[2001:db8::1]:2379\"";
 	for (char ch : host)
-		if (!(std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '-' || ch == '_' || ch == '[' ||
-		      ch == ']' || ch == ':'))
+		if (!(std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '-' || ch == '_' ||
+		      (bracketed && (ch == '[' || ch == ']' || ch == ':'))))
 			return quoted + ": invalid character '" + std::string(1, ch) + "' in the host";
 	if (!port.empty()) {
 		if (port.size() > 5 || !std::all_of(port.begin(), port.end(), [](char ch) { return ch >= '0' && ch <= '9'; }))
@@ -899,6 +911,9 @@ std::string checkEtcdUrl(std::string_view url)
 		if (p == 0 || p > 65535)
 			return quoted + ": the port must be a number from 1 to 65535";
 	}
+	if (normal)
+		*normal = std::string(scheme) + std::string(host) + ":" +
+			  (port.empty() ? std::to_string(kEtcdDefaultPort) : std::string(port));
 	return {};
 }
 

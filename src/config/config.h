@@ -154,9 +154,13 @@ struct Fleet {
 	Location where;
 };
 
-// "http://HOST[:PORT]" or "https://HOST[:PORT]" (an optional trailing '/'):
-// empty when `url` is one, else what is wrong with it.
-std::string checkEtcdUrl(std::string_view url);
+// "http://HOST[:PORT]" or "https://HOST[:PORT]" (the scheme in any case, an
+// optional trailing '/'): empty when `url` is one, else what is wrong with
+// it. `normal` (when given) gets the URL as fleetd and portslicectl use it:
+// the scheme in lower case, no trailing '/', and etcd's client port 2379
+// when none is given (not HTTP's 80 or 443).
+std::string checkEtcdUrl(std::string_view url, std::string *normal = nullptr);
+inline constexpr unsigned kEtcdDefaultPort = 2379;
 
 struct Config {
 	std::string file;

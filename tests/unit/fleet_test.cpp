@@ -85,6 +85,24 @@ TEST(FleetConfig, EtcdUrlsTakeHostsPortsAndIpv6)
 		EXPECT_EQ(config::checkEtcdUrl(good), "") << good;
 	for (const char *bad : {"192.0.2.100:2379", "http://a b", "http://user@etcd:2379", "http://etcd:", "http://[::1"})
 		EXPECT_NE(config::checkEtcdUrl(bad), "") << bad;
+	// An IPv6 address outside brackets: its last group is not a port.
+	EXPECT_NE(config::checkEtcdUrl("http://2001:db8::1:2379").find("in brackets"), std::string::npos);
+	EXPECT_NE(config::checkEtcdUrl("http://a]b:2379"), "");
+	// Schemes in any case; what fleetd and portslicectl use: lower case, and etcd's port 2379 when none is given.
+	std::string normal;
+	EXPECT_EQ(config::checkEtcdUrl("HTTPS://etcd.example:2380/", &normal), "");
+	EXPECT_EQ(normal, "https://etcd.example:2380");
+	EXPECT_EQ(config::checkEtcdUrl("http://192.0.2.100", &normal), "");
+	EXPECT_EQ(normal, "http://192.0.2.100:2379");
+	EXPECT_EQ(config::checkEtcdUrl("http://[2001:db8::1]", &normal), "");
+	EXPECT_EQ(normal, "http://[2001:db8::1]:2379");
+	// The fixture's "http://etcd.example" and "https://[2001:db8::1]:2379/", as loaded.
+	std::string text = kFleet;
+	text.replace(text.find("http://192.0.2.100"), 4, "HTTP");
+	config::Config c = load(text);
+	ASSERT_TRUE(c.fleet);
+	EXPECT_EQ(c.fleet->etcd, (std::vector<std::string>{"http://192.0.2.100:2379", "https://[2001:db8::1]:2379",
+							    "http://etcd.example:2379"}));
 }
 
 TEST(Ownership, TheFileOwnerKeepsItsSlicesWhileLive)
