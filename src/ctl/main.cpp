@@ -134,14 +134,16 @@ int main(int argc, char **argv)
 	setOwner->add_option("SERVER", online.server, "the server that owns it from now on")
 		->required()
 		->type_name("SERVER");
-	setOwner->add_flag("--fleet", online.fleet,
-			   "write the owner key in etcd (compare-and-swap) so that every server moves the slice");
+	CLI::Option *fleetFlag = setOwner->add_flag(
+		"--fleet", online.fleet, "write the owner key in etcd (compare-and-swap) so that every server moves the slice");
 	setOwner->add_option("--config", online.config,
 			     "with --fleet: the file whose [fleet] names etcd (default: " + online.config + ")")
 		->type_name("FILE");
 	setOwner->add_option("--drain-seconds", online.drainSeconds,
-			     "with --fleet: how long the old owner drains, in the key's `until` (default: 60)")
-		->type_name("N");
+			     "with --fleet: how long the old owner drains, in the key's `until`, 0 to 86400 (default: 60)")
+		->type_name("N")
+		->needs(fleetFlag)
+		->check(CLI::Range(0u, 86400u).description(""));
 
 	CLI::App *stats = add("stats", "counters per source and address, ports in use, NAT failures",
 			      runOnlineCommand("stats"));

@@ -124,7 +124,11 @@ TEST(Cli, UsageErrorsGoToStderrWithExitTwoAndNothingOnStdout)
 {
 	for (const std::string &args : {std::string(""), std::string("frobnicate"), std::string("plan --frobnicate"),
 					std::string("owner"), std::string("stats --json --prometheus"),
-					std::string("set-owner 198.51.100.1 three s2"), std::string("plan --config")}) {
+					std::string("set-owner 198.51.100.1 three s2"), std::string("plan --config"),
+					// --drain-seconds goes into the fleet's key: alone it would be ignored.
+					std::string("set-owner 198.51.100.1 1 s2 --drain-seconds 5"),
+					// fleetd's limit (0 to 86400), not a day and more.
+					std::string("set-owner 198.51.100.1 1 s2 --fleet --drain-seconds 100000")}) {
 		Outcome r = run(kCtl + " " + args);
 		EXPECT_EQ(r.status, 2) << "portslicectl " << args << ": " << r.out << r.err;
 		EXPECT_EQ(r.out, "") << "portslicectl " << args;
