@@ -501,6 +501,7 @@ private:
 	bool readDaemon(Daemon &daemon)
 	{
 		std::vector<Daemon::OwnerRow> rows = daemon.owners();
+		drains_.clear();
 		daemonOwners_.assign(config_.addresses.size(), {});
 		for (size_t i = 0; i < config_.addresses.size(); i++)
 			daemonOwners_[i].assign(config_.addresses[i].sliceCount(), -1);
@@ -517,6 +518,9 @@ private:
 				continue;
 			auto s = serverIndex_.find(std::get<2>(row));
 			owners[slice] = s == serverIndex_.end() ? -1 : s->second;
+			auto p = serverIndex_.find(std::get<3>(row));
+			if (p != serverIndex_.end() && std::get<4>(row) > 0)
+				drains_[{at->second, slice}] = {p->second, static_cast<int64_t>(std::get<4>(row))};
 		}
 		return true;
 	}
@@ -638,13 +642,36 @@ private:
 						moved[drain].emplace_back(a, s);
 					}
 				}
+				// A drain whose old owner has left live ends: a dead server has
+				// no flows to finish (the same owner again, drain 0, ends it).
+				for (auto it = drains_.begin(); it != drains_.end();) {
+					const auto &[where, drain] = *it;
+					const auto &[a, s] = where;
+					int32_t owner = daemonOwners_[a][s];
+					if (drain.second <= now) {
+						it = drains_.erase(it); // over by itself
+						continue;
+					}
+					if (!ownership.live(drain.first) && owner >= 0 && ownership.owner(a, s) == owner) {
+						byDrain[0].emplace_back(config_.addresses[a].address.str(), s,
+									config_.servers[static_cast<size_t>(owner)].name);
+						moved[0].emplace_back(a, s);
+					}
+					++it;
+				}
 				for (auto &[drain, moves] : byDrain) {
 					auto t0 = Clock::now();
 					uint64_t g = proxy->setSliceOwners(moves, drain);
 					double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
 					for (size_t i = 0; i < moves.size(); i++) {
 						const auto &[a, s] = moved[drain][i];
-						daemonOwners_[a][s] = serverIndex_.at(moves[i].get<2>());
+						int32_t was = daemonOwners_[a][s];
+						int32_t to = serverIndex_.at(moves[i].get<2>());
+						daemonOwners_[a][s] = to;
+						if (drain > 0 && was >= 0 && was != to)
+							drains_[{a, s}] = {was, now + drain};
+						else
+							drains_.erase({a, s});
 					}
 					daemonGeneration_ = g;
 					log("portsliced: " + std::to_string(moves.size()) + " slice(s) moved (drain " +
@@ -697,6 +724,8 @@ private:
 	std::unordered_map<uint32_t, size_t> addressIndex_;
 	std::unordered_map<std::string, int32_t> serverIndex_;
 	std::vector<std::vector<int32_t>> daemonOwners_;
+	// The daemon's drains: (address, slice) -> (previous owner, Unix deadline).
+	std::map<std::pair<size_t, uint32_t>, std::pair<int32_t, int64_t>> drains_;
 	uint64_t daemonGeneration_ = 0;
 	Shared shared_;
 	std::atomic<bool> statusWarned_{false};

@@ -360,6 +360,38 @@ TEST_F(FleetdLab, SetOwnerFleetIsACompareAndSwapOfTheKeyAndTheDaemonFollowsWithi
 	EXPECT_NE(bad.output.find("slice 9 of 198.51.100.1 does not exist"), std::string::npos) << bad.output;
 }
 
+// A dead server has no flows to finish: a drain under way ends when its old owner leaves live.
+TEST_F(FleetdLab, ADrainEndsWhenItsOldOwnerLeavesLive)
+{
+	startFleet();
+	ASSERT_FALSE(HasFatalFailure());
+	ASSERT_EQ(owners().at({"198.51.100.1", 1}), "s2");
+	// (previous, deadline) of slice 1 of 198.51.100.1, from Owners().
+	auto drain = [&]() -> std::pair<std::string, uint64_t> {
+		Outcome r = busctl("--json=short call org.portslice.Egress1 /org/portslice/Egress1 "
+				   "org.portslice.Egress1 Owners");
+		nlohmann::json reply = nlohmann::json::parse(r.output, nullptr, false);
+		if (reply.is_discarded() || !reply.contains("data"))
+			return {"?", 0};
+		for (const nlohmann::json &row : reply["data"][0])
+			if (row[0] == "198.51.100.1" && row[1] == 1)
+				return {row[3].get<std::string>(), row[4].get<uint64_t>()};
+		return {"?", 0};
+	};
+	Outcome set = inNs(bin("src/ctl/portslicectl") + " set-owner 198.51.100.1 1 s1 --fleet --config " +
+			   quote(configPath()));
+	ASSERT_TRUE(set.ok()) << set.output;
+	ASSERT_TRUE(waitFor([&] { return drain().first == "s2"; }, std::chrono::seconds(2))) << fleetdLog();
+	EXPECT_GT(drain().second, static_cast<uint64_t>(std::time(nullptr) + 50));
+
+	stopMember("s2");
+	ASSERT_TRUE(waitFor([&] { return live() == std::set<std::string>{"s1", "s3"}; }, std::chrono::seconds(5)))
+		<< fleetdLog();
+	ASSERT_TRUE(waitFor([&] { return drain() == std::pair<std::string, uint64_t>{"", 0}; }, std::chrono::seconds(2)))
+		<< "still draining for " << drain().first << "\n" << fleetdLog();
+	EXPECT_EQ(owners().at({"198.51.100.1", 1}), "s1");
+}
+
 // A fleet where s1 needs both its slices of 198.51.100.1: the stateless
 // blocks of stateless-gb (16 inside addresses x 256 ports) fill exactly two.
 std::string tightFleet(std::string text)
