@@ -432,6 +432,8 @@ int serve(const ServeOptions &options, service::Backend &backend)
 				service.repairDrift("periodic check");
 			// A drain deadline passed: the previous owner is dropped (one generation).
 			service.expireDrains();
+			// A new UTC day: the journal rotates and expires even when nothing changes.
+			service.rotateJournal();
 		}
 		if (!options.metricsFile.empty()) {
 			auto now = std::chrono::steady_clock::now();

@@ -687,43 +687,64 @@ Service::Slices Service::slicesOf(const config::Config &config, const Drains &dr
 	return slices;
 }
 
+journal::Ownership Service::fileExceptions(const Slices &state) const
+{
+	journal::Ownership out;
+	for (journal::SliceWalk walk = state.walk(); !walk.done(); walk.next()) {
+		journal::SliceKey key = walk.key();
+		journal::SliceState slice = walk.state();
+		journal::SliceState inFile;
+		if (auto f = fileSlices_.find(key.address); f != fileSlices_.end()) {
+			if (auto o = f->second.owners.find(key.slice); o != f->second.owners.end())
+				inFile.owner = o->second;
+			if (auto p = f->second.previous.find(key.slice); p != f->second.previous.end())
+				inFile.previous = p->second;
+		}
+		if (!(inFile == slice))
+			out.emplace_back(key, std::move(slice));
+	}
+	return out;
+}
+
+Result<std::vector<journal::Record>> Service::journalRotation(int64_t timeUs)
+{
+	using journal::Record;
+	// The file being applied is never deleted with the old segments either
+	// (keepFile writes it again after this if it was).
+	Result<bool> rotated = journal_.rotateIfDue(timeUs, fileHash_.empty() ? pendingHash_ : fileHash_);
+	if (!rotated)
+		return rotated.error();
+	std::vector<Record> records;
+	if (*rotated && config_ && !fileHash_.empty()) {
+		Record checkpoint{.kind = Record::Kind::File, .timeUs = timeUs, .generation = generation_, .why = "checkpoint"};
+		checkpoint.hash = fileHash_;
+		checkpoint.exceptions = fileExceptions(slicesOf(*config_, drains_));
+		records.push_back(std::move(checkpoint));
+		records.push_back({.kind = Record::Kind::Outcome, .timeUs = timeUs, .generation = generation_, .applied = true});
+	}
+	return records;
+}
+
+void Service::rotateJournal()
+{
+	Result<std::vector<journal::Record>> checkpoint = journalRotation(nowUs());
+	Status written = checkpoint ? journal_.append(*checkpoint) : Status(checkpoint.error());
+	if (!written)
+		listener_.logEvent(4, "rotating the ownership journal " + journal_.path() + ": " + written.error().message(),
+				   {});
+}
+
 Result<std::vector<journal::Change>> Service::journalChange(const Slices &before, const Slices &after,
 							    uint64_t generation, bool fileChanged)
 {
 	using journal::Record;
 	int64_t t = nowUs();
-	std::vector<Record> records;
-	// What the file says of one slice, against which a file record lists exceptions.
-	auto exceptions = [&](const Slices &state) {
-		journal::Ownership out;
-		for (journal::SliceWalk walk = state.walk(); !walk.done(); walk.next()) {
-			journal::SliceKey key = walk.key();
-			journal::SliceState slice = walk.state();
-			journal::SliceState inFile;
-			if (auto f = fileSlices_.find(key.address); f != fileSlices_.end()) {
-				if (auto o = f->second.owners.find(key.slice); o != f->second.owners.end())
-					inFile.owner = o->second;
-				if (auto p = f->second.previous.find(key.slice); p != f->second.previous.end())
-					inFile.previous = p->second;
-			}
-			if (!(inFile == slice))
-				out.emplace_back(key, std::move(slice));
-		}
-		return out;
-	};
-	if (!fileHash_.empty() && !before.empty() && !fileChanged) {
-		// A new day: the segment rotates, and the new one starts from the applied state.
-		Result<bool> rotated = journal_.rotateIfDue(t, fileHash_);
-		if (!rotated)
-			return rotated.error();
-		if (*rotated && config_) {
-			Record checkpoint{.kind = Record::Kind::File, .timeUs = t, .generation = generation_, .why = "checkpoint"};
-			checkpoint.hash = fileHash_;
-			checkpoint.exceptions = exceptions(slicesOf(*config_, drains_));
-			records.push_back(std::move(checkpoint));
-			records.push_back({.kind = Record::Kind::Outcome, .timeUs = t, .generation = generation_, .applied = true});
-		}
-	}
+	// A new day: the segment rotates (and the expired ones go) before any
+	// change, a new file's included; the new one starts from the applied state.
+	Result<std::vector<Record>> rotation = journalRotation(t);
+	if (!rotation)
+		return rotation.error();
+	std::vector<Record> records = std::move(*rotation);
 	std::vector<journal::Change> changes;
 	std::string hash = pendingHash_.empty() ? fileHash_ : pendingHash_;
 	if ((fileChanged || before.empty()) && !hash.empty()) {
@@ -732,7 +753,7 @@ Result<std::vector<journal::Change>> Service::journalChange(const Slices &before
 				return kept.error();
 		Record file{.kind = Record::Kind::File, .timeUs = t, .generation = generation, .why = "file", .uid = caller_};
 		file.hash = hash;
-		file.exceptions = exceptions(after);
+		file.exceptions = fileExceptions(after);
 		records.push_back(std::move(file));
 		changes.push_back({.timeUs = t, .generation = generation, .why = "file", .uid = caller_, .hash = hash});
 		if (!before.empty()) {

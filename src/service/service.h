@@ -168,6 +168,12 @@ public:
 	// Drop the drains whose deadline has passed and apply the plan without
 	// them (a new generation). Called by the daemon's periodic timer.
 	void expireDrains();
+	// Rotate the ownership journal when its segment began on an earlier UTC
+	// day, deleting the segments older than --journal-days; the new segment
+	// starts with a checkpoint of the applied state. Every change does it
+	// before its records; the daemon's timer does it too, so an idle daemon
+	// rotates and expires at the first tick of a new day.
+	void rotateJournal();
 
 	const std::string &server() const { return server_; }
 	uint64_t generation() const { return generation_; }
@@ -230,6 +236,11 @@ private:
 	// slice), flushed; on error nothing may be applied.
 	Result<std::vector<journal::Change>> journalChange(const Slices &before, const Slices &after,
 							   uint64_t generation, bool fileChanged);
+	// The rotation of rotateJournal() at `timeUs`: the checkpoint records
+	// that must start the new segment (none when it did not rotate).
+	Result<std::vector<journal::Record>> journalRotation(int64_t timeUs);
+	// The slices of `state` whose state differs from what the applied file says.
+	journal::Ownership fileExceptions(const Slices &state) const;
 	// After the kernel: the outcome of the journaled generation, then the announcements.
 	void journalOutcome(uint64_t generation, const Status &applied, const std::vector<journal::Change> &changes);
 	Result<std::shared_ptr<const config::Config>> keptFile(const std::string &hash) const;

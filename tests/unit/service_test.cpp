@@ -667,6 +667,86 @@ TEST_F(ServiceTest, OwnerAtAnswersFromTheJournalWithTheIntervalAndOwnerNowNamesT
 	EXPECT_EQ(service->ownerAt("198.51.100.1", port, t0 - 1).failure().fault, Fault::NotFound);
 }
 
+// The names in the state directory that are journal segments, sorted.
+std::vector<std::string> segmentNames(const std::string &dir)
+{
+	std::vector<std::string> names;
+	for (const auto &e : fs::directory_iterator(dir))
+		if (e.path().filename().string().starts_with("journal"))
+			names.push_back(e.path().filename().string());
+	std::sort(names.begin(), names.end());
+	return names;
+}
+
+// A segment as an older portsliced left it: a checkpoint of file `hash` at `seconds`, applied.
+void writeOldSegment(const std::string &path, int64_t seconds, const std::string &hash)
+{
+	journal::Record checkpoint{.kind = journal::Record::Kind::File, .timeUs = seconds * 1000000, .generation = 1,
+				   .why = "checkpoint"};
+	checkpoint.hash = hash;
+	journal::Record applied{.kind = journal::Record::Kind::Outcome, .timeUs = seconds * 1000000, .generation = 1,
+				.applied = true};
+	std::ofstream(path) << journal::encode(checkpoint) << journal::encode(applied);
+}
+
+TEST_F(ServiceTest, AReloadOnANewDayRotatesTheJournalAndDeletesWhatTheDaysNoLongerKeep)
+{
+	const int64_t day = 86400;
+	now_ = 19700 * day + 3600; // 2023-12-09T01:00:00Z
+	auto options = [&] {
+		return Service::Options{configPath(), stateDir(), std::chrono::seconds(60), [this] { return now_; }, 2};
+	};
+	auto service = std::make_unique<Service>(options(), backend_, listener_);
+	ASSERT_TRUE(service->start().ok());
+	int64_t started = now_;
+	// Two segments of ten and six days ago, and the file only the older names.
+	std::string oldHash = journal::sha256Hex("# an old file\n");
+	std::ofstream(stateDir() + "/files/" + oldHash + ".toml") << "# an old file\n";
+	writeOldSegment(stateDir() + "/journal-20231129T010000Z", now_ - 10 * day, oldHash);
+	writeOldSegment(stateDir() + "/journal-20231203T010000Z", now_ - 6 * day, journal::sha256Hex(kFleet));
+	ASSERT_EQ(segmentNames(stateDir()).size(), 3u);
+
+	// Three days on, the server only reloads (a new file: a file record, no move).
+	now_ += 3 * day;
+	std::string moved = kFleet;
+	moved.replace(moved.find("s1 = 0, s2 = 1, s3 = [2, 3]"), 27, "s1 = [0, 3], s2 = 1, s3 = 2");
+	writeConfig(moved);
+	Answer<uint64_t> reloaded = service->reload();
+	ASSERT_TRUE(reloaded.ok()) << reloaded.failure().message;
+	// The segment begun at the start is rotated; the hand-made ones are older
+	// than two days and have a later segment: deleted, with the file only they named.
+	std::vector<std::string> want = {"journal", "journal-20231209T010000Z"};
+	EXPECT_EQ(segmentNames(stateDir()), want);
+	EXPECT_FALSE(fs::exists(stateDir() + "/files/" + oldHash + ".toml"));
+	EXPECT_TRUE(fs::exists(stateDir() + "/files/" + journal::sha256Hex(moved) + ".toml"));
+	// Both answers stand: the start's from the rotated segment, the reload's from the new one.
+	uint16_t port = 1024 + 3 * 2048;
+	Answer<journal::AnswerAt> before = service->ownerAt("198.51.100.1", port, started + 10);
+	ASSERT_TRUE(before.ok()) << before.failure().message;
+	EXPECT_EQ(before.value().answer.server, "s3");
+	EXPECT_EQ(before.value().until, now_);
+	Answer<journal::AnswerAt> after = service->ownerAt("198.51.100.1", port, now_);
+	ASSERT_TRUE(after.ok()) << after.failure().message;
+	EXPECT_EQ(after.value().answer.server, "s1");
+	std::string hash0 = journal::sha256Hex(kFleet).substr(0, 8), hash1 = journal::sha256Hex(moved).substr(0, 8);
+	EXPECT_EQ(historyLines(*service), (std::vector<std::string>{"file " + hash0, "file " + hash1, "3 s3>s1 file"}));
+
+	// An idle daemon: its timer rotates on the next day, with a checkpoint
+	// (the answer holds on), and expires the segments the days let go.
+	now_ += 3 * day;
+	service->rotateJournal();
+	want = {"journal", "journal-20231212T010000Z"};
+	EXPECT_EQ(segmentNames(stateDir()), want);
+	Answer<journal::AnswerAt> idle = service->ownerAt("198.51.100.1", port, now_);
+	ASSERT_TRUE(idle.ok()) << idle.failure().message;
+	EXPECT_EQ(idle.value().answer.server, "s1");
+	EXPECT_EQ(historyLines(*service), (std::vector<std::string>{"file " + hash1, "3 s3>s1 file"}));
+	// The same day again: nothing more.
+	now_ += 60;
+	service->rotateJournal();
+	EXPECT_EQ(segmentNames(stateDir()), want);
+}
+
 // Issue 10.6: the state directory is never silently wrong.
 
 TEST_F(ServiceTest, ADamagedStateFileStopsTheStartNamingFileAndOffsetAndAppliesNothing)
