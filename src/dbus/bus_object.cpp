@@ -180,7 +180,7 @@ std::vector<sdbus::Struct<std::string, uint32_t, std::string, std::string, uint6
 std::tuple<std::string, std::string, uint64_t, uint64_t> BusObject::OwnerAt(const std::string &address,
 									     const uint16_t &port, const uint64_t &when)
 {
-	auto answer = service_.ownerAt(address, port, static_cast<int64_t>(std::min<uint64_t>(when, INT64_MAX / 1000000)));
+	auto answer = service_.ownerAt(address, port, when);
 	const journal::AnswerAt &at = replyOrThrow(answer);
 	return {at.answer.server, at.answer.inside, static_cast<uint64_t>(at.from), static_cast<uint64_t>(at.until)};
 }
@@ -203,7 +203,7 @@ std::map<std::string, std::string> BusObject::OwnerDetails(const std::string &ad
 			f["draining_until"] = std::to_string(live.now.drainUntil);
 		}
 	} else {
-		auto answer = service_.ownerAt(address, port, static_cast<int64_t>(std::min<uint64_t>(when, INT64_MAX / 1000000)));
+		auto answer = service_.ownerAt(address, port, when);
 		const journal::AnswerAt &at = replyOrThrow(answer);
 		putAnswer(f, at.answer, "");
 		f["slice"] = std::to_string(*at.answer.slice);

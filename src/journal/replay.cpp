@@ -306,7 +306,7 @@ PortAnswer answerFor(const config::Config &config, Ipv4 address, uint16_t port)
 }
 
 Result<std::optional<AnswerAt>> ownerAt(const Scan &scan, const FileLoader &load, Ipv4 address, uint16_t port,
-					int64_t when)
+					int64_t when, std::optional<int64_t> *begins)
 {
 	struct Segment {
 		int64_t from;
@@ -367,6 +367,8 @@ Result<std::optional<AnswerAt>> ownerAt(const Scan &scan, const FileLoader &load
 		at.generation = bySecond[i].generation;
 		return std::optional<AnswerAt>(at);
 	}
+	if (begins && !bySecond.empty())
+		*begins = floorSeconds(bySecond.front().from);
 	return std::optional<AnswerAt>();
 }
 

@@ -112,8 +112,10 @@ struct AnswerAt {
 };
 
 // The answer at `when` (Unix seconds: the state after every change made at or
-// before that second) and the interval it held. nullopt: `when` is before the journal.
+// before that second) and the interval it held.
+// nullopt: `when` is before the journal; `begins` is then set to the first
+// second it answers for (left alone when it has no applied file at all).
 Result<std::optional<AnswerAt>> ownerAt(const Scan &scan, const FileLoader &load, Ipv4 address, uint16_t port,
-					int64_t when);
+					int64_t when, std::optional<int64_t> *begins = nullptr);
 
 } // namespace portslice::journal

@@ -1087,20 +1087,34 @@ Answer<LiveOwner> Service::ownerNow(std::string_view addressText, uint16_t port)
 	return live;
 }
 
-Answer<journal::AnswerAt> Service::ownerAt(std::string_view addressText, uint16_t port, int64_t when) const
+Answer<journal::AnswerAt> Service::ownerAt(std::string_view addressText, uint16_t port, uint64_t asked) const
 {
 	std::optional<Ipv4> ip = Ipv4::parse(addressText);
 	if (!ip)
 		return Failure{Fault::InvalidArgument, "\"" + std::string(addressText.substr(0, 200)) +
 			       "\" is not an IPv4 address"};
+	// A moment to come has no answer yet; one a few seconds ahead is a
+	// clock (the complainant's, or ours) a little off: answered as now.
+	int64_t current = now();
+	auto timeText = [](uint64_t seconds) {
+		return seconds <= 253402300799 ? journal::formatSeconds(static_cast<int64_t>(seconds)) // 9999-12-31T23:59:59Z
+					       : "Unix time " + std::to_string(seconds);
+	};
+	if (current < 0 || asked > static_cast<uint64_t>(current) + kClockSkewSeconds)
+		return Failure{Fault::NotFound, timeText(asked) + " is in the future (now is " +
+			       journal::formatSeconds(current) + ")"};
+	int64_t when = std::min(static_cast<int64_t>(asked), current);
 	journal::Scan scan = journal_.scan();
 	auto load = [this](const std::string &hash) { return keptFile(hash); };
-	Result<std::optional<journal::AnswerAt>> at = journal::ownerAt(scan, load, *ip, port, when);
+	std::optional<int64_t> begins;
+	Result<std::optional<journal::AnswerAt>> at = journal::ownerAt(scan, load, *ip, port, when, &begins);
 	if (!at)
 		return Failure{Fault::NotFound, at.error().wrap("reading the ownership journal").message()};
+	if (!*at && begins)
+		return Failure{Fault::NotFound, "the ownership journal " + journal_.path() + " begins at " +
+			       journal::formatSeconds(*begins) + ": " + journal::formatSeconds(when) + " is before it"};
 	if (!*at)
-		return Failure{Fault::NotFound, "the ownership journal " + journal_.path() + " begins after " +
-			       journal::formatSeconds(when)};
+		return Failure{Fault::NotFound, "the ownership journal " + journal_.path() + " holds no applied file"};
 	if (!(*at)->answer.shared)
 		return Failure{Fault::NotFound, ip->str() + " was not a shared address at " + journal::formatSeconds(when)};
 	if (!(*at)->answer.slice)

@@ -144,8 +144,11 @@ public:
 	// Every slice of the fleet: owner, previous owner, drain deadline.
 	Answer<std::vector<OwnerRow>> owners() const;
 	Answer<LiveOwner> ownerNow(std::string_view address, uint16_t port) const;
-	// From the ownership journal: the answer at `when` (Unix seconds) and the interval it held.
-	Answer<journal::AnswerAt> ownerAt(std::string_view address, uint16_t port, int64_t when) const;
+	// From the ownership journal: the answer at `when` (Unix seconds) and the
+	// interval its server and inside held. A moment more than
+	// kClockSkewSeconds ahead of the clock is NotFound; one less is now.
+	Answer<journal::AnswerAt> ownerAt(std::string_view address, uint16_t port, uint64_t when) const;
+	static constexpr int64_t kClockSkewSeconds = 5;
 	// The journal's changes from `sinceUs` on; damaged records fail the call, naming their offsets.
 	Answer<std::vector<journal::Change>> history(int64_t sinceUs) const;
 	// The live kernel against the plan: one line per difference, none when equal.

@@ -3,6 +3,8 @@
 #include "dbus_lab.h"
 
 #include <cmath>
+#include <ctime>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <regex>
@@ -362,12 +364,34 @@ TEST_F(JournalLab, OwnerAtAnswersEverySecondOfMovesReloadsDrainsAndRestartsAsThe
 		}
 	}
 	EXPECT_EQ(checked, 8 * static_cast<int>(steps.size()));
-	// Before the journal began: not found, said so.
+	// Before the journal began: not found, with when it begins (the start's second).
 	try {
 		ownerAt("198.51.100.1", 1025, static_cast<int64_t>(steps[1].before) - 3600);
 		ADD_FAILURE() << "an answer before the journal began";
 	} catch (const sdbus::Error &e) {
 		EXPECT_EQ(e.getName(), "org.portslice.Error.NotFound") << e.getMessage();
+		std::smatch begins;
+		std::string message = e.getMessage();
+		ASSERT_TRUE(std::regex_search(message, begins, std::regex(" begins at (\\S+Z): "))) << message;
+		bool duringTheStart = false;
+		for (auto t = static_cast<time_t>(std::floor(steps[0].before)); t <= static_cast<time_t>(steps[0].after); t++) {
+			tm parts{};
+			char text[32];
+			::gmtime_r(&t, &parts);
+			std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", &parts);
+			duringTheStart = duringTheStart || begins[1].str() == text;
+		}
+		EXPECT_TRUE(duringTheStart) << message;
+	}
+	// A moment to come, however far: not found, never "until now".
+	for (uint64_t when : {uint64_t{4000000000}, std::numeric_limits<uint64_t>::max()}) {
+		try {
+			auto [server, inside, from, until] = proxy_->OwnerAt("198.51.100.1", 1025, when);
+			ADD_FAILURE() << when << ": " << server << " from " << from << " until " << until;
+		} catch (const sdbus::Error &e) {
+			EXPECT_EQ(e.getName(), "org.portslice.Error.NotFound") << e.getMessage();
+			EXPECT_NE(e.getMessage().find(" is in the future (now is "), std::string::npos) << e.getMessage();
+		}
 	}
 
 	// The command line says the same, with the interval.

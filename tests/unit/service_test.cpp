@@ -667,6 +667,42 @@ TEST_F(ServiceTest, OwnerAtAnswersFromTheJournalWithTheIntervalAndOwnerNowNamesT
 	EXPECT_EQ(service->ownerAt("198.51.100.1", port, t0 - 1).failure().fault, Fault::NotFound);
 }
 
+TEST_F(ServiceTest, OwnerAtAMomentToComeIsNotFoundAndOneBeforeTheJournalNamesItsStart)
+{
+	int64_t t0 = now_;
+	auto service = makeService();
+	ASSERT_TRUE(service->start().ok());
+	now_ += 100;
+	uint16_t port = 1024 + 8 * 5;
+	// To come: not an answer "until now", whatever the width of the number.
+	for (uint64_t when : {uint64_t{4000000000}, uint64_t(now_ + 6), uint64_t{9223372036854775807u},
+			      std::numeric_limits<uint64_t>::max()}) {
+		Answer<journal::AnswerAt> future = service->ownerAt("198.51.100.1", port, when);
+		ASSERT_FALSE(future.ok()) << when << ": " << future.value().answer.server;
+		EXPECT_EQ(future.failure().fault, Fault::NotFound);
+		EXPECT_NE(future.failure().message.find(" is in the future (now is 2023-11-14T22:15:00Z)"),
+			  std::string::npos) << future.failure().message;
+	}
+	EXPECT_EQ(service->ownerAt("198.51.100.1", port, 4000000000).failure().message,
+		  "2096-10-02T07:06:40Z is in the future (now is 2023-11-14T22:15:00Z)");
+	EXPECT_EQ(service->ownerAt("198.51.100.1", port, std::numeric_limits<uint64_t>::max()).failure().message,
+		  "Unix time 18446744073709551615 is in the future (now is 2023-11-14T22:15:00Z)");
+	// A few seconds ahead: a clock a little off, answered as now.
+	for (int64_t ahead : {0, 1, 5}) {
+		Answer<journal::AnswerAt> near = service->ownerAt("198.51.100.1", port, uint64_t(now_ + ahead));
+		ASSERT_TRUE(near.ok()) << ahead << ": " << near.failure().message;
+		EXPECT_EQ(near.value().answer.server, "s1");
+		EXPECT_EQ(near.value().from, t0);
+		EXPECT_EQ(near.value().until, 0);
+	}
+	// Before the journal: when it begins, not the moment asked again.
+	Answer<journal::AnswerAt> early = service->ownerAt("198.51.100.1", port, 1000);
+	ASSERT_FALSE(early.ok());
+	EXPECT_EQ(early.failure().fault, Fault::NotFound);
+	EXPECT_EQ(early.failure().message, "the ownership journal " + stateDir() +
+						   "/journal begins at 2023-11-14T22:13:20Z: 1970-01-01T00:16:40Z is before it");
+}
+
 // The names in the state directory that are journal segments, sorted.
 std::vector<std::string> segmentNames(const std::string &dir)
 {
