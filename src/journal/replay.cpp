@@ -357,13 +357,25 @@ Result<std::optional<AnswerAt>> ownerAt(const Scan &scan, const FileLoader &load
 			continue;
 		bySecond.push_back(std::move(s));
 	}
+	// What the abuse desk is told (OwnerAt's server and inside): the interval
+	// is the whole run of seconds with that answer around the moment, not
+	// cut where only a detail changed (a drain's end, the draining owner).
+	auto sameAnswer = [](const PortAnswer &a, const PortAnswer &b) {
+		return a.shared == b.shared && a.slice.has_value() == b.slice.has_value() && a.server == b.server &&
+		       a.inside == b.inside;
+	};
 	for (size_t i = bySecond.size(); i-- > 0;) {
 		if (floorSeconds(bySecond[i].from) > when)
 			continue;
+		size_t first = i, next = i + 1;
+		while (first > 0 && sameAnswer(bySecond[first - 1].answer, bySecond[i].answer))
+			first--;
+		while (next < bySecond.size() && sameAnswer(bySecond[next].answer, bySecond[i].answer))
+			next++;
 		AnswerAt at;
 		at.answer = bySecond[i].answer;
-		at.from = floorSeconds(bySecond[i].from);
-		at.until = i + 1 < bySecond.size() ? floorSeconds(bySecond[i + 1].from) : 0;
+		at.from = floorSeconds(bySecond[first].from);
+		at.until = next < bySecond.size() ? floorSeconds(bySecond[next].from) : 0;
 		at.generation = bySecond[i].generation;
 		return std::optional<AnswerAt>(at);
 	}

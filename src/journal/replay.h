@@ -105,14 +105,15 @@ struct PortAnswer {
 PortAnswer answerFor(const config::Config &config, Ipv4 address, uint16_t port);
 
 struct AnswerAt {
-	PortAnswer answer;
-	int64_t from = 0;  // Unix seconds: the answer held from here
-	int64_t until = 0; // ... to here, exclusive; 0: still holds
-	uint64_t generation = 0;
+	PortAnswer answer;     // at the moment asked, the draining owner included
+	int64_t from = 0;      // Unix seconds: the same server and inside from here
+	int64_t until = 0;     // ... to here, exclusive; 0: still holds
+	uint64_t generation = 0; // the change that made `answer` what it is at the moment
 };
 
 // The answer at `when` (Unix seconds: the state after every change made at or
-// before that second) and the interval it held.
+// before that second) and the interval its server and inside held, whatever
+// else changed within it (a drain that ended, say).
 // nullopt: `when` is before the journal; `begins` is then set to the first
 // second it answers for (left alone when it has no applied file at all).
 Result<std::optional<AnswerAt>> ownerAt(const Scan &scan, const FileLoader &load, Ipv4 address, uint16_t port,

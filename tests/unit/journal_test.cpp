@@ -245,20 +245,54 @@ TEST_F(JournalTest, AnswersHoldOverTheirIntervalsToTheSecond)
 	EXPECT_EQ((*first)->until, 200);
 	EXPECT_EQ((*at(199))->from, 100);
 
+	// The drain's end at 260 changes who else keeps flows, not who owns the
+	// port nor its inside address: one interval, 200 on, says so at every second.
 	AnswerAt draining = **at(200);
 	EXPECT_EQ(draining.answer.server, "s2");
 	EXPECT_EQ(draining.answer.previous, "s1");
 	EXPECT_EQ(draining.answer.drainUntil, 260);
 	EXPECT_EQ(draining.from, 200);
-	EXPECT_EQ(draining.until, 260);
+	EXPECT_EQ(draining.until, 0);
+	EXPECT_EQ(draining.generation, 2u);
 
 	AnswerAt settled = **at(299);
 	EXPECT_EQ(settled.answer.server, "s2");
 	EXPECT_EQ(settled.answer.previous, "");
-	EXPECT_EQ(settled.from, 260);
-	// At 300 the slice went to s1 and back within the second: s2 still holds it from 260 on.
+	EXPECT_EQ(settled.from, 200);
+	EXPECT_EQ(settled.generation, 3u);
+	// At 300 the slice went to s1 and back within the second: s2 still holds it from 200 on.
 	EXPECT_EQ(settled.until, 0);
-	EXPECT_EQ((*at(100000))->from, 260);
+	EXPECT_EQ((*at(100000))->from, 200);
+	EXPECT_EQ((*at(259))->until, 0);
+}
+
+TEST_F(JournalTest, AnIntervalEndsOnlyWhereTheServerOrTheInsideAddressChanges)
+{
+	Scan scan;
+	scan.records = {
+		fileRecord(100, 1), outcome(100, 1),
+		moveRecord(200, 2, 0, "s1", "s2", "s1", 230), outcome(200, 2), // s2 owns it, s1 drains
+		moveRecord(230, 3, 0, "s1", "s2"), outcome(230, 3),             // the drain's end
+		moveRecord(300, 4, 0, "s2", "s1", "s2", 330), outcome(300, 4), // back to s1, s2 drains
+		moveRecord(330, 5, 0, "s2", "s1"), outcome(330, 5),             // the drain's end
+	};
+	scan.records[4].why = scan.records[8].why = "drain end";
+	uint16_t port = 1024 + 8 * 3 + 1;
+	auto at = [&](int64_t when) { return **ownerAt(scan, loader(), Ipv4{kAddress}, port, when); };
+	for (int64_t when : {200, 229, 230, 299}) {
+		AnswerAt a = at(when);
+		EXPECT_EQ(a.answer.server, "s2") << when;
+		EXPECT_EQ(a.from, 200) << when;
+		EXPECT_EQ(a.until, 300) << when;
+	}
+	EXPECT_EQ(at(199).until, 200);
+	for (int64_t when : {300, 329, 330, 5000}) {
+		AnswerAt a = at(when);
+		EXPECT_EQ(a.answer.server, "s1") << when;
+		EXPECT_EQ(a.answer.previous, when < 330 ? "s2" : "") << when;
+		EXPECT_EQ(a.from, 300) << when;
+		EXPECT_EQ(a.until, 0) << when;
+	}
 }
 
 TEST_F(JournalTest, RotationKeepsWhatTheDaysAskAndTheFilesStillNamed)
