@@ -123,9 +123,11 @@ public:
 						    : "applied file sha256 " + c.hash;
 			message += ", generation " + std::to_string(c.generation);
 			std::string uid = c.uid ? std::to_string(*c.uid) : "";
+			// The record's own time (the systemd journal's is when it was sent, after the apply).
+			std::string time = journal::formatTime(c.timeUs);
 			// 128-bit id of portslice ownership changes (journalctl MESSAGE_ID=...).
 			sd_journal_send("MESSAGE=%s", message.c_str(), "MESSAGE_ID=5c1d7e0a9b3f4e2d8a6c0b1e2f3a4d5c",
-					"PRIORITY=5", "GENERATION=%llu", static_cast<unsigned long long>(c.generation),
+					"PRIORITY=5", "OWNERSHIP_TIME=%s", time.c_str(), "GENERATION=%llu", static_cast<unsigned long long>(c.generation),
 					"ADDRESS=%s", address.c_str(), "SLICE=%s", slice.c_str(), "OLD_OWNER=%s", c.old.c_str(),
 					"NEW_OWNER=%s", c.now.c_str(), "WHY=%s", c.why.c_str(), "FILE_SHA256=%s", c.hash.c_str(),
 					"CALLER_UID=%s", uid.c_str(), nullptr);

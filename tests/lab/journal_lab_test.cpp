@@ -3,6 +3,7 @@
 #include "dbus_lab.h"
 
 #include <cmath>
+#include <cstring>
 #include <ctime>
 #include <limits>
 #include <map>
@@ -11,8 +12,12 @@
 #include <thread>
 #include <sstream>
 
+#include <sys/socket.h>
+#include <sys/un.h>
+
 #include <sdbus-c++/sdbus-c++.h>
 
+#include "common/handle.h"
 #include "config/config.h"
 #include "dbus/egress1_proxy.h"
 #include "plan/plan.h"
@@ -455,6 +460,59 @@ TEST_F(JournalLab, ADamagedRecordIsReportedWithItsOffset)
 	Outcome at = ctl("owner 198.51.100.1:7200 --at " + std::to_string(static_cast<int64_t>(unixNow())));
 	EXPECT_EQ(at.status, 1) << at.output;
 	EXPECT_NE(at.output.find("offset " + std::to_string(second)), std::string::npos) << at.output;
+}
+
+// The copy sent to the systemd journal carries the record's own time, the
+// same as the journal file's: the daemon's /run/systemd is, in a mount
+// namespace of its own, a directory whose journal/socket the test reads.
+TEST_F(JournalLab, TheSystemdJournalCopyOfEachRecordCarriesItsTime)
+{
+	fs::path run = dir_ / "run-systemd";
+	fs::create_directories(run / "journal");
+	UniqueFd socket(::socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+	ASSERT_TRUE(socket.isValid());
+	sockaddr_un address{};
+	address.sun_family = AF_UNIX;
+	std::string path = (run / "journal" / "socket").string();
+	ASSERT_LT(path.size(), sizeof(address.sun_path));
+	std::copy(path.begin(), path.end(), address.sun_path);
+	ASSERT_EQ(::bind(socket.get(), reinterpret_cast<sockaddr *>(&address), sizeof(address)), 0) << std::strerror(errno);
+	std::string dir = quote(run.string());
+	startDaemon(0, {"unshare", "-m", "--propagation", "private", "sh", "-c",
+			"mount --bind " + dir + " /run/systemd && exec \"$@\"", "sh"});
+	if (HasFatalFailure())
+		return;
+	ASSERT_TRUE(ctl("set-owner 198.51.100.1 3 s2").ok());
+	// The records' times, from the journal file: the start's file, then the move.
+	std::map<std::string, std::string> timeOf; // "file" or "move" -> the time field
+	std::istringstream lines(readFile(stateDir() + "/journal"));
+	for (std::string line; std::getline(lines, line);) {
+		std::vector<std::string> f;
+		for (size_t at = 0, next = 0; next != std::string::npos; at = next + 1)
+			f.push_back(line.substr(at, (next = line.find('\t', at)) == std::string::npos ? next : next - at));
+		if (f.size() > 3 && (f[3] == "file" || f[3] == "move"))
+			timeOf[f[3]] = f[1];
+	}
+	ASSERT_EQ(timeOf.size(), 2u) << readFile(stateDir() + "/journal");
+	std::map<std::string, std::string> sent; // "file" or "move" -> OWNERSHIP_TIME
+	for (int i = 0; i < 200 && sent.size() < 2; i++) {
+		char buffer[65536];
+		ssize_t n = ::recv(socket.get(), buffer, sizeof(buffer), 0);
+		if (n < 0) {
+			std::this_thread::sleep_for(std::chrono::milliseconds(10));
+			continue;
+		}
+		std::string datagram(buffer, static_cast<size_t>(n));
+		if (datagram.find("MESSAGE_ID=5c1d7e0a9b3f4e2d8a6c0b1e2f3a4d5c\n") == std::string::npos)
+			continue;
+		size_t at = datagram.find("\nOWNERSHIP_TIME=");
+		ASSERT_NE(at, std::string::npos) << datagram;
+		std::string time = datagram.substr(at + 16, datagram.find('\n', at + 1) - at - 16);
+		sent[datagram.find("\nWHY=set-owner\n") != std::string::npos ? "move" : "file"] = time;
+	}
+	EXPECT_EQ(sent, timeOf);
+	EXPECT_TRUE(std::regex_match(sent["move"], std::regex(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z)")))
+		<< sent["move"];
 }
 
 // The first element nft lists in object `name` ("my_ports"): the object's
