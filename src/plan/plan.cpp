@@ -150,20 +150,34 @@ struct User {
 struct Allocation {
 	std::vector<std::pair<size_t, Assignment>> blocks; // stateless: one per inside address
 	std::vector<std::pair<size_t, Share>> shares;      // conntrack
+	// Conntrack sources that get no port here (the stateless blocks or the
+	// other sources take every port), and why: they do not use the address.
+	std::vector<std::pair<size_t, std::string>> starved;
 };
 
+// A stateless block that does not fit.
 struct AllocationError {
 	size_t source;
-	bool block; // a stateless block that does not fit (else: a share of no port)
 	std::string message;
 };
 
 // `total` ports split in proportion to `weights`, by cumulative rounding (the
 // counts add up to exactly `total`). When that leaves someone without a port
 // although there are enough for one each, everyone gets one and the rest is
-// split by weight: a weight of 1 next to 1000 is small, not nothing.
+// split by weight: a weight of 1 next to 1000 is small, not nothing. With
+// fewer ports than sources, the heaviest get one each (ties: the first).
 std::vector<uint64_t> splitByWeight(uint64_t total, const std::vector<uint32_t> &weights)
 {
+	if (total < weights.size()) {
+		std::vector<size_t> order(weights.size());
+		for (size_t i = 0; i < order.size(); i++)
+			order[i] = i;
+		std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) { return weights[x] > weights[y]; });
+		std::vector<uint64_t> counts(weights.size(), 0);
+		for (size_t i = 0; i < total; i++)
+			counts[order[i]] = 1;
+		return counts;
+	}
 	auto split = [&](uint64_t ports, uint64_t floor) {
 		uint64_t sum = 0;
 		for (uint32_t w : weights)
@@ -211,7 +225,7 @@ Allocation allocate(const Plan &plan, uint32_t ai, const std::vector<User> &user
 		for (uint64_t k = first; k < last; k++) {
 			auto block = cursor.block(s.block);
 			if (!block) {
-				errors.push_back({ si, true,
+				errors.push_back({ si,
 						   "stateless blocks of source '" + s.name + "' do not fit in the share of server '" +
 							   plan.server + "' on " + a.address.str() + ": " +
 							   std::to_string(last - first) + " inside addresses need " +
@@ -229,14 +243,23 @@ Allocation allocate(const Plan &plan, uint32_t ai, const std::vector<User> &user
 	std::vector<uint32_t> weights;
 	for (size_t si : conntrackUsers)
 		weights.push_back(plan.sources[si].weight);
-	std::vector<uint64_t> counts = splitByWeight(cursor.remaining(), weights);
+	const uint64_t total = cursor.remaining();
+	std::vector<uint64_t> counts = splitByWeight(total, weights);
 	for (size_t u = 0; u < conntrackUsers.size(); u++) {
 		const size_t si = conntrackUsers[u];
 		if (counts[u] == 0) {
-			errors.push_back({ si, false,
-					   "conntrack source '" + plan.sources[si].name + "' gets no port of " +
-						   a.address.str() + " on server '" + plan.server +
-						   "': the stateless blocks use the whole share" });
+			uint64_t mine = 0;
+			for (const PortRange &r : a.myRuns)
+				mine += r.size();
+			std::string why = total == 0 ? "the stateless blocks use all " + std::to_string(mine) +
+								" ports of this server's share"
+						     : "only " + std::to_string(total) + " of its " + std::to_string(mine) +
+								" ports are left" + (out.blocks.empty() ? "" : " after the stateless blocks") +
+								" for " + std::to_string(conntrackUsers.size()) +
+								" conntrack sources, one each to the heaviest";
+			out.starved.push_back({ si, "conntrack source '" + plan.sources[si].name + "' gets no port of " +
+							    a.address.str() + " on server '" + plan.server + "': " + why +
+							    "; it does not use this address" });
 			continue;
 		}
 		for (const PortRange &r : cursor.take(static_cast<uint32_t>(counts[u])))
@@ -443,17 +466,25 @@ PlanResult makePlan(const config::Config &config, std::string_view server)
 			users[candidates[j]].push_back({ si, j });
 	}
 	std::vector<AllocationError> errors;
+	std::vector<std::vector<std::string>> starved(plan.sources.size()); // by source, in address order
 	for (uint32_t ai = 0; ai < plan.addresses.size(); ai++) {
 		Allocation got = allocate(plan, ai, users[ai], errors);
 		for (auto &[si, block] : got.blocks)
 			plan.sources[si].assignments.push_back(block);
 		for (auto &[si, share] : got.shares)
 			plan.sources[si].shares.push_back(share);
+		for (auto &[si, why] : got.starved)
+			starved[si].push_back(std::move(why));
 	}
 	for (AllocationError &e : errors)
-		error(e.block ? config.sources[e.source].blockWhere : plan.sources[e.source].where, std::move(e.message));
+		error(config.sources[e.source].blockWhere, std::move(e.message));
 
-	for (PlannedSource &s : plan.sources) {
+	// Per source, the addresses it gets no port of, then whether it is
+	// dropped (moveSlice keeps this order).
+	for (size_t si = 0; si < plan.sources.size(); si++) {
+		PlannedSource &s = plan.sources[si];
+		for (std::string &why : starved[si])
+			plan.warnings.push_back({ Diagnostic::Severity::Warning, s.where, std::move(why) });
 		settle(s);
 		if (s.dropped())
 			plan.warnings.push_back(droppedWarning(plan, s));
@@ -517,7 +548,12 @@ std::optional<SliceMove> moveSlice(Plan &plan, uint32_t address, uint32_t slice,
 			// A conntrack source matched by iifname that gets its first
 			// address or loses its last: its return route appears or goes,
 			// which is the full apply's to do.
-			if (s.mode == NatMode::Conntrack && s.match.iifname && s.candidates.size() == (nowUsable ? 0u : 1u)) {
+			auto onlyHere = [&] {
+				return std::all_of(s.shares.begin(), s.shares.end(),
+						   [address](const Share &x) { return x.address == address; });
+			};
+			if (s.mode == NatMode::Conntrack && s.match.iifname &&
+			    (nowUsable ? s.dropped() : !s.dropped() && onlyHere())) {
 				fullPlan = true;
 				return;
 			}
@@ -581,6 +617,28 @@ std::optional<SliceMove> moveSlice(Plan &plan, uint32_t address, uint32_t slice,
 			}
 	}
 
+	// A conntrack source that gets no port of an address handed out again,
+	// before or after: its warnings change, and maybe whether it is
+	// dropped. Rare (a full share); the full plan's to do.
+	{
+		bool starved = std::any_of(got.begin(), got.end(), [](const Allocation &g) { return !g.starved.empty(); });
+		for (const SliceMove::Source &kept : move.sources) {
+			const PlannedSource &s = plan.sources[kept.index];
+			if (starved || s.mode != NatMode::Conntrack)
+				continue;
+			const std::vector<uint32_t> &was = kept.candidates ? *kept.candidates : s.candidates;
+			for (uint32_t ai : reallocate)
+				if (std::binary_search(was.begin(), was.end(), ai) &&
+				    std::none_of(kept.shares.begin(), kept.shares.end(),
+						 [ai](const Share &x) { return x.address == ai; }))
+					starved = true;
+		}
+		if (starved) {
+			undoMove(plan, std::move(move));
+			return std::nullopt;
+		}
+	}
+
 	// A lost address leaves its former users' ports.
 	if (move.candidatesChanged && !nowUsable)
 		for (const SliceMove::Source &kept : move.sources) {
@@ -636,12 +694,17 @@ std::optional<SliceMove> moveSlice(Plan &plan, uint32_t address, uint32_t slice,
 			const PlannedSource &s = plan.sources[kept.index];
 			if (!kept.candidates || kept.assignments.empty() == s.dropped())
 				continue;
+			// The source's warnings: the addresses it gets no port of,
+			// then whether it is dropped.
 			Diagnostic w = droppedWarning(plan, s);
-			auto at = std::lower_bound(plan.warnings.begin(), plan.warnings.end(), w, before);
-			if (s.dropped())
-				plan.warnings.insert(at, std::move(w));
-			else if (at != plan.warnings.end() && at->message == w.message)
-				plan.warnings.erase(at);
+			auto [from, to] = std::equal_range(plan.warnings.begin(), plan.warnings.end(), w, before);
+			if (s.dropped()) {
+				plan.warnings.insert(to, std::move(w));
+			} else {
+				auto at = std::find_if(from, to, [&](const Diagnostic &x) { return x.message == w.message; });
+				if (at != to)
+					plan.warnings.erase(at);
+			}
 		}
 	}
 	move.reallocated = std::move(reallocate);

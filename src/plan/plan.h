@@ -95,7 +95,8 @@ struct PlannedSource {
 	std::optional<uint32_t> routeTable;
 	config::Location where;
 
-	bool dropped() const { return assignments.empty(); } // no candidate here
+	// No candidate here, or no port on any of them: its traffic is dropped.
+	bool dropped() const { return assignments.empty(); }
 };
 
 // What the shape of the table depends on (nft/model.h, portForm): it
@@ -170,9 +171,10 @@ PlanResult makePlan(const config::Config &config, std::string_view server = {});
 // lost its last slice of a local address), the sources that want the
 // address gain or lose it as a candidate, and the addresses whose users'
 // ports that moves are handed out again: nothing else. Nothing when a share
-// no longer fits, or a conntrack source matched by iifname gains or loses
-// its only address (its return route changes): then the caller plans the
-// fleet anew (and reports the errors).
+// no longer fits, a conntrack source matched by iifname gains or loses
+// its only address (its return route changes), or a conntrack source gets
+// no port of an address handed out again (before or after: its warnings
+// change): then the caller plans the fleet anew (and reports the errors).
 struct SliceMove {
 	uint32_t address = 0; // index into Plan::addresses
 	uint32_t slice = 0;

@@ -99,6 +99,64 @@ weight = 2
 	return t;
 }
 
+// Stateless blocks that fill a server's share of an address exactly, and a
+// conntrack source that gets no port there: it uses its other addresses, or
+// is dropped where it has none (warnings, no error). Sources with several
+// runs on one address (s1's slices 0 and 2 of .1) spread over addresses
+// first, then runs.
+std::string fullShareFleet()
+{
+	std::string t = R"([server]
+name = "s1"
+uplink = "eth0"
+[defaults]
+port_range = "1024-9215"
+slice_size = 1024
+[[datacenters]]
+name = "dc"
+)";
+	for (int s = 1; s <= 3; s++)
+		t += "[[servers]]\nname = \"s" + std::to_string(s) + "\"\naddress = \"192.0.2." + std::to_string(10 + s) +
+		     "\"\ndatacenter = \"dc\"\n";
+	const char *addresses[][2] = {
+		{ "web", "{ s1 = [0, 2], s2 = [1, 3], s3 = [4, 5, 6, 7] }" },
+		{ "web", "{ s1 = 0, s2 = [1, 2], s3 = 3 }" },
+		{ "full", "{ s1 = 0, s2 = 1, s3 = [2, 3] }" },
+		{ "full", "{ s2 = 0, s3 = 1 }" },
+	};
+	for (int a = 0; a < 4; a++)
+		t += "[[addresses]]\naddress = \"198.51.100." + std::to_string(a + 1) + "\"\ndatacenter = \"dc\"\n" +
+		     "tags = { kind = \"" + addresses[a][0] + "\", n = \"" + std::to_string(a) + "\" }\nslices = " +
+		     addresses[a][1] + "\n";
+	t += R"([[sources]]
+name = "full-sl"
+match = { saddr = "100.64.5.0/25" }
+want = { kind = "full", n = "2" }
+nat = "stateless"
+block = 8
+[[sources]]
+name = "full-ct"
+match = { saddr = "100.64.6.0/24" }
+want = { kind = "full" }
+[[sources]]
+name = "web-sl"
+match = { saddr = "100.64.2.0/28" }
+want = { kind = "web" }
+nat = "stateless"
+block = 64
+[[sources]]
+name = "web-a"
+match = { saddr = "100.64.1.0/24" }
+want = { kind = "web" }
+[[sources]]
+name = "any"
+match = { uid = 1000 }
+want = {}
+weight = 2
+)";
+	return t;
+}
+
 // The elements of `model` with the sets of `delta` changed from before to after.
 std::vector<nft::Set> patched(const nft::TableModel &model, const nft::MoveDelta &delta)
 {
@@ -141,12 +199,27 @@ struct Tally {
 	size_t lastSlice = 0, firstSlice = 0; // of those done incrementally: the candidates changed
 };
 
-// Why a full plan is still needed: the move is an error, or a conntrack
-// source matched by iifname gets its first address or loses its last (its
-// return route changes).
+// Whether a conntrack source of `p` gets no port of one of its candidates.
+bool starved(const plan::Plan &p)
+{
+	for (const plan::PlannedSource &s : p.sources)
+		if (s.mode == config::NatMode::Conntrack)
+			for (uint32_t ai : s.candidates)
+				if (std::none_of(s.shares.begin(), s.shares.end(),
+						 [ai](const plan::Share &x) { return x.address == ai; }))
+					return true;
+	return false;
+}
+
+// Why a full plan is still needed: the move is an error, a conntrack source
+// matched by iifname gets its first address or loses its last (its return
+// route changes), or a conntrack source gets no port of an address (its
+// warnings change; only where the plan before or after has such a source).
 bool needsFullPlan(const plan::Plan &before, const plan::PlanResult &after)
 {
 	if (!after.ok())
+		return true;
+	if (starved(before) || starved(*after.plan))
 		return true;
 	for (size_t si = 0; si < before.sources.size(); si++) {
 		const plan::PlannedSource &s = before.sources[si];
@@ -259,6 +332,23 @@ TEST(MoveSlice, EqualsAFullPlanWithSharedAddressesAndWeights)
 // docs/performance.md's generated fleet (every server one slice of every address,
 // every source one candidate): every slice of two addresses to every
 // server, planned as the first server and the last.
+TEST(MoveSlice, EqualsAFullPlanWithAConntrackSourceLeftWithoutPorts)
+{
+	Tally tally;
+	config::Config config = loadText(fullShareFleet());
+	plan::PlanResult s1 = plan::makePlan(config, "s1");
+	ASSERT_TRUE(s1.ok());
+	ASSERT_EQ(s1.plan->warnings.size(), 3u); // full-ct: none of .3, dropped; any: none of .3
+	EXPECT_TRUE(s1.plan->sources[1].dropped());
+	for (const config::Server &s : config.servers)
+		checkEveryMove(config, s.name, tally);
+	EXPECT_GT(tally.fast, 0u);
+	EXPECT_GT(tally.full, 0u);
+	EXPECT_GT(tally.firstSlice, 0u);
+	std::printf("moves planned incrementally: %zu (last slice of an address %zu, first slice %zu), by a full "
+		    "plan: %zu\n", tally.fast, tally.lastSlice, tally.firstSlice, tally.full);
+}
+
 TEST(MoveSlice, EqualsAFullPlanInTheGeneratedFleet)
 {
 	Tally tally;
@@ -420,6 +510,9 @@ TEST(MoveSlice, EqualsAFullPlanAfterManyMovesInARow)
 	config::Config mixed = loadText(mixedFleet());
 	for (const config::Server &s : mixed.servers)
 		walk(mixed, s.name, 300, 11, tally);
+	config::Config full = loadText(fullShareFleet());
+	for (const config::Server &s : full.servers)
+		walk(full, s.name, 300, 17, tally);
 	walk(loadText(portslice::testing::generatedFleet(4)), "s1", 300, 13, tally);
 	EXPECT_GT(tally.lastSlice, 0u);
 	EXPECT_GT(tally.firstSlice, 0u);

@@ -205,6 +205,92 @@ TEST(Plan, KeepsThePlainWeightSplitWhenItGivesEveryoneAPort)
 	EXPECT_EQ(p.sources[1].shares.at(0).ports, (config::PortRange{ 1333, 1999 }));
 }
 
+// 16 inside addresses x block 128 = 2048: the stateless blocks fill s1's
+// slice of .1 exactly. That fits (no error); the conntrack source that also
+// wants .1 gets no port there, is warned about with the real cause, and
+// spreads over .2 alone.
+const std::string kFullShare =
+	"[[addresses]]\naddress = \"198.51.100.1\"\ndatacenter = \"dc\"\ntags = { n = \"1\" }\nslices = { s1 = 0 }\n"
+	"[[addresses]]\naddress = \"198.51.100.2\"\ndatacenter = \"dc\"\ntags = { n = \"2\" }\nslices = { s1 = 0 }\n";
+const std::string kFullShareSources =
+	"[[sources]]\nname = \"sl\"\nmatch = { saddr = \"100.64.2.0/28\" }\nwant = { n = \"1\" }\n"
+	"nat = \"stateless\"\nblock = 128\n"
+	"[[sources]]\nname = \"ct\"\nmatch = { saddr = \"100.64.1.0/24\" }\nwant = {}\n";
+
+TEST(Plan, AConntrackSourceWithNoPortOfAnAddressUsesItsOtherAddresses)
+{
+	auto c = load(fleet(kFullShare, kFullShareSources));
+	auto r = plan::makePlan(c);
+	ASSERT_TRUE(r.ok()) << r.diagnostics.at(0).str();
+	const auto &p = *r.plan;
+	ASSERT_EQ(r.diagnostics.size(), 1u);
+	EXPECT_EQ(r.diagnostics[0].severity, config::Diagnostic::Severity::Warning);
+	EXPECT_EQ(r.diagnostics[0].message,
+		  "conntrack source 'ct' gets no port of 198.51.100.1 on server 's1': the stateless blocks use all 2048 "
+		  "ports of this server's share; it does not use this address");
+	const auto &ct = p.sources[1];
+	EXPECT_EQ(ct.candidates, (std::vector<uint32_t>{ 0, 1 })); // still a candidate: tags and a slice
+	ASSERT_EQ(ct.shares.size(), 1u);
+	EXPECT_EQ(ct.shares[0].address, 1u);
+	ASSERT_EQ(ct.assignments.size(), 1u); // the whole /24 on .2
+	EXPECT_EQ(ct.assignments[0].address, 1u);
+	EXPECT_EQ(ct.assignments[0].first.str(), "100.64.1.0");
+	EXPECT_EQ(ct.assignments[0].last.str(), "100.64.1.255");
+	EXPECT_EQ(p.sources[0].assignments.size(), 16u);
+	// The table and the abuse-desk query agree: .1 is all 'sl', .2 all 'ct'.
+	auto model = nft::buildModel(p, 1);
+	EXPECT_FALSE(nft::render(model).empty());
+	for (uint32_t port : { 1024u, 2000u, 3071u }) {
+		auto one = plan::findOwner(c, *Ipv4::parse("198.51.100.1"), static_cast<uint16_t>(port));
+		ASSERT_TRUE(one);
+		EXPECT_EQ(one->source, "sl") << port;
+		auto two = plan::findOwner(c, *Ipv4::parse("198.51.100.2"), static_cast<uint16_t>(port));
+		ASSERT_TRUE(two);
+		EXPECT_EQ(two->source, "ct") << port;
+	}
+}
+
+// Without another address the conntrack source is dropped as one without a
+// candidate: a warning, not an error.
+TEST(Plan, AConntrackSourceWithNoPortAnywhereIsDroppedWithAWarning)
+{
+	std::string only = kFullShare.substr(0, kFullShare.find("[[addresses]]", 1));
+	auto c = load(fleet(only, kFullShareSources));
+	auto r = plan::makePlan(c);
+	ASSERT_TRUE(r.ok()) << r.diagnostics.at(0).str();
+	ASSERT_EQ(r.diagnostics.size(), 2u);
+	EXPECT_NE(r.diagnostics[0].message.find("gets no port of 198.51.100.1"), std::string::npos);
+	EXPECT_EQ(r.diagnostics[1].message,
+		  "source 'ct' has no candidate address on server 's1': its traffic is dropped and counted");
+	for (const auto &d : r.diagnostics)
+		EXPECT_EQ(d.severity, config::Diagnostic::Severity::Warning) << d.str();
+	EXPECT_TRUE(r.plan->sources[1].dropped());
+	EXPECT_TRUE(r.plan->sources[1].shares.empty());
+	EXPECT_FALSE(r.plan->sources[1].routeMark);
+	EXPECT_FALSE(nft::render(nft::buildModel(*r.plan, 1)).empty());
+}
+
+// Fewer ports than conntrack sources: the heaviest get one each, the
+// others none there (a warning each).
+TEST(Plan, FewerPortsThanConntrackSourcesGoToTheHeaviest)
+{
+	auto c = load(fleet("[[addresses]]\naddress = \"198.51.100.1\"\ndatacenter = \"dc\"\ntags = {}\n"
+			    "port_range = \"1000-1001\"\nslice_size = 2\nslices = { s1 = 0 }\n",
+			    "[[sources]]\nname = \"a\"\nmatch = { uid = 1 }\nwant = {}\n"
+			    "[[sources]]\nname = \"b\"\nmatch = { uid = 2 }\nwant = {}\nweight = 5\n"
+			    "[[sources]]\nname = \"c\"\nmatch = { uid = 3 }\nwant = {}\nweight = 5\n"));
+	auto r = plan::makePlan(c);
+	ASSERT_TRUE(r.ok()) << r.diagnostics.at(0).str();
+	const auto &p = *r.plan;
+	EXPECT_TRUE(p.sources[0].dropped());
+	EXPECT_EQ(p.sources[1].shares.at(0).ports, (config::PortRange{ 1000, 1000 }));
+	EXPECT_EQ(p.sources[2].shares.at(0).ports, (config::PortRange{ 1001, 1001 }));
+	ASSERT_EQ(r.diagnostics.size(), 2u);
+	EXPECT_EQ(r.diagnostics[0].message,
+		  "conntrack source 'a' gets no port of 198.51.100.1 on server 's1': only 2 of its 2 ports are left for "
+		  "3 conntrack sources, one each to the heaviest; it does not use this address");
+}
+
 TEST(Plan, SpreadsInsideAddressesEvenlyOverCandidates)
 {
 	auto c = load(fleet(kMixed, kMixedSources));
