@@ -9,11 +9,14 @@
 #include <cctype>
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <set>
 #include <tuple>
 #include <unordered_map>
 #include <unordered_set>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <toml++/toml.h>
 
@@ -1039,20 +1042,32 @@ LoadResult loadString(std::string_view text, const std::string &name, size_t chu
 
 std::optional<std::string> readText(const std::string &path)
 {
-	std::ifstream in(path, std::ios::binary);
-	std::string text;
-	if (in) {
-		in.seekg(0, std::ios::end);
-		std::streamoff size = in.tellg();
-		in.seekg(0, std::ios::beg);
-		if (size > 0) {
-			text.resize(static_cast<size_t>(size));
-			in.read(text.data(), size);
-			text.resize(static_cast<size_t>(in.gcount()));
-		}
-	}
-	if (!in && !in.eof())
+	// read(2), not a stream: a pipe (--config /dev/stdin, <(...)) cannot
+	// seek, and a directory opens but its size is no size of text; read(2)
+	// says EISDIR for it.
+	int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
 		return std::nullopt;
+	std::string text;
+	struct stat st{};
+	if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0)
+		text.reserve(static_cast<size_t>(st.st_size));
+	char buffer[64 * 1024];
+	for (;;) {
+		ssize_t n = ::read(fd, buffer, sizeof(buffer));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			int saved = errno;
+			::close(fd);
+			errno = saved;
+			return std::nullopt;
+		}
+		if (n == 0)
+			break;
+		text.append(buffer, static_cast<size_t>(n));
+	}
+	::close(fd);
 	return text;
 }
 
@@ -1062,7 +1077,7 @@ LoadResult loadFile(const std::string &path)
 	if (!text) {
 		LoadResult result;
 		result.diagnostics.push_back({ Diagnostic::Severity::Error, Location{ path, 0, 0 },
-					       "cannot open config file: " + std::string(std::strerror(errno)) });
+					       "cannot read config file: " + std::string(std::strerror(errno)) });
 		return result;
 	}
 	return loadString(*text, path);

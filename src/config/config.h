@@ -205,8 +205,9 @@ inline constexpr size_t kChunkBytes = 256 * 1024;
 inline constexpr size_t kMaxChunks = 16;
 LoadResult loadFile(const std::string &path);
 // The bytes of a file, read into one string of its size (a config file of
-// 10,000 addresses is 5 MB: no stream buffer and copies beside it); nullopt
-// with errno set when it cannot be read.
+// 10,000 addresses is 5 MB: no stream buffer and copies beside it), or of a
+// pipe or character device (--config /dev/stdin) until its end; nullopt with
+// errno set when it cannot be read (EISDIR for a directory).
 std::optional<std::string> readText(const std::string &path);
 LoadResult loadString(std::string_view text, const std::string &name, size_t chunkBytes = 0);
 

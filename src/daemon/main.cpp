@@ -6,7 +6,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <iostream>
 #include <limits>
 #include <string>
@@ -27,9 +26,11 @@ using namespace portslice;
 namespace {
 
 // Parse, validate and plan; on any error print them all and return nullopt.
-std::optional<plan::Plan> load(const std::string &file)
+// `text`: the bytes loaded, which are the bytes kept (a pipe reads once).
+std::optional<plan::Plan> load(const std::string &file, std::string &text)
 {
-	config::LoadResult loaded = config::loadFile(file);
+	std::optional<std::string> read = config::readText(file);
+	config::LoadResult loaded = read ? config::loadString(*read, file) : config::loadFile(file);
 	for (const config::Diagnostic &d : loaded.diagnostics)
 		std::cerr << d.str() << "\n";
 	if (!loaded.ok())
@@ -39,17 +40,13 @@ std::optional<plan::Plan> load(const std::string &file)
 		std::cerr << d.str() << "\n";
 	if (!planned.ok())
 		return std::nullopt;
+	text = std::move(*read);
 	return std::move(*planned.plan);
 }
 
-// A copy of the applied file in the state directory, replaced atomically.
-Status keepCopy(const std::string &from, const std::string &to)
+// A copy of the applied file's text in the state directory, replaced atomically.
+Status keepCopy(const std::string &text, const std::string &to)
 {
-	std::ifstream in(from, std::ios::binary);
-	std::stringstream text;
-	text << in.rdbuf();
-	if (!in)
-		return Error(errno, "reading " + from);
 	std::error_code ec;
 	std::filesystem::create_directories(std::filesystem::path(to).parent_path(), ec);
 	if (ec)
@@ -57,7 +54,7 @@ Status keepCopy(const std::string &from, const std::string &to)
 	std::string tmp = to + ".tmp";
 	{
 		std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-		out << text.str();
+		out << text;
 		out.flush();
 		if (!out)
 			return Error(errno ? errno : EIO, "writing " + tmp);
@@ -118,6 +115,16 @@ int main(int argc, char **argv)
 		return *code;
 	options.xdp = !noXdp;
 
+	// --apply-once: the file first, so that a bad one is reported before
+	// anything of the kernel is opened.
+	std::optional<plan::Plan> plan;
+	std::string text;
+	if (applyOnce) {
+		plan = load(configFile, text);
+		if (!plan)
+			return 1;
+	}
+
 	auto applier = daemon::Applier::open(options);
 	if (!applier) {
 		std::cerr << "portsliced: " << applier.error().message() << "\n";
@@ -149,9 +156,6 @@ int main(int argc, char **argv)
 		return 0;
 	}
 
-	std::optional<plan::Plan> plan = load(configFile);
-	if (!plan)
-		return 1;
 	// The next generation follows the one the kernel holds.
 	auto state = applier->nft().readState();
 	if (!state) {
@@ -182,7 +186,7 @@ int main(int argc, char **argv)
 		std::cerr << "portsliced: " << result.error().message() << "\n";
 		return 1;
 	}
-	if (Status kept = keepCopy(configFile, appliedCopy); !kept)
+	if (Status kept = keepCopy(text, appliedCopy); !kept)
 		std::cerr << "portsliced: warning: " << kept.error().message()
 			  << " (a failed --apply-once could not put this generation back)\n";
 	const daemon::ApplyResult &r = *result;

@@ -154,6 +154,36 @@ TEST(Cli, OptionsTakeTheirValueAfterAnEqualsSignOrASpace)
 	EXPECT_EQ(spaced.out.substr(0, 1), "{") << spaced.out;
 }
 
+TEST(Cli, AConfigThatIsADirectoryIsAnErrorNotACrash)
+{
+	const std::string dir = std::filesystem::temp_directory_path();
+	for (const std::string &args : {std::string("check"), std::string("plan"), std::string("dump"),
+					std::string("geofeed"), std::string("owner 198.51.100.1:2000")}) {
+		Outcome r = run(kCtl + " " + args + " --config " + dir);
+		EXPECT_EQ(r.status, 1) << "portslicectl " << args << ": " << r.err;
+		EXPECT_EQ(r.err, dir + ": error: cannot read config file: Is a directory\n") << "portslicectl " << args;
+		EXPECT_EQ(r.out, "") << "portslicectl " << args;
+	}
+	// Fails at the file, before anything is applied.
+	Outcome daemon = run(kDaemon + " --apply-once --no-xdp --config " + dir);
+	EXPECT_EQ(daemon.status, 1) << daemon.err;
+	EXPECT_NE(daemon.err.find(dir + ": error: cannot read config file: Is a directory"), std::string::npos)
+		<< daemon.err;
+}
+
+TEST(Cli, AConfigFromAPipeIsRead)
+{
+	const std::string config = std::string(RULES_DIR) + "/one-server.toml";
+	Outcome fromFile = run(kCtl + " plan --json --config " + config);
+	Outcome fromStdin = run(kCtl + " plan --json --config /dev/stdin < " + config);
+	Outcome fromPipe = run("cat " + config + " | " + kCtl + " check --config /dev/stdin");
+	EXPECT_EQ(fromFile.status, 0) << fromFile.err;
+	EXPECT_EQ(fromStdin.status, 0) << fromStdin.err;
+	EXPECT_EQ(fromStdin.out, fromFile.out);
+	EXPECT_EQ(fromPipe.status, 0) << fromPipe.err;
+	EXPECT_NE(fromPipe.out.find("/dev/stdin: valid"), std::string::npos) << fromPipe.out;
+}
+
 // jq -e: exit 0 when the filter's result is true, so each check is one line.
 bool jq(const std::string &json, const std::string &filter)
 {

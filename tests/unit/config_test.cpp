@@ -2,14 +2,22 @@
 // Every error class of docs/config.md "Errors", each reported at its file, line and column.
 #include <gtest/gtest.h>
 
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <stdexcept>
 #include <string>
+#include <sys/stat.h>
+#include <thread>
 #include <utility>
 #include <vector>
 
 #include "config/config.h"
 
 using portslice::config::Diagnostic;
+using portslice::config::loadFile;
 using portslice::config::loadString;
 
 namespace {
@@ -166,6 +174,64 @@ TEST(Config, LoadsAValidFleetWithDefaultsAndOverrides)
 	EXPECT_EQ(a.portRange.hi, 19999);
 	EXPECT_EQ(a.sliceCount(), 10u);
 	EXPECT_EQ(a.owners.at(1), "s2");
+}
+
+// A fresh directory under the temporary one, removed with what it holds.
+struct TempDir {
+	std::filesystem::path path;
+	TempDir()
+	{
+		std::string pattern = (std::filesystem::temp_directory_path() / "portslice-config-test-XXXXXX").string();
+		path = ::mkdtemp(pattern.data());
+	}
+	~TempDir() { std::filesystem::remove_all(path); }
+};
+
+TEST(ConfigFile, ADirectoryIsAClearErrorNotACrash)
+{
+	TempDir dir;
+	auto result = loadFile(dir.path.string());
+	ASSERT_FALSE(result.ok());
+	ASSERT_EQ(result.diagnostics.size(), 1u);
+	EXPECT_EQ(result.diagnostics[0].str(), dir.path.string() + ": error: cannot read config file: Is a directory");
+}
+
+TEST(ConfigFile, AMissingFileSaysSo)
+{
+	TempDir dir;
+	auto result = loadFile((dir.path / "absent.toml").string());
+	ASSERT_FALSE(result.ok());
+	ASSERT_EQ(result.diagnostics.size(), 1u);
+	EXPECT_NE(result.diagnostics[0].str().find("cannot read config file: No such file or directory"),
+		  std::string::npos)
+		<< result.diagnostics[0].str();
+}
+
+TEST(ConfigFile, APipeIsReadToItsEnd)
+{
+	// --config /dev/stdin or <(...): a pipe, which cannot seek. A reader
+	// that gives up early must fail the test, not kill it with SIGPIPE.
+	::signal(SIGPIPE, SIG_IGN);
+	TempDir dir;
+	std::string fifo = (dir.path / "fleet.toml").string();
+	ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+	// Bigger than a pipe's buffer, so the reader must loop.
+	std::string text = kHead + kAddress + std::string(200000, '#') + "\n";
+	std::thread writer([&] { std::ofstream(fifo) << text; });
+	auto result = loadFile(fifo);
+	writer.join();
+	ASSERT_TRUE(result.ok()) << (result.diagnostics.empty() ? "" : result.diagnostics[0].str());
+	EXPECT_EQ(result.config->addresses.size(), 1u);
+	EXPECT_EQ(portslice::config::readText("/dev/null"), std::optional<std::string>(""));
+}
+
+TEST(ConfigFile, ARegularFileIsReadWhole)
+{
+	TempDir dir;
+	std::string file = (dir.path / "fleet.toml").string();
+	std::ofstream(file) << kHead << kAddress;
+	EXPECT_EQ(portslice::config::readText(file), std::optional<std::string>(kHead + kAddress));
+	EXPECT_TRUE(loadFile(file).ok());
 }
 
 } // namespace
