@@ -241,6 +241,33 @@ public:
 		return a;
 	}
 
+	// A forwarding target or shared address: an address a packet can be
+	// sent to and answered from, so none that means this host, the loopback,
+	// a group or every host.
+	std::optional<Ipv4> unicast(const toml::node *node, std::string_view key)
+	{
+		auto a = ipv4(node, key);
+		if (!a)
+			return std::nullopt;
+		std::string text = a->str(), why;
+		uint32_t v = a->value;
+		if (v >> 24 == 0)
+			why = text + " is in 0.0.0.0/8 (\"this network\"), not a unicast address";
+		else if (v >> 24 == 127)
+			why = text + " is a loopback address (127.0.0.0/8), not one of the network";
+		else if (v >> 28 == 0xe)
+			why = text + " is a multicast address, not a unicast one";
+		else if (v == 0xffffffff)
+			why = text + " is the broadcast address, not a unicast one";
+		else if (v >> 28 == 0xf)
+			why = text + " is in the reserved 240.0.0.0/4 (class E), not a unicast address";
+		// The address is kept, so that the file's other errors are not
+		// followed by ones about the server or address left out.
+		if (!why.empty())
+			error(node->source(), "'" + std::string(key) + "': " + why);
+		return a;
+	}
+
 	std::optional<PortRange> portRange(const toml::node *node)
 	{
 		auto text = string(node, "port_range");
@@ -559,7 +586,7 @@ public:
 		d.where = at(t.source());
 		auto name = string(require(t, "name", "[[datacenters]]"), "name");
 		if (const auto *g = t.get("gateway"))
-			d.gateway = ipv4(g, "gateway");
+			d.gateway = unicast(g, "gateway");
 		if (!name)
 			return;
 		d.name = *name;
@@ -585,14 +612,27 @@ public:
 							       " characters (it names the nftables table's comment)");
 			name.reset();
 		}
-		auto address = ipv4(require(t, "address", "[[servers]]"), "address");
+		auto address = unicast(require(t, "address", "[[servers]]"), "address");
 		auto dc = string(require(t, "datacenter", "[[servers]]"), "datacenter");
 		if (const auto *m = t.get("mac")) {
 			if (auto text = string(m, "mac")) {
 				s.mac = Mac::parse(*text);
-				if (!s.mac)
+				if (!s.mac) {
 					error(m->source(), "'mac': invalid MAC address '" + *text +
 								   "' (expected six hex bytes, e.g. 02:00:00:00:00:11)");
+				} else if (s.mac->bytes == Mac{ { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff } }.bytes) {
+					error(m->source(), "'mac': " + s.mac->str() +
+								   " is the broadcast address, not one server's");
+					s.mac.reset();
+				} else if (s.mac->bytes[0] & 1) {
+					error(m->source(), "'mac': " + s.mac->str() +
+								   " is a multicast address (the low bit of its first byte is set), "
+								   "not one server's");
+					s.mac.reset();
+				} else if (s.mac->bytes == Mac{}.bytes) {
+					error(m->source(), "'mac': 00:00:00:00:00:00 is no interface's address");
+					s.mac.reset();
+				}
 			}
 		}
 		if (dc && !c.findDatacenter(*dc)) {
@@ -622,7 +662,7 @@ public:
 			  "[[addresses]]");
 		Address a;
 		a.where = at(t.source());
-		auto address = ipv4(require(t, "address", "[[addresses]]"), "address");
+		auto address = unicast(require(t, "address", "[[addresses]]"), "address");
 		auto dc = string(require(t, "datacenter", "[[addresses]]"), "datacenter");
 		const toml::table *tagTable = table(require(t, "tags", "[[addresses]]"), "tags");
 		const toml::table *sliceTable = table(require(t, "slices", "[[addresses]]"), "slices");

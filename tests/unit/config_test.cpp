@@ -92,6 +92,23 @@ const ErrorCase kCases[] = {
 	  "\n[[sources]]\nname = \"a\"\nmatch = { saddr = \"100.64.1.1/24\" }\nwant = {}\n",
 	  26, 19, "invalid prefix" },
 	{ "invalid MAC", kHead + "mac = \"02:00:00:00:00\"\n", 17, 7, "invalid MAC address" },
+	{ "multicast shared address", kHead + "\n[[addresses]]\naddress = \"224.0.0.1\"\ndatacenter = \"lab1\"\ntags = {}\nslices = {}\n",
+	  19, 11, "'address': 224.0.0.1 is a multicast address, not a unicast one" },
+	{ "broadcast shared address", kHead + "\n[[addresses]]\naddress = \"255.255.255.255\"\ndatacenter = \"lab1\"\ntags = {}\nslices = {}\n",
+	  19, 11, "255.255.255.255 is the broadcast address, not a unicast one" },
+	{ "shared address 0.0.0.0", kHead + "\n[[addresses]]\naddress = \"0.0.0.0\"\ndatacenter = \"lab1\"\ntags = {}\nslices = {}\n",
+	  19, 11, "0.0.0.0 is in 0.0.0.0/8" },
+	{ "class E shared address", kHead + "\n[[addresses]]\naddress = \"240.0.0.1\"\ndatacenter = \"lab1\"\ntags = {}\nslices = {}\n",
+	  19, 11, "240.0.0.1 is in the reserved 240.0.0.0/4" },
+	{ "server address 0.0.0.0", kHead + "\n[[servers]]\nname = \"s3\"\naddress = \"0.0.0.0\"\ndatacenter = \"lab1\"\n",
+	  20, 11, "0.0.0.0 is in 0.0.0.0/8" },
+	{ "loopback server address", kHead + "\n[[servers]]\nname = \"s3\"\naddress = \"127.0.0.1\"\ndatacenter = \"lab1\"\n",
+	  20, 11, "127.0.0.1 is a loopback address" },
+	{ "multicast gateway", kHead + "\n[[datacenters]]\nname = \"lab2\"\ngateway = \"239.1.2.3\"\n",
+	  20, 11, "'gateway': 239.1.2.3 is a multicast address" },
+	{ "broadcast MAC", kHead + "mac = \"ff:ff:ff:ff:ff:ff\"\n", 17, 7, "ff:ff:ff:ff:ff:ff is the broadcast address" },
+	{ "multicast MAC", kHead + "mac = \"01:00:5e:00:00:01\"\n", 17, 7, "01:00:5e:00:00:01 is a multicast address" },
+	{ "zero MAC", kHead + "mac = \"00:00:00:00:00:00\"\n", 17, 7, "00:00:00:00:00:00 is no interface's address" },
 	{ "inverted port range", kHead + "\n[defaults]\nport_range = \"2000-1000\"\n", 19, 14, "inverted" },
 	{ "port 0", kHead + "\n[defaults]\nport_range = \"0-1000\"\n", 19, 14, "between 1 and 65535" },
 	{ "port above 65535", kHead + "\n[defaults]\nport_range = \"1024-65536\"\n", 19, 14, "between 1 and 65535" },
@@ -163,6 +180,28 @@ TEST(Config, FormatsDiagnosticsLikeACompiler)
 	auto result = loadString("[server]\nname = \"s1\"\n", "fleet.toml");
 	ASSERT_FALSE(result.ok());
 	EXPECT_EQ(result.diagnostics[0].str(), "fleet.toml:1:1: error: [server] lacks required key 'uplink'");
+}
+
+TEST(Config, AcceptsUnicastAddressesNextToTheOnesItRejects)
+{
+	auto result = loadString(kHead + "mac = \"02:00:00:00:00:12\"\n\n[[datacenters]]\nname = \"lab2\"\ngateway = \"1.0.0.1\"\n"
+				 "\n[[servers]]\nname = \"s3\"\naddress = \"126.255.255.254\"\ndatacenter = \"lab2\"\n"
+				 "mac = \"fe:00:00:00:00:01\"\n"
+				 "\n[[addresses]]\naddress = \"223.255.255.254\"\ndatacenter = \"lab1\"\ntags = {}\nslices = {}\n"
+				 "\n[[addresses]]\naddress = \"128.0.0.1\"\ndatacenter = \"lab1\"\ntags = {}\nslices = {}\n",
+				 "f.toml");
+	EXPECT_TRUE(result.ok()) << (result.diagnostics.empty() ? "" : result.diagnostics[0].str());
+}
+
+TEST(Config, AnAddressThatIsNotUnicastIsOneErrorNotAFollowOnOfMore)
+{
+	// The server stays in the fleet, so its slices and [server].name raise nothing more.
+	auto result = loadString("[server]\nname = \"s1\"\nuplink = \"eth0\"\n[[datacenters]]\nname = \"lab1\"\n"
+				 "[[servers]]\nname = \"s1\"\naddress = \"224.0.0.1\"\ndatacenter = \"lab1\"\n"
+				 "[[addresses]]\naddress = \"198.51.100.1\"\ndatacenter = \"lab1\"\ntags = {}\nslices = { s1 = 0 }\n",
+				 "f.toml");
+	ASSERT_EQ(result.diagnostics.size(), 1u);
+	EXPECT_EQ(result.diagnostics[0].str(), "f.toml:8:11: error: 'address': 224.0.0.1 is a multicast address, not a unicast one");
 }
 
 TEST(Config, LoadsAValidFleetWithDefaultsAndOverrides)
