@@ -269,21 +269,34 @@ Allocation allocate(const Plan &plan, uint32_t ai, const std::vector<User> &user
 }
 
 // A conntrack source's inside addresses, spread evenly and deterministically
-// over its shares; a source without saddr spreads the whole IPv4 space, which
-// is how its key is written in the table.
+// over the addresses it has ports of (in their order, as the candidates),
+// then each address's part over its shares there (one per run of this
+// server's slices); a source without saddr spreads the whole IPv4 space,
+// which is how its key is written in the table. An address with two runs
+// gets no more inside addresses than one with one.
 void spread(PlannedSource &s)
 {
 	s.assignments.clear();
 	uint64_t base = s.match.saddr ? s.match.saddr->address.value : 0;
 	uint64_t n = s.match.saddr ? s.match.saddr->size() : (uint64_t{ 1 } << 32);
-	uint64_t c = s.shares.size();
+	// The shares are ordered by address: each address's first share.
+	std::vector<size_t> starts;
+	for (size_t i = 0; i < s.shares.size(); i++)
+		if (i == 0 || s.shares[i].address != s.shares[i - 1].address)
+			starts.push_back(i);
+	uint64_t c = starts.size();
 	for (uint64_t j = 0; j < c; j++) {
-		uint64_t first = j * n / c, last = (j + 1) * n / c;
-		if (first == last)
-			continue;
-		s.assignments.push_back({ Ipv4{ static_cast<uint32_t>(base + first) },
-					  Ipv4{ static_cast<uint32_t>(base + last - 1) }, s.shares[j].address,
-					  s.shares[j].ports });
+		uint64_t from = j * n / c, count = (j + 1) * n / c - from;
+		size_t first = starts[j], end = j + 1 < c ? starts[j + 1] : s.shares.size();
+		uint64_t runs = end - first;
+		for (uint64_t r = 0; r < runs; r++) {
+			uint64_t lo = from + r * count / runs, hi = from + (r + 1) * count / runs;
+			if (lo == hi)
+				continue;
+			const Share &share = s.shares[first + r];
+			s.assignments.push_back({ Ipv4{ static_cast<uint32_t>(base + lo) },
+						  Ipv4{ static_cast<uint32_t>(base + hi - 1) }, share.address, share.ports });
+		}
 	}
 }
 

@@ -304,6 +304,35 @@ TEST(Plan, SpreadsInsideAddressesEvenlyOverCandidates)
 	EXPECT_EQ(perAddress[1], 8);
 }
 
+// A /24 over two candidates, s1 with two runs of .1 (slices 0 and 2) and one
+// of .2: 128 inside addresses each (64 per run of .1), not 170 and 86.
+TEST(Plan, SpreadsConntrackInsideAddressesOverCandidatesBeforeRuns)
+{
+	auto c = load(fleet("[[addresses]]\naddress = \"198.51.100.1\"\ndatacenter = \"dc\"\ntags = {}\n"
+			    "port_range = \"1000-1399\"\nslice_size = 100\nslices = { s1 = [0, 2], s2 = 1 }\n"
+			    "[[addresses]]\naddress = \"198.51.100.2\"\ndatacenter = \"dc\"\ntags = {}\n"
+			    "port_range = \"1000-1399\"\nslice_size = 100\nslices = { s1 = 0, s2 = 1 }\n",
+			    "[[sources]]\nname = \"a\"\nmatch = { saddr = \"100.64.1.0/24\" }\nwant = {}\n"));
+	auto p = makePlan(c);
+	const auto &a = p.sources.at(0);
+	ASSERT_EQ(a.shares.size(), 3u);
+	std::map<uint32_t, uint32_t> perAddress;
+	for (const auto &as : a.assignments)
+		perAddress[as.address] += as.last.value - as.first.value + 1;
+	EXPECT_EQ(perAddress[0], 128u);
+	EXPECT_EQ(perAddress[1], 128u);
+	ASSERT_EQ(a.assignments.size(), 3u);
+	EXPECT_EQ(a.assignments[0].first.str(), "100.64.1.0");
+	EXPECT_EQ(a.assignments[0].last.str(), "100.64.1.63");
+	EXPECT_EQ(a.assignments[0].ports, (config::PortRange{ 1000, 1099 }));
+	EXPECT_EQ(a.assignments[1].first.str(), "100.64.1.64");
+	EXPECT_EQ(a.assignments[1].last.str(), "100.64.1.127");
+	EXPECT_EQ(a.assignments[1].ports, (config::PortRange{ 1200, 1299 }));
+	EXPECT_EQ(a.assignments[2].first.str(), "100.64.1.128");
+	EXPECT_EQ(a.assignments[2].last.str(), "100.64.1.255");
+	EXPECT_EQ(a.assignments[2].address, 1u);
+}
+
 TEST(Plan, WarnsAndDropsASourceWithoutCandidate)
 {
 	auto c = load(fleet(kMixed, "[[sources]]\nname = \"de\"\nmatch = { uid = 1 }\nwant = { country = \"DE\" }\n"));
