@@ -28,10 +28,13 @@ _portslice()
 	local program=${words[0]} command= i
 	if [[ $program == *portslicectl ]]; then
 		for ((i = 1; i < cword; i++)); do
-			if [[ ${words[i]} != -* ]]; then
-				command=${words[i]}
-				break
+			if [[ ${words[i]} == -* ]]; then
+				# The value of an option before the command (--config FILE) is not the command.
+				[[ ${words[i]} != *=* && -n $(_portslice_value_of "${words[i]}" "$program") ]] && ((i++))
+				continue
 			fi
+			command=${words[i]}
+			break
 		done
 	fi
 	local -a scope=("$program")

@@ -44,6 +44,14 @@ int main(int argc, char **argv)
 
 	OfflineOptions offline;
 	OnlineOptions online;
+	// --config before the command means what it means after it, for the
+	// commands that read a file (SPEC: every program takes --config PATH).
+	std::string config;
+	CLI::Option *configOption =
+		app.add_option("--config", config,
+			       "the config file of a command that reads one, as --config after it (default: " + offline.config + ")")
+			->type_name("FILE");
+	bool configGiven = false;
 	std::vector<Command> commands;
 	auto add = [&](const std::string &name, const std::string &description, std::function<int()> run) {
 		CLI::App *command = cli::addCommand(app, name, description);
@@ -80,8 +88,7 @@ int main(int argc, char **argv)
 	owner = add("owner", "which server owns ADDRESS:PORT, which source, and for a stateless source which inside "
 			     "address: the daemon's view, at TIME from the ownership journal, or the file's with --config",
 		    [&]() -> int {
-			    bool fromFile = owner->get_option("--config")->count() > 0 ||
-					    owner->get_option("--server")->count() > 0;
+			    bool fromFile = configGiven || owner->get_option("--server")->count() > 0;
 			    if (fromFile) {
 				    if (!online.at.empty()) {
 					    std::cerr << "portslicectl: owner: --at answers from the daemon's journal, not "
@@ -162,8 +169,27 @@ int main(int argc, char **argv)
 
 	if (std::optional<int> code = cli::parse(app, argc, argv))
 		return *code;
-	for (const Command &command : commands)
-		if (command.app->parsed())
-			return command.run();
+	for (const Command &command : commands) {
+		if (!command.app->parsed())
+			continue;
+		const CLI::Option *own = command.app->get_option_no_throw("--config");
+		configGiven = own && own->count() > 0;
+		if (configOption->count() > 0) {
+			const std::string &name = command.app->get_name();
+			if (!own) {
+				std::cerr << "portslicectl: " << name << " reads no config file: --config is not one of its "
+					     "options\ntry 'portslicectl " << name << " --help'\n";
+				return cli::kExitUsage;
+			}
+			if (configGiven) {
+				std::cerr << "portslicectl: --config given both before and after " << name
+					  << ": give it once\n";
+				return cli::kExitUsage;
+			}
+			offline.config = online.config = config;
+			configGiven = true;
+		}
+		return command.run();
+	}
 	return cli::kExitUsage; // unreachable: require_subcommand(1)
 }

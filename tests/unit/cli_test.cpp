@@ -184,6 +184,36 @@ TEST(Cli, AConfigFromAPipeIsRead)
 	EXPECT_NE(fromPipe.out.find("/dev/stdin: valid"), std::string::npos) << fromPipe.out;
 }
 
+TEST(Cli, ConfigMayComeBeforeTheCommand)
+{
+	const std::string config = std::string(RULES_DIR) + "/three-servers.toml";
+	for (const std::string &command : {std::string("check"), std::string("plan --json"), std::string("dump"),
+					   std::string("geofeed"), std::string("owner 198.51.100.1:1500"),
+					   std::string("plan --server s2")}) {
+		Outcome after = run(kCtl + " " + command + " --config " + config);
+		Outcome before = run(kCtl + " --config " + config + " " + command);
+		Outcome equals = run(kCtl + " --config=" + config + " " + command);
+		EXPECT_EQ(after.status, 0) << command << ": " << after.err;
+		EXPECT_EQ(before.status, 0) << command << ": " << before.err;
+		EXPECT_EQ(before.out, after.out) << command;
+		EXPECT_EQ(before.err, after.err) << command;
+		EXPECT_EQ(equals.out, after.out) << command;
+	}
+	// An invalid file is as invalid either way.
+	Outcome bad = run(kCtl + " --config /nonexistent/portslice.toml check");
+	EXPECT_EQ(bad.status, 1);
+	EXPECT_NE(bad.err.find("/nonexistent/portslice.toml: error: cannot read config file"), std::string::npos) << bad.err;
+	// Given twice, or to a command that reads no file: a usage error.
+	for (const std::string &args : {"--config " + config + " check --config " + config, "--config " + config + " reload"}) {
+		Outcome r = run(kCtl + " " + args);
+		EXPECT_EQ(r.status, 2) << args << ": " << r.out << r.err;
+		EXPECT_EQ(r.out, "") << args;
+		EXPECT_NE(r.err.find("portslicectl: "), std::string::npos) << args << ": " << r.err;
+	}
+	// The top-level help says so.
+	EXPECT_NE(run(kCtl + " --help").out.find("--config FILE"), std::string::npos);
+}
+
 // jq -e: exit 0 when the filter's result is true, so each check is one line.
 bool jq(const std::string &json, const std::string &filter)
 {

@@ -50,6 +50,9 @@ expect "" portslicectl plan --server ''
 cd "$rules" || exit 1
 expect "three-servers.nft three-servers.toml" portslicectl check --config three-
 expect "three-servers.nft three-servers.toml" portsliced --config three
+expect "three-servers.nft three-servers.toml" portslicectl --config three-
+expect "check" portslicectl --config three-servers.toml che
+expect "--config --help --json --server" portslicectl --config three-servers.toml plan --
 all=$(offered portslicectl '')
 for command in check plan dump owner geofeed status reload set-owner stats --help --version; do
 	[[ " $all " == *" $command "* ]] || { echo "FAIL: '$command' missing from '$all'"; failed=1; }
