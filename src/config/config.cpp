@@ -45,6 +45,13 @@ bool hasErrors(const std::vector<Diagnostic> &diagnostics)
 	});
 }
 
+void sortByPosition(std::vector<Diagnostic> &diagnostics)
+{
+	std::stable_sort(diagnostics.begin(), diagnostics.end(), [](const Diagnostic &a, const Diagnostic &b) {
+		return std::tie(a.where.line, a.where.column) < std::tie(b.where.line, b.where.column);
+	});
+}
+
 const Server *Config::findServer(std::string_view name) const
 {
 	for (const Server &s : servers)
@@ -140,6 +147,7 @@ public:
 			out.push_back(std::move(diagnostics_[i]));
 		diagnostics_.clear();
 		ranks_.clear();
+		sortByPosition(out);
 		return out;
 	}
 
@@ -317,13 +325,12 @@ public:
 	// The tags a geofeed publishes (RFC 8805): ISO codes, and a city a line can hold.
 	void geoTags(const toml::table &t)
 	{
-		std::string country;
-		if (const toml::node *n = t.get("country"); n && n->value<std::string>()) {
-			country = *n->value<std::string>();
-			if (std::optional<std::string> wrong = checkCountry(country)) {
+		// nullopt: no country tag; "" when it is not a string (tags() says so).
+		std::optional<std::string> country;
+		if (const toml::node *n = t.get("country")) {
+			country = n->value<std::string>().value_or("");
+			if (std::optional<std::string> wrong = n->value<std::string>() ? checkCountry(*country) : std::nullopt)
 				error(n->source(), "tags." + *wrong);
-				country.clear();
-			}
 		}
 		if (const toml::node *n = t.get("region"); n && n->value<std::string>()) {
 			if (std::optional<std::string> wrong = checkRegion(country, *n->value<std::string>()))
@@ -377,6 +384,11 @@ public:
 				if (!index)
 					return;
 				auto [it, inserted] = out.emplace(static_cast<uint32_t>(*index), server);
+				if (!inserted && it->second == server) {
+					error(n.source(), "slice " + std::to_string(*index) + " is listed twice for '" +
+								  server + "'");
+					return;
+				}
 				if (!inserted) {
 					error(n.source(), "slice " + std::to_string(*index) + " is given to both '" +
 								  it->second + "' and '" + server +
@@ -550,12 +562,15 @@ public:
 							"' is not one of [[servers]]" + knownNames(c.servers));
 	}
 
+	// " (known: a, b)", each name once (a duplicate name is its own error).
 	template<class T>
 	static std::string knownNames(const std::vector<T> &items)
 	{
 		std::string out;
+		std::unordered_set<std::string_view> seen;
 		for (const T &i : items)
-			out += (out.empty() ? " (known: " : ", ") + i.name;
+			if (seen.insert(i.name).second)
+				out += (out.empty() ? " (known: " : ", ") + i.name;
 		return out.empty() ? out : out + ")";
 	}
 
@@ -587,6 +602,10 @@ public:
 		auto name = string(require(t, "name", "[[datacenters]]"), "name");
 		if (const auto *g = t.get("gateway"))
 			d.gateway = unicast(g, "gateway");
+		if (name && name->empty()) {
+			error(t.get("name")->source(), "data centre name must not be empty");
+			return;
+		}
 		if (!name)
 			return;
 		d.name = *name;
@@ -701,6 +720,8 @@ public:
 			return;
 		a.address = *address;
 		a.datacenter = *dc;
+		// An unknown server once, at its first slice, however many it lists.
+		std::set<std::string_view> unknown;
 		for (const auto &[index, server] : a.owners) {
 			const toml::source_region &w = sliceWhere[index];
 			if (index >= a.sliceCount())
@@ -708,16 +729,17 @@ public:
 						 a.address.str() + ": it has " + std::to_string(a.sliceCount()) +
 						 " slices of " + std::to_string(a.sliceSize) + " ports (0-" +
 						 std::to_string(a.sliceCount() - 1) + ")");
-			if (!serverNames_.count(server))
+			if (!serverNames_.count(server) && unknown.insert(server).second)
 				error(w, "slices of " + a.address.str() + " name unknown server '" + server + "'" +
 						 knownNames(c.servers));
 		}
+		unknown.clear();
 		for (const auto &[index, server] : a.previous) {
 			const toml::source_region &w = previousWhere[index];
 			if (index >= a.sliceCount())
 				error(w, "previous owner of slice " + std::to_string(index) + ": no such slice on " +
 						 a.address.str());
-			if (!serverNames_.count(server))
+			if (!serverNames_.count(server) && unknown.insert(server).second)
 				error(w, "'previous' names unknown server '" + server + "'" + knownNames(c.servers));
 		}
 		if (!addressesSeen_.insert(a.address.value).second) {
@@ -977,6 +999,7 @@ std::vector<Diagnostic> validate(const Config &config)
 	}
 	if (!config.findServer(config.serverName))
 		err(config.serverWhere, "[server] name '" + config.serverName + "' is not one of [[servers]]");
+	sortByPosition(out);
 	return out;
 }
 

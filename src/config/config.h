@@ -48,6 +48,9 @@ struct Diagnostic {
 };
 
 bool hasErrors(const std::vector<Diagnostic> &diagnostics);
+// In the order of the file: by line, then column; those of the file as a
+// whole (line 0) first; equal positions keep their order.
+void sortByPosition(std::vector<Diagnostic> &diagnostics);
 
 struct PortRange {
 	uint16_t lo = 1024;

@@ -79,19 +79,28 @@ std::optional<std::string> checkCountry(std::string_view country)
 	return text;
 }
 
-std::optional<std::string> checkRegion(std::string_view country, std::string_view region)
+std::optional<std::string> checkRegion(std::optional<std::string_view> countryTag, std::string_view region)
 {
 	const Iso3166 &t = iso();
 	std::string r(region);
-	if (t.subdivisions.contains(r) && r.starts_with(std::string(country) + "-"))
+	std::string country(countryTag.value_or(""));
+	const std::string quoted = "region '" + std::string(region.substr(0, 200)) + "'";
+	if (countryTag && !t.names.contains(country)) {
+		// The country's own error says what is wrong; a region can only
+		// be checked against a country there is.
+		if (t.subdivisions.contains(r))
+			return std::nullopt;
+		return quoted + " is not an ISO 3166-2 code of any country (such as GB-ENG or DE-BE)";
+	}
+	if (t.subdivisions.contains(r) && r.starts_with(country + "-"))
 		return std::nullopt;
-	std::string text = "region '" + std::string(region.substr(0, 200)) + "' is not an ISO 3166-2 code of " +
-			   (country.empty() ? std::string("the address's country (it has no 'country' tag)")
-					    : "country '" + std::string(country.substr(0, 200)) + "'") +
+	std::string text = quoted + " is not an ISO 3166-2 code of " +
+			   (!countryTag ? std::string("the address's country (it has no 'country' tag)")
+					: "country '" + country + "'") +
 			   " (such as GB-ENG or DE-BE)";
 	std::string guess = upper(region);
-	if (!guess.starts_with(std::string(country) + "-") && !country.empty())
-		guess = std::string(country) + "-" + guess;
+	if (!guess.starts_with(country + "-") && !country.empty())
+		guess = country + "-" + guess;
 	if (t.subdivisions.contains(guess) && guess != r)
 		text += "; did you mean '" + guess + "'?";
 	return text;

@@ -383,7 +383,13 @@ PlanResult makePlan(const config::Config &config, std::string_view server)
 	}
 	auto self = serverIndex.find(plan.server);
 	if (self == serverIndex.end()) {
-		error(config.serverWhere, "server '" + plan.server + "' is not one of [[servers]]");
+		// Only a name from outside the file gets here (the loader checks
+		// [server].name): the file, not a line of it, and the names there are.
+		std::string known;
+		for (const config::Server &s : config.servers)
+			known += (known.empty() ? " (known: " : ", ") + s.name;
+		error(config::Location{ config.file, 0, 0 },
+		      "--server '" + plan.server + "' is not one of [[servers]]" + (known.empty() ? known : known + ")"));
 		return result;
 	}
 	plan.serverIndex = static_cast<uint32_t>(self->second);
@@ -504,6 +510,7 @@ PlanResult makePlan(const config::Config &config, std::string_view server)
 	}
 	for (const Diagnostic &w : plan.warnings)
 		diagnostics.push_back(w);
+	config::sortByPosition(diagnostics);
 	if (!config::hasErrors(diagnostics))
 		result.plan = std::move(plan);
 	return result;

@@ -204,6 +204,87 @@ TEST(Config, AnAddressThatIsNotUnicastIsOneErrorNotAFollowOnOfMore)
 	EXPECT_EQ(result.diagnostics[0].str(), "f.toml:8:11: error: 'address': 224.0.0.1 is a multicast address, not a unicast one");
 }
 
+// Every diagnostic of a load, as printed.
+std::vector<std::string> printed(const std::string &text)
+{
+	std::vector<std::string> out;
+	for (const Diagnostic &d : loadString(text, "f.toml").diagnostics)
+		out.push_back(d.str());
+	return out;
+}
+
+TEST(Config, AnUnknownServerIsReportedOnceHoweverManySlicesItLists)
+{
+	EXPECT_EQ(printed(kHead + "\n[[addresses]]\naddress = \"198.51.100.1\"\ndatacenter = \"lab1\"\ntags = {}\n"
+				  "slices = { s1 = 0, s3 = [2, 5] }\nprevious = { s4 = [3, 4] }\n"),
+		  (std::vector<std::string>{
+			  "f.toml:22:26: error: slices of 198.51.100.1 name unknown server 's3' (known: s1, s2)",
+			  "f.toml:23:20: error: 'previous' names unknown server 's4' (known: s1, s2)" }));
+}
+
+TEST(Config, ADuplicateServerNameIsListedOnceAmongTheKnown)
+{
+	std::vector<std::string> d = printed(kHead + "\n[[servers]]\nname = \"s2\"\naddress = \"192.0.2.13\"\n"
+						     "datacenter = \"lab1\"\n\n[[servers]]\nname = \"s4\"\naddress = \"192.0.2.14\"\n"
+						     "datacenter = \"lab9\"\n");
+	EXPECT_EQ(d, (std::vector<std::string>{
+			     "f.toml:19:8: error: duplicate server name 's2'",
+			     "f.toml:26:14: error: server 's4' names unknown data centre 'lab9' (known: lab1)" }));
+	d = printed(kHead + "\n[[servers]]\nname = \"s2\"\naddress = \"192.0.2.13\"\ndatacenter = \"lab1\"\n"
+			    "\n[[addresses]]\naddress = \"198.51.100.1\"\ndatacenter = \"lab1\"\ntags = {}\nslices = { s9 = 0 }\n");
+	ASSERT_EQ(d.size(), 2u);
+	EXPECT_EQ(d[1], "f.toml:27:17: error: slices of 198.51.100.1 name unknown server 's9' (known: s1, s2)");
+}
+
+TEST(Config, ASliceListedTwiceForOneServerSaysSo)
+{
+	EXPECT_EQ(printed(kHead + "\n[[addresses]]\naddress = \"198.51.100.1\"\ndatacenter = \"lab1\"\ntags = {}\n"
+				  "slices = { s2 = [2, 2] }\n"),
+		  (std::vector<std::string>{ "f.toml:22:21: error: slice 2 is listed twice for 's2'" }));
+}
+
+TEST(Config, EmptyNamesAreRejected)
+{
+	EXPECT_EQ(printed(kHead + "\n[[datacenters]]\nname = \"\"\n"),
+		  (std::vector<std::string>{ "f.toml:19:8: error: data centre name must not be empty" }));
+	std::vector<std::string> server = printed(kHead + "\n[[servers]]\nname = \"\"\naddress = \"192.0.2.13\"\ndatacenter = \"lab1\"\n");
+	ASSERT_EQ(server.size(), 1u);
+	EXPECT_TRUE(server[0].starts_with("f.toml:19:8: error: server name '' must be 1-64 characters")) << server[0];
+	std::vector<std::string> source = printed(kHead + kAddress + "\n[[sources]]\nname = \"\"\nmatch = { uid = 5 }\nwant = {}\n");
+	ASSERT_EQ(source.size(), 1u);
+	EXPECT_TRUE(source[0].starts_with("f.toml:25:8: error: source name '' must be 1-64")) << source[0];
+}
+
+TEST(Config, ARegionOfACountryThatIsNoCountryBlamesTheCountry)
+{
+	const std::string address = "\n[[addresses]]\naddress = \"198.51.100.1\"\ndatacenter = \"lab1\"\nslices = {}\ntags = ";
+	std::vector<std::string> d = printed(kHead + address + "{ country = \"XX\", region = \"GB-ENG\" }\n");
+	ASSERT_EQ(d.size(), 1u);
+	EXPECT_TRUE(d[0].starts_with("f.toml:22:20: error: tags.country 'XX' is not an ISO 3166-1 alpha-2 code")) << d[0];
+	EXPECT_EQ(printed(kHead + address + "{ country = \"XX\", region = \"XX-01\" }\n").at(1),
+		  "f.toml:22:35: error: tags.region 'XX-01' is not an ISO 3166-2 code of any country (such as GB-ENG or DE-BE)");
+	for (const std::string &d2 : printed(kHead + address + "{ country = \"\", region = \"XX-01\" }\n"))
+		EXPECT_EQ(d2.find("no 'country' tag"), std::string::npos) << d2;
+	EXPECT_NE(printed(kHead + address + "{ region = \"XX-01\" }\n").at(0).find("(it has no 'country' tag)"),
+		  std::string::npos);
+}
+
+TEST(Config, PrintsErrorsInTheOrderOfTheFile)
+{
+	// The data centre's error comes from a later part of the loader than
+	// [defaults]' but stands earlier in the file.
+	const std::string text = "[[datacenters]]\nname = \"\"\n" + kHead + "\n[defaults]\nslice_size = 0\nbogus = 1\n";
+	std::vector<std::string> d = printed(text);
+	ASSERT_EQ(d.size(), 3u);
+	EXPECT_TRUE(d[0].starts_with("f.toml:2:8: ")) << d[0];
+	EXPECT_TRUE(d[1].starts_with("f.toml:21:14: ")) << d[1];
+	EXPECT_TRUE(d[2].starts_with("f.toml:22:1: ")) << d[2];
+	auto chunked = loadString(text, "f.toml", 1);
+	ASSERT_EQ(chunked.diagnostics.size(), 3u);
+	for (size_t i = 0; i < d.size(); i++)
+		EXPECT_EQ(chunked.diagnostics[i].str(), d[i]);
+}
+
 TEST(Config, LoadsAValidFleetWithDefaultsAndOverrides)
 {
 	auto result = loadString(kHead + kAddress + "port_range = \"10000-19999\"\nslice_size = 1000\n", "f.toml");

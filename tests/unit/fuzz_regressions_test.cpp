@@ -76,18 +76,20 @@ TEST(FuzzRegressions, ASourceOfADuplicateNameIsComparedOnlyWithTheSourcesBeforeI
 				    { "c3", "cgroup = 1048577, mark = 8", "" },
 				    { "c3", "cgroup = 1048577, mark = 1", "zone = 5\n" } }));
 	ASSERT_EQ(e.size(), 2u);
-	EXPECT_EQ(e[0], "test.toml:31:9: error: source 'c3' matches exactly what source 'm' matches: packets could not tell them apart");
-	EXPECT_EQ(e[1], "test.toml:30:8: error: duplicate source name 'c3'");
+	EXPECT_EQ(e[0], "test.toml:30:8: error: duplicate source name 'c3'");
+	EXPECT_EQ(e[1], "test.toml:31:9: error: source 'c3' matches exactly what source 'm' matches: packets could not tell them apart");
 }
 
 TEST(FuzzRegressions, EachEarlierSourceGetsItsZoneAndMatchErrorsInFileOrder)
 {
+	// Printed by position; the errors at one position (c's zone) in the
+	// order of the earlier sources.
 	auto e = errors(fleetWith({ { "a", "uid = 1", "zone = 7\n" }, { "b", "uid = 2", "zone = 7\n" },
 				    { "c", "uid = 1", "zone = 7\n" } }));
 	ASSERT_EQ(e.size(), 4u);
 	EXPECT_NE(e[0].find("zone 7 is already used by source 'a'"), std::string::npos) << e[0];
-	EXPECT_NE(e[1].find("zone 7 is already used by source 'a'"), std::string::npos) << e[1];
-	EXPECT_NE(e[2].find("source 'c' matches exactly what source 'a' matches"), std::string::npos) << e[2];
+	EXPECT_NE(e[1].find("source 'c' matches exactly what source 'a' matches"), std::string::npos) << e[1];
+	EXPECT_NE(e[2].find("zone 7 is already used by source 'a'"), std::string::npos) << e[2];
 	EXPECT_NE(e[3].find("zone 7 is already used by source 'b'"), std::string::npos) << e[3];
 }
 

@@ -56,6 +56,16 @@ datacenter = "dc"
 )" + addresses + sources;
 }
 
+TEST(Plan, AnUnknownServerToPlanAsNamesTheServersThereAre)
+{
+	config::Config c = load(fleet("", ""));
+	auto r = plan::makePlan(c, "s9");
+	ASSERT_FALSE(r.ok());
+	ASSERT_EQ(r.diagnostics.size(), 1u);
+	// Not at a line of the file: the name came from the command line.
+	EXPECT_EQ(r.diagnostics[0].str(), "t.toml: error: --server 's9' is not one of [[servers]] (known: s1, s2, s3)");
+}
+
 TEST(Plan, NumbersSlicesFromTheLowPortAndLeavesThePartialLastSliceUnused)
 {
 	// 1024-65535 is 64512 ports: 31 slices of 2048 and 1024 unused ports.
