@@ -10,8 +10,6 @@
 #include <limits>
 #include <string>
 
-#include <malloc.h>
-
 #include "common/cli.h"
 #include "config/config.h"
 #include "daemon/applier.h"
@@ -68,13 +66,6 @@ Status keepCopy(const std::string &text, const std::string &to)
 
 int main(int argc, char **argv)
 {
-	// Blocks of 128 KiB and more (a full apply's netlink batch pages and
-	// element vectors, a Dump()'s text) are mapped apart and unmapped when
-	// freed. By default glibc raises that threshold after the first such
-	// free, up to 32 MiB, and the heap then keeps what a full apply frees
-	// resident beside what comes next (the XDP sync's map windows at the
-	// end of the first apply).
-	mallopt(M_MMAP_THRESHOLD, 128 * 1024);
 	CLI::App app{"Share egress IPv4 addresses across a fleet by port slices. Without --apply-once or --remove: the "
 		     "daemon, serving org.portslice.Egress1 on the system bus (systemd Type=notify; SIGHUP reloads).",
 		     "portsliced"};
