@@ -485,7 +485,9 @@ int history(Egress1 &proxy, const OnlineOptions &options)
 		std::cout << w.str() << "\n";
 		return 0;
 	}
-	std::cout << "TIME                        GENERATION  ADDRESS          SLICE  OLD        NEW        WHY\n";
+	// Whitespace-separated columns, WHY last and nothing after it (it may be
+	// two words: "drain end"). A file's line names the file applied in NEW.
+	std::cout << "TIME                        GENERATION  ADDRESS          SLICE  OLD        NEW        UID    WHY\n";
 	for (const auto &row : rows) {
 		std::string time = journal::formatTime(static_cast<int64_t>(row.get<0>()));
 		auto pad = [](std::string text, size_t width) {
@@ -493,15 +495,13 @@ int history(Egress1 &proxy, const OnlineOptions &options)
 		};
 		std::cout << pad(time, 28) << pad(std::to_string(row.get<1>()), 12);
 		if (row.get<2>().empty()) {
-			std::cout << pad("-", 17) << pad("-", 7) << pad("-", 11) << pad("-", 11) << "file sha256:" << row.get<8>();
+			std::cout << pad("-", 17) << pad("-", 7) << pad("-", 11) << pad("sha256:" + row.get<8>(), 11);
 		} else {
 			auto name = [](const std::string &n) { return n.empty() ? std::string("(none)") : n; };
 			std::cout << pad(row.get<2>(), 17) << pad(std::to_string(row.get<3>()), 7) << pad(name(row.get<4>()), 11)
-				  << pad(name(row.get<5>()), 11) << row.get<6>();
+				  << pad(name(row.get<5>()), 11);
 		}
-		if (!row.get<7>().empty())
-			std::cout << " (uid " << row.get<7>() << ")";
-		std::cout << "\n";
+		std::cout << pad(row.get<7>().empty() ? "-" : row.get<7>(), 7) << row.get<6>() << "\n";
 	}
 	return 0;
 }

@@ -435,10 +435,38 @@ TEST_F(JournalLab, OwnerAtAnswersEverySecondOfMovesReloadsDrainsAndRestartsAsThe
 	EXPECT_EQ(lines, whys) << history.output;
 	Outcome recent = ctl("history --since " + std::to_string(static_cast<int64_t>(std::floor(steps[6].before))));
 	ASSERT_TRUE(recent.ok()) << recent.output;
-	EXPECT_NE(recent.output.find("198.51.100.1     1      s2         s3         set-owner"), std::string::npos)
+	EXPECT_NE(recent.output.find("198.51.100.1     1      s2         s3         0      set-owner\n"), std::string::npos)
 		<< recent.output;
-	EXPECT_EQ(recent.output.find("file sha256"), std::string::npos) << recent.output;
+	EXPECT_EQ(recent.output.find("sha256:"), std::string::npos) << recent.output;
 	(void)end;
+}
+
+// history's text: whitespace-separated columns, the caller's uid in a column
+// of its own, and WHY last holding the why alone (a file's line names the
+// file in NEW), so that `history | grep ' set-owner$'` finds the moves.
+TEST_F(JournalLab, HistoryTextEndsWithTheWhyAlone)
+{
+	startDaemon(0);
+	ASSERT_TRUE(ctl("set-owner 198.51.100.1 3 s2").ok());
+	Outcome history = ctl("history");
+	ASSERT_TRUE(history.ok()) << history.output;
+	std::istringstream text(history.output);
+	std::string line;
+	ASSERT_TRUE(std::getline(text, line));
+	EXPECT_TRUE(std::regex_match(line, std::regex(R"(TIME +GENERATION +ADDRESS +SLICE +OLD +NEW +UID +WHY)"))) << line;
+	std::regex row(R"((\S+) +(\d+) +(\S+) +(\S+) +(\S+) +(\S+) +(\S+) +(file|set-owner|drain end|fleet))");
+	std::vector<std::string> whys, uids, news;
+	while (std::getline(text, line)) {
+		std::smatch m;
+		ASSERT_TRUE(std::regex_match(line, m, row)) << "'" << line << "' in\n" << history.output;
+		news.push_back(m[6]);
+		uids.push_back(m[7]);
+		whys.push_back(m[8]);
+	}
+	ASSERT_EQ(whys, (std::vector<std::string>{"file", "set-owner"})) << history.output;
+	EXPECT_TRUE(std::regex_match(news[0], std::regex("sha256:[0-9a-f]{64}"))) << history.output;
+	EXPECT_EQ(news[1], "s2") << history.output;
+	EXPECT_EQ(uids, (std::vector<std::string>{"-", "0"})) << history.output; // the start had no caller; set-owner was root's
 }
 
 TEST_F(JournalLab, ADamagedRecordIsReportedWithItsOffset)
