@@ -463,6 +463,24 @@ int history(Egress1 &proxy, const OnlineOptions &options)
 		from = static_cast<uint64_t>(*us / 1000000);
 	}
 	auto rows = proxy.History(from);
+	// A damaged record: reported on standard error (file and offset) and in
+	// the exit status; the lines the journal can still tell are printed.
+	std::vector<std::string> damaged;
+	std::erase_if(rows, [&](const decltype(rows)::value_type &row) {
+		if (row.get<6>() != "damaged" || !row.get<2>().empty())
+			return false;
+		damaged.push_back(row.get<8>());
+		return true;
+	});
+	auto reportDamage = [&] {
+		for (const std::string &d : damaged)
+			std::cerr << "portslicectl history: " << d << "\n";
+		if (!damaged.empty())
+			std::cerr << "portslicectl history: the journal cannot tell the changes within "
+				  << (damaged.size() > 1 ? "these records" : "that record")
+				  << "; who owned what is unknown from the record before it until the next file line\n";
+		return damaged.empty() ? 0 : kExitFailed;
+	};
 	if (json) {
 		JsonWriter w;
 		w.beginArray();
@@ -483,7 +501,7 @@ int history(Egress1 &proxy, const OnlineOptions &options)
 		}
 		w.endArray();
 		std::cout << w.str() << "\n";
-		return 0;
+		return reportDamage();
 	}
 	// Whitespace-separated columns, WHY last and nothing after it (it may be
 	// two words: "drain end"). A file's line names the file applied in NEW.
@@ -503,7 +521,8 @@ int history(Egress1 &proxy, const OnlineOptions &options)
 		}
 		std::cout << pad(row.get<7>().empty() ? "-" : row.get<7>(), 7) << row.get<6>() << "\n";
 	}
-	return 0;
+	std::cout.flush();
+	return reportDamage();
 }
 
 int audit(Egress1 &proxy)

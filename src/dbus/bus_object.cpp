@@ -228,7 +228,7 @@ BusObject::History(const uint64_t &since)
 		rows;
 	for (const journal::Change &c : replyOrThrow(answer))
 		rows.emplace_back(static_cast<uint64_t>(c.timeUs), c.generation, c.key ? Ipv4{c.key->address}.str() : "",
-				  c.key ? c.key->slice : 0, c.old, c.now, c.why, c.uid ? std::to_string(*c.uid) : "", c.hash);
+				  c.key ? c.key->slice : 0, c.old, c.now, c.why, c.uid ? std::to_string(*c.uid) : "", c.damaged.empty() ? c.hash : c.damaged);
 	return rows;
 }
 

@@ -505,7 +505,7 @@ Scan Journal::scan() const
 				if (r)
 					scan.records.push_back(std::move(*r));
 				else
-					scan.damaged.push_back({segment, at, r.error().message()});
+					scan.damaged.push_back({segment, at, r.error().message(), scan.records.size()});
 			}
 			at = torn ? text->size() : end + 1;
 		}
@@ -526,6 +526,48 @@ std::optional<Record> Journal::last() const
 	return std::move(*record);
 }
 
+Status Journal::closeSegment(int64_t firstUs, int64_t nowUs)
+{
+	std::string stamp = formatTime(firstUs);
+	std::string name = "journal-" + stamp.substr(0, 4) + stamp.substr(5, 2) + stamp.substr(8, 2) + "T" +
+			   stamp.substr(11, 2) + stamp.substr(14, 2) + stamp.substr(17, 2) + "Z";
+	std::string target = dir_ + "/" + name;
+	if (::access(target.c_str(), F_OK) == 0)
+		target += "-" + std::to_string(nowUs);
+	if (::rename(path().c_str(), target.c_str()) < 0)
+		return Error(errno, "rotating " + path());
+	firstUs_.reset();
+	out_.reset();
+	return {};
+}
+
+Result<std::vector<Damaged>> Journal::sealIfDamaged(int64_t nowUs)
+{
+	std::optional<std::string> text = readWhole(path());
+	if (!text || text->empty())
+		return std::vector<Damaged>();
+	std::vector<Damaged> damaged;
+	for (size_t at = 0; at < text->size();) {
+		size_t end = text->find('\n', at);
+		bool torn = end == std::string::npos;
+		std::string_view line(text->data() + at, (torn ? text->size() : end) - at);
+		if (!line.empty()) {
+			Result<Record> r = torn ? Result<Record>(Error("no end of line (torn write)")) : decode(line);
+			if (!r)
+				damaged.push_back({path(), at, r.error().message()});
+		}
+		at = torn ? text->size() : end + 1;
+	}
+	if (damaged.empty())
+		return damaged;
+	Result<Record> first = decode(std::string_view(*text).substr(0, text->find('\n')));
+	if (Status moved = closeSegment(first ? first->timeUs : nowUs, nowUs); !moved)
+		return moved.error();
+	if (Status synced = syncDir(dir_); !synced)
+		return synced.error();
+	return damaged;
+}
+
 Result<bool> Journal::rotateIfDue(int64_t nowUs, const std::string &keepHash)
 {
 	if (!firstUs_) {
@@ -538,16 +580,8 @@ Result<bool> Journal::rotateIfDue(int64_t nowUs, const std::string &keepHash)
 	}
 	if (dayOf(*firstUs_) >= dayOf(nowUs))
 		return false;
-	std::string stamp = formatTime(*firstUs_);
-	std::string name = "journal-" + stamp.substr(0, 4) + stamp.substr(5, 2) + stamp.substr(8, 2) + "T" +
-			   stamp.substr(11, 2) + stamp.substr(14, 2) + stamp.substr(17, 2) + "Z";
-	std::string target = dir_ + "/" + name;
-	if (::access(target.c_str(), F_OK) == 0)
-		target += "-" + std::to_string(nowUs);
-	if (::rename(path().c_str(), target.c_str()) < 0)
-		return Error(errno, "rotating " + path());
-	firstUs_.reset();
-	out_.reset();
+	if (Status moved = closeSegment(*firstUs_, nowUs); !moved)
+		return moved.error();
 
 	// Old segments: a segment can go when the next one began before the limit
 	// (every record it holds is older, and the next starts with a checkpoint).

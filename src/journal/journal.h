@@ -77,6 +77,7 @@ struct Damaged {
 	std::string file;
 	uint64_t offset = 0; // byte offset of the damaged line in `file`
 	std::string reason;
+	size_t before = 0; // its place among the good records: Scan::records[before] is the next one
 	std::string str() const; // "FILE: damaged record at offset N: REASON"
 };
 
@@ -110,12 +111,21 @@ public:
 
 	// Every record of every segment, oldest first; damaged lines are listed, never skipped silently.
 	Scan scan() const;
+	// At start: when the segment being written holds a damaged line (most
+	// often its last, cut short by a crash while appending), it is closed as
+	// it is, renamed as a rotated segment, and the next record (the start's
+	// file, with the whole state) begins a new one. Returns the damaged lines
+	// (to be logged; they stay where they are, reported by every scan), none
+	// when all is well.
+	Result<std::vector<Damaged>> sealIfDamaged(int64_t nowUs);
 	// The last record of the segment being written; none when it is empty,
 	// missing or its last line is damaged.
 	std::optional<Record> last() const;
 
 private:
 	std::vector<std::string> segments() const; // rotated ones (oldest first), then the current one
+	// Rename the segment being written to journal-STAMP (the time of its first record).
+	Status closeSegment(int64_t firstUs, int64_t nowUs);
 	std::string dir_;
 	int keepDays_;
 	std::optional<int64_t> firstUs_; // time of the current segment's first record, once known

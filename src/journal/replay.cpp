@@ -3,6 +3,7 @@
 #include "journal/replay.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "plan/plan.h"
 
@@ -178,16 +179,40 @@ std::vector<Change> diff(const SliceMap &before, const SliceMap &after)
 }
 
 Status replay(const Scan &scan, const FileLoader &load,
-	      const std::function<void(const Step &, const SliceMap &, const config::Config &file)> &visit)
+	      const std::function<void(const Step &, const SliceMap &, const config::Config &file,
+				       const Damaged *uncertain)> &visit,
+	      const std::function<void(const Damaged &, int64_t sinceUs)> &damaged,
+	      const std::function<void(const Damaged &, int64_t previousUs)> &passed)
 {
-	if (!scan.damaged.empty())
-		return Error(scan.damaged.front().str() + (scan.damaged.size() > 1
-			     ? " (and " + std::to_string(scan.damaged.size() - 1) + " more)" : ""));
 	SliceMap state;
 	std::shared_ptr<const config::Config> file;
 	std::string hash;
 	std::vector<const Record *> pending;
-	for (const Record &r : scan.records) {
+	const Damaged *uncertain = nullptr; // the damage the state may be wrong by, until a file record
+	const Damaged *lurking = nullptr;   // a damage that matters only if the change after it applies
+	size_t nextDamage = 0;
+	auto becomeUncertain = [&](const Damaged &d, int64_t since) {
+		uncertain = &d;
+		if (damaged)
+			damaged(d, since);
+	};
+	auto passDamage = [&](size_t index) {
+		for (; nextDamage < scan.damaged.size() && scan.damaged[nextDamage].before <= index; nextDamage++) {
+			const Damaged &d = scan.damaged[nextDamage];
+			if (passed)
+				passed(d, index > 0 ? scan.records[index - 1].timeUs : 0);
+			// Within a change (its outcome, or one of its records): what it did is
+			// not known from its time on. Between changes: a change record whose
+			// outcome follows, or nothing that counts (a crash while writing).
+			if (!pending.empty())
+				becomeUncertain(d, pending.front()->timeUs);
+			else
+				lurking = &d;
+		}
+	};
+	for (size_t index = 0; index < scan.records.size(); index++) {
+		passDamage(index);
+		const Record &r = scan.records[index];
 		if (r.kind != Record::Kind::Outcome) {
 			// The records of one attempt share generation and time (one append);
 			// an earlier attempt that never got an outcome never took effect.
@@ -202,8 +227,20 @@ Status replay(const Scan &scan, const FileLoader &load,
 			if (p->generation == r.generation)
 				group.push_back(p);
 		pending.clear();
-		if (!r.applied || group.empty())
+		const Damaged *lurked = std::exchange(lurking, nullptr);
+		if (!r.applied)
 			continue;
+		if (group.empty()) {
+			// The change this outcome applied may be the damaged record just before it.
+			if (lurked && lurked->before == index)
+				becomeUncertain(*lurked, index > 0 ? scan.records[index - 1].timeUs : r.timeUs);
+			continue;
+		}
+		bool whole = std::any_of(group.begin(), group.end(),
+					 [](const Record *p) { return p->kind == Record::Kind::File; });
+		// A damaged first record of a change of moves: the moves applied are not all known.
+		if (lurked && !whole && lurked->before == static_cast<size_t>(group.front() - scan.records.data()))
+			becomeUncertain(*lurked, group.front()->timeUs);
 		Step step;
 		step.timeUs = group.front()->timeUs;
 		step.generation = r.generation;
@@ -219,6 +256,8 @@ Status replay(const Scan &scan, const FileLoader &load,
 				SliceMap next = ownershipOf(*file);
 				for (const auto &[key, s] : p->exceptions)
 					next[key] = s;
+				// The whole state again: what a damage before it left uncertain is known.
+				uncertain = nullptr;
 				Change line;
 				line.timeUs = p->timeUs;
 				line.generation = p->generation;
@@ -256,19 +295,27 @@ Status replay(const Scan &scan, const FileLoader &load,
 		if (!file)
 			continue; // moves before any file (a rotated-away start): nothing to lay them on
 		step.hash = hash;
-		visit(step, state, *file);
+		visit(step, state, *file, uncertain);
 	}
+	passDamage(scan.records.size());
 	return {};
 }
 
 Result<std::vector<Change>> history(const Scan &scan, const FileLoader &load, int64_t sinceUs)
 {
 	std::vector<Change> lines;
-	Status walked = replay(scan, load, [&](const Step &step, const SliceMap &, const config::Config &) {
-		for (const Change &c : step.changes)
-			if (c.timeUs >= sinceUs)
-				lines.push_back(c);
-	});
+	Status walked = replay(
+		scan, load,
+		[&](const Step &step, const SliceMap &, const config::Config &, const Damaged *) {
+			for (const Change &c : step.changes)
+				if (c.timeUs >= sinceUs)
+					lines.push_back(c);
+		},
+		{},
+		[&](const Damaged &d, int64_t previous) {
+			if (previous >= sinceUs)
+				lines.push_back(Change{.timeUs = previous, .why = "damaged", .damaged = d.str()});
+		});
 	if (!walked)
 		return walked.error();
 	return lines;
@@ -312,14 +359,17 @@ Result<std::optional<AnswerAt>> ownerAt(const Scan &scan, const FileLoader &load
 		int64_t from;
 		uint64_t generation;
 		PortAnswer answer;
+		const Damaged *uncertain = nullptr; // the answer is not known from `from` on
 	};
 	std::vector<Segment> segments;
-	Status walked = replay(scan, load, [&](const Step &step, const SliceMap &state, const config::Config &file) {
+	auto visit = [&](const Step &step, const SliceMap &state, const config::Config &file, const Damaged *uncertain) {
+		if (uncertain)
+			return; // within the interval the damage left unknown (its segment is in place)
 		// Only a change that can touch this port's answer is planned again:
 		// a new file, a move of its slice, or one to or from its server
 		// (the server's plan, so its sources' addresses, may change).
-		bool relevant = segments.empty();
-		const PortAnswer *last = segments.empty() ? nullptr : &segments.back().answer;
+		bool relevant = segments.empty() || segments.back().uncertain;
+		const PortAnswer *last = segments.empty() || segments.back().uncertain ? nullptr : &segments.back().answer;
 		for (const Record &r : step.records) {
 			if (relevant)
 				break;
@@ -345,7 +395,9 @@ Result<std::optional<AnswerAt>> ownerAt(const Scan &scan, const FileLoader &load
 		if (last && *last == answer)
 			return;
 		segments.push_back({step.timeUs, step.generation, std::move(answer)});
-	});
+	};
+	auto damaged = [&](const Damaged &d, int64_t since) { segments.push_back({since, 0, PortAnswer{}, &d}); };
+	Status walked = replay(scan, load, visit, damaged);
 	if (!walked)
 		return walked.error();
 	// Seconds: of several changes within one second, the last is the answer for that second.
@@ -353,24 +405,33 @@ Result<std::optional<AnswerAt>> ownerAt(const Scan &scan, const FileLoader &load
 	for (Segment &s : segments) {
 		if (!bySecond.empty() && floorSeconds(bySecond.back().from) == floorSeconds(s.from))
 			bySecond.pop_back();
-		if (!bySecond.empty() && bySecond.back().answer == s.answer)
+		if (!bySecond.empty() && bySecond.back().answer == s.answer && bySecond.back().uncertain == s.uncertain)
 			continue;
 		bySecond.push_back(std::move(s));
 	}
 	// What the abuse desk is told (OwnerAt's server and inside): the interval
 	// is the whole run of seconds with that answer around the moment, not
 	// cut where only a detail changed (a drain's end, the draining owner).
-	auto sameAnswer = [](const PortAnswer &a, const PortAnswer &b) {
-		return a.shared == b.shared && a.slice.has_value() == b.slice.has_value() && a.server == b.server &&
-		       a.inside == b.inside;
+	auto sameAnswer = [](const Segment &a, const Segment &b) {
+		return !a.uncertain && !b.uncertain && a.answer.shared == b.answer.shared &&
+		       a.answer.slice.has_value() == b.answer.slice.has_value() && a.answer.server == b.answer.server &&
+		       a.answer.inside == b.answer.inside;
 	};
 	for (size_t i = bySecond.size(); i-- > 0;) {
 		if (floorSeconds(bySecond[i].from) > when)
 			continue;
+		if (bySecond[i].uncertain) {
+			size_t next = i + 1;
+			return Error(bySecond[i].uncertain->str() + ": who held the port from " +
+				     formatSeconds(floorSeconds(bySecond[i].from)) + " until " +
+				     (next < bySecond.size() ? formatSeconds(floorSeconds(bySecond[next].from))
+							     : std::string("now")) +
+				     " is not known (the next file record holds the whole state again)");
+		}
 		size_t first = i, next = i + 1;
-		while (first > 0 && sameAnswer(bySecond[first - 1].answer, bySecond[i].answer))
+		while (first > 0 && sameAnswer(bySecond[first - 1], bySecond[i]))
 			first--;
-		while (next < bySecond.size() && sameAnswer(bySecond[next].answer, bySecond[i].answer))
+		while (next < bySecond.size() && sameAnswer(bySecond[next], bySecond[i]))
 			next++;
 		AnswerAt at;
 		at.answer = bySecond[i].answer;

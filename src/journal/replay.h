@@ -35,6 +35,7 @@ struct Change {
 	std::optional<uint32_t> uid;
 	std::string hash; // the file's line: its SHA-256
 	bool drainEnd = false; // the owner stays; `old` stopped draining (no SliceOwnerChanged)
+	std::string damaged; // a damaged record in its place (why "damaged", time of the record before it): Damaged::str()
 	bool operator==(const Change &) const = default;
 };
 
@@ -81,10 +82,22 @@ struct Step {
 
 // Walk the applied steps in order (changes whose outcome is not `applied`
 // never took effect and are left out); `visit` sees each step and the state
-// after it. Fails on a damaged record (with its offset) or a missing kept file.
+// after it. `passed` is told of each damaged record in its place, with the
+// time of the record before it. A damaged record that may have changed who
+// owns what (inside a change: its outcome or one of its moves; or just
+// before an applied outcome or change of moves it may belong to) makes the
+// state uncertain from that change's time: `damaged` is told, and the steps
+// are visited with `uncertain` set until the next applied file record,
+// which holds the whole state again. One between changes that is followed
+// by none applied, or by a file record (a line torn by a crash, then the
+// restart's file), changes nothing. Fails on a missing kept file.
 Status replay(const Scan &scan, const FileLoader &load,
-	      const std::function<void(const Step &, const SliceMap &, const config::Config &file)> &visit);
+	      const std::function<void(const Step &, const SliceMap &, const config::Config &file,
+				       const Damaged *uncertain)> &visit,
+	      const std::function<void(const Damaged &, int64_t sinceUs)> &damaged = {},
+	      const std::function<void(const Damaged &, int64_t previousUs)> &passed = {});
 
+// The history lines since `sinceUs`, each damaged record a line of its own (Change::damaged) in its place.
 Result<std::vector<Change>> history(const Scan &scan, const FileLoader &load, int64_t sinceUs);
 
 // What ADDRESS:PORT meant under one state.
@@ -116,6 +129,8 @@ struct AnswerAt {
 // else changed within it (a drain that ended, say).
 // nullopt: `when` is before the journal; `begins` is then set to the first
 // second it answers for (left alone when it has no applied file at all).
+// Fails when a damaged record leaves the answer at `when` uncertain (the
+// error names the record and the interval it leaves unknown).
 Result<std::optional<AnswerAt>> ownerAt(const Scan &scan, const FileLoader &load, Ipv4 address, uint16_t port,
 					int64_t when, std::optional<int64_t> *begins = nullptr);
 

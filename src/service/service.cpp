@@ -179,6 +179,19 @@ Answer<uint64_t> Service::start()
 	// between keeping G and applying it (no outcome), or a failed G whose
 	// file could not be put back, makes the start a new generation, which
 	// the journal then records.
+	// A journal segment with a damaged line (most often the last, cut short
+	// by a crash while appending) is closed as it is and a new one begun: no
+	// record is ever written after the damage, and the start's file record
+	// (no resume without the journal's last word) holds the whole state, so
+	// that answers from here on are known; queries report the damage.
+	Result<std::vector<journal::Damaged>> sealed = journal_.sealIfDamaged(nowUs());
+	if (!sealed)
+		listener_.logEvent(4, "closing the damaged ownership journal " + journal_.path() + ": " +
+					      sealed.error().message(), {});
+	else
+		for (const journal::Damaged &d : *sealed)
+			listener_.logEvent(4, d.str() + "; that segment is closed as it is (renamed journal-STAMP) and "
+						      "the journal goes on in a new one", {});
 	if (loaded->form == Loaded::Form::Current && loaded->writer == PORTSLICE_VERSION &&
 	    !persisted_.fileHash.empty() && persisted_.generation == generation_) {
 		std::optional<journal::Record> last = journal_.last();

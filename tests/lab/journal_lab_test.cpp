@@ -490,6 +490,94 @@ TEST_F(JournalLab, ADamagedRecordIsReportedWithItsOffset)
 	EXPECT_NE(at.output.find("offset " + std::to_string(second)), std::string::npos) << at.output;
 }
 
+// The journal stays usable after damage: a record torn by a crash while
+// appending is found at the next start (logged with file and offset), its
+// segment closed as it is and a new one begun; a byte changed in a move
+// record leaves only the moments it can have touched unknown, and a restart
+// makes them known again. history lists what it can and reports each
+// damaged record (file, offset) on standard error, exit 1.
+TEST_F(JournalLab, ADamagedJournalIsReportedAndTheAnswersItCannotTouchStillCome)
+{
+	startDaemon(0);
+	nextSecond();
+	ASSERT_TRUE(ctl("set-owner 198.51.100.1 3 s2").ok());
+	nextSecond();
+	int64_t moved = static_cast<int64_t>(std::floor(unixNow()));
+	nextSecond();
+	// The crash: killed while appending a move, half of its line written.
+	stopDaemon(SIGKILL);
+	std::string journal = stateDir() + "/journal";
+	std::string before = readFile(journal);
+	size_t move = before.find("\tmove\t");
+	ASSERT_NE(move, std::string::npos) << before;
+	move = before.rfind('\n', move) + 1;
+	std::string torn = before.substr(move, 40);
+	{
+		std::ofstream out(journal, std::ios::app);
+		out << torn;
+	}
+	startDaemon(0);
+	std::string torn_at = "damaged record at offset " + std::to_string(before.size());
+	std::string log = readFile(logPath());
+	EXPECT_NE(log.find(journal + ": " + torn_at + ": no end of line (torn write)"), std::string::npos) << log;
+	std::string closed;
+	for (const auto &entry : fs::directory_iterator(stateDir()))
+		if (entry.path().filename().string().starts_with("journal-"))
+			closed = entry.path().string();
+	ASSERT_FALSE(closed.empty());
+	EXPECT_EQ(readFile(closed), before + torn); // kept as it was, never rewritten
+	EXPECT_NE(readFile(journal).find("\tfile\t"), std::string::npos) << readFile(journal);
+
+	// Every moment answers: the torn move never applied, the restart's file holds the whole state.
+	Outcome then = ctl("owner 198.51.100.1:7200 --at " + std::to_string(moved));
+	EXPECT_TRUE(then.ok()) << then.output;
+	EXPECT_NE(then.output.find("slice 3, server s2"), std::string::npos) << then.output;
+	nextSecond();
+	Outcome now = ctl("owner 198.51.100.1:7200 --at " + std::to_string(static_cast<int64_t>(std::floor(unixNow()))));
+	EXPECT_TRUE(now.ok()) << now.output;
+	EXPECT_NE(now.output.find("slice 3, server s2"), std::string::npos) << now.output;
+	Outcome history = ctl("history");
+	EXPECT_EQ(history.status, 1) << history.output;
+	EXPECT_NE(history.output.find("portslicectl history: " + closed + ": " + torn_at), std::string::npos)
+		<< history.output;
+	EXPECT_NE(history.output.find(" set-owner\n"), std::string::npos) << history.output;
+	Outcome since = ctl("history --since " + std::to_string(static_cast<int64_t>(std::floor(unixNow()))));
+	EXPECT_TRUE(since.ok()) << since.output; // after the damage: nothing to report
+
+	// A byte changed in a move record (the disk, a hand): from the record
+	// before it on, the owner is unknown, and the query says which record.
+	ASSERT_TRUE(ctl("set-owner 198.51.100.1 3 s1").ok());
+	nextSecond();
+	int64_t after = static_cast<int64_t>(std::floor(unixNow()));
+	std::string current = readFile(journal);
+	size_t second = current.find("\tmove\t");
+	ASSERT_NE(second, std::string::npos) << current;
+	second = current.rfind('\n', second) + 1;
+	Outcome flipped = sh("printf X | dd of=" + quote(journal) + " bs=1 seek=" + std::to_string(second + 25) +
+			     " conv=notrunc 2>/dev/null");
+	ASSERT_TRUE(flipped.ok()) << flipped.output;
+	std::string flipped_at = journal + ": damaged record at offset " + std::to_string(second);
+	Outcome unknown = ctl("owner 198.51.100.1:7200 --at " + std::to_string(after));
+	EXPECT_EQ(unknown.status, 1) << unknown.output;
+	EXPECT_NE(unknown.output.find(flipped_at), std::string::npos) << unknown.output;
+	then = ctl("owner 198.51.100.1:7200 --at " + std::to_string(moved));
+	EXPECT_TRUE(then.ok()) << then.output; // before it: as if it were not there
+	history = ctl("history");
+	EXPECT_EQ(history.status, 1) << history.output;
+	EXPECT_NE(history.output.find(torn_at), std::string::npos) << history.output;
+	EXPECT_NE(history.output.find(flipped_at), std::string::npos) << history.output;
+
+	// A restart closes that segment too and begins from the whole state: known again.
+	stopDaemon();
+	startDaemon(0);
+	log = readFile(logPath());
+	EXPECT_NE(log.find(flipped_at + ": checksum mismatch"), std::string::npos) << log;
+	nextSecond();
+	now = ctl("owner 198.51.100.1:7200 --at " + std::to_string(static_cast<int64_t>(std::floor(unixNow()))));
+	EXPECT_TRUE(now.ok()) << now.output;
+	EXPECT_NE(now.output.find("slice 3, server s1"), std::string::npos) << now.output;
+}
+
 // The copy sent to the systemd journal carries the record's own time, the
 // same as the journal file's: the daemon's /run/systemd is, in a mount
 // namespace of its own, a directory whose journal/socket the test reads.

@@ -123,44 +123,102 @@ TEST(Records, AChangedByteIsDamage)
 	}
 }
 
-TEST_F(JournalTest, ADamagedRecordIsReportedWithItsOffsetAndStopsQueries)
+// A damaged record is reported in its place with its offset; only the
+// answers it leaves uncertain fail (naming it), until a file record holds
+// the whole state again.
+TEST_F(JournalTest, ADamagedRecordIsReportedWithItsOffsetAndStopsOnlyTheQueriesItTouches)
 {
 	Journal journal(dir_.string(), 400);
 	ASSERT_TRUE(journal.append({fileRecord(100, 1), outcome(100, 1)}).ok());
-	std::string before;
-	{
-		std::ifstream in(journal.path());
-		std::stringstream text;
-		text << in.rdbuf();
-		before = text.str();
-	}
 	ASSERT_TRUE(journal.append({moveRecord(200, 2, 2, "s2", "s1"), outcome(200, 2)}).ok());
-	// Flip one byte of the move record.
+	size_t before = fs::file_size(journal.path());
+	ASSERT_TRUE(journal.append({moveRecord(300, 3, 2, "s1", "s3"), outcome(300, 3)}).ok());
+	// Flip one byte of the second move: its outcome says it applied, what it did is not known.
 	{
 		std::fstream io(journal.path(), std::ios::in | std::ios::out | std::ios::binary);
-		io.seekp(static_cast<std::streamoff>(before.size() + 20));
+		io.seekp(static_cast<std::streamoff>(before + 20));
 		io.put('#');
 	}
+	ASSERT_TRUE(journal.append({fileRecord(400, 4), outcome(400, 4)}).ok());
 	Scan scan = journal.scan();
 	ASSERT_EQ(scan.damaged.size(), 1u);
-	EXPECT_EQ(scan.damaged[0].offset, before.size());
+	EXPECT_EQ(scan.damaged[0].offset, before);
 	EXPECT_EQ(scan.damaged[0].file, journal.path());
-	EXPECT_EQ(scan.records.size(), 3u);
+	EXPECT_EQ(scan.records.size(), 7u);
 	Result<std::vector<Change>> lines = history(scan, loader(), 0);
-	ASSERT_FALSE(lines.ok());
-	EXPECT_NE(lines.error().message().find("damaged record at offset " + std::to_string(before.size())),
-		  std::string::npos)
-		<< lines.error().message();
+	ASSERT_TRUE(lines.ok()) << lines.error().message();
+	std::vector<std::string> whys;
+	for (const Change &c : *lines)
+		whys.push_back(c.why);
+	EXPECT_EQ(whys, (std::vector<std::string>{"file", "set-owner", "damaged", "file", "file"}));
+	EXPECT_NE((*lines)[2].damaged.find("damaged record at offset " + std::to_string(before)), std::string::npos)
+		<< (*lines)[2].damaged;
+	EXPECT_EQ((*lines)[2].timeUs, outcome(200, 2).timeUs); // in its place: after the record before it
+	Result<std::vector<Change>> since = history(scan, loader(), 350 * 1000000);
+	ASSERT_TRUE(since.ok());
+	EXPECT_EQ(since->size(), 2u); // a --since after it leaves it out
+	const uint16_t port = 1024 + 2 * 2048;
+	auto at = [&](int64_t when) { return ownerAt(scan, loader(), Ipv4{kAddress}, port, when); };
+	ASSERT_TRUE(at(150).ok()) << at(150).error().message(); // before the damage: as if there were none
+	EXPECT_EQ((*at(150))->answer.server, "s2");
+	EXPECT_EQ((*at(150))->until, 200);
+	// From the record before the damage on (the move it hides may have been made
+	// at any moment after it) until the next file record: unknown, and said so.
+	for (int64_t when : {200, 300, 399}) {
+		Result<std::optional<AnswerAt>> unknown = at(when);
+		ASSERT_FALSE(unknown.ok()) << when;
+		EXPECT_NE(unknown.error().message().find("offset " + std::to_string(before)), std::string::npos)
+			<< unknown.error().message();
+	}
+	ASSERT_TRUE(at(450).ok()) << at(450).error().message(); // the file record holds the whole state again
+	EXPECT_EQ((*at(450))->answer.server, "s2");
+	EXPECT_EQ((*at(450))->from, 400);
 
-	// A torn last line (a crash mid-write) is damage too; the next record starts on a line of its own.
+	// A torn last line (a crash mid-write, never applied): damage too, and it
+	// changes nothing; the next record starts on a line of its own.
 	{
 		std::ofstream out(journal.path(), std::ios::app);
 		out << "0badc0de\t2026";
 	}
-	ASSERT_TRUE(journal.append({outcome(300, 3)}).ok());
+	ASSERT_TRUE(journal.append({fileRecord(500, 5), outcome(500, 5)}).ok());
 	scan = journal.scan();
 	ASSERT_EQ(scan.damaged.size(), 2u);
-	EXPECT_EQ(scan.records.back(), outcome(300, 3));
+	EXPECT_EQ(scan.records.back(), outcome(500, 5));
+	ASSERT_TRUE(ownerAt(scan, loader(), Ipv4{kAddress}, port, 499).ok());
+	ASSERT_TRUE(ownerAt(scan, loader(), Ipv4{kAddress}, port, 600).ok());
+}
+
+// At start, a segment with a damaged line (here its last, torn) is closed as it is (renamed as a
+// rotated segment) and the next record begins a new one.
+TEST_F(JournalTest, ATornEndIsSealedInASegmentOfItsOwn)
+{
+	Journal journal(dir_.string(), 400);
+	ASSERT_TRUE(journal.append({fileRecord(100, 1), outcome(100, 1)}).ok());
+	Result<std::vector<Damaged>> none = journal.sealIfDamaged(150 * 1000000);
+	ASSERT_TRUE(none.ok());
+	EXPECT_TRUE(none->empty());
+	size_t size = fs::file_size(journal.path());
+	{
+		std::ofstream out(journal.path(), std::ios::app);
+		out << encode(moveRecord(200, 2, 2, "s2", "s1")).substr(0, 30);
+	}
+	Journal restarted(dir_.string(), 400);
+	Result<std::vector<Damaged>> sealed = restarted.sealIfDamaged(300 * 1000000);
+	ASSERT_TRUE(sealed.ok()) << sealed.error().message();
+	ASSERT_EQ(sealed->size(), 1u);
+	EXPECT_EQ((*sealed)[0].offset, size);
+	EXPECT_FALSE(fs::exists(restarted.path()));
+	fs::path closed = dir_ / "journal-19700101T000140Z";
+	ASSERT_TRUE(fs::exists(closed));
+	EXPECT_EQ((*sealed)[0].str(), restarted.path() + ": damaged record at offset " + std::to_string(size) +
+				     ": no end of line (torn write)");
+	ASSERT_TRUE(restarted.append({fileRecord(300, 2), outcome(300, 2)}).ok());
+	Scan scan = restarted.scan();
+	ASSERT_EQ(scan.damaged.size(), 1u);
+	EXPECT_EQ(scan.damaged[0].file, closed.string()); // where the damage now is
+	EXPECT_EQ(scan.damaged[0].offset, size);
+	EXPECT_EQ(scan.records.size(), 4u);
+	EXPECT_TRUE(restarted.last().has_value());
 }
 
 // An append goes to the file the path names when it is made: the journal
