@@ -368,6 +368,8 @@ int owner(Egress1 &proxy, const OnlineOptions &options)
 		return kExitUsage;
 	}
 	uint64_t when = 0;
+	int64_t askedUs = 0;
+	bool exact = false; // a fraction of a second given: that moment, to the microsecond
 	if (!at.empty()) {
 		std::optional<int64_t> us = journal::parseTime(at);
 		if (!us || *us < 1000000) {
@@ -375,9 +377,35 @@ int owner(Egress1 &proxy, const OnlineOptions &options)
 				  << at << "'\n";
 			return kExitUsage;
 		}
+		askedUs = *us;
 		when = static_cast<uint64_t>(*us / 1000000);
+		exact = at.find('.') != std::string::npos;
 	}
 	std::map<std::string, std::string> f = proxy.OwnerDetails(address, port, when);
+	// The daemon answers for the end of the second; when the answer changed
+	// within it, it lists each answer of that second to the microsecond, and
+	// a moment given to a fraction of a second picks its own.
+	size_t within = f.count("within_second") ? std::stoul(field(f, "within_second")) : 0;
+	auto withinPrefix = [](size_t k) { return "within" + std::to_string(k) + "_"; };
+	std::string chosen; // the prefix of the answer told: "" the end of the second
+	if (exact) {
+		for (size_t k = 0; k < within; k++) {
+			int64_t from = std::stoll(field(f, withinPrefix(k) + "from_us"));
+			int64_t until = std::stoll(field(f, withinPrefix(k) + "until_us"));
+			if (from <= askedUs && (until == 0 || askedUs < until))
+				chosen = withinPrefix(k);
+		}
+		if (!field(f, chosen + "unknown").empty()) {
+			std::cerr << "portslicectl owner: reading the ownership journal: " << field(f, chosen + "unknown")
+				  << ": who held the port at " << journal::formatTime(askedUs) << " is not known\n";
+			return kExitFailed;
+		}
+	}
+	std::string moment = exact ? journal::formatTime(askedUs) : journal::formatSeconds(static_cast<int64_t>(when));
+	auto usTime = [&](const std::string &key) {
+		std::string value = field(f, key);
+		return value.empty() || value == "0" ? std::string() : journal::formatTime(std::stoll(value));
+	};
 	if (json) {
 		// The shape of the offline `owner --json`, with the daemon's fields after it.
 		auto answer = [&](JsonWriter &w, const std::string &prefix) {
@@ -399,21 +427,24 @@ int owner(Egress1 &proxy, const OnlineOptions &options)
 			mode.empty() ? (void)w.null() : (void)w.value(mode);
 		};
 		auto number = [&](const std::string &key) { return static_cast<uint64_t>(std::stoull(field(f, key))); };
+		auto seconds = [&](const std::string &key) { // Unix seconds of a *_us field
+			return static_cast<uint64_t>(std::stoll(field(f, key)) / 1000000);
+		};
 		JsonWriter w;
 		w.beginObject().key("address").value(address).key("port").value(port);
-		w.key("slice").value(number("slice"));
-		answer(w, "");
+		w.key("slice").value(number(chosen + "slice"));
+		answer(w, chosen);
 		w.key("inside_prefix");
-		field(f, "inside_prefix").empty() ? (void)w.null() : (void)w.value(field(f, "inside_prefix"));
-		w.key("generation").value(number("generation"));
+		field(f, chosen + "inside_prefix").empty() ? (void)w.null() : (void)w.value(field(f, chosen + "inside_prefix"));
+		w.key("generation").value(number(chosen + "generation"));
 		w.key("at");
-		when ? (void)w.value(journal::formatSeconds(static_cast<int64_t>(when))) : (void)w.null();
+		when ? (void)w.value(moment) : (void)w.null();
 		w.key("from");
-		when ? (void)w.value(number("from")) : (void)w.null();
+		when ? (void)w.value(chosen.empty() ? number("from") : seconds(chosen + "from_us")) : (void)w.null();
 		w.key("until");
-		when ? (void)w.value(number("until")) : (void)w.null();
+		when ? (void)w.value(chosen.empty() ? number("until") : seconds(chosen + "until_us")) : (void)w.null();
 		w.key("draining");
-		if (field(f, "draining_server").empty()) {
+		if (!chosen.empty() || field(f, "draining_server").empty()) {
 			w.null();
 		} else {
 			w.beginObject();
@@ -421,15 +452,32 @@ int owner(Egress1 &proxy, const OnlineOptions &options)
 			w.key("until").value(number("draining_until"));
 			w.endObject();
 		}
+		if (within) {
+			// Every answer of that second, to the microsecond (RFC 3339; until null: still holds).
+			w.key("within_second").beginArray();
+			for (size_t k = 0; k < within; k++) {
+				std::string p = withinPrefix(k);
+				w.beginObject().key("from").value(usTime(p + "from_us")).key("until");
+				usTime(p + "until_us").empty() ? (void)w.null() : (void)w.value(usTime(p + "until_us"));
+				if (!field(f, p + "unknown").empty()) {
+					w.key("unknown").value(field(f, p + "unknown"));
+				} else {
+					answer(w, p);
+					w.key("generation").value(number(p + "generation"));
+				}
+				w.endObject();
+			}
+			w.endArray();
+		}
 		w.endObject();
 		std::cout << w.str() << "\n";
 		return 0;
 	}
 	std::cout << target;
 	if (when)
-		std::cout << " at " << journal::formatSeconds(static_cast<int64_t>(when));
-	std::cout << ": slice " << field(f, "slice") << ", " << describe(f, "") << "\n";
-	if (!field(f, "draining_server").empty()) {
+		std::cout << " at " << moment;
+	std::cout << ": slice " << field(f, chosen + "slice") << ", " << describe(f, chosen) << "\n";
+	if (chosen.empty() && !field(f, "draining_server").empty()) {
 		std::string until = field(f, "draining_until");
 		std::cout << "  draining: " << field(f, "draining_server")
 			  << " keeps the flows it opened before the move"
@@ -439,11 +487,27 @@ int owner(Egress1 &proxy, const OnlineOptions &options)
 				std::cout << ": " << describe(f, "draining_");
 		std::cout << "\n";
 	}
-	if (when) {
+	if (when && !chosen.empty()) {
+		std::string until = usTime(chosen + "until_us");
+		std::cout << "  held from " << usTime(chosen + "from_us") << (until.empty() ? " until now" : " until " + until)
+			  << " (generation " << field(f, chosen + "generation") << ")\n";
+	} else if (when) {
 		std::string until = field(f, "until");
 		std::cout << "  held from " << journal::formatSeconds(std::stoll(field(f, "from")))
 			  << (until == "0" ? " until now" : " until " + journal::formatSeconds(std::stoll(until)))
 			  << " (generation " << field(f, "generation") << ")\n";
+	}
+	if (within && !exact) {
+		std::cout << "  the owner changed within that second (the answer above is the one at its end; "
+			     "--at with a fraction of a second picks one):\n";
+		for (size_t k = 0; k < within; k++) {
+			std::string p = withinPrefix(k), until = usTime(p + "until_us");
+			std::cout << "    from " << usTime(p + "from_us") << (until.empty() ? " until now" : " until " + until)
+				  << ": "
+				  << (field(f, p + "unknown").empty() ? describe(f, p) + " (generation " + field(f, p + "generation") + ")"
+								   : "not known: " + field(f, p + "unknown"))
+				  << "\n";
+		}
 	}
 	return 0;
 }

@@ -203,7 +203,8 @@ std::map<std::string, std::string> BusObject::OwnerDetails(const std::string &ad
 			f["draining_until"] = std::to_string(live.now.drainUntil);
 		}
 	} else {
-		auto answer = service_.ownerAt(address, port, when);
+		std::vector<journal::AnswerAt> within;
+		auto answer = service_.ownerAt(address, port, when, &within);
 		const journal::AnswerAt &at = replyOrThrow(answer);
 		putAnswer(f, at.answer, "");
 		f["slice"] = std::to_string(*at.answer.slice);
@@ -213,6 +214,20 @@ std::map<std::string, std::string> BusObject::OwnerDetails(const std::string &ad
 		if (!at.answer.previous.empty()) {
 			f["draining_server"] = at.answer.previous;
 			f["draining_until"] = std::to_string(at.answer.drainUntil);
+		}
+		// The answer changed within that second: each one, to the microsecond.
+		if (!within.empty())
+			f["within_second"] = std::to_string(within.size());
+		for (size_t k = 0; k < within.size(); k++) {
+			std::string prefix = "within" + std::to_string(k) + "_";
+			const journal::AnswerAt &w = within[k];
+			putAnswer(f, w.answer, prefix);
+			f[prefix + "slice"] = w.answer.slice ? std::to_string(*w.answer.slice) : "";
+			f[prefix + "generation"] = std::to_string(w.generation);
+			f[prefix + "from_us"] = std::to_string(w.fromUs);
+			f[prefix + "until_us"] = std::to_string(w.untilUs);
+			if (!w.unknown.empty())
+				f[prefix + "unknown"] = w.unknown;
 		}
 	}
 	return f;

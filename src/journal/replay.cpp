@@ -353,7 +353,7 @@ PortAnswer answerFor(const config::Config &config, Ipv4 address, uint16_t port)
 }
 
 Result<std::optional<AnswerAt>> ownerAt(const Scan &scan, const FileLoader &load, Ipv4 address, uint16_t port,
-					int64_t when, std::optional<int64_t> *begins)
+					int64_t when, std::optional<int64_t> *begins, std::vector<AnswerAt> *withinSecond)
 {
 	struct Segment {
 		int64_t from;
@@ -402,12 +402,12 @@ Result<std::optional<AnswerAt>> ownerAt(const Scan &scan, const FileLoader &load
 		return walked.error();
 	// Seconds: of several changes within one second, the last is the answer for that second.
 	std::vector<Segment> bySecond;
-	for (Segment &s : segments) {
+	for (const Segment &s : segments) {
 		if (!bySecond.empty() && floorSeconds(bySecond.back().from) == floorSeconds(s.from))
 			bySecond.pop_back();
 		if (!bySecond.empty() && bySecond.back().answer == s.answer && bySecond.back().uncertain == s.uncertain)
 			continue;
-		bySecond.push_back(std::move(s));
+		bySecond.push_back(s);
 	}
 	// What the abuse desk is told (OwnerAt's server and inside): the interval
 	// is the whole run of seconds with that answer around the moment, not
@@ -417,6 +417,38 @@ Result<std::optional<AnswerAt>> ownerAt(const Scan &scan, const FileLoader &load
 		       a.answer.slice.has_value() == b.answer.slice.has_value() && a.answer.server == b.answer.server &&
 		       a.answer.inside == b.answer.inside;
 	};
+	// Within the second asked, to the microsecond: each answer that held
+	// during part of it, when more than one did (the caller may know the
+	// moment better than the second).
+	if (withinSecond) {
+		withinSecond->clear();
+		int64_t lo = when * 1000000, hi = lo + 1000000;
+		for (size_t i = 0; i < segments.size();) {
+			size_t next = i + 1;
+			while (next < segments.size() && sameAnswer(segments[next], segments[i]))
+				next++;
+			int64_t fromUs = segments[i].from;
+			int64_t untilUs = next < segments.size() ? segments[next].from : 0;
+			if (fromUs < hi && (untilUs == 0 || untilUs > lo)) {
+				size_t last = i; // the state the answer had at its end within the second
+				while (last + 1 < next && segments[last + 1].from < hi)
+					last++;
+				AnswerAt at;
+				at.answer = segments[last].answer;
+				at.fromUs = fromUs;
+				at.untilUs = untilUs;
+				at.from = floorSeconds(fromUs);
+				at.until = untilUs ? floorSeconds(untilUs) : 0;
+				at.generation = segments[last].generation;
+				if (segments[i].uncertain)
+					at.unknown = segments[i].uncertain->str();
+				withinSecond->push_back(std::move(at));
+			}
+			i = next;
+		}
+		if (withinSecond->size() < 2)
+			withinSecond->clear();
+	}
 	for (size_t i = bySecond.size(); i-- > 0;) {
 		if (floorSeconds(bySecond[i].from) > when)
 			continue;

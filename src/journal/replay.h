@@ -122,6 +122,10 @@ struct AnswerAt {
 	int64_t from = 0;      // Unix seconds: the same server and inside from here
 	int64_t until = 0;     // ... to here, exclusive; 0: still holds
 	uint64_t generation = 0; // the change that made `answer` what it is at the moment
+	// withinSecond's answers: the interval to the microsecond (untilUs 0: still
+	// holds), and, where a damaged record leaves it unknown, the record (Damaged::str()).
+	int64_t fromUs = 0, untilUs = 0;
+	std::string unknown;
 };
 
 // The answer at `when` (Unix seconds: the state after every change made at or
@@ -131,7 +135,11 @@ struct AnswerAt {
 // second it answers for (left alone when it has no applied file at all).
 // Fails when a damaged record leaves the answer at `when` uncertain (the
 // error names the record and the interval it leaves unknown).
+// `withinSecond`: when the server or inside address changed within that
+// second, every answer that held during part of it, in order, each with its
+// interval to the microsecond (the journal's precision); empty otherwise.
 Result<std::optional<AnswerAt>> ownerAt(const Scan &scan, const FileLoader &load, Ipv4 address, uint16_t port,
-					int64_t when, std::optional<int64_t> *begins = nullptr);
+					int64_t when, std::optional<int64_t> *begins = nullptr,
+					std::vector<AnswerAt> *withinSecond = nullptr);
 
 } // namespace portslice::journal

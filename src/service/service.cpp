@@ -1100,7 +1100,8 @@ Answer<LiveOwner> Service::ownerNow(std::string_view addressText, uint16_t port)
 	return live;
 }
 
-Answer<journal::AnswerAt> Service::ownerAt(std::string_view addressText, uint16_t port, uint64_t asked) const
+Answer<journal::AnswerAt> Service::ownerAt(std::string_view addressText, uint16_t port, uint64_t asked,
+					   std::vector<journal::AnswerAt> *withinSecond) const
 {
 	std::optional<Ipv4> ip = Ipv4::parse(addressText);
 	if (!ip)
@@ -1120,7 +1121,7 @@ Answer<journal::AnswerAt> Service::ownerAt(std::string_view addressText, uint16_
 	journal::Scan scan = journal_.scan();
 	auto load = [this](const std::string &hash) { return keptFile(hash); };
 	std::optional<int64_t> begins;
-	Result<std::optional<journal::AnswerAt>> at = journal::ownerAt(scan, load, *ip, port, when, &begins);
+	Result<std::optional<journal::AnswerAt>> at = journal::ownerAt(scan, load, *ip, port, when, &begins, withinSecond);
 	if (!at)
 		return Failure{Fault::NotFound, at.error().wrap("reading the ownership journal").message()};
 	if (!*at && begins)

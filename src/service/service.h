@@ -147,7 +147,9 @@ public:
 	// From the ownership journal: the answer at `when` (Unix seconds) and the
 	// interval its server and inside held. A moment more than
 	// kClockSkewSeconds ahead of the clock is NotFound; one less is now.
-	Answer<journal::AnswerAt> ownerAt(std::string_view address, uint16_t port, uint64_t when) const;
+	// `withinSecond`: see journal::ownerAt.
+	Answer<journal::AnswerAt> ownerAt(std::string_view address, uint16_t port, uint64_t when,
+					  std::vector<journal::AnswerAt> *withinSecond = nullptr) const;
 	static constexpr int64_t kClockSkewSeconds = 5;
 	// The journal's changes from `sinceUs` on; damaged records fail the call, naming their offsets.
 	Answer<std::vector<journal::Change>> history(int64_t sinceUs) const;

@@ -90,6 +90,14 @@ double unixNow()
 	return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
+// "2026-12-07T12:00:00" (UTC) as Unix seconds.
+int64_t unixOf(const std::string &text)
+{
+	tm parts{};
+	::strptime(text.c_str(), "%Y-%m-%dT%H:%M:%S", &parts);
+	return static_cast<int64_t>(::timegm(&parts));
+}
+
 // Sleep into the next whole second, so that no two steps share a second.
 void nextSecond()
 {
@@ -439,6 +447,72 @@ TEST_F(JournalLab, OwnerAtAnswersEverySecondOfMovesReloadsDrainsAndRestartsAsThe
 		<< recent.output;
 	EXPECT_EQ(recent.output.find("sha256:"), std::string::npos) << recent.output;
 	(void)end;
+}
+
+// Two moves within one second: --at with a fraction of a second answers for
+// that moment (the journal keeps microseconds), not for the end of the
+// second; --at with the whole second answers for its end and names every
+// owner of that second with its interval to the microsecond.
+TEST_F(JournalLab, OwnerAtAMomentWithinASecondOfTwoMovesIsTheOwnerThen)
+{
+	startDaemon(0);
+	std::string first, second; // the two moves' times, RFC 3339 with microseconds
+	for (int attempt = 0; attempt < 5 && first.empty(); attempt++) {
+		nextSecond();
+		ASSERT_TRUE(ctl("set-owner 198.51.100.1 3 s2").ok());
+		ASSERT_TRUE(ctl("set-owner 198.51.100.1 3 s1").ok());
+		Outcome rows = ctl("history --json --since " + std::to_string(static_cast<int64_t>(std::floor(unixNow())) - 2));
+		ASSERT_TRUE(rows.ok()) << rows.output;
+		std::vector<std::string> times;
+		std::regex row(R"re("time": "([^"]+)",\s+"generation": \d+,\s+"address": "198\.51\.100\.1",\s+"slice": 3,)re");
+		for (auto it = std::sregex_iterator(rows.output.begin(), rows.output.end(), row); it != std::sregex_iterator(); ++it)
+			times.push_back((*it)[1]);
+		ASSERT_GE(times.size(), 2u) << rows.output;
+		std::string a = times[times.size() - 2], b = times.back();
+		if (a.substr(0, 19) == b.substr(0, 19)) { // the same second (else the machine was slow: again)
+			first = a;
+			second = b;
+		} else {
+			ASSERT_TRUE(ctl("set-owner 198.51.100.1 3 s3").ok());
+		}
+	}
+	ASSERT_FALSE(first.empty()) << "no two moves within one second in 5 tries";
+	int64_t us1 = std::stoll(first.substr(20, 6)), us2 = std::stoll(second.substr(20, 6));
+	char between[24], before[24];
+	std::snprintf(between, sizeof(between), "%06lld", static_cast<long long>((us1 + us2) / 2));
+	std::snprintf(before, sizeof(before), "%06lld", static_cast<long long>(us1 / 2));
+	std::string prefix = first.substr(0, 19);
+
+	Outcome mid = ctl("owner 198.51.100.1:7200 --at " + prefix + "." + between + "Z");
+	ASSERT_TRUE(mid.ok()) << mid.output;
+	EXPECT_NE(mid.output.find("at " + prefix + "." + between + "Z: slice 3, server s2"), std::string::npos)
+		<< first << " " << second << "\n" << mid.output;
+	EXPECT_NE(mid.output.find("held from " + first + " until " + second), std::string::npos) << mid.output;
+	Outcome json = ctl("owner 198.51.100.1:7200 --json --at " + prefix + "." + between + "Z");
+	ASSERT_TRUE(json.ok()) << json.output;
+	EXPECT_TRUE(std::regex_search(json.output, std::regex(R"("slice": 3,\s+"server": "s2",)"))) << json.output;
+	if (us1 >= 2) { // before the first move of that second: the owner before it
+		Outcome early = ctl("owner 198.51.100.1:7200 --at " + prefix + "." + before + "Z");
+		ASSERT_TRUE(early.ok()) << early.output;
+		EXPECT_TRUE(early.output.find("slice 3, server s3") != std::string::npos ||
+			    early.output.find("slice 3, server s1") != std::string::npos) << early.output;
+	}
+	Outcome late = ctl("owner 198.51.100.1:7200 --at " + prefix + ".999999Z");
+	ASSERT_TRUE(late.ok()) << late.output;
+	EXPECT_NE(late.output.find("slice 3, server s1"), std::string::npos) << late.output;
+
+	// The whole second: the answer at its end, and every owner within it.
+	Outcome whole = ctl("owner 198.51.100.1:7200 --at " + prefix + "Z");
+	ASSERT_TRUE(whole.ok()) << whole.output;
+	EXPECT_NE(whole.output.find("at " + prefix + "Z: slice 3, server s1"), std::string::npos) << whole.output;
+	EXPECT_NE(whole.output.find("the owner changed within that second"), std::string::npos) << whole.output;
+	EXPECT_NE(whole.output.find("from " + first + " until " + second + ": server s2"), std::string::npos)
+		<< whole.output;
+	EXPECT_NE(whole.output.find("from " + second + " until now: server s1"), std::string::npos) << whole.output;
+	// OwnerAt (Unix seconds, the D-Bus contract) answers for the end of that second too.
+	Outcome bus = call("OwnerAt", "sqt 198.51.100.1 7200 " + std::to_string(unixOf(prefix)));
+	ASSERT_TRUE(bus.ok()) << bus.output;
+	EXPECT_EQ(bus.output.find("\"s1\""), 5u) << bus.output; // (s server, ...) = "s1"
 }
 
 // history's text: whitespace-separated columns, the caller's uid in a column

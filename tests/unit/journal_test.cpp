@@ -276,6 +276,42 @@ TEST_F(JournalTest, OnlyAppliedChangesCountAndHistoryNamesEachSlice)
 	EXPECT_EQ((*three)->answer.server, "s2");
 }
 
+// Two moves within one second: the second's answer is the one at its end,
+// and every answer within it comes with its interval to the microsecond.
+TEST_F(JournalTest, EachAnswerWithinASecondHasItsMicroseconds)
+{
+	auto at = [](Record r, int64_t us) {
+		r.timeUs = us;
+		return r;
+	};
+	Scan scan;
+	scan.records = {
+		fileRecord(100, 1), outcome(100, 1),
+		at(moveRecord(200, 2, 2, "s2", "s1"), 200200000), at(outcome(200, 2), 200200100),
+		at(moveRecord(200, 3, 2, "s1", "s3"), 200700000), at(outcome(200, 3), 200700100),
+	};
+	const uint16_t port = 1024 + 2 * 2048;
+	std::vector<AnswerAt> within;
+	Result<std::optional<AnswerAt>> end = ownerAt(scan, loader(), Ipv4{kAddress}, port, 200, nullptr, &within);
+	ASSERT_TRUE(end.ok()) << end.error().message();
+	EXPECT_EQ((*end)->answer.server, "s3");
+	ASSERT_EQ(within.size(), 3u);
+	EXPECT_EQ(within[0].answer.server, "s2");
+	EXPECT_EQ(within[0].fromUs, 100000000);
+	EXPECT_EQ(within[0].untilUs, 200200000);
+	EXPECT_EQ(within[1].answer.server, "s1");
+	EXPECT_EQ(within[1].fromUs, 200200000);
+	EXPECT_EQ(within[1].untilUs, 200700000);
+	EXPECT_EQ(within[1].generation, 2u);
+	EXPECT_EQ(within[2].answer.server, "s3");
+	EXPECT_EQ(within[2].untilUs, 0);
+	// A second with one answer throughout lists none.
+	ASSERT_TRUE(ownerAt(scan, loader(), Ipv4{kAddress}, port, 199, nullptr, &within).ok());
+	EXPECT_TRUE(within.empty());
+	ASSERT_TRUE(ownerAt(scan, loader(), Ipv4{kAddress}, port, 201, nullptr, &within).ok());
+	EXPECT_TRUE(within.empty());
+}
+
 TEST_F(JournalTest, AnswersHoldOverTheirIntervalsToTheSecond)
 {
 	Scan scan;
