@@ -9,6 +9,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "common/quote.h"
 #include "common/version.h"
 
 namespace portslice::cli {
@@ -45,7 +46,8 @@ inline void setUp(CLI::App &app)
 	app.set_version_flag("--version", app.get_name() + " " PORTSLICE_VERSION, "print the version and exit");
 	const std::string name = app.get_name();
 	app.failure_message([name](const CLI::App *, const CLI::Error &e) {
-		return name + ": " + e.what() + "\n" + "try '" + name + " --help' (or '" + name +
+		// CLI11's messages quote the arguments as they are: cut like any input.
+		return name + ": " + quoteInput(e.what(), '\0') + "\n" + "try '" + name + " --help' (or '" + name +
 		       " COMMAND --help')\n";
 	});
 	auto formatter = std::make_shared<Formatter>();

@@ -4,6 +4,7 @@
 
 #include "config/chunks.h"
 #include "config/geo.h"
+#include "common/quote.h"
 
 #include <algorithm>
 #include <cctype>
@@ -30,7 +31,7 @@ const std::string &FileName::empty()
 
 std::string Diagnostic::str() const
 {
-	std::string out = where.file;
+	std::string out = where.file.str().size() > kQuoteLimit ? quoteInput(where.file.str()) : where.file.str(); // a path from the command line
 	if (where.line > 0)
 		out += ":" + std::to_string(where.line) + ":" + std::to_string(where.column);
 	out += severity == Severity::Error ? ": error: " : ": warning: ";
@@ -163,7 +164,7 @@ public:
 		std::string_view name = key.str();
 		if (std::find(known.begin(), known.end(), name) != known.end())
 			return;
-		std::string message = "unknown key '" + std::string(name) + "' in " + context;
+		std::string message = "unknown key " + quoteInput(name, '\'') + " in " + context;
 		std::string_view best;
 		size_t bestDistance = 3;
 		for (std::string_view candidate : known) {
@@ -244,8 +245,8 @@ public:
 			return std::nullopt;
 		auto a = Ipv4::parse(*text);
 		if (!a)
-			error(node->source(), "'" + std::string(key) + "': invalid IPv4 address '" +
-						      *text + "' (expected dotted quad, e.g. 192.0.2.1)");
+			error(node->source(), "'" + std::string(key) + "': invalid IPv4 address " +
+						      quoteInput(*text, '\'') + " (expected dotted quad, e.g. 192.0.2.1)");
 		return a;
 	}
 
@@ -291,7 +292,7 @@ public:
 		auto lo = dash == std::string::npos ? std::nullopt : num(std::string_view(*text).substr(0, dash));
 		auto hi = dash == std::string::npos ? std::nullopt : num(std::string_view(*text).substr(dash + 1));
 		if (!lo || !hi) {
-			error(node->source(), "'port_range': expected \"LOW-HIGH\", e.g. \"1024-65535\", not '" + *text + "'");
+			error(node->source(), "'port_range': expected \"LOW-HIGH\", e.g. \"1024-65535\", not " + quoteInput(*text, '\''));
 			return std::nullopt;
 		}
 		if (*lo == 0 || *hi > 65535) {
@@ -315,8 +316,8 @@ public:
 				     return c == '/' || c == ':' || c == '"' || c <= ' ' || c > '~';
 			     });
 		if (!valid) {
-			error(node->source(), "'" + std::string(key) + "': invalid interface name '" + *text +
-						      "' (1-15 characters, no '/', ':', quote or space)");
+			error(node->source(), "'" + std::string(key) + "': invalid interface name " + quoteInput(*text, '\'') +
+						      " (1-15 characters, no '/', ':', quote or space)");
 			return std::nullopt;
 		}
 		return text;
@@ -349,8 +350,8 @@ public:
 			if (auto s = v.value<std::string>())
 				out[std::string(k.str())] = *s;
 			else
-				error(v.source(), "'" + std::string(key) + "." + std::string(k.str()) +
-							  "' must be a string");
+				error(v.source(), quoteInput(std::string(key) + "." + std::string(k.str()), '\'') +
+							  " must be a string");
 		}
 		return out;
 	}
@@ -522,8 +523,8 @@ public:
 				    return static_cast<unsigned char>(ch) <= ' ' || ch == 0x7f;
 			    }))
 				error(t.get("prefix")->source(), "'prefix' must start with '/', not end with '/' and hold "
-								 "no space or control character, e.g. \"/portslice/lab1\", not '" +
-								 *p + "'");
+								 "no space or control character, e.g. \"/portslice/lab1\", not " +
+								 quoteInput(*p, '\''));
 			else
 				f.prefix = *p;
 		}
@@ -534,8 +535,8 @@ public:
 		auto path = [&](const char *key, std::string &out) {
 			if (auto v = string(t.get(key), key)) {
 				if (v->empty() || v->front() != '/')
-					error(t.get(key)->source(), "'" + std::string(key) + "' must be an absolute path, not '" +
-									  *v + "'");
+					error(t.get(key)->source(), "'" + std::string(key) + "' must be an absolute path, not " +
+									  quoteInput(*v, '\''));
 				else
 					out = *v;
 			}
@@ -558,8 +559,8 @@ public:
 		}
 		phase_ = Phase::Final;
 		if (!c.serverName.empty() && !c.findServer(c.serverName) && !c.servers.empty())
-			error(serverNameWhere_, "[server] name '" + c.serverName +
-							"' is not one of [[servers]]" + knownNames(c.servers));
+			error(serverNameWhere_, "[server] name " + quoteInput(c.serverName, '\'') +
+							" is not one of [[servers]]" + knownNames(c.servers));
 	}
 
 	// " (known: a, b)", each name once (a duplicate name is its own error).
@@ -610,7 +611,7 @@ public:
 			return;
 		d.name = *name;
 		if (c.findDatacenter(d.name)) {
-			error(t.get("name")->source(), "duplicate data centre name '" + d.name + "'");
+			error(t.get("name")->source(), "duplicate data centre name " + quoteInput(d.name, '\''));
 			return;
 		}
 		c.datacenters.push_back(d);
@@ -625,8 +626,7 @@ public:
 		// The table's comment names the server, and the kernel keeps at
 		// most 256 bytes of it.
 		if (name && (name->empty() || name->size() > kServerNameLimit)) {
-			error(t.get("name")->source(), "server name '" + name->substr(0, kServerNameLimit) +
-							       (name->size() > kServerNameLimit ? "...'" : "'") + " must be 1-" +
+			error(t.get("name")->source(), "server name " + quoteInput(*name, '\'') + " must be 1-" +
 							       std::to_string(kServerNameLimit) +
 							       " characters (it names the nftables table's comment)");
 			name.reset();
@@ -637,8 +637,8 @@ public:
 			if (auto text = string(m, "mac")) {
 				s.mac = Mac::parse(*text);
 				if (!s.mac) {
-					error(m->source(), "'mac': invalid MAC address '" + *text +
-								   "' (expected six hex bytes, e.g. 02:00:00:00:00:11)");
+					error(m->source(), "'mac': invalid MAC address " + quoteInput(*text, '\'') +
+								   " (expected six hex bytes, e.g. 02:00:00:00:00:11)");
 				} else if (s.mac->bytes == Mac{ { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff } }.bytes) {
 					error(m->source(), "'mac': " + s.mac->str() +
 								   " is the broadcast address, not one server's");
@@ -656,7 +656,7 @@ public:
 		}
 		if (dc && !c.findDatacenter(*dc)) {
 			error(t.get("datacenter")->source(), "server '" + name.value_or("?") +
-								     "' names unknown data centre '" + *dc + "'" +
+								     "' names unknown data centre " + quoteInput(*dc, '\'') +
 								     knownNames(c.datacenters));
 		}
 		if (!name || !address || !dc)
@@ -702,7 +702,7 @@ public:
 			return;
 		}
 		if (dc && !c.findDatacenter(*dc))
-			error(t.get("datacenter")->source(), "address names unknown data centre '" + *dc + "'" +
+			error(t.get("datacenter")->source(), "address names unknown data centre " + quoteInput(*dc, '\'') +
 								     knownNames(c.datacenters));
 		if (tagTable) {
 			a.tags = tags(*tagTable, "tags");
@@ -730,7 +730,7 @@ public:
 						 " slices of " + std::to_string(a.sliceSize) + " ports (0-" +
 						 std::to_string(a.sliceCount() - 1) + ")");
 			if (!serverNames_.count(server) && unknown.insert(server).second)
-				error(w, "slices of " + a.address.str() + " name unknown server '" + server + "'" +
+				error(w, "slices of " + a.address.str() + " name unknown server " + quoteInput(server, '\'') +
 						 knownNames(c.servers));
 		}
 		unknown.clear();
@@ -740,7 +740,7 @@ public:
 				error(w, "previous owner of slice " + std::to_string(index) + ": no such slice on " +
 						 a.address.str());
 			if (!serverNames_.count(server) && unknown.insert(server).second)
-				error(w, "'previous' names unknown server '" + server + "'" + knownNames(c.servers));
+				error(w, "'previous' names unknown server " + quoteInput(server, '\'') + knownNames(c.servers));
 		}
 		if (!addressesSeen_.insert(a.address.value).second) {
 			error(t.get("address")->source(), "duplicate shared address " + a.address.str());
@@ -769,8 +769,8 @@ public:
 				if (auto text = string(n, "saddr")) {
 					s.match.saddr = Prefix::parse(*text);
 					if (!s.match.saddr)
-						error(n->source(), "'saddr': invalid prefix '" + *text +
-									   "' (expected ADDRESS/LENGTH with no host bits set, e.g. 100.64.1.0/24)");
+						error(n->source(), "'saddr': invalid prefix " + quoteInput(*text, '\'') +
+									   " (expected ADDRESS/LENGTH with no host bits set, e.g. 100.64.1.0/24)");
 				}
 			}
 			if (const auto *n = match->get("iifname"))
@@ -789,7 +789,7 @@ public:
 				if (*mode == "stateless")
 					s.nat = NatMode::Stateless;
 				else if (*mode != "conntrack")
-					error(n->source(), "'nat' must be \"conntrack\" or \"stateless\", not \"" + *mode + "\"");
+					error(n->source(), "'nat' must be \"conntrack\" or \"stateless\", not " + quoteInput(*mode));
 			}
 		}
 		if (const auto *n = t.get("block")) {
@@ -817,8 +817,8 @@ public:
 					 return std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' || ch == '.';
 				 });
 		if (!validName) {
-			error(t.get("name")->source(), "source name '" + s.name +
-							       "' must be 1-64 letters, digits, '-', '_' or '.' (it names nftables counters)");
+			error(t.get("name")->source(), "source name " + quoteInput(s.name, '\'') +
+							       " must be 1-64 letters, digits, '-', '_' or '.' (it names nftables counters)");
 			return;
 		}
 		// Compared with the earlier sources through indexes, not a scan of
@@ -922,7 +922,7 @@ private:
 
 std::string checkEtcdUrl(std::string_view url, std::string *normal)
 {
-	std::string quoted = "'" + std::string(url.substr(0, 200)) + "'";
+	std::string quoted = quoteInput(url, '\'');
 	// Schemes are case-insensitive (RFC 3986 section 3.1).
 	auto hasScheme = [&](std::string_view scheme) {
 		return url.size() >= scheme.size() &&
@@ -994,11 +994,11 @@ std::vector<Diagnostic> validate(const Config &config)
 				err(a.slicesWhere, "slice " + std::to_string(index) + " is beyond the port range of " + a.address.str());
 			if (!config.findServer(server))
 				err(a.slicesWhere, "slice " + std::to_string(index) + " of " + a.address.str() +
-							   " names unknown server '" + server + "'");
+							   " names unknown server " + quoteInput(server, '\''));
 		}
 	}
 	if (!config.findServer(config.serverName))
-		err(config.serverWhere, "[server] name '" + config.serverName + "' is not one of [[servers]]");
+		err(config.serverWhere, "[server] name " + quoteInput(config.serverName, '\'') + " is not one of [[servers]]");
 	sortByPosition(out);
 	return out;
 }

@@ -97,6 +97,10 @@ int main(int argc, char **argv)
 				    }
 				    return runOwner(offline, std::cout, std::cerr);
 			    }
+			    // Checked here, the input quoted cut, before the daemon is asked.
+			    if (!checkAddressPort("owner", offline.argument, std::cerr) ||
+				(!online.at.empty() && !checkTime("owner", "--at", online.at, std::cerr)))
+				    return cli::kExitUsage;
 			    online.command = "owner";
 			    online.argument = offline.argument;
 			    online.json = offline.json;
@@ -159,7 +163,11 @@ int main(int argc, char **argv)
 
 	CLI::App *history = add("history", "the ownership journal, one line per change (time, generation, address, "
 					   "slice, old owner, new owner, why)",
-				runOnlineCommand("history"));
+				[&] {
+					if (!online.since.empty() && !checkTime("history", "--since", online.since, std::cerr))
+						return cli::kExitUsage;
+					return runOnlineCommand("history")();
+				});
 	history->add_option("--since", online.since, "only changes from TIME on, RFC 3339 or Unix seconds")
 		->type_name("TIME");
 	history->add_flag("--json", online.json, "print JSON");

@@ -6,9 +6,11 @@
 #include <cstdio>
 
 #include "common/json.h"
+#include "common/quote.h"
 #include "config/config.h"
 #include "nft/model.h"
 #include "nft/render.h"
+#include "journal/journal.h"
 #include "plan/plan.h"
 
 namespace portslice::ctl {
@@ -186,7 +188,8 @@ int runOwner(const OfflineOptions &o, std::ostream &out, std::ostream &err)
 			address.reset();
 	}
 	if (!address) {
-		err << "portslicectl: owner: expected ADDRESS:PORT, e.g. 198.51.100.1:40000, not '" << o.argument << "'\n";
+		err << "portslicectl: owner: expected ADDRESS:PORT, e.g. 198.51.100.1:40000, not " << quoteInput(o.argument, '\'')
+		    << "\n";
 		return 2;
 	}
 	config::LoadResult loaded = config::loadFile(o.config);
@@ -197,7 +200,7 @@ int runOwner(const OfflineOptions &o, std::ostream &out, std::ostream &err)
 	std::vector<config::Diagnostic> diagnostics;
 	auto answer = plan::findOwner(*loaded.config, *address, static_cast<uint16_t>(port), &diagnostics);
 	if (!answer) {
-		err << address->str() << " is not a shared address of " << o.config << "\n";
+		err << address->str() << " is not a shared address of " << quoteInput(o.config, '\'') << "\n";
 		return 1;
 	}
 	if (o.json) {
@@ -247,6 +250,32 @@ int runOwner(const OfflineOptions &o, std::ostream &out, std::ostream &err)
 		out << ", source " << answer->source << ", inside " << answer->inside->str() << " (stateless)\n";
 	}
 	return 0;
+}
+
+bool checkAddressPort(const std::string &command, const std::string &text, std::ostream &err)
+{
+	size_t colon = text.rfind(':');
+	uint32_t port = 0;
+	if (colon != std::string::npos && Ipv4::parse(std::string_view(text).substr(0, colon))) {
+		const char *begin = text.data() + colon + 1, *end = text.data() + text.size();
+		auto [p, ec] = std::from_chars(begin, end, port);
+		if (ec == std::errc() && p == end && port > 0 && port <= 65535)
+			return true;
+	}
+	err << "portslicectl " << command << ": expected ADDRESS:PORT, e.g. 198.51.100.1:40000, not "
+	    << quoteInput(text, '\'') << "\n";
+	return false;
+}
+
+bool checkTime(const std::string &command, const std::string &option, const std::string &text, std::ostream &err)
+{
+	std::optional<int64_t> us = journal::parseTime(text);
+	// owner --at: a moment after 1970-01-01T00:00:01Z; history --since: any.
+	if (us && *us >= (option == "--at" ? 1000000 : 0))
+		return true;
+	err << "portslicectl " << command << ": " << option
+	    << " wants RFC 3339 (2026-11-29T09:40:00Z) or Unix seconds, not " << quoteInput(text, '\'') << "\n";
+	return false;
 }
 
 int runGeofeed(const OfflineOptions &o, std::ostream &out, std::ostream &err)

@@ -19,6 +19,12 @@ int runCheck(const OfflineOptions &options, std::ostream &out, std::ostream &err
 int runPlan(const OfflineOptions &options, std::ostream &out, std::ostream &err);
 int runDump(const OfflineOptions &options, std::ostream &out, std::ostream &err);
 int runOwner(const OfflineOptions &options, std::ostream &out, std::ostream &err);
+// The arguments every owner and history command checks before it reads a file
+// or asks the daemon; false after saying why on `err` (the input quoted, cut
+// at 200 characters: common/quote.h): exit 2.
+bool checkAddressPort(const std::string &command, const std::string &text, std::ostream &err);
+bool checkTime(const std::string &command, const std::string &option, const std::string &text, std::ostream &err);
+
 int runGeofeed(const OfflineOptions &options, std::ostream &out, std::ostream &err);
 
 } // namespace portslice::ctl

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // The planner: slices, candidate addresses, disjoint port shares and zones of one server, purely.
 #include "plan/plan.h"
+#include "common/quote.h"
 
 #include "common/hash.h"
 
@@ -389,7 +390,7 @@ PlanResult makePlan(const config::Config &config, std::string_view server)
 		for (const config::Server &s : config.servers)
 			known += (known.empty() ? " (known: " : ", ") + s.name;
 		error(config::Location{ config.file, 0, 0 },
-		      "--server '" + plan.server + "' is not one of [[servers]]" + (known.empty() ? known : known + ")"));
+		      "--server " + quoteInput(plan.server, '\'') + " is not one of [[servers]]" + (known.empty() ? known : known + ")"));
 		return result;
 	}
 	plan.serverIndex = static_cast<uint32_t>(self->second);

@@ -44,57 +44,6 @@ std::string_view stateName(State state)
 	return "failed";
 }
 
-std::string quoteInput(std::string_view input)
-{
-	std::string out = "\"";
-	size_t used = 0; // characters between the quotes
-	size_t i = 0;
-	for (; i < input.size(); i++) {
-		auto c = static_cast<unsigned char>(input[i]);
-		std::string piece;
-		switch (c) {
-		case '\n':
-			piece = "\\n";
-			break;
-		case '\r':
-			piece = "\\r";
-			break;
-		case '\t':
-			piece = "\\t";
-			break;
-		case '"':
-			piece = "\\\"";
-			break;
-		case '\\':
-			piece = "\\\\";
-			break;
-		default:
-			if (c < 0x20 || c == 0x7f) {
-				static const char hex[] = "0123456789abcdef";
-				piece = std::string("\\x") + hex[c >> 4] + hex[c & 15];
-			} else if (c >= 0x80) {
-				// A UTF-8 sequence goes whole or not at all.
-				size_t n = 1;
-				while (i + n < input.size() && (static_cast<unsigned char>(input[i + n]) & 0xc0) == 0x80 &&
-				       n < 4)
-					n++;
-				piece.assign(input.substr(i, n));
-			} else {
-				piece = static_cast<char>(c);
-			}
-		}
-		if (used + piece.size() > kQuoteLimit)
-			break;
-		out += piece;
-		used += piece.size();
-		i += piece.size() > 1 && c >= 0x80 ? piece.size() - 1 : 0;
-	}
-	out += "\"";
-	if (i < input.size())
-		out += "... (" + std::to_string(input.size()) + " bytes)";
-	return out;
-}
-
 namespace {
 
 // Errors only, one per line, "FILE:LINE:COL: error: ...".
@@ -1080,8 +1029,7 @@ Answer<LiveOwner> Service::ownerNow(std::string_view addressText, uint16_t port)
 		return Failure{Fault::NotFound, "nothing is applied: " + lastError_};
 	std::optional<Ipv4> ip = Ipv4::parse(addressText);
 	if (!ip)
-		return Failure{Fault::InvalidArgument, "\"" + std::string(addressText.substr(0, 200)) +
-			       "\" is not an IPv4 address"};
+		return Failure{Fault::InvalidArgument, quoteInput(addressText) + " is not an IPv4 address"};
 	LiveOwner live;
 	live.now = journal::answerFor(*config_, *ip, port);
 	if (!live.now.shared)
@@ -1105,8 +1053,7 @@ Answer<journal::AnswerAt> Service::ownerAt(std::string_view addressText, uint16_
 {
 	std::optional<Ipv4> ip = Ipv4::parse(addressText);
 	if (!ip)
-		return Failure{Fault::InvalidArgument, "\"" + std::string(addressText.substr(0, 200)) +
-			       "\" is not an IPv4 address"};
+		return Failure{Fault::InvalidArgument, quoteInput(addressText) + " is not an IPv4 address"};
 	// A moment to come has no answer yet; one a few seconds ahead is a
 	// clock (the complainant's, or ours) a little off: answered as now.
 	int64_t current = now();

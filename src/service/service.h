@@ -16,6 +16,7 @@
 #include <variant>
 #include <vector>
 
+#include "common/quote.h"
 #include "config/config.h"
 #include "journal/journal.h"
 #include "journal/replay.h"
@@ -30,12 +31,8 @@ enum class Fault { InvalidArgument, InvalidConfig, ApplyFailed, NotFound };
 
 std::string_view faultName(Fault fault); // "org.portslice.Error.InvalidArgument", ...
 
-// Caller input as a message quotes it: in double quotes, at most
-// kQuoteLimit characters between them (a longer input is cut, "..." and its
-// length follow), control characters, quotes and backslashes escaped (\n,
-// \x1b), so that no input can forge a log line or fill a journal.
-inline constexpr size_t kQuoteLimit = 200;
-std::string quoteInput(std::string_view input);
+// Caller input as a message quotes it (see common/quote.h).
+using portslice::quoteInput;
 
 struct Failure {
 	Fault fault;
