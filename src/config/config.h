@@ -73,7 +73,30 @@ struct Server {
 	Location where;
 };
 
-using Tags = std::map<std::string, std::string>;
+// Tags (key = value), read-only and shared between copies: the loader gives
+// every equal set one map (a fleet's addresses mostly carry a few tag sets,
+// and a source's want is often an address's tags), and a plan's copy is a
+// reference, not a second map.
+class Tags {
+public:
+	using Map = std::map<std::string, std::string>;
+	using const_iterator = Map::const_iterator;
+
+	Tags() = default;
+	explicit Tags(std::shared_ptr<const Map> map) : map_(std::move(map)) {}
+
+	const_iterator begin() const { return map().begin(); }
+	const_iterator end() const { return map().end(); }
+	const_iterator find(const std::string &key) const { return map().find(key); }
+	size_t size() const { return map().size(); }
+	bool empty() const { return map().empty(); }
+	const Map &map() const { return map_ ? *map_ : none(); }
+	bool operator==(const Tags &other) const { return map_ == other.map_ || map() == other.map(); }
+
+private:
+	static const Map &none();
+	std::shared_ptr<const Map> map_;
+};
 
 struct Address {
 	Ipv4 address;

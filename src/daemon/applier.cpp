@@ -285,7 +285,7 @@ std::vector<xdp::SliceRef> forwarderSlices(const plan::Plan &plan, const std::ve
 		for (uint32_t ai : m->reallocated) {
 			const plan::PlannedAddress &a = plan.addresses[ai];
 			for (uint32_t i = 0; i < a.sliceCount; i++)
-				if (a.owner[i] == self && a.previous[i] != plan::kNoServer)
+				if (a.owner[i] == self && a.previousOf(i) != plan::kNoServer)
 					add(ai, i);
 		}
 	return out;
@@ -522,7 +522,7 @@ Status Applier::addMovedTargets(const plan::Plan &plan, const std::vector<const 
 		const plan::PlannedAddress &a = plan.addresses[m->address];
 		if (!a.local)
 			continue;
-		for (int32_t s : {a.owner[m->slice], a.previous[m->slice]}) {
+		for (int32_t s : {a.owner[m->slice], a.previousOf(m->slice)}) {
 			if (s < 0 || static_cast<size_t>(s) >= plan.servers.size() ||
 			    static_cast<uint32_t>(s) == plan.serverIndex)
 				continue;

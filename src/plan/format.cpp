@@ -100,7 +100,8 @@ void writePlan(const Plan &plan, Form form, JsonWriter &w, Piece &&piece)
 		w.key("owners").beginArray();
 		for (uint32_t i = 0; i < a.sliceCount;) {
 			uint32_t j = i;
-			while (j + 1 < a.sliceCount && a.owner[j + 1] == a.owner[i] && a.previous[j + 1] == a.previous[i])
+			while (j + 1 < a.sliceCount && a.owner[j + 1] == a.owner[i] &&
+			       a.previousOf(j + 1) == a.previousOf(i))
 				j++;
 			w.beginObject();
 			w.key("slices");
@@ -112,8 +113,8 @@ void writePlan(const Plan &plan, Form form, JsonWriter &w, Piece &&piece)
 				w.key("server").null();
 			else
 				w.key("server").value(plan.servers[a.owner[i]].name);
-			if (a.previous[i] != kNoServer)
-				w.key("previous").value(plan.servers[a.previous[i]].name);
+			if (a.previousOf(i) != kNoServer)
+				w.key("previous").value(plan.servers[a.previousOf(i)].name);
 			w.endObject();
 			i = j + 1;
 		}

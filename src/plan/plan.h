@@ -38,7 +38,7 @@ struct PlannedAddress {
 	uint32_t sliceSize = 0;
 	uint32_t sliceCount = 0;
 	std::vector<int32_t> owner;    // per slice: index into Plan::servers, or kNoServer
-	std::vector<int32_t> previous; // per slice: draining previous owner, or kNoServer
+	std::vector<int32_t> previous; // per slice: draining previous owner, or kNoServer; empty: no drain
 	std::vector<uint32_t> mySlices; // slices this server owns, ascending
 	std::vector<PortRange> myRuns;  // the same, adjacent slices merged
 
@@ -49,10 +49,12 @@ struct PlannedAddress {
 	}
 	// The slice a port falls in, or nullopt outside the usable slices.
 	std::optional<uint32_t> sliceOf(uint16_t port) const;
+	int32_t previousOf(uint32_t index) const { return index < previous.size() ? previous[index] : kNoServer; }
+	void setPrevious(uint32_t index, int32_t server);
 	// Whether server `self` is the draining previous owner of slice `index`.
 	bool drainedBy(uint32_t index, uint32_t self) const
 	{
-		return index < previous.size() && previous[index] == static_cast<int32_t>(self);
+		return previousOf(index) == static_cast<int32_t>(self);
 	}
 	// What server `self` may still send from: its slices and those it drains
 	// as previous owner, adjacent ones merged (the leak guard's ports).

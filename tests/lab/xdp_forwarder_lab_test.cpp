@@ -378,7 +378,7 @@ TEST_F(XdpLab, DuringAHandoverTheNewOwnerPassesFlowsItHasNoStateForToThePrevious
 	// w2's flow and the answer is lost.
 	applyAll([&](plan::Plan &p) {
 		p.addresses[0].owner[1] = s3;
-		p.addresses[0].previous[1] = plan::kNoServer;
+		p.addresses[0].setPrevious(1, plan::kNoServer);
 	});
 	EXPECT_FALSE(answer("b")) << "without a previous owner the draining flow must break";
 
@@ -388,7 +388,7 @@ TEST_F(XdpLab, DuringAHandoverTheNewOwnerPassesFlowsItHasNoStateForToThePrevious
 	for (const char *name : {"s1", "s2", "s3"}) {
 		auto p = planFor(name);
 		p.addresses[0].owner[1] = s3;
-		p.addresses[0].previous[1] = s2;
+		p.addresses[0].setPrevious(1, s2);
 		Status st = inNamespace(ns(name), [&] { return xdp::applyForwarderSlices(p, {{0, 1}}, bpfDir(name)); });
 		ASSERT_TRUE(st.ok()) << name << ": " << st.error().message();
 	}

@@ -275,7 +275,7 @@ TEST_F(ServiceTest, AnOwnerChangeRetiresWhenTheFileSaysTheSame)
 
 int32_t previousOf(const Service &service, uint32_t slice)
 {
-	return service.currentPlan()->addresses.at(0).previous.at(slice);
+	return service.currentPlan()->addresses.at(0).previousOf(slice);
 }
 
 TEST_F(ServiceTest, TheOldOwnerDrainsTheMovedSliceUntilItsDeadlineThenANewGenerationDropsIt)
