@@ -30,6 +30,7 @@ Status KernelBackend::readNatFailures(std::vector<nft::CounterValue> *mainCounte
 	if (!lefts)
 		return lefts.error().wrap("reading the counters of table netdev portslice_egress");
 	natFailures_.update(*counters, *lefts);
+	counterTotals_.update(*counters);
 	if (mainCounters)
 		*mainCounters = std::move(*counters);
 	return {};
@@ -38,7 +39,7 @@ Status KernelBackend::readNatFailures(std::vector<nft::CounterValue> *mainCounte
 Status KernelBackend::apply(const plan::Plan &plan, const plan::Plan *old, uint64_t generation)
 {
 	conntrackUse_.reset();
-	// The failures counted so far, before a replace starts the counters at 0
+	// The failures and counters counted so far, before a replace starts them at 0
 	// (none to read before the first apply).
 	if (old)
 		(void)readNatFailures();
@@ -46,8 +47,10 @@ Status KernelBackend::apply(const plan::Plan &plan, const plan::Plan *old, uint6
 	if (!result)
 		return result.error();
 	const ApplyResult &r = *result;
-	if (r.nft.fullReplace)
+	if (r.nft.fullReplace) {
 		natFailures_.rebase();
+		counterTotals_.rebase();
+	}
 	log::Line(log::Priority::Info) << "generation " << generation << ": " << (r.nft.fullReplace ? "table replaced" : "element delta")
 		  << ", +" << r.nft.elementsAdded << " -" << r.nft.elementsDeleted << " elements in " << r.nft.messages
 		  << " messages (" << r.nft.bytes << " bytes); " << r.conntrackDeleted
@@ -143,8 +146,7 @@ Result<std::vector<service::StatRow>> KernelBackend::stats(const plan::Plan &pla
 	if (Status s = readNatFailures(&counters); !s)
 		return s.error();
 	std::vector<service::StatRow> rows;
-	for (const nft::CounterValue &c : counters)
-		addCounterRows(rows, c.name, c.packets, c.bytes);
+	counterTotals_.addRows(rows); // counters' totals, not the kernel's since the last replace
 	natFailures_.addRows(rows);
 #ifdef PORTSLICE_HAVE_XDP
 	if (xdp_) {

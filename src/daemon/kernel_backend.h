@@ -60,6 +60,7 @@ private:
 	};
 	std::optional<ConntrackUse> conntrackUse_;
 	NatFailures natFailures_;
+	CounterTotals counterTotals_; // src_*, addr_*, guard_*: monotonic across replaces
 	// Both tables' counters into natFailures_ (the new_ ones first).
 	Status readNatFailures(std::vector<nft::CounterValue> *mainCounters = nullptr);
 };

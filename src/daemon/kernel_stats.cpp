@@ -34,6 +34,39 @@ void addCounterRows(std::vector<service::StatRow> &rows, const std::string &name
 	rows.push_back({"counter", name, "packets", packets});
 }
 
+void CounterTotals::update(const std::vector<nft::CounterValue> &counters)
+{
+	std::map<std::string, Total> now;
+	for (const nft::CounterValue &c : counters) {
+		Total t;
+		if (auto was = counters_.find(c.name); was != counters_.end())
+			t = was->second;
+		if (c.packets < t.packets || c.bytes < t.bytes) {
+			t.basePackets += t.packets;
+			t.baseBytes += t.bytes;
+		}
+		t.packets = c.packets;
+		t.bytes = c.bytes;
+		now.emplace(c.name, t);
+	}
+	counters_ = std::move(now); // a counter gone from the table is gone from the rows
+}
+
+void CounterTotals::rebase()
+{
+	for (auto &[name, t] : counters_) {
+		t.basePackets += t.packets;
+		t.baseBytes += t.bytes;
+		t.packets = t.bytes = 0;
+	}
+}
+
+void CounterTotals::addRows(std::vector<service::StatRow> &rows) const
+{
+	for (const auto &[name, t] : counters_)
+		addCounterRows(rows, name, t.basePackets + t.packets, t.baseBytes + t.bytes);
+}
+
 void NatFailures::update(const std::vector<nft::CounterValue> &news, const std::vector<nft::CounterValue> &lefts)
 {
 	constexpr std::string_view kNew = "new_", kLeft = "left_";

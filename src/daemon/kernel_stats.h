@@ -19,6 +19,32 @@ namespace portslice::daemon {
 // are NatFailures' and make no row.
 void addCounterRows(std::vector<service::StatRow> &rows, const std::string &name, uint64_t packets, uint64_t bytes);
 
+// The named counters of table inet portslice (src_*, addr_*, guard_*, ...)
+// as counters that only go up in the life of the daemon: a full replace of
+// the table (a reload that changes its layout, a drift repair after `nft
+// delete table`) starts the kernel's at 0, so each keeps a base, the sum of
+// the values its earlier tables had at their last read. What the kernel
+// counted between that read and the replace is lost: the apply reads just
+// before it replaces; a table deleted by hand loses what it counted since
+// the last Stats() or metrics-file read.
+class CounterTotals {
+public:
+	// One read of the table; a value below the last read's means a table
+	// made anew behind our back (its last value goes into the base).
+	void update(const std::vector<nft::CounterValue> &counters);
+	// The table is about to be, or was just, made anew.
+	void rebase();
+	// The rows of addCounterRows, with the totals.
+	void addRows(std::vector<service::StatRow> &rows) const;
+
+private:
+	struct Total {
+		uint64_t basePackets = 0, baseBytes = 0; // of earlier tables
+		uint64_t packets = 0, bytes = 0;         // of this table, at the last read
+	};
+	std::map<std::string, Total> counters_; // in the order of the names
+};
+
 // portslice_source_nat_failures_total: per conntrack source, its new flows
 // counted in table inet portslice (new_NAME) less those that left the uplink
 // after conntrack confirmed them (left_NAME, table netdev portslice_egress;

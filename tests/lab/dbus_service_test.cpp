@@ -699,6 +699,51 @@ TEST_F(ServiceLab, NatFailuresCountExactlyTheFlowsASourceWithAFullRangeLosesAndN
 	EXPECT_EQ(sample(last, "portslice_source_nat_failures_total{source=\"warp-b\"}"), 0) << last;
 }
 
+// A Prometheus counter only goes up in the life of the daemon: the packets
+// counted before `nft delete table` stay counted after the drift repair
+// replaced the table (whose kernel counters start at 0).
+TEST_F(ServiceLab, CountersDoNotGoBackWhenTheTableIsReplaced)
+{
+	writeConfig(kTinyFleet);
+	startDaemon();
+	Outcome routed = inNs("ip addr add 100.64.1.200/32 dev lo && ip route add 203.0.113.0/24 dev up0 && "
+			      "ip neigh add 203.0.113.10 lladdr 02:00:00:00:00:99 dev up0");
+	ASSERT_TRUE(routed.ok()) << routed.output;
+	const std::string packets = "portslice_source_packets_total{source=\"warp-b\"}";
+	auto metrics = [&] {
+		Outcome m = ctl("stats --prometheus");
+		EXPECT_TRUE(m.ok()) << m.output;
+		return "\n" + m.output;
+	};
+	Outcome sent = inNs(udpFlows("100.64.1.200", 41000, 2));
+	ASSERT_EQ(sent.output, "refused 0 sent 2\n");
+	double counted = sample(metrics(), packets);
+	ASSERT_GE(counted, 2) << metrics();
+
+	std::string applied = table();
+	ASSERT_TRUE(inNs("nft delete table inet portslice").ok());
+	auto start = std::chrono::steady_clock::now();
+	while (table() != applied && std::chrono::steady_clock::now() - start < std::chrono::seconds(2))
+		std::this_thread::sleep_for(std::chrono::milliseconds(20));
+	ASSERT_EQ(table(), applied);
+	std::string after = metrics();
+	EXPECT_EQ(sample(after, packets), counted) << after;
+	// And on: the new table's packets add to the old ones.
+	ASSERT_EQ(inNs(udpFlows("100.64.1.200", 41000, 1)).output, "refused 0 sent 1\n"); // its flow of before
+	after = metrics();
+	EXPECT_GE(sample(after, packets), counted + 1) << after;
+	// stats (text) says the same as --prometheus.
+	Outcome text = ctl("stats");
+	std::istringstream lines(text.output);
+	std::string kind, name, counter;
+	double value = -1, shown = -1;
+	std::getline(lines, kind); // the header
+	while (lines >> kind >> name >> counter >> value)
+		if (kind == "source" && name == "warp-b" && counter == "packets")
+			shown = value;
+	EXPECT_EQ(shown, sample(metrics(), packets)) << text.output;
+}
+
 TEST_F(ServiceLab, ADetachedForwarderIsReattachedWithinTwoSeconds)
 {
 	startDaemon();
