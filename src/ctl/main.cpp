@@ -116,8 +116,7 @@ int main(int argc, char **argv)
 
 	CLI::App *geofeed = add("geofeed", "RFC 8805 CSV of the shared addresses from their country tags",
 				[&] { return runGeofeed(offline, std::cout, std::cerr); });
-	geofeed->add_option("--config", offline.config, "the config file (default: " + offline.config + ")")
-		->type_name("FILE");
+	addFileOptions(*geofeed, offline);
 
 	// Online: over D-Bus to the running portsliced.
 	CLI::App *status = add("status", "the daemon's state, generation, server and last error; exit 1 unless applied",

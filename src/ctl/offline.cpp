@@ -2,6 +2,7 @@
 // check, plan, dump, owner and geofeed: pure functions of the config file.
 #include "ctl/offline.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cstdio>
 
@@ -36,6 +37,17 @@ std::optional<plan::Plan> loadPlan(const OfflineOptions &o, std::ostream &err, b
 		if (printWarnings || d.severity == config::Diagnostic::Severity::Error)
 			err << d.str() << "\n";
 	return std::move(planned.plan);
+}
+
+// --server names one of [[servers]]: for the commands that do not plan,
+// the error a plan gives (false, printed) for a name that is not there.
+bool knownServer(const config::Config &config, const OfflineOptions &o, std::ostream &err)
+{
+	if (o.server.empty() || std::any_of(config.servers.begin(), config.servers.end(),
+					    [&](const config::Server &s) { return s.name == o.server; }))
+		return true;
+	printDiagnostics(plan::makePlan(config, o.server).diagnostics, err);
+	return false;
 }
 
 void writeDiagnostics(JsonWriter &w, const std::vector<config::Diagnostic> &diagnostics,
@@ -197,6 +209,9 @@ int runOwner(const OfflineOptions &o, std::ostream &out, std::ostream &err)
 		printDiagnostics(loaded.diagnostics, err);
 		return 1;
 	}
+	// The file's owner is the fleet's, whichever server asks.
+	if (!knownServer(*loaded.config, o, err))
+		return 1;
 	std::vector<config::Diagnostic> diagnostics;
 	auto answer = plan::findOwner(*loaded.config, *address, static_cast<uint16_t>(port), &diagnostics);
 	if (!answer) {
@@ -285,6 +300,9 @@ int runGeofeed(const OfflineOptions &o, std::ostream &out, std::ostream &err)
 		printDiagnostics(loaded.diagnostics, err);
 		return 1;
 	}
+	// The feed is the fleet's, the same from every server.
+	if (!knownServer(*loaded.config, o, err))
+		return 1;
 	// RFC 8805: prefix,country,region,city,postal code; '#' starts a comment.
 	out << "# RFC 8805 geofeed of the shared addresses of " << o.config << "\n";
 	for (const config::Address &a : loaded.config->addresses) {

@@ -262,6 +262,31 @@ TEST(Cli, EveryOfflineCommandThatPrintsDataPrintsJsonWithRangesAsNumbers)
 		<< invalid.out;
 }
 
+// SPEC 2: --server NAME on the offline commands, geofeed among them; the
+// feed is the fleet's, so it is the same whichever server is named.
+TEST(Cli, GeofeedTakesServerAsTheOtherOfflineCommandsDo)
+{
+	const std::string config = " --config " + std::string(RULES_DIR) + "/three-servers.toml";
+	Outcome plain = run(kCtl + " geofeed" + config);
+	ASSERT_EQ(plain.status, 0) << plain.err;
+	EXPECT_NE(plain.out.find("198.51.100.1/32,GB,,,\n"), std::string::npos) << plain.out;
+	Outcome s2 = run(kCtl + " geofeed --server s2" + config);
+	EXPECT_EQ(s2.status, 0) << s2.out << s2.err;
+	EXPECT_EQ(s2.out, plain.out);
+	EXPECT_EQ(s2.err, plain.err);
+	// A name that is not one of [[servers]]: check's error, exit 1, nothing on stdout.
+	Outcome check = run(kCtl + " check --server s9" + config);
+	ASSERT_EQ(check.status, 1) << check.out << check.err;
+	EXPECT_NE(check.err.find("error: --server 's9' is not one of [[servers]] (known: s1, s2, s3)"), std::string::npos)
+		<< check.err;
+	for (const std::string &command : {std::string("geofeed"), std::string("owner 198.51.100.1:1500")}) {
+		Outcome r = run(kCtl + " " + command + " --server s9" + config);
+		EXPECT_EQ(r.status, 1) << command << ": " << r.out << r.err;
+		EXPECT_EQ(r.err, check.err) << command;
+		EXPECT_EQ(r.out, "") << command;
+	}
+}
+
 // What a usage says a command takes: its options, each with the name of
 // its value if it takes one ("--config FILE", "--json"), and its positionals.
 struct Usage {
