@@ -218,6 +218,8 @@ int runOwner(const OfflineOptions &o, std::ostream &out, std::ostream &err)
 		err << address->str() << " is not a shared address of " << quoteInput(o.config, '\'') << "\n";
 		return 1;
 	}
+	// No server uses the port: no answer, exit 1 as online (the text says why).
+	bool answered = answer->slice && !answer->server.empty();
 	if (o.json) {
 		JsonWriter w;
 		w.beginObject().key("address").value(address->str()).key("port").value(port);
@@ -242,17 +244,17 @@ int runOwner(const OfflineOptions &o, std::ostream &out, std::ostream &err)
 			w.value(answer->insideLast ? "conntrack" : "stateless");
 		w.endObject();
 		out << w.str() << "\n";
-		return 0;
+		return answered ? 0 : 1;
 	}
 	out << o.argument << ": ";
 	if (!answer->slice) {
 		out << "port outside the usable slices of " << address->str() << "; no server uses it\n";
-		return 0;
+		return 1;
 	}
 	out << "slice " << *answer->slice;
 	if (answer->server.empty()) {
 		out << ", owned by no server\n";
-		return 0;
+		return 1;
 	}
 	out << ", server " << answer->server;
 	if (answer->source.empty()) {

@@ -287,6 +287,41 @@ TEST(Cli, GeofeedTakesServerAsTheOtherOfflineCommandsDo)
 	}
 }
 
+// The man page: owner exits 1 when there is no answer, offline as online.
+TEST(Cli, OwnerFromTheFileExitsOneWhenNoServerUsesThePort)
+{
+	const std::string config = " --config " + std::string(RULES_DIR) + "/three-servers.toml";
+	bool haveJq = run("jq --version").status == 0;
+	Outcome owned = run(kCtl + " owner 198.51.100.1:1500" + config);
+	EXPECT_EQ(owned.status, 0) << owned.out << owned.err;
+	EXPECT_NE(owned.out.find("server s1"), std::string::npos) << owned.out;
+
+	// Below the usable slices (port_range starts at 1024).
+	Outcome outside = run(kCtl + " owner 198.51.100.1:80" + config);
+	EXPECT_EQ(outside.status, 1) << outside.out << outside.err;
+	EXPECT_EQ(outside.out, "198.51.100.1:80: port outside the usable slices of 198.51.100.1; no server uses it\n");
+	Outcome outsideJson = run(kCtl + " owner --json 198.51.100.1:80" + config);
+	EXPECT_EQ(outsideJson.status, 1) << outsideJson.out << outsideJson.err;
+	if (haveJq) {
+		EXPECT_TRUE(jq(outsideJson.out, ".port == 80 and .slice == null and .server == null")) << outsideJson.out;
+	}
+
+	// A slice no server owns: slices = { s1 = 0, s2 = 1, s3 = [2, 5] } leaves 3 and 4.
+	Outcome planJson = run(kCtl + " plan --json" + config);
+	size_t at = planJson.out.find("\"slice_size\": ");
+	ASSERT_NE(at, std::string::npos) << planJson.out;
+	unsigned size = std::stoul(planJson.out.substr(at + 14));
+	std::string port = std::to_string(1024 + 3 * size);
+	Outcome nobody = run(kCtl + " owner 198.51.100.1:" + port + config);
+	EXPECT_EQ(nobody.status, 1) << nobody.out << nobody.err;
+	EXPECT_EQ(nobody.out, "198.51.100.1:" + port + ": slice 3, owned by no server\n");
+	Outcome nobodyJson = run(kCtl + " owner --json 198.51.100.1:" + port + config);
+	EXPECT_EQ(nobodyJson.status, 1) << nobodyJson.out << nobodyJson.err;
+	if (haveJq) {
+		EXPECT_TRUE(jq(nobodyJson.out, ".slice == 3 and .server == null and .source == null")) << nobodyJson.out;
+	}
+}
+
 // What a usage says a command takes: its options, each with the name of
 // its value if it takes one ("--config FILE", "--json"), and its positionals.
 struct Usage {
