@@ -146,6 +146,9 @@ void writePlan(const Plan &plan, Form form, JsonWriter &w, Piece &&piece)
 			w.key("zone").value(s.zone);
 			w.key("weight").value(s.weight);
 		} else {
+			// Stateless flows are notrack: no zone, said as null to a reader (the hash keeps its input).
+			if (form == Form::Json)
+				w.key("zone").null();
 			w.key("block").value(s.block);
 		}
 		if (s.routeMark) {
@@ -272,7 +275,7 @@ std::string toText(const Plan &plan)
 		if (s.mode == NatMode::Conntrack)
 			out << "  zone " << s.zone << "  weight " << s.weight;
 		else
-			out << "  block " << s.block;
+			out << "  zone -  block " << s.block; // notrack: no zone
 		out << "\n    match " << matchStr(s.match) << "; want " << tagsStr(s.want) << "\n";
 		if (s.dropped())
 			out << "    NO ADDRESS on this server: traffic dropped and counted\n";

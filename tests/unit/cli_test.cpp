@@ -322,6 +322,23 @@ TEST(Cli, OwnerFromTheFileExitsOneWhenNoServerUsesThePort)
 	}
 }
 
+// SPEC 2: plan shows each source's zone; a stateless source (notrack) has none, said so.
+TEST(Cli, PlanSaysAStatelessSourceHasNoZone)
+{
+	const std::string config = " --config " + std::string(RULES_DIR) + "/three-servers.toml";
+	Outcome text = run(kCtl + " plan" + config);
+	ASSERT_EQ(text.status, 0) << text.err;
+	EXPECT_NE(text.out.find("  stateless-gb  stateless  zone -  block 64\n"), std::string::npos) << text.out;
+	EXPECT_NE(text.out.find("  trusted  conntrack  zone 20  weight "), std::string::npos) << text.out;
+	if (run("jq --version").status != 0)
+		GTEST_SKIP() << "jq is not installed: cannot check the JSON";
+	Outcome json = run(kCtl + " plan --json" + config);
+	ASSERT_EQ(json.status, 0) << json.err;
+	EXPECT_TRUE(jq(json.out, "(.sources[] | select(.name == \"stateless-gb\") | has(\"zone\") and .zone == null) and "
+				 "(.sources[] | select(.name == \"trusted\") | .zone) == 20"))
+		<< json.out;
+}
+
 // What a usage says a command takes: its options, each with the name of
 // its value if it takes one ("--config FILE", "--json"), and its positionals.
 struct Usage {
