@@ -14,6 +14,7 @@
 #include <malloc.h>
 #include <memory>
 #include <fcntl.h>
+#include <functional>
 #include <poll.h>
 #include <sys/signalfd.h>
 #include <sys/timerfd.h>
@@ -102,7 +103,14 @@ public:
 		if (bus_)
 			bus_->announceChanged(names);
 		notifyStatus();
+		// A failure (LastError, the failure count) or a recovery: the
+		// metrics file says so before the caller of the change has its reply.
+		if (stateChanged_ && std::ranges::any_of(names, [](const std::string &n) {
+			    return n == "State" || n == "LastError";
+		    }))
+			stateChanged_();
 	}
+	void onStateChange(std::function<void()> call) { stateChanged_ = std::move(call); }
 	void log(const std::string &line) override { log::write(log::Priority::Info, line); }
 	void logEvent(int priority, const std::string &line,
 		      const std::vector<std::pair<std::string, std::string>> &fields) override
@@ -152,6 +160,7 @@ public:
 private:
 	dbus::BusObject *bus_ = nullptr;
 	const service::Service *service_ = nullptr;
+	std::function<void()> stateChanged_;
 };
 
 // The metrics file of --metrics-file, from the same rows as Stats().
@@ -351,8 +360,15 @@ int serve(const ServeOptions &options, service::Backend &backend)
 	listener.notifyStatus();
 	auto metricsWritten = std::chrono::steady_clock::now();
 	uint64_t metricsGeneration = service.generation();
-	if (!options.metricsFile.empty())
+	auto rewriteMetrics = [&] {
 		writeMetrics(options.metricsFile, service);
+		metricsWritten = std::chrono::steady_clock::now();
+		metricsGeneration = service.generation();
+	};
+	if (!options.metricsFile.empty()) {
+		rewriteMetrics();
+		listener.onStateChange(rewriteMetrics);
+	}
 
 	// Read the table's events and answer a foreign change. `afterOwnWork`:
 	// read right after this turn's own commits, so lost events (the socket
@@ -445,14 +461,6 @@ int serve(const ServeOptions &options, service::Backend &backend)
 			// A new UTC day: the journal rotates and expires even when nothing changes.
 			service.rotateJournal();
 		}
-		if (!options.metricsFile.empty()) {
-			auto now = std::chrono::steady_clock::now();
-			if (now - metricsWritten >= options.metricsInterval || service.generation() != metricsGeneration) {
-				writeMetrics(options.metricsFile, service);
-				metricsWritten = now;
-				metricsGeneration = service.generation();
-			}
-		}
 		// Each call's signals go out after its reply.
 		while (connection->processPendingRequest())
 			bus.flushAnnouncements();
@@ -461,6 +469,12 @@ int serve(const ServeOptions &options, service::Backend &backend)
 		// ours too (bounded: someone may be fighting us).
 		for (int turn = 0; turn < 3 && readEvents(true); turn++) {
 		}
+		// After this turn's calls, so that a new generation is in the file
+		// in the same turn (a failure or a recovery is there before its reply).
+		if (!options.metricsFile.empty() &&
+		    (std::chrono::steady_clock::now() - metricsWritten >= options.metricsInterval ||
+		     service.generation() != metricsGeneration))
+			rewriteMetrics();
 		bus.flushAnnouncements(); // those of a reload, a repair or a drain's end
 		freed.giveBack();
 	}

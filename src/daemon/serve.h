@@ -18,7 +18,8 @@ struct ServeOptions {
 	// How long the old owner of a slice moved by SetSliceOwner drains (0: not at all).
 	std::chrono::seconds drain{60};
 	// A node_exporter textfile of the metrics (docs/operations.md, "Reading stats"), replaced
-	// atomically every metricsInterval and after each apply; empty: none.
+	// atomically every metricsInterval, after each apply and on a failure or
+	// recovery (before the reply to its call); empty: none.
 	std::string metricsFile;
 	std::chrono::seconds metricsInterval{15};
 	// How long the ownership journal keeps its records (--journal-days).

@@ -473,6 +473,33 @@ TEST_F(ServiceLab, AReloadWithABrokenFileKeepsTheOldStateAndSignalsFileAndLine)
 	EXPECT_EQ(normalized(proxy_->Dump()), normalized(table()));
 }
 
+// SPEC 4: --metrics-file keeps the textfile up to date: a failed reload is
+// in it when `portslicectl reload` returns, not at the next 15 s rewrite.
+TEST_F(ServiceLab, TheMetricsFileSaysDegradedAsSoonAsABrokenReloadReturns)
+{
+	startDaemon();
+	std::string first = readFile(metricsPath());
+	ASSERT_NE(first.find("portslice_state{state=\"applied\"} 1"), std::string::npos) << first;
+	ASSERT_NE(first.find("portslice_apply_failures_total 0\n"), std::string::npos) << first;
+	const std::string good = readFile(configPath());
+	writeConfig(good + "\n[[sources]]\nname = \"x\"\nmatch = { saddr = \"100.64.7.0/33\" }\n");
+	Outcome reloaded = ctl("reload");
+	EXPECT_EQ(reloaded.status, 1) << reloaded.output;
+	std::string failed = readFile(metricsPath());
+	EXPECT_NE(failed.find("portslice_state{state=\"degraded\"} 1"), std::string::npos) << failed;
+	EXPECT_NE(failed.find("portslice_state{state=\"applied\"} 0"), std::string::npos) << failed;
+	EXPECT_NE(failed.find("portslice_apply_failures_total 1\n"), std::string::npos) << failed;
+	EXPECT_NE(failed.find("portslice_generation 1\n"), std::string::npos) << failed;
+
+	// The fixed file: applied again, a new generation, the failure still counted.
+	writeConfig(good);
+	reloaded = ctl("reload");
+	EXPECT_TRUE(reloaded.ok()) << reloaded.output;
+	std::string fixed = readFile(metricsPath());
+	EXPECT_NE(fixed.find("portslice_state{state=\"applied\"} 1"), std::string::npos) << fixed;
+	EXPECT_NE(fixed.find("portslice_apply_failures_total 1\n"), std::string::npos) << fixed;
+}
+
 TEST_F(ServiceLab, PortslicectlSpeaksToTheDaemonAndSaysWhenItIsNotRunning)
 {
 	Outcome down = ctl("status");
