@@ -3,6 +3,7 @@
 #include "config/slice_owners.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <stdexcept>
 
 namespace portslice::config {
@@ -72,26 +73,34 @@ uint32_t SliceOwners::nameIndex(std::string_view server)
 	return lastName_ = static_cast<uint32_t>(names_->size() - 1);
 }
 
+SliceOwners::Entry SliceOwners::entry(uint32_t slice, uint32_t name)
+{
+	if (slice > UINT16_MAX || name > UINT16_MAX)
+		throw std::out_of_range("slice " + std::to_string(slice) + " of server #" + std::to_string(name) +
+					": beyond any port range or fleet");
+	return Entry{ static_cast<uint16_t>(slice), static_cast<uint16_t>(name) };
+}
+
 std::pair<SliceOwners::const_iterator, bool> SliceOwners::emplace(uint32_t slice, std::string_view server)
 {
 	size_t at = lowerBound(slice);
 	if (at < list().size() && list()[at].slice == slice)
 		return { const_iterator{ this, list().data() + at }, false };
-	uint32_t name = nameIndex(server);
+	Entry e = entry(slice, nameIndex(server));
 	std::vector<Entry> &entries = own();
-	entries.insert(entries.begin() + static_cast<ptrdiff_t>(at), Entry{ slice, name });
+	entries.insert(entries.begin() + static_cast<ptrdiff_t>(at), e);
 	return { const_iterator{ this, entries.data() + at }, true };
 }
 
 void SliceOwners::assign(uint32_t slice, std::string_view server)
 {
-	uint32_t name = nameIndex(server);
+	Entry e = entry(slice, nameIndex(server));
 	size_t at = lowerBound(slice);
 	std::vector<Entry> &entries = own();
 	if (at < entries.size() && entries[at].slice == slice)
-		entries[at].name = name;
+		entries[at].name = e.name;
 	else
-		entries.insert(entries.begin() + static_cast<ptrdiff_t>(at), Entry{ slice, name });
+		entries.insert(entries.begin() + static_cast<ptrdiff_t>(at), e);
 }
 
 SliceOwners::Ref SliceOwners::operator[](uint32_t slice)
