@@ -12,7 +12,7 @@ namespace portslice {
 // (a longer input is cut, "..." and its length in bytes follow the closing
 // quote), control characters, the quote and backslashes escaped (\n, \x1b),
 // so that no input can forge a log line or fill a journal or a terminal.
-// SPEC section 3: "Error messages quote the caller's input at most 200
+// The contract: "Error messages quote the caller's input at most 200
 // characters long" — command-line arguments and config file values included.
 // quote '\0': no quotes, for a text that is all input (a parser's message).
 inline constexpr size_t kQuoteLimit = 200;

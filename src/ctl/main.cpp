@@ -45,7 +45,7 @@ int main(int argc, char **argv)
 	OfflineOptions offline;
 	OnlineOptions online;
 	// --config before the command means what it means after it, for the
-	// commands that read a file (SPEC: every program takes --config PATH).
+	// commands that read a file (every program takes --config PATH).
 	std::string config;
 	CLI::Option *configOption =
 		app.add_option("--config", config,

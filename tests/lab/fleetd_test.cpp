@@ -294,7 +294,7 @@ TEST_F(FleetdLab, AFleetdWhoseDaemonDoesNotAnswerIsNoMemberAndLeavesWhenItsDaemo
 	ASSERT_TRUE(waitFor([&] { return !key("members/s1").empty(); }, std::chrono::seconds(5))) << fleetdLog();
 }
 
-// SPEC: "portslicectl status shows the fleet link down with the reason" also
+// The contract: "portslicectl status shows the fleet link down with the reason" also
 // when fleetd never wrote its status file (not started, not installed).
 TEST_F(FleetdLab, StatusSaysTheFleetLinkIsDownWhenFleetdHasWrittenNoStatus)
 {

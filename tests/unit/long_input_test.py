@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
-# SPEC section 3: error messages quote the caller's input at most 200
+# The contract: error messages quote the caller's input at most 200
 # characters long. Each case gives portslicectl a 5000-character argument (or
 # a config file with a 5000-character value) and asserts the exit code it has
 # for that mistake, that the input is cut to at most 200 characters in what it
