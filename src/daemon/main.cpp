@@ -91,8 +91,8 @@ int main(int argc, char **argv)
 		->check(CLI::Range(0L, 86400L).description(""));
 	std::string metricsFile;
 	app.add_option("--metrics-file", metricsFile,
-		       "keep a node_exporter textfile of the metrics there, replaced atomically every 15 s and "
-		       "after each apply")
+		       "keep a node_exporter textfile of the metrics there, replaced atomically every 15 s, "
+		       "after each apply and on each change of state or last error")
 		->type_name("PATH");
 	app.add_option("--journal-days", journalDays,
 		       "days the ownership journal keeps its records, 1 to 36500 (default: 400)")
