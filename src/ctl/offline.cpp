@@ -94,7 +94,7 @@ int runCheckJson(const OfflineOptions &o, std::ostream &out)
 	w.key("warnings");
 	writeDiagnostics(w, diagnostics, config::Diagnostic::Severity::Warning);
 	w.endObject();
-	out << w.str() << "\n";
+	out << w.str(); // it ends its line
 	return plan ? 0 : 1;
 }
 
@@ -183,7 +183,7 @@ int runDump(const OfflineOptions &o, std::ostream &out, std::ostream &err)
 		w.beginObject().key("name").value(set.name).key("kind").value(setKindName(set.kind))
 			.key("elements").value(uint64_t{set.elements.size()}).endObject();
 	w.endArray().endObject();
-	out << w.str() << "\n";
+	out << w.str(); // it ends its line
 	return 0;
 }
 
@@ -243,7 +243,7 @@ int runOwner(const OfflineOptions &o, std::ostream &out, std::ostream &err)
 		else
 			w.value(answer->insideLast ? "conntrack" : "stateless");
 		w.endObject();
-		out << w.str() << "\n";
+		out << w.str(); // it ends its line
 		return answered ? 0 : 1;
 	}
 	out << o.argument << ": ";

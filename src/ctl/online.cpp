@@ -93,7 +93,7 @@ int status(Egress1 &proxy, const OnlineOptions &options)
 		error.empty() ? w.null() : w.value(error);
 		printFleetLink(options, &w);
 		w.endObject();
-		std::cout << w.str() << "\n";
+		std::cout << w.str(); // it ends its line
 	} else {
 		std::cout << "state:      " << state << "\n"
 			  << "generation: " << generation << "\n"
@@ -259,7 +259,7 @@ private:
 
 void printJson(const StatRows &rows)
 {
-	std::cout << StatsJson(rows).text() << "\n";
+	std::cout << StatsJson(rows).text(); // it ends its line
 }
 
 void printTable(const StatRows &rows)
@@ -470,7 +470,7 @@ int owner(Egress1 &proxy, const OnlineOptions &options)
 			w.endArray();
 		}
 		w.endObject();
-		std::cout << w.str() << "\n";
+		std::cout << w.str(); // it ends its line
 		return 0;
 	}
 	std::cout << target;
@@ -564,7 +564,7 @@ int history(Egress1 &proxy, const OnlineOptions &options)
 			w.endObject();
 		}
 		w.endArray();
-		std::cout << w.str() << "\n";
+		std::cout << w.str(); // it ends its line
 		return reportDamage();
 	}
 	// Whitespace-separated columns, WHY last and nothing after it (it may be

@@ -516,6 +516,7 @@ TEST_F(ServiceLab, PortslicectlSpeaksToTheDaemonAndSaysWhenItIsNotRunning)
 	EXPECT_NE(statusJson.output.find("\"state\": \"applied\""), std::string::npos) << statusJson.output;
 	EXPECT_NE(statusJson.output.find("\"generation\": 1,"), std::string::npos) << statusJson.output;
 	EXPECT_NE(statusJson.output.find("\"last_error\": null"), std::string::npos) << statusJson.output;
+	EXPECT_TRUE(statusJson.output.ends_with("}\n") && !statusJson.output.ends_with("\n\n")) << statusJson.output;
 
 	Outcome moved = ctl("set-owner 198.51.100.2 1 s1");
 	EXPECT_TRUE(moved.ok()) << moved.output;
@@ -550,6 +551,7 @@ TEST_F(ServiceLab, PortslicectlSpeaksToTheDaemonAndSaysWhenItIsNotRunning)
 	Outcome json = ctl("stats --json");
 	EXPECT_TRUE(json.ok()) << json.output;
 	EXPECT_EQ(json.output.substr(0, 1), "{") << json.output;
+	EXPECT_TRUE(json.output.ends_with("}\n") && !json.output.ends_with("\n\n")) << json.output;
 
 	// Not under systemd, the log is standard error with sd-daemon priorities:
 	// every line has one, applies are info, the caller of a change is noted.

@@ -212,6 +212,9 @@ TEST_F(JournalLab, OwnerIsTheDaemonsViewWithMovesAndDrainsAndTheFileAloneWithCon
 			EXPECT_NE(a.output.find(line), std::string::npos) << line << "\n" << a.output;
 		}
 		EXPECT_NE(a.output.find("\"server\": \"s1\""), std::string::npos) << a.output;
+		// One newline after the document, online and from the file.
+		EXPECT_TRUE(a.output.ends_with("}\n") && !a.output.ends_with("\n\n")) << "[" << a.output << "]";
+		EXPECT_TRUE(b.output.ends_with("}\n") && !b.output.ends_with("\n\n")) << "[" << b.output << "]";
 	}
 	// Losing its own slice 0 to s2: s2 owns it now, s1 keeps its flows for 30 s.
 	ASSERT_TRUE(ctl("set-owner 198.51.100.1 0 s2").ok());
@@ -435,6 +438,7 @@ TEST_F(JournalLab, OwnerAtAnswersEverySecondOfMovesReloadsDrainsAndRestartsAsThe
 	// history: one line per change, why included, and --since cuts.
 	Outcome history = ctl("history --json");
 	ASSERT_TRUE(history.ok()) << history.output;
+	EXPECT_TRUE(history.output.ends_with("]\n") && !history.output.ends_with("\n\n")) << history.output;
 	std::vector<std::string> lines;
 	for (size_t at2 = history.output.find("\"why\": "); at2 != std::string::npos; at2 = history.output.find("\"why\": ", at2 + 1))
 		lines.push_back(history.output.substr(at2 + 8, history.output.find('"', at2 + 8) - at2 - 8));

@@ -264,6 +264,19 @@ TEST(Cli, EveryOfflineCommandThatPrintsDataPrintsJsonWithRangesAsNumbers)
 
 // SPEC 2: --server NAME on the offline commands, geofeed among them; the
 // feed is the fleet's, so it is the same whichever server is named.
+// A JSON answer is one document and one newline: no blank line after it
+// (`portslicectl owner --json ... > a.json; cat a.json b.json | jq -s` sees no gap).
+TEST(Cli, EveryOfflineJsonAnswerEndsWithExactlyOneNewline)
+{
+	const std::string config = " --config " + std::string(RULES_DIR) + "/three-servers.toml";
+	for (std::string command : { "check --json", "plan --json", "dump --json", "owner --json 198.51.100.1:1500",
+				     "owner --json 198.51.100.1:80" }) {
+		Outcome o = run(kCtl + " " + command + config);
+		ASSERT_FALSE(o.out.empty()) << command << ": " << o.err;
+		EXPECT_TRUE(o.out.ends_with("\n") && !o.out.ends_with("\n\n")) << command << ": [" << o.out << "]";
+	}
+}
+
 TEST(Cli, GeofeedTakesServerAsTheOtherOfflineCommandsDo)
 {
 	const std::string config = " --config " + std::string(RULES_DIR) + "/three-servers.toml";
