@@ -21,7 +21,7 @@
 
 namespace portslice::daemon {
 
-Status KernelBackend::readNatFailures(std::vector<nft::CounterValue> *mainCounters)
+Status KernelBackend::readNatFailures(const plan::Plan &plan)
 {
 	Result<std::vector<nft::CounterValue>> counters = applier_.nft().readCounters();
 	if (!counters)
@@ -29,10 +29,9 @@ Status KernelBackend::readNatFailures(std::vector<nft::CounterValue> *mainCounte
 	Result<std::vector<nft::CounterValue>> lefts = applier_.nft().readCounters(true);
 	if (!lefts)
 		return lefts.error().wrap("reading the counters of table netdev portslice_egress");
-	natFailures_.update(*counters, *lefts);
-	counterTotals_.update(*counters);
-	if (mainCounters)
-		*mainCounters = std::move(*counters);
+	std::vector<std::string> planned = plannedCounters(plan);
+	natFailures_.update(*counters, *lefts, planned);
+	counterTotals_.update(*counters, planned);
 	return {};
 }
 
@@ -42,7 +41,7 @@ Status KernelBackend::apply(const plan::Plan &plan, const plan::Plan *old, uint6
 	// The failures and counters counted so far, before a replace starts them at 0
 	// (none to read before the first apply).
 	if (old)
-		(void)readNatFailures();
+		(void)readNatFailures(*old);
 	Result<ApplyResult> result = applier_.apply(plan, old, generation);
 	if (!result)
 		return result.error();
@@ -142,8 +141,7 @@ Result<std::string> KernelBackend::drift(const plan::Plan &plan, uint64_t genera
 
 Result<std::vector<service::StatRow>> KernelBackend::stats(const plan::Plan &plan)
 {
-	std::vector<nft::CounterValue> counters;
-	if (Status s = readNatFailures(&counters); !s)
+	if (Status s = readNatFailures(plan); !s)
 		return s.error();
 	std::vector<service::StatRow> rows;
 	counterTotals_.addRows(rows); // counters' totals, not the kernel's since the last replace

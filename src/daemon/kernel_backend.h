@@ -61,8 +61,9 @@ private:
 	std::optional<ConntrackUse> conntrackUse_;
 	NatFailures natFailures_;
 	CounterTotals counterTotals_; // src_*, addr_*, guard_*: monotonic across replaces
-	// Both tables' counters into natFailures_ (the new_ ones first).
-	Status readNatFailures(std::vector<nft::CounterValue> *mainCounters = nullptr);
+	// Both tables' counters into natFailures_ (the new_ ones first) and
+	// counterTotals_, for the counters of `plan` (the one the tables hold).
+	Status readNatFailures(const plan::Plan &plan);
 };
 
 } // namespace portslice::daemon

@@ -34,22 +34,45 @@ void addCounterRows(std::vector<service::StatRow> &rows, const std::string &name
 	rows.push_back({"counter", name, "packets", packets});
 }
 
-void CounterTotals::update(const std::vector<nft::CounterValue> &counters)
+std::vector<std::string> plannedCounters(const plan::Plan &plan)
 {
+	std::vector<std::string> names;
+	names.reserve(plan.sources.size() * 3 + plan.addresses.size() + 1);
+	for (const plan::PlannedSource &s : plan.sources) {
+		names.push_back("src_" + s.name);
+		names.push_back("guard_" + s.name);
+		if (s.mode == plan::NatMode::Conntrack)
+			names.push_back("new_" + s.name);
+	}
+	for (const plan::PlannedAddress &a : plan.addresses)
+		names.push_back("addr_" + a.address.str());
+	names.push_back("guard_other");
+	return names;
+}
+
+void CounterTotals::update(const std::vector<nft::CounterValue> &counters, const std::vector<std::string> &planned)
+{
+	std::unordered_map<std::string_view, const nft::CounterValue *> read;
+	for (const nft::CounterValue &c : counters)
+		read.emplace(c.name, &c);
 	std::map<std::string, Total> now;
-	for (const nft::CounterValue &c : counters) {
+	for (const std::string &name : planned) {
 		Total t;
-		if (auto was = counters_.find(c.name); was != counters_.end())
+		if (auto was = counters_.find(name); was != counters_.end())
 			t = was->second;
-		if (c.packets < t.packets || c.bytes < t.bytes) {
+		// Missing from the table: 0 since a reset (its last value goes into the base).
+		auto got = read.find(name);
+		uint64_t packets = got == read.end() ? 0 : got->second->packets;
+		uint64_t bytes = got == read.end() ? 0 : got->second->bytes;
+		if (packets < t.packets || bytes < t.bytes) {
 			t.basePackets += t.packets;
 			t.baseBytes += t.bytes;
 		}
-		t.packets = c.packets;
-		t.bytes = c.bytes;
-		now.emplace(c.name, t);
+		t.packets = packets;
+		t.bytes = bytes;
+		now.emplace(name, t);
 	}
-	counters_ = std::move(now); // a counter gone from the table is gone from the rows
+	counters_ = std::move(now); // a counter the plan no longer has is gone from the rows
 }
 
 void CounterTotals::rebase()
@@ -67,35 +90,55 @@ void CounterTotals::addRows(std::vector<service::StatRow> &rows) const
 		addCounterRows(rows, name, t.basePackets + t.packets, t.baseBytes + t.bytes);
 }
 
-void NatFailures::update(const std::vector<nft::CounterValue> &news, const std::vector<nft::CounterValue> &lefts)
+void NatFailures::update(const std::vector<nft::CounterValue> &news, const std::vector<nft::CounterValue> &lefts,
+			 const std::vector<std::string> &planned)
 {
 	constexpr std::string_view kNew = "new_", kLeft = "left_";
-	std::unordered_map<std::string, uint64_t> left;
+	std::unordered_map<std::string_view, uint64_t> left, created;
 	for (const nft::CounterValue &c : lefts)
 		if (c.name.starts_with(kLeft))
-			left.emplace(c.name.substr(kLeft.size()), c.packets);
+			left.emplace(std::string_view(c.name).substr(kLeft.size()), c.packets);
+	for (const nft::CounterValue &c : news)
+		if (c.name.starts_with(kNew))
+			created.emplace(std::string_view(c.name).substr(kNew.size()), c.packets);
 	std::map<std::string, Source> now;
-	for (const nft::CounterValue &c : news) {
-		if (!c.name.starts_with(kNew))
+	for (const std::string &name : planned) {
+		if (!name.starts_with(kNew))
 			continue;
-		std::string source = c.name.substr(kNew.size());
-		auto l = left.find(source);
-		if (l == left.end())
-			continue; // no egress table (yet): nothing to compare with
+		std::string source = name.substr(kNew.size());
 		Source s;
 		if (auto was = sources_.find(source); was != sources_.end())
 			s = was->second;
-		if (s.seen && c.packets < s.lastNew) {
+		auto n = created.find(source);
+		if (n == created.end()) {
+			// The main table is gone (deleted by hand, not yet or never
+			// repaired): no new flow counted, the count starts again at 0.
+			s.base += s.high;
+			s.high = 0;
+			s.lastNew = 0;
+			s.seen = true;
+			now.emplace(std::move(source), s);
+			continue;
+		}
+		auto l = left.find(source);
+		if (l == left.end()) {
+			// No egress table (yet): nothing to compare with; what was known stays.
+			if (s.seen)
+				now.emplace(std::move(source), s);
+			continue;
+		}
+		uint64_t packets = n->second;
+		if (s.seen && packets < s.lastNew) {
 			// The tables were made anew since the last read.
 			s.base += s.high;
 			s.high = 0;
 		}
 		s.seen = true;
-		s.lastNew = c.packets;
-		s.high = std::max(s.high, c.packets > l->second ? c.packets - l->second : 0);
+		s.lastNew = packets;
+		s.high = std::max(s.high, packets > l->second ? packets - l->second : 0);
 		now.emplace(std::move(source), s);
 	}
-	sources_ = std::move(now); // a source gone from the plan is gone from the rows
+	sources_ = std::move(now); // a source the plan no longer has is gone from the rows
 }
 
 void NatFailures::rebase()

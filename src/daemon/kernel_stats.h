@@ -19,6 +19,12 @@ namespace portslice::daemon {
 // are NatFailures' and make no row.
 void addCounterRows(std::vector<service::StatRow> &rows, const std::string &name, uint64_t packets, uint64_t bytes);
 
+// The names of the counters `plan`'s table inet portslice holds
+// (nft::buildModel's `counters`): src_NAME, guard_NAME and, for a
+// conntrack source, new_NAME per source; addr_ADDRESS per shared address;
+// guard_other.
+std::vector<std::string> plannedCounters(const plan::Plan &plan);
+
 // The named counters of table inet portslice (src_*, addr_*, guard_*, ...)
 // as counters that only go up in the life of the daemon: a full replace of
 // the table (a reload that changes its layout, a drift repair after `nft
@@ -26,12 +32,17 @@ void addCounterRows(std::vector<service::StatRow> &rows, const std::string &name
 // the values its earlier tables had at their last read. What the kernel
 // counted between that read and the replace is lost: the apply reads just
 // before it replaces; a table deleted by hand loses what it counted since
-// the last Stats() or metrics-file read.
+// the last Stats() or metrics-file read. A counter of the plan missing from
+// the table (deleted, not yet repaired; --no-repair) reads as 0 since a
+// reset: its row stays, with its total.
 class CounterTotals {
 public:
 	// One read of the table; a value below the last read's means a table
-	// made anew behind our back (its last value goes into the base).
-	void update(const std::vector<nft::CounterValue> &counters);
+	// made anew behind our back (its last value goes into the base), and so
+	// does a counter of `planned` (plannedCounters) missing from `counters`.
+	// Only the planned counters have rows: one the plan no longer has is
+	// dropped with its total.
+	void update(const std::vector<nft::CounterValue> &counters, const std::vector<std::string> &planned);
 	// The table is about to be, or was just, made anew.
 	void rebase();
 	// The rows of addCounterRows, with the totals.
@@ -51,12 +62,17 @@ private:
 // see nft::egressModel). Read new_ first and left_ after, so that a flow
 // between the two points at the moment of reading is counted as left, not as
 // a failure; the result never goes down between reads, and adds up across
-// replaces of the tables (which start their counters at 0).
+// replaces of the tables (which start their counters at 0). A source's row
+// stays, with its total, while its new_NAME is missing (the main table
+// deleted): its count starts again at 0 when the table is back.
 class NatFailures {
 public:
 	// `news`: the main table's counters (new_NAME among them), read before
-	// `lefts`: the egress table's.
-	void update(const std::vector<nft::CounterValue> &news, const std::vector<nft::CounterValue> &lefts);
+	// `lefts`: the egress table's. The sources are those of `planned`'s
+	// new_NAME (plannedCounters): a source the plan no longer has is
+	// dropped with its total.
+	void update(const std::vector<nft::CounterValue> &news, const std::vector<nft::CounterValue> &lefts,
+		    const std::vector<std::string> &planned);
 	// The tables are about to be made anew (their counters start at 0).
 	void rebase();
 	// ("source", NAME, "nat_failures", n) per conntrack source.

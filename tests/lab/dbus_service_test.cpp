@@ -773,6 +773,57 @@ TEST_F(ServiceLab, CountersDoNotGoBackWhenTheTableIsReplaced)
 	EXPECT_EQ(shown, sample(metrics(), packets)) << text.output;
 }
 
+// The counters' series and totals outlive their table: with --no-repair and
+// `nft delete table inet portslice`, stats still lists every source, address
+// and guard series with what it had counted, and the NAT failures (the
+// kernel's counters are gone; the daemon's totals are not).
+TEST_F(ServiceLab, ADeletedTableKeepsEveryCounterSeriesWithItsTotal)
+{
+	daemonArgs_ = {"--no-repair"};
+	writeConfig(kTinyFleet);
+	startDaemon();
+	Outcome routed = inNs("ip addr add 100.64.1.5/32 dev lo && ip addr add 100.64.1.200/32 dev lo && "
+			      "ip route add 203.0.113.0/24 dev up0 && "
+			      "ip neigh add 203.0.113.10 lladdr 02:00:00:00:00:99 dev up0");
+	ASSERT_TRUE(routed.ok()) << routed.output;
+	auto metrics = [&] {
+		Outcome m = ctl("stats --prometheus");
+		EXPECT_TRUE(m.ok()) << m.output;
+		return "\n" + m.output;
+	};
+	ASSERT_EQ(inNs(udpFlows("100.64.1.5", 40000, 12)).output, "refused 10 sent 2\n");
+	ASSERT_EQ(inNs(udpFlows("100.64.1.200", 41000, 2)).output, "refused 0 sent 2\n");
+	const std::vector<std::string> series = {
+		"portslice_source_packets_total{source=\"warp-a\"}", "portslice_source_bytes_total{source=\"warp-a\"}",
+		"portslice_source_packets_total{source=\"warp-b\"}", "portslice_source_packets_total{source=\"plain\"}",
+		"portslice_address_packets_total{address=\"198.51.100.1\"}",
+		"portslice_guard_drops_total{source=\"warp-a\"}", "portslice_guard_other_drops_total",
+		"portslice_source_nat_failures_total{source=\"warp-a\"}",
+		"portslice_source_nat_failures_total{source=\"warp-b\"}"};
+	std::string before = metrics();
+	ASSERT_GE(sample(before, "portslice_source_packets_total{source=\"warp-b\"}"), 2) << before;
+	ASSERT_EQ(sample(before, "portslice_source_nat_failures_total{source=\"warp-a\"}"), 10) << before;
+
+	ASSERT_TRUE(inNs("nft delete table inet portslice").ok());
+	ASSERT_NE(inNs("nft list table inet portslice").status, 0);
+	std::string after = metrics();
+	for (const std::string &s : series) {
+		EXPECT_GE(sample(before, s), 0) << s << before;
+		EXPECT_EQ(sample(after, s), sample(before, s)) << s << after;
+	}
+	// stats (text): the source's packets row, with the same total.
+	Outcome text = ctl("stats");
+	ASSERT_TRUE(text.ok()) << text.output;
+	std::istringstream lines(text.output);
+	std::string kind, name, counter;
+	double value = -1, shown = -1;
+	std::getline(lines, kind); // the header
+	while (lines >> kind >> name >> counter >> value)
+		if (kind == "source" && name == "warp-b" && counter == "packets")
+			shown = value;
+	EXPECT_EQ(shown, sample(before, "portslice_source_packets_total{source=\"warp-b\"}")) << text.output;
+}
+
 TEST_F(ServiceLab, ADetachedForwarderIsReattachedWithinTwoSeconds)
 {
 	startDaemon();

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 // NAT failures per source: new_NAME less left_NAME, never going down between reads, adding up across table replaces; the egress table follows the main one.
+// Counter totals: a series outlives its table (deleted, replaced) while the plan has its counter.
 #include <gtest/gtest.h>
 
 #include <map>
@@ -12,6 +13,7 @@
 
 namespace {
 
+using portslice::daemon::CounterTotals;
 using portslice::daemon::NatFailures;
 using portslice::nft::CounterValue;
 
@@ -36,41 +38,134 @@ std::vector<CounterValue> counters(std::map<std::string, uint64_t> packets)
 	return out;
 }
 
+// The counters of a plan whose conntrack sources are `sources`.
+std::vector<std::string> planned(std::vector<std::string> sources)
+{
+	std::vector<std::string> out;
+	for (const std::string &s : sources)
+		for (const char *prefix : { "src_", "guard_", "new_" })
+			out.push_back(prefix + s);
+	out.push_back("addr_198.51.100.1");
+	out.push_back("guard_other");
+	return out;
+}
+
 TEST(NatFailures, AreNewFlowsLessThoseThatLeftPerSource)
 {
 	NatFailures f;
 	f.update(counters({ { "new_a", 400 }, { "new_b", 7 }, { "src_a", 999 }, { "guard_a", 3 } }),
-		 counters({ { "left_a", 158 }, { "left_b", 7 } }));
+		 counters({ { "left_a", 158 }, { "left_b", 7 } }), planned({ "a", "b" }));
 	EXPECT_EQ(failures(f), (std::map<std::string, uint64_t>{ { "a", 242 }, { "b", 0 } }));
 }
 
 TEST(NatFailures, NeverGoDownAndAddUpAcrossReplaces)
 {
 	NatFailures f;
-	f.update(counters({ { "new_a", 10 } }), counters({ { "left_a", 4 } }));
+	f.update(counters({ { "new_a", 10 } }), counters({ { "left_a", 4 } }), planned({ "a" }));
 	// A read where a flow counted new had not yet been seen leaving, and the
 	// next where it had: the value stays.
-	f.update(counters({ { "new_a", 12 } }), counters({ { "left_a", 5 } }));
+	f.update(counters({ { "new_a", 12 } }), counters({ { "left_a", 5 } }), planned({ "a" }));
 	EXPECT_EQ(failures(f)["a"], 7u);
-	f.update(counters({ { "new_a", 12 } }), counters({ { "left_a", 6 } }));
+	f.update(counters({ { "new_a", 12 } }), counters({ { "left_a", 6 } }), planned({ "a" }));
 	EXPECT_EQ(failures(f)["a"], 7u);
 	// The daemon replaced the tables: counters from 0, the total goes on.
 	f.rebase();
-	f.update(counters({ { "new_a", 3 } }), counters({ { "left_a", 1 } }));
+	f.update(counters({ { "new_a", 3 } }), counters({ { "left_a", 1 } }), planned({ "a" }));
 	EXPECT_EQ(failures(f)["a"], 9u);
 	// Replaced without the daemon knowing (a rollback): new_a went down.
-	f.update(counters({ { "new_a", 1 } }), counters({ { "left_a", 0 } }));
+	f.update(counters({ { "new_a", 1 } }), counters({ { "left_a", 0 } }), planned({ "a" }));
 	EXPECT_EQ(failures(f)["a"], 10u);
 }
 
 TEST(NatFailures, NothingWithoutTheEgressTableAndNoRowForAGoneSource)
 {
 	NatFailures f;
-	f.update(counters({ { "new_a", 10 } }), {});
+	f.update(counters({ { "new_a", 10 } }), {}, planned({ "a" }));
 	EXPECT_TRUE(failures(f).empty()); // not 10: nothing left is not known
-	f.update(counters({ { "new_a", 10 }, { "new_b", 1 } }), counters({ { "left_a", 10 }, { "left_b", 0 } }));
-	f.update(counters({ { "new_a", 10 } }), counters({ { "left_a", 10 } }));
+	f.update(counters({ { "new_a", 10 }, { "new_b", 1 } }), counters({ { "left_a", 10 }, { "left_b", 0 } }),
+		 planned({ "a", "b" }));
+	// b is gone from the plan (a reload): its row goes.
+	f.update(counters({ { "new_a", 10 } }), counters({ { "left_a", 10 } }), planned({ "a" }));
 	EXPECT_EQ(failures(f), (std::map<std::string, uint64_t>{ { "a", 0 } }));
+}
+
+TEST(NatFailures, ASourceKeepsItsTotalWhileTheMainTableIsGone)
+{
+	NatFailures f;
+	f.update(counters({ { "new_a", 10 }, { "new_b", 3 } }), counters({ { "left_a", 4 }, { "left_b", 3 } }),
+		 planned({ "a", "b" }));
+	ASSERT_EQ(failures(f), (std::map<std::string, uint64_t>{ { "a", 6 }, { "b", 0 } }));
+	// `nft delete table inet portslice`: no new_ counter, the egress table still there.
+	f.update({}, counters({ { "left_a", 4 }, { "left_b", 3 } }), planned({ "a", "b" }));
+	EXPECT_EQ(failures(f), (std::map<std::string, uint64_t>{ { "a", 6 }, { "b", 0 } }));
+	f.update({}, {}, planned({ "a", "b" }));
+	EXPECT_EQ(failures(f), (std::map<std::string, uint64_t>{ { "a", 6 }, { "b", 0 } }));
+	// Repaired (both tables made anew): the new tables' failures add on.
+	f.rebase();
+	f.update(counters({ { "new_a", 2 }, { "new_b", 1 } }), counters({ { "left_a", 1 }, { "left_b", 1 } }),
+		 planned({ "a", "b" }));
+	EXPECT_EQ(failures(f), (std::map<std::string, uint64_t>{ { "a", 7 }, { "b", 0 } }));
+	// The egress table alone gone: what was known stays.
+	f.update(counters({ { "new_a", 5 }, { "new_b", 1 } }), {}, planned({ "a", "b" }));
+	EXPECT_EQ(failures(f), (std::map<std::string, uint64_t>{ { "a", 7 }, { "b", 0 } }));
+}
+
+// addCounterRows of CounterTotals as "kind name counter" -> value.
+std::map<std::string, uint64_t> totals(const CounterTotals &t)
+{
+	std::vector<portslice::service::StatRow> rows;
+	t.addRows(rows);
+	std::map<std::string, uint64_t> out;
+	for (const auto &r : rows)
+		out[r.kind + " " + r.name + " " + r.counter] = r.value;
+	return out;
+}
+
+TEST(CounterTotals, ACounterMissingFromTheTableKeepsItsRowAndTotalAndAddsOnWhenBack)
+{
+	CounterTotals t;
+	t.update(counters({ { "src_a", 5 }, { "guard_a", 1 }, { "addr_198.51.100.1", 5 }, { "guard_other", 0 } }),
+		 planned({ "a" }));
+	const std::map<std::string, uint64_t> first = {
+		{ "source a packets", 5 }, { "source a bytes", 300 }, { "guard a drops", 1 },
+		{ "address 198.51.100.1 packets", 5 }, { "address 198.51.100.1 bytes", 300 }, { "guard other drops", 0 } };
+	EXPECT_EQ(totals(t), first);
+	// The table deleted by hand (--no-repair, or read before the repair): every row stays.
+	t.update({}, planned({ "a" }));
+	EXPECT_EQ(totals(t), first);
+	// One counter missing, the others read: only it reads as 0 since a reset.
+	t.update(counters({ { "src_a", 7 }, { "addr_198.51.100.1", 7 }, { "guard_other", 0 } }), planned({ "a" }));
+	EXPECT_EQ(totals(t)["source a packets"], 12u);
+	EXPECT_EQ(totals(t)["guard a drops"], 1u);
+	// Back, from 0: its counts add to the total, none counted twice.
+	t.update(counters({ { "src_a", 8 }, { "guard_a", 2 }, { "addr_198.51.100.1", 8 }, { "guard_other", 0 } }),
+		 planned({ "a" }));
+	EXPECT_EQ(totals(t)["source a packets"], 13u);
+	EXPECT_EQ(totals(t)["guard a drops"], 3u);
+	EXPECT_EQ(totals(t)["address 198.51.100.1 packets"], 13u);
+}
+
+TEST(CounterTotals, OnlyTheCountersOfThePlanHaveRows)
+{
+	CounterTotals t;
+	t.update(counters({ { "src_a", 5 }, { "src_b", 6 } }), planned({ "a", "b" }));
+	EXPECT_EQ(totals(t)["source b packets"], 6u);
+	// b left the plan (a reload): its series goes, whatever the table still holds.
+	t.update(counters({ { "src_a", 5 }, { "src_b", 6 } }), planned({ "a" }));
+	EXPECT_EQ(totals(t).count("source b packets"), 0u);
+	EXPECT_EQ(totals(t)["source a packets"], 5u);
+}
+
+TEST(CounterTotals, ThePlannedCountersAreThoseOfTheTableModel)
+{
+	for (const char *file : { "/one-server.toml", "/three-servers.toml", "/overlapping-tenants.toml" }) {
+		auto loaded = portslice::config::loadFile(std::string(RULES_DIR) + file);
+		ASSERT_TRUE(loaded.ok()) << file;
+		auto made = portslice::plan::makePlan(*loaded.config);
+		ASSERT_TRUE(made.ok()) << file;
+		EXPECT_EQ(portslice::daemon::plannedCounters(*made.plan), portslice::nft::buildModel(*made.plan, 1).counters)
+			<< file;
+	}
 }
 
 TEST(EgressTable, CountsEveryConntrackSourceByItsMarkAndGivesTheMarkBack)
