@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <map>
+#include <optional>
 #include <set>
 #include <unordered_map>
 
@@ -177,13 +178,35 @@ std::vector<service::StatRow> conntrackUseRows(const plan::Plan &plan, const std
 	for (auto &[address, list] : runs)
 		std::sort(list.begin(), list.end(), [](const Run &x, const Run &y) { return x.lo < y.lo; });
 
+	// The slices this server drains as previous owner, per address (index):
+	// no source's share is there any more, a flow's zone names its source.
+	std::unordered_map<uint32_t, uint32_t> addressIndex;
+	for (uint32_t i = 0; i < plan.addresses.size(); ++i)
+		addressIndex.emplace(plan.addresses[i].address.value, i);
+	std::unordered_map<uint32_t, std::vector<uint32_t>> drained; // address (host order) -> slices
+	for (const plan::PlannedAddress &a : plan.addresses)
+		for (uint32_t slice = 0; slice < a.previous.size(); ++slice)
+			if (a.drainedBy(slice, plan.serverIndex))
+				drained[a.address.value].push_back(slice);
+
 	std::map<uint16_t, uint64_t> perZone;
 	// Distinct (address, port) in use: several flows to different peers may share a NAT port.
 	std::unordered_map<uint32_t, std::set<uint16_t>> portsByAddress;
+	// Distinct ports on drained slices, per (source, address index).
+	std::map<std::pair<uint32_t, uint32_t>, std::set<uint16_t>> drainedUse;
 	for (const conntrack::Entry &e : entries) {
 		++perZone[e.zone];
-		if (e.replyDstPort != 0)
-			portsByAddress[e.replyDst.value].insert(e.replyDstPort);
+		if (e.replyDstPort == 0)
+			continue;
+		portsByAddress[e.replyDst.value].insert(e.replyDstPort);
+		auto slices = drained.find(e.replyDst.value);
+		auto source = sourceOfZone.find(e.zone);
+		if (slices == drained.end() || source == sourceOfZone.end())
+			continue;
+		const plan::PlannedAddress &a = plan.addresses[addressIndex.at(e.replyDst.value)];
+		std::optional<uint32_t> slice = a.sliceOf(e.replyDstPort);
+		if (slice && std::binary_search(slices->second.begin(), slices->second.end(), *slice))
+			drainedUse[{source->second, addressIndex.at(e.replyDst.value)}].insert(e.replyDstPort);
 	}
 
 	std::vector<service::StatRow> rows;
@@ -202,9 +225,6 @@ std::vector<service::StatRow> conntrackUseRows(const plan::Plan &plan, const std
 	for (uint32_t i = 0; i < plan.sources.size(); ++i)
 		for (const plan::Share &share : plan.sources[i].shares)
 			use[{i, share.address}].second += share.ports.size();
-	std::unordered_map<uint32_t, uint32_t> addressIndex;
-	for (uint32_t i = 0; i < plan.addresses.size(); ++i)
-		addressIndex.emplace(plan.addresses[i].address.value, i);
 	for (const auto &[address, ports] : portsByAddress) {
 		auto list = runs.find(address);
 		if (list == runs.end())
@@ -220,6 +240,10 @@ std::vector<service::StatRow> conntrackUseRows(const plan::Plan &plan, const std
 				++use[{run->source, index}].first;
 		}
 	}
+	// Its flows still on a slice this server drains count as in use (a
+	// source that only drains on the address: a row with no ports of its own).
+	for (const auto &[key, ports] : drainedUse)
+		use[key].first += ports.size();
 	for (const auto &[key, counts] : use) {
 		std::string name = plan.sources[key.first].name + " " + plan.addresses[key.second].address.str();
 		rows.push_back({"source_address", name, "ports_in_use", counts.first});
@@ -230,7 +254,13 @@ std::vector<service::StatRow> conntrackUseRows(const plan::Plan &plan, const std
 		auto found = portsByAddress.find(a.address.value);
 		static const std::set<uint16_t> none;
 		const std::set<uint16_t> &used = found == portsByAddress.end() ? none : found->second;
-		for (uint32_t slice : a.mySlices) {
+		// Its own slices and those it drains, ascending.
+		std::vector<uint32_t> slices = a.mySlices;
+		if (auto more = drained.find(a.address.value); more != drained.end()) {
+			slices.insert(slices.end(), more->second.begin(), more->second.end());
+			std::sort(slices.begin(), slices.end());
+		}
+		for (uint32_t slice : slices) {
 			plan::PortRange range = a.slice(slice);
 			auto from = used.lower_bound(range.lo);
 			auto to = used.upper_bound(range.hi);

@@ -92,8 +92,11 @@ private:
 // entries per zone and per conntrack source; for each conntrack source and
 // address, the distinct NAT ports in use and the ports of its own range there
 // (source_address "SOURCE ADDRESS" ports_in_use / ports: exhaustion of its
-// range shows before its flows fail); for each slice this server owns, the
-// ports in use (absolute and percent).
+// range shows before its flows fail); for each slice this server owns or
+// drains as previous owner, the ports in use (absolute and percent). A
+// drained slice is no source's range any more: its ports in use count for
+// the source whose zone holds the flow (a source that only drains on an
+// address has a row with 0 ports).
 std::vector<service::StatRow> conntrackUseRows(const plan::Plan &plan, const std::vector<conntrack::Entry> &entries);
 
 // The same from one walk of the kernel's table.

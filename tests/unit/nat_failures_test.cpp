@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: MIT
 // NAT failures per source: new_NAME less left_NAME, never going down between reads, adding up across table replaces; the egress table follows the main one.
 // Counter totals: a series outlives its table (deleted, replaced) while the plan has its counter.
+// Conntrack use: the slices this server drains show with their flows.
 #include <gtest/gtest.h>
 
 #include <map>
 
+#include "common/net.h"
 #include "config/config.h"
 #include "daemon/kernel_stats.h"
 #include "nft/model.h"
@@ -166,6 +168,86 @@ TEST(CounterTotals, ThePlannedCountersAreThoseOfTheTableModel)
 		EXPECT_EQ(portslice::daemon::plannedCounters(*made.plan), portslice::nft::buildModel(*made.plan, 1).counters)
 			<< file;
 	}
+}
+
+// s1 owns slices 0 and 1 of 198.51.100.1 (ports 1024-1039) and drains slice
+// 2 (1040-1047), which s2 owns now; warp-a still has flows there.
+const char *kDraining = R"(
+[server]
+name = "s1"
+uplink = "up0"
+
+[[datacenters]]
+name = "lab1"
+gateway = "192.0.2.1"
+
+[[servers]]
+name = "s1"
+address = "192.0.2.11"
+datacenter = "lab1"
+
+[[servers]]
+name = "s2"
+address = "192.0.2.12"
+datacenter = "lab1"
+
+[[addresses]]
+address = "198.51.100.1"
+datacenter = "lab1"
+port_range = "1024-1055"
+slice_size = 8
+tags = { country = "GB" }
+slices = { s1 = [0, 1], s2 = [2, 3] }
+previous = { s1 = 2 }
+
+[[sources]]
+name = "warp-a"
+match = { saddr = "100.64.1.0/25" }
+want = { country = "GB" }
+
+[[sources]]
+name = "warp-b"
+match = { saddr = "100.64.1.128/25" }
+want = { country = "GB" }
+)";
+
+TEST(ConntrackUse, ASliceThisServerDrainsHasItsRowsAndItsFlowsCountForTheirSource)
+{
+	auto loaded = portslice::config::loadString(kDraining, "draining.toml");
+	ASSERT_TRUE(loaded.ok());
+	auto made = portslice::plan::makePlan(*loaded.config);
+	ASSERT_TRUE(made.ok());
+	const portslice::plan::Plan &plan = *made.plan;
+	ASSERT_EQ(plan.sources.size(), 2u);
+	uint16_t zoneA = plan.sources[0].zone, zoneB = plan.sources[1].zone;
+	portslice::Ipv4 address = *portslice::Ipv4::parse("198.51.100.1");
+	auto flow = [&](uint16_t zone, uint16_t port) {
+		portslice::conntrack::Entry e;
+		e.l4proto = 17;
+		e.zone = zone;
+		e.srcNat = true;
+		e.replyDst = address;
+		e.replyDstPort = port;
+		return e;
+	};
+	// warp-a: 3 distinct ports of the drained slice (one of them twice), 1
+	// of its own range; warp-b: 1 of its own range.
+	uint16_t ownA = plan.sources[0].shares.at(0).ports.lo, ownB = plan.sources[1].shares.at(0).ports.lo;
+	std::vector<portslice::conntrack::Entry> entries = { flow(zoneA, 1040), flow(zoneA, 1041), flow(zoneA, 1041),
+							     flow(zoneA, 1047), flow(zoneA, ownA), flow(zoneB, ownB) };
+	std::map<std::string, uint64_t> rows;
+	for (const auto &r : portslice::daemon::conntrackUseRows(plan, entries))
+		rows[r.kind + " " + r.name + " " + r.counter] = r.value;
+	EXPECT_EQ(rows["slice 198.51.100.1/2 ports_in_use"], 3u);
+	EXPECT_EQ(rows["slice 198.51.100.1/2 ports"], 8u);
+	EXPECT_EQ(rows["slice 198.51.100.1/2 percent_in_use"], 37u);
+	EXPECT_EQ(rows.count("slice 198.51.100.1/3 ports"), 0u); // s2's, never this server's
+	EXPECT_EQ(rows["source_address warp-a 198.51.100.1 ports_in_use"], 4u);
+	EXPECT_EQ(rows["source_address warp-b 198.51.100.1 ports_in_use"], 1u);
+	EXPECT_EQ(rows["source warp-a conntrack_entries"], 5u);
+	// Its own slices as before.
+	EXPECT_EQ(rows["slice 198.51.100.1/0 ports"], 8u);
+	EXPECT_EQ(rows["slice 198.51.100.1/0 ports_in_use"] + rows["slice 198.51.100.1/1 ports_in_use"], 2u);
 }
 
 TEST(EgressTable, CountsEveryConntrackSourceByItsMarkAndGivesTheMarkBack)
