@@ -92,6 +92,7 @@ Status KernelBackend::applyMove(const plan::Plan &plan, const plan::SliceMove &m
 
 Status KernelBackend::applyMoves(const plan::Plan &plan, const std::vector<plan::SliceMove> &moves, uint64_t generation)
 {
+	conntrackUse_.reset(); // as for one move: the slices' rows change now
 	Result<ApplyResult> result = applier_.applyMoves(plan, moves, generation);
 	if (!result)
 		return result.error();
