@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <map>
-#include <iostream>
 
 #include "common/log.h"
 #include "daemon/kernel_stats.h"
@@ -97,11 +96,12 @@ Status KernelBackend::applyMoves(const plan::Plan &plan, const std::vector<plan:
 	if (!result)
 		return result.error();
 	const ApplyResult &r = *result;
-	std::cerr << "generation " << generation << ": " << moves.size() << " slice moves, +" << r.nft.elementsAdded
-		  << " -" << r.nft.elementsDeleted << " elements in " << r.nft.messages << " messages (" << r.nft.bytes
-		  << " bytes, " << r.nftMs << " ms); " << r.conntrackDeleted
-		  << " conntrack entries of lost slices deleted (" << r.conntrackMs << " ms)"
-		  << (r.xdp ? "; XDP forwarder slices synced (" + std::to_string(r.xdpMs) + " ms)" : "") << std::endl;
+	log::Line(log::Priority::Info) << "generation " << generation << ": " << moves.size() << " slice moves, +"
+				       << r.nft.elementsAdded << " -" << r.nft.elementsDeleted << " elements in "
+				       << r.nft.messages << " messages (" << r.nft.bytes << " bytes, " << r.nftMs
+				       << " ms); " << r.conntrackDeleted << " conntrack entries of lost slices deleted ("
+				       << r.conntrackMs << " ms)"
+				       << (r.xdp ? "; XDP forwarder slices synced (" + std::to_string(r.xdpMs) + " ms)" : "");
 	return {};
 }
 

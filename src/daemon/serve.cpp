@@ -5,12 +5,12 @@
 #include <algorithm>
 #include <cerrno>
 #include <csignal>
+#include <cstdarg>
 #include <arpa/inet.h>
 #include <cstdio>
 #include <cstring>
 #include <libmnl/libmnl.h>
 #include <linux/netfilter/nf_tables.h>
-#include <iostream>
 #include <malloc.h>
 #include <memory>
 #include <fcntl.h>
@@ -23,6 +23,9 @@
 #include <unistd.h>
 
 #include <sdbus-c++/sdbus-c++.h>
+#ifdef PORTSLICE_HAVE_XDP
+#include <bpf/libbpf.h>
+#endif
 
 #include "common/handle.h"
 #include "daemon/nft_monitor.h"
@@ -38,6 +41,27 @@
 namespace portslice::daemon {
 
 namespace {
+
+#ifdef PORTSLICE_HAVE_XDP
+// libbpf's own lines (a warning while loading the forwarder, the kernel's
+// message for a tc request) go to the daemon's log with a priority, not
+// bare on standard error; its debug lines are dropped, as by default.
+int libbpfLine(libbpf_print_level level, const char *format, va_list args)
+{
+	if (level == LIBBPF_DEBUG)
+		return 0;
+	char text[1024];
+	int n = std::vsnprintf(text, sizeof(text), format, args);
+	if (n < 0)
+		return n;
+	std::string_view line(text);
+	while (!line.empty() && line.back() == '\n')
+		line.remove_suffix(1);
+	if (!line.empty())
+		log::write(level == LIBBPF_WARN ? log::Priority::Warning : log::Priority::Info, "libbpf: " + std::string(line));
+	return n;
+}
+#endif
 
 // A full apply frees its netlink batch and a Dump() its text, tens of MB at
 // 10,000 sources, and the heap keeps such memory resident until trimmed.
@@ -307,6 +331,9 @@ int serve(const ServeOptions &options, service::Backend &backend)
 	// end of the first apply). Not for --apply-once, which exits at once:
 	// the page faults of fresh mappings cost it 5-10 % of its time.
 	mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+#ifdef PORTSLICE_HAVE_XDP
+	libbpf_set_print(libbpfLine);
+#endif
 	Result<UniqueFd> signals = blockSignals();
 	if (!signals) {
 		log::Line(log::Priority::Err) << "portsliced: " << signals.error().message();
@@ -384,8 +411,8 @@ int serve(const ServeOptions &options, service::Backend &backend)
 		if (!*change)
 			return false;
 		if (!options.repair && !afterOwnWork) {
-			std::cerr << "portsliced: table inet portslice changed by " << (*change)->str()
-				  << "; not repaired (--no-repair): see portslicectl audit" << std::endl;
+			log::Line(log::Priority::Warning) << "portsliced: table inet portslice changed by " << (*change)->str()
+							  << "; not repaired (--no-repair): see portslicectl audit";
 			return true;
 		}
 		if ((*change)->lost() && (*change)->foreignLost)

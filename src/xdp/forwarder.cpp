@@ -1210,8 +1210,15 @@ private:
 Status attachRecord(uint32_t ifindex, int progFd)
 {
 	bpf_tc_hook hook = egressHook(ifindex);
-	if (int err = bpf_tc_hook_create(&hook); err && err != -EEXIST)
-		return errnoError(err, "adding the tc egress hook (clsact) for the egress program");
+	int created;
+	{
+		// The hook is there after the first attach: EEXIST, which libbpf
+		// prints as "Exclusivity flag on, cannot modify".
+		QuietLibbpf quiet;
+		created = bpf_tc_hook_create(&hook);
+	}
+	if (created && created != -EEXIST)
+		return errnoError(created, "adding the tc egress hook (clsact) for the egress program");
 	bpf_prog_info info{};
 	uint32_t size = sizeof(info);
 	if (bpf_obj_get_info_by_fd(progFd, &info, &size) != 0)

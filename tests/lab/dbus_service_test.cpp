@@ -898,6 +898,55 @@ TEST_F(ServiceLab, TheForwarderFollowsAMovedSliceInTheSameGeneration)
 	EXPECT_EQ(moved["forward"], owned["forward"]);
 }
 
+// Every line the daemon writes to standard error carries its sd-daemon(3)
+// priority (portsliced.8, LOGGING): after a full restore (the table deleted
+// by hand, the egress program attached again), two moves in one call, a
+// reload that adds a source, and a hand edit a --no-repair daemon leaves.
+TEST_F(ServiceLab, EveryLineOnStandardErrorCarriesItsPriority)
+{
+	startDaemon();
+	std::string applied = table();
+	ASSERT_TRUE(inNs("nft delete table inet portslice").ok());
+	bool restored = false;
+	for (int i = 0; i < 100 && !restored; i++) {
+		restored = table() == applied;
+		if (!restored)
+			std::this_thread::sleep_for(std::chrono::milliseconds(20));
+	}
+	ASSERT_TRUE(restored) << table();
+	Outcome moved = call("SetSliceOwners", "'a(sus)u' 2 198.51.100.1 1 s1 198.51.100.2 1 s1 0");
+	ASSERT_TRUE(moved.ok()) << moved.output;
+	writeConfig(kLabFleet + "\n[[sources]]\nname = \"more\"\nmatch = { saddr = \"100.64.2.0/24\" }\n"
+				"want = { country = \"GB\" }\nzone = 11\n");
+	Outcome reloaded = ctl("reload");
+	ASSERT_TRUE(reloaded.ok()) << reloaded.output;
+	stopDaemon(SIGTERM);
+
+	daemonArgs_ = {"--no-repair"};
+	startDaemon();
+	ASSERT_TRUE(inNs("nft delete table inet portslice").ok());
+	bool said = false;
+	for (int i = 0; i < 100 && !said; i++) {
+		said = readFile(logPath()).find("not repaired (--no-repair)") != std::string::npos;
+		if (!said)
+			std::this_thread::sleep_for(std::chrono::milliseconds(20));
+	}
+	EXPECT_TRUE(said) << readFile(logPath());
+	stopDaemon(SIGTERM);
+
+	std::string log = readFile(logPath());
+	std::istringstream in(log);
+	int lines = 0;
+	for (std::string line; std::getline(in, line);) {
+		if (line.empty())
+			continue;
+		++lines;
+		EXPECT_TRUE(line.size() > 3 && line[0] == '<' && line[1] >= '0' && line[1] <= '7' && line[2] == '>')
+			<< "no priority: " << line;
+	}
+	EXPECT_GT(lines, 5) << log;
+}
+
 // `portslicectl dump` and Dump() print what `nft -s list table inet portslice`
 // lists, byte for byte with the elements in the kernel's order, for every
 // example of rules/: after the apply, after slice moves (element deltas
