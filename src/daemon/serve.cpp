@@ -411,8 +411,9 @@ int serve(const ServeOptions &options, service::Backend &backend)
 		if (!*change)
 			return false;
 		if (!options.repair && !afterOwnWork) {
-			log::Line(log::Priority::Warning) << "portsliced: table inet portslice changed by " << (*change)->str()
-							  << "; not repaired (--no-repair): see portslicectl audit";
+			// Left as it is: State says degraded while it differs
+			// from the plan, applied again once it is equal.
+			service.leaveDrift((*change)->lost() ? "" : (*change)->str(), true);
 			return true;
 		}
 		if ((*change)->lost() && (*change)->foreignLost)
@@ -483,6 +484,8 @@ int serve(const ServeOptions &options, service::Backend &backend)
 			(void)!::read(timer->get(), &expirations, sizeof(expirations));
 			if (options.repair)
 				service.repairDrift("periodic check");
+			else
+				service.leaveDrift("", false);
 			// A drain deadline passed: the previous owner is dropped (one generation).
 			service.expireDrains();
 			// A new UTC day: the journal rotates and expires even when nothing changes.

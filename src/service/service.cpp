@@ -420,9 +420,12 @@ std::optional<Answer<uint64_t>> Service::moveSlices(const std::vector<BatchMove>
 	drains_ = std::move(drains);
 	++generation_;
 	std::vector<std::string> properties{"Generation"};
-	if (!lastError_.empty())
+	// A move changes a few elements: a table that differs from the plan
+	// (drifted_) still does, and State and LastError go on saying so.
+	if (!lastError_.empty() && !drifted_) {
 		properties.push_back("LastError");
-	lastError_.clear();
+		lastError_.clear();
+	}
 	auto ms = [](Clock::time_point from, Clock::time_point to) {
 		return std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(to - from).count() / 1000.0);
 	};
@@ -613,9 +616,12 @@ std::optional<Answer<uint64_t>> Service::moveSlice(uint32_t address, uint32_t sl
 	drains_ = std::move(drains);
 	++generation_;
 	std::vector<std::string> properties{"Generation"};
-	if (!lastError_.empty())
+	// A move changes a few elements: a table that differs from the plan
+	// (drifted_) still does, and State and LastError go on saying so.
+	if (!lastError_.empty() && !drifted_) {
 		properties.push_back("LastError");
-	lastError_.clear();
+		lastError_.clear();
+	}
 	auto ms = [](Clock::time_point from, Clock::time_point to) {
 		return std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(to - from).count() / 1000.0);
 	};
@@ -899,8 +905,12 @@ Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, Drains 
 		}
 	}
 	Clock::time_point t2 = Clock::now();
-	if (!same) {
-		Status applied = backend_.apply(*planned.plan, plan_ ? &*plan_ : nullptr, next);
+	// The same plan on a kernel that differs from it (a change by hand left
+	// by --no-repair, a repair that failed): applied again in full, as the
+	// same generation.
+	bool again = same && drifted_;
+	if (!same || again) {
+		Status applied = backend_.apply(*planned.plan, plan_ && !drifted_ ? &*plan_ : nullptr, next);
 		if (!applied) {
 			if (!resumed) // the journal has generation `next` applied, from before this start
 				journalOutcome(next, applied, {});
@@ -937,7 +947,7 @@ Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, Drains 
 	server_ = planned.plan->server;
 	state_ = State::Applied;
 	lastError_.clear();
-	repairFailed_ = false;
+	drifted_ = false;
 	plan_ = std::move(planned.plan);
 	config_ = std::move(config);
 	indexAddresses();
@@ -949,6 +959,8 @@ Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, Drains 
 	if (resumed)
 		listener_.log("generation " + std::to_string(generation_) + " again: the file, slice owners and drains are "
 			      "those " + store_.path() + " keeps for it; nothing written");
+	if (again)
+		listener_.log("applied generation " + std::to_string(generation_) + " again in full: the table differed from it");
 	if (!same) {
 		listener_.logEvent(6, "applied generation " + std::to_string(generation_) + " (server " + server_ + ", " +
 					      std::to_string(plan_->sources.size()) + " sources, " +
@@ -1135,6 +1147,56 @@ void Service::repairDrift(std::string_view why)
 		recovered();
 }
 
+void Service::leaveDrift(std::string_view what, bool full)
+{
+	if (!plan_ || state_ == State::Failed)
+		return;
+	std::vector<std::string> differences;
+	if (full) {
+		Result<std::vector<std::string>> audited = backend_.audit(*plan_, generation_);
+		if (!audited) {
+			listener_.logEvent(4, "comparing the table with the plan: " + audited.error().message(), {});
+			return;
+		}
+		differences = std::move(*audited);
+	} else {
+		Result<std::string> drift = backend_.drift(*plan_, generation_);
+		if (!drift) {
+			listener_.logEvent(4, "checking for drift (periodic check): " + drift.error().message(), {});
+			return;
+		}
+		if (drift->empty())
+			return; // a change inside the table is for the events' full comparison to find equal
+		differences.push_back(std::move(*drift));
+	}
+	if (differences.empty()) {
+		if (drifted_)
+			listener_.log("table inet portslice holds generation " + std::to_string(generation_) + " again");
+		recovered();
+		return;
+	}
+	std::string message = "table inet portslice " +
+			      (what.empty() ? std::string("differs from the plan") : "changed by " + std::string(what)) +
+			      ", not repaired (--no-repair): " + differences.front() +
+			      (differences.size() > 1 ? " and " + std::to_string(differences.size() - 1) + " more" : "") +
+			      "; see portslicectl audit";
+	if (drifted_ && state_ == State::Degraded && (what.empty() || message == lastError_))
+		return; // said already
+	std::vector<std::string> changed;
+	if (message != lastError_) {
+		lastError_ = message;
+		changed.push_back("LastError");
+	}
+	if (state_ == State::Applied) {
+		state_ = State::Degraded;
+		changed.push_back("State");
+	}
+	drifted_ = true;
+	listener_.logEvent(4, message, {});
+	if (!changed.empty())
+		listener_.propertiesChanged(changed);
+}
+
 void Service::restore(std::string_view what)
 {
 	if (!plan_ || state_ == State::Failed)
@@ -1142,7 +1204,7 @@ void Service::restore(std::string_view what)
 	listener_.logEvent(4, "drift: " + std::string(what) + "; restoring generation " + std::to_string(generation_), {});
 	Status restored = backend_.apply(*plan_, nullptr, generation_);
 	if (!restored) {
-		repairFailed_ = true;
+		drifted_ = true;
 		fail({Fault::ApplyFailed, restored.error().wrap("restoring the table after drift").message()}, true);
 		return;
 	}
@@ -1171,9 +1233,9 @@ void Service::restoreBy(std::string_view what, std::string_view how, const std::
 
 void Service::recovered()
 {
-	if (!repairFailed_)
+	if (!drifted_)
 		return;
-	repairFailed_ = false;
+	drifted_ = false;
 	if (state_ == State::Degraded) {
 		state_ = State::Applied;
 		lastError_.clear();

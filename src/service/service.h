@@ -162,6 +162,14 @@ public:
 	// Compare the kernel with the plan and restore it if someone changed it.
 	// `why` names what prompted the check (a netlink event, the timer).
 	void repairDrift(std::string_view why);
+	// --no-repair: compare the kernel with the plan and say in State and
+	// LastError that it differs, changing nothing in the kernel; State is
+	// applied again when it is equal (the operator put it back). `what`
+	// names the change that prompted the check ("a commit by nft pid 42";
+	// empty: the timer). `full`: compare every rule and element, as audit
+	// does; otherwise only the table's comment, its generation and the XDP
+	// program (cheap enough for each tick), which never finds it equal again.
+	void leaveDrift(std::string_view what, bool full);
 	// Restore the applied plan in full: `what` says what changed it.
 	void restore(std::string_view what);
 	// Restore it by `undo` (a delta that reverses what someone changed,
@@ -260,7 +268,7 @@ private:
 	// logged, answered, but neither LastError nor ApplyFailed, which are
 	// about applying.
 	Failure reject(Failure failure);
-	void recovered(); // a repair worked: leave the degraded state it caused
+	void recovered(); // a repair worked, or the table is equal again: leave the degraded state drift caused
 
 	uint64_t applyFailures_ = 0; // ApplyFailed signals since start
 	// A drain's end that failed: tried again at drainRetryAt_ (Unix
@@ -302,7 +310,10 @@ private:
 	Drains drains_;                        // persisted old owners still draining, with their deadlines
 	std::string server_;
 	uint64_t generation_ = 0;
-	bool repairFailed_ = false; // the last drift repair failed: State is degraded because of it
+	// The kernel differs from the plan: the last drift repair failed, or
+	// --no-repair left a change by hand. State is degraded because of it,
+	// and a reload of the same file applies the plan again in full.
+	bool drifted_ = false;
 	State state_ = State::Failed;
 	std::string lastError_ = "not started";
 };

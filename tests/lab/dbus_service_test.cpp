@@ -61,6 +61,36 @@ private:
 	std::vector<std::string> failed_;
 };
 
+// The PropertiesChanged signals of the service object: the State values sent.
+class PropertyWatch final : public sdbus::ProxyInterfaces<sdbus::Properties_proxy> {
+public:
+	PropertyWatch(sdbus::IConnection &connection)
+		: ProxyInterfaces(connection, "org.portslice.Egress1", "/org/portslice/Egress1")
+	{
+		registerProxy();
+	}
+	~PropertyWatch() { unregisterProxy(); }
+
+	std::vector<std::string> states() const
+	{
+		std::lock_guard lock(mutex_);
+		return states_;
+	}
+
+private:
+	void onPropertiesChanged(const std::string &, const std::map<std::string, sdbus::Variant> &changed,
+				 const std::vector<std::string> &) override
+	{
+		std::lock_guard lock(mutex_);
+		auto state = changed.find("State");
+		if (state != changed.end())
+			states_.push_back(state->second.get<std::string>());
+	}
+
+	mutable std::mutex mutex_;
+	std::vector<std::string> states_;
+};
+
 class ServiceLab : public DbusLab {
 protected:
 	void connect()
@@ -896,6 +926,67 @@ TEST_F(ServiceLab, TheForwarderFollowsAMovedSliceInTheSameGeneration)
 	auto moved = verdicts();
 	EXPECT_GE(moved["pass_own"] - owned["pass_own"], 10u);
 	EXPECT_EQ(moved["forward"], owned["forward"]);
+}
+
+// --no-repair leaves a table changed by hand as it is, but does not call it
+// applied (portsliced.8: applied is when the kernel holds the plan of
+// Generation): degraded, LastError naming the change, status exit 1 and the
+// metrics saying so; a reload applies the plan again (same generation), and
+// a hand edit the operator takes back makes it applied again by itself.
+TEST_F(ServiceLab, ANoRepairDaemonSaysDegradedWhileTheTableDiffersByHand)
+{
+	daemonArgs_ = {"--no-repair"};
+	startDaemon();
+	connect();
+	PropertyWatch watch(*connection_);
+	std::string applied = table();
+	ASSERT_EQ(proxy_->State(), "applied");
+	auto waitForState = [&](const std::string &state) {
+		return waitFor([&] { return proxy_->State() == state; }, std::chrono::seconds(3));
+	};
+
+	ASSERT_TRUE(inNs("nft delete table inet portslice").ok());
+	ASSERT_TRUE(waitForState("degraded")) << readFile(logPath());
+	// Named by the nftables event (the periodic check may say it first, without a name).
+	EXPECT_TRUE(waitFor([&] { return proxy_->LastError().find("changed by") != std::string::npos; },
+			    std::chrono::seconds(2)));
+	std::string error = proxy_->LastError();
+	EXPECT_NE(error.find("table inet portslice changed by a commit by nft pid"), std::string::npos) << error;
+	EXPECT_NE(error.find("not repaired (--no-repair)"), std::string::npos) << error;
+	EXPECT_NE(error.find("see portslicectl audit"), std::string::npos) << error;
+	EXPECT_EQ(table().find("table inet portslice {"), std::string::npos) << "not repaired: the table stays deleted";
+	Outcome status = ctl("status");
+	EXPECT_EQ(status.status, 1) << status.output;
+	EXPECT_NE(status.output.find("degraded"), std::string::npos) << status.output;
+	std::string metrics = readFile(metricsPath());
+	EXPECT_NE(metrics.find("portslice_state{state=\"degraded\"} 1"), std::string::npos) << metrics;
+	EXPECT_NE(metrics.find("portslice_state{state=\"applied\"} 0"), std::string::npos) << metrics;
+	EXPECT_TRUE(waitFor([&] { return !watch.states().empty(); }, std::chrono::seconds(2)));
+	EXPECT_EQ(watch.states(), std::vector<std::string>{"degraded"});
+
+	// A reload of the same file applies the plan again, as the same generation.
+	Outcome reloaded = ctl("reload");
+	EXPECT_TRUE(reloaded.ok()) << reloaded.output;
+	EXPECT_EQ(proxy_->State(), "applied");
+	EXPECT_EQ(proxy_->LastError(), "");
+	EXPECT_EQ(proxy_->Generation(), 1u);
+	EXPECT_EQ(table(), applied);
+	EXPECT_EQ(ctl("status").status, 0);
+	EXPECT_TRUE(waitFor([&] { return watch.states().size() == 2; }, std::chrono::seconds(2)));
+	EXPECT_EQ(watch.states(), (std::vector<std::string>{"degraded", "applied"}));
+
+	// An element added by hand, then deleted by hand: degraded, then applied by itself.
+	ASSERT_TRUE(inNs("nft add element inet portslice my_ports { 198.51.100.1 . 60000-60001 }").ok());
+	ASSERT_TRUE(waitForState("degraded")) << readFile(logPath());
+	error = proxy_->LastError();
+	EXPECT_NE(error.find("set my_ports: element 198.51.100.1 . 60000-60001 in the kernel, not in the plan"),
+		  std::string::npos) << error;
+	EXPECT_EQ(ctl("audit").status, 1);
+	ASSERT_TRUE(inNs("nft delete element inet portslice my_ports { 198.51.100.1 . 60000-60001 }").ok());
+	EXPECT_TRUE(waitForState("applied")) << proxy_->LastError();
+	EXPECT_EQ(proxy_->LastError(), "");
+	EXPECT_EQ(ctl("status").status, 0);
+	EXPECT_EQ(proxy_->Generation(), 1u);
 }
 
 // Every line the daemon writes to standard error carries its sd-daemon(3)

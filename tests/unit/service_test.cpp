@@ -417,6 +417,45 @@ TEST_F(ServiceTest, DriftIsRestoredInFullAtTheSameGeneration)
 	EXPECT_TRUE(logged);
 }
 
+// --no-repair: drift is said in State and LastError, never applied over;
+// equal again, or a reload of the same file (applied again in full, the same
+// generation), and State is applied.
+TEST_F(ServiceTest, DriftLeftByNoRepairIsDegradedUntilTheTableIsEqualAgain)
+{
+	auto service = makeService();
+	ASSERT_TRUE(service->start().ok());
+	backend_.driftText = "table inet portslice is missing";
+	service->leaveDrift("a commit by nft pid 42", true);
+	EXPECT_EQ(backend_.calls.size(), 1u) << "nothing applied";
+	EXPECT_EQ(service->state(), State::Degraded);
+	EXPECT_EQ(service->lastError(), "table inet portslice changed by a commit by nft pid 42, not repaired "
+					"(--no-repair): table inet portslice is missing; see portslicectl audit");
+	EXPECT_NE(std::find(listener_.changed.begin(), listener_.changed.end(), "State"), listener_.changed.end());
+	// The timer's check keeps what the event said.
+	service->leaveDrift("", false);
+	EXPECT_NE(service->lastError().find("nft pid 42"), std::string::npos);
+	// Equal again: applied.
+	backend_.driftText.clear();
+	service->leaveDrift("a commit by nft pid 43", true);
+	EXPECT_EQ(service->state(), State::Applied);
+	EXPECT_EQ(service->lastError(), "");
+
+	backend_.driftText = "table inet portslice is missing";
+	service->leaveDrift("a commit by nft pid 44", true);
+	ASSERT_EQ(service->state(), State::Degraded);
+	backend_.driftText.clear();
+	ASSERT_TRUE(service->reload().ok());
+	ASSERT_EQ(backend_.calls.size(), 2u);
+	EXPECT_FALSE(backend_.calls[1].incremental);
+	EXPECT_EQ(backend_.calls[1].generation, 1u);
+	EXPECT_EQ(service->generation(), 1u);
+	EXPECT_EQ(service->state(), State::Applied);
+	EXPECT_EQ(service->lastError(), "");
+	// The same file again on an equal table: nothing applied.
+	ASSERT_TRUE(service->reload().ok());
+	EXPECT_EQ(backend_.calls.size(), 2u);
+}
+
 TEST_F(ServiceTest, OwnerNamesTheServerAndTheInsideAddressOfAStatelessBlock)
 {
 	auto service = makeService();
