@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <map>
+#include <string_view>
+#include <unordered_set>
 
 #include "common/log.h"
 #include "daemon/kernel_stats.h"
@@ -184,10 +186,37 @@ nft::TableModel KernelBackend::planned(const plan::Plan &plan, uint64_t generati
 	return model;
 }
 
+namespace {
+
+// `counters` (the plan's) in the order of `live` (the kernel's), those the
+// kernel lacks last in their own order.
+void orderCountersAsListed(std::vector<std::string> &counters, const std::vector<nft::CounterValue> &live)
+{
+	std::unordered_set<std::string_view> planned(counters.begin(), counters.end());
+	std::unordered_set<std::string_view> listed;
+	std::vector<std::string> ordered;
+	ordered.reserve(counters.size());
+	for (const nft::CounterValue &c : live)
+		if (planned.contains(c.name) && listed.insert(c.name).second)
+			ordered.push_back(c.name);
+	for (const std::string &c : counters)
+		if (!listed.contains(c))
+			ordered.push_back(c);
+	counters = std::move(ordered);
+}
+
+} // namespace
+
 std::string KernelBackend::dump(const plan::Plan &plan, uint64_t generation)
 {
 	// The port sets are built from the plan one at a time, as rendered.
 	nft::TableModel model = planned(plan, generation, false);
+	// Counters are listed in the order the kernel holds them: a delta adds
+	// a new source's after those of the last full replace.
+	if (Result<std::vector<nft::CounterValue>> live = applier_.nft().readCounters(); live)
+		orderCountersAsListed(model.counters, *live);
+	else
+		log::Line(log::Priority::Warning) << "dump: " << live.error().message() << "; counters in plan order";
 	// The order of a concatenated interval set is the history of its
 	// changes (deltas add at the end): the kernel's, for the plan's elements.
 	// Room for the text as long as the last one, or about 45 bytes an element

@@ -928,6 +928,31 @@ TEST_F(ServiceLab, TheForwarderFollowsAMovedSliceInTheSameGeneration)
 	EXPECT_EQ(moved["forward"], owned["forward"]);
 }
 
+// A reload that adds a source is an element delta: the new source's named
+// counters come after those of the first apply in the kernel, and Dump()
+// lists them there too, so that
+// `diff plan.nft <(nft -s list table inet portslice)` is empty
+// (docs/operations.md) after reloads as after moves.
+TEST_F(ServiceLab, DumpIsWhatNftListsAfterAReloadThatAddsASource)
+{
+	startDaemon();
+	connect();
+	ASSERT_EQ(proxy_->Dump(), table());
+	writeConfig(kLabFleet + "\n[[sources]]\nname = \"warp-more\"\nmatch = { saddr = \"100.64.2.0/24\" }\n"
+				"want = { country = \"GB\" }\nzone = 11\n");
+	Outcome reloaded = ctl("reload");
+	ASSERT_TRUE(reloaded.ok()) << reloaded.output;
+	ASSERT_EQ(proxy_->Generation(), 2u);
+	EXPECT_NE(readFile(logPath()).find("generation 2: element delta"), std::string::npos) << readFile(logPath());
+	std::string listed = table();
+	ASSERT_NE(listed.find("counter src_warp-more {"), std::string::npos) << listed;
+	EXPECT_EQ(proxy_->Dump(), listed);
+	EXPECT_EQ(ctl("audit").status, 0);
+	// And after a move on top of it.
+	ASSERT_EQ(proxy_->SetSliceOwner("198.51.100.1", 1, "s1"), 3u);
+	EXPECT_EQ(proxy_->Dump(), table());
+}
+
 // --no-repair leaves a table changed by hand as it is, but does not call it
 // applied (portsliced.8: applied is when the kernel holds the plan of
 // Generation): degraded, LastError naming the change, status exit 1 and the
