@@ -376,15 +376,8 @@ int serve(const ServeOptions &options, service::Backend &backend)
 	}
 	FreedMemory freed;
 	freed.giveBack(true); // the start's full apply
-	try {
-		connection->requestName(dbus::kBusName);
-	} catch (const sdbus::Error &e) {
-		log::Line(log::Priority::Err) << "portsliced: cannot own " << dbus::kBusName << " on the system bus (" << e.getMessage()
-			  << "); is another portsliced running, and is dbus/org.portslice.Egress1.conf installed?";
-		return 1;
-	}
-	sd_notify(0, "READY=1");
-	listener.notifyStatus();
+	// The metrics file too is written before the name is taken: a caller
+	// that finds the name finds the state in it.
 	auto metricsWritten = std::chrono::steady_clock::now();
 	uint64_t metricsGeneration = service.generation();
 	auto rewriteMetrics = [&] {
@@ -396,6 +389,15 @@ int serve(const ServeOptions &options, service::Backend &backend)
 		rewriteMetrics();
 		listener.onStateChange(rewriteMetrics);
 	}
+	try {
+		connection->requestName(dbus::kBusName);
+	} catch (const sdbus::Error &e) {
+		log::Line(log::Priority::Err) << "portsliced: cannot own " << dbus::kBusName << " on the system bus (" << e.getMessage()
+			  << "); is another portsliced running, and is dbus/org.portslice.Egress1.conf installed?";
+		return 1;
+	}
+	sd_notify(0, "READY=1");
+	listener.notifyStatus();
 
 	// Read the table's events and answer a foreign change. `afterOwnWork`:
 	// read right after this turn's own commits, so lost events (the socket
