@@ -11,6 +11,7 @@
 #include <string>
 
 #include "common/cli.h"
+#include "common/log.h"
 #include "config/config.h"
 #include "daemon/applier.h"
 #ifdef PORTSLICE_HAVE_DBUS
@@ -118,7 +119,12 @@ int main(int argc, char **argv)
 
 	auto applier = daemon::Applier::open(options);
 	if (!applier) {
-		std::cerr << "portsliced: " << applier.error().message() << "\n";
+		// The daemon logs as it always does (with its priority); the
+		// one-shot commands answer on standard error.
+		if (!applyOnce && !remove)
+			log::Line(log::Priority::Err) << applier.error().message();
+		else
+			std::cerr << "portsliced: " << applier.error().message() << "\n";
 		return 1;
 	}
 	if (!applyOnce && !remove) {

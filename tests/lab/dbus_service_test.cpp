@@ -503,7 +503,7 @@ TEST_F(ServiceLab, AReloadWithABrokenFileKeepsTheOldStateAndSignalsFileAndLine)
 	EXPECT_EQ(normalized(proxy_->Dump()), normalized(table()));
 }
 
-// SPEC 4: --metrics-file keeps the textfile up to date: a failed reload is
+// --metrics-file keeps the textfile up to date: a failed reload is
 // in it when `portslicectl reload` returns, not at the next 15 s rewrite.
 TEST_F(ServiceLab, TheMetricsFileSaysDegradedAsSoonAsABrokenReloadReturns)
 {

@@ -262,7 +262,7 @@ TEST(Cli, EveryOfflineCommandThatPrintsDataPrintsJsonWithRangesAsNumbers)
 		<< invalid.out;
 }
 
-// SPEC 2: --server NAME on the offline commands, geofeed among them; the
+// --server NAME on the offline commands, geofeed among them; the
 // feed is the fleet's, so it is the same whichever server is named.
 // A JSON answer is one document and one newline: no blank line after it
 // (`portslicectl owner --json ... > a.json; cat a.json b.json | jq -s` sees no gap).
@@ -335,7 +335,7 @@ TEST(Cli, OwnerFromTheFileExitsOneWhenNoServerUsesThePort)
 	}
 }
 
-// SPEC 2: plan shows each source's zone; a stateless source (notrack) has none, said so.
+// plan shows each source's zone; a stateless source (notrack) has none, said so.
 TEST(Cli, PlanSaysAStatelessSourceHasNoZone)
 {
 	const std::string config = " --config " + std::string(RULES_DIR) + "/three-servers.toml";
