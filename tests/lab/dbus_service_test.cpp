@@ -160,6 +160,28 @@ protected:
 		return done();
 	}
 
+	// The lab's clients as addresses of the namespace, and a route to the
+	// peer 203.0.113.10 out of the uplink.
+	::testing::AssertionResult routeClients(const std::vector<std::string> &clients)
+	{
+		std::string command;
+		for (const std::string &c : clients)
+			command += "ip addr add " + c + "/32 dev lo && ";
+		Outcome routed = inNs(command + "ip route add 203.0.113.0/24 dev up0 && "
+					  "ip neigh add 203.0.113.10 lladdr 02:00:00:00:00:99 dev up0");
+		if (!routed.ok())
+			return ::testing::AssertionFailure() << routed.output;
+		return ::testing::AssertionSuccess();
+	}
+
+	// `stats --prometheus`, after a newline so that "\nNAME" finds a whole name.
+	std::string prometheus()
+	{
+		Outcome m = ctl("stats --prometheus");
+		EXPECT_TRUE(m.ok()) << m.output;
+		return "\n" + m.output;
+	}
+
 	std::unique_ptr<sdbus::IConnection> connection_;
 	std::unique_ptr<Egress1> proxy_;
 	std::string lastMessage_;
@@ -607,10 +629,7 @@ TEST_F(ServiceLab, LosingASliceRemovesItsConntrackEntriesAndStatsCountTheRest)
 {
 	startDaemon();
 	connect();
-	Outcome routed = inNs("ip addr add 100.64.1.5/32 dev lo && ip addr add 100.64.1.200/32 dev lo && "
-			      "ip route add 203.0.113.0/24 dev up0 && "
-			      "ip neigh add 203.0.113.10 lladdr 02:00:00:00:00:99 dev up0");
-	ASSERT_TRUE(routed.ok()) << routed.output;
+	ASSERT_TRUE(routeClients({"100.64.1.5", "100.64.1.200"}));
 	// 100.64.1.0/25 egresses with 198.51.100.1, 100.64.1.128/25 with 198.51.100.2 (see Plan()).
 	for (const auto &[from, port] : {std::pair{"100.64.1.5", 40000}, std::pair{"100.64.1.5", 40001},
 					 std::pair{"100.64.1.200", 40002}}) {
@@ -683,17 +702,9 @@ TEST_F(ServiceLab, NatFailuresCountExactlyTheFlowsASourceWithAFullRangeLosesAndN
 {
 	writeConfig(kTinyFleet);
 	startDaemon();
-	Outcome routed = inNs("ip addr add 100.64.1.5/32 dev lo && ip addr add 100.64.1.200/32 dev lo && "
-			      "ip route add 203.0.113.0/24 dev up0 && "
-			      "ip neigh add 203.0.113.10 lladdr 02:00:00:00:00:99 dev up0");
-	ASSERT_TRUE(routed.ok()) << routed.output;
-	auto metrics = [&] {
-		// The conntrack figures may be a second old; the counters are not.
-		Outcome m = ctl("stats --prometheus");
-		EXPECT_TRUE(m.ok()) << m.output;
-		return "\n" + m.output;
-	};
-	std::string before = metrics();
+	ASSERT_TRUE(routeClients({"100.64.1.5", "100.64.1.200"}));
+	// The conntrack figures may be a second old; the counters are not.
+	std::string before = prometheus();
 	EXPECT_EQ(sample(before, "portslice_source_nat_failures_total{source=\"warp-a\"}"), 0) << before;
 	EXPECT_EQ(sample(before, "portslice_source_nat_failures_total{source=\"warp-b\"}"), 0) << before;
 	// A stateless source takes no port from a search: nothing can fail there.
@@ -712,7 +723,7 @@ TEST_F(ServiceLab, NatFailuresCountExactlyTheFlowsASourceWithAFullRangeLosesAndN
 
 	// The conntrack walk behind the ratios is at most a second old.
 	std::this_thread::sleep_for(std::chrono::milliseconds(1100));
-	std::string after = metrics();
+	std::string after = prometheus();
 	EXPECT_EQ(sample(after, "portslice_source_nat_failures_total{source=\"warp-a\"}"), static_cast<double>(refused))
 		<< after << table() << inNs("nft list table netdev portslice_egress").output;
 	EXPECT_EQ(sample(after, "portslice_source_nat_failures_total{source=\"warp-b\"}"), 0) << after;
@@ -751,7 +762,7 @@ TEST_F(ServiceLab, NatFailuresCountExactlyTheFlowsASourceWithAFullRangeLosesAndN
 	ASSERT_TRUE(again.ok()) << again.output;
 	uint64_t refusedAgain = std::stoull(again.output);
 	EXPECT_GE(refusedAgain, 9u) << again.output;
-	std::string last = metrics();
+	std::string last = prometheus();
 	EXPECT_EQ(sample(last, "portslice_source_nat_failures_total{source=\"warp-a\"}"),
 		  static_cast<double>(refused + refusedAgain))
 		<< last;
@@ -765,19 +776,12 @@ TEST_F(ServiceLab, CountersDoNotGoBackWhenTheTableIsReplaced)
 {
 	writeConfig(kTinyFleet);
 	startDaemon();
-	Outcome routed = inNs("ip addr add 100.64.1.200/32 dev lo && ip route add 203.0.113.0/24 dev up0 && "
-			      "ip neigh add 203.0.113.10 lladdr 02:00:00:00:00:99 dev up0");
-	ASSERT_TRUE(routed.ok()) << routed.output;
+	ASSERT_TRUE(routeClients({"100.64.1.200"}));
 	const std::string packets = "portslice_source_packets_total{source=\"warp-b\"}";
-	auto metrics = [&] {
-		Outcome m = ctl("stats --prometheus");
-		EXPECT_TRUE(m.ok()) << m.output;
-		return "\n" + m.output;
-	};
 	Outcome sent = inNs(udpFlows("100.64.1.200", 41000, 2));
 	ASSERT_EQ(sent.output, "refused 0 sent 2\n");
-	double counted = sample(metrics(), packets);
-	ASSERT_GE(counted, 2) << metrics();
+	double counted = sample(prometheus(), packets);
+	ASSERT_GE(counted, 2) << prometheus();
 
 	std::string applied = table();
 	ASSERT_TRUE(inNs("nft delete table inet portslice").ok());
@@ -785,11 +789,11 @@ TEST_F(ServiceLab, CountersDoNotGoBackWhenTheTableIsReplaced)
 	while (table() != applied && std::chrono::steady_clock::now() - start < std::chrono::seconds(2))
 		std::this_thread::sleep_for(std::chrono::milliseconds(20));
 	ASSERT_EQ(table(), applied);
-	std::string after = metrics();
+	std::string after = prometheus();
 	EXPECT_EQ(sample(after, packets), counted) << after;
 	// And on: the new table's packets add to the old ones.
 	ASSERT_EQ(inNs(udpFlows("100.64.1.200", 41000, 1)).output, "refused 0 sent 1\n"); // its flow of before
-	after = metrics();
+	after = prometheus();
 	EXPECT_GE(sample(after, packets), counted + 1) << after;
 	// stats (text) says the same as --prometheus.
 	Outcome text = ctl("stats");
@@ -800,7 +804,7 @@ TEST_F(ServiceLab, CountersDoNotGoBackWhenTheTableIsReplaced)
 	while (lines >> kind >> name >> counter >> value)
 		if (kind == "source" && name == "warp-b" && counter == "packets")
 			shown = value;
-	EXPECT_EQ(shown, sample(metrics(), packets)) << text.output;
+	EXPECT_EQ(shown, sample(prometheus(), packets)) << text.output;
 }
 
 // The counters' series and totals outlive their table: with --no-repair and
@@ -812,15 +816,7 @@ TEST_F(ServiceLab, ADeletedTableKeepsEveryCounterSeriesWithItsTotal)
 	daemonArgs_ = {"--no-repair"};
 	writeConfig(kTinyFleet);
 	startDaemon();
-	Outcome routed = inNs("ip addr add 100.64.1.5/32 dev lo && ip addr add 100.64.1.200/32 dev lo && "
-			      "ip route add 203.0.113.0/24 dev up0 && "
-			      "ip neigh add 203.0.113.10 lladdr 02:00:00:00:00:99 dev up0");
-	ASSERT_TRUE(routed.ok()) << routed.output;
-	auto metrics = [&] {
-		Outcome m = ctl("stats --prometheus");
-		EXPECT_TRUE(m.ok()) << m.output;
-		return "\n" + m.output;
-	};
+	ASSERT_TRUE(routeClients({"100.64.1.5", "100.64.1.200"}));
 	ASSERT_EQ(inNs(udpFlows("100.64.1.5", 40000, 12)).output, "refused 10 sent 2\n");
 	ASSERT_EQ(inNs(udpFlows("100.64.1.200", 41000, 2)).output, "refused 0 sent 2\n");
 	const std::vector<std::string> series = {
@@ -830,13 +826,13 @@ TEST_F(ServiceLab, ADeletedTableKeepsEveryCounterSeriesWithItsTotal)
 		"portslice_guard_drops_total{source=\"warp-a\"}", "portslice_guard_other_drops_total",
 		"portslice_source_nat_failures_total{source=\"warp-a\"}",
 		"portslice_source_nat_failures_total{source=\"warp-b\"}"};
-	std::string before = metrics();
+	std::string before = prometheus();
 	ASSERT_GE(sample(before, "portslice_source_packets_total{source=\"warp-b\"}"), 2) << before;
 	ASSERT_EQ(sample(before, "portslice_source_nat_failures_total{source=\"warp-a\"}"), 10) << before;
 
 	ASSERT_TRUE(inNs("nft delete table inet portslice").ok());
 	ASSERT_NE(inNs("nft list table inet portslice").status, 0);
-	std::string after = metrics();
+	std::string after = prometheus();
 	for (const std::string &s : series) {
 		EXPECT_GE(sample(before, s), 0) << s << before;
 		EXPECT_EQ(sample(after, s), sample(before, s)) << s << after;
