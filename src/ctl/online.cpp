@@ -443,15 +443,26 @@ int owner(Egress1 &proxy, const OnlineOptions &options)
 		when ? (void)w.value(chosen.empty() ? number("from") : seconds(chosen + "from_us")) : (void)w.null();
 		w.key("until");
 		when ? (void)w.value(chosen.empty() ? number("until") : seconds(chosen + "until_us")) : (void)w.null();
-		w.key("draining");
-		if (!chosen.empty() || field(f, "draining_server").empty()) {
-			w.null();
-		} else {
+		// The previous owner still draining: what it keeps, its deadline
+		// and, from the journal, when the drain began and ended (null: it holds).
+		auto draining = [&](const std::string &prefix) {
+			std::string d = prefix + "draining_";
+			w.key("draining");
+			if (field(f, d + "server").empty()) {
+				w.null();
+				return;
+			}
 			w.beginObject();
-			answer(w, "draining_");
-			w.key("until").value(number("draining_until"));
+			answer(w, d);
+			w.key("until").value(number(d + "until"));
+			if (f.count(d + "from")) {
+				w.key("from").value(number(d + "from"));
+				w.key("ended");
+				number(d + "ended") ? (void)w.value(number(d + "ended")) : (void)w.null();
+			}
 			w.endObject();
-		}
+		};
+		draining(chosen);
 		if (within) {
 			// Every answer of that second, to the microsecond (RFC 3339; until null: still holds).
 			w.key("within_second").beginArray();
@@ -464,6 +475,7 @@ int owner(Egress1 &proxy, const OnlineOptions &options)
 				} else {
 					answer(w, p);
 					w.key("generation").value(number(p + "generation"));
+					draining(p);
 				}
 				w.endObject();
 			}
@@ -477,15 +489,20 @@ int owner(Egress1 &proxy, const OnlineOptions &options)
 	if (when)
 		std::cout << " at " << moment;
 	std::cout << ": slice " << field(f, chosen + "slice") << ", " << describe(f, chosen) << "\n";
-	if (chosen.empty() && !field(f, "draining_server").empty()) {
-		std::string until = field(f, "draining_until");
-		std::cout << "  draining: " << field(f, "draining_server")
-			  << " keeps the flows it opened before the move"
+	if (std::string d = chosen + "draining_"; !field(f, d + "server").empty()) {
+		// Both servers could have sent from the port: each with its source and inside address.
+		std::string until = field(f, d + "until");
+		std::cout << "  draining: " << field(f, d + "server") << " keeps the flows it opened before the move"
 			  << (until.empty() || until == "0" ? "" : " until " + journal::formatSeconds(std::stoll(until)));
-		if (!field(f, "draining_source").empty() || field(f, "draining_server") != "")
-			if (f.count("draining_source"))
-				std::cout << ": " << describe(f, "draining_");
+		if (f.count(d + "source"))
+			std::cout << ": " << describe(f, d);
 		std::cout << "\n";
+		if (f.count(d + "from")) {
+			std::string ended = field(f, d + "ended");
+			std::cout << "  the drain held from " << journal::formatSeconds(std::stoll(field(f, d + "from")))
+				  << (ended == "0" ? " until now" : " until " + journal::formatSeconds(std::stoll(ended)))
+				  << "\n";
+		}
 	}
 	if (when && !chosen.empty()) {
 		std::string until = usTime(chosen + "until_us");
@@ -506,6 +523,7 @@ int owner(Egress1 &proxy, const OnlineOptions &options)
 				  << ": "
 				  << (field(f, p + "unknown").empty() ? describe(f, p) + " (generation " + field(f, p + "generation") + ")"
 								   : "not known: " + field(f, p + "unknown"))
+				  << (field(f, p + "draining_server").empty() ? "" : "; draining: " + describe(f, p + "draining_"))
 				  << "\n";
 		}
 	}

@@ -140,6 +140,18 @@ void putAnswer(std::map<std::string, std::string> &f, const journal::PortAnswer 
 	f[prefix + "inside_prefix"] = a.insidePrefix;
 }
 
+// A past moment's drain: the previous owner's answer as it kept its flows,
+// its deadline, and when the drain began and ended as the journal applied it.
+void putDrain(std::map<std::string, std::string> &f, const journal::AnswerAt &at, const std::string &prefix)
+{
+	if (at.draining.server.empty())
+		return;
+	putAnswer(f, at.draining, prefix + "draining_");
+	f[prefix + "draining_until"] = std::to_string(at.answer.drainUntil);
+	f[prefix + "draining_from"] = std::to_string(at.drainFrom);
+	f[prefix + "draining_ended"] = std::to_string(at.drainTo);
+}
+
 } // namespace
 
 uint64_t BusObject::Reload()
@@ -211,10 +223,7 @@ std::map<std::string, std::string> BusObject::OwnerDetails(const std::string &ad
 		f["generation"] = std::to_string(at.generation);
 		f["from"] = std::to_string(at.from);
 		f["until"] = std::to_string(at.until);
-		if (!at.answer.previous.empty()) {
-			f["draining_server"] = at.answer.previous;
-			f["draining_until"] = std::to_string(at.answer.drainUntil);
-		}
+		putDrain(f, at, "");
 		// The answer changed within that second: each one, to the microsecond.
 		if (!within.empty())
 			f["within_second"] = std::to_string(within.size());
@@ -228,6 +237,7 @@ std::map<std::string, std::string> BusObject::OwnerDetails(const std::string &ad
 			f[prefix + "until_us"] = std::to_string(w.untilUs);
 			if (!w.unknown.empty())
 				f[prefix + "unknown"] = w.unknown;
+			putDrain(f, w, prefix);
 		}
 	}
 	return f;

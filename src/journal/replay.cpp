@@ -360,6 +360,11 @@ Result<std::optional<AnswerAt>> ownerAt(const Scan &scan, const FileLoader &load
 		uint64_t generation;
 		PortAnswer answer;
 		const Damaged *uncertain = nullptr; // the answer is not known from `from` on
+		PortAnswer draining; // the previous owner's answer during a drain
+		bool same(const Segment &o) const
+		{
+			return answer == o.answer && draining == o.draining && uncertain == o.uncertain;
+		}
 	};
 	std::vector<Segment> segments;
 	auto visit = [&](const Step &step, const SliceMap &state, const config::Config &file, const Damaged *uncertain) {
@@ -392,9 +397,18 @@ Result<std::optional<AnswerAt>> ownerAt(const Scan &scan, const FileLoader &load
 			if (it != state.end())
 				answer.drainUntil = it->second.until;
 		}
-		if (last && *last == answer)
+		// During a drain the previous owner still sends from the port for
+		// the flows it opened as owner: its answer is its plan as owner.
+		PortAnswer draining;
+		if (answer.slice && !answer.previous.empty()) {
+			config::Address *a = config.findAddress(address);
+			a->owners[*answer.slice] = answer.previous;
+			a->previous.erase(*answer.slice);
+			draining = answerFor(config, address, port);
+		}
+		if (last && *last == answer && segments.back().draining == draining)
 			return;
-		segments.push_back({step.timeUs, step.generation, std::move(answer)});
+		segments.push_back({step.timeUs, step.generation, std::move(answer), nullptr, std::move(draining)});
 	};
 	auto damaged = [&](const Damaged &d, int64_t since) { segments.push_back({since, 0, PortAnswer{}, &d}); };
 	Status walked = replay(scan, load, visit, damaged);
@@ -405,7 +419,7 @@ Result<std::optional<AnswerAt>> ownerAt(const Scan &scan, const FileLoader &load
 	for (const Segment &s : segments) {
 		if (!bySecond.empty() && floorSeconds(bySecond.back().from) == floorSeconds(s.from))
 			bySecond.pop_back();
-		if (!bySecond.empty() && bySecond.back().answer == s.answer && bySecond.back().uncertain == s.uncertain)
+		if (!bySecond.empty() && bySecond.back().same(s))
 			continue;
 		bySecond.push_back(s);
 	}
@@ -416,6 +430,30 @@ Result<std::optional<AnswerAt>> ownerAt(const Scan &scan, const FileLoader &load
 		return !a.uncertain && !b.uncertain && a.answer.shared == b.answer.shared &&
 		       a.answer.slice.has_value() == b.answer.slice.has_value() && a.answer.server == b.answer.server &&
 		       a.answer.inside == b.answer.inside;
+	};
+	// The interval of the drain at segment `i` of `list` (Unix microseconds;
+	// until 0: it still holds): the run of segments with the same draining
+	// owner and inside address on the same slice.
+	auto drainOf = [](const std::vector<Segment> &list, size_t i) {
+		auto sameDrain = [](const Segment &a, const Segment &b) {
+			return !a.uncertain && !b.uncertain && !a.draining.server.empty() &&
+			       a.draining.server == b.draining.server && a.draining.inside == b.draining.inside &&
+			       a.answer.slice == b.answer.slice;
+		};
+		size_t first = i, next = i + 1;
+		while (first > 0 && sameDrain(list[first - 1], list[i]))
+			first--;
+		while (next < list.size() && sameDrain(list[next], list[i]))
+			next++;
+		return std::pair<int64_t, int64_t>{list[first].from, next < list.size() ? list[next].from : 0};
+	};
+	auto putDrain = [&](AnswerAt &at, const std::vector<Segment> &list, size_t i) {
+		at.draining = list[i].draining;
+		if (at.draining.server.empty())
+			return;
+		auto [fromUs, untilUs] = drainOf(list, i);
+		at.drainFrom = floorSeconds(fromUs);
+		at.drainTo = untilUs ? floorSeconds(untilUs) : 0;
 	};
 	// Within the second asked, to the microsecond: each answer that held
 	// during part of it, when more than one did (the caller may know the
@@ -442,6 +480,7 @@ Result<std::optional<AnswerAt>> ownerAt(const Scan &scan, const FileLoader &load
 				at.generation = segments[last].generation;
 				if (segments[i].uncertain)
 					at.unknown = segments[i].uncertain->str();
+				putDrain(at, segments, last);
 				withinSecond->push_back(std::move(at));
 			}
 			i = next;
@@ -470,6 +509,7 @@ Result<std::optional<AnswerAt>> ownerAt(const Scan &scan, const FileLoader &load
 		at.from = floorSeconds(bySecond[first].from);
 		at.until = next < bySecond.size() ? floorSeconds(bySecond[next].from) : 0;
 		at.generation = bySecond[i].generation;
+		putDrain(at, bySecond, i);
 		return std::optional<AnswerAt>(at);
 	}
 	if (begins && !bySecond.empty())

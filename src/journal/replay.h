@@ -126,6 +126,13 @@ struct AnswerAt {
 	// holds), and, where a damaged record leaves it unknown, the record (Damaged::str()).
 	int64_t fromUs = 0, untilUs = 0;
 	std::string unknown;
+	// The draining previous owner at that moment (server "": none), as the
+	// daemon's Owner answer names it now: what it keeps is what it had as
+	// owner, so its source and inside address are its plan as owner. The
+	// drain held from drainFrom until drainTo (Unix seconds; drainTo 0: it
+	// still holds), as the journal applied it (its end may follow the deadline).
+	PortAnswer draining;
+	int64_t drainFrom = 0, drainTo = 0;
 };
 
 // The answer at `when` (Unix seconds: the state after every change made at or

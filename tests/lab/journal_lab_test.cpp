@@ -98,6 +98,17 @@ int64_t unixOf(const std::string &text)
 	return static_cast<int64_t>(::timegm(&parts));
 }
 
+// Unix seconds as "2026-12-07T12:00:00Z".
+std::string utcText(int64_t seconds)
+{
+	time_t t = static_cast<time_t>(seconds);
+	tm parts{};
+	::gmtime_r(&t, &parts);
+	char text[32];
+	std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", &parts);
+	return text;
+}
+
 // Sleep into the next whole second, so that no two steps share a second.
 void nextSecond()
 {
@@ -517,6 +528,114 @@ TEST_F(JournalLab, OwnerAtAMomentWithinASecondOfTwoMovesIsTheOwnerThen)
 	Outcome bus = call("OwnerAt", "sqt 198.51.100.1 7200 " + std::to_string(unixOf(prefix)));
 	ASSERT_TRUE(bus.ok()) << bus.output;
 	EXPECT_EQ(bus.output.find("\"s1\""), 5u) << bus.output; // (s server, ...) = "s1"
+}
+
+// The abuse desk asks about a moment inside a drain (slice 2 moved from s3 to
+// s1 by SetSliceOwners with drain_seconds > 0): --at names both servers that
+// could have sent from the port, each with its source and inside address (the
+// previous owner's as its plan as owner said: on s3 the port is a stateless
+// block, so the host itself), and when the drain held; a moment after the
+// drain's end names the new owner alone.
+TEST_F(JournalLab, OwnerAtAMomentInsideADrainNamesBothOwnersWithTheirSourcesAndInsideAddresses)
+{
+	startDaemon(0);
+	// Each owner's answer from a file alone: s3's as the file says, s1's with slice 2 its own.
+	std::string moved = (dir_ / "moved.toml").string();
+	std::ofstream(moved) << fileWith("slices = { s1 = 0, s2 = 1, s3 = [2, 3] }", "slices = { s1 = [0, 2], s2 = 1, s3 = 3 }");
+	auto offline = [&](const std::string &file, const std::string &target) {
+		Outcome o = ctl("owner " + target + " --config " + quote(file));
+		EXPECT_TRUE(o.ok()) << o.output;
+		size_t at = o.output.find("server ");
+		return at == std::string::npos ? std::string() : o.output.substr(at, o.output.find('\n', at) - at);
+	};
+	// A port of slice 2 in a stateless block of s3's, which s1 gives to another source.
+	std::string target, s3Says, s1Says;
+	for (uint16_t port = 5120 + 64 * 3; port < 7168 && target.empty(); port += 64) {
+		std::string t = "198.51.100.1:" + std::to_string(port);
+		std::string a = offline(configPath(), t), b = offline(moved, t);
+		if (a.starts_with("server s3, source stateless-gb, inside ") && b.starts_with("server s1, source warp-gb")) {
+			target = t;
+			s3Says = a;
+			s1Says = b;
+		}
+	}
+	ASSERT_FALSE(target.empty()) << "no port of slice 2 is stateless on s3 and conntrack on s1";
+	// The daemon adds the conntrack source's prefix after its range: the file's words up to the range.
+	s1Says = s1Says.substr(0, s1Says.find(';'));
+	std::string s3Inside = s3Says.substr(s3Says.find("inside ") + 7);
+	s3Inside = s3Inside.substr(0, s3Inside.find(' '));
+
+	int64_t before = static_cast<int64_t>(std::floor(unixNow()));
+	Outcome move = call("SetSliceOwners", "'a(sus)u' 1 198.51.100.1 2 s1 6");
+	ASSERT_TRUE(move.ok()) << move.output;
+	int64_t after = static_cast<int64_t>(std::floor(unixNow()));
+	ASSERT_LE(after - before, 2) << "the move took too long for a 6 s drain";
+	int64_t inside = after + 1; // a second inside the drain (its deadline is the move's second + 6)
+	nextSecond();
+	nextSecond();
+	std::string moment = utcText(inside);
+	auto escaped = [](const std::string &text) { return std::regex_replace(text, std::regex(R"([.()])"), R"(\$&)"); };
+
+	// During the drain: both owners, each with its source and inside address.
+	Outcome during = ctl("owner " + target + " --at " + std::to_string(inside));
+	ASSERT_TRUE(during.ok()) << during.output;
+	EXPECT_NE(during.output.find(target + " at " + moment + ": slice 2, " + s1Says), std::string::npos)
+		<< s1Says << "\n" << during.output;
+	EXPECT_TRUE(std::regex_search(during.output,
+				      std::regex("\n  draining: s3 keeps the flows it opened before the move until \\S+Z: " +
+						 escaped(s3Says) + "\n")))
+		<< s3Says << "\n" << during.output;
+	EXPECT_TRUE(std::regex_search(during.output, std::regex("\n  the drain held from \\S+Z until now\n"))) << during.output;
+	// The online answer for now says the same of both.
+	Outcome now = ctl("owner " + target);
+	ASSERT_TRUE(now.ok()) << now.output;
+	EXPECT_NE(now.output.find("slice 2, " + s1Says), std::string::npos) << now.output;
+	EXPECT_NE(now.output.find(": " + s3Says + "\n"), std::string::npos) << now.output;
+
+	Outcome json = ctl("owner " + target + " --json --at " + std::to_string(inside));
+	ASSERT_TRUE(json.ok()) << json.output;
+	EXPECT_TRUE(std::regex_search(json.output, std::regex(R"("slice": 2,\s+"server": "s1",\s+"source": "warp-gb",\s+"inside": \{)")))
+		<< json.output;
+	EXPECT_TRUE(std::regex_search(json.output, std::regex(R"("draining": \{\s+"server": "s3",\s+"source": "stateless-gb",\s+"inside": \{\s*"first": ")" +
+							       escaped(s3Inside) + R"(",\s+"last": ")" + escaped(s3Inside) +
+							       R"("\s*\},\s+"nat": "stateless",\s+"until": \d+,\s+"from": \d+,\s+"ended": null\s+\})")))
+		<< json.output;
+
+	// The drain ends at its deadline (the daemon's "drain end").
+	std::string endedAt;
+	for (int i = 0; i < 60 && endedAt.empty(); i++) {
+		std::this_thread::sleep_for(std::chrono::milliseconds(250));
+		Outcome rows = ctl("history --json --since " + std::to_string(before));
+		ASSERT_TRUE(rows.ok()) << rows.output;
+		std::smatch m;
+		if (std::regex_search(rows.output, m, std::regex(R"re("time": "([^"]+)",\s+"generation": \d+,\s+"address": "198\.51\.100\.1",\s+"slice": 2,[^}]*"why": "drain end")re")))
+			endedAt = m[1];
+	}
+	ASSERT_FALSE(endedAt.empty()) << "the drain did not end within 15 s";
+	int64_t ended = unixOf(endedAt.substr(0, 19));
+	EXPECT_GE(ended, inside + 1);
+	nextSecond();
+
+	// The same moment, asked after the drain: the drain's end is known now.
+	during = ctl("owner " + target + " --at " + std::to_string(inside));
+	ASSERT_TRUE(during.ok()) << during.output;
+	EXPECT_NE(during.output.find(": " + s3Says + "\n"), std::string::npos) << during.output;
+	EXPECT_NE(during.output.find("\n  the drain held from "), std::string::npos) << during.output;
+	EXPECT_NE(during.output.find("Z until " + utcText(ended) + "\n"), std::string::npos) << during.output;
+	json = ctl("owner " + target + " --json --at " + std::to_string(inside));
+	ASSERT_TRUE(json.ok()) << json.output;
+	EXPECT_TRUE(std::regex_search(json.output, std::regex(R"("ended": )" + std::to_string(ended) + R"(\s+\})")))
+		<< json.output;
+
+	// After the deadline: the new owner alone.
+	Outcome later = ctl("owner " + target + " --at " + std::to_string(ended));
+	ASSERT_TRUE(later.ok()) << later.output;
+	EXPECT_NE(later.output.find("slice 2, " + s1Says), std::string::npos) << later.output;
+	EXPECT_EQ(later.output.find("draining"), std::string::npos) << later.output;
+	EXPECT_EQ(later.output.find("s3"), std::string::npos) << later.output;
+	json = ctl("owner " + target + " --json --at " + std::to_string(ended));
+	ASSERT_TRUE(json.ok()) << json.output;
+	EXPECT_NE(json.output.find("\"draining\": null"), std::string::npos) << json.output;
 }
 
 // history's text: whitespace-separated columns, the caller's uid in a column

@@ -360,6 +360,40 @@ TEST_F(JournalTest, AnswersHoldOverTheirIntervalsToTheSecond)
 	EXPECT_EQ((*at(259))->until, 0);
 }
 
+// A moment inside a drain names both servers that could have sent from the
+// port, each with its source and inside address, and the drain's interval.
+TEST_F(JournalTest, AMomentInsideADrainNamesThePreviousOwnerWithItsSourceAndInsideAddress)
+{
+	Scan scan;
+	scan.records = {
+		fileRecord(100, 1), outcome(100, 1),
+		moveRecord(200, 2, 0, "s1", "s2", "s1", 260), outcome(200, 2), // s2 owns slice 0, s1 drains
+		moveRecord(261, 3, 0, "s1", "s2"), outcome(261, 3),             // the drain's end, a second late
+	};
+	scan.records[4].why = "drain end";
+	uint16_t port = 1024 + 8 * 3 + 1;
+	auto at = [&](int64_t when) { return **ownerAt(scan, loader(), Ipv4{kAddress}, port, when); };
+	PortAnswer before = at(150).answer; // s1 as owner, under the file
+	ASSERT_EQ(before.server, "s1");
+	EXPECT_EQ(at(150).draining.server, "");
+	for (int64_t when : {200, 230, 260}) {
+		AnswerAt a = at(when);
+		EXPECT_EQ(a.answer.server, "s2") << when;
+		EXPECT_EQ(a.answer.source, "warp-gb") << when;
+		EXPECT_FALSE(a.answer.inside.empty()) << when;
+		// What s1 keeps: its answer as owner, source and inside address included.
+		EXPECT_EQ(a.draining, before) << when;
+		EXPECT_EQ(a.answer.drainUntil, 260) << when;
+		EXPECT_EQ(a.drainFrom, 200) << when;
+		EXPECT_EQ(a.drainTo, 261) << when;
+	}
+	AnswerAt after = at(261);
+	EXPECT_EQ(after.answer.server, "s2");
+	EXPECT_EQ(after.draining, PortAnswer{});
+	EXPECT_EQ(after.drainFrom, 0);
+	EXPECT_EQ(after.from, 200);
+}
+
 TEST_F(JournalTest, AnIntervalEndsOnlyWhereTheServerOrTheInsideAddressChanges)
 {
 	Scan scan;
