@@ -931,6 +931,11 @@ Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, Drains 
 	}
 
 	Clock::time_point t3 = Clock::now();
+	// A new generation applied in full over a table that differed from the
+	// plan (left by --no-repair, a repair that failed) re-created it: said
+	// below, with what differed.
+	std::string differed = drifted_ && !same ? "generation " + std::to_string(generation_) + " (" + lastError_ + ")"
+						 : std::string();
 	std::vector<std::string> properties;
 	if (next != generation_) {
 		generation_ = next;
@@ -968,6 +973,10 @@ Answer<uint64_t> Service::commit(config::Config config, Overlay overlay, Drains 
 					      ", persist " + ms(t1, t2) + ", apply " + ms(t2, t3) + ")",
 				   {{"GENERATION", std::to_string(generation_)}, {"PLAN_MS", ms(t0, t1)},
 				    {"PERSIST_MS", ms(t1, t2)}, {"APPLY_MS", ms(t2, t3)}});
+		if (!differed.empty())
+			listener_.logEvent(5, "generation " + std::to_string(generation_) + " re-created table inet portslice "
+						      "in full (" + why_ + "): the kernel holds the plan again; it differed from " +
+						      differed, {});
 		lastApplied_ = now();
 		listener_.applied(generation_);
 	}

@@ -1010,6 +1010,74 @@ TEST_F(ServiceLab, ANoRepairDaemonSaysDegradedWhileTheTableDiffersByHand)
 	EXPECT_EQ(proxy_->Generation(), 1u);
 }
 
+// --no-repair leaves a table deleted by hand as it is, but a call that has
+// to apply the plan in full (SetSliceOwner on a degraded daemon) puts it
+// back: the kernel then holds the plan of Generation, so State is applied
+// again (signalled), LastError is empty as after a reload, the metrics file
+// says applied, and the log says, with its priority, that the call
+// re-created the table.
+TEST_F(ServiceLab, ANoRepairDaemonIsAppliedAgainWhenACallRecreatesTheDeletedTable)
+{
+	daemonArgs_ = {"--no-repair"};
+	startDaemon();
+	connect();
+	PropertyWatch watch(*connection_);
+	ASSERT_TRUE(inNs("nft delete table inet portslice").ok());
+	ASSERT_TRUE(waitFor([&] { return proxy_->State() == "degraded"; }, std::chrono::seconds(3)))
+		<< readFile(logPath());
+	ASSERT_TRUE(waitFor([&] { return proxy_->LastError().find("changed by") != std::string::npos; },
+			    std::chrono::seconds(2)));
+
+	ASSERT_EQ(proxy_->SetSliceOwner("198.51.100.1", 1, "s1"), 2u);
+	EXPECT_NE(table().find("table inet portslice {"), std::string::npos) << "the full apply re-created it";
+	Outcome audit = ctl("audit");
+	EXPECT_EQ(audit.status, 0) << audit.output;
+	EXPECT_EQ(proxy_->State(), "applied") << proxy_->LastError();
+	EXPECT_EQ(proxy_->LastError(), "");
+	EXPECT_EQ(ctl("status").status, 0);
+	std::string metrics = readFile(metricsPath());
+	EXPECT_NE(metrics.find("portslice_state{state=\"applied\"} 1"), std::string::npos) << metrics;
+	EXPECT_NE(metrics.find("portslice_generation 2\n"), std::string::npos) << metrics;
+	EXPECT_TRUE(waitFor([&] { return watch.states().size() == 2; }, std::chrono::seconds(2)));
+	EXPECT_EQ(watch.states(), (std::vector<std::string>{"degraded", "applied"}));
+	std::string log = readFile(logPath());
+	EXPECT_NE(log.find("\n<5>generation 2 re-created table inet portslice in full (set-owner): the kernel holds "
+			   "the plan again; it differed from generation 1 (table inet portslice changed by"),
+		  std::string::npos) << log;
+	// Its own commit's events do not make it degraded again.
+	std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+	EXPECT_EQ(proxy_->State(), "applied") << proxy_->LastError();
+	EXPECT_EQ(watch.states().size(), 2u);
+}
+
+// --no-repair, a set flushed by hand, then a move: whatever State says,
+// audit says the same of the kernel (applied when the table is the plan,
+// degraded while it differs); twice, once after the daemon saw the flush
+// and once right after it.
+TEST_F(ServiceLab, ANoRepairDaemonsStateAfterAMoveOnAFlushedSetIsWhatAuditSays)
+{
+	daemonArgs_ = {"--no-repair"};
+	startDaemon();
+	connect();
+	auto agrees = [&](const std::string &when) {
+		// Let the events of the hand edit and of the move be read.
+		std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+		Outcome audit = ctl("audit");
+		std::string state = proxy_->State();
+		EXPECT_EQ(state, audit.status == 0 ? "applied" : "degraded") << when << ": " << audit.output;
+		EXPECT_EQ(proxy_->LastError().empty(), audit.status == 0) << when << ": " << proxy_->LastError();
+	};
+	ASSERT_TRUE(inNs("nft flush set inet portslice my_ports").ok());
+	ASSERT_TRUE(waitFor([&] { return proxy_->State() == "degraded"; }, std::chrono::seconds(3)))
+		<< readFile(logPath());
+	ASSERT_EQ(proxy_->SetSliceOwner("198.51.100.1", 1, "s1"), 2u);
+	agrees("a move after the flush was seen");
+
+	ASSERT_TRUE(inNs("nft flush set inet portslice my_ports").ok());
+	ASSERT_EQ(proxy_->SetSliceOwner("198.51.100.1", 1, "s2"), 3u);
+	agrees("a move right after the flush");
+}
+
 // Every line the daemon writes to standard error carries its sd-daemon(3)
 // priority (portsliced.8, LOGGING): after a full restore (the table deleted
 // by hand, the egress program attached again), two moves in one call, a
