@@ -12,6 +12,8 @@
 #include <set>
 #include <sstream>
 
+#include <sys/stat.h>
+
 #include "journal/sha256.h"
 
 namespace portslice::service {
@@ -150,6 +152,7 @@ Answer<uint64_t> Service::start()
 	}
 	Answer<uint64_t> answer = reload();
 	resume_.reset();
+	started_ = true;
 	return answer;
 }
 
@@ -165,6 +168,20 @@ std::optional<Failure> Service::lastGeneration()
 
 Answer<uint64_t> Service::reload()
 {
+	// A pipe (--config <(...), /dev/stdin) is read once, at start: opened
+	// again it has nothing left to give (it would read as an empty file),
+	// and a named FIFO blocks until a writer comes.
+	struct stat st{};
+	if (started_ && ::stat(options_.configPath.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+		std::string kind = S_ISFIFO(st.st_mode) ? "a pipe" : S_ISCHR(st.st_mode) ? "a character device"
+				 : S_ISSOCK(st.st_mode) ? "a socket" : S_ISDIR(st.st_mode) ? "a directory" : "not a file";
+		config::Diagnostic d{config::Diagnostic::Severity::Error, config::Location{options_.configPath, 0, 0},
+				     "cannot re-read the configuration: it is " + kind + ", not a regular file (read "
+				     "once, at start); " + (plan_ ? "generation " + std::to_string(generation_) +
+				     " stays applied" : std::string("nothing is applied")) + ". Start portsliced with "
+				     "--config naming a regular file to reload it"};
+		return fail({Fault::InvalidConfig, d.str()}, true);
+	}
 	// The bytes hashed and kept are the bytes loaded.
 	std::optional<std::string> text = config::readText(options_.configPath);
 	config::LoadResult loaded = text ? config::loadString(*text, options_.configPath)

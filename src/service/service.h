@@ -306,6 +306,7 @@ private:
 	std::optional<plan::Plan> plan_;       // what is applied
 	Persisted persisted_;                  // what the state directory holds (what a failure writes back)
 	std::optional<Persisted> resume_;      // during start(): what the state directory says the generation is
+	bool started_ = false;                 // start() read the file: a reload reads it again
 	Overlay overlay_;                      // persisted SetSliceOwner changes
 	Drains drains_;                        // persisted old owners still draining, with their deadlines
 	std::string server_;

@@ -525,6 +525,55 @@ TEST_F(ServiceLab, AReloadWithABrokenFileKeepsTheOldStateAndSignalsFileAndLine)
 	EXPECT_EQ(normalized(proxy_->Dump()), normalized(table()));
 }
 
+// A --config that is a pipe (`--config <(...)`) is read once, at start: a
+// reload (SIGHUP, Reload(), portslicectl reload) cannot read it again and
+// says so, naming the path, as InvalidConfig; the applied table and
+// generation stay, and LastError and ApplyFailed say it as for any file a
+// reload rejects. The daemon goes on answering.
+TEST_F(ServiceLab, AReloadOfAConfigPipeFailsNamingItAndKeepsTheAppliedState)
+{
+	std::vector<std::string> words = daemonWords();
+	auto config = std::find(words.begin(), words.end(), configPath());
+	ASSERT_NE(config, words.end());
+	*config = "/dev/fd/3";
+	words.insert(words.begin(), {"bash", "-c", "exec \"$@\" 3< <(cat " + quote(configPath()) + ")", "bash"});
+	daemonPid_ = lab::spawnProcess(words, logPath(), {.env = {"DBUS_SYSTEM_BUS_ADDRESS=" + busAddress_}, .append = true});
+	ASSERT_GT(daemonPid_, 0);
+	ASSERT_TRUE(waitFor([&] { return busctl("call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus "
+						"NameHasOwner s org.portslice.Egress1").output.find("true") !=
+					 std::string::npos; },
+			    std::chrono::seconds(5)))
+		<< readFile(logPath());
+	connect();
+	ASSERT_EQ(proxy_->State(), "applied");
+	std::string before = table();
+
+	auto says = [&](const std::string &text) {
+		return text.find("/dev/fd/3") != std::string::npos && text.find("not a regular file") != std::string::npos &&
+		       text.find("pipe") != std::string::npos;
+	};
+	EXPECT_EQ(errorOf([&] { proxy_->Reload(); }), "org.portslice.Error.InvalidConfig");
+	EXPECT_TRUE(says(lastMessage_)) << lastMessage_;
+	ASSERT_TRUE(waitFor([&] { return !proxy_->failed().empty(); }, std::chrono::seconds(2)));
+	EXPECT_TRUE(says(proxy_->failed()[0])) << proxy_->failed()[0];
+	EXPECT_EQ(proxy_->State(), "degraded");
+	EXPECT_TRUE(says(proxy_->LastError())) << proxy_->LastError();
+	EXPECT_EQ(proxy_->Generation(), 1u);
+	EXPECT_EQ(table(), before);
+
+	// portslicectl reload prints it and exits 1; SIGHUP logs it.
+	Outcome reloaded = ctl("reload");
+	EXPECT_EQ(reloaded.status, 1) << reloaded.output;
+	EXPECT_TRUE(says(reloaded.output)) << reloaded.output;
+	::kill(daemonPid_, SIGHUP);
+	EXPECT_TRUE(waitFor([&] { return proxy_->failed().size() == 3; }, std::chrono::seconds(3))) << readFile(logPath());
+	EXPECT_EQ(proxy_->Generation(), 1u);
+	EXPECT_EQ(table(), before);
+	// Still answering, the move a call makes applied.
+	EXPECT_EQ(proxy_->SetSliceOwner("198.51.100.1", 1, "s1"), 2u);
+	EXPECT_EQ(proxy_->State(), "applied");
+}
+
 // --metrics-file keeps the textfile up to date: a failed reload is
 // in it when `portslicectl reload` returns, not at the next 15 s rewrite.
 TEST_F(ServiceLab, TheMetricsFileSaysDegradedAsSoonAsABrokenReloadReturns)
