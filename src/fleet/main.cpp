@@ -191,8 +191,12 @@ private:
 			log("etcd: " + why);
 	}
 
+	// Called by the session thread and the applier: one write at a time, so
+	// that an older snapshot never replaces a newer one, and every failure
+	// that differs from the last is logged (and a recovery too).
 	void writeStatus()
 	{
+		std::lock_guard writing(statusMutex_);
 		LinkStatus s;
 		{
 			std::lock_guard lock(shared_.mutex);
@@ -211,10 +215,11 @@ private:
 		}
 		std::error_code ec;
 		std::filesystem::create_directories(std::filesystem::path(options_.statusFile).parent_path(), ec);
-		if (Status w = writeStatusFile(options_.statusFile, s); !w) {
-			if (!statusWarned_.exchange(true))
-				log("status: " + w.error().message());
-		}
+		Status w = writeStatusFile(options_.statusFile, s);
+		std::string why = w ? std::string() : w.error().message();
+		if (why != statusError_)
+			log(why.empty() ? "status: " + options_.statusFile + " written again" : "status: " + why);
+		statusError_ = why;
 	}
 
 	// The watcher: list the prefix, then watch it from the next revision;
@@ -728,7 +733,8 @@ private:
 	std::map<std::pair<size_t, uint32_t>, std::pair<int32_t, int64_t>> drains_;
 	uint64_t daemonGeneration_ = 0;
 	Shared shared_;
-	std::atomic<bool> statusWarned_{false};
+	std::mutex statusMutex_;   // held across a whole writeStatus
+	std::string statusError_;  // the last write's failure, "" when it worked
 };
 
 } // namespace

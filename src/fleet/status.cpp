@@ -4,8 +4,12 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
+
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -67,18 +71,39 @@ std::optional<LinkStatus> decodeStatus(const std::string &text)
 
 Status writeStatusFile(const std::string &path, const LinkStatus &status)
 {
-	std::string tmp = path + ".tmp";
-	{
-		std::ofstream out(tmp, std::ios::trunc);
-		if (!out)
-			return Error(errno, "writing " + tmp);
-		out << encodeStatus(status);
-		out.flush();
-		if (!out)
-			return Error(errno, "writing " + tmp);
+	// A temporary file of this call's own (fleetd's threads both write the
+	// status): with one shared PATH.tmp, one writer truncated what another
+	// was about to rename, and that rename found no file.
+	std::string tmp = path + ".tmp.XXXXXX";
+	int fd = ::mkstemp(tmp.data());
+	if (fd < 0)
+		return Error(errno, "creating a temporary file beside " + path);
+	auto failed = [&](const std::string &what) {
+		int err = errno;
+		if (fd >= 0)
+			::close(fd);
+		::unlink(tmp.c_str());
+		return Error(err, what);
+	};
+	// Readable by portslicectl status for the members of group portslice, as the file always was.
+	if (::fchmod(fd, 0644) != 0)
+		return failed("setting the mode of " + tmp);
+	std::string text = encodeStatus(status);
+	for (size_t done = 0; done < text.size();) {
+		ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return failed("writing " + tmp);
+		done += static_cast<size_t>(n);
 	}
+	if (::close(fd) != 0) {
+		fd = -1;
+		return failed("writing " + tmp);
+	}
+	fd = -1;
 	if (std::rename(tmp.c_str(), path.c_str()) != 0)
-		return Error(errno, "renaming " + tmp + " to " + path);
+		return failed("renaming " + tmp + " to " + path);
 	return {};
 }
 

@@ -36,7 +36,9 @@ struct LinkStatus {
 std::string encodeStatus(const LinkStatus &status);
 std::optional<LinkStatus> decodeStatus(const std::string &text);
 
-// Write to PATH.tmp and rename over PATH: a reader sees the old file or the new one.
+// Write to a temporary file of its own (PATH.tmp.XXXXXX, mode 0644) and
+// rename it over PATH: a reader sees the old file or the new one, also with
+// several writers at once.
 Status writeStatusFile(const std::string &path, const LinkStatus &status);
 Result<LinkStatus> readStatusFile(const std::string &path);
 

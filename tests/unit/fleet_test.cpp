@@ -2,7 +2,13 @@
 // Fleet mode's pure parts: the ownership function every fleetd computes alike, the etcd key space, the [fleet] keys, the status file.
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <filesystem>
 #include <map>
+#include <mutex>
+#include <thread>
+
+#include <stdlib.h>
 
 #include "config/config.h"
 #include "fleet/etcd.h"
@@ -328,6 +334,65 @@ TEST(FleetStatus, SaysWhyNoMoveCanHappenWhenEtcdIsDownOrFleetdIsGone)
 	EXPECT_NE(text.find("fleet revision: 41 applied"), std::string::npos) << text;
 	std::string stale = describeStatus(*back, 1000 + 3 * 2 + 6);
 	EXPECT_NE(stale.find("has not written its status for 12 s"), std::string::npos) << stale;
+}
+
+// fleetd writes its status from two threads (the session's keep-alives, the
+// applier's applies): every write must land, and a reader must always find a
+// whole file, never one another writer is still filling.
+TEST(FleetStatus, TwoThreadsWritingAtOnceEachLandWholeAndAReaderOnlySeesWholeFiles)
+{
+	std::string dir = (std::filesystem::temp_directory_path() / "portslice-status-XXXXXX").string();
+	ASSERT_NE(::mkdtemp(dir.data()), nullptr);
+	std::string path = dir + "/fleetd.json";
+	LinkStatus first;
+	first.server = "s1";
+	ASSERT_TRUE(writeStatusFile(path, first));
+
+	constexpr int kWrites = 400;
+	std::atomic<int> writersDone{0};
+	std::mutex failuresMutex;
+	std::vector<std::string> failures;
+	auto writer = [&](const std::string &name) {
+		LinkStatus s;
+		s.server = name;
+		// Long enough that a write is not one syscall's worth of luck.
+		for (int i = 0; i < 200; i++)
+			s.members.push_back(name + "-member-" + std::to_string(i));
+		for (int i = 0; i < kWrites; i++) {
+			s.revision = i;
+			if (Status w = writeStatusFile(path, s); !w) {
+				std::lock_guard lock(failuresMutex);
+				failures.push_back(w.error().message());
+			}
+		}
+		writersDone++;
+	};
+	std::thread a(writer, "a"), b(writer, "b");
+	int reads = 0, broken = 0;
+	std::string lastBroken;
+	for (; writersDone < 2 && reads < 200000; reads++) {
+		Result<LinkStatus> read = readStatusFile(path);
+		if (!read || (read->server != "s1" && read->members.size() != 200)) {
+			broken++;
+			lastBroken = read ? "a file with " + std::to_string(read->members.size()) + " members"
+					  : read.error().message();
+		}
+	}
+	a.join();
+	b.join();
+	EXPECT_EQ(failures.size(), 0u) << failures.front();
+	EXPECT_EQ(broken, 0) << "of " << reads << " reads; the last: " << lastBroken;
+	Result<LinkStatus> last = readStatusFile(path);
+	ASSERT_TRUE(last);
+	EXPECT_EQ(last->revision, kWrites - 1);
+	// Nothing left behind but the file, readable by group portslice and the rest.
+	std::vector<std::string> names;
+	for (const auto &e : std::filesystem::directory_iterator(dir))
+		names.push_back(e.path().filename().string());
+	EXPECT_EQ(names, std::vector<std::string>{"fleetd.json"});
+	EXPECT_EQ(std::filesystem::status(path).permissions() & std::filesystem::perms::all,
+		  std::filesystem::perms(0644));
+	std::filesystem::remove_all(dir);
 }
 
 } // namespace
