@@ -180,6 +180,18 @@ uint64_t BusObject::SetSliceOwners(const std::vector<sdbus::Struct<std::string, 
 	return replyOrThrow(service_.setSliceOwners(list, drainSeconds));
 }
 
+uint64_t BusObject::SetSliceOwnersDrains(
+	const std::vector<sdbus::Struct<std::string, uint32_t, std::string, uint32_t>> &moves)
+{
+	logCaller("SetSliceOwnersDrains");
+	std::vector<service::OwnerMove> list;
+	list.reserve(moves.size());
+	for (const auto &m : moves)
+		list.push_back({m.get<0>(), m.get<1>(), m.get<2>(), m.get<3>()});
+	CallerScope caller(service_, callerUid());
+	return replyOrThrow(service_.setSliceOwners(list, 0));
+}
+
 std::vector<sdbus::Struct<std::string, uint32_t, std::string, std::string, uint64_t>> BusObject::Owners()
 {
 	auto answer = service_.owners();

@@ -42,6 +42,8 @@ private:
 	uint64_t SetSliceOwner(const std::string &address, const uint32_t &slice, const std::string &server) override;
 	uint64_t SetSliceOwners(const std::vector<sdbus::Struct<std::string, uint32_t, std::string>> &moves,
 				const uint32_t &drainSeconds) override;
+	uint64_t SetSliceOwnersDrains(const std::vector<sdbus::Struct<std::string, uint32_t, std::string, uint32_t>> &moves)
+		override;
 	std::string Plan() override;
 	std::string Dump() override;
 	std::tuple<std::string, std::string> Owner(const std::string &address, const uint16_t &port) override;

@@ -78,7 +78,7 @@ struct Shared {
 	uint64_t daemonChanges = 0; // grows with every change of daemonOk
 };
 
-// The daemon's org.portslice.Egress1, called by name: fleetd uses three
+// The daemon's org.portslice.Egress1, called by name: fleetd uses a few
 // members and is not rebuilt when the interface gains others.
 class Daemon {
 public:
@@ -107,6 +107,14 @@ public:
 			.onInterface(kInterface)
 			.withArguments(moves, drainSeconds)
 			.storeResultsTo(generation);
+		return generation;
+	}
+
+	// The same with a drain per move (beyond SPEC's core members, docs/operations.md).
+	uint64_t setSliceOwnersDrains(const std::vector<sdbus::Struct<std::string, uint32_t, std::string, uint32_t>> &moves)
+	{
+		uint64_t generation = 0;
+		proxy_->callMethod("SetSliceOwnersDrains").onInterface(kInterface).withArguments(moves).storeResultsTo(generation);
 		return generation;
 	}
 
@@ -564,10 +572,97 @@ private:
 			shared_.changed.notify_all();
 	}
 
+	// One slice to hand over: slice `slice` of config_.addresses[address] to
+	// config_.servers[to], its old owner draining `drain` s.
+	struct Move {
+		size_t address;
+		uint32_t slice;
+		int32_t to;
+		uint32_t drain;
+	};
+
+	// How long the daemon's owner `have` of a slice drains when it moves: a
+	// dead one has nothing to drain; a live one drains until the owners/ key's
+	// `until` when the key names it as `previous` (0 when that is past), else
+	// for --drain-seconds (a key without a deadline, "until": 0, or a move the
+	// key's writer did not foresee: the fleet's own failover and return home).
+	uint32_t drainOf(const View &view, const Ownership &ownership, size_t a, uint32_t s, int32_t have,
+			 int64_t now) const
+	{
+		if (have < 0 || !ownership.live(have))
+			return 0;
+		auto key = view.owners.find({config_.addresses[a].address.value, s});
+		if (key != view.owners.end() && key->second.until > 0 &&
+		    key->second.previous == config_.servers[static_cast<size_t>(have)].name)
+			return static_cast<uint32_t>(std::clamp<int64_t>(key->second.until - now, 0, 86400));
+		return options_.drainSeconds;
+	}
+
+	// Hand `moves` to the daemon in one call, one generation: SetSliceOwners
+	// when they all drain alike (the usual case), else SetSliceOwnersDrains.
+	// A daemon older than SetSliceOwnersDrains gets one SetSliceOwners per
+	// drain length instead.
+	void handOver(Daemon &daemon, const std::vector<Move> &moves, int64_t revision, int64_t now)
+	{
+		auto nameOf = [&](int32_t server) { return config_.servers[static_cast<size_t>(server)].name; };
+		std::map<uint32_t, std::vector<const Move *>> byDrain;
+		for (const Move &m : moves)
+			byDrain[m.drain].push_back(&m);
+		auto done = [&](const std::vector<const Move *> &made, uint64_t generation, double ms) {
+			for (const Move *m : made) {
+				int32_t was = daemonOwners_[m->address][m->slice];
+				daemonOwners_[m->address][m->slice] = m->to;
+				if (m->drain > 0 && was >= 0 && was != m->to)
+					drains_[{m->address, m->slice}] = {was, now + m->drain};
+				else
+					drains_.erase({m->address, m->slice});
+			}
+			daemonGeneration_ = generation;
+			std::string lengths;
+			for (const auto &[drain, group] : byDrain)
+				if (std::any_of(made.begin(), made.end(), [&](const Move *m) { return m->drain == drain; }))
+					lengths += (lengths.empty() ? "" : ", ") + std::to_string(drain);
+			log("portsliced: " + std::to_string(made.size()) + " slice(s) moved (drain " + lengths +
+			    " s) in generation " + std::to_string(generation) + " for revision " + std::to_string(revision) +
+			    " in " + std::to_string(ms) + " ms");
+		};
+		auto t0 = Clock::now();
+		auto since = [&] { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); };
+		if (byDrain.size() > 1 && drainsMember_) {
+			std::vector<sdbus::Struct<std::string, uint32_t, std::string, uint32_t>> list;
+			list.reserve(moves.size());
+			for (const Move &m : moves)
+				list.emplace_back(config_.addresses[m.address].address.str(), m.slice, nameOf(m.to), m.drain);
+			try {
+				uint64_t g = daemon.setSliceOwnersDrains(list);
+				std::vector<const Move *> all;
+				for (const Move &m : moves)
+					all.push_back(&m);
+				done(all, g, since());
+				return;
+			} catch (const sdbus::Error &e) {
+				if (e.getName() != "org.freedesktop.DBus.Error.UnknownMethod")
+					throw;
+				drainsMember_ = false;
+				log("portsliced: has no SetSliceOwnersDrains (" + e.getMessage() +
+				    "): a change whose moves drain differently takes one SetSliceOwners per drain length");
+			}
+		}
+		for (const auto &[drain, group] : byDrain) {
+			t0 = Clock::now();
+			std::vector<sdbus::Struct<std::string, uint32_t, std::string>> list;
+			list.reserve(group.size());
+			for (const Move *m : group)
+				list.emplace_back(config_.addresses[m->address].address.str(), m->slice, nameOf(m->to));
+			uint64_t g = daemon.setSliceOwners(list, drain);
+			done(group, g, since());
+		}
+	}
+
 	// The applier: each new view becomes the daemon's ownership, in one
-	// SetSliceOwners per drain length (usually one call). Between views it
-	// asks the daemon its generation every lease/3 at most, so that a daemon
-	// gone is noticed within a lease.
+	// call, one generation (handOver). Between views it asks the daemon its
+	// generation every lease/3 at most, so that a daemon gone is noticed
+	// within a lease.
 	void applyLoop()
 	{
 		std::unique_ptr<sdbus::IConnection> connection;
@@ -621,11 +716,11 @@ private:
 					}
 					daemonGeneration_ = generation;
 					known = true;
+					drainsMember_ = true; // a daemon restarted or upgraded may have it now
 				}
 				Ownership ownership(config_, view.live->servers, view.owners);
 				int64_t now = unixNow();
-				std::map<uint32_t, std::vector<sdbus::Struct<std::string, uint32_t, std::string>>> byDrain;
-				std::map<uint32_t, std::vector<std::pair<size_t, uint32_t>>> moved;
+				std::vector<Move> moves;
 				for (size_t a = 0; a < config_.addresses.size(); a++) {
 					const config::Address &address = config_.addresses[a];
 					for (uint32_t s = 0; s < address.sliceCount(); s++) {
@@ -633,18 +728,7 @@ private:
 						int32_t have = daemonOwners_[a][s];
 						if (want < 0 || want == have)
 							continue;
-						// A live old owner drains (its flows finish); a dead one has nothing to drain.
-						uint32_t drain = 0;
-						if (have >= 0 && ownership.live(have)) {
-							drain = options_.drainSeconds;
-							auto key = view.owners.find({address.address.value, s});
-							if (key != view.owners.end() && key->second.until > 0 &&
-							    key->second.previous == config_.servers[static_cast<size_t>(have)].name)
-								drain = static_cast<uint32_t>(std::max<int64_t>(key->second.until - now, 0));
-						}
-						byDrain[drain].emplace_back(address.address.str(), s,
-									    config_.servers[static_cast<size_t>(want)].name);
-						moved[drain].emplace_back(a, s);
+						moves.push_back({a, s, want, drainOf(view, ownership, a, s, have, now)});
 					}
 				}
 				// A drain whose old owner has left live ends: a dead server has
@@ -657,32 +741,12 @@ private:
 						it = drains_.erase(it); // over by itself
 						continue;
 					}
-					if (!ownership.live(drain.first) && owner >= 0 && ownership.owner(a, s) == owner) {
-						byDrain[0].emplace_back(config_.addresses[a].address.str(), s,
-									config_.servers[static_cast<size_t>(owner)].name);
-						moved[0].emplace_back(a, s);
-					}
+					if (!ownership.live(drain.first) && owner >= 0 && ownership.owner(a, s) == owner)
+						moves.push_back({a, s, owner, 0});
 					++it;
 				}
-				for (auto &[drain, moves] : byDrain) {
-					auto t0 = Clock::now();
-					uint64_t g = proxy->setSliceOwners(moves, drain);
-					double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-					for (size_t i = 0; i < moves.size(); i++) {
-						const auto &[a, s] = moved[drain][i];
-						int32_t was = daemonOwners_[a][s];
-						int32_t to = serverIndex_.at(moves[i].get<2>());
-						daemonOwners_[a][s] = to;
-						if (drain > 0 && was >= 0 && was != to)
-							drains_[{a, s}] = {was, now + drain};
-						else
-							drains_.erase({a, s});
-					}
-					daemonGeneration_ = g;
-					log("portsliced: " + std::to_string(moves.size()) + " slice(s) moved (drain " +
-					    std::to_string(drain) + " s) in generation " + std::to_string(g) + " for revision " +
-					    std::to_string(view.revision) + " in " + std::to_string(ms) + " ms");
-				}
+				if (!moves.empty())
+					handOver(*proxy, moves, view.revision, now);
 				{
 					std::lock_guard lock(shared_.mutex);
 					shared_.status.appliedRevision = view.revision;
@@ -732,6 +796,7 @@ private:
 	// The daemon's drains: (address, slice) -> (previous owner, Unix deadline).
 	std::map<std::pair<size_t, uint32_t>, std::pair<int32_t, int64_t>> drains_;
 	uint64_t daemonGeneration_ = 0;
+	bool drainsMember_ = true; // the daemon has SetSliceOwnersDrains, as far as fleetd knows
 	Shared shared_;
 	std::mutex statusMutex_;   // held across a whole writeStatus
 	std::string statusError_;  // the last write's failure, "" when it worked
@@ -745,7 +810,7 @@ int main(int argc, char **argv)
 	using namespace portslice;
 	CLI::App app{"Fleet mode: keep this server's member key in etcd (a lease kept alive), take part "
 		     "in the leader election, and hand every ownership change watched in etcd to the local portsliced "
-		     "(SetSliceOwners).",
+		     "(SetSliceOwners, one generation per change).",
 		     "portslice-fleetd"};
 	cli::setUp(app);
 	fleet::Options options;

@@ -19,7 +19,9 @@ namespace portslice::fleet {
 struct OwnerKey {
 	std::string owner;
 	std::string previous; // "" when none
-	int64_t until = 0;    // Unix seconds the previous owner drains until; 0: no drain
+	// Unix seconds the previous owner drains until; 0: no deadline from the
+	// writer (fleetd drains a live previous owner for its --drain-seconds).
+	int64_t until = 0;
 	auto operator<=>(const OwnerKey &) const = default;
 };
 

@@ -280,12 +280,19 @@ Answer<uint64_t> Service::setSliceOwners(const std::vector<OwnerMove> &moves, ui
 	if (drainSeconds > kMaxDrainSeconds)
 		return reject({Fault::InvalidArgument, "drain_seconds " + std::to_string(drainSeconds) +
 			       " is too long: at most " + std::to_string(kMaxDrainSeconds) + " (a day); nothing was moved"});
+	auto drainOf = [&](const OwnerMove &m) { return m.drain.value_or(drainSeconds); };
+	for (size_t m = 0; m < moves.size(); m++)
+		if (drainOf(moves[m]) > kMaxDrainSeconds)
+			return reject({Fault::InvalidArgument, "move " + std::to_string(m + 1) + " of " +
+				       std::to_string(moves.size()) + ": drain_seconds " +
+				       std::to_string(drainOf(moves[m])) + " is too long: at most " +
+				       std::to_string(kMaxDrainSeconds) + " (a day); nothing was moved"});
 	if (moves.empty())
 		return generation_;
 	why_ = "fleet"; // SetSliceOwners: the fleet's moves (portslice-fleetd)
 	if (moves.size() == 1)
 		return setSliceOwnerDraining(moves[0].address, moves[0].slice, moves[0].server,
-					     std::chrono::seconds(drainSeconds));
+					     std::chrono::seconds(drainOf(moves[0])));
 
 	// Overlay and drains as maps while the batch changes them (the sorted
 	// vectors would shift on every insert of a big batch).
@@ -325,8 +332,8 @@ Answer<uint64_t> Service::setSliceOwners(const std::vector<OwnerMove> &moves, ui
 		changed = true;
 		std::optional<std::string> previous;
 		auto inFile = fileSlices_.find(ip.value);
-		if (!same && current != address.owners.end() && drainSeconds > 0) {
-			drains[key] = SliceDrain{ip, move.slice, current->second, t + int64_t{drainSeconds}};
+		if (!same && current != address.owners.end() && drainOf(move) > 0) {
+			drains[key] = SliceDrain{ip, move.slice, current->second, t + int64_t{drainOf(move)}};
 			previous = current->second;
 		} else if (inFile != fileSlices_.end() && inFile->second.previous.count(move.slice)) {
 			previous = inFile->second.previous.at(move.slice);
@@ -360,8 +367,14 @@ Answer<uint64_t> Service::setSliceOwners(const std::vector<OwnerMove> &moves, ui
 	nextDrains.reserve(drains.size());
 	for (auto &[key, drain] : drains)
 		nextDrains.push_back(std::move(drain));
+	std::set<uint32_t> lengths;
+	for (const OwnerMove &m : moves)
+		lengths.insert(drainOf(m));
+	std::string drained;
+	for (uint32_t d : lengths)
+		drained += (drained.empty() ? "" : ", ") + std::to_string(d);
 	listener_.log("moving " + std::to_string(batch.size()) + " slices in one generation" +
-		      (drainSeconds ? " (old owners drain " + std::to_string(drainSeconds) + " s)" : ""));
+		      (lengths != std::set<uint32_t>{0} ? " (old owners drain " + drained + " s)" : ""));
 	if (std::optional<Answer<uint64_t>> moved = moveSlices(batch, next, nextOverlay, nextDrains))
 		return *moved;
 	return commit(std::move(next), std::move(nextOverlay), std::move(nextDrains), true, Fault::InvalidArgument,

@@ -95,11 +95,14 @@ struct LiveOwner {
 
 enum class State { Applied, Degraded, Failed };
 
-// One move of SetSliceOwners: slice `slice` of `address` to `server`.
+// One move of SetSliceOwners: slice `slice` of `address` to `server`; its
+// old owner drains for `drain` seconds (SetSliceOwnersDrains), else for the
+// call's drain_seconds.
 struct OwnerMove {
 	std::string address;
 	uint32_t slice = 0;
 	std::string server;
+	std::optional<uint32_t> drain;
 };
 std::string_view stateName(State state);
 
@@ -127,10 +130,10 @@ public:
 	Answer<uint64_t> setSliceOwner(std::string_view address, uint32_t slice, std::string_view server);
 	// Many moves in one generation, all or nothing: a bad move rejects the
 	// call and changes nothing. The old owner of each moved slice drains for
-	// `drainSeconds` (0: no drain). One move goes the way of setSliceOwner
+	// `drainSeconds` (0: no drain), or its move's own `drain`. One move goes the way of setSliceOwner
 	// (an element delta of that slice); more are planned and applied as one
 	// delta, one kernel transaction.
-	// drainSeconds is at most kMaxDrainSeconds, as portsliced --drain-seconds.
+	// Each drain is at most kMaxDrainSeconds, as portsliced --drain-seconds.
 	Answer<uint64_t> setSliceOwners(const std::vector<OwnerMove> &moves, uint32_t drainSeconds);
 	static constexpr uint32_t kMaxDrainSeconds = 86400;
 

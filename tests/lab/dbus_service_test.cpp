@@ -210,6 +210,8 @@ TEST_F(ServiceLab, IntrospectionShowsExactlyTheSpecMembers)
 		".Owners method - a(susst)", ".OwnerAt method sqt sstt", ".SliceOwnerChanged signal susst",
 		// Beyond the core members, for portslicectl owner, history and audit (docs/operations.md, "D-Bus").
 		".OwnerDetails method sqt a{ss}", ".History method t a(ttsusssss)", ".Audit method - as",
+		// and for portslice-fleetd: SetSliceOwners with a drain per move.
+		".SetSliceOwnersDrains method a(susu) t",
 	};
 	EXPECT_EQ(members, spec) << r.output;
 }
@@ -268,7 +270,10 @@ TEST_F(ServiceLab, AMemberOfGroupPortsliceReadsButCannotChange)
 	EXPECT_TRUE(owner.ok()) << owner.output;
 	EXPECT_EQ(owner.output.substr(0, 8), "ss \"s1\" ") << owner.output;
 	EXPECT_TRUE(busctl("introspect org.portslice.Egress1 /org/portslice/Egress1", "portslice").ok());
-	for (const std::string &mutation : {std::string("Reload"), std::string("SetSliceOwner sus 198.51.100.1 1 s1")}) {
+	for (const std::string &mutation :
+	     {std::string("Reload"), std::string("SetSliceOwner sus 198.51.100.1 1 s1"),
+	      std::string("SetSliceOwners 'a(sus)u' 1 198.51.100.1 1 s1 0"),
+	      std::string("SetSliceOwnersDrains 'a(susu)' 1 198.51.100.1 1 s1 0")}) {
 		std::string member = mutation.substr(0, mutation.find(' '));
 		std::string args = mutation.find(' ') == std::string::npos ? "" : mutation.substr(mutation.find(' ') + 1);
 		Outcome r = call(member, args, "portslice");

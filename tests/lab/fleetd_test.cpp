@@ -360,6 +360,50 @@ TEST_F(FleetdLab, SetOwnerFleetIsACompareAndSwapOfTheKeyAndTheDaemonFollowsWithi
 	EXPECT_NE(bad.output.find("slice 9 of 198.51.100.1 does not exist"), std::string::npos) << bad.output;
 }
 
+// SPEC section 6: one etcd change, one SetSliceOwners-like call, one
+// generation, also when its moves drain differently (one key whose old owner
+// drains for nothing, as after a failover, one whose old owner drains for 40 s).
+TEST_F(FleetdLab, OneEtcdTransactionWhoseMovesDrainDifferentlyIsOneGeneration)
+{
+	startFleet();
+	ASSERT_FALSE(HasFatalFailure());
+	ASSERT_EQ(owners().at({"198.51.100.1", 1}), "s2");
+	ASSERT_EQ(owners().at({"198.51.100.1", 2}), "s3");
+	uint64_t before = generation();
+	int64_t until = std::time(nullptr) + 40;
+	// etcdctl txn reads compares, a blank line, the puts, a blank line, the else branch.
+	std::string p = kPrefix;
+	Outcome txn = inNs("printf '%s\\n' '' " +
+			   quote("put " + p + "/owners/198.51.100.1/1 {\"owner\":\"s1\",\"previous\":\"s2\",\"until\":1}") +
+			   " " +
+			   quote("put " + p + "/owners/198.51.100.1/2 {\"owner\":\"s1\",\"previous\":\"s3\",\"until\":" +
+				 std::to_string(until) + "}") +
+			   " '' '' | ETCDCTL_API=3 etcdctl --dial-timeout=1s --command-timeout=2s --endpoints " + kEtcd +
+			   " txn");
+	ASSERT_TRUE(txn.ok()) << txn.output;
+	ASSERT_NE(txn.output.find("SUCCESS"), std::string::npos) << txn.output;
+	ASSERT_TRUE(waitFor(
+		[&] {
+			Owners now = owners();
+			return now.at({"198.51.100.1", 1}) == "s1" && now.at({"198.51.100.1", 2}) == "s1";
+		},
+		std::chrono::seconds(2)))
+		<< fleetdLog();
+	EXPECT_EQ(generation(), before + 1) << "one etcd revision, one generation\n" << fleetdLog();
+	// Each old owner drains as its key says: s2 not at all (until is past), s3 until the key's deadline.
+	Outcome r = busctl("--json=short call org.portslice.Egress1 /org/portslice/Egress1 org.portslice.Egress1 Owners");
+	nlohmann::json reply = nlohmann::json::parse(r.output, nullptr, false);
+	ASSERT_TRUE(reply.is_object() && reply.contains("data")) << r.output;
+	std::map<uint32_t, std::pair<std::string, uint64_t>> drains;
+	for (const nlohmann::json &row : reply["data"][0])
+		if (row[0] == "198.51.100.1")
+			drains[row[1].get<uint32_t>()] = {row[3].get<std::string>(), row[4].get<uint64_t>()};
+	EXPECT_EQ(drains[1], (std::pair<std::string, uint64_t>{"", 0}));
+	EXPECT_EQ(drains[2].first, "s3");
+	EXPECT_NEAR(static_cast<double>(drains[2].second), static_cast<double>(until), 2.0);
+	EXPECT_EQ(normalized(table()), normalized(dumped()));
+}
+
 // A dead server has no flows to finish: a drain under way ends when its old owner leaves live.
 TEST_F(FleetdLab, ADrainEndsWhenItsOldOwnerLeavesLive)
 {

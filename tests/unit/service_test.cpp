@@ -584,6 +584,37 @@ TEST_F(ServiceTest, SetSliceOwnersDrainsEachOldOwnerForTheSecondsGiven)
 	EXPECT_EQ(service->generation(), before);
 }
 
+// SetSliceOwnersDrains: a drain per move, still one generation and one kernel change.
+TEST_F(ServiceTest, SetSliceOwnersWithADrainPerMoveIsOneGenerationAndDrainsEachAsItsMoveSays)
+{
+	auto service = makeService();
+	ASSERT_TRUE(service->start().ok());
+	OwnerMove failover{"198.51.100.1", 1, "s1", 0u}, home{"198.51.100.1", 2, "s1", 40u};
+	Answer<uint64_t> moved = service->setSliceOwners({failover, home}, 0);
+	ASSERT_TRUE(moved.ok()) << moved.failure().message;
+	EXPECT_EQ(moved.value(), 2u);
+	EXPECT_EQ(backend_.batches, std::vector<size_t>{2});
+	EXPECT_EQ(listener_.applieds, (std::vector<uint64_t>{1, 2}));
+	ASSERT_EQ(service->drains().size(), 1u);
+	EXPECT_EQ(service->drains()[0].slice, 2u);
+	EXPECT_EQ(service->drains()[0].previous, "s3");
+	EXPECT_EQ(service->drains()[0].until, now_ + 40);
+	EXPECT_EQ(previousOf(*service, 1), plan::kNoServer);
+	EXPECT_EQ(previousOf(*service, 2), 2);
+
+	// One move's drain too long: nothing moves, and the message says which.
+	std::string persisted = stateFile();
+	Answer<uint64_t> tooLong = service->setSliceOwners(
+		{OwnerMove{"198.51.100.1", 3, "s1", 0u}, OwnerMove{"198.51.100.1", 0, "s2", 86401u}}, 0);
+	ASSERT_FALSE(tooLong.ok());
+	EXPECT_EQ(tooLong.failure().fault, Fault::InvalidArgument);
+	EXPECT_NE(tooLong.failure().message.find("move 2 of 2: drain_seconds 86401 is too long: at most 86400"),
+		  std::string::npos)
+		<< tooLong.failure().message;
+	EXPECT_EQ(service->generation(), 2u);
+	EXPECT_EQ(stateFile(), persisted);
+}
+
 // The slice lines of the journal's history, as "slice old>new why".
 std::vector<std::string> historyLines(const Service &service)
 {
