@@ -535,6 +535,7 @@ int history(Egress1 &proxy, const OnlineOptions &options)
 	const std::string &since = options.since;
 	bool json = options.json;
 	uint64_t from = 0;
+	int64_t fromUs = 0;
 	if (!since.empty()) {
 		std::optional<int64_t> us = journal::parseTime(since);
 		if (!us || *us < 0) {
@@ -542,9 +543,15 @@ int history(Egress1 &proxy, const OnlineOptions &options)
 				  << since << "'\n";
 			return kExitUsage;
 		}
+		fromUs = *us;
 		from = static_cast<uint64_t>(*us / 1000000);
 	}
+	// History takes whole seconds (the D-Bus contract): a --since with a
+	// fraction of a second also cuts the records earlier in that second.
 	auto rows = proxy.History(from);
+	std::erase_if(rows, [&](const decltype(rows)::value_type &row) {
+		return static_cast<int64_t>(row.get<0>()) < fromUs;
+	});
 	// A damaged record: reported on standard error (file and offset) and in
 	// the exit status; the lines the journal can still tell are printed.
 	std::vector<std::string> damaged;

@@ -19,7 +19,6 @@
 #include <sys/signalfd.h>
 #include <sys/timerfd.h>
 #include <systemd/sd-daemon.h>
-#include <systemd/sd-journal.h>
 #include <unistd.h>
 
 #include <sdbus-c++/sdbus-c++.h>
@@ -144,25 +143,35 @@ public:
 			f.push_back({name, value});
 		log::write(static_cast<log::Priority>(priority), line, f);
 	}
-	// Each applied change of the ownership journal, to the systemd journal with the same fields.
+	// Each applied change of the ownership journal, through the log: to the
+	// systemd journal with the record's fields under systemd, otherwise one
+	// "<5>" line on standard error that names the same fields.
 	void ownershipChanged(const std::vector<journal::Change> &changes) override
 	{
 		for (const journal::Change &c : changes) {
 			std::string address = c.key ? Ipv4{c.key->address}.str() : "";
 			std::string slice = c.key ? std::to_string(c.key->slice) : "";
-			std::string message = c.key ? "slice " + slice + " of " + address + ": " + (c.old.empty() ? "nobody" : c.old) +
-							      " -> " + (c.now.empty() ? "nobody" : c.now) + " (" + c.why + ")"
-						    : "applied file sha256 " + c.hash;
-			message += ", generation " + std::to_string(c.generation);
 			std::string uid = c.uid ? std::to_string(*c.uid) : "";
 			// The record's own time (the systemd journal's is when it was sent, after the apply).
 			std::string time = journal::formatTime(c.timeUs);
-			// 128-bit id of portslice ownership changes (journalctl MESSAGE_ID=...).
-			sd_journal_send("MESSAGE=%s", message.c_str(), "MESSAGE_ID=5c1d7e0a9b3f4e2d8a6c0b1e2f3a4d5c",
-					"PRIORITY=5", "OWNERSHIP_TIME=%s", time.c_str(), "GENERATION=%llu", static_cast<unsigned long long>(c.generation),
-					"ADDRESS=%s", address.c_str(), "SLICE=%s", slice.c_str(), "OLD_OWNER=%s", c.old.c_str(),
-					"NEW_OWNER=%s", c.now.c_str(), "WHY=%s", c.why.c_str(), "FILE_SHA256=%s", c.hash.c_str(),
-					"CALLER_UID=%s", uid.c_str(), nullptr);
+			std::string message = c.key ? "slice " + slice + " of " + address + ": " + (c.old.empty() ? "nobody" : c.old) +
+							      " -> " + (c.now.empty() ? "nobody" : c.now) + " (" + c.why + ")"
+						    : "applied file sha256 " + c.hash;
+			message += ", generation " + std::to_string(c.generation) + ", at " + time;
+			if (c.uid)
+				message += ", uid " + uid;
+			// MESSAGE_ID: the 128-bit id of portslice ownership changes (journalctl MESSAGE_ID=...).
+			log::write(log::Priority::Notice, message,
+				   {{"MESSAGE_ID", "5c1d7e0a9b3f4e2d8a6c0b1e2f3a4d5c"},
+				    {"OWNERSHIP_TIME", time},
+				    {"GENERATION", std::to_string(c.generation)},
+				    {"ADDRESS", address},
+				    {"SLICE", slice},
+				    {"OLD_OWNER", c.old},
+				    {"NEW_OWNER", c.now},
+				    {"WHY", c.why},
+				    {"FILE_SHA256", c.hash},
+				    {"CALLER_UID", uid}});
 		}
 		if (bus_)
 			bus_->announceOwners(changes);

@@ -2,6 +2,7 @@
 // D-Bus edge of the service: Answers become replies, Failures become org.portslice.Error.* exceptions.
 #include "dbus/bus_object.h"
 
+#include <fstream>
 #include <iostream>
 
 #include "common/log.h"
@@ -119,6 +120,23 @@ std::optional<uint32_t> BusObject::callerUid()
 
 namespace {
 
+// Whether the sender of `message` is portslice-fleetd: the kernel's name of
+// the calling process (/proc/PID/comm, "portslice-fleet", the first 15
+// characters of the program's name). The why of the journal is a label for
+// people, not a permission: any root caller may call SetSliceOwners.
+bool fromFleetd(const sdbus::Message *message)
+{
+	if (!message)
+		return false;
+	try {
+		std::ifstream comm("/proc/" + std::to_string(message->getCredsPid()) + "/comm");
+		std::string name;
+		return std::getline(comm, name) && name == "portslice-fleet";
+	} catch (const sdbus::Error &) {
+	}
+	return false;
+}
+
 // The caller's uid goes with the change into the journal, and no further.
 class CallerScope {
 public:
@@ -177,6 +195,7 @@ uint64_t BusObject::SetSliceOwners(const std::vector<sdbus::Struct<std::string, 
 	for (const auto &m : moves)
 		list.push_back({m.get<0>(), m.get<1>(), m.get<2>()});
 	CallerScope caller(service_, callerUid());
+	service_.setMovesWhy(fromFleetd(getObject().getCurrentlyProcessedMessage()) ? "fleet" : "set-owner");
 	return replyOrThrow(service_.setSliceOwners(list, drainSeconds));
 }
 
@@ -189,6 +208,7 @@ uint64_t BusObject::SetSliceOwnersDrains(
 	for (const auto &m : moves)
 		list.push_back({m.get<0>(), m.get<1>(), m.get<2>(), m.get<3>()});
 	CallerScope caller(service_, callerUid());
+	service_.setMovesWhy(fromFleetd(getObject().getCurrentlyProcessedMessage()) ? "fleet" : "set-owner");
 	return replyOrThrow(service_.setSliceOwners(list, 0));
 }
 

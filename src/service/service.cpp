@@ -289,7 +289,7 @@ Answer<uint64_t> Service::setSliceOwners(const std::vector<OwnerMove> &moves, ui
 				       std::to_string(kMaxDrainSeconds) + " (a day); nothing was moved"});
 	if (moves.empty())
 		return generation_;
-	why_ = "fleet"; // SetSliceOwners: the fleet's moves (portslice-fleetd)
+	why_ = movesWhy_; // SetSliceOwners: the fleet's moves (portslice-fleetd), or an operator's
 	if (moves.size() == 1)
 		return setSliceOwnerDraining(moves[0].address, moves[0].slice, moves[0].server,
 					     std::chrono::seconds(drainOf(moves[0])));

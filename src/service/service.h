@@ -160,6 +160,8 @@ public:
 
 	// The D-Bus caller of the change being made (its uid goes into the journal).
 	void setCaller(std::optional<uint32_t> uid) { caller_ = uid; }
+	// The why of SetSliceOwners' moves: "fleet" (portslice-fleetd's, the default) or "set-owner" (an operator's).
+	void setMovesWhy(std::string why) { movesWhy_ = std::move(why); }
 	const journal::Journal &ownershipJournal() const { return journal_; }
 
 	// Compare the kernel with the plan and restore it if someone changed it.
@@ -294,6 +296,7 @@ private:
 	std::string pendingText_;
 	std::string why_ = "file";    // why the change being committed is made
 	std::optional<uint32_t> caller_;
+	std::string movesWhy_ = "fleet";
 	mutable std::map<std::string, std::shared_ptr<const config::Config>> keptFiles_;
 
 	std::optional<config::Config> config_; // the file as last loaded, the overlay laid over it

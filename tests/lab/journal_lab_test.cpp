@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 
 #include <sdbus-c++/sdbus-c++.h>
@@ -666,6 +667,127 @@ TEST_F(JournalLab, HistoryTextEndsWithTheWhyAlone)
 	EXPECT_EQ(uids, (std::vector<std::string>{"-", "0"})) << history.output; // the start had no caller; set-owner was root's
 }
 
+// Without journald (a container, this lab) each ownership change is still
+// logged: one "<5>" line on standard error per record of the journal,
+// naming its fields (time, generation, address, slice, old, new, why,
+// file hash, caller uid) as `history` shows them.
+TEST_F(JournalLab, EachOwnershipChangeIsALineOnStandardErrorWithoutJournald)
+{
+	startDaemon(0);
+	ASSERT_TRUE(ctl("set-owner 198.51.100.2 1 s1").ok());
+	writeConfig(fileWith("slices = { s1 = 0, s2 = 1, s3 = [2, 3] }", "slices = { s1 = [0, 2], s2 = 1, s3 = 3 }"));
+	Outcome reloaded = ctl("reload");
+	ASSERT_TRUE(reloaded.ok()) << reloaded.output;
+	Outcome history = ctl("history");
+	ASSERT_TRUE(history.ok()) << history.output;
+	std::istringstream text(history.output);
+	std::string line;
+	ASSERT_TRUE(std::getline(text, line)); // the heading
+	std::regex row(R"((\S+) +(\d+) +(\S+) +(\S+) +(\S+) +(\S+) +(\S+) +(file|set-owner|drain end|fleet))");
+	std::vector<std::string> expected;
+	while (std::getline(text, line)) {
+		std::smatch m;
+		ASSERT_TRUE(std::regex_match(line, m, row)) << "'" << line << "' in\n" << history.output;
+		std::string uid = m[7] == "-" ? "" : ", uid " + m[7].str();
+		std::string tail = ", generation " + m[2].str() + ", at " + m[1].str() + uid + "\n";
+		if (m[3] == "-") { // a file's own line
+			ASSERT_TRUE(m[6].str().starts_with("sha256:")) << line;
+			expected.push_back("<5>applied file sha256 " + m[6].str().substr(7) + tail);
+		} else {
+			auto name = [](const std::string &n) { return n == "(none)" ? std::string("nobody") : n; };
+			expected.push_back("<5>slice " + m[4].str() + " of " + m[3].str() + ": " + name(m[5]) + " -> " +
+					   name(m[6]) + " (" + m[8].str() + ")" + tail);
+		}
+	}
+	// The start's file, the move, the reload's file and the slice it moved.
+	ASSERT_EQ(expected.size(), 4u) << history.output;
+	EXPECT_EQ(expected[1].substr(0, expected[1].find(',')), "<5>slice 1 of 198.51.100.2: s2 -> s1 (set-owner)");
+	EXPECT_TRUE(expected[1].ends_with(", uid 0\n")) << expected[1];
+	EXPECT_TRUE(expected[2].ends_with(", uid 0\n")) << expected[2]; // the reload was root's
+	EXPECT_EQ(expected[3].substr(0, expected[3].find(',')), "<5>slice 2 of 198.51.100.1: s3 -> s1 (file)");
+	std::string log;
+	for (int i = 0; i < 100; i++) { // the lines are written before the reply, but read the file until they are there
+		log = readFile(logPath());
+		if (std::ranges::all_of(expected, [&](const std::string &e) { return log.find(e) != std::string::npos; }))
+			break;
+		std::this_thread::sleep_for(std::chrono::milliseconds(20));
+	}
+	for (const std::string &e : expected)
+		EXPECT_NE(log.find(e), std::string::npos) << "no line\n" << e << "in\n" << log;
+}
+
+// --since with a fraction of a second cuts to the microsecond: a record
+// earlier in that second is not listed (History itself takes whole seconds).
+TEST_F(JournalLab, HistorySinceAFractionOfASecondLeavesOutTheRecordsBeforeIt)
+{
+	startDaemon(0);
+	std::string first, second; // the two moves' times, RFC 3339 with microseconds
+	for (int attempt = 0; attempt < 5 && first.empty(); attempt++) {
+		nextSecond();
+		ASSERT_TRUE(ctl("set-owner 198.51.100.1 3 s2").ok());
+		ASSERT_TRUE(ctl("set-owner 198.51.100.1 3 s1").ok());
+		Outcome rows = ctl("history --json");
+		ASSERT_TRUE(rows.ok()) << rows.output;
+		std::vector<std::string> times;
+		std::regex row(R"re("time": "([^"]+)",\s+"generation": \d+,\s+"address": "198\.51\.100\.1",\s+"slice": 3,)re");
+		for (auto it = std::sregex_iterator(rows.output.begin(), rows.output.end(), row); it != std::sregex_iterator(); ++it)
+			times.push_back((*it)[1]);
+		ASSERT_GE(times.size(), 2u) << rows.output;
+		std::string a = times[times.size() - 2], b = times.back();
+		if (a.substr(0, 19) == b.substr(0, 19) && a != b) {
+			first = a;
+			second = b;
+		} else {
+			ASSERT_TRUE(ctl("set-owner 198.51.100.1 3 s3").ok());
+		}
+	}
+	ASSERT_FALSE(first.empty()) << "no two moves within one second in 5 tries";
+	auto listed = [&](const std::string &since) {
+		Outcome out = ctl("history --since " + since);
+		EXPECT_TRUE(out.ok()) << out.output;
+		std::vector<std::string> times;
+		std::istringstream text(out.output);
+		std::string line;
+		std::getline(text, line);
+		while (std::getline(text, line))
+			times.push_back(line.substr(0, line.find(' ')));
+		return times;
+	};
+	// At the second move's microsecond: it alone; at the first's: both.
+	EXPECT_EQ(listed(second), (std::vector<std::string>{second}));
+	EXPECT_EQ(listed(first), (std::vector<std::string>{first, second}));
+	// Fewer digits: the second's tenth of a second before the first move (or the first move's own tenth, cut after it).
+	int64_t us1 = std::stoll(first.substr(20, 6));
+	std::string tenth = first.substr(0, 19) + "." + std::to_string(us1 / 100000 + 1) + "Z";
+	if (us1 / 100000 + 1 <= 9 && std::stoll(second.substr(20, 6)) >= (us1 / 100000 + 1) * 100000) {
+		EXPECT_EQ(listed(tenth), (std::vector<std::string>{second})) << tenth;
+	}
+}
+
+// SetSliceOwners is the fleet's when portslice-fleetd calls it (the kernel's
+// name of the caller, "portslice-fleet"); an operator's call with busctl is
+// a set-owner. busctl run under the name portslice-fleetd (a symbolic link:
+// the kernel names a process after the file it ran) stands in for fleetd.
+TEST_F(JournalLab, SetSliceOwnersIsJournaledAsFleetOnlyWhenPortsliceFleetdCallsIt)
+{
+	startDaemon(0);
+	Outcome byHand = call("SetSliceOwners", "'a(sus)u' 1 198.51.100.1 3 s2 0");
+	ASSERT_TRUE(byHand.ok()) << byHand.output;
+	fs::path fleetd = dir_ / "portslice-fleetd";
+	std::string busctl = sh("command -v busctl").output;
+	fs::create_symlink(busctl.substr(0, busctl.find('\n')), fleetd);
+	Outcome byFleetd = sh(quote(fleetd.string()) + " --address=" + quote(busAddress_) +
+			      " call org.portslice.Egress1 /org/portslice/Egress1 org.portslice.Egress1 SetSliceOwners "
+			      "'a(sus)u' 1 198.51.100.1 3 s1 0");
+	ASSERT_TRUE(byFleetd.ok()) << byFleetd.output;
+	Outcome history = ctl("history");
+	ASSERT_TRUE(history.ok()) << history.output;
+	EXPECT_TRUE(std::regex_search(history.output, std::regex(R"( 198\.51\.100\.1 +3 +s3 +s2 +0 +set-owner\n)")))
+		<< history.output;
+	EXPECT_TRUE(std::regex_search(history.output, std::regex(R"( 198\.51\.100\.1 +3 +s2 +s1 +0 +fleet\n)")))
+		<< history.output;
+}
+
 TEST_F(JournalLab, ADamagedRecordIsReportedWithItsOffset)
 {
 	startDaemon(0);
@@ -791,7 +913,13 @@ TEST_F(JournalLab, TheSystemdJournalCopyOfEachRecordCarriesItsTime)
 	std::copy(path.begin(), path.end(), address.sun_path);
 	ASSERT_EQ(::bind(socket.get(), reinterpret_cast<sockaddr *>(&address), sizeof(address)), 0) << std::strerror(errno);
 	std::string dir = quote(run.string());
-	startDaemon(0, {"unshare", "-m", "--propagation", "private", "sh", "-c",
+	// Standard error is "the journal stream" as systemd says it in
+	// JOURNAL_STREAM (device:inode): the log goes to journald, not to it.
+	std::ofstream(logPath()).close();
+	struct stat st {};
+	ASSERT_EQ(::stat(logPath().c_str(), &st), 0);
+	std::string stream = "JOURNAL_STREAM=" + std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino);
+	startDaemon(0, {"env", stream, "unshare", "-m", "--propagation", "private", "sh", "-c",
 			"mount --bind " + dir + " /run/systemd && exec \"$@\"", "sh"});
 	if (HasFatalFailure())
 		return;
@@ -826,6 +954,8 @@ TEST_F(JournalLab, TheSystemdJournalCopyOfEachRecordCarriesItsTime)
 	EXPECT_EQ(sent, timeOf);
 	EXPECT_TRUE(std::regex_match(sent["move"], std::regex(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z)")))
 		<< sent["move"];
+	// Sent to journald, so not on standard error as well.
+	EXPECT_EQ(readFile(logPath()).find("(set-owner)"), std::string::npos) << readFile(logPath());
 }
 
 // The first element nft lists in object `name` ("my_ports"): the object's
