@@ -51,7 +51,10 @@ Status KernelBackend::apply(const plan::Plan &plan, const plan::Plan *old, uint6
 		natFailures_.rebase();
 		counterTotals_.rebase();
 	}
-	log::Line(log::Priority::Info) << "generation " << generation << ": " << (r.nft.fullReplace ? "table replaced" : "element delta")
+	std::string how = !r.nft.fullReplace	      ? "element delta"
+			  : r.nft.transactions == 1 ? "table replaced"
+						    : "table created in " + std::to_string(r.nft.transactions) + " transactions";
+	log::Line(log::Priority::Info) << "generation " << generation << ": " << how
 		  << ", +" << r.nft.elementsAdded << " -" << r.nft.elementsDeleted << " elements in " << r.nft.messages
 		  << " messages (" << r.nft.bytes << " bytes); " << r.conntrackDeleted
 		  << " conntrack entries of moved slices deleted"

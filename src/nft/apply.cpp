@@ -132,12 +132,13 @@ Result<std::optional<TableState>> NftApplier::readState()
 	nlmsghdr *nlh = nftnl_nlmsg_build_hdr(buf.data(), NFT_MSG_GETTABLE, NFPROTO_INET, NLM_F_ACK, ++seq_);
 	nftnl_table_nlmsg_build_payload(nlh, t.get());
 	std::optional<TableState> state;
-	bool seen = false;
+	bool seen = false, dormant = false;
 	Status s = sock_.request(nlh, [&](const nlmsghdr *m) {
 		NftnlTable got(nftnl_table_alloc());
 		if (nftnl_table_nlmsg_parse(m, got.get()) < 0)
 			return MNL_CB_ERROR;
 		seen = true;
+		dormant = nftnl_table_get_u32(got.get(), NFTNL_TABLE_FLAGS) & NFT_TABLE_F_DORMANT;
 		uint32_t len = 0;
 		const void *ud = nftnl_table_get_data(got.get(), NFTNL_TABLE_USERDATA, &len);
 		// user data: comment TLV (type 0, length, NUL-terminated text)
@@ -149,15 +150,19 @@ Result<std::optional<TableState>> NftApplier::readState()
 		return MNL_CB_OK;
 	});
 	lastTableSeen_ = seen;
+	lastTableDormant_ = dormant;
 	if (!s) {
 		if (s.error().code() == std::errc::no_such_file_or_directory) {
-			lastTableSeen_ = false;
+			lastTableSeen_ = lastTableDormant_ = false;
 			return std::optional<TableState>{};
 		}
 		return s.error().wrap("reading table inet portslice");
 	}
-	if (seen && !state)
-		state = TableState{}; // a table without our comment: still ours to replace
+	// A table without our comment, or a dormant one (a creation stopped
+	// half-way: its comment names what it was to become), holds no applied
+	// state: still ours to replace.
+	if (seen && (!state || dormant))
+		return std::optional<TableState>{ TableState{} };
 	if (seen) {
 		// The comment names the generation of the last full replace; the
 		// set `generation` (absent in tables of older versions) the last
@@ -407,14 +412,15 @@ Result<ApplyReport> NftApplier::replace(TableModel &model, const plan::Plan *pla
 	auto exists = readState();
 	if (!exists)
 		return exists.error().wrap("applying table portslice");
+	if (!exists->has_value() || lastTableDormant_)
+		return create(model, plan);
 	ApplyReport report;
 	report.fullReplace = true;
 	report.comment = model.comment;
 	TableModel egress = egressModel(model); // before wholeTable frees the model's elements
 	Batch batch;
 	TableWriter w(batch);
-	if (exists->has_value())
-		w.deleteTable();
+	w.deleteTable();
 	w.wholeTable(model, plan, &report.elementsAdded);
 	// The egress table anew, its counters at 0 like the new_ counters:
 	// adding it first makes the delete valid whether it exists or not.
@@ -427,6 +433,65 @@ Result<ApplyReport> NftApplier::replace(TableModel &model, const plan::Plan *pla
 	if (Status s = sock_.send(batch); !s)
 		return s.error().wrap("applying table portslice");
 	report.bytes = batch.bytes();
+	return report;
+}
+
+namespace {
+
+// A creation's transaction failed: wholeTable stops there.
+struct StageFailed {
+	Error error;
+};
+
+} // namespace
+
+Result<ApplyReport> NftApplier::create(TableModel &model, const plan::Plan *plan)
+{
+	ApplyReport report;
+	report.fullReplace = true;
+	report.comment = model.comment;
+	report.transactions = 0;
+	TableModel egress = egressModel(model);
+	Batch batch;
+	TableWriter w(batch);
+	auto send = [&] {
+		batch.finish();
+		report.messages += batch.messages();
+		if (Status s = sock_.send(batch); !s)
+			throw StageFailed{ s.error() };
+		report.bytes += batch.bytes();
+		report.transactions++;
+		batch = Batch();
+	};
+	// Two pages: the first is full, the next begun (a page is a megabyte).
+	w.setCheckpoint([&] {
+		if (batch.pages() >= 2)
+			send();
+	});
+	try {
+		if (lastTableSeen_)
+			w.deleteTable(); // the dormant one
+		w.wholeTable(model, plan, &report.elementsAdded, true);
+		w.setCheckpoint({});
+		w.wake();
+		TableWriter e(batch, egress);
+		e.table(egress.comment);
+		e.deleteTable();
+		e.wholeTable(egress, nullptr, &report.elementsAdded);
+		send();
+	} catch (StageFailed &failed) {
+		Error error = failed.error.wrap("applying table portslice");
+		if (report.transactions > 0) {
+			// Nothing half-made stays: the dormant table goes.
+			Batch undo;
+			TableWriter u(undo);
+			u.deleteTable();
+			undo.finish();
+			if (Status s = sock_.send(undo); !s)
+				error = Error(error.message() + " (and deleting the dormant table: " + s.error().message() + ")");
+		}
+		return error;
+	}
 	return report;
 }
 

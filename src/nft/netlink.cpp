@@ -70,6 +70,11 @@ nlmsghdr *Batch::message(uint16_t type, uint16_t family, uint16_t flags, std::st
 				     ++seq_);
 }
 
+size_t Batch::pages() const
+{
+	return static_cast<size_t>(nftnl_batch_iovec_len(batch_.get()));
+}
+
 void Batch::commit()
 {
 	nftnl_batch_update(batch_.get());

@@ -45,6 +45,8 @@ public:
 	void finish(); // appends END; no message after it
 
 	size_t messages() const { return labelEnds_.size(); }
+	// Pages of a megabyte the transaction fills so far (the last one partly).
+	size_t pages() const;
 	size_t bytes() const { return sentBytes_; } // known once sent
 	void setBytes(size_t n) { sentBytes_ = n; }
 	nftnl_batch *raw() { return batch_.get(); }

@@ -398,6 +398,7 @@ size_t WireElem::size() const
 std::vector<WireElem> wireElements(const Set &s, const std::vector<Element> &elements, bool forDelete, bool head)
 {
 	std::vector<WireElem> out;
+	out.reserve(isRbtree(s) ? 2 * elements.size() + 1 : elements.size());
 	auto dataOf = [&](const Element &e, WireElem &w) {
 		if (forDelete)
 			return;

@@ -380,15 +380,26 @@ private:
 	bool ipv4Checked_ = false;
 };
 
-void TableWriter::table(const std::string &comment)
+void TableWriter::table(const std::string &comment, bool dormant)
 {
 	NftnlTable t(nftnl_table_alloc());
 	nftnl_table_set_str(t.get(), NFTNL_TABLE_NAME, table_.c_str());
-	nftnl_table_set_u32(t.get(), NFTNL_TABLE_FLAGS, 0);
+	nftnl_table_set_u32(t.get(), NFTNL_TABLE_FLAGS, dormant ? NFT_TABLE_F_DORMANT : 0);
 	Udata u;
 	u.str(0, comment); // NFTNL_UDATA_TABLE_COMMENT
 	nftnl_table_set_data(t.get(), NFTNL_TABLE_USERDATA, u.bytes().data(), static_cast<uint32_t>(u.bytes().size()));
 	nlmsghdr *nlh = batch_.message(NFT_MSG_NEWTABLE, family_, NLM_F_CREATE, "adding table " + table_);
+	nftnl_table_nlmsg_build_payload(nlh, t.get());
+	batch_.commit();
+}
+
+void TableWriter::wake()
+{
+	// NEWTABLE of an existing table updates its flags (and keeps its comment).
+	NftnlTable t(nftnl_table_alloc());
+	nftnl_table_set_str(t.get(), NFTNL_TABLE_NAME, table_.c_str());
+	nftnl_table_set_u32(t.get(), NFTNL_TABLE_FLAGS, 0);
+	nlmsghdr *nlh = batch_.message(NFT_MSG_NEWTABLE, family_, NLM_F_CREATE, "waking table " + table_);
 	nftnl_table_nlmsg_build_payload(nlh, t.get());
 	batch_.commit();
 }
@@ -595,7 +606,7 @@ void TableWriter::rules(const Chain &chain)
 		rule(chain.name, r);
 }
 
-void TableWriter::elements(const Set &s, const std::vector<Element> &elements, size_t *count)
+void TableWriter::elements(const Set &s, const std::vector<Element> &elements, size_t *count, bool head)
 {
 	if (elements.empty())
 		return;
@@ -603,16 +614,20 @@ void TableWriter::elements(const Set &s, const std::vector<Element> &elements, s
 	// Encoded a slice at a time, so that a set's wire form is never held
 	// whole beside the batch (an rbtree's closing end element goes with
 	// the first slice).
-	constexpr size_t kPiece = 4096;
+	constexpr size_t kPiece = 1024;
 	if (elements.size() <= kPiece) {
-		putElements(NFT_MSG_NEWSETELEM, s.name, idOf(s.name), wireElements(s, elements, false), "adding");
+		putElements(NFT_MSG_NEWSETELEM, s.name, idOf(s.name), wireElements(s, elements, false, head), "adding");
+		if (checkpoint_)
+			checkpoint_();
 		return;
 	}
 	std::vector<Element> part;
 	for (size_t at = 0; at < elements.size(); at += kPiece) {
 		auto from = elements.begin() + static_cast<ptrdiff_t>(at);
 		part.assign(from, from + static_cast<ptrdiff_t>(std::min(kPiece, elements.size() - at)));
-		putElements(NFT_MSG_NEWSETELEM, s.name, idOf(s.name), wireElements(s, part, false, at == 0), "adding");
+		putElements(NFT_MSG_NEWSETELEM, s.name, idOf(s.name), wireElements(s, part, false, head && at == 0), "adding");
+		if (checkpoint_)
+			checkpoint_();
 	}
 }
 
@@ -627,13 +642,16 @@ void TableWriter::delta(const Set &o, const Set &n, size_t *added, size_t *delet
 		putElements(NFT_MSG_NEWSETELEM, n.name, 0, d.add, "adding");
 }
 
-void TableWriter::wholeTable(TableModel &model, const plan::Plan *plan, size_t *count)
+void TableWriter::wholeTable(TableModel &model, const plan::Plan *plan, size_t *count, bool dormant)
 {
-	table(model.comment);
+	table(model.comment, dormant);
 	for (const Chain &c : model.chains)
 		chain(c);
-	for (const std::string &c : model.counters)
+	for (const std::string &c : model.counters) {
 		counter(c);
+		if (checkpoint_)
+			checkpoint_();
+	}
 	// Every set is made first, in the model's order (the order `nft list`
 	// shows); then the elements the model holds, each set's freed once
 	// encoded; then the port sets, built from the plan a piece at a time.
@@ -650,8 +668,13 @@ void TableWriter::wholeTable(TableModel &model, const plan::Plan *plan, size_t *
 	}
 	if (!fromPlan.empty()) {
 		PortSetSource source(*plan);
-		for (Set *s : fromPlan)
-			source.chunks(s->name, 4096, [&](const std::vector<Element> &some) { elements(*s, some, count); });
+		for (Set *s : fromPlan) {
+			bool head = true; // the first piece begins the set (an rbtree's closing end element)
+			source.chunks(s->name, 1024, [&](const std::vector<Element> &some) {
+				elements(*s, some, count, head);
+				head = false;
+			});
+		}
 	}
 	for (const Chain &c : model.chains)
 		rules(c);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -23,7 +24,10 @@ public:
 	{
 	}
 
-	void table(const std::string &comment);
+	// A dormant table's base chains hook nothing until wake() (in a later
+	// transaction): no packet sees it while it is filled.
+	void table(const std::string &comment, bool dormant = false);
+	void wake();
 	void deleteTable();
 	void chain(const Chain &chain);
 	void counter(const std::string &name, bool remove = false);
@@ -37,16 +41,21 @@ public:
 	void rule(const std::string &chain, const Rule &rule);
 
 	// Add `elements` to set `set.name` (created in this batch or not);
-	// counts them into *count.
-	void elements(const Set &set, const std::vector<Element> &elements, size_t *count);
+	// counts them into *count. `head` false: they follow earlier pieces
+	// of the set (see wireElements).
+	void elements(const Set &set, const std::vector<Element> &elements, size_t *count, bool head = true);
 	// Only the kernel elements that differ between `before` and `after`.
 	void delta(const Set &before, const Set &after, size_t *added, size_t *deleted);
 
-	// The whole table in this batch (after deleteTable() when one exists).
-	// With `plan`, empty port sets of `model` are filled from it one set at
-	// a time, and each set's elements are freed once encoded: a large table
-	// is never held whole beside its batch.
-	void wholeTable(TableModel &model, const plan::Plan *plan, size_t *count);
+	// The whole table in this batch (after deleteTable() when one exists),
+	// `dormant` or not. With `plan`, empty port sets of `model` are filled
+	// from it one set at a time, and each set's elements are freed once
+	// encoded: a large table is never held whole beside its batch.
+	void wholeTable(TableModel &model, const plan::Plan *plan, size_t *count, bool dormant = false);
+
+	// Called after each counter and each piece of elements (never inside
+	// one): a table made in several transactions sends the batch there.
+	void setCheckpoint(std::function<void()> checkpoint) { checkpoint_ = std::move(checkpoint); }
 
 private:
 	uint32_t idOf(const std::string &name) const;
@@ -61,6 +70,7 @@ private:
 	std::string table_ = kTableName;
 	uint32_t setId_ = 0;
 	std::map<std::string, uint32_t> ids_;
+	std::function<void()> checkpoint_;
 };
 
 } // namespace portslice::nft
