@@ -630,9 +630,99 @@ std::string shardName(std::string_view base, uint32_t shard, uint32_t shards)
 	return name;
 }
 
+namespace {
+
+// The sets of one element per shared address or per stateless source: with
+// the counters, 50,000 elements of the model at 10,000 sources, more memory
+// than the plan. Left empty like the port sets, they are built from the plan
+// a piece at a time, in key order (the first piece of an interval set holds
+// its lowest range, as wireElements wants).
+constexpr std::string_view kPerAddressSets[] = { "shared", "count_addr" };
+constexpr std::string_view kPerSourceSets[] = { "stateless_saddr", "count_sl", "guard_sl" };
+
+bool isPerItemSet(std::string_view name)
+{
+	for (std::string_view n : kPerAddressSets)
+		if (name == n)
+			return true;
+	for (std::string_view n : kPerSourceSets)
+		if (name == n)
+			return true;
+	return false;
+}
+
+bool perAddress(std::string_view name) { return name == kPerAddressSets[0] || name == kPerAddressSets[1]; }
+
+// The key of item i (an address's index, or a source's) in set `name`.
+Field itemKey(const Plan &plan, std::string_view name, uint32_t i)
+{
+	if (perAddress(name))
+		return ip(plan.addresses[i].address);
+	const Prefix &p = *plan.sources[i].match.saddr;
+	return ipRange(p.first(), p.last());
+}
+
+// The items with an element in `name`, in key order.
+std::vector<uint32_t> perItemOrder(const Plan &plan, std::string_view name)
+{
+	std::vector<uint32_t> items;
+	if (perAddress(name)) {
+		items.resize(plan.addresses.size());
+		for (uint32_t i = 0; i < items.size(); i++)
+			items[i] = i;
+	} else {
+		Shape saddrOnly;
+		saddrOnly.saddr = true;
+		for (uint32_t i = 0; i < plan.sources.size(); i++) {
+			const PlannedSource &s = plan.sources[i];
+			if (s.mode == NatMode::Stateless && (name != "stateless_saddr" || Shape::of(s.match) == saddrOnly))
+				items.push_back(i);
+		}
+	}
+	auto less = [&](uint32_t a, uint32_t b) {
+		Field x = itemKey(plan, name, a), y = itemKey(plan, name, b);
+		return x.lo != y.lo ? x.lo < y.lo : x.hi < y.hi;
+	};
+	if (!std::is_sorted(items.begin(), items.end(), less))
+		std::stable_sort(items.begin(), items.end(), less);
+	return items;
+}
+
+Element itemElement(const Plan &plan, std::string_view name, uint32_t i)
+{
+	Element e{ { itemKey(plan, name, i) }, {}, {} };
+	if (name == "count_addr")
+		e.counter = "addr_" + plan.addresses[i].address.str();
+	else if (name == "count_sl")
+		e.counter = "src_" + plan.sources[i].name;
+	else if (name == "guard_sl")
+		e.counter = "guard_" + plan.sources[i].name;
+	return e;
+}
+
+void perItemChunks(const Plan &plan, std::string_view name, size_t chunk,
+		   const std::function<void(const std::vector<Element> &)> &take)
+{
+	std::vector<uint32_t> order = perItemOrder(plan, name);
+	std::vector<Element> some;
+	some.reserve(std::min(chunk, order.size()));
+	for (uint32_t i : order) {
+		some.push_back(itemElement(plan, name, i));
+		if (some.size() >= chunk) {
+			take(some);
+			some.clear();
+		}
+	}
+	if (!some.empty())
+		take(some);
+}
+
+} // namespace
+
 bool isPortSet(std::string_view name)
 {
-	return portSlot(name, { 1, 0 }).has_value() || portSlot(name, { kMaxShards, 0 }).has_value();
+	return portSlot(name, { 1, 0 }).has_value() || portSlot(name, { kMaxShards, 0 }).has_value() ||
+	       isPerItemSet(name);
 }
 
 PortSetSource::PortSetSource(const Plan &plan) : plan_(plan), form_(portForm(plan)), shards_(form_.shards)
@@ -694,6 +784,8 @@ void PortSetSource::fill(PortSets &ports, uint32_t slot, const std::function<voi
 void PortSetSource::chunks(std::string_view name, size_t chunk,
 			   const std::function<void(const std::vector<Element> &)> &take) const
 {
+	if (isPerItemSet(name))
+		return perItemChunks(plan_, name, chunk, take);
 	std::optional<uint32_t> slot = portSlot(name, form_);
 	if (!slot)
 		return;
@@ -708,6 +800,11 @@ void PortSetSource::chunks(std::string_view name, size_t chunk,
 
 std::vector<Element> PortSetSource::elements(std::string_view name, bool sorted) const
 {
+	if (isPerItemSet(name)) {
+		std::vector<Element> all;
+		perItemChunks(plan_, name, SIZE_MAX, [&](const std::vector<Element> &some) { all = some; });
+		return all;
+	}
 	std::optional<uint32_t> slot = portSlot(name, form_);
 	if (!slot)
 		return {};
@@ -749,6 +846,13 @@ TableModel build(const Plan &plan, uint64_t generation, bool portElements, PortF
 		return a.types().size() < b.types().size();
 	});
 
+	// Exact sizes: the lists of a large fleet are the model's bulk, and
+	// grown by doubling they would hold up to twice their room.
+	size_t conntrackSources = 0;
+	for (const PlannedSource &s : plan.sources)
+		conntrackSources += s.mode == NatMode::Conntrack;
+	const size_t statelessSources = plan.sources.size() - conntrackSources;
+	m.counters.reserve(2 * plan.sources.size() + conntrackSources + plan.addresses.size() + 1);
 	for (const PlannedSource &s : plan.sources) {
 		m.counters.push_back("src_" + s.name);
 		m.counters.push_back("guard_" + s.name);
@@ -762,10 +866,16 @@ TableModel build(const Plan &plan, uint64_t generation, bool portElements, PortF
 	PortSets ports(form, std::nullopt, !portElements);
 	Set shared = makeSet("shared", SetKind::Set, { { S::IpSaddr }, {}, false }, false);
 	Set countAddr = makeSet("count_addr", SetKind::CounterMap, { { S::IpSaddr }, {}, false }, false);
+	if (portElements) {
+		shared.elements.reserve(plan.addresses.size());
+		countAddr.elements.reserve(plan.addresses.size());
+	}
 	for (size_t ai = 0; ai < plan.addresses.size(); ai++) {
 		const plan::PlannedAddress &a = plan.addresses[ai];
-		shared.elements.push_back({ { ip(a.address) }, {}, {} });
-		countAddr.elements.push_back({ { ip(a.address) }, {}, "addr_" + a.address.str() });
+		if (portElements) {
+			shared.elements.push_back({ { ip(a.address) }, {}, {} });
+			countAddr.elements.push_back({ { ip(a.address) }, {}, "addr_" + a.address.str() });
+		}
 		ports.address(a, ai, plan.serverIndex);
 	}
 	m.sets.push_back(generationSet(generation));
@@ -800,9 +910,12 @@ TableModel build(const Plan &plan, uint64_t generation, bool portElements, PortF
 		if (shape == saddrOnly) {
 			// Its zone maps go last (zoneMaps below).
 			Set stateless = makeSet("stateless_saddr", SetKind::Set, { shape.selectors() }, true);
-			for (const PlannedSource &s : plan.sources)
-				if (s.mode == NatMode::Stateless && Shape::of(s.match) == shape)
-					stateless.elements.push_back({ matchKey(s.match), {}, {} });
+			if (portElements) {
+				stateless.elements.reserve(statelessSources);
+				for (const PlannedSource &s : plan.sources)
+					if (s.mode == NatMode::Stateless && Shape::of(s.match) == shape)
+						stateless.elements.push_back({ matchKey(s.match), {}, {} });
+			}
 			m.sets.push_back(std::move(stateless));
 			continue;
 		}
@@ -833,6 +946,12 @@ TableModel build(const Plan &plan, uint64_t generation, bool portElements, PortF
 	// A conntrack source's new flows, by its ct mark and the packet mark its
 	// flows carry (its match's mark, or 0: the mark the egress table gives back).
 	Set newMark = makeSet("new_mark", SetKind::CounterMap, { { S::CtMark, S::MetaMark }, {}, false }, false);
+	for (Set *s : { &ctMarks, &countMark, &guardMark, &newMark })
+		s->elements.reserve(conntrackSources);
+	if (portElements) {
+		countSl.elements.reserve(statelessSources);
+		guardSl.elements.reserve(statelessSources);
+	}
 
 	// Which shard's chain a stateless source's packets and an address's
 	// answers jump to (portForm): by inside prefix and by shared
@@ -866,8 +985,10 @@ TableModel build(const Plan &plan, uint64_t generation, bool portElements, PortF
 			newMark.elements.push_back({ { mark(mk), mark(s.match.mark.value_or(0)) }, {}, "new_" + s.name });
 		} else {
 			Field prefix = ipRange(s.match.saddr->first(), s.match.saddr->last());
-			countSl.elements.push_back({ { prefix }, {}, "src_" + s.name });
-			guardSl.elements.push_back({ { prefix }, {}, "guard_" + s.name });
+			if (portElements) {
+				countSl.elements.push_back({ { prefix }, {}, "src_" + s.name });
+				guardSl.elements.push_back({ { prefix }, {}, "guard_" + s.name });
+			}
 			if (shards > 1 && !unitForm)
 				egressShard.elements.push_back(
 					{ { prefix }, {}, {}, shardName("sl_egress", static_cast<uint32_t>(i % shards), shards) });

@@ -263,9 +263,12 @@ struct TableModel {
 // Plan -> table. The structure (sets, chains, rules) depends only on the
 // uplink and the shapes in use; everything else is elements. Without
 // `portElements` the sets that follow from slices and ports (my_ports, the
-// NAT maps: most of a large table) are left empty, to be filled one at a time
-// with portSetElements.
+// NAT maps: most of a large table), and those of one element per shared
+// address or stateless source (shared, count_addr, stateless_saddr,
+// count_sl, guard_sl: most of the rest) are left empty, to be filled one at
+// a time with PortSetSource.
 TableModel buildModel(const plan::Plan &plan, uint64_t generation, bool portElements = true);
+// Whether buildModel(…, false) leaves set `name` empty for PortSetSource.
 bool isPortSet(std::string_view name);
 
 // The stateless maps hold one element per inside address: 160,000 for
