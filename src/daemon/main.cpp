@@ -43,23 +43,29 @@ std::optional<plan::Plan> load(const std::string &file, std::string &text)
 	return std::move(*planned.plan);
 }
 
-// A copy of the applied file's text in the state directory, replaced atomically.
-Status keepCopy(const std::string &text, const std::string &to)
+// A copy of the file's text in the state directory, written beside the old
+// one (TO.next) before the apply, so that the text is not held while the
+// table is written (5 MB at 10,000 sources); put in place after it.
+Status writeCopy(const std::string &text, const std::string &to)
 {
 	std::error_code ec;
 	std::filesystem::create_directories(std::filesystem::path(to).parent_path(), ec);
 	if (ec)
 		return Error(ec, "creating " + std::filesystem::path(to).parent_path().string());
-	std::string tmp = to + ".tmp";
-	{
-		std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-		out << text;
-		out.flush();
-		if (!out)
-			return Error(errno ? errno : EIO, "writing " + tmp);
-	}
-	if (std::rename(tmp.c_str(), to.c_str()) != 0)
-		return Error(errno, "renaming " + tmp);
+	std::string next = to + ".next";
+	std::ofstream out(next, std::ios::binary | std::ios::trunc);
+	out << text;
+	out.flush();
+	if (!out)
+		return Error(errno ? errno : EIO, "writing " + next);
+	return {};
+}
+
+Status commitCopy(const std::string &to)
+{
+	std::string next = to + ".next";
+	if (std::rename(next.c_str(), to.c_str()) != 0)
+		return Error(errno, "renaming " + next);
 	return {};
 }
 
@@ -178,12 +184,18 @@ int main(int argc, char **argv)
 				previous = std::move(*planned.plan);
 		}
 	}
+	Status kept = writeCopy(text, appliedCopy);
+	std::string().swap(text);
 	auto result = applier->apply(*plan, nullptr, generation, previous ? &*previous : nullptr);
 	if (!result) {
+		std::error_code ec;
+		std::filesystem::remove(appliedCopy + ".next", ec);
 		std::cerr << "portsliced: " << result.error().message() << "\n";
 		return 1;
 	}
-	if (Status kept = keepCopy(text, appliedCopy); !kept)
+	if (kept)
+		kept = commitCopy(appliedCopy);
+	if (!kept)
 		std::cerr << "portsliced: warning: " << kept.error().message()
 			  << " (a failed --apply-once could not put this generation back)\n";
 	const daemon::ApplyResult &r = *result;

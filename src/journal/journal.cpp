@@ -568,7 +568,7 @@ Result<std::vector<Damaged>> Journal::sealIfDamaged(int64_t nowUs)
 	return damaged;
 }
 
-Result<bool> Journal::rotateIfDue(int64_t nowUs, const std::string &keepHash)
+Result<bool> Journal::rotateIfDue(int64_t nowUs, const std::vector<std::string> &keepHashes)
 {
 	if (!firstUs_) {
 		std::optional<std::string> text = readWhole(path());
@@ -598,7 +598,7 @@ Result<bool> Journal::rotateIfDue(int64_t nowUs, const std::string &keepHash)
 	}
 	// Kept files no remaining record names.
 	Scan remaining = scan();
-	std::vector<std::string> named{keepHash};
+	std::vector<std::string> named = keepHashes;
 	for (const Record &r : remaining.records)
 		if (r.kind == Record::Kind::File)
 			named.push_back(r.hash);

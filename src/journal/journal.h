@@ -106,8 +106,13 @@ public:
 	// rename it to journal-STAMP, and delete the segments and kept files older
 	// than keepDays (the next segment's checkpoint makes them unneeded).
 	// Returns true when it rotated: the caller must then start the new segment
-	// with a checkpoint. `keepHash`: a file still applied, never deleted.
-	Result<bool> rotateIfDue(int64_t nowUs, const std::string &keepHash);
+	// with a checkpoint. `keepHashes`: files still applied or about to be
+	// (empty ones ignored), never deleted.
+	Result<bool> rotateIfDue(int64_t nowUs, const std::vector<std::string> &keepHashes);
+	Result<bool> rotateIfDue(int64_t nowUs, const std::string &keepHash)
+	{
+		return rotateIfDue(nowUs, std::vector<std::string>{ keepHash });
+	}
 
 	// Every record of every segment, oldest first; damaged lines are listed, never skipped silently.
 	Scan scan() const;
