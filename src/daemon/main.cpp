@@ -199,10 +199,11 @@ int main(int argc, char **argv)
 		std::cerr << "portsliced: warning: " << kept.error().message()
 			  << " (a failed --apply-once could not put this generation back)\n";
 	const daemon::ApplyResult &r = *result;
-	std::printf("portsliced: applied generation %llu: %zu elements in %zu messages (%zu bytes); "
+	std::string transactions = r.nft.transactions > 1 ? ", in " + std::to_string(r.nft.transactions) + " transactions" : "";
+	std::printf("portsliced: applied generation %llu: %zu elements in %zu messages (%zu bytes%s); "
 		    "%zu conntrack entries of moved slices deleted\n",
 		    static_cast<unsigned long long>(generation), r.nft.elementsAdded, r.nft.messages, r.nft.bytes,
-		    r.conntrackDeleted);
+		    transactions.c_str(), r.conntrackDeleted);
 	for (const conntrack::SysctlChange &c : r.tuning.changed)
 		std::printf("portsliced: %s = %s (was %s)\n", c.name.c_str(), c.value.c_str(), c.previous.c_str());
 	for (const std::string &s : r.tuning.skipped)

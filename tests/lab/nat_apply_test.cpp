@@ -136,6 +136,90 @@ TEST_F(NatApply, TableEqualsWhatNftMakesOfTheDumpForEveryExample)
 	}
 }
 
+// Where no table is live, a large one is made dormant and filled in
+// transactions of about a megabyte; the last one wakes it. What the kernel
+// then holds is what nft makes of the dump, and it acts (not dormant).
+TEST_F(NatApply, ALargeTableMadeWhereNoneIsLiveIsFilledInPiecesAndEqualsTheDump)
+{
+	std::string big = path("big.toml");
+	std::ofstream(big) << testing::generatedFleet(2600); // 96,200 elements, 3.9 MB of netlink
+	auto dump = runShell(shellQuote(buildPath("src/ctl/portslicectl")) + " dump --config " + shellQuote(big) +
+			     " > " + path("dump.nft"));
+	ASSERT_TRUE(dump.ok()) << dump.output;
+	ASSERT_TRUE(runShell("nft -f " + path("dump.nft") + " 2>&1").ok());
+	std::string byNft = sortElements(list());
+	ASSERT_TRUE(runShell("nft delete table inet portslice").ok());
+
+	auto applied = daemon("--config " + shellQuote(big) + " --apply-once");
+	ASSERT_TRUE(applied.ok()) << applied.output;
+	std::smatch m;
+	ASSERT_TRUE(std::regex_search(applied.output, m, std::regex(", in ([0-9]+) transactions\\)"))) << applied.output;
+	EXPECT_GE(std::stoi(m[1]), 3) << applied.output;
+	std::string byPortslice = list();
+	EXPECT_EQ(byPortslice.find("dormant"), std::string::npos);
+	EXPECT_EQ(byNft, sortElements(byPortslice));
+	// The egress table comes with the last transaction.
+	EXPECT_TRUE(runShell("nft list table netdev portslice_egress").ok());
+
+	// A live table is replaced in one transaction, as before.
+	auto again = daemon("--config " + shellQuote(sourcePath("rules/one-server.toml")) + " --apply-once");
+	ASSERT_TRUE(again.ok()) << again.output;
+	EXPECT_EQ(again.output.find("transactions"), std::string::npos) << again.output;
+}
+
+// Killed while it makes a table where none was live, --apply-once leaves
+// no table, a dormant one (its chains hook nothing), or the whole new
+// table; never one that acts half-made. The next apply makes it whole.
+TEST_F(NatApply, KilledWhileMakingATableItLeavesNothingThatActsHalfMade)
+{
+	std::string big = path("big.toml");
+	std::ofstream(big) << testing::generatedFleet(2600);
+	auto t0 = std::chrono::steady_clock::now();
+	ASSERT_TRUE(daemon("--config " + shellQuote(big) + " --apply-once").ok());
+	int applyMs = static_cast<int>(
+		std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count());
+	auto withoutGeneration = [](const std::string &l) {
+		std::string out = std::regex_replace(l, std::regex("generation [0-9]+ "), "generation G ");
+		return std::regex_replace(out, std::regex("(set generation \\{\n\t\ttypeof meta cgroup\n\t\telements = \\{ )[0-9]+"),
+					  "$1G");
+	};
+	std::string whole = withoutGeneration(sortElements(list()));
+
+	std::mt19937 rng(2026);
+	std::uniform_int_distribution<int> when(0, applyMs);
+	int sawNone = 0, sawDormant = 0, sawWhole = 0;
+	for (int i = 0; i < 20; i++) {
+		SCOPED_TRACE("kill " + std::to_string(i));
+		ASSERT_TRUE(daemon("--remove").ok());
+		std::string cmd = "exec " + buildPath("src/daemon/portsliced") + " --no-xdp --state-dir " + path("state") +
+				  " --config " + big + " --apply-once >/dev/null 2>&1";
+		pid_t pid = lab::spawnProcess({"sh", "-c", cmd}, "/dev/null");
+		ASSERT_GT(pid, 0);
+		std::this_thread::sleep_for(std::chrono::milliseconds(when(rng)));
+		lab::stopProcess(pid, SIGKILL);
+
+		auto tables = runShell("nft list tables inet");
+		if (tables.output.find("portslice") == std::string::npos) {
+			sawNone++;
+			continue;
+		}
+		std::string listing = list();
+		if (listing.find("flags dormant") != std::string::npos) {
+			sawDormant++;
+			// A dormant table holds no applied state: the next apply makes the whole table.
+			auto applied = daemon("--config " + shellQuote(big) + " --apply-once");
+			ASSERT_TRUE(applied.ok()) << applied.output;
+			EXPECT_EQ(withoutGeneration(sortElements(list())), whole);
+		} else {
+			sawWhole++;
+			EXPECT_EQ(withoutGeneration(sortElements(listing)), whole);
+		}
+	}
+	std::printf("kills: %d left no table, %d a dormant one, %d the whole table (apply takes %d ms here)\n", sawNone,
+		    sawDormant, sawWhole, applyMs);
+	EXPECT_GT(sawDormant, 0);
+}
+
 TEST_F(NatApply, BadConfigExitsOneWithLocatedErrorsAndLeavesTheTableUntouched)
 {
 	std::string good = sourcePath("rules/one-server.toml");
