@@ -1288,7 +1288,14 @@ Status applyForwarder(const plan::Plan &plan, const std::string &pinDir)
 	auto neighbours = readNeighbours(ifindex);
 	if (!neighbours)
 		return fail(neighbours.error());
-	ForwarderTables tables = buildTables(plan, *mac, ifindex, *neighbours);
+	// Built where they are written, not before a program load: libbpf reads
+	// the kernel's BTF then (twice 5.5 MB for a moment), and the tables of a
+	// large fleet (4 MB at 10,000 addresses) need not be held beside it.
+	auto tables = [&] { return buildTables(plan, *mac, ifindex, *neighbours); };
+	size_t slices = 0; // what tables().sliceCount() will be: every slice of a local address
+	for (const plan::PlannedAddress &a : plan.addresses)
+		if (a.local)
+			slices += std::min<uint32_t>(a.sliceCount, 0xffff);
 
 	std::error_code ec;
 	std::filesystem::create_directories(pinDir, ec);
@@ -1306,7 +1313,7 @@ Status applyForwarder(const plan::Plan &plan, const std::string &pinDir)
 	// fwd_slices holds twice the plan's slices (an address that moves to a new
 	// run needs room while the old one is still reachable), at least the
 	// default, and keeps a bigger pinned size.
-	uint64_t want = std::max<uint64_t>(FWD_SLICES_DEFAULT, 2 * tables.sliceCount());
+	uint64_t want = std::max<uint64_t>(FWD_SLICES_DEFAULT, 2 * slices);
 	uint32_t capacity = FWD_SLICES_DEFAULT;
 	while (capacity < want && capacity < (1u << 30))
 		capacity <<= 1;
@@ -1322,7 +1329,7 @@ Status applyForwarder(const plan::Plan &plan, const std::string &pinDir)
 			uint32_t zero = 0;
 			if (bpf_map_lookup_elem((*fds)[0].get(), &zero, &current) == 0 &&
 			    current.object_hash == ForwarderObject::objectHash()) {
-				auto s = syncMaps(borrow(*fds), tables);
+				auto s = syncMaps(borrow(*fds), tables());
 				UniqueFd record(bpf_obj_get(pinPath(pinDir, FWD_PIN_RECORD).c_str()));
 				if (s && record.isValid()) {
 					if (Status r = attachRecord(ifindex, record.get()); !r)
@@ -1354,7 +1361,7 @@ Status applyForwarder(const plan::Plan &plan, const std::string &pinDir)
 		if (!obj)
 			return fail(obj.error());
 	}
-	if (auto s = syncMaps(obj->maps(), tables); !s)
+	if (auto s = syncMaps(obj->maps(), tables()); !s)
 		return fail(s.error());
 	// The egress program first: the flows this server opens in a slice it
 	// takes over are noted before the new forwarder checks for them.
