@@ -110,7 +110,7 @@ public:
 		return generation;
 	}
 
-	// The same with a drain per move (beyond SPEC's core members, docs/operations.md).
+	// The same with a drain per move (an extra member of the interface, docs/operations.md).
 	uint64_t setSliceOwnersDrains(const std::vector<sdbus::Struct<std::string, uint32_t, std::string, uint32_t>> &moves)
 	{
 		uint64_t generation = 0;

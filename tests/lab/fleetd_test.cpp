@@ -360,7 +360,7 @@ TEST_F(FleetdLab, SetOwnerFleetIsACompareAndSwapOfTheKeyAndTheDaemonFollowsWithi
 	EXPECT_NE(bad.output.find("slice 9 of 198.51.100.1 does not exist"), std::string::npos) << bad.output;
 }
 
-// SPEC section 6: one etcd change, one SetSliceOwners-like call, one
+// Fleet mode: one etcd change, one SetSliceOwners-like call, one
 // generation, also when its moves drain differently (one key whose old owner
 // drains for nothing, as after a failover, one whose old owner drains for 40 s).
 TEST_F(FleetdLab, OneEtcdTransactionWhoseMovesDrainDifferentlyIsOneGeneration)
