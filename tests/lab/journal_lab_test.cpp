@@ -188,6 +188,32 @@ protected:
 		disconnect();
 		DbusLab::TearDown();
 	}
+	// Two moves of slice 3 of 198.51.100.1 within one second, and their
+	// journal times (RFC 3339 with microseconds); tried 5 times (a slow
+	// machine may split them), empty when they never shared a second.
+	std::pair<std::string, std::string> twoMovesWithinOneSecond()
+	{
+		for (int attempt = 0; attempt < 5; attempt++) {
+			nextSecond();
+			EXPECT_TRUE(ctl("set-owner 198.51.100.1 3 s2").ok());
+			EXPECT_TRUE(ctl("set-owner 198.51.100.1 3 s1").ok());
+			Outcome rows = ctl("history --json");
+			EXPECT_TRUE(rows.ok()) << rows.output;
+			std::vector<std::string> times;
+			std::regex row(R"re("time": "([^"]+)",\s+"generation": \d+,\s+"address": "198\.51\.100\.1",\s+"slice": 3,)re");
+			for (auto it = std::sregex_iterator(rows.output.begin(), rows.output.end(), row); it != std::sregex_iterator(); ++it)
+				times.push_back((*it)[1]);
+			if (times.size() < 2) {
+				ADD_FAILURE() << "fewer than two moves in the history:\n" << rows.output;
+				return {};
+			}
+			std::string a = times[times.size() - 2], b = times.back();
+			if (a.substr(0, 19) == b.substr(0, 19) && a != b)
+				return {a, b};
+			EXPECT_TRUE(ctl("set-owner 198.51.100.1 3 s3").ok());
+		}
+		return {};
+	}
 
 	std::unique_ptr<sdbus::IConnection> connection_;
 	std::unique_ptr<Egress1> proxy_;
@@ -472,26 +498,7 @@ TEST_F(JournalLab, OwnerAtAnswersEverySecondOfMovesReloadsDrainsAndRestartsAsThe
 TEST_F(JournalLab, OwnerAtAMomentWithinASecondOfTwoMovesIsTheOwnerThen)
 {
 	startDaemon(0);
-	std::string first, second; // the two moves' times, RFC 3339 with microseconds
-	for (int attempt = 0; attempt < 5 && first.empty(); attempt++) {
-		nextSecond();
-		ASSERT_TRUE(ctl("set-owner 198.51.100.1 3 s2").ok());
-		ASSERT_TRUE(ctl("set-owner 198.51.100.1 3 s1").ok());
-		Outcome rows = ctl("history --json --since " + std::to_string(static_cast<int64_t>(std::floor(unixNow())) - 2));
-		ASSERT_TRUE(rows.ok()) << rows.output;
-		std::vector<std::string> times;
-		std::regex row(R"re("time": "([^"]+)",\s+"generation": \d+,\s+"address": "198\.51\.100\.1",\s+"slice": 3,)re");
-		for (auto it = std::sregex_iterator(rows.output.begin(), rows.output.end(), row); it != std::sregex_iterator(); ++it)
-			times.push_back((*it)[1]);
-		ASSERT_GE(times.size(), 2u) << rows.output;
-		std::string a = times[times.size() - 2], b = times.back();
-		if (a.substr(0, 19) == b.substr(0, 19)) { // the same second (else the machine was slow: again)
-			first = a;
-			second = b;
-		} else {
-			ASSERT_TRUE(ctl("set-owner 198.51.100.1 3 s3").ok());
-		}
-	}
+	auto [first, second] = twoMovesWithinOneSecond();
 	ASSERT_FALSE(first.empty()) << "no two moves within one second in 5 tries";
 	int64_t us1 = std::stoll(first.substr(20, 6)), us2 = std::stoll(second.substr(20, 6));
 	char between[24], before[24];
@@ -721,26 +728,7 @@ TEST_F(JournalLab, EachOwnershipChangeIsALineOnStandardErrorWithoutJournald)
 TEST_F(JournalLab, HistorySinceAFractionOfASecondLeavesOutTheRecordsBeforeIt)
 {
 	startDaemon(0);
-	std::string first, second; // the two moves' times, RFC 3339 with microseconds
-	for (int attempt = 0; attempt < 5 && first.empty(); attempt++) {
-		nextSecond();
-		ASSERT_TRUE(ctl("set-owner 198.51.100.1 3 s2").ok());
-		ASSERT_TRUE(ctl("set-owner 198.51.100.1 3 s1").ok());
-		Outcome rows = ctl("history --json");
-		ASSERT_TRUE(rows.ok()) << rows.output;
-		std::vector<std::string> times;
-		std::regex row(R"re("time": "([^"]+)",\s+"generation": \d+,\s+"address": "198\.51\.100\.1",\s+"slice": 3,)re");
-		for (auto it = std::sregex_iterator(rows.output.begin(), rows.output.end(), row); it != std::sregex_iterator(); ++it)
-			times.push_back((*it)[1]);
-		ASSERT_GE(times.size(), 2u) << rows.output;
-		std::string a = times[times.size() - 2], b = times.back();
-		if (a.substr(0, 19) == b.substr(0, 19) && a != b) {
-			first = a;
-			second = b;
-		} else {
-			ASSERT_TRUE(ctl("set-owner 198.51.100.1 3 s3").ok());
-		}
-	}
+	auto [first, second] = twoMovesWithinOneSecond();
 	ASSERT_FALSE(first.empty()) << "no two moves within one second in 5 tries";
 	auto listed = [&](const std::string &since) {
 		Outcome out = ctl("history --since " + since);
