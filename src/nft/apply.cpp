@@ -158,10 +158,11 @@ Result<std::optional<TableState>> NftApplier::readState()
 		}
 		return s.error().wrap("reading table inet portslice");
 	}
-	// A table without our comment, or a dormant one (a creation stopped
-	// half-way: its comment names what it was to become), holds no applied
-	// state: still ours to replace.
-	if (seen && (!state || dormant))
+	if (seen && !state)
+		state = TableState{}; // a table without our comment: still ours to replace
+	// A dormant table is a creation stopped half-way (its comment names what
+	// it was to become): it holds no applied state.
+	if (seen && dormant)
 		return std::optional<TableState>{ TableState{} };
 	if (seen) {
 		// The comment names the generation of the last full replace; the
