@@ -12,6 +12,8 @@
 #include "nft/render.h"
 #include "plan/plan.h"
 
+#include "../lab/nat_fleet.h"
+
 using namespace portslice;
 namespace fs = std::filesystem;
 
@@ -179,3 +181,80 @@ TEST(Table, ConntrackSaddrSourcesGetOneExactMapPerPrefixLengthLongestLast)
 }
 
 } // namespace
+
+namespace {
+
+bool sameFields(const std::vector<nft::Field> &a, const std::vector<nft::Field> &b)
+{
+	auto tie = [](const nft::Field &f) { return std::tie(f.type, f.lo, f.hi, f.name); };
+	return std::equal(a.begin(), a.end(), b.begin(), b.end(),
+			  [&](const nft::Field &x, const nft::Field &y) { return tie(x) == tie(y); });
+}
+
+bool sameElements(const std::vector<nft::Element> &a, const std::vector<nft::Element> &b)
+{
+	return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](const nft::Element &x, const nft::Element &y) {
+		return sameFields(x.key, y.key) && sameFields(x.data, y.data) && x.counter == y.counter &&
+		       x.chain == y.chain && x.gotoChain == y.gotoChain;
+	});
+}
+
+// Every set buildModel(..., false) leaves empty is what PortSetSource builds,
+// element for element, as buildModel(..., true) holds it (sorted); every
+// other set is the same in both.
+void expectPlanBuiltSetsEqualTheModel(const plan::Plan &plan)
+{
+	nft::TableModel whole = nft::buildModel(plan, 7, true);
+	nft::TableModel light = nft::buildModel(plan, 7, false);
+	ASSERT_EQ(whole.sets.size(), light.sets.size());
+	nft::PortSetSource source(plan);
+	size_t built = 0;
+	for (size_t i = 0; i < whole.sets.size(); i++) {
+		const nft::Set &w = whole.sets[i], &l = light.sets[i];
+		SCOPED_TRACE(w.name);
+		ASSERT_EQ(w.name, l.name);
+		if (!l.elements.empty() || !nft::isPortSet(l.name)) {
+			EXPECT_TRUE(sameElements(w.elements, l.elements));
+			continue;
+		}
+		built++;
+		EXPECT_TRUE(sameElements(source.elements(l.name), w.elements));
+		// In pieces (of about 7: whole addresses or sources each), as many.
+		size_t pieces = 0;
+		source.chunks(l.name, 7, [&](const std::vector<nft::Element> &some) { pieces += some.size(); });
+		EXPECT_EQ(pieces, w.elements.size());
+	}
+	EXPECT_GT(built, 0u);
+}
+
+} // namespace
+
+TEST(Table, TheSetsBuiltFromThePlanEqualTheWholeModelForEveryExample)
+{
+	size_t configs = 0;
+	for (const auto &e : fs::directory_iterator(RULES_DIR)) {
+		if (e.path().extension() != ".toml")
+			continue;
+		SCOPED_TRACE(e.path().string());
+		config::LoadResult loaded = config::loadFile(e.path().string());
+		if (!loaded.ok())
+			continue; // the examples of bad files
+		for (const config::Server &server : loaded.config->servers) {
+			auto planned = plan::makePlan(*loaded.config, server.name);
+			if (!planned.ok())
+				continue;
+			SCOPED_TRACE(server.name);
+			expectPlanBuiltSetsEqualTheModel(*planned.plan);
+		}
+		configs++;
+	}
+	EXPECT_GT(configs, 3u);
+}
+
+TEST(Table, TheSetsBuiltFromThePlanEqualTheWholeModelInAGeneratedFleet)
+{
+	// 300 sources: the stateless maps in their unit form, with shards.
+	config::LoadResult loaded = config::loadString(portslice::testing::generatedFleet(300), "fleet.toml");
+	expectPlanBuiltSetsEqualTheModel(planOf(loaded));
+	expectPlanBuiltSetsEqualTheModel(planOf(loaded, "s7"));
+}
