@@ -421,10 +421,18 @@ int serve(const ServeOptions &options, service::Backend &backend)
 		}
 		if (!*change)
 			return false;
-		if (!options.repair && !afterOwnWork) {
+		if (!options.repair) {
 			// Left as it is: State says degraded while it differs
-			// from the plan, applied again once it is equal.
-			service.leaveDrift((*change)->lost() ? "" : (*change)->str(), true);
+			// from the plan, applied again once it is equal. Also when
+			// read right after a call of this turn: a change by hand
+			// whose events come in the same turn as a call (an audit
+			// asked for just after it) is no more ours to undo. Events
+			// lost right after our own commits are most likely ours: the
+			// cheap check (the comment and the generation) then.
+			if ((*change)->lost() && afterOwnWork)
+				service.leaveDrift("", false);
+			else
+				service.leaveDrift((*change)->lost() ? "" : (*change)->str(), true);
 			return true;
 		}
 		if ((*change)->lost() && (*change)->foreignLost)
