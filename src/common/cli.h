@@ -45,10 +45,11 @@ inline void setUp(CLI::App &app)
 	app.set_help_flag("-h,--help", "print this help and exit");
 	app.set_version_flag("--version", app.get_name() + " " PORTSLICE_VERSION, "print the version and exit");
 	const std::string name = app.get_name();
-	app.failure_message([name](const CLI::App *, const CLI::Error &e) {
+	app.failure_message([name](const CLI::App *failed, const CLI::Error &e) {
 		// CLI11's messages quote the arguments as they are: cut like any input.
-		return name + ": " + quoteInput(e.what(), '\0') + "\n" + "try '" + name + " --help' (or '" + name +
-		       " COMMAND --help')\n";
+		bool commands = !failed->get_subcommands({}).empty() || failed->get_parent() != nullptr;
+		return name + ": " + quoteInput(e.what(), '\0') + "\n" + "try '" + name + " --help'" +
+		       (commands ? " (or '" + name + " COMMAND --help')" : std::string()) + "\n";
 	});
 	auto formatter = std::make_shared<Formatter>();
 	formatter->column_width(30);
@@ -67,6 +68,18 @@ inline CLI::App *addCommand(CLI::App &app, const std::string &name, const std::s
 // exit code: 0 after printing help or the version, kExitUsage after an error.
 inline std::optional<int> parse(CLI::App &app, int argc, char **argv)
 {
+	// A first word that is no command of a program of commands: say which
+	// (CLI11 would only say that a command is required).
+	if (argc > 1 && argv[1][0] != '-' && !app.get_subcommands({}).empty()) {
+		bool known = false;
+		for (const CLI::App *command : app.get_subcommands({}))
+			known = known || command->check_name(argv[1]);
+		if (!known) {
+			std::cerr << app.get_name() << ": unknown command " << quoteInput(argv[1]) << "\ntry '"
+				  << app.get_name() << " --help'\n";
+			return kExitUsage;
+		}
+	}
 	try {
 		app.parse(argc, argv);
 		return std::nullopt;

@@ -51,9 +51,9 @@ Status KernelBackend::apply(const plan::Plan &plan, const plan::Plan *old, uint6
 		natFailures_.rebase();
 		counterTotals_.rebase();
 	}
-	std::string how = !r.nft.fullReplace	      ? "element delta"
-			  : r.nft.transactions == 1 ? "table replaced"
-						    : "table created in " + std::to_string(r.nft.transactions) + " transactions";
+	std::string how = !r.nft.fullReplace ? "element delta" : !r.nft.created ? "table replaced" : "table created";
+	if (r.nft.transactions > 1)
+		how += " in " + std::to_string(r.nft.transactions) + " transactions";
 	log::Line(log::Priority::Info) << "generation " << generation << ": " << how
 		  << ", +" << r.nft.elementsAdded << " -" << r.nft.elementsDeleted << " elements in " << r.nft.messages
 		  << " messages (" << r.nft.bytes << " bytes); " << r.conntrackDeleted
@@ -162,6 +162,13 @@ Result<std::vector<service::StatRow>> KernelBackend::stats(const plan::Plan &pla
 			std::string name(xdp::verdictName(v));
 			rows.push_back({"xdp", name, "packets", verdicts->packets[v]});
 			rows.push_back({"xdp", name, "bytes", verdicts->bytes[v]});
+		}
+	} else {
+		// No forwarder (--no-xdp): it passed, forwarded and dropped nothing.
+		for (uint32_t v = 0; v < xdp::kVerdictCount; ++v) {
+			std::string name(xdp::verdictName(v));
+			rows.push_back({"xdp", name, "packets", 0});
+			rows.push_back({"xdp", name, "bytes", 0});
 		}
 	}
 #endif

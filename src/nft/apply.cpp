@@ -450,6 +450,7 @@ Result<ApplyReport> NftApplier::create(TableModel &model, const plan::Plan *plan
 {
 	ApplyReport report;
 	report.fullReplace = true;
+	report.created = true;
 	report.comment = model.comment;
 	report.transactions = 0;
 	TableModel egress = egressModel(model);

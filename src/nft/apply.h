@@ -18,6 +18,7 @@ namespace portslice::nft {
 
 struct ApplyReport {
 	bool fullReplace = false;   // false: element delta on the existing table
+	bool created = false;       // ... where no table was live (see create)
 	size_t messages = 0;        // netlink messages in the transaction(s)
 	size_t bytes = 0;           // bytes of the transaction(s)
 	// A table made where none was live: filled dormant, in this many

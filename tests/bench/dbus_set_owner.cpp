@@ -280,14 +280,17 @@ int main(int argc, char **argv)
 	double startSeconds = std::chrono::duration<double>(Clock::now() - started).count();
 	if (state != "applied")
 		fail("portsliced did not apply (see " + log + ")");
-	// Elements of the first full replace, as the daemon logged it ("table replaced, +N").
+	// Elements of the first full apply, as the daemon logged it ("table
+	// created in 15 transactions, +N", or "table replaced, +N").
 	size_t elements = 0;
 	{
 		std::ifstream in(log);
 		for (std::string line; std::getline(in, line) && elements == 0;) {
-			size_t at = line.find("table replaced, +");
+			if (line.find("table created") == std::string::npos && line.find("table replaced") == std::string::npos)
+				continue;
+			size_t at = line.find(", +");
 			if (at != std::string::npos)
-				elements = std::stoul(line.substr(at + 17));
+				elements = std::stoul(line.substr(at + 3));
 		}
 	}
 

@@ -195,9 +195,12 @@ protected:
 	std::vector<std::string> daemonWords(int drainSeconds = 0) const
 	{
 		std::vector<std::string> words = {"ip", "netns", "exec", ns_, bin("src/daemon/portsliced"), "--config",
-						  configPath(), "--state-dir", stateDir(), "--xdp-pin-dir", pinDir(),
-						  "--drain-seconds", std::to_string(drainSeconds), "--metrics-file",
-						  metricsPath()};
+						  configPath(), "--state-dir", stateDir(), "--drain-seconds",
+						  std::to_string(drainSeconds), "--metrics-file", metricsPath()};
+		if (std::find(daemonArgs_.begin(), daemonArgs_.end(), "--no-xdp") == daemonArgs_.end()) {
+			words.push_back("--xdp-pin-dir");
+			words.push_back(pinDir());
+		}
 		words.insert(words.end(), daemonArgs_.begin(), daemonArgs_.end());
 		return words;
 	}

@@ -748,6 +748,24 @@ double sample(const std::string &text, const std::string &line)
 	return std::stod(text.substr(at + line.size() + 2));
 }
 
+// A NAT-only daemon (--no-xdp) still lists every metric of the contract:
+// the forwarder's verdicts at 0 (it passed, forwarded and dropped nothing).
+TEST_F(ServiceLab, ANatOnlyDaemonListsTheXdpVerdictsAtZero)
+{
+	daemonArgs_ = {"--no-xdp"};
+	startDaemon();
+	std::string text = prometheus();
+	size_t verdicts = 0;
+	for (size_t at = text.find("\nportslice_xdp_packets_total{verdict=\""); at != std::string::npos;
+	     at = text.find("\nportslice_xdp_packets_total{verdict=\"", at + 1)) {
+		std::string line = text.substr(at + 1, text.find('\n', at + 1) - at - 1);
+		EXPECT_TRUE(line.ends_with("} 0")) << line;
+		verdicts++;
+	}
+	EXPECT_GE(verdicts, 3u) << text;
+	EXPECT_NE(text.find("\n# TYPE portslice_xdp_packets_total counter\n"), std::string::npos) << text;
+}
+
 // Two conntrack sources of 2 ports each on one address (tests/fixtures/tiny-range.toml):
 // warp-a opens 12 flows to one peer (2 can have a port, 10 cannot), warp-b 2 (both fit).
 const std::string kTinyFleet = portslice::test::fixture("tiny-range.toml");

@@ -144,6 +144,22 @@ TEST(Cli, UsageErrorsGoToStderrWithExitTwoAndNothingOnStdout)
 	}
 }
 
+// An unknown command is named; the daemon, which has no commands, points
+// to its --help alone.
+TEST(Cli, AnUnknownCommandIsNamedAndTheDaemonsHintHasNoCommands)
+{
+	Outcome r = run(kCtl + " frobnicate");
+	EXPECT_EQ(r.status, 2);
+	EXPECT_EQ(r.err, "portslicectl: unknown command \"frobnicate\"\ntry 'portslicectl --help'\n");
+	Outcome daemon = run(kDaemon + " --frobnicate");
+	EXPECT_EQ(daemon.status, 2);
+	EXPECT_NE(daemon.err.find("try 'portsliced --help'\n"), std::string::npos) << daemon.err;
+	EXPECT_EQ(daemon.err.find("COMMAND"), std::string::npos) << daemon.err;
+	Outcome option = run(kCtl + " status --frobnicate");
+	EXPECT_EQ(option.status, 2);
+	EXPECT_NE(option.err.find("(or 'portslicectl COMMAND --help')"), std::string::npos) << option.err;
+}
+
 TEST(Cli, OptionsTakeTheirValueAfterAnEqualsSignOrASpace)
 {
 	const std::string config = std::string(RULES_DIR) + "/one-server.toml";
