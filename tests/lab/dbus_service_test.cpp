@@ -181,6 +181,20 @@ protected:
 		EXPECT_TRUE(m.ok()) << m.output;
 		return "\n" + m.output;
 	}
+	// The value of one row of `stats` (text): KIND NAME COUNTER VALUE; -1 when it has none.
+	double statsValue(const std::string &kind, const std::string &name, const std::string &counter)
+	{
+		Outcome text = ctl("stats");
+		EXPECT_TRUE(text.ok()) << text.output;
+		std::istringstream lines(text.output);
+		std::string k, n, c;
+		double value = -1, shown = -1;
+		std::getline(lines, k); // the header
+		while (lines >> k >> n >> c >> value)
+			if (k == kind && n == name && c == counter)
+				shown = value;
+		return shown;
+	}
 
 	std::unique_ptr<sdbus::IConnection> connection_;
 	std::unique_ptr<Egress1> proxy_;
@@ -868,15 +882,7 @@ TEST_F(ServiceLab, CountersDoNotGoBackWhenTheTableIsReplaced)
 	after = prometheus();
 	EXPECT_GE(sample(after, packets), counted + 1) << after;
 	// stats (text) says the same as --prometheus.
-	Outcome text = ctl("stats");
-	std::istringstream lines(text.output);
-	std::string kind, name, counter;
-	double value = -1, shown = -1;
-	std::getline(lines, kind); // the header
-	while (lines >> kind >> name >> counter >> value)
-		if (kind == "source" && name == "warp-b" && counter == "packets")
-			shown = value;
-	EXPECT_EQ(shown, sample(prometheus(), packets)) << text.output;
+	EXPECT_EQ(statsValue("source", "warp-b", "packets"), sample(prometheus(), packets)) << ctl("stats").output;
 }
 
 // The counters' series and totals outlive their table: with --no-repair and
@@ -910,16 +916,9 @@ TEST_F(ServiceLab, ADeletedTableKeepsEveryCounterSeriesWithItsTotal)
 		EXPECT_EQ(sample(after, s), sample(before, s)) << s << after;
 	}
 	// stats (text): the source's packets row, with the same total.
-	Outcome text = ctl("stats");
-	ASSERT_TRUE(text.ok()) << text.output;
-	std::istringstream lines(text.output);
-	std::string kind, name, counter;
-	double value = -1, shown = -1;
-	std::getline(lines, kind); // the header
-	while (lines >> kind >> name >> counter >> value)
-		if (kind == "source" && name == "warp-b" && counter == "packets")
-			shown = value;
-	EXPECT_EQ(shown, sample(before, "portslice_source_packets_total{source=\"warp-b\"}")) << text.output;
+	EXPECT_EQ(statsValue("source", "warp-b", "packets"),
+		  sample(before, "portslice_source_packets_total{source=\"warp-b\"}"))
+		<< ctl("stats").output;
 }
 
 TEST_F(ServiceLab, ADetachedForwarderIsReattachedWithinTwoSeconds)
