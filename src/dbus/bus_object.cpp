@@ -194,9 +194,14 @@ uint64_t BusObject::SetSliceOwners(const std::vector<sdbus::Struct<std::string, 
 	list.reserve(moves.size());
 	for (const auto &m : moves)
 		list.push_back({m.get<0>(), m.get<1>(), m.get<2>()});
+	return moveSlices(list, drainSeconds);
+}
+
+uint64_t BusObject::moveSlices(const std::vector<service::OwnerMove> &moves, uint32_t drainSeconds)
+{
 	CallerScope caller(service_, callerUid());
 	service_.setMovesWhy(fromFleetd(getObject().getCurrentlyProcessedMessage()) ? "fleet" : "set-owner");
-	return replyOrThrow(service_.setSliceOwners(list, drainSeconds));
+	return replyOrThrow(service_.setSliceOwners(moves, drainSeconds));
 }
 
 uint64_t BusObject::SetSliceOwnersDrains(
@@ -207,9 +212,7 @@ uint64_t BusObject::SetSliceOwnersDrains(
 	list.reserve(moves.size());
 	for (const auto &m : moves)
 		list.push_back({m.get<0>(), m.get<1>(), m.get<2>(), m.get<3>()});
-	CallerScope caller(service_, callerUid());
-	service_.setMovesWhy(fromFleetd(getObject().getCurrentlyProcessedMessage()) ? "fleet" : "set-owner");
-	return replyOrThrow(service_.setSliceOwners(list, 0));
+	return moveSlices(list, 0);
 }
 
 std::vector<sdbus::Struct<std::string, uint32_t, std::string, std::string, uint64_t>> BusObject::Owners()

@@ -59,6 +59,9 @@ private:
 	std::vector<std::string> Audit() override;
 	// The uid of the caller of the method being answered, if the bus tells it.
 	std::optional<uint32_t> callerUid();
+	// SetSliceOwners and SetSliceOwnersDrains: the moves, journaled as the
+	// fleet's when portslice-fleetd calls, else as set-owner.
+	uint64_t moveSlices(const std::vector<service::OwnerMove> &moves, uint32_t drainSeconds);
 
 	std::string Server() override;
 	uint64_t Generation() override;
